@@ -1,0 +1,1 @@
+"""The bmrgw gateway: HTTP server, SOAP relay, health and metrics."""

@@ -1,0 +1,119 @@
+"""The ``bmrgw`` command: one entry point, a sub-command per job (SPEC.md "CLI").
+
+Exit codes: 0 success, 1 the job failed, 2 bad usage or invalid configuration.
+Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from routing.commands import add_endpoints_command
+
+from .errors import ConfigError, GatewayError
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = "endpoints.yaml"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except ConfigError as exc:
+        print(f"bmrgw: invalid configuration: {exc.reason}", file=sys.stderr)
+        return 2
+    except GatewayError as exc:
+        print(f"bmrgw: {exc.reason}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bmrgw",
+        description="SOAP integration gateway for local-government clouds: routes SOAP messages "
+        "by business-AP name (BMR-GW) and relays them to the endpoints of endpoints.yaml.",
+        epilog="Run 'bmrgw COMMAND --help' for the options of one command.",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_serve(commands)
+    add_endpoints_command(commands, config_option)
+    _add_demo_backend(commands)
+    return parser
+
+
+def config_option(parser: argparse.ArgumentParser) -> None:
+    """The ``--config`` option every command shares."""
+    parser.add_argument(
+        "--config", type=Path, default=Path(DEFAULT_CONFIG), metavar="PATH",
+        help=f"the endpoint table and gateway settings (default: ./{DEFAULT_CONFIG})",
+    )
+
+
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "serve", help="run the gateway",
+        description="Run the gateway: relay SOAP messages on /soap and /soap/{ap}, serve /healthz "
+        "and /metrics, and apply edits of the config file within 2 s without a restart.",
+    )
+    config_option(p)
+    p.add_argument("--host", help="listen address (default: gateway.listen.host, else 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (default: gateway.listen.port, else 8080)")
+    p.add_argument("--data-dir", type=Path, metavar="DIR", help="local files (default: gateway.data_dir, else ./var)")
+    p.add_argument("--db", metavar="URL", help="store URL, e.g. postgresql://host/db (default: $BMRGW_DB_URL, else gateway.db)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import ServeOptions, serve
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = ServeOptions(
+        config=args.config, host=args.host, port=args.port, data_dir=args.data_dir,
+        db=args.db or os.environ.get("BMRGW_DB_URL") or None,
+    )
+    serve(options)
+    return 0
+
+
+def _add_demo_backend(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "demo-backend", help="run the demo business AP (a WSDL-described SOAP service)",
+        description="Run the demo business AP of schemas/demo.wsdl (Echo, Add, Fail over SOAP 1.1 "
+        "and 1.2) so the gateway can be tried end to end; its WSDL is at http://HOST:PORT/demo?wsdl.",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9001)
+    p.add_argument("--name", default="demo", help="service name returned by Echo (default: demo)")
+    p.add_argument("--delay", type=float, default=0.0, metavar="SECONDS", help="wait before each answer")
+    p.set_defaults(run=_demo_backend)
+
+
+def _demo_backend(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .demo import make_demo_app
+    from .server import install_event_loop
+
+    install_event_loop()
+    print(f"demo business AP on http://{args.host}:{args.port}/demo (WSDL: ?wsdl)", flush=True)
+    web.run_app(make_demo_app(name=args.name, delay=args.delay), host=args.host, port=args.port,
+                access_log=None, print=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The gateway's exception tree; every failure a client can cause is one of these.
+
+Each leaf knows the SOAP fault it becomes (``fault`` is the SOAP 1.1 code,
+mapped to Sender/Receiver for SOAP 1.2), the ``code`` of the
+``<g:Error code="…"/>`` detail element (SPEC.md "Gateway faults") and the
+HTTP status of the fault response::
+
+    GatewayError
+    ├── ConfigError(ValueError)                     endpoints.yaml is invalid
+    ├── ClientFault                                 the caller must change something
+    │   ├── MalformedMessage(ValueError)            400
+    │   ├── UnsupportedMediaType(ValueError)        415
+    │   ├── MessageTooLarge(ValueError)             413
+    │   └── UnknownDestination(LookupError)         404
+    └── ServerFault                                 the gateway or its upstream failed
+        ├── RoutingLoop(RuntimeError)               500
+        └── UpstreamError
+            ├── EndpointUnavailable(ConnectionError)  500
+            └── EndpointTimeout(TimeoutError)       500
+
+Errors carry structured fields (``destination``, ``endpoint``, ``detail``)
+so that the log and the SOAP fault render them without parsing messages.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "GatewayError",
+    "ConfigError",
+    "ClientFault",
+    "MalformedMessage",
+    "UnsupportedMediaType",
+    "MessageTooLarge",
+    "UnknownDestination",
+    "ServerFault",
+    "RoutingLoop",
+    "UpstreamError",
+    "EndpointUnavailable",
+    "EndpointTimeout",
+]
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+    code: ClassVar[str] = "GatewayError"
+    fault: ClassVar[str] = "Server"
+    http_status: ClassVar[int] = 500
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        destination: str | None = None,
+        endpoint: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.destination = destination
+        self.endpoint = endpoint
+        self.detail = detail
+
+    def fields(self) -> dict[str, str]:
+        """The structured fields that are set, for the fault detail and the log."""
+        found = {"destination": self.destination, "endpoint": self.endpoint, "detail": self.detail}
+        return {k: v for k, v in found.items() if v is not None}
+
+
+class ConfigError(GatewayError, ValueError):
+    """Raised when endpoints.yaml (or an edit of it) is invalid."""
+
+    code = "ConfigError"
+
+
+class ClientFault(GatewayError):
+    """Base of faults the caller caused (SOAP 1.1 ``Client``, 1.2 ``Sender``)."""
+
+    fault = "Client"
+    http_status = 400
+
+
+class MalformedMessage(ClientFault, ValueError):
+    """Raised when the request is not a well-formed, acceptable SOAP envelope."""
+
+    code = "MalformedMessage"
+
+
+class UnsupportedMediaType(ClientFault, ValueError):
+    """Raised when the Content-Type is neither SOAP 1.1 nor SOAP 1.2."""
+
+    code = "MalformedMessage"
+    http_status = 415
+
+
+class MessageTooLarge(ClientFault, ValueError):
+    """Raised when the body exceeds ``gateway.max_message_bytes``."""
+
+    code = "MessageTooLarge"
+    http_status = 413
+
+
+class UnknownDestination(ClientFault, LookupError):
+    """Raised when no endpoint, peer or fallback peer serves the destination name."""
+
+    code = "UnknownDestination"
+    http_status = 404
+
+
+class ServerFault(GatewayError):
+    """Base of faults on the gateway's side (SOAP 1.1 ``Server``, 1.2 ``Receiver``)."""
+
+
+class RoutingLoop(ServerFault, RuntimeError):
+    """Raised when the message already passed this gateway or too many gateways."""
+
+    code = "RoutingLoop"
+
+
+class UpstreamError(ServerFault):
+    """Base of failures talking to an endpoint or peer gateway."""
+
+
+class EndpointUnavailable(UpstreamError, ConnectionError):
+    """Raised when the endpoint refuses or resets the connection before answering."""
+
+    code = "EndpointUnavailable"
+
+
+class EndpointTimeout(UpstreamError, TimeoutError):
+    """Raised when the endpoint does not answer within its timeout."""
+
+    code = "EndpointTimeout"

@@ -1,0 +1,38 @@
+"""Namespaces, content types and header names used across the gateway, in one place."""
+
+from __future__ import annotations
+
+import enum
+
+SOAP11_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+SOAP12_ENV = "http://www.w3.org/2003/05/soap-envelope"
+WSA = "http://www.w3.org/2005/08/addressing"
+WSA_2004 = "http://schemas.xmlsoap.org/ws/2004/08/addressing"
+ROUTING = "urn:bmrgw:routing:1"
+FAULT = "urn:bmrgw:fault:1"
+XML = "http://www.w3.org/XML/1998/namespace"
+
+#: ``wsa:To`` values of this form name a destination business AP.
+AP_URN_PREFIX = "urn:bmrgw:ap:"
+
+CT_SOAP11 = "text/xml"
+CT_SOAP12 = "application/soap+xml"
+
+H_SOAPACTION = "SOAPAction"
+H_MESSAGE_ID = "X-Message-Id"
+H_VIA = "Via"
+
+
+class SoapVersion(enum.Enum):
+    """A SOAP version, with what differs between the two on the wire."""
+
+    V11 = "1.1"
+    V12 = "1.2"
+
+    @property
+    def envelope_ns(self) -> str:
+        return SOAP11_ENV if self is SoapVersion.V11 else SOAP12_ENV
+
+    @property
+    def content_type(self) -> str:
+        return CT_SOAP11 if self is SoapVersion.V11 else CT_SOAP12

@@ -1,0 +1,161 @@
+"""The one hardened XML parser: the only way bytes become elements in bmrgw.
+
+No DTDs (SOAP forbids them; a DOCTYPE is refused outright), no entity
+expansion, no network access, libxml2's default depth and text-size limits,
+and our own size and depth limits on top.
+
+:class:`HeadScanner` is the relay's incremental form: it is fed the first
+chunks of a request and stops as soon as the SOAP Header has ended (or the
+Body has begun), so only the bytes needed to find the routing key are parsed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lxml import etree
+
+from .errors import MalformedMessage, MessageTooLarge
+from .ns import AP_URN_PREFIX, SOAP11_ENV, SOAP12_ENV, WSA, WSA_2004, SoapVersion
+
+__all__ = ["parse", "HeadScanner", "EnvelopeHead", "PARSER_OPTIONS"]
+
+PARSER_OPTIONS: dict[str, Any] = dict(
+    resolve_entities=False,
+    no_network=True,
+    load_dtd=False,
+    dtd_validation=False,
+    huge_tree=False,
+    collect_ids=False,
+)
+
+MAX_DEPTH = 64
+_ENVELOPES = {f"{{{SOAP11_ENV}}}Envelope": SoapVersion.V11, f"{{{SOAP12_ENV}}}Envelope": SoapVersion.V12}
+_WSA_TO = (f"{{{WSA}}}To", f"{{{WSA_2004}}}To")
+
+
+def _refuse_dtd(element: etree._Element) -> None:
+    if element.getroottree().docinfo.doctype:
+        raise MalformedMessage("DTDs are not allowed in messages")
+
+
+def parse(data: bytes, *, max_bytes: int) -> etree._Element:
+    """Parse a whole document of at most ``max_bytes`` with the hardened parser."""
+    if len(data) > max_bytes:
+        raise MessageTooLarge(f"document of {len(data)} bytes exceeds the limit of {max_bytes}")
+    try:
+        root = etree.fromstring(data, etree.XMLParser(**PARSER_OPTIONS))
+    except etree.XMLSyntaxError as exc:
+        raise MalformedMessage(f"not well-formed XML: {exc}") from exc
+    _refuse_dtd(root)
+    return root
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnvelopeHead:
+    """What the relay needs from the start of an envelope."""
+
+    version: SoapVersion
+    """SOAP version given by the Envelope's namespace."""
+    to: str | None = None
+    """Destination from the routing header, or from ``wsa:To`` ``urn:bmrgw:ap:{name}``."""
+    sender: str | None = None
+    """Sender business-AP name from the routing header."""
+    message_id: str | None = None
+    """MessageId from the routing header."""
+
+
+class HeadScanner:
+    """Incrementally parses an envelope up to the end of its Header."""
+
+    def __init__(self, *, routing_header: str, max_bytes: int) -> None:
+        self._routing = routing_header
+        self._routing_ns = routing_header[1:].split("}", 1)[0]
+        self._max_bytes = max_bytes
+        self._seen = 0
+        self._depth = 0
+        self._version: SoapVersion | None = None
+        self._parser = etree.XMLPullParser(events=("start", "end"), **PARSER_OPTIONS)
+
+    def feed(self, chunk: bytes) -> EnvelopeHead | None:
+        """Feed the next bytes; returns the head once it is complete."""
+        self._seen += len(chunk)
+        try:
+            self._parser.feed(chunk)
+            head = self._events()
+        except etree.XMLSyntaxError as exc:
+            raise MalformedMessage(f"not well-formed XML: {exc}") from exc
+        if head is None and self._seen > self._max_bytes:
+            raise MessageTooLarge(
+                f"no end of the SOAP Header within the first {self._max_bytes} bytes",
+                detail="gateway.max_header_bytes",
+            )
+        return head
+
+    def finish(self) -> EnvelopeHead:
+        """Called at the end of the body when the head was not complete yet."""
+        try:
+            self._parser.close()
+            head = self._events()
+        except etree.XMLSyntaxError as exc:
+            raise MalformedMessage(f"not well-formed XML: {exc}") from exc
+        if head is None:
+            raise MalformedMessage("the SOAP Envelope has no Body")
+        return head
+
+    def _events(self) -> EnvelopeHead | None:
+        for event, element in self._parser.read_events():
+            if event == "start":
+                self._depth += 1
+                head = self._start(element)
+            else:
+                self._depth -= 1
+                head = self._end(element)
+            if head is not None:
+                return head
+        return None
+
+    def _start(self, element: etree._Element) -> EnvelopeHead | None:
+        if self._depth > MAX_DEPTH:
+            raise MalformedMessage(f"SOAP Header nested deeper than {MAX_DEPTH} elements")
+        if self._depth == 1:
+            _refuse_dtd(element)
+            self._version = _ENVELOPES.get(element.tag)
+            if self._version is None:
+                raise MalformedMessage(f"root element {element.tag} is not a SOAP 1.1 or 1.2 Envelope")
+        elif self._depth == 2:
+            assert self._version is not None
+            ns = self._version.envelope_ns
+            if element.tag == f"{{{ns}}}Body":
+                return EnvelopeHead(version=self._version)
+            if element.tag != f"{{{ns}}}Header":
+                raise MalformedMessage(f"unexpected {element.tag} in the SOAP Envelope")
+        return None
+
+    def _end(self, element: etree._Element) -> EnvelopeHead | None:
+        if self._depth != 1 or self._version is None or element.tag != f"{{{self._version.envelope_ns}}}Header":
+            return None
+        return self._read_header(element)
+
+    def _read_header(self, header: etree._Element) -> EnvelopeHead:
+        assert self._version is not None
+        ns = self._routing_ns
+        routing = header.find(self._routing)
+        to = sender = message_id = None
+        if routing is not None:
+            to = _text(routing.findtext(f"{{{ns}}}To"))
+            sender = _text(routing.findtext(f"{{{ns}}}From"))
+            message_id = _text(routing.findtext(f"{{{ns}}}MessageId"))
+        if to is None:
+            for tag in _WSA_TO:
+                wsa_to = _text(header.findtext(tag))
+                if wsa_to and wsa_to.startswith(AP_URN_PREFIX):
+                    to = wsa_to[len(AP_URN_PREFIX):] or None
+                    break
+        return EnvelopeHead(version=self._version, to=to, sender=sender, message_id=message_id)
+
+
+def _text(value: str | None) -> str | None:
+    value = value.strip() if value else None
+    return value or None

@@ -1,0 +1,70 @@
+"""The BMR-GW routing table: business-AP name → where the message goes next.
+
+Implements capability (C) of SPEC.md and the DC-to-DC routing of the
+standard's figure 4-38: a name is served by a local endpoint, by a peer
+gateway that holds it (``via``), or, when unknown here, by the fallback peer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from gateway.errors import UnknownDestination
+
+from .config import Config, Peer, PeerEndpoint, UrlEndpoint
+
+__all__ = ["Route", "RouteTable"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Route:
+    destination: str
+    """The business-AP name the message is addressed to."""
+    url: str
+    """Where to POST the message now."""
+    timeout: float
+    """Seconds to wait for an answer."""
+    endpoint: str
+    """Name shown in logs and metrics: the endpoint, or the peer it leaves through."""
+    peer: str | None = None
+    """The peer gateway the message leaves through, if any."""
+
+
+def _via_peer(destination: str, peer: Peer) -> Route:
+    # SPEC.md: forwarding to a peer posts to <peer url>/{ap}, so the destination
+    # survives however it arrived (header, wsa:To or path).
+    url = f"{peer.url.rstrip('/')}/{quote(destination, safe='')}"
+    return Route(destination=destination, url=url, timeout=peer.timeout, endpoint=peer.name, peer=peer.name)
+
+
+class RouteTable:
+    """Resolves destination names against one immutable configuration."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._routes: dict[str, Route] = {}
+        for name, ep in config.endpoints.items():
+            if isinstance(ep, UrlEndpoint):
+                self._routes[name] = Route(destination=name, url=ep.url, timeout=ep.timeout, endpoint=name)
+            elif isinstance(ep, PeerEndpoint):
+                self._routes[name] = _via_peer(name, config.peers[ep.via])
+        fallback = config.gateway.fallback_peer
+        self._fallback = config.peers[fallback] if fallback else None
+
+    def resolve(self, destination: str, *, passed: Collection[str] = ()) -> Route:
+        """The route for ``destination``; ``passed`` names the gateways already in Via."""
+        route = self._routes.get(destination)
+        if route is not None:
+            return route
+        fallback = self._fallback
+        if fallback is None:
+            raise UnknownDestination(f"no endpoint for {destination!r}", destination=destination)
+        if fallback.name in passed:
+            # The fallback peer already passed the message here: neither side knows it.
+            raise UnknownDestination(
+                f"no endpoint for {destination!r} here, and fallback peer {fallback.name!r} does not know it either",
+                destination=destination,
+            )
+        return _via_peer(destination, fallback)
