@@ -1,0 +1,132 @@
+"""The gateway's aiohttp application: routes, shared resources, health.
+
+``make_app`` wires the pieces a request meets — the live route table, the
+upstream seam, metrics and the store — as typed app keys, with their
+lifetimes in ``cleanup_ctx``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from routing.config import Config, load_config
+from routing.watch import LiveTable, watch
+
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .relay import Relay
+from .store import Store, StoreUnavailable, database_url
+from .upstream import HttpUpstream, Upstream
+
+__all__ = ["make_app", "AppOptions", "LIVE", "METRICS", "STORE"]
+
+LIVE = web.AppKey("live", LiveTable)
+METRICS = web.AppKey("metrics", Metrics)
+STORE = web.AppKey("store", Store)
+RELAY = web.AppKey("relay", Relay)
+
+_STORE_PING_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppOptions:
+    watch_config: bool = True
+    """Reload the config file when it changes (needs ``config.source``)."""
+    db: str | None = None
+    """Store URL overriding ``gateway.db`` (``--db`` / ``BMRGW_DB_URL``), also on reloads."""
+    upstream: Callable[[], Upstream] = HttpUpstream
+    """Factory of the upstream seam (tests may pass another real implementation)."""
+
+
+def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Application:
+    """The gateway application for ``config``."""
+    app = web.Application(client_max_size=1024 * 1024, handler_args={"max_field_size": 16384})
+    app[LIVE] = LiveTable(config)
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.append(_store_ctx(config))
+    app.cleanup_ctx.append(_relay_ctx(options))
+    if options.watch_config and config.source is not None:
+        app.cleanup_ctx.append(_watch_ctx(config, options))
+    app.router.add_post("/soap", _relay)
+    app.router.add_post("/soap/{ap}", _relay)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+def _store_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        app[STORE] = Store(database_url(config))
+        yield
+        app[STORE].close()
+    return ctx
+
+
+def _relay_ctx(options: AppOptions) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        upstream = options.upstream()
+        app[RELAY] = Relay(table=app[LIVE], upstream=upstream, metrics=app[METRICS])
+        yield
+        await upstream.close()
+    return ctx
+
+
+def _watch_ctx(config: Config, options: AppOptions) -> Callable[[web.Application], AsyncIterator[None]]:
+    assert config.source is not None
+    source = config.source
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        metrics = app[METRICS]
+        metrics.config_generation.set(1)
+
+        def reloaded(applied: bool) -> None:
+            metrics.config_generation.set(app[LIVE].generation)
+            metrics.config_error.set(0 if applied else 1)
+
+        task = asyncio.create_task(watch(app[LIVE], source, lambda: load_config(source, db=options.db),
+                                         on_reload=reloaded))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return ctx
+
+
+async def _relay(request: web.Request) -> web.StreamResponse:
+    return await request.app[RELAY].handle(request)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    live = request.app[LIVE]
+    config = live.current.config
+    store = request.app[STORE]
+    store_state: dict[str, Any] = {"ok": True, "url": store.display_url}
+    try:
+        await asyncio.wait_for(asyncio.to_thread(store.ping), _STORE_PING_TIMEOUT)
+    except (StoreUnavailable, asyncio.TimeoutError) as exc:
+        store_state.update(ok=False, error=str(exc) or "no answer within 2 s")
+    body = {
+        "status": "ok" if store_state["ok"] else "unavailable",
+        "gateway": config.gateway.name,
+        "config": {
+            "loaded": True,
+            "source": str(config.source) if config.source else None,
+            "generation": live.generation,
+            "endpoints": len(config.endpoints),
+            "peers": len(config.peers),
+            "error": live.error,
+        },
+        "store": store_state,
+    }
+    return web.json_response(body, status=200 if store_state["ok"] else 503)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    response = web.Response(body=request.app[METRICS].render())
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response

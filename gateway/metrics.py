@@ -1,0 +1,49 @@
+"""Prometheus metrics of one gateway (``GET /metrics``).
+
+Each app has its own registry, so several gateways in one process (tests)
+never mix their counts.  Destination labels only ever carry names from the
+route table (or ``-``), never raw client input, to keep cardinality bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+
+# The *_created series only add noise to a gateway's dashboards.
+disable_created_metrics()
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    """Counters and histograms the relay and the config watcher update."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._requests = Counter(
+            "bmrgw_requests", "Relayed requests by destination endpoint and outcome (ok, fault, error).",
+            ["destination", "status"], registry=self.registry)
+        self._faults = Counter(
+            "bmrgw_gateway_faults", "SOAP faults raised by the gateway itself, by g:Error code.",
+            ["code"], registry=self.registry)
+        self._latency = Histogram(
+            "bmrgw_request_duration_seconds", "Time from request to the start of the answer, per destination.",
+            ["destination"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.config_generation = Gauge(
+            "bmrgw_config_generation", "How many times the endpoint table was (re)loaded.", registry=self.registry)
+        self.config_error = Gauge(
+            "bmrgw_config_error", "1 while the config file on disk is invalid and the old table stays in force.",
+            registry=self.registry)
+
+    def observe(self, destination: str, status: str, seconds: float) -> None:
+        self._requests.labels(destination, status).inc()
+        self._latency.labels(destination).observe(seconds)
+
+    def fault(self, code: str) -> None:
+        self._faults.labels(code).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

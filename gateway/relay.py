@@ -1,0 +1,296 @@
+"""The SOAP relay: ``POST /soap`` and ``POST /soap/{ap}`` (capabilities A and C).
+
+One request, start to finish:
+
+1. check the hop list in ``Via`` (RoutingLoop) and the declared size;
+2. read just enough of the body for :class:`~gateway.parser.HeadScanner` to
+   find the routing key (routing header, ``wsa:To``, or the path);
+3. resolve the destination in the live :class:`~routing.table.RouteTable`;
+4. POST the body byte for byte — the bytes already read, then the rest as it
+   arrives — with its Content-Type and SOAPAction, our ``Via`` hop and
+   ``X-Message-Id``;
+5. stream the answer back unchanged: status, content type, body, faults.
+
+Any :class:`~gateway.errors.GatewayError` becomes a SOAP fault in the
+caller's SOAP version.  Small bodies (under ``SMALL_BODY``) are read whole,
+which is faster; anything bigger streams, so memory does not grow with size.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from routing.table import Route, RouteTable
+from routing.watch import LiveTable
+
+from .errors import (
+    ClientFault,
+    GatewayError,
+    MalformedMessage,
+    MessageTooLarge,
+    RoutingLoop,
+    UnsupportedMediaType,
+)
+from .metrics import Metrics
+from .ns import H_MESSAGE_ID, H_SOAPACTION, H_VIA, SoapVersion
+from .parser import EnvelopeHead, HeadScanner
+from .soap import fault_content_type, gateway_fault, version_for
+from .upstream import Upstream, translate
+
+__all__ = ["Relay", "MAX_HOPS", "SMALL_BODY"]
+
+log = logging.getLogger("bmrgw.relay")
+
+#: A message that already passed more gateways than this is refused as a loop.
+MAX_HOPS = 8
+#: Bodies up to this size are read whole instead of streamed.
+SMALL_BODY = 256 * 1024
+
+# End-to-end request headers that travel to the endpoint; everything else
+# (Authorization, Cookie, hop-by-hop headers) stays at the gateway.
+_FORWARD_REQUEST = ("Content-Type", H_SOAPACTION, "Content-Length", "Accept", "Accept-Encoding",
+                    "Accept-Language", "User-Agent")
+# Response headers the gateway sets itself or that describe one hop only.
+_DROP_RESPONSE = frozenset(h.lower() for h in (
+    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Connection", "TE", "Trailer",
+    "Transfer-Encoding", "Upgrade", "Content-Length", "Date", "Server",
+))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Exchange:
+    """What the relay learned about one request before forwarding it."""
+
+    route: Route
+    version: SoapVersion
+    message_id: str
+    sender: str | None
+    via: str
+
+
+def passed_gateways(via: str) -> list[str]:
+    """The received-by names of an HTTP ``Via`` header, in order."""
+    names = []
+    for hop in via.split(","):
+        parts = hop.split()
+        if len(parts) >= 2:
+            names.append(parts[1])
+    return names
+
+
+def check_hops(via: str, gateway: str) -> list[str]:
+    """The gateways already passed; raises RoutingLoop when this is a loop."""
+    passed = passed_gateways(via)
+    if gateway in passed:
+        raise RoutingLoop(f"message already passed gateway {gateway!r} (Via: {via})", detail=via)
+    if len(passed) > MAX_HOPS:
+        raise RoutingLoop(f"message passed {len(passed)} gateways, more than {MAX_HOPS}", detail=via)
+    return passed
+
+
+def destination_of(head: EnvelopeHead, path_ap: str | None) -> str:
+    """The destination business AP from the path or the envelope; they must agree."""
+    if path_ap and head.to and path_ap != head.to:
+        raise MalformedMessage(f"the path names {path_ap!r} but the routing header names {head.to!r}")
+    destination = path_ap or head.to
+    if not destination:
+        raise MalformedMessage("no destination: add the routing header (r:To), wsa:To urn:bmrgw:ap:NAME, "
+                               "or POST to /soap/NAME")
+    return destination
+
+
+class RequestBody:
+    """The request body as it goes upstream: the bytes already read, then the rest.
+
+    Counts bytes against the size limit while streaming; an error here is
+    kept in :attr:`error` because aiohttp wraps whatever a body iterator raises.
+    """
+
+    def __init__(self, prefix: list[bytes], stream: aiohttp.StreamReader, *, seen: int, limit: int) -> None:
+        self._prefix = prefix
+        self._stream = stream
+        self.size = seen
+        self._limit = limit
+        self.error: GatewayError | None = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._prefix:
+            yield chunk
+        self._prefix = []
+        try:
+            async for chunk in self._stream.iter_any():
+                self.size += len(chunk)
+                if self.size > self._limit:
+                    raise MessageTooLarge(f"message exceeds the limit of {self._limit} bytes")
+                yield chunk
+        except GatewayError as exc:
+            self.error = exc
+            raise
+        except aiohttp.ClientPayloadError as exc:
+            self.error = MalformedMessage(f"the request body is incomplete: {exc}")
+            raise self.error from exc
+
+
+class Relay:
+    """The relay handler; holds the live route table, the upstream seam and metrics."""
+
+    def __init__(self, *, table: LiveTable, upstream: Upstream, metrics: Metrics) -> None:
+        self._table = table
+        self._upstream = upstream
+        self._metrics = metrics
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        table = self._table.current
+        started = time.perf_counter()
+        version = version_for(request.content_type) or SoapVersion.V11
+        destination = "-"
+        try:
+            exchange, body = await self._prepare(request, table)
+            destination = exchange.route.endpoint
+            response = await self._forward(request, exchange, body)
+        except ConnectionResetError:
+            self._metrics.observe(destination, "error", time.perf_counter() - started)
+            raise
+        except GatewayError as exc:
+            response = self._fault(exc, version, table.config.gateway.name)
+            self._metrics.fault(exc.code)
+            status = "fault" if isinstance(exc, ClientFault) else "error"
+        else:
+            status = "ok" if response.status < 300 else "fault"
+        self._metrics.observe(destination, status, time.perf_counter() - started)
+        return response
+
+    async def _prepare(self, request: web.Request, table: RouteTable) -> tuple[Exchange, bytes | RequestBody]:
+        settings = table.config.gateway
+        incoming_via = request.headers.get(H_VIA, "")
+        passed = check_hops(incoming_via, settings.name)
+        version = self._check_media(request)
+        if request.content_length is not None and request.content_length > settings.max_message_bytes:
+            raise MessageTooLarge(
+                f"message of {request.content_length} bytes exceeds the limit of {settings.max_message_bytes}")
+        head, body = await self._read_head(request, settings.routing_header, settings.max_header_bytes,
+                                           settings.max_message_bytes)
+        if head.version is not version:
+            raise MalformedMessage(f"Content-Type {request.content_type} announces SOAP {version.value} "
+                                   f"but the Envelope is SOAP {head.version.value}")
+        route = table.resolve(destination_of(head, request.match_info.get("ap")), passed=passed)
+        hop = f"{request.version.major}.{request.version.minor} {settings.name}"
+        exchange = Exchange(
+            route=route, version=version, sender=head.sender,
+            message_id=head.message_id or request.headers.get(H_MESSAGE_ID) or str(uuid.uuid4()),
+            via=f"{incoming_via}, {hop}" if incoming_via else hop,
+        )
+        return exchange, body
+
+    @staticmethod
+    def _check_media(request: web.Request) -> SoapVersion:
+        version = version_for(request.content_type)
+        if version is None:
+            raise UnsupportedMediaType(
+                f"Content-Type {request.content_type!r} is not SOAP (text/xml or application/soap+xml)")
+        if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+            raise UnsupportedMediaType("compressed request bodies are not accepted")
+        return version
+
+    @staticmethod
+    async def _read_head(request: web.Request, routing_header: str, max_header: int,
+                         limit: int) -> tuple[EnvelopeHead, bytes | RequestBody]:
+        scanner = HeadScanner(routing_header=routing_header, max_bytes=max_header)
+        if request.content_length is not None and request.content_length <= SMALL_BODY:
+            whole = await _read_whole(request)
+            return scanner.feed(whole) or scanner.finish(), whole
+        prefix: list[bytes] = []
+        seen = 0
+        head = None
+        while head is None:
+            chunk = await _read_chunk(request.content)
+            if not chunk:
+                head = scanner.finish()
+                break
+            prefix.append(chunk)
+            seen += len(chunk)
+            if seen > limit:
+                raise MessageTooLarge(f"message exceeds the limit of {limit} bytes")
+            head = scanner.feed(chunk)
+        return head, RequestBody(prefix, request.content, seen=seen, limit=limit)
+
+    async def _forward(self, request: web.Request, exchange: Exchange,
+                       body: bytes | RequestBody) -> web.StreamResponse:
+        headers = CIMultiDict((k, v) for k in _FORWARD_REQUEST for v in request.headers.getall(k, ()))
+        headers[H_VIA] = exchange.via
+        headers[H_MESSAGE_ID] = exchange.message_id
+        try:
+            reply = await self._upstream.post(exchange.route, headers, body)
+        except GatewayError:
+            if isinstance(body, RequestBody) and body.error is not None:
+                raise body.error from None
+            raise
+        try:
+            if isinstance(body, RequestBody) and body.error is not None:
+                raise body.error
+            return await _respond(request, reply, exchange)
+        finally:
+            reply.release()
+
+    @staticmethod
+    def _fault(error: GatewayError, version: SoapVersion, gateway: str) -> web.Response:
+        log.info("fault %s: %s", error.code, error.reason)
+        return web.Response(
+            status=error.http_status, body=gateway_fault(error, version, gateway=gateway),
+            headers={"Content-Type": fault_content_type(version)},
+        )
+
+
+async def _read_whole(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except aiohttp.ClientPayloadError as exc:
+        raise MalformedMessage(f"the request body is incomplete: {exc}") from exc
+
+
+async def _read_chunk(stream: aiohttp.StreamReader) -> bytes:
+    try:
+        return await stream.readany()
+    except aiohttp.ClientPayloadError as exc:
+        raise MalformedMessage(f"the request body is incomplete: {exc}") from exc
+
+
+def _reply_headers(reply: aiohttp.ClientResponse, exchange: Exchange) -> CIMultiDict[str]:
+    headers = CIMultiDict((k, v) for k, v in reply.headers.items() if k.lower() not in _DROP_RESPONSE)
+    headers[H_MESSAGE_ID] = exchange.message_id
+    return headers
+
+
+async def _respond(request: web.Request, reply: aiohttp.ClientResponse, exchange: Exchange) -> web.StreamResponse:
+    """Pass the upstream's answer back unchanged (status, headers, body)."""
+    headers = _reply_headers(reply, exchange)
+    if reply.content_length is not None and reply.content_length <= SMALL_BODY:
+        try:
+            body = await reply.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise translate(exc, exchange.route) from exc
+        return web.Response(status=reply.status, reason=reply.reason, body=body, headers=headers)
+    response = web.StreamResponse(status=reply.status, reason=reply.reason, headers=headers)
+    if reply.content_length is not None:
+        response.content_length = reply.content_length
+    await response.prepare(request)
+    try:
+        async for chunk in reply.content.iter_any():
+            await response.write(chunk)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        # The status line is already sent: the only honest signal left is to
+        # cut the connection so the caller sees an incomplete answer.
+        log.warning("%s broke off its answer to message %s: %s", exchange.route.endpoint, exchange.message_id, exc)
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("upstream broke off its answer") from exc
+    await response.write_eof()
+    return response
