@@ -11,6 +11,7 @@ HTTP status of the fault response::
     │   ├── MalformedMessage(ValueError)            400
     │   ├── UnsupportedMediaType(ValueError)        415
     │   ├── MessageTooLarge(ValueError)             413
+    │   ├── RequestTimeout(TimeoutError)            408
     │   └── UnknownDestination(LookupError)         404
     └── ServerFault                                 the gateway or its upstream failed
         ├── RoutingLoop(RuntimeError)               500
@@ -33,6 +34,7 @@ __all__ = [
     "MalformedMessage",
     "UnsupportedMediaType",
     "MessageTooLarge",
+    "RequestTimeout",
     "UnknownDestination",
     "ServerFault",
     "RoutingLoop",
@@ -100,6 +102,13 @@ class MessageTooLarge(ClientFault, ValueError):
 
     code = "MessageTooLarge"
     http_status = 413
+
+
+class RequestTimeout(ClientFault, TimeoutError):
+    """Raised when the caller pauses longer than ``gateway.client_timeout`` while sending."""
+
+    code = "RequestTimeout"
+    http_status = 408
 
 
 class UnknownDestination(ClientFault, LookupError):

@@ -18,16 +18,18 @@ which is faster; anything bigger streams, so memory does not grow with size.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from routing.config import GatewaySettings
 from routing.table import Route, RouteTable
 from routing.watch import LiveTable
 
@@ -36,6 +38,7 @@ from .errors import (
     GatewayError,
     MalformedMessage,
     MessageTooLarge,
+    RequestTimeout,
     RoutingLoop,
     UnsupportedMediaType,
 )
@@ -114,11 +117,13 @@ class RequestBody:
     kept in :attr:`error` because aiohttp wraps whatever a body iterator raises.
     """
 
-    def __init__(self, prefix: list[bytes], stream: aiohttp.StreamReader, *, seen: int, limit: int) -> None:
+    def __init__(self, prefix: list[bytes], stream: aiohttp.StreamReader, *,
+                 seen: int, limit: int, timeout: float) -> None:
         self._prefix = prefix
         self._stream = stream
         self.size = seen
         self._limit = limit
+        self._timeout = timeout
         self.error: GatewayError | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -126,7 +131,7 @@ class RequestBody:
             yield chunk
         self._prefix = []
         try:
-            async for chunk in self._stream.iter_any():
+            while chunk := await _receive(self._stream.readany(), self._timeout):
                 self.size += len(chunk)
                 if self.size > self._limit:
                     raise MessageTooLarge(f"message exceeds the limit of {self._limit} bytes")
@@ -134,9 +139,6 @@ class RequestBody:
         except GatewayError as exc:
             self.error = exc
             raise
-        except aiohttp.ClientPayloadError as exc:
-            self.error = MalformedMessage(f"the request body is incomplete: {exc}")
-            raise self.error from exc
 
 
 class Relay:
@@ -176,8 +178,7 @@ class Relay:
         if request.content_length is not None and request.content_length > settings.max_message_bytes:
             raise MessageTooLarge(
                 f"message of {request.content_length} bytes exceeds the limit of {settings.max_message_bytes}")
-        head, body = await self._read_head(request, settings.routing_header, settings.max_header_bytes,
-                                           settings.max_message_bytes)
+        head, body = await self._read_head(request, settings)
         if head.version is not version:
             raise MalformedMessage(f"Content-Type {request.content_type} announces SOAP {version.value} "
                                    f"but the Envelope is SOAP {head.version.value}")
@@ -201,17 +202,18 @@ class Relay:
         return version
 
     @staticmethod
-    async def _read_head(request: web.Request, routing_header: str, max_header: int,
-                         limit: int) -> tuple[EnvelopeHead, bytes | RequestBody]:
-        scanner = HeadScanner(routing_header=routing_header, max_bytes=max_header)
+    async def _read_head(request: web.Request,
+                         settings: GatewaySettings) -> tuple[EnvelopeHead, bytes | RequestBody]:
+        scanner = HeadScanner(routing_header=settings.routing_header, max_bytes=settings.max_header_bytes)
+        limit, timeout = settings.max_message_bytes, settings.client_timeout
         if request.content_length is not None and request.content_length <= SMALL_BODY:
-            whole = await _read_whole(request)
+            whole = await _receive(request.read(), timeout)
             return scanner.feed(whole) or scanner.finish(), whole
         prefix: list[bytes] = []
         seen = 0
         head = None
         while head is None:
-            chunk = await _read_chunk(request.content)
+            chunk = await _receive(request.content.readany(), timeout)
             if not chunk:
                 head = scanner.finish()
                 break
@@ -220,7 +222,7 @@ class Relay:
             if seen > limit:
                 raise MessageTooLarge(f"message exceeds the limit of {limit} bytes")
             head = scanner.feed(chunk)
-        return head, RequestBody(prefix, request.content, seen=seen, limit=limit)
+        return head, RequestBody(prefix, request.content, seen=seen, limit=limit, timeout=timeout)
 
     async def _forward(self, request: web.Request, exchange: Exchange,
                        body: bytes | RequestBody) -> web.StreamResponse:
@@ -249,17 +251,14 @@ class Relay:
         )
 
 
-async def _read_whole(request: web.Request) -> bytes:
+async def _receive(read: Awaitable[bytes], timeout: float) -> bytes:
+    """Await bytes from the caller, translating a stall or a broken body into faults."""
     try:
-        return await request.read()
-    except aiohttp.ClientPayloadError as exc:
-        raise MalformedMessage(f"the request body is incomplete: {exc}") from exc
-
-
-async def _read_chunk(stream: aiohttp.StreamReader) -> bytes:
-    try:
-        return await stream.readany()
-    except aiohttp.ClientPayloadError as exc:
+        async with asyncio.timeout(timeout):
+            return await read
+    except TimeoutError as exc:
+        raise RequestTimeout(f"the caller sent nothing for {timeout:g} s") from exc
+    except (aiohttp.ClientPayloadError, ConnectionResetError) as exc:
         raise MalformedMessage(f"the request body is incomplete: {exc}") from exc
 
 

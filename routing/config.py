@@ -80,6 +80,8 @@ class GatewaySettings:
     """Largest request body accepted for relay."""
     max_header_bytes: int = 64 * 1024
     """How far into a message the gateway reads to find the routing header."""
+    client_timeout: float = 60.0
+    """Seconds a caller may pause while sending its request before it is refused."""
     routing_header: str = f"{{{ROUTING}}}Routing"
     """Clark-notation QName of the routing header block."""
     fallback_peer: str | None = None
@@ -174,7 +176,7 @@ def parse_config(data: Any, *, source: Path | None = None, db: str | None = None
 def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer]) -> GatewaySettings:
     g = _mapping(raw, "gateway")
     allowed = {"name", "listen", "tls", "db", "data_dir", "max_message_bytes",
-               "max_header_bytes", "routing_header", "fallback_peer", "ntp"}
+               "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp"}
     _known(g, "gateway", allowed)
     if g.get("tls"):
         raise ConfigError(f"gateway.tls {_NOT_YET}")
@@ -191,6 +193,8 @@ def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer]) -> GatewaySett
                                "gateway.max_message_bytes", low=1024),
         max_header_bytes=_int(g.get("max_header_bytes", defaults.max_header_bytes),
                               "gateway.max_header_bytes", low=1024, high=16 * 1024 * 1024),
+        client_timeout=_number(g.get("client_timeout", defaults.client_timeout), "gateway.client_timeout",
+                               low=0.01, high=MAX_TIMEOUT),
         routing_header=_qname(g.get("routing_header", defaults.routing_header)),
         fallback_peer=fallback,
         ntp=_ntp(g.get("ntp") or {}),

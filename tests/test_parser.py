@@ -1,0 +1,87 @@
+"""The hardened parser and the relay's head scanner, over the files in tests/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import MalformedMessage, MessageTooLarge
+from gateway.ns import SoapVersion
+from gateway.parser import EnvelopeHead, HeadScanner, parse
+
+from .conftest import DATA, message
+
+ROUTING = "{urn:bmrgw:routing:1}Routing"
+
+EXPECTED = {
+    "soap11-routing-header.xml": EnvelopeHead(version=SoapVersion.V11, to="demo", sender="juki", message_id="msg-0001"),
+    "soap12-routing-header.xml": EnvelopeHead(version=SoapVersion.V12, to="demo", sender="zei"),
+    "soap11-wsa-to.xml": EnvelopeHead(version=SoapVersion.V11, to="demo"),
+    "soap12-wsa-to.xml": EnvelopeHead(version=SoapVersion.V12, to="demo"),
+    "soap11-no-header.xml": EnvelopeHead(version=SoapVersion.V11),
+    "soap11-shift-jis.xml": EnvelopeHead(version=SoapVersion.V11, to="demo", sender="介護"),
+}
+INVALID = sorted(p.name for p in (DATA / "invalid").iterdir())
+
+
+def scan(data: bytes, step: int, max_bytes: int = 64 * 1024) -> EnvelopeHead:
+    scanner = HeadScanner(routing_header=ROUTING, max_bytes=max_bytes)
+    for i in range(0, len(data), step):
+        head = scanner.feed(data[i:i + step])
+        if head is not None:
+            return head
+    return scanner.finish()
+
+
+def test_every_valid_file_has_an_expectation() -> None:
+    assert sorted(EXPECTED) == sorted(p.name for p in (DATA / "valid").iterdir())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("step", [1, 7, 100_000])
+def test_head_of_valid_messages(name: str, step: int) -> None:
+    assert scan(message(f"valid/{name}"), step) == EXPECTED[name]
+
+
+@pytest.mark.parametrize("name", INVALID)
+@pytest.mark.parametrize("step", [1, 100_000])
+def test_invalid_messages_are_malformed(name: str, step: int) -> None:
+    with pytest.raises(MalformedMessage):
+        scan(message(f"invalid/{name}"), step)
+
+
+def test_scanner_stops_at_the_end_of_the_header() -> None:
+    head = message("valid/soap11-routing-header.xml")
+    end = head.index(b"</soap:Header>") + len(b"</soap:Header>")
+    # Whatever follows the header is never parsed, even if it is not XML.
+    assert scan(head[:end] + b"<<<not xml at all", 100_000).to == "demo"
+
+
+def test_header_larger_than_the_limit_is_refused() -> None:
+    padding = b"<pad>" + b"x" * 5000 + b"</pad>"
+    data = message("valid/soap11-routing-header.xml").replace(b"<soap:Header>", b"<soap:Header>" + padding)
+    with pytest.raises(MessageTooLarge):
+        scan(data, 1024, max_bytes=2048)
+
+
+def test_configured_routing_qname() -> None:
+    data = (b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Header>'
+            b'<x:Route xmlns:x="urn:example:route"><x:To>zei</x:To></x:Route></s:Header><s:Body/></s:Envelope>')
+    scanner = HeadScanner(routing_header="{urn:example:route}Route", max_bytes=4096)
+    assert (scanner.feed(data) or scanner.finish()).to == "zei"
+
+
+def test_whole_document_parse_refuses_dtd_and_keeps_entities_unexpanded() -> None:
+    with pytest.raises(MalformedMessage, match="DTD"):
+        parse(message("invalid/dtd-billion-laughs.xml"), max_bytes=1 << 20)
+    with pytest.raises(MalformedMessage, match="DTD"):
+        parse(message("invalid/dtd-external-entity.xml"), max_bytes=1 << 20)
+
+
+def test_whole_document_parse_size_limit() -> None:
+    with pytest.raises(MessageTooLarge):
+        parse(b"<a>" + b"x" * 100 + b"</a>", max_bytes=50)
+    assert parse(b"<a>x</a>", max_bytes=50).text == "x"
+
+
