@@ -105,5 +105,5 @@ def _response(version: SoapVersion, element: str, values: dict[str, str]) -> byt
     out = etree.SubElement(etree.SubElement(envelope, f"{{{env_ns}}}Body"), f"{{{DEMO_NS}}}{element}")
     for key, value in values.items():
         etree.SubElement(out, f"{{{DEMO_NS}}}{key}").text = value
-    return etree.tostring(envelope, xml_declaration=True, encoding="utf-8")
+    return bytes(etree.tostring(envelope, xml_declaration=True, encoding="utf-8"))
 

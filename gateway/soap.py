@@ -54,7 +54,7 @@ def fault_envelope(version: SoapVersion, *, fault: str, reason: str, detail: etr
         detail_parent = etree.SubElement(node, f"{{{env_ns}}}Detail") if detail is not None else None
     if detail_parent is not None and detail is not None:
         detail_parent.append(detail)
-    return etree.tostring(envelope, xml_declaration=True, encoding="utf-8")
+    return bytes(etree.tostring(envelope, xml_declaration=True, encoding="utf-8"))
 
 
 def gateway_fault(error: GatewayError, version: SoapVersion, *, gateway: str) -> bytes:
