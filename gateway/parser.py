@@ -33,6 +33,7 @@ PARSER_OPTIONS: dict[str, Any] = dict(
 MAX_DEPTH = 64
 _ENVELOPES = {f"{{{SOAP11_ENV}}}Envelope": SoapVersion.V11, f"{{{SOAP12_ENV}}}Envelope": SoapVersion.V12}
 _WSA_TO = (f"{{{WSA}}}To", f"{{{WSA_2004}}}To")
+_SOAP_TAGS = (f"{{{SOAP11_ENV}}}*", f"{{{SOAP12_ENV}}}*")
 
 
 def _refuse_dtd(element: etree._Element) -> None:
@@ -67,16 +68,21 @@ class EnvelopeHead:
 
 
 class HeadScanner:
-    """Incrementally parses an envelope up to the end of its Header."""
+    """Incrementally parses an envelope up to the end of its Header.
+
+    Only events for elements in the two SOAP envelope namespaces reach Python
+    (lxml filters the rest in C): Envelope, Header, Body and whatever else a
+    sender put in those namespaces.  The routing key is read from the Header
+    subtree once it has ended.
+    """
 
     def __init__(self, *, routing_header: str, max_bytes: int) -> None:
         self._routing = routing_header
         self._routing_ns = routing_header[1:].split("}", 1)[0]
         self._max_bytes = max_bytes
         self._seen = 0
-        self._depth = 0
         self._version: SoapVersion | None = None
-        self._parser = etree.XMLPullParser(events=("start", "end"), **PARSER_OPTIONS)
+        self._parser = etree.XMLPullParser(events=("start", "end"), tag=_SOAP_TAGS, **PARSER_OPTIONS)
 
     def feed(self, chunk: bytes) -> EnvelopeHead | None:
         """Feed the next bytes; returns the head once it is complete."""
@@ -96,50 +102,52 @@ class HeadScanner:
     def finish(self) -> EnvelopeHead:
         """Called at the end of the body when the head was not complete yet."""
         try:
-            self._parser.close()
+            root = self._parser.close()
             head = self._events()
         except etree.XMLSyntaxError as exc:
             raise MalformedMessage(f"not well-formed XML: {exc}") from exc
-        if head is None:
-            raise MalformedMessage("the SOAP Envelope has no Body")
-        return head
+        if head is not None:
+            return head
+        if root is not None and root.tag not in _ENVELOPES:
+            raise MalformedMessage(f"root element {root.tag} is not a SOAP 1.1 or 1.2 Envelope")
+        raise MalformedMessage("the SOAP Envelope has no Body")
 
     def _events(self) -> EnvelopeHead | None:
         for event, element in self._parser.read_events():
-            if event == "start":
-                self._depth += 1
-                head = self._start(element)
-            else:
-                self._depth -= 1
-                head = self._end(element)
-            if head is not None:
-                return head
-        return None
-
-    def _start(self, element: etree._Element) -> EnvelopeHead | None:
-        if self._depth > MAX_DEPTH:
-            raise MalformedMessage(f"SOAP Header nested deeper than {MAX_DEPTH} elements")
-        if self._depth == 1:
-            _refuse_dtd(element)
-            self._version = _ENVELOPES.get(element.tag)
             if self._version is None:
-                raise MalformedMessage(f"root element {element.tag} is not a SOAP 1.1 or 1.2 Envelope")
-        elif self._depth == 2:
-            assert self._version is not None
-            ns = self._version.envelope_ns
-            if element.tag == f"{{{ns}}}Body":
-                return EnvelopeHead(version=self._version)
-            if element.tag != f"{{{ns}}}Header":
+                self._version = self._envelope(element)
+                continue
+            parent = element.getparent()
+            if parent is None or parent.getparent() is not None:
+                continue  # deeper than the Envelope's children: the Header's own business
+            name = etree.QName(element)
+            if name.namespace != self._version.envelope_ns or name.localname not in ("Header", "Body"):
                 raise MalformedMessage(f"unexpected {element.tag} in the SOAP Envelope")
+            if name.localname == "Body":
+                return self._body(element)
+            if event == "end":
+                return self._read_header(element)
         return None
 
-    def _end(self, element: etree._Element) -> EnvelopeHead | None:
-        if self._depth != 1 or self._version is None or element.tag != f"{{{self._version.envelope_ns}}}Header":
-            return None
-        return self._read_header(element)
+    @staticmethod
+    def _envelope(element: etree._Element) -> SoapVersion:
+        if element.getparent() is not None or element.tag not in _ENVELOPES:
+            raise MalformedMessage(f"root element {element.getroottree().getroot().tag} is not a SOAP Envelope")
+        _refuse_dtd(element)
+        return _ENVELOPES[element.tag]
+
+    def _body(self, body: etree._Element) -> EnvelopeHead:
+        assert self._version is not None
+        before = body.getprevious()
+        if before is not None and (before.tag != f"{{{self._version.envelope_ns}}}Header"
+                                   or before.getprevious() is not None):
+            raise MalformedMessage(f"unexpected {before.tag} before the SOAP Body")
+        return EnvelopeHead(version=self._version)
 
     def _read_header(self, header: etree._Element) -> EnvelopeHead:
         assert self._version is not None
+        if _depth(header) > MAX_DEPTH:
+            raise MalformedMessage(f"SOAP Header nested deeper than {MAX_DEPTH} elements")
         ns = self._routing_ns
         routing = header.find(self._routing)
         to = sender = message_id = None
@@ -154,6 +162,15 @@ class HeadScanner:
                     to = wsa_to[len(AP_URN_PREFIX):] or None
                     break
         return EnvelopeHead(version=self._version, to=to, sender=sender, message_id=message_id)
+
+
+def _depth(element: etree._Element) -> int:
+    """Nesting depth of ``element``'s subtree (1 for an empty element)."""
+    deepest, level = 0, 0
+    for event, _ in etree.iterwalk(element, events=("start", "end")):
+        level += 1 if event == "start" else -1
+        deepest = max(deepest, level)
+    return deepest
 
 
 def _text(value: str | None) -> str | None:

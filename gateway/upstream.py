@@ -15,6 +15,7 @@ from collections.abc import AsyncIterable, Mapping
 from typing import Protocol
 
 import aiohttp
+from yarl import URL
 
 from routing.table import Route
 
@@ -61,14 +62,20 @@ class HttpUpstream:
             skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent"),
             timeout=aiohttp.ClientTimeout(total=None),
         )
+        # Parsed once per distinct value: URL parsing and timeout objects are
+        # measurable on the hot path of small messages.
+        self._urls: dict[str, URL] = {}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     async def post(
         self, route: Route, headers: Mapping[str, str], body: bytes | AsyncIterable[bytes]
     ) -> aiohttp.ClientResponse:
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=route.timeout, sock_read=route.timeout)
+        url = self._urls.get(route.url) or self._urls.setdefault(route.url, URL(route.url))
+        timeout = self._timeouts.get(route.timeout) or self._timeouts.setdefault(
+            route.timeout, aiohttp.ClientTimeout(total=None, sock_connect=route.timeout, sock_read=route.timeout))
         try:
             return await self._session.post(
-                route.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
             )
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise translate(exc, route) from exc
