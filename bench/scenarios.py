@@ -1,0 +1,33 @@
+"""The scenarios ``make bench`` runs, in order, with the acceptance targets they are judged by.
+
+To add a benchmark (refdb push rows/s, file transfer, two gateway workers
+against one), write a class with ``name``, ``title`` and ``run(bench) ->
+Section`` (see ``harness.Scenario``) and append an instance here.
+"""
+
+from __future__ import annotations
+
+from .harness import Scenario
+from .relay import AddedLatency, RelayLoad, ThroughputRatio
+
+__all__ = ["SCENARIOS"]
+
+KIB = 1024
+
+SCENARIOS: tuple[Scenario, ...] = (
+    RelayLoad(
+        name="1k", title="Throughput: 1 KiB envelope at saturation (50 connections, backend answers at once)",
+        envelope_bytes=1 * KIB, connections=50, backend_delay=0.0,
+        rules=(ThroughputRatio(target="bmrgw", baseline="nginx", at_least=0.35),),
+    ),
+    RelayLoad(
+        name="100k", title="Throughput: 100 KiB envelope at saturation (50 connections, backend answers at once)",
+        envelope_bytes=100 * KIB, connections=50, backend_delay=0.0,
+    ),
+    RelayLoad(
+        name="latency", title="Added latency: 1 KiB envelope, 100 connections, backend waits 30 ms",
+        envelope_bytes=1 * KIB, connections=100, backend_delay=0.030,
+        rules=(AddedLatency(target="bmrgw", percentile="50", at_most_ms=1.0),
+               AddedLatency(target="bmrgw", percentile="99", at_most_ms=5.0)),
+    ),
+)
