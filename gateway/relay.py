@@ -57,6 +57,9 @@ MAX_HOPS = 8
 #: Bodies up to this size are read whole instead of streamed.
 SMALL_BODY = 256 * 1024
 
+#: Bodies in memory are parsed in slices of this size, stopping after the Header.
+_SCAN_SLICE = 8192
+
 # End-to-end request headers that travel to the endpoint; everything else
 # (Authorization, Cookie, hop-by-hop headers) stays at the gateway.
 _FORWARD_REQUEST = ("Content-Type", H_SOAPACTION, "Content-Length", "Accept", "Accept-Encoding",
@@ -208,7 +211,7 @@ class Relay:
         limit, timeout = settings.max_message_bytes, settings.client_timeout
         if request.content_length is not None and request.content_length <= SMALL_BODY:
             whole = await _receive(request.read(), timeout)
-            return scanner.feed(whole) or scanner.finish(), whole
+            return _scan(scanner, whole), whole
         prefix: list[bytes] = []
         seen = 0
         head = None
@@ -226,7 +229,8 @@ class Relay:
 
     async def _forward(self, request: web.Request, exchange: Exchange,
                        body: bytes | RequestBody) -> web.StreamResponse:
-        headers = CIMultiDict((k, v) for k in _FORWARD_REQUEST for v in request.headers.getall(k, ()))
+        incoming = request.headers
+        headers = {k: incoming[k] for k in _FORWARD_REQUEST if k in incoming}
         headers[H_VIA] = exchange.via
         headers[H_MESSAGE_ID] = exchange.message_id
         try:
@@ -260,6 +264,16 @@ async def _receive(read: Awaitable[bytes], timeout: float) -> bytes:
         raise RequestTimeout(f"the caller sent nothing for {timeout:g} s") from exc
     except (aiohttp.ClientPayloadError, ConnectionResetError) as exc:
         raise MalformedMessage(f"the request body is incomplete: {exc}") from exc
+
+
+def _scan(scanner: HeadScanner, whole: bytes) -> EnvelopeHead:
+    """Feed a body already in memory slice by slice, so parsing stops after the Header."""
+    view = memoryview(whole)
+    for start in range(0, len(whole), _SCAN_SLICE):
+        head = scanner.feed(bytes(view[start:start + _SCAN_SLICE]))
+        if head is not None:
+            return head
+    return scanner.finish()
 
 
 def _reply_headers(reply: aiohttp.ClientResponse, exchange: Exchange) -> CIMultiDict[str]:

@@ -359,3 +359,14 @@ async def test_backend_breaking_off_its_answer_cuts_the_callers_connection(
     async with http.get(gw + "/metrics") as resp:
         assert 'bmrgw_requests_total{destination="demo",status="error"} 1.0' in await resp.text()
 
+
+
+async def test_only_the_head_is_parsed(gateway: GatewayFactory, backend: RecordingBackend,
+                                       http: aiohttp.ClientSession) -> None:
+    # The Body is the endpoint's business: past the Header the gateway reads
+    # no further, so even a body that breaks off is relayed as it is.
+    envelope = message("valid/soap11-routing-header.xml")
+    cut = envelope.replace(b"<d:text>", b"<d:text>" + b"q" * 50_000)[:-40]
+    gw = await gateway(config_for(backend.url))
+    status, _, _ = await post(http, gw + "/soap", cut, soap11_headers())
+    assert status == 200 and backend.seen[-1].sha256 == sha256(cut)
