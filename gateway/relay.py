@@ -57,6 +57,8 @@ MAX_HOPS = 8
 #: Bodies up to this size are read whole instead of streamed.
 SMALL_BODY = 256 * 1024
 
+#: Our Server header: the product, not the versions of the libraries under it.
+SERVER = "bmrgw"
 #: Bodies in memory are parsed in slices of this size, stopping after the Header.
 _SCAN_SLICE = 8192
 
@@ -251,7 +253,7 @@ class Relay:
         log.info("fault %s: %s", error.code, error.reason)
         return web.Response(
             status=error.http_status, body=gateway_fault(error, version, gateway=gateway),
-            headers={"Content-Type": fault_content_type(version)},
+            headers={"Content-Type": fault_content_type(version), "Server": SERVER},
         )
 
 
@@ -279,6 +281,7 @@ def _scan(scanner: HeadScanner, whole: bytes) -> EnvelopeHead:
 def _reply_headers(reply: aiohttp.ClientResponse, exchange: Exchange) -> CIMultiDict[str]:
     headers = CIMultiDict((k, v) for k, v in reply.headers.items() if k.lower() not in _DROP_RESPONSE)
     headers[H_MESSAGE_ID] = exchange.message_id
+    headers["Server"] = SERVER
     return headers
 
 

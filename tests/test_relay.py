@@ -83,6 +83,7 @@ async def test_message_id_via_and_private_headers(
     seen = backend.seen[-1].headers
     assert seen["X-Message-Id"] == "msg-0001" == reply_headers["X-Message-Id"]
     assert seen["Via"] == "1.1 gw-test"
+    assert reply_headers["Server"] == "bmrgw"
     assert "Authorization" not in seen and "Cookie" not in seen
     # Without a MessageId in the header, an incoming X-Message-Id is kept, else a UUID is made.
     await post(http, gw + "/soap/demo", message("valid/soap11-no-header.xml"),
