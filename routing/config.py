@@ -37,6 +37,7 @@ __all__ = [
     "Endpoint",
     "Peer",
     "load_config",
+    "parse_text",
     "parse_config",
     "NAME_PATTERN",
 ]
@@ -149,11 +150,20 @@ def load_config(path: str | Path, *, db: str | None = None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+    return parse_text(text, source=path.resolve(), db=db)
+
+
+def parse_text(text: str, *, source: Path | None = None, db: str | None = None) -> Config:
+    """Validate YAML text as the gateway reads it (safe loader, then :func:`parse_config`)."""
     try:
         data = YAML(typ="safe", pure=True).load(text)
     except YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_config(data if data is not None else {}, source=path.resolve(), db=db)
+        where = f"{source}: " if source else ""
+        # One line: the CLI and /healthz show errors on a single line.
+        raise ConfigError(f"{where}not valid YAML: {' '.join(str(exc).split())}") from exc
+    return parse_config(data if data is not None else {}, source=source, db=db)
 
 
 def parse_config(data: Any, *, source: Path | None = None, db: str | None = None) -> Config:
@@ -165,9 +175,9 @@ def parse_config(data: Any, *, source: Path | None = None, db: str | None = None
         for key in ("clients", "refdb"):
             if root.get(key):
                 raise ConfigError(f"{key}: {_NOT_YET}")
-        peers = _peers(root.get("peers") or {})
-        gateway = _gateway(root.get("gateway") or {}, db, peers)
-        endpoints = _endpoints(root.get("endpoints") or {}, peers)
+        peers = _peers(_section(root, "peers"))
+        gateway = _gateway(_section(root, "gateway"), db, peers)
+        endpoints = _endpoints(_section(root, "endpoints"), peers)
     except ConfigError as exc:
         raise ConfigError(where + exc.reason) from exc
     return Config(source=source, gateway=gateway, endpoints=endpoints, peers=peers)
@@ -186,7 +196,7 @@ def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer]) -> GatewaySett
         raise ConfigError(f"gateway.fallback_peer: no peer named {fallback!r} under peers")
     return GatewaySettings(
         name=_name(g.get("name", defaults.name), "gateway.name"),
-        listen=_listen(g.get("listen") or {}),
+        listen=_listen(_section(g, "listen")),
         db=db or _str(g.get("db", defaults.db), "gateway.db"),
         data_dir=_str(g.get("data_dir", defaults.data_dir), "gateway.data_dir"),
         max_message_bytes=_int(g.get("max_message_bytes", defaults.max_message_bytes),
@@ -197,7 +207,7 @@ def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer]) -> GatewaySett
                                low=0.01, high=MAX_TIMEOUT),
         routing_header=_qname(g.get("routing_header", defaults.routing_header)),
         fallback_peer=fallback,
-        ntp=_ntp(g.get("ntp") or {}),
+        ntp=_ntp(_section(g, "ntp")),
     )
 
 
@@ -280,6 +290,12 @@ def _mapping(value: Any, path: str) -> Mapping[str, Any]:
         if not isinstance(key, str):
             raise ConfigError(f"{path}: keys must be strings, not {key!r}")
     return value
+
+
+def _section(m: Mapping[str, Any], key: str) -> Any:
+    """A top-level or nested section; absent or empty (``key:``) means defaults."""
+    value = m.get(key)
+    return {} if value is None else value
 
 
 def _known(m: Mapping[str, Any], path: str, allowed: set[str]) -> None:

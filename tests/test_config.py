@@ -106,3 +106,24 @@ def test_unknown_without_fallback_and_fallback_that_already_passed() -> None:
         RouteTable(parse_config(no_fallback)).resolve("zei")
     with pytest.raises(UnknownDestination, match="does not know it either"):
         RouteTable(parse_config(BASE)).resolve("zei", passed=["dc-west"])
+
+
+def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "sjis.yaml"
+    path.write_bytes("endpoints: {介護: {url: 'http://127.0.0.1/'}}\n".encode("shift_jis"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("empty", [[], "", 0])
+def test_wrong_type_for_a_section_is_not_taken_as_empty(empty: Any) -> None:
+    with pytest.raises(ConfigError, match="endpoints: must be a mapping"):
+        parse_config({"endpoints": empty})
+
+
+def test_yaml_errors_are_one_line(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("endpoints:\n  kaigo: [\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(broken)
+    assert "\n" not in info.value.reason

@@ -1,0 +1,571 @@
+"""Safe edits of endpoints.yaml for ``bmrgw endpoints add|set|remove`` (SPEC.md "CLI").
+
+An operator edits the endpoint table while the gateway runs, and the gateway
+picks up every change of the file within 2 s, so an edit here must:
+
+* keep what the operator wrote: the ruamel.yaml round-trip document is
+  edited in place, so comments, key order, flow style and quoting survive,
+  and the comments that follow an entry move with the entry they describe;
+* never put an invalid table on disk: the whole new text is validated with
+  :func:`routing.config.parse_config`, parsed exactly as the gateway parses it;
+* be atomic, so the gateway sees the old file or the new one, never half of
+  one: temp file in the same folder, fsync, ``os.replace``, fsync the folder;
+* not lose an edit when two operators run the CLI at once: each editor holds
+  an ``fcntl`` lock on a sibling lock file for its whole read-modify-write.
+
+:func:`insert_endpoint`, :func:`update_endpoint` and :func:`delete_endpoint`
+change a loaded document and touch no file; :func:`edit_file` is the I/O
+around them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import itertools
+import os
+import re
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import CommentMark, YAMLError
+from ruamel.yaml.scalarstring import ScalarString
+from ruamel.yaml.tokens import CommentToken
+
+from gateway.errors import ConfigError, GatewayError
+
+from .config import NAME_PATTERN, Config, parse_text
+
+__all__ = [
+    "Edit",
+    "Outcome",
+    "Target",
+    "delete_endpoint",
+    "edit_file",
+    "insert_endpoint",
+    "lock_path",
+    "update_endpoint",
+]
+
+#: Seconds an editor waits for another one to finish before giving up.
+LOCK_TIMEOUT = 10.0
+
+_LOCK_POLL = 0.05
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """What an edit sets on one endpoint; ``None`` leaves that field alone."""
+
+    url: str | None = None
+    """The business AP's SOAP URL; makes the endpoint a url endpoint."""
+    via: str | None = None
+    """The peer gateway that holds the business AP; makes it a via endpoint."""
+    timeout: float | None = None
+    """Seconds to wait for a url endpoint to answer."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """The configuration before and after one edit of the file."""
+
+    before: Config
+    """What the file held when the edit started."""
+    after: Config
+    """What the file holds now."""
+    written: bool
+    """False when the edit changed nothing, so the file was left alone."""
+
+
+#: A change of the loaded round-trip document; raises ConfigError to refuse.
+Edit = Callable[[CommentedMap], None]
+
+
+# -- the file ---------------------------------------------------------------------
+
+
+def edit_file(path: str | Path, edit: Edit) -> Outcome:
+    """Apply ``edit`` to the config file at ``path`` and replace the file atomically.
+
+    Raises :class:`ConfigError`, with the file left byte for byte as it was,
+    when the file is invalid already or would be invalid after the edit.
+    """
+    shown = Path(path)
+    real = Path(os.path.realpath(shown))  # edit a symlink's target, keep the link
+    with _locked(real):
+        text = _read(real, shown)
+        before = _current(text, real, shown)
+        try:
+            new_text = _rewrite(text, edit)
+            after = _parse(new_text, real)
+        except ConfigError as exc:
+            raise ConfigError(f"{shown} not changed: {exc.reason}") from exc
+        if new_text != text:
+            _replace(real, new_text.encode("utf-8"))
+    return Outcome(before=before, after=after, written=new_text != text)
+
+
+def lock_path(path: str | Path) -> Path:
+    """The lock file that serialises editors of the config file at ``path``."""
+    real = Path(os.path.realpath(path))
+    return real.with_name(f".{real.name}.lock")
+
+
+@contextmanager
+def _locked(real: Path) -> Iterator[None]:
+    lock = lock_path(real)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise GatewayError(f"cannot open the lock file {lock}: {exc.strerror or exc}") from exc
+    try:
+        _acquire(fd, lock, LOCK_TIMEOUT)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _acquire(fd: int, lock: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise GatewayError(
+                    f"another edit has held {lock} for more than {timeout:g} s; try again"
+                ) from None
+            time.sleep(_LOCK_POLL)
+
+
+def _read(real: Path, shown: Path) -> str:
+    try:
+        return real.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{shown}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{shown}: not UTF-8 text: {exc}") from exc
+
+
+def _current(text: str, real: Path, shown: Path) -> Config:
+    try:
+        return _parse(text, real)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{shown} is invalid already, so it was not edited: {exc.reason} "
+            f"(fix it by hand, then run 'bmrgw endpoints check')"
+        ) from exc
+
+
+def _parse(text: str, real: Path) -> Config:
+    """Validate ``text`` exactly as the gateway will read it."""
+    return parse_text(text, source=real)
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())  # the CLI reports errors on one line
+
+
+def _replace(real: Path, data: bytes) -> None:
+    """Put ``data`` in place of the file ``real`` in one rename, durably."""
+    try:
+        _swap(real, data)
+        _sync_folder(real.parent)  # makes the rename itself durable
+    except OSError as exc:
+        raise GatewayError(f"cannot write {real}: {exc.strerror or exc}") from exc
+
+
+def _swap(real: Path, data: bytes) -> None:
+    old = real.stat()
+    fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
+    try:
+        _fill(fd, data, old)
+        os.replace(tmp, real)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _fill(fd: int, data: bytes, like: os.stat_result) -> None:
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), stat.S_IMODE(like.st_mode))
+        with suppress(PermissionError):  # only root may give the file away
+            os.fchown(out.fileno(), like.st_uid, like.st_gid)
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- the round-trip document ------------------------------------------------------
+
+
+def _rewrite(text: str, edit: Edit) -> str:
+    yaml, loaded = _fitting_yaml(text)
+    doc = loaded if isinstance(loaded, CommentedMap) else CommentedMap()
+    edit(doc)
+    dumped = _dump(yaml, doc)
+    if loaded is None and text.strip():
+        # A file of comments only loads as None and its comments with it: keep them.
+        return text.rstrip("\n") + "\n" + dumped
+    return dumped
+
+
+def _fitting_yaml(text: str) -> tuple[YAML, Any]:
+    """The round-trip loader whose indentation reproduces ``text`` best, and its document."""
+    trials = []
+    for mapping, offset in itertools.product((2, 4), (0, 2, 4)):
+        yaml = _round_trip(text, mapping=mapping, offset=offset)
+        changed = _lines_changed(text, _dump(yaml, _load(yaml, text)))
+        if changed == 0:
+            break
+        trials.append((changed, yaml))
+    else:
+        yaml = min(trials, key=lambda trial: trial[0])[1]
+    # A dump marks the comments it printed, so the edit gets a freshly loaded document.
+    return yaml, _load(yaml, text)
+
+
+def _lines_changed(old: str, new: str) -> int:
+    # Indentation changes lines in place, so comparing line by line is enough.
+    pairs = itertools.zip_longest(old.splitlines(), new.splitlines())
+    return sum(1 for a, b in pairs if a != b)
+
+
+def _round_trip(text: str, *, mapping: int, offset: int) -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 4096  # never re-wrap an operator's long lines
+    yaml.indent(mapping=mapping, sequence=offset + 2, offset=offset)
+    yaml.explicit_start = re.match(r"(?:[ \t]*(?:#.*)?\r?\n)*---(?:\s|$)", text) is not None
+    return yaml
+
+
+def _load(yaml: YAML, text: str) -> Any:
+    try:
+        return yaml.load(text)
+    except YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {_one_line(exc)}") from exc
+
+
+def _dump(yaml: YAML, doc: Any) -> str:
+    out = io.StringIO()
+    yaml.dump(doc, out)
+    return out.getvalue()
+
+
+# -- the edits --------------------------------------------------------------------
+
+
+def insert_endpoint(doc: CommentedMap, name: str, target: Target) -> None:
+    """Add endpoint ``name`` after the last one; refused if the name is taken or invalid."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(
+            f"{name!r} is not a valid endpoint name "
+            "(letters, digits, '.', '_', '-'; starts with a letter or digit; at most 64)"
+        )
+    if (target.url is None) == (target.via is None):
+        raise ConfigError(f"endpoint {name!r} needs exactly one of a url or a via peer")
+    table = doc.get("endpoints")
+    if isinstance(table, Mapping) and name in table:
+        raise ConfigError(f"an endpoint named {name!r} exists already; change it with 'bmrgw endpoints set'")
+    entry = _new_entry(target, flow=target.via is not None or _flow_entries(table))
+    if isinstance(table, CommentedMap) and table:
+        _append(table, name, entry)
+    else:
+        _start_table(doc, name, entry)
+
+
+def update_endpoint(doc: CommentedMap, name: str, target: Target) -> None:
+    """Change the url, via peer or timeout of endpoint ``name``; the rest of it stays."""
+    entry = _entry(doc, name)
+    if target.url is not None and target.via is not None:
+        raise ConfigError(f"endpoint {name!r} takes a url or a via peer, not both")
+    if target.url is not None:
+        _put(entry, "url", target.url, instead_of="via")
+    if target.via is not None:
+        _put(entry, "via", target.via, instead_of="url")
+        if "timeout" in entry:  # a via endpoint uses its peer's timeout
+            _delete(entry, "timeout")
+    if target.timeout is not None:
+        _put(entry, "timeout", _plain_number(target.timeout))
+
+
+def delete_endpoint(doc: CommentedMap, name: str) -> None:
+    """Remove endpoint ``name`` with the comment lines directly above it."""
+    _entry(doc, name)
+    table = doc["endpoints"]
+    if list(table)[0] != name:
+        _delete(table, name)
+        return
+    _, rest = _split(_tail(table, name).text())
+    _drop_comments_above_first(doc)
+    _delete(table, name)
+    if not table:
+        _leave_empty(doc, rest)
+
+
+def _entry(doc: CommentedMap, name: str) -> CommentedMap:
+    table = doc.get("endpoints")
+    if not isinstance(table, CommentedMap) or name not in table:
+        known = ", ".join(table) if isinstance(table, CommentedMap) and table else "none"
+        raise ConfigError(f"no endpoint named {name!r} (endpoints: {known})")
+    entry = table[name]
+    if not isinstance(entry, CommentedMap):
+        raise ConfigError(f"endpoints.{name}: must be a mapping")
+    return entry
+
+
+def _new_entry(target: Target, *, flow: bool) -> CommentedMap:
+    entry = CommentedMap()
+    if target.via is not None:
+        entry["via"] = target.via
+    else:
+        entry["url"] = target.url
+    if target.timeout is not None:
+        entry["timeout"] = _plain_number(target.timeout)
+    if flow:
+        entry.fa.set_flow_style()
+    return entry
+
+
+def _flow_entries(table: Any) -> bool:
+    """Whether the table's last entry is written ``{url: …}``, so a new one should be too."""
+    if not isinstance(table, CommentedMap) or not table:
+        return False
+    last = table[_last_key(table)]
+    return isinstance(last, CommentedMap) and bool(last.fa.flow_style())
+
+
+def _start_table(doc: CommentedMap, name: str, entry: CommentedMap) -> None:
+    """Make ``endpoints`` a block mapping holding ``entry``: it was absent, empty or null."""
+    table = CommentedMap()
+    table[name] = entry
+    if "endpoints" not in doc:
+        _append(doc, "endpoints", table)
+        return
+    # After "endpoints: {}" or a null "endpoints:" the slot holds what follows
+    # the table; with entries it holds what sits above the first entry.
+    slot = _Slot(doc.ca.items, "endpoints", 2)
+    own, rest = _split(slot.text())
+    inside, after = _indented_head(rest)
+    above_first = _indented_tokens_below(doc)
+    doc["endpoints"] = table
+    slot.set(own + inside if own.strip() else "")
+    if above_first:
+        doc.ca.items["endpoints"][3] = above_first
+    if after:
+        _tail(table, name).set("\n" + after)
+
+
+def _indented_head(lines: str) -> tuple[str, str]:
+    """Split ``lines`` after its leading indented comments, which were inside the table."""
+    split = 0
+    for number, line in enumerate(lines.splitlines(keepends=True)):
+        if line.strip() and not (line[0] in " \t" and line.lstrip().startswith("#")):
+            break
+        if line.strip():
+            split = number + 1
+    head = "".join(lines.splitlines(keepends=True)[:split])
+    return head, lines[len(head):]
+
+
+def _indented_tokens_below(doc: CommentedMap) -> list[CommentToken]:
+    """Take the indented comments that ruamel hung after a null ``endpoints:``.
+
+    They sit above the next top-level key, or at the end of the document.
+    """
+    keys = list(doc)
+    position = keys.index("endpoints")
+    if position + 1 < len(keys):
+        below = (doc.ca.items.get(keys[position + 1]) or [None, None])[1]
+    else:
+        below = doc.ca.end
+    taken: list[CommentToken] = []
+    while below and below[0].column > 0 and str(below[0].value).lstrip().startswith("#"):
+        taken.append(below.pop(0))
+    return taken
+
+
+def _put(entry: CommentedMap, key: str, value: Any, *, instead_of: str | None = None) -> None:
+    if key in entry:
+        entry[key] = _same_quoting(entry[key], value)
+    elif instead_of is not None and instead_of in entry:
+        _rename(entry, instead_of, key, value)
+    else:
+        _append(entry, key, value)
+
+
+def _rename(m: CommentedMap, old: str, new: str, value: Any) -> None:
+    """Replace key ``old`` by ``new`` at the same place, keeping its comments."""
+    position = list(m).index(old)
+    comments = m.ca.items.pop(old, None)
+    del m[old]
+    m.insert(position, new, value)
+    if comments is not None:
+        m.ca.items[new] = comments
+
+
+def _same_quoting(old: Any, new: Any) -> Any:
+    if isinstance(old, ScalarString) and isinstance(new, str):
+        return type(old)(new)
+    return new
+
+
+def _plain_number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+# -- keeping comments with what they describe ---------------------------------------
+#
+# ruamel.yaml hangs the blank and comment lines that follow an entry on the
+# "tail" slot of the entry's last scalar (ca.items[key][2] in a mapping, [0]
+# in a sequence).  The first line of that text ends the entry's own line (an
+# end of line comment, or just the newline); the lines after it describe what
+# comes next.  So when the last entry changes, those lines move to the new
+# last entry, and a removed entry takes the comment block directly above it
+# (the end of the previous entry's tail) but leaves the lines below it.  The
+# lines between "endpoints:" and the first entry live in the slots of the
+# "endpoints" key itself.
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """One comment position of ruamel's comment attribute: ``items[key][index]``."""
+
+    items: dict[Any, list[Any]]
+    key: Any
+    index: int
+
+    def text(self) -> str:
+        token = (self.items.get(self.key) or [None] * 4)[self.index]
+        return str(token.value) if token is not None else ""
+
+    def set(self, text: str) -> None:
+        entry = self.items.setdefault(self.key, [None, None, None, None])
+        token = entry[self.index]
+        if not text or text == "\n":
+            entry[self.index] = None
+        elif token is None:
+            entry[self.index] = CommentToken(text, CommentMark(0), None)
+        else:
+            token.value = text  # keeps the column of an end of line comment
+
+
+def _tail(node: CommentedMap | CommentedSeq, key: Any) -> _Slot:
+    """The slot holding the lines that follow entry ``key`` of a block collection."""
+    value = node[key]
+    if isinstance(value, (CommentedMap, CommentedSeq)) and value and not value.fa.flow_style():
+        return _tail(value, _last_key(value))
+    return _Slot(node.ca.items, key, 0 if isinstance(node, CommentedSeq) else 2)
+
+
+def _last_key(node: CommentedMap | CommentedSeq) -> Any:
+    return len(node) - 1 if isinstance(node, CommentedSeq) else list(node)[-1]
+
+
+def _split(tail: str) -> tuple[str, str]:
+    """A tail's own line ending (with its end of line comment) and the lines after it."""
+    if not tail:
+        return "\n", ""
+    end = tail.find("\n") + 1 or len(tail)
+    return tail[:end], tail[end:]
+
+
+def _joined(above: str, below: str) -> str:
+    """The lines around a removed entry: ``above`` less the comment block that
+    described the entry and the blank lines over it, then ``below``."""
+    kept = above.splitlines(keepends=True)
+    while kept and kept[-1].lstrip().startswith("#"):
+        kept.pop()
+    while kept and not kept[-1].strip():
+        kept.pop()
+    return "".join(kept) + below
+
+
+def _append(m: CommentedMap, key: str, value: Any) -> None:
+    """Add ``key`` last in ``m``; the lines that followed the old last entry follow the new one."""
+    rest = ""
+    if m:
+        last = _tail(m, _last_key(m))
+        own, rest = _split(last.text())
+        if rest:
+            last.set(own)
+    m[key] = value
+    if rest:
+        _tail(m, key).set("\n" + rest)
+
+
+def _delete(m: CommentedMap, key: str) -> None:
+    """Remove ``key`` and the comments directly above it; keep the lines after it."""
+    keys = list(m)
+    position = keys.index(key)
+    _, rest = _split(_tail(m, key).text())
+    if position > 0:
+        before = _tail(m, keys[position - 1])
+        own, lines = _split(before.text())
+        before.set(own + _joined(lines, rest))
+    elif rest.strip() and len(keys) > 1:
+        _above(m, keys[1], rest.lstrip("\n"))  # the new first entry opens the mapping
+    del m[key]
+    m.ca.items.pop(key, None)
+
+
+def _above(m: CommentedMap, key: str, lines: str) -> None:
+    """Put ``lines`` (blank or comment lines) just above ``key`` of ``m``."""
+    entry = m.ca.items.setdefault(key, [None, None, None, None])
+    entry[1] = [CommentToken(lines, CommentMark(0), None), *(entry[1] or [])]
+
+
+def _leave_empty(doc: CommentedMap, rest: str) -> None:
+    """Leave ``endpoints:`` empty (null), followed by what followed its last entry.
+
+    Not ``endpoints: {}``: ruamel prints the comments after a key before a
+    flow value, which would put them in front of the ``{}``.
+    """
+    doc["endpoints"] = None
+    header = _Slot(doc.ca.items, "endpoints", 2)
+    entry = doc.ca.items.get("endpoints") or [None] * 4
+    lines = "".join(" " * t.column + str(t.value) for t in entry[3] or [])
+    entry[3] = None
+    header.set(_split(header.text())[0] + lines + rest)
+
+
+def _drop_comments_above_first(doc: CommentedMap) -> None:
+    """Drop the comment block between ``endpoints:`` and its first entry.
+
+    ruamel keeps it in the ``endpoints`` key's slots: after an end of line
+    comment on that line as one text, otherwise as one token per line.
+    """
+    header = doc.ca.items.get("endpoints")
+    if not header:
+        return
+    if header[2] is not None:
+        slot = _Slot(doc.ca.items, "endpoints", 2)
+        own, lines = _split(slot.text())
+        slot.set(own + _joined(lines, ""))
+    while header[3] and _lone_comment(header[3][-1]):
+        header[3].pop()
+
+
+def _lone_comment(token: CommentToken) -> bool:
+    """A comment line with no blank line between it and what follows."""
+    value = str(token.value)
+    return value.lstrip().startswith("#") and value.count("\n") <= 1
