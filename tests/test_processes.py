@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from .conftest import (
+    BMRGW,
     GatewayProcess,
     RecordingBackend,
     free_port,
@@ -21,7 +22,6 @@ from .conftest import (
     sha256,
     soap11_headers,
     start_app,
-    write_yaml,
 )
 
 StartGateway = Callable[..., GatewayProcess]
@@ -117,8 +117,11 @@ async def test_hot_reload_under_continuous_load(
             for _ in range(8)]
     try:
         await asyncio.sleep(0.5)
-        config["endpoints"]["demo"]["url"] = new_url
-        write_yaml(gw.config, config)
+        # The operator's way: the CLI rewrites the file atomically.
+        edit = await asyncio.create_subprocess_exec(
+            *BMRGW, "endpoints", "set", "demo", "--url", new_url, "--config", str(gw.config),
+            stdout=asyncio.subprocess.DEVNULL)
+        assert await edit.wait() == 0
         changed = time.monotonic()
         applied = await _wait_for(lambda: any(t > changed and "new" in text for t, _, text in results), 2.0)
         # An invalid file on disk leaves the new table in force and is reported.
