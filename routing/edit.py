@@ -20,6 +20,7 @@ around them.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import io
 import itertools
@@ -167,8 +168,8 @@ def _current(text: str, real: Path, shown: Path) -> Config:
 
 
 def _parse(text: str, real: Path) -> Config:
-    """Validate ``text`` exactly as the gateway will read it."""
-    return parse_text(text, source=real)
+    """Validate ``text`` exactly as the gateway will read it (messages name the file once, outside)."""
+    return dataclasses.replace(parse_text(text), source=real)
 
 
 def _one_line(exc: Exception) -> str:
