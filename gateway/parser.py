@@ -11,6 +11,8 @@ Body has begun), so only the bytes needed to find the routing key are parsed.
 
 from __future__ import annotations
 
+import functools
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,7 @@ from lxml import etree
 from .errors import MalformedMessage, MessageTooLarge
 from .ns import AP_URN_PREFIX, SOAP11_ENV, SOAP12_ENV, WSA, WSA_2004, SoapVersion
 
-__all__ = ["parse", "HeadScanner", "EnvelopeHead", "PARSER_OPTIONS"]
+__all__ = ["parse", "scan_head", "HeadScanner", "EnvelopeHead", "PARSER_OPTIONS", "SCAN_WHOLE"]
 
 PARSER_OPTIONS: dict[str, Any] = dict(
     resolve_entities=False,
@@ -67,6 +69,31 @@ class EnvelopeHead:
     """MessageId from the routing header."""
 
 
+def scan_head(data: bytes, *, routing_header: str) -> EnvelopeHead:
+    """The head of a whole small envelope already in memory.
+
+    For a few KiB, one C-speed parse of the whole document is three times
+    cheaper than the incremental scanner, and reads no more bytes than its
+    first slice would.  The relay uses it up to ``SCAN_WHOLE`` bytes.
+    """
+    try:
+        root = etree.fromstring(data, _whole_parser())
+    except etree.XMLSyntaxError as exc:
+        raise MalformedMessage(f"not well-formed XML: {exc}") from exc
+    version = _envelope_version(root)
+    children = [child for child in root if isinstance(child.tag, str)]
+    header = children[0] if children and children[0].tag == f"{{{version.envelope_ns}}}Header" else None
+    body = children[1 if header is not None else 0] if len(children) > (header is not None) else None
+    if body is None or body.tag != f"{{{version.envelope_ns}}}Body":
+        what = body.tag if body is not None else "no Body"
+        raise MalformedMessage(f"the SOAP Envelope must hold an optional Header and a Body, found {what}")
+    return _head(version, header, routing_header) if header is not None else EnvelopeHead(version=version)
+
+
+#: Bodies up to this size are parsed whole by :func:`scan_head`.
+SCAN_WHOLE = 8192
+
+
 class HeadScanner:
     """Incrementally parses an envelope up to the end of its Header.
 
@@ -78,7 +105,6 @@ class HeadScanner:
 
     def __init__(self, *, routing_header: str, max_bytes: int) -> None:
         self._routing = routing_header
-        self._routing_ns = routing_header[1:].split("}", 1)[0]
         self._max_bytes = max_bytes
         self._seen = 0
         self._version: SoapVersion | None = None
@@ -115,7 +141,7 @@ class HeadScanner:
     def _events(self) -> EnvelopeHead | None:
         for event, element in self._parser.read_events():
             if self._version is None:
-                self._version = self._envelope(element)
+                self._version = _envelope_version(element)
                 continue
             parent = element.getparent()
             if parent is None or parent.getparent() is not None:
@@ -126,15 +152,8 @@ class HeadScanner:
             if name.localname == "Body":
                 return self._body(element)
             if event == "end":
-                return self._read_header(element)
+                return _head(self._version, element, self._routing)
         return None
-
-    @staticmethod
-    def _envelope(element: etree._Element) -> SoapVersion:
-        if element.getparent() is not None or element.tag not in _ENVELOPES:
-            raise MalformedMessage(f"root element {element.getroottree().getroot().tag} is not a SOAP Envelope")
-        _refuse_dtd(element)
-        return _ENVELOPES[element.tag]
 
     def _body(self, body: etree._Element) -> EnvelopeHead:
         assert self._version is not None
@@ -144,24 +163,54 @@ class HeadScanner:
             raise MalformedMessage(f"unexpected {before.tag} before the SOAP Body")
         return EnvelopeHead(version=self._version)
 
-    def _read_header(self, header: etree._Element) -> EnvelopeHead:
-        assert self._version is not None
-        if _depth(header) > MAX_DEPTH:
-            raise MalformedMessage(f"SOAP Header nested deeper than {MAX_DEPTH} elements")
-        ns = self._routing_ns
-        routing = header.find(self._routing)
-        to = sender = message_id = None
-        if routing is not None:
-            to = _text(routing.findtext(f"{{{ns}}}To"))
-            sender = _text(routing.findtext(f"{{{ns}}}From"))
-            message_id = _text(routing.findtext(f"{{{ns}}}MessageId"))
-        if to is None:
-            for tag in _WSA_TO:
-                wsa_to = _text(header.findtext(tag))
-                if wsa_to and wsa_to.startswith(AP_URN_PREFIX):
-                    to = wsa_to[len(AP_URN_PREFIX):] or None
-                    break
-        return EnvelopeHead(version=self._version, to=to, sender=sender, message_id=message_id)
+
+def _envelope_version(element: etree._Element) -> SoapVersion:
+    """The SOAP version of a root Envelope element; refuses anything else and DTDs."""
+    if element.getparent() is not None or element.tag not in _ENVELOPES:
+        raise MalformedMessage(f"root element {element.getroottree().getroot().tag} is not a SOAP Envelope")
+    _refuse_dtd(element)
+    return _ENVELOPES[element.tag]
+
+
+def _head(version: SoapVersion, header: etree._Element, routing_header: str) -> EnvelopeHead:
+    """Read the routing key from a complete SOAP Header element."""
+    # A subtree of n elements is at most n deep: count first, it is cheaper.
+    if sum(1 for _ in header.iter()) > MAX_DEPTH and _depth(header) > MAX_DEPTH:
+        raise MalformedMessage(f"SOAP Header nested deeper than {MAX_DEPTH} elements")
+    fields = _routing_fields(routing_header)
+    found: dict[str, str | None] = {}
+    routing = header.find(routing_header)
+    if routing is not None:
+        for child in routing:
+            name = fields.get(child.tag)  # type: ignore[call-overload]
+            if name is not None and name not in found:
+                found[name] = _text(child.text)
+    to = found.get("to")
+    if to is None:
+        for tag in _WSA_TO:
+            wsa_to = _text(header.findtext(tag))
+            if wsa_to and wsa_to.startswith(AP_URN_PREFIX):
+                to = wsa_to[len(AP_URN_PREFIX):] or None
+                break
+    return EnvelopeHead(version=version, to=to, sender=found.get("sender"), message_id=found.get("message_id"))
+
+
+@functools.cache
+def _routing_fields(routing_header: str) -> dict[str, str]:
+    """Child tag → EnvelopeHead field, for the routing header's namespace."""
+    ns = routing_header[1:].split("}", 1)[0]
+    return {f"{{{ns}}}To": "to", f"{{{ns}}}From": "sender", f"{{{ns}}}MessageId": "message_id"}
+
+
+_local = threading.local()
+
+
+def _whole_parser() -> etree.XMLParser:
+    # lxml parsers may be reused, but only by one thread at a time.
+    parser: etree.XMLParser | None = getattr(_local, "parser", None)
+    if parser is None:
+        parser = _local.parser = etree.XMLParser(**PARSER_OPTIONS)
+    return parser
 
 
 def _depth(element: etree._Element) -> int:

@@ -44,7 +44,7 @@ from .errors import (
 )
 from .metrics import Metrics
 from .ns import H_MESSAGE_ID, H_SOAPACTION, H_VIA, SoapVersion
-from .parser import EnvelopeHead, HeadScanner
+from .parser import SCAN_WHOLE, EnvelopeHead, HeadScanner, scan_head
 from .soap import fault_content_type, gateway_fault, version_for
 from .upstream import Upstream, translate
 
@@ -213,6 +213,8 @@ class Relay:
         limit, timeout = settings.max_message_bytes, settings.client_timeout
         if request.content_length is not None and request.content_length <= SMALL_BODY:
             whole = await _receive(request.read(), timeout)
+            if len(whole) <= min(SCAN_WHOLE, settings.max_header_bytes):
+                return scan_head(whole, routing_header=settings.routing_header), whole
             return _scan(scanner, whole), whole
         prefix: list[bytes] = []
         seen = 0

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.errors import MalformedMessage, MessageTooLarge
 from gateway.ns import SoapVersion
-from gateway.parser import EnvelopeHead, HeadScanner, parse
+from gateway.parser import EnvelopeHead, HeadScanner, parse, scan_head
 
 from .conftest import DATA, message
 
@@ -49,6 +49,17 @@ def test_head_of_valid_messages(name: str, step: int) -> None:
 def test_invalid_messages_are_malformed(name: str, step: int) -> None:
     with pytest.raises(MalformedMessage):
         scan(message(f"invalid/{name}"), step)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_whole_small_envelope_gives_the_same_head(name: str) -> None:
+    assert scan_head(message(f"valid/{name}"), routing_header=ROUTING) == EXPECTED[name]
+
+
+@pytest.mark.parametrize("name", INVALID)
+def test_whole_small_invalid_envelopes_are_malformed(name: str) -> None:
+    with pytest.raises(MalformedMessage):
+        scan_head(message(f"invalid/{name}"), routing_header=ROUTING)
 
 
 def test_scanner_stops_at_the_end_of_the_header() -> None:
