@@ -182,7 +182,7 @@ def _head(version: SoapVersion, header: etree._Element, routing_header: str) -> 
     routing = header.find(routing_header)
     if routing is not None:
         for child in routing:
-            name = fields.get(child.tag)  # type: ignore[call-overload]
+            name = fields.get(child.tag)
             if name is not None and name not in found:
                 found[name] = _text(child.text)
     to = found.get("to")
