@@ -37,10 +37,16 @@ class Metrics:
         self.config_error = Gauge(
             "bmrgw_config_error", "1 while the config file on disk is invalid and the old table stays in force.",
             registry=self.registry)
+        self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
     def observe(self, destination: str, status: str, seconds: float) -> None:
-        self._requests.labels(destination, status).inc()
-        self._latency.labels(destination).observe(seconds)
+        key = (destination, status)
+        children = self._children.get(key)
+        if children is None:  # labels() takes a lock and builds keys: once per pair is enough
+            children = self._children[key] = (self._requests.labels(destination, status),
+                                              self._latency.labels(destination))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def fault(self, code: str) -> None:
         self._faults.labels(code).inc()
