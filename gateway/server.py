@@ -51,7 +51,8 @@ def serve(options: ServeOptions) -> None:
     install_event_loop()
 
     def announce(_: object) -> None:
+        count = len(config.endpoints)
         print(f"bmrgw {config.gateway.name}: relaying on http://{host}:{port}/soap "
-              f"({len(config.endpoints)} endpoints from {config.source}); Ctrl-C stops", flush=True)
+              f"({count} endpoint{'' if count == 1 else 's'} from {config.source}); Ctrl-C stops", flush=True)
 
     web.run_app(app, host=host, port=port, access_log=None, print=announce, shutdown_timeout=30)
