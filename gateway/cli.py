@@ -16,6 +16,7 @@ from pathlib import Path
 from routing.commands import add_endpoints_command
 
 from .errors import ConfigError, GatewayError
+from .logview import add_logs_command, add_time_command
 
 __all__ = ["main"]
 
@@ -50,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_serve(commands)
     add_endpoints_command(commands, config_option)
+    add_logs_command(commands, config_option)
+    add_time_command(commands, config_option)
     _add_demo_backend(commands)
     return parser
 

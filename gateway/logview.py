@@ -1,0 +1,384 @@
+"""``bmrgw logs`` and ``bmrgw time``: inspecting the send/receive logs and NTP (SPEC.md "CLI", (G)).
+
+``bmrgw logs`` shows records as an aligned table (colours only on a
+terminal), as JSON lines with exactly SPEC.md's field names, or as CSV;
+``--follow`` keeps printing new records.  ``bmrgw logs verify`` checks every
+hash chain and exits 1 on any tampering; ``bmrgw logs archive`` moves old
+records to compressed archive files.  ``bmrgw time`` asks the configured NTP
+servers once and shows what the gateway's clock would make of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import itertools
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+from sqlalchemy import Engine
+
+from routing.config import Config, load_config
+
+from .chain import Report, archive, verify
+from .clock import Sample, combined_offset, parse_server, query_all
+from .journal import FIELDS, LogFilter, LogRecord, head_seqs, read, read_new
+from .store import Store, database_url
+
+__all__ = ["add_logs_command", "add_time_command", "parse_time", "follow"]
+
+ConfigOption = Callable[[argparse.ArgumentParser], None]
+
+_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+ARCHIVE_SUBDIR = "log-archive"
+
+
+def parse_time(text: str, *, now: datetime | None = None) -> datetime:
+    """``2h``/``30m``/``1d``/``45s``/``2w`` ago, or an ISO 8601 time (UTC unless it has an offset)."""
+    value = text.strip()
+    relative = _RELATIVE.fullmatch(value)
+    if relative:
+        amount = timedelta(**{_UNITS[relative[2]]: float(relative[1])})
+        return (now or datetime.now(UTC)) - amount
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither an ISO 8601 time nor a relative time like 30m, 2h, 1d") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+# -- registration --------------------------------------------------------------
+
+def add_logs_command(commands: Any, config_option: ConfigOption) -> None:
+    """Register ``bmrgw logs`` (show), ``bmrgw logs verify`` and ``bmrgw logs archive``."""
+    p = commands.add_parser(
+        "logs", help="show, verify and archive the send/receive logs",
+        description="Show send/receive log records, oldest first. Times are UTC and NTP-corrected; "
+        "T is an ISO 8601 time (UTC unless it has an offset) or a time ago like 30m, 2h, 1d.",
+    )
+    _store_options(p, config_option)
+    p.add_argument("--since", type=parse_time, metavar="T", help="records at or after T")
+    p.add_argument("--until", type=parse_time, metavar="T", help="records before T")
+    p.add_argument("--ap", metavar="NAME", help="records from or to this business AP")
+    p.add_argument("--message-id", metavar="ID", help="records of one message (on every node that logged it)")
+    p.add_argument("--status", choices=["ok", "fault", "error"])
+    p.add_argument("--kind", metavar="K", help="relay, jx, refdb, file, …")
+    p.add_argument("--node", metavar="NAME", help="records written by this gateway node")
+    p.add_argument("--limit", type=_positive, metavar="N", help="only the newest N matching records")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new records (Ctrl-C ends)")
+    p.set_defaults(run=_show)
+    actions = p.add_subparsers(title="actions", metavar="ACTION")
+    _add_verify(actions, config_option)
+    _add_archive(actions, config_option)
+
+
+def _add_verify(actions: Any, config_option: ConfigOption) -> None:
+    v = actions.add_parser(
+        "verify", help="check the hash chains; exit 1 on any tampering",
+        description="Walk every node's hash chain through the archive files and the database and "
+        "report altered, deleted or inserted records. Exit 0 when clean, 1 on any problem.",
+    )
+    _store_options(v, config_option, sub=True)
+    v.add_argument("--archive-dir", type=Path, metavar="DIR",
+                   help=f"where archives are (default: DATA_DIR/{ARCHIVE_SUBDIR})")
+    v.set_defaults(run=_verify)
+
+
+def _add_archive(actions: Any, config_option: ConfigOption) -> None:
+    a = actions.add_parser(
+        "archive", help="move old records to compressed archive files (retention)",
+        description="Move records older than --before (or --days) to a gzip JSON-lines file that "
+        "carries the chain anchors, so `bmrgw logs verify` still checks them.",
+    )
+    _store_options(a, config_option, sub=True)
+    when = a.add_mutually_exclusive_group(required=True)
+    when.add_argument("--before", type=parse_time, metavar="T", help="archive records older than T")
+    when.add_argument("--days", type=_positive, metavar="N", help="keep the last N days in the database")
+    a.add_argument("--archive-dir", type=Path, metavar="DIR",
+                   help=f"where archives go (default: DATA_DIR/{ARCHIVE_SUBDIR})")
+    a.set_defaults(run=_archive)
+
+
+def add_time_command(commands: Any, config_option: ConfigOption) -> None:
+    """Register ``bmrgw time``."""
+    p = commands.add_parser(
+        "time", help="query the NTP servers once and show offset, delay and stratum",
+        description="Ask each server of gateway.ntp.servers once and show what it answered; "
+        "exit 1 when no server gives a usable answer.",
+    )
+    config_option(p)
+    p.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS", help="per server (default: 2)")
+    p.set_defaults(run=_time)
+
+
+def _store_options(parser: argparse.ArgumentParser, config_option: ConfigOption, *, sub: bool = False) -> None:
+    config_option(parser)
+    parser.add_argument("--db", metavar="URL", help="store URL (default: $BMRGW_DB_URL, else gateway.db)")
+    if sub:
+        # argparse copies a sub-command's defaults over values given before its name
+        # (`bmrgw logs --config X verify`); suppressed defaults keep those values.
+        for action in parser._actions:
+            if action.dest in ("config", "db"):
+                action.default = argparse.SUPPRESS
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _open(args: argparse.Namespace) -> tuple[Config, Store]:
+    config = load_config(args.config, db=args.db or os.environ.get("BMRGW_DB_URL") or None)
+    return config, Store(database_url(config))
+
+
+def _archive_dir(args: argparse.Namespace, config: Config) -> Path:
+    given: Path | None = args.archive_dir
+    return given if given is not None else config.resolve_path(config.gateway.data_dir) / ARCHIVE_SUBDIR
+
+
+# -- bmrgw logs ----------------------------------------------------------------
+
+def _filters(args: argparse.Namespace) -> LogFilter:
+    return LogFilter(since=args.since, until=args.until, ap=args.ap, message_id=args.message_id,
+                     status=args.status, kind=args.kind, node=args.node)
+
+
+def _show(args: argparse.Namespace) -> int:
+    if args.follow and args.until is not None:
+        print("bmrgw logs: --until and --follow exclude each other", file=sys.stderr)
+        return 2
+    _config, store = _open(args)
+    try:
+        filters = _filters(args)
+        positions = head_seqs(store.engine) if args.follow else {}
+        out = _Output.create(args.format, sys.stdout)
+        if out.write(read(store.engine, filters, limit=args.limit)) == 0 and not args.follow:
+            print("no matching log records", file=sys.stderr)
+        if args.follow:
+            for node, seq in out.last_seq.items():  # printed records may be newer than the heads read
+                positions[node] = max(positions.get(node, 0), seq)
+            for record in follow(store.engine, filters, positions):
+                out.write([record])
+    finally:
+        store.close()
+    return 0
+
+
+def follow(engine: Engine, filters: LogFilter, positions: Mapping[str, int], *,
+           poll: float = 0.5) -> Iterator[LogRecord]:
+    """New matching records as they are committed, forever (polling every ``poll`` s).
+
+    ``positions`` maps each node to the last seq already shown.
+    """
+    where = dict(positions)
+    while True:
+        found, where = read_new(engine, where, filters)
+        yield from found
+        if not found:
+            time.sleep(poll)
+
+
+class _Output:
+    """Writes records in one format, streaming."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.last_seq: dict[str, int] = {}
+        """The newest seq written per node (where ``--follow`` goes on from)."""
+
+    @staticmethod
+    def create(fmt: str, stream: TextIO) -> _Output:
+        kinds: dict[str, type[_Output]] = {"table": _Table, "json": _Json, "csv": _Csv}
+        return kinds[fmt](stream)
+
+    def write(self, records: Iterable[LogRecord]) -> int:
+        count = 0
+        for record in records:
+            self.one(record)
+            self.last_seq[record.node] = max(self.last_seq.get(record.node, 0), record.seq)
+            count += 1
+        self.stream.flush()
+        return count
+
+    def one(self, record: LogRecord) -> None:
+        raise NotImplementedError
+
+
+class _Json(_Output):
+    def one(self, record: LogRecord) -> None:
+        self.stream.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+
+
+class _Csv(_Output):
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.csv = csv.writer(stream, lineterminator="\n")
+        self.csv.writerow(FIELDS)
+
+    def one(self, record: LogRecord) -> None:
+        data = record.to_json()
+        self.csv.writerow(["" if data[name] is None else data[name] for name in FIELDS])
+
+
+# -- the terminal table --------------------------------------------------------
+
+_COLUMNS: tuple[tuple[str, int, bool], ...] = (
+    # header, minimum width, right-aligned
+    ("TIME (UTC)", 23, False), ("NTP", 3, False), ("NODE", 8, False), ("KIND", 5, False),
+    ("DIR", 4, False), ("FROM", 8, False), ("TO", 8, False), ("STATUS", 6, False), ("HTTP", 4, True),
+    ("IN", 7, True), ("OUT", 7, True), ("MS", 8, True), ("FAULT", 5, False), ("MESSAGE-ID", 0, False),
+)
+_MAX_WIDTH = 24
+_COLOURS = {"ok": "32", "fault": "33", "error": "31", "NO": "33"}
+_SAMPLE = 200
+
+
+def _cells(record: LogRecord) -> list[str]:
+    return [
+        record.ts.strftime("%Y-%m-%d %H:%M:%S.%f")[:23], "yes" if record.ntp_synced else "NO",
+        record.node, record.kind, "req" if record.direction == "request" else "resp",
+        record.from_ap or "-", record.to_ap or "-", record.status,
+        "-" if record.http_status is None else str(record.http_status),
+        str(record.bytes_in), str(record.bytes_out), f"{record.duration_ms:.1f}",
+        record.fault_code or "-", record.message_id or "-",
+    ]
+
+
+class _Table(_Output):
+    """Aligned columns; widths from the first records, long names cut with an ellipsis."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.colour = stream.isatty() and "NO_COLOR" not in os.environ
+        self.widths: list[int] | None = None
+
+    def write(self, records: Iterable[LogRecord]) -> int:
+        records = iter(records)
+        if self.widths is None:
+            first = list(itertools.islice(records, _SAMPLE))
+            self.widths = _widths([_cells(r) for r in first])
+            self._line([h for h, _w, _r in _COLUMNS], header=True)
+            records = itertools.chain(first, records)
+        return super().write(records)
+
+    def one(self, record: LogRecord) -> None:
+        self._line(_cells(record))
+
+    def _line(self, cells: list[str], *, header: bool = False) -> None:
+        assert self.widths is not None
+        parts = []
+        for cell, width, (_h, _m, right) in zip(cells, self.widths, _COLUMNS, strict=True):
+            text = _fit(cell, width) if width else cell
+            padded = text.rjust(width) if right else text.ljust(width)
+            parts.append(self._paint(padded, cell, header))
+        self.stream.write("  ".join(parts).rstrip() + "\n")
+
+    def _paint(self, padded: str, cell: str, header: bool) -> str:
+        if not self.colour:
+            return padded
+        code = "1" if header else _COLOURS.get(cell)
+        return f"\x1b[{code}m{padded}\x1b[0m" if code else padded
+
+
+def _widths(rows: list[list[str]]) -> list[int]:
+    widths = []
+    for i, (header, minimum, _right) in enumerate(_COLUMNS):
+        if minimum == 0:  # the last column is never padded or cut
+            widths.append(0)
+            continue
+        longest = max((len(row[i]) for row in rows), default=0)
+        widths.append(max(minimum, len(header), min(longest, max(_MAX_WIDTH, minimum))))
+    return widths
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# -- bmrgw logs verify / archive -----------------------------------------------
+
+def _verify(args: argparse.Namespace) -> int:
+    config, store = _open(args)
+    try:
+        report = verify(store.engine, _archive_dir(args, config))
+    finally:
+        store.close()
+    _print_report(report)
+    return 0 if report.ok else 1
+
+
+def _print_report(report: Report) -> None:
+    for summary in report.chains.values():
+        total = summary.archived + summary.stored
+        print(f"chain {summary.node}: {total} records up to seq {summary.last_seq} "
+              f"({summary.archived} archived, {summary.stored} in the database), "
+              f"head {summary.last_hash[:16]}…")
+    for problem in report.problems:
+        print(f"TAMPERED {problem}")
+    if report.ok:
+        print(f"OK: {len(report.chains)} chain(s) verified, no tampering found")
+    else:
+        chains = len({p.node for p in report.problems})
+        print(f"FAILED: {len(report.problems)} problem(s) in {chains} of {len(report.chains)} chain(s)")
+
+
+def _archive(args: argparse.Namespace) -> int:
+    before = args.before if args.before is not None else datetime.now(UTC) - timedelta(days=args.days)
+    config, store = _open(args)
+    try:
+        result = archive(store.engine, _archive_dir(args, config), before)
+    finally:
+        store.close()
+    if result.path is None:
+        print(f"nothing older than {before:%Y-%m-%d %H:%M:%S} UTC to archive")
+        return 0
+    moved = sum(a.count for a in result.chains.values())
+    print(f"archived {moved} records of {len(result.chains)} chain(s) to {result.path}")
+    return 0
+
+
+# -- bmrgw time ----------------------------------------------------------------
+
+def _time(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    labels = config.gateway.ntp.servers
+    if not labels:
+        print("no NTP servers configured (gateway.ntp.servers): log times are the system clock, "
+              "flagged ntp_synced: false")
+        return 1
+    servers = [parse_server(s) for s in labels]
+    samples = asyncio.run(query_all(servers, timeout=args.timeout))
+    _print_samples(samples)
+    return 0 if combined_offset(samples) is not None else 1
+
+
+def _print_samples(samples: list[Sample]) -> None:
+    rows = [["SERVER", "OFFSET", "DELAY", "STRATUM", "STATUS"]]
+    for s in samples:
+        rows.append([s.server, "-" if s.offset is None else f"{s.offset:+.6f} s",
+                     "-" if s.delay is None else f"{s.delay * 1000:.2f} ms",
+                     "-" if s.stratum is None else str(s.stratum), "ok" if s.ok else (s.error or "refused")])
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+    offset = combined_offset(samples)
+    good = sum(s.ok for s in samples)
+    if offset is None:
+        print("no usable answer: log times would be the system clock, flagged ntp_synced: false")
+        return
+    corrected = datetime.now(UTC) + timedelta(seconds=offset)
+    print(f"offset {offset:+.6f} s (median of {good} usable of {len(samples)} servers); "
+          f"NTP time {corrected:%Y-%m-%dT%H:%M:%S.%f}Z")

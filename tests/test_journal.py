@@ -1,0 +1,328 @@
+"""The send/receive log store on SQLite and the real PostgreSQL: group commit, chains, queries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, func, select, text, update
+from sqlalchemy.exc import OperationalError
+
+from gateway.chain import chain_hash, verify
+from gateway.clock import Now
+from gateway.journal import (
+    FIELDS,
+    GENESIS,
+    TABLES,
+    Journal,
+    JournalUnavailable,
+    LogFilter,
+    LogRecord,
+    append,
+    ensure_schema,
+    head_seqs,
+    read,
+    read_chain,
+    read_new,
+)
+from gateway.store import Store
+
+PG_URL = os.environ.get("BMRGW_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+T0 = datetime(2024, 4, 1, 9, 0, 0, 123456, tzinfo=UTC)
+
+
+@contextlib.contextmanager
+def pg_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema for one test; the URL puts it first on the search path."""
+    admin = create_engine(PG_URL)
+    name = f"bmrgw_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.begin() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{name}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL at {PG_URL} is not reachable: {exc.orig}")
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{name}"
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """The gateway's store on SQLite (WAL, in tmp_path) and on the real PostgreSQL (own schema)."""
+    with contextlib.ExitStack() as stack:
+        url = f"sqlite:///{tmp_path}/log.db" if request.param == "sqlite" else stack.enter_context(pg_schema())
+        opened = Store(url)
+        stack.callback(opened.close)
+        ensure_schema(opened.engine)
+        yield opened
+
+
+def entry(i: int = 0, **values: Any) -> LogRecord:
+    """A relay request record, different for each ``i``."""
+    fields: dict[str, Any] = dict(
+        ts=T0 + timedelta(seconds=i), ntp_offset=0.25, ntp_synced=True, kind="relay", direction="request",
+        status="ok", message_id=f"m-{i}", from_ap="juki", to_ap="kaigo", endpoint="http://127.0.0.1:9001/kaigo",
+        bytes_in=100 + i, bytes_out=100 + i, duration_ms=1.5, sha256="ab" * 32, client="juki-app", http_status=200,
+    )
+    fields.update(values)
+    return LogRecord(**fields)
+
+
+def count(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count()).select_from(TABLES.log)).scalar_one())
+
+
+def chain(engine: Engine, node: str) -> list[LogRecord]:
+    with engine.connect() as connection:
+        return list(read_chain(connection, node))
+
+
+def assert_chain(records: list[LogRecord], n: int) -> None:
+    """Seqs 1..n, each linked to the one before, starting at the genesis hash."""
+    assert [r.seq for r in records] == list(range(1, n + 1))
+    prev = GENESIS
+    for record in records:
+        assert record.prev_hash == prev and chain_hash(prev, record) == record.hash
+        prev = record.hash
+
+
+# -- the record ----------------------------------------------------------------
+
+def test_json_form_has_exactly_spec_field_names() -> None:
+    data = entry(1, fault_code="Server").to_json()
+    assert list(data) == list(FIELDS)
+    assert {"ts", "ntp_offset", "ntp_synced", "message_id", "kind", "direction", "from", "to", "endpoint",
+            "status", "bytes_in", "bytes_out", "duration_ms", "sha256", "hash"} <= set(data)
+    assert data["from"] == "juki" and data["to"] == "kaigo"
+    assert data["ts"] == "2024-04-01T09:00:01.123456Z"
+    assert LogRecord.from_json(json.loads(json.dumps(data))) == entry(1, fault_code="Server")
+
+
+def test_values_are_normalised_so_they_hash_the_same_after_a_round_trip() -> None:
+    record = entry(ts=datetime(2024, 4, 1, 18, 0, tzinfo=UTC).astimezone(), duration_ms=5, ntp_offset=-0.0,
+                   bytes_in=True)
+    assert record.ts.tzinfo is UTC and record.ts.hour == 18
+    assert isinstance(record.duration_ms, float) and record.duration_ms == 5.0
+    assert str(record.ntp_offset) == "0.0"
+    assert record.bytes_in == 1 and type(record.bytes_in) is int
+
+
+@pytest.mark.parametrize("bad", [
+    {"status": "fine"}, {"direction": "sideways"}, {"ts": datetime(2024, 1, 1)}, {"message_id": "a\0b"},
+    {"message_id": "x" * 257}, {"from_ap": "\ud800"}, {"bytes_in": -1}, {"duration_ms": float("nan")},
+])
+def test_invalid_records_are_refused_at_once(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        entry(**bad)
+
+
+def test_record_stamped_by_the_clock() -> None:
+    now = Now(T0, 3.000_000_4, True)
+    record = LogRecord.at(now, kind="jx", direction="response", status="fault")
+    assert (record.ts, record.ntp_offset, record.ntp_synced) == (T0, 3.0, True)
+
+
+# -- the writer ----------------------------------------------------------------
+
+async def test_group_commit_flushes_within_200_ms(store: Store) -> None:
+    journal = Journal(store.engine, "dc-east")
+    await journal.start()
+    try:
+        for burst in (1, 200):
+            before = count(store.engine)
+            started = time.monotonic()
+            for i in range(burst):
+                await journal.record(entry(i))
+            while count(store.engine) < before + burst:
+                assert time.monotonic() - started < 0.2, "records not committed within 200 ms"
+                await asyncio.sleep(0.005)
+        await journal.flush()  # the counters move when the writer thread reports back
+        assert journal.batches < journal.written == 201, "a burst is committed in a few transactions"
+    finally:
+        await journal.close()
+    assert_chain(chain(store.engine, "dc-east"), 201)
+
+
+async def test_close_flushes_everything(store: Store) -> None:
+    journal = Journal(store.engine, "dc-east", batch_size=50)
+    await journal.start()
+    for i in range(700):
+        await journal.record(entry(i))
+    await journal.close()
+    assert count(store.engine) == 700
+    assert journal.status()["queued"] == 0 and journal.status()["dropped"] == 0
+    with pytest.raises(JournalUnavailable):
+        await journal.record(entry())
+
+
+async def test_chain_continues_across_restart(store: Store) -> None:
+    for run in range(2):
+        reopened = Store(store.url)  # a new process: nothing carried over but the database
+        journal = Journal(reopened.engine, "dc-east")
+        await journal.start()
+        for i in range(3):
+            await journal.record(entry(10 * run + i))
+        await journal.close()
+        reopened.close()
+    records = chain(store.engine, "dc-east")
+    assert_chain(records, 6)
+    assert records[3].prev_hash == records[2].hash
+    assert verify(store.engine, None).ok
+
+
+async def test_two_nodes_interleaved_each_keep_their_chain(store: Store) -> None:
+    other = Store(store.url)  # the second gateway has its own engine, as a second process would
+    east, west = Journal(store.engine, "dc-east", batch_size=7), Journal(other.engine, "dc-west", batch_size=5)
+    await asyncio.gather(east.start(), west.start())
+    try:
+        for i in range(60):
+            await east.record(entry(i))
+            await west.record(entry(i, message_id=f"w-{i}"))
+            if i % 10 == 0:
+                await asyncio.sleep(0.01)
+    finally:
+        await asyncio.gather(east.close(), west.close())
+        other.close()
+    assert_chain(chain(store.engine, "dc-east"), 60)
+    assert_chain(chain(store.engine, "dc-west"), 60)
+    report = verify(store.engine, None)
+    assert report.ok and set(report.chains) == {"dc-east", "dc-west"}
+
+
+async def test_two_writers_of_one_node_queue_up_on_the_head(store: Store) -> None:
+    other = Store(store.url)
+    first, second = Journal(store.engine, "dc-east", batch_size=3), Journal(other.engine, "dc-east", batch_size=4)
+    await asyncio.gather(first.start(), second.start())
+    for i in range(40):
+        await first.record(entry(i))
+        await second.record(entry(100 + i))
+    await asyncio.gather(first.close(), second.close())
+    other.close()
+    assert_chain(chain(store.engine, "dc-east"), 80)
+
+
+async def test_write_in_commits_or_rolls_back_with_the_callers_transaction(store: Store) -> None:
+    journal = Journal(store.engine, "dc-east")
+    await journal.start()
+    await journal.record(entry(1))
+    await journal.flush()
+    with pytest.raises(RuntimeError), store.engine.begin() as connection:
+        journal.write_in(connection, entry(2, kind="jx"))
+        raise RuntimeError("the JX document could not be stored")
+    with store.engine.begin() as connection:
+        sealed = journal.write_in(connection, entry(3, kind="jx"))
+    await journal.record(entry(4))
+    await journal.close()
+    records = chain(store.engine, "dc-east")
+    assert_chain(records, 3)
+    assert [r.kind for r in records] == ["relay", "jx", "relay"] and records[1] == sealed
+
+
+async def test_full_queue_blocks_the_producer_then_refuses(store: Store) -> None:
+    journal = Journal(store.engine, "dc-east", queue_size=3, max_wait=0.2)
+    await journal.start()
+    await journal.record(entry(0))
+    await journal.flush()
+    blocker = store.engine.connect()
+    transaction = blocker.begin()
+    # Hold the chain head: the writer waits, as it would for a slow or locked store.
+    blocker.execute(update(TABLES.head).where(TABLES.head.c.node == "dc-east").values(seq=TABLES.head.c.seq))
+    try:
+        await journal.record(entry(1))
+        await asyncio.sleep(0.1)  # the writer takes it and waits for the lock
+        for i in range(2, 5):  # three queued: the queue is full
+            await journal.record(entry(i))
+        started = time.monotonic()
+        with pytest.raises(JournalUnavailable, match="records behind"):
+            await journal.record(entry(5))
+        assert time.monotonic() - started >= 0.19, "the producer waited before being refused"
+    finally:
+        transaction.rollback()
+        blocker.close()
+    await journal.close()
+    assert_chain(chain(store.engine, "dc-east"), 5)
+    assert journal.status()["producer_waits"] >= 1 and journal.status()["dropped"] == 0
+
+
+async def test_a_record_the_store_refuses_does_not_block_the_others(store: Store) -> None:
+    poisoned = entry(1)
+    object.__setattr__(poisoned, "bytes_in", 2**70)  # bypasses validation, as a bug would
+    journal = Journal(store.engine, "dc-east")
+    await journal.start()
+    for record in (entry(0), poisoned, entry(2)):
+        await journal.record(record)
+    await journal.close()
+    assert [r.message_id for r in chain(store.engine, "dc-east")] == ["m-0", "m-2"]
+    assert journal.status()["dropped"] == 1
+    assert verify(store.engine, None).ok
+
+
+# -- reading -------------------------------------------------------------------
+
+def write(engine: Engine, node: str, records: list[LogRecord]) -> list[LogRecord]:
+    with engine.begin() as connection:
+        return append(connection, records, node=node)
+
+
+def test_filters_select_by_time_ap_message_status_and_kind(store: Store) -> None:
+    write(store.engine, "dc-east", [
+        entry(0), entry(1, status="fault", fault_code="Server"), entry(2, kind="jx", to_ap="cityhall-a"),
+        entry(3, from_ap="zei", to_ap="juki", status="error"), entry(4, message_id="m-0", direction="response"),
+    ])
+
+    def ids(**where: Any) -> list[tuple[str | None, int]]:
+        return [(r.message_id, r.seq) for r in read(store.engine, LogFilter(**where))]
+
+    assert ids() == [("m-0", 1), ("m-1", 2), ("m-2", 3), ("m-3", 4), ("m-0", 5)]
+    assert ids(since=T0 + timedelta(seconds=1), until=T0 + timedelta(seconds=3)) == [("m-1", 2), ("m-2", 3)]
+    assert ids(ap="juki") == [("m-0", 1), ("m-1", 2), ("m-2", 3), ("m-3", 4), ("m-0", 5)]
+    assert ids(ap="cityhall-a") == [("m-2", 3)]
+    assert ids(ap="zei") == [("m-3", 4)]
+    assert ids(message_id="m-0") == [("m-0", 1), ("m-0", 5)]
+    assert ids(status="fault") == [("m-1", 2)]
+    assert ids(kind="jx") == [("m-2", 3)]
+    assert [r.seq for r in read(store.engine, limit=2)] == [4, 5]
+
+
+def test_read_new_never_skips_a_record(store: Store) -> None:
+    write(store.engine, "dc-east", [entry(0)])
+    positions = head_seqs(store.engine)
+    assert positions == {"dc-east": 1}
+    assert read_new(store.engine, positions) == ([], positions)
+    west = write(store.engine, "dc-west", [entry(1)])
+    east = write(store.engine, "dc-east", [entry(2), entry(3, status="fault")])
+    found, positions = read_new(store.engine, positions, LogFilter(status="ok"))
+    assert found == [west[0], east[0]]
+    assert positions == {"dc-east": 3, "dc-west": 1}
+
+
+def test_reading_an_empty_store_finds_nothing(tmp_path: Path) -> None:
+    empty = Store(f"sqlite:///{tmp_path}/empty.db")
+    try:
+        assert list(read(empty.engine)) == []
+        assert head_seqs(empty.engine) == {}
+    finally:
+        empty.close()
+
+
+def test_unreachable_store_is_a_gateway_error(tmp_path: Path) -> None:
+    broken = Store(f"sqlite:///{tmp_path}/missing-dir/log.db")
+    try:
+        with pytest.raises(JournalUnavailable, match="cannot read the send/receive log"):
+            list(read(broken.engine))
+    finally:
+        broken.close()
