@@ -209,13 +209,13 @@ class Relay:
     @staticmethod
     async def _read_head(request: web.Request,
                          settings: GatewaySettings) -> tuple[EnvelopeHead, bytes | RequestBody]:
-        scanner = HeadScanner(routing_header=settings.routing_header, max_bytes=settings.max_header_bytes)
         limit, timeout = settings.max_message_bytes, settings.client_timeout
         if request.content_length is not None and request.content_length <= SMALL_BODY:
             whole = await _receive(request.read(), timeout)
             if len(whole) <= min(SCAN_WHOLE, settings.max_header_bytes):
                 return scan_head(whole, routing_header=settings.routing_header), whole
-            return _scan(scanner, whole), whole
+            return _scan(_scanner(settings), whole), whole
+        scanner = _scanner(settings)
         prefix: list[bytes] = []
         seen = 0
         head = None
@@ -268,6 +268,10 @@ async def _receive(read: Awaitable[bytes], timeout: float) -> bytes:
         raise RequestTimeout(f"the caller sent nothing for {timeout:g} s") from exc
     except (aiohttp.ClientPayloadError, ConnectionResetError) as exc:
         raise MalformedMessage(f"the request body is incomplete: {exc}") from exc
+
+
+def _scanner(settings: GatewaySettings) -> HeadScanner:
+    return HeadScanner(routing_header=settings.routing_header, max_bytes=settings.max_header_bytes)
 
 
 def _scan(scanner: HeadScanner, whole: bytes) -> EnvelopeHead:
