@@ -211,7 +211,8 @@ class Relay:
                          settings: GatewaySettings) -> tuple[EnvelopeHead, bytes | RequestBody]:
         limit, timeout = settings.max_message_bytes, settings.client_timeout
         if request.content_length is not None and request.content_length <= SMALL_BODY:
-            whole = await _receive(request.read(), timeout)
+            # Usually the whole small body came with the headers: no timer needed then.
+            whole = await _receive(request.read(), None if request.content.is_eof() else timeout)
             if len(whole) <= min(SCAN_WHOLE, settings.max_header_bytes):
                 return scan_head(whole, routing_header=settings.routing_header), whole
             return _scan(_scanner(settings), whole), whole
@@ -259,9 +260,11 @@ class Relay:
         )
 
 
-async def _receive(read: Awaitable[bytes], timeout: float) -> bytes:
+async def _receive(read: Awaitable[bytes], timeout: float | None) -> bytes:
     """Await bytes from the caller, translating a stall or a broken body into faults."""
     try:
+        if timeout is None:
+            return await read
         async with asyncio.timeout(timeout):
             return await read
     except TimeoutError as exc:
