@@ -80,6 +80,10 @@ def _commit() -> str:
     return f"{head} (with uncommitted changes)" if dirty else head
 
 
+#: The hand-written profile of the relay's hot path, linked when a target is missed.
+_PROFILE = Path(__file__).with_name("PROFILE.md")
+
+
 def render(sections: Sequence[Section], *, machine: Machine, settings: Settings, command: str) -> str:
     """The whole report as Markdown."""
     parts = [_header(machine, settings, command), _verdicts(sections)]
@@ -112,8 +116,11 @@ def _verdicts(sections: Sequence[Section]) -> str:
     rows = [[c.label, "-" if c.measured is None else f"{c.measured:.2f} {c.unit}",
              f"{'≥' if c.at_least else '≤'} {c.limit:g} {c.unit}",
              f"{c.verdict} ({c.problem})" if c.problem else c.verdict] for c in checks]
-    return "## Acceptance targets\n\n" + (_table(["target", "measured", "required", "result"], rows)
-                                           if rows else "No scenario with acceptance targets was run.")
+    text = "## Acceptance targets\n\n" + (_table(["target", "measured", "required", "result"], rows)
+                                         if rows else "No scenario with acceptance targets was run.")
+    if any(c.verdict != "PASS" for c in checks) and _PROFILE.exists():
+        text += f"\n\nWhere bmrgw's time goes, and why a target is missed: [{_PROFILE.name}]({_PROFILE.name})."
+    return text
 
 
 def _section(section: Section) -> str:
