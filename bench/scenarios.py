@@ -18,7 +18,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     RelayLoad(
         name="1k", title="Throughput: 1 KiB envelope at saturation (50 connections, backend answers at once)",
         envelope_bytes=1 * KIB, connections=50, backend_delay=0.0,
-        rules=(ThroughputRatio(target="bmrgw", baseline="nginx", at_least=0.35),),
+        rules=(ThroughputRatio(target="bmrgw", baseline="nginx", at_least=0.35),
+               ThroughputRatio(target="bmrgw-nolog", baseline="nginx", at_least=0.35),
+               # The send/receive log may cost at most 10 % of relay throughput.
+               ThroughputRatio(target="bmrgw", baseline="bmrgw-nolog", at_least=0.90)),
     ),
     RelayLoad(
         name="100k", title="Throughput: 100 KiB envelope at saturation (50 connections, backend answers at once)",
@@ -28,6 +31,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         name="latency", title="Added latency: 1 KiB envelope, 100 connections, backend waits 30 ms",
         envelope_bytes=1 * KIB, connections=100, backend_delay=0.030,
         rules=(AddedLatency(target="bmrgw", percentile="50", at_most_ms=1.0),
-               AddedLatency(target="bmrgw", percentile="99", at_most_ms=5.0)),
+               AddedLatency(target="bmrgw", percentile="99", at_most_ms=5.0),
+               AddedLatency(target="bmrgw-nolog", percentile="50", at_most_ms=1.0),
+               AddedLatency(target="bmrgw-nolog", percentile="99", at_most_ms=5.0)),
     ),
 )

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -18,17 +20,27 @@ from aiohttp import web
 from routing.config import Config, load_config
 from routing.watch import LiveTable, watch
 
+from .chain import archive
+from .clock import Clock
+from .journal import Journal, JournalUnavailable
+from .logview import ARCHIVE_SUBDIR
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .relay import Relay
 from .store import Store, StoreUnavailable, database_url
 from .upstream import HttpUpstream, Upstream
 
-__all__ = ["make_app", "AppOptions", "LIVE", "METRICS", "STORE"]
+__all__ = ["make_app", "AppOptions", "LIVE", "METRICS", "STORE", "CLOCK", "JOURNAL"]
+
+log = logging.getLogger("bmrgw")
 
 LIVE = web.AppKey("live", LiveTable)
 METRICS = web.AppKey("metrics", Metrics)
 STORE = web.AppKey("store", Store)
+CLOCK = web.AppKey("clock", Clock)
+JOURNAL = web.AppKey("journal", Journal)
 RELAY = web.AppKey("relay", Relay)
+
+_DAY = 86400.0
 
 _STORE_PING_TIMEOUT = 2.0
 
@@ -49,6 +61,7 @@ def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Applicat
     app[LIVE] = LiveTable(config)
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_store_ctx(config))
+    app.cleanup_ctx.append(_log_ctx(config))
     app.cleanup_ctx.append(_relay_ctx(options))
     if options.watch_config and config.source is not None:
         app.cleanup_ctx.append(_watch_ctx(config, options))
@@ -67,10 +80,48 @@ def _store_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[None
     return ctx
 
 
+def _log_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:
+    """NTP time and the send/receive log; the log is flushed when the gateway stops."""
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        app[CLOCK] = clock = Clock.from_settings(config.gateway.ntp)
+        await clock.start()
+        retention: asyncio.Task[None] | None = None
+        if config.gateway.logs.enabled:
+            app[JOURNAL] = journal = Journal(app[STORE].engine, node=config.gateway.name)
+            await journal.start()
+            if config.gateway.logs.retention_days:
+                retention = asyncio.create_task(_retain(app[STORE], config))
+        else:
+            log.warning("gateway.logs.enabled is false: exchanges are NOT logged (benchmarks only)")
+        yield
+        if retention is not None:
+            retention.cancel()
+        if JOURNAL in app:
+            await app[JOURNAL].close()
+        await clock.stop()
+    return ctx
+
+
+async def _retain(store: Store, config: Config) -> None:
+    """Archive records older than ``gateway.logs.retention_days``, at start and then daily."""
+    directory = config.resolve_path(config.gateway.data_dir) / ARCHIVE_SUBDIR
+    days = config.gateway.logs.retention_days or 0
+    while True:
+        before = datetime.now(UTC) - timedelta(days=days)
+        try:
+            result = await asyncio.to_thread(archive, store.engine, directory, before)
+            if result.path is not None:
+                log.info("send/receive log: archived records before %s to %s", before.isoformat(), result.path)
+        except JournalUnavailable as exc:
+            log.error("send/receive log: archiving failed, retrying tomorrow: %s", exc.reason)
+        await asyncio.sleep(_DAY)
+
+
 def _relay_ctx(options: AppOptions) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         upstream = options.upstream()
-        app[RELAY] = Relay(table=app[LIVE], upstream=upstream, metrics=app[METRICS])
+        app[RELAY] = Relay(table=app[LIVE], upstream=upstream, metrics=app[METRICS],
+                           clock=app[CLOCK], journal=app.get(JOURNAL))
         yield
         await upstream.close()
     return ctx
@@ -110,8 +161,11 @@ async def _healthz(request: web.Request) -> web.Response:
         await asyncio.wait_for(asyncio.to_thread(store.ping), _STORE_PING_TIMEOUT)
     except (StoreUnavailable, asyncio.TimeoutError) as exc:
         store_state.update(ok=False, error=str(exc) or "no answer within 2 s")
+    journal = request.app.get(JOURNAL)
+    log_state = journal.status() if journal is not None else {"running": False, "disabled": True}
+    able = store_state["ok"] and (journal is None or log_state["running"])
     body = {
-        "status": "ok" if store_state["ok"] else "unavailable",
+        "status": "ok" if able else "unavailable",
         "gateway": config.gateway.name,
         "config": {
             "loaded": True,
@@ -122,11 +176,19 @@ async def _healthz(request: web.Request) -> web.Response:
             "error": live.error,
         },
         "store": store_state,
+        "ntp": request.app[CLOCK].status(),
+        "log": log_state,
     }
-    return web.json_response(body, status=200 if store_state["ok"] else 503)
+    return web.json_response(body, status=200 if able else 503)
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    response = web.Response(body=request.app[METRICS].render())
+    metrics = request.app[METRICS]
+    clock = request.app[CLOCK]
+    metrics.ntp(offset=clock.offset, synced=clock.synced)
+    journal = request.app.get(JOURNAL)
+    if journal is not None:
+        metrics.journal(journal.status())
+    response = web.Response(body=metrics.render())
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response

@@ -478,6 +478,18 @@ class Journal:
                 f"the send/receive log is {self._queue.maxsize} records behind"
                 f" ({self.last_error or 'the store is slow'})") from None
 
+    def admit(self) -> None:
+        """Raise :class:`JournalUnavailable` unless the log can take an exchange's records now.
+
+        The relay asks before it forwards anything, so that it refuses an
+        exchange rather than relay one it cannot log.
+        """
+        if self._closed or self._task is None or self._task.done():
+            raise JournalUnavailable("the send/receive log is not running")
+        if self._queue.full():
+            raise JournalUnavailable(f"the send/receive log is {self._queue.maxsize} records behind"
+                                     f" ({self.last_error or 'the store is slow'})")
+
     def write_in(self, connection: Connection, entry: LogRecord) -> LogRecord:
         """Append ``entry`` now, inside the caller's transaction (for durable effects); returns it sealed.
 

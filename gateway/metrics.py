@@ -7,6 +7,9 @@ route table (or ``-``), never raw client input, to keep cardinality bounded.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -37,6 +40,12 @@ class Metrics:
         self.config_error = Gauge(
             "bmrgw_config_error", "1 while the config file on disk is invalid and the old table stays in force.",
             registry=self.registry)
+        self._ntp_offset = Gauge("bmrgw_ntp_offset_seconds", "Seconds the NTP-corrected clock adds to system time.",
+                                 registry=self.registry)
+        self._ntp_synced = Gauge("bmrgw_ntp_synced", "1 while a good NTP answer came within 4 intervals.",
+                                 registry=self.registry)
+        self._log = Gauge("bmrgw_log_records", "Send/receive log records by state (written, queued, dropped).",
+                          ["state"], registry=self.registry)
         self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
     def observe(self, destination: str, status: str, seconds: float) -> None:
@@ -47,6 +56,15 @@ class Metrics:
                                               self._latency.labels(destination))
         children[0].inc()
         children[1].observe(seconds)
+
+    def ntp(self, *, offset: float, synced: bool) -> None:
+        self._ntp_offset.set(offset)
+        self._ntp_synced.set(1 if synced else 0)
+
+    def journal(self, status: Mapping[str, Any]) -> None:
+        """Copy the journal's counters (it keeps them; the registry only shows them)."""
+        for state in ("written", "queued", "dropped"):
+            self._log.labels(state).set(status[state])
 
     def fault(self, code: str) -> None:
         self._faults.labels(code).inc()

@@ -14,16 +14,20 @@ One request, start to finish:
 Any :class:`~gateway.errors.GatewayError` becomes a SOAP fault in the
 caller's SOAP version.  Small bodies (under ``SMALL_BODY``) are read whole,
 which is faster; anything bigger streams, so memory does not grow with size.
+
+Every exchange leaves two records in the send/receive log (capability G):
+one for the request, one for the response, with sizes and SHA-256 of the
+bytes as they passed.  A :class:`Trace` collects those facts on the way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -33,6 +37,7 @@ from routing.config import GatewaySettings
 from routing.table import Route, RouteTable
 from routing.watch import LiveTable
 
+from .clock import Clock, Now
 from .errors import (
     ClientFault,
     GatewayError,
@@ -42,6 +47,8 @@ from .errors import (
     RoutingLoop,
     UnsupportedMediaType,
 )
+from .ids import new_message_id
+from .journal import Journal, JournalUnavailable, LogRecord
 from .metrics import Metrics
 from .ns import H_MESSAGE_ID, H_SOAPACTION, H_VIA, SoapVersion
 from .parser import SCAN_WHOLE, EnvelopeHead, HeadScanner, scan_head
@@ -84,6 +91,59 @@ class Exchange:
     via: str
 
 
+@dataclass(eq=False)
+class Trace:
+    """What one exchange did, collected as it happens, for the metrics and the log."""
+
+    arrived: Now
+    started: float
+    message_id: str | None = None
+    sender: str | None = None
+    destination: str | None = None
+    endpoint: str | None = None
+    """The URL the message went to."""
+    label: str = "-"
+    """Metrics label: a name from the route table, never raw client input."""
+    request_bytes: int = 0
+    request_digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+    forwarded: bool = False
+    answered: float | None = None
+    """perf_counter() when the endpoint's answer began."""
+    response_in: int = 0
+    response_out: int = 0
+    response_digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+    http_status: int | None = None
+    fault_code: str | None = None
+    status: str = "ok"
+
+    def took_request(self, chunk: bytes) -> None:
+        self.request_bytes += len(chunk)
+        self.request_digest.update(chunk)
+
+    def sent_response(self, chunk: bytes, *, relayed: bool = True) -> None:
+        self.response_out += len(chunk)
+        if relayed:
+            self.response_in += len(chunk)
+        self.response_digest.update(chunk)
+
+    def records(self, ended: Now) -> tuple[LogRecord, LogRecord]:
+        """The request and the response record of this exchange."""
+        now = time.perf_counter()
+        common = dict(kind="relay", message_id=self.message_id, from_ap=self.sender, to_ap=self.destination,
+                      endpoint=self.endpoint)
+        request = LogRecord.at(
+            self.arrived, direction="request", status="ok" if self.forwarded else self.status,
+            bytes_in=self.request_bytes, bytes_out=self.request_bytes if self.forwarded else 0,
+            sha256=self.request_digest.hexdigest(),
+            duration_ms=1000 * ((self.answered or now) - self.started), **common)
+        response = LogRecord.at(
+            ended, direction="response", status=self.status, bytes_in=self.response_in,
+            bytes_out=self.response_out, sha256=self.response_digest.hexdigest(),
+            duration_ms=1000 * (now - self.started), http_status=self.http_status,
+            fault_code=self.fault_code, **common)
+        return request, response
+
+
 def passed_gateways(via: str) -> list[str]:
     """The received-by names of an HTTP ``Via`` header, in order."""
     names = []
@@ -123,10 +183,10 @@ class RequestBody:
     """
 
     def __init__(self, prefix: list[bytes], stream: aiohttp.StreamReader, *,
-                 seen: int, limit: int, timeout: float) -> None:
+                 trace: Trace, limit: int, timeout: float) -> None:
         self._prefix = prefix
         self._stream = stream
-        self.size = seen
+        self._trace = trace
         self._limit = limit
         self._timeout = timeout
         self.error: GatewayError | None = None
@@ -137,8 +197,8 @@ class RequestBody:
         self._prefix = []
         try:
             while chunk := await _receive(self._stream.readany(), self._timeout):
-                self.size += len(chunk)
-                if self.size > self._limit:
+                self._trace.took_request(chunk)
+                if self._trace.request_bytes > self._limit:
                     raise MessageTooLarge(f"message exceeds the limit of {self._limit} bytes")
                 yield chunk
         except GatewayError as exc:
@@ -147,35 +207,50 @@ class RequestBody:
 
 
 class Relay:
-    """The relay handler; holds the live route table, the upstream seam and metrics."""
+    """The relay handler: the live route table, the upstream seam, metrics and the log."""
 
-    def __init__(self, *, table: LiveTable, upstream: Upstream, metrics: Metrics) -> None:
+    def __init__(self, *, table: LiveTable, upstream: Upstream, metrics: Metrics,
+                 clock: Clock, journal: Journal | None) -> None:
         self._table = table
         self._upstream = upstream
         self._metrics = metrics
+        self._clock = clock
+        self._journal = journal
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         table = self._table.current
-        started = time.perf_counter()
+        trace = Trace(arrived=self._clock.now(), started=time.perf_counter(),
+                      message_id=request.headers.get(H_MESSAGE_ID))
         version = version_for(request.content_type) or SoapVersion.V11
-        destination = "-"
         try:
-            exchange, body = await self._prepare(request, table)
-            destination = exchange.route.endpoint
-            response = await self._forward(request, exchange, body)
+            if self._journal is not None:
+                self._journal.admit()
+            exchange, body = await self._prepare(request, table, trace)
+            response = await self._forward(request, exchange, body, trace)
         except ConnectionResetError:
-            self._metrics.observe(destination, "error", time.perf_counter() - started)
+            trace.status = "error"
+            await self._finish(trace)
             raise
         except GatewayError as exc:
-            response = self._fault(exc, version, table.config.gateway.name)
-            self._metrics.fault(exc.code)
-            status = "fault" if isinstance(exc, ClientFault) else "error"
-        else:
-            status = "ok" if response.status < 300 else "fault"
-        self._metrics.observe(destination, status, time.perf_counter() - started)
+            response = self._fault(exc, version, table.config.gateway.name, trace)
+        await self._finish(trace)
         return response
 
-    async def _prepare(self, request: web.Request, table: RouteTable) -> tuple[Exchange, bytes | RequestBody]:
+    async def _finish(self, trace: Trace) -> None:
+        self._metrics.observe(trace.label, trace.status, time.perf_counter() - trace.started)
+        if self._journal is None:
+            return
+        if trace.message_id is None:
+            trace.message_id = new_message_id()
+        for record in trace.records(self._clock.now()):
+            try:
+                await self._journal.record(record)
+            except JournalUnavailable as exc:
+                # The answer is given already: never hide the exchange, say it loudly.
+                log.error("send/receive log unavailable (%s); exchange not logged: %s", exc.reason, record.to_json())
+
+    async def _prepare(self, request: web.Request, table: RouteTable,
+                       trace: Trace) -> tuple[Exchange, bytes | RequestBody]:
         settings = table.config.gateway
         incoming_via = request.headers.get(H_VIA, "")
         passed = check_hops(incoming_via, settings.name)
@@ -183,17 +258,18 @@ class Relay:
         if request.content_length is not None and request.content_length > settings.max_message_bytes:
             raise MessageTooLarge(
                 f"message of {request.content_length} bytes exceeds the limit of {settings.max_message_bytes}")
-        head, body = await self._read_head(request, settings)
+        head, body = await self._read_head(request, settings, trace)
+        trace.sender = head.sender
+        trace.message_id = head.message_id or trace.message_id or new_message_id()
         if head.version is not version:
             raise MalformedMessage(f"Content-Type {request.content_type} announces SOAP {version.value} "
                                    f"but the Envelope is SOAP {head.version.value}")
-        route = table.resolve(destination_of(head, request.match_info.get("ap")), passed=passed)
+        trace.destination = destination_of(head, request.match_info.get("ap"))
+        route = table.resolve(trace.destination, passed=passed)
+        trace.endpoint, trace.label = route.url, route.endpoint
         hop = f"{request.version.major}.{request.version.minor} {settings.name}"
-        exchange = Exchange(
-            route=route, version=version, sender=head.sender,
-            message_id=head.message_id or request.headers.get(H_MESSAGE_ID) or str(uuid.uuid4()),
-            via=f"{incoming_via}, {hop}" if incoming_via else hop,
-        )
+        exchange = Exchange(route=route, version=version, sender=head.sender, message_id=trace.message_id,
+                            via=f"{incoming_via}, {hop}" if incoming_via else hop)
         return exchange, body
 
     @staticmethod
@@ -207,18 +283,18 @@ class Relay:
         return version
 
     @staticmethod
-    async def _read_head(request: web.Request,
-                         settings: GatewaySettings) -> tuple[EnvelopeHead, bytes | RequestBody]:
+    async def _read_head(request: web.Request, settings: GatewaySettings,
+                         trace: Trace) -> tuple[EnvelopeHead, bytes | RequestBody]:
         limit, timeout = settings.max_message_bytes, settings.client_timeout
         if request.content_length is not None and request.content_length <= SMALL_BODY:
             # Usually the whole small body came with the headers: no timer needed then.
             whole = await _receive(request.read(), None if request.content.is_eof() else timeout)
+            trace.took_request(whole)
             if len(whole) <= min(SCAN_WHOLE, settings.max_header_bytes):
                 return scan_head(whole, routing_header=settings.routing_header), whole
             return _scan(_scanner(settings), whole), whole
         scanner = _scanner(settings)
         prefix: list[bytes] = []
-        seen = 0
         head = None
         while head is None:
             chunk = await _receive(request.content.readany(), timeout)
@@ -226,38 +302,46 @@ class Relay:
                 head = scanner.finish()
                 break
             prefix.append(chunk)
-            seen += len(chunk)
-            if seen > limit:
+            trace.took_request(chunk)
+            if trace.request_bytes > limit:
                 raise MessageTooLarge(f"message exceeds the limit of {limit} bytes")
             head = scanner.feed(chunk)
-        return head, RequestBody(prefix, request.content, seen=seen, limit=limit, timeout=timeout)
+        return head, RequestBody(prefix, request.content, trace=trace, limit=limit, timeout=timeout)
 
     async def _forward(self, request: web.Request, exchange: Exchange,
-                       body: bytes | RequestBody) -> web.StreamResponse:
+                       body: bytes | RequestBody, trace: Trace) -> web.StreamResponse:
         incoming = request.headers
         headers = {k: incoming[k] for k in _FORWARD_REQUEST if k in incoming}
         headers[H_VIA] = exchange.via
         headers[H_MESSAGE_ID] = exchange.message_id
+        trace.forwarded = True
         try:
             reply = await self._upstream.post(exchange.route, headers, body)
         except GatewayError:
             if isinstance(body, RequestBody) and body.error is not None:
+                trace.forwarded = False
                 raise body.error from None
             raise
+        trace.answered = time.perf_counter()
         try:
             if isinstance(body, RequestBody) and body.error is not None:
+                trace.forwarded = False
                 raise body.error
-            return await _respond(request, reply, exchange)
+            return await _respond(request, reply, exchange, trace)
         finally:
             reply.release()
 
-    @staticmethod
-    def _fault(error: GatewayError, version: SoapVersion, gateway: str) -> web.Response:
+    def _fault(self, error: GatewayError, version: SoapVersion, gateway: str, trace: Trace) -> web.Response:
         log.info("fault %s: %s", error.code, error.reason)
-        return web.Response(
-            status=error.http_status, body=gateway_fault(error, version, gateway=gateway),
-            headers={"Content-Type": fault_content_type(version), "Server": SERVER},
-        )
+        self._metrics.fault(error.code)
+        body = gateway_fault(error, version, gateway=gateway)
+        trace.status = "fault" if isinstance(error, ClientFault) else "error"
+        trace.http_status, trace.fault_code = error.http_status, error.code
+        trace.sent_response(body, relayed=False)
+        headers = {"Content-Type": fault_content_type(version), "Server": SERVER}
+        if trace.message_id is not None:
+            headers[H_MESSAGE_ID] = trace.message_id
+        return web.Response(status=error.http_status, body=body, headers=headers)
 
 
 async def _receive(read: Awaitable[bytes], timeout: float | None) -> bytes:
@@ -294,14 +378,18 @@ def _reply_headers(reply: aiohttp.ClientResponse, exchange: Exchange) -> CIMulti
     return headers
 
 
-async def _respond(request: web.Request, reply: aiohttp.ClientResponse, exchange: Exchange) -> web.StreamResponse:
+async def _respond(request: web.Request, reply: aiohttp.ClientResponse, exchange: Exchange,
+                   trace: Trace) -> web.StreamResponse:
     """Pass the upstream's answer back unchanged (status, headers, body)."""
     headers = _reply_headers(reply, exchange)
+    trace.http_status = reply.status
+    trace.status = "ok" if reply.status < 300 else "fault"
     if reply.content_length is not None and reply.content_length <= SMALL_BODY:
         try:
             body = await reply.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise translate(exc, exchange.route) from exc
+        trace.sent_response(body)
         return web.Response(status=reply.status, reason=reply.reason, body=body, headers=headers)
     response = web.StreamResponse(status=reply.status, reason=reply.reason, headers=headers)
     if reply.content_length is not None:
@@ -309,6 +397,7 @@ async def _respond(request: web.Request, reply: aiohttp.ClientResponse, exchange
     await response.prepare(request)
     try:
         async for chunk in reply.content.iter_any():
+            trace.sent_response(chunk)
             await response.write(chunk)
     except (aiohttp.ClientError, TimeoutError) as exc:
         # The status line is already sent: the only honest signal left is to

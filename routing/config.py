@@ -32,6 +32,7 @@ __all__ = [
     "GatewaySettings",
     "Listen",
     "NtpSettings",
+    "LogSettings",
     "UrlEndpoint",
     "PeerEndpoint",
     "Endpoint",
@@ -68,6 +69,14 @@ class NtpSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LogSettings:
+    enabled: bool = True
+    """Write the send/receive log. The standard requires it; only benchmarks turn it off."""
+    retention_days: int | None = None
+    """Archive records older than this many days, once a day; ``None`` keeps them in the store."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class GatewaySettings:
     name: str = "bmrgw"
     """This gateway's name, used in the HTTP Via header and the logs."""
@@ -89,6 +98,8 @@ class GatewaySettings:
     """Peer that receives messages for names not held locally (DC-to-DC routing)."""
     ntp: NtpSettings = field(default_factory=NtpSettings)
     """Time synchronisation."""
+    logs: LogSettings = field(default_factory=LogSettings)
+    """The send/receive log."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,7 +197,7 @@ def parse_config(data: Any, *, source: Path | None = None, db: str | None = None
 def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer]) -> GatewaySettings:
     g = _mapping(raw, "gateway")
     allowed = {"name", "listen", "tls", "db", "data_dir", "max_message_bytes",
-               "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp"}
+               "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp", "logs"}
     _known(g, "gateway", allowed)
     if g.get("tls"):
         raise ConfigError(f"gateway.tls {_NOT_YET}")
@@ -208,6 +219,7 @@ def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer]) -> GatewaySett
         routing_header=_qname(g.get("routing_header", defaults.routing_header)),
         fallback_peer=fallback,
         ntp=_ntp(_section(g, "ntp")),
+        logs=_logs(_section(g, "logs")),
     )
 
 
@@ -228,6 +240,17 @@ def _ntp(raw: Any) -> NtpSettings:
         raise ConfigError("gateway.ntp.servers: must be a list of host or host:port strings")
     interval = _number(m.get("interval", NtpSettings.interval), "gateway.ntp.interval", low=1, high=86400)
     return NtpSettings(servers=tuple(servers), interval=interval)
+
+
+def _logs(raw: Any) -> LogSettings:
+    m = _mapping(raw, "gateway.logs")
+    _known(m, "gateway.logs", {"enabled", "retention_days"})
+    enabled = m.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"gateway.logs.enabled: must be true or false, not {enabled!r}")
+    days = m.get("retention_days")
+    return LogSettings(enabled=enabled, retention_days=None if days is None else
+                       _int(days, "gateway.logs.retention_days", low=1, high=36500))
 
 
 def _endpoints(raw: Any, peers: Mapping[str, Peer]) -> Mapping[str, Endpoint]:
