@@ -33,7 +33,7 @@ class Metrics:
             "bmrgw_gateway_faults", "SOAP faults raised by the gateway itself, by g:Error code.",
             ["code"], registry=self.registry)
         self._latency = Histogram(
-            "bmrgw_request_duration_seconds", "Time from request to the start of the answer, per destination.",
+            "bmrgw_request_duration_seconds", "Seconds from the request's arrival until the answer was handed over, per destination.",
             ["destination"], buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.config_generation = Gauge(
             "bmrgw_config_generation", "How many times the endpoint table was (re)loaded.", registry=self.registry)
