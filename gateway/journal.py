@@ -426,6 +426,9 @@ def _create_head(connection: Connection, head: Table, node: str) -> None:
 
 T = TypeVar("T")
 
+#: How often a caller held back by a full log queue looks again (only under overload).
+_ADMIT_POLL = 0.005
+
 
 class Journal:
     """Appends records to one node's chain from a background group-commit writer.
@@ -478,17 +481,26 @@ class Journal:
                 f"the send/receive log is {self._queue.maxsize} records behind"
                 f" ({self.last_error or 'the store is slow'})") from None
 
-    def admit(self) -> None:
-        """Raise :class:`JournalUnavailable` unless the log can take an exchange's records now.
+    async def admit(self) -> None:
+        """Return once the log can take an exchange's records; raise :class:`JournalUnavailable` if it cannot.
 
         The relay asks before it forwards anything, so that it refuses an
-        exchange rather than relay one it cannot log.
+        exchange rather than relay one it cannot log.  A full queue first
+        slows the caller down (up to ``max_wait``): under overload the
+        gateway relays at the pace the store can log, and only a store that
+        stays stuck turns into faults.
         """
         if self._closed or self._task is None or self._task.done():
             raise JournalUnavailable("the send/receive log is not running")
-        if self._queue.full():
-            raise JournalUnavailable(f"the send/receive log is {self._queue.maxsize} records behind"
-                                     f" ({self.last_error or 'the store is slow'})")
+        if not self._queue.full():
+            return
+        self.waits += 1
+        deadline = asyncio.get_running_loop().time() + self.max_wait
+        while self._queue.full():
+            if asyncio.get_running_loop().time() > deadline:
+                raise JournalUnavailable(f"the send/receive log is {self._queue.maxsize} records behind"
+                                         f" ({self.last_error or 'the store is slow'})")
+            await asyncio.sleep(_ADMIT_POLL)
 
     def write_in(self, connection: Connection, entry: LogRecord) -> LogRecord:
         """Append ``entry`` now, inside the caller's transaction (for durable effects); returns it sealed.

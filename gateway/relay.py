@@ -224,7 +224,7 @@ class Relay:
         version = version_for(request.content_type) or SoapVersion.V11
         try:
             if self._journal is not None:
-                self._journal.admit()
+                await self._journal.admit()
             exchange, body = await self._prepare(request, table, trace)
             response = await self._forward(request, exchange, body, trace)
         except ConnectionResetError:

@@ -138,3 +138,37 @@ async def test_two_gateways_one_message_id_and_chains_verify(
     finally:
         engine.dispose()
     assert report.ok
+
+
+async def test_full_log_queue_holds_callers_back_then_refuses(tmp_path: Path) -> None:
+    import sqlite3
+
+    import pytest
+
+    from gateway.clock import Clock
+    from gateway.journal import Journal, JournalUnavailable
+    from gateway.store import Store
+
+    db = tmp_path / "stuck.db"
+    store = Store(f"sqlite:///{db}")
+    journal = Journal(store.engine, node="gw", queue_size=2, max_wait=0.3)
+    await journal.start()
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # the store is stuck: every commit waits
+    clock = Clock((), 64)
+    try:
+        for _ in range(3):  # the first batch goes in flight and sticks, two more fill the queue
+            await journal.record(LogRecord.at(clock.now(), kind="relay", direction="request", status="ok"))
+            await asyncio.sleep(0.05)
+        with pytest.raises(JournalUnavailable, match="records behind"):
+            await journal.admit()
+        waiting = asyncio.create_task(journal.admit())
+        await asyncio.sleep(0.1)
+        assert not waiting.done()  # held back, not refused yet
+        blocker.execute("COMMIT")  # the store recovers: the queue drains, the caller goes on
+        await asyncio.wait_for(waiting, 5)
+    finally:
+        blocker.close()
+        await journal.close()
+        store.close()
+    assert journal.status()["written"] == 3 and journal.status()["dropped"] == 0
