@@ -23,7 +23,7 @@ from routing.watch import LiveTable, watch
 from .chain import archive
 from .clock import Clock
 from .journal import Journal, JournalUnavailable
-from .logview import ARCHIVE_SUBDIR
+from .logview import archive_dir
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .relay import Relay
 from .store import Store, StoreUnavailable, database_url
@@ -104,7 +104,7 @@ def _log_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[None]]
 
 async def _retain(store: Store, config: Config) -> None:
     """Archive records older than ``gateway.logs.retention_days``, at start and then daily."""
-    directory = config.resolve_path(config.gateway.data_dir) / ARCHIVE_SUBDIR
+    directory = archive_dir(config)
     days = config.gateway.logs.retention_days or 0
     while True:
         before = datetime.now(UTC) - timedelta(days=days)

@@ -144,9 +144,14 @@ def _open(args: argparse.Namespace) -> tuple[Config, Store]:
     return config, Store(database_url(config))
 
 
+def archive_dir(config: Config) -> Path:
+    """Where archived log records go unless told otherwise: ``<data_dir>/log-archive``."""
+    return config.resolve_path(config.gateway.data_dir) / ARCHIVE_SUBDIR
+
+
 def _archive_dir(args: argparse.Namespace, config: Config) -> Path:
     given: Path | None = args.archive_dir
-    return given if given is not None else config.resolve_path(config.gateway.data_dir) / ARCHIVE_SUBDIR
+    return given if given is not None else archive_dir(config)
 
 
 # -- bmrgw logs ----------------------------------------------------------------

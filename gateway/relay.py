@@ -85,9 +85,7 @@ class Exchange:
     """What the relay learned about one request before forwarding it."""
 
     route: Route
-    version: SoapVersion
     message_id: str
-    sender: str | None
     via: str
 
 
@@ -268,7 +266,7 @@ class Relay:
         route = table.resolve(trace.destination, passed=passed)
         trace.endpoint, trace.label = route.url, route.endpoint
         hop = f"{request.version.major}.{request.version.minor} {settings.name}"
-        exchange = Exchange(route=route, version=version, sender=head.sender, message_id=trace.message_id,
+        exchange = Exchange(route=route, message_id=trace.message_id,
                             via=f"{incoming_via}, {hop}" if incoming_via else hop)
         return exchange, body
 
