@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, func, select, text, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, func, select, update
 
 from gateway.chain import chain_hash, verify
 from gateway.clock import Now
@@ -36,27 +33,9 @@ from gateway.journal import (
 )
 from gateway.store import Store
 
-PG_URL = os.environ.get("BMRGW_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from .pg import pg_schema
+
 T0 = datetime(2024, 4, 1, 9, 0, 0, 123456, tzinfo=UTC)
-
-
-@contextlib.contextmanager
-def pg_schema() -> Iterator[str]:
-    """A fresh PostgreSQL schema for one test; the URL puts it first on the search path."""
-    admin = create_engine(PG_URL)
-    name = f"bmrgw_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.begin() as connection:
-            connection.execute(text(f'CREATE SCHEMA "{name}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL at {PG_URL} is not reachable: {exc.orig}")
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{name}"
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
