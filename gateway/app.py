@@ -22,6 +22,7 @@ from routing.watch import LiveTable, watch
 
 from .chain import archive
 from .clock import Clock
+from .jx import JX_MAILBOX, add_jx
 from .journal import Journal, JournalUnavailable
 from .logview import archive_dir
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -62,6 +63,7 @@ def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Applicat
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_store_ctx(config))
     app.cleanup_ctx.append(_log_ctx(config))
+    add_jx(app, config, lambda a: (a[CLOCK], a.get(JOURNAL)))
     app.cleanup_ctx.append(_relay_ctx(options))
     if options.watch_config and config.source is not None:
         app.cleanup_ctx.append(_watch_ctx(config, options))
@@ -121,7 +123,7 @@ def _relay_ctx(options: AppOptions) -> Callable[[web.Application], AsyncIterator
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         upstream = options.upstream()
         app[RELAY] = Relay(table=app[LIVE], upstream=upstream, metrics=app[METRICS],
-                           clock=app[CLOCK], journal=app.get(JOURNAL))
+                           clock=app[CLOCK], journal=app.get(JOURNAL), deposit=app.get(JX_MAILBOX))
         yield
         await upstream.close()
     return ctx

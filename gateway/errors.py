@@ -12,12 +12,15 @@ HTTP status of the fault response::
     │   ├── UnsupportedMediaType(ValueError)        415
     │   ├── MessageTooLarge(ValueError)             413
     │   ├── RequestTimeout(TimeoutError)            408
-    │   └── UnknownDestination(LookupError)         404
+    │   ├── UnknownDestination(LookupError)         404
+    │   ├── DuplicateMessageId(ValueError)          500  JX: same messageId, other content
+    │   └── UnknownDocument(LookupError)            500  JX: confirm of an id not stored
     └── ServerFault                                 the gateway or its upstream failed
         ├── RoutingLoop(RuntimeError)               500
-        └── UpstreamError
-            ├── EndpointUnavailable(ConnectionError)  500
-            └── EndpointTimeout(TimeoutError)       500
+        ├── UpstreamError
+        │   ├── EndpointUnavailable(ConnectionError)  500
+        │   └── EndpointTimeout(TimeoutError)       500
+        └── DocumentStoreError(RuntimeError)        500  JX: the document store failed
 
 Errors carry structured fields (``destination``, ``endpoint``, ``detail``)
 so that the log and the SOAP fault render them without parsing messages.
@@ -41,6 +44,9 @@ __all__ = [
     "UpstreamError",
     "EndpointUnavailable",
     "EndpointTimeout",
+    "DuplicateMessageId",
+    "UnknownDocument",
+    "DocumentStoreError",
 ]
 
 
@@ -142,3 +148,23 @@ class EndpointTimeout(UpstreamError, TimeoutError):
     """Raised when the endpoint does not answer within its timeout."""
 
     code = "EndpointTimeout"
+
+
+class DuplicateMessageId(ClientFault, ValueError):
+    """Raised when a JX PutDocument reuses a stored messageId with different content."""
+
+    code = "DuplicateMessageId"
+    http_status = 500
+
+
+class UnknownDocument(ClientFault, LookupError):
+    """Raised when a JX ConfirmDocument names no stored document of that sender and receiver."""
+
+    code = "UnknownDocument"
+    http_status = 500
+
+
+class DocumentStoreError(ServerFault, RuntimeError):
+    """Raised when the JX document store (database or blob files) cannot do its work."""
+
+    code = "StoreUnavailable"

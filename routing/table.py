@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from gateway.errors import UnknownDestination
 
-from .config import Config, Peer, PeerEndpoint, UrlEndpoint
+from .config import Config, MailboxEndpoint, Peer, PeerEndpoint, UrlEndpoint
 
 __all__ = ["Route", "RouteTable"]
 
@@ -30,6 +30,8 @@ class Route:
     """Name shown in logs and metrics: the endpoint, or the peer it leaves through."""
     peer: str | None = None
     """The peer gateway the message leaves through, if any."""
+    mailbox: str | None = None
+    """JX receiver id when the message is stored for polling instead of posted."""
 
 
 def _via_peer(destination: str, peer: Peer) -> Route:
@@ -50,6 +52,9 @@ class RouteTable:
                 self._routes[name] = Route(destination=name, url=ep.url, timeout=ep.timeout, endpoint=name)
             elif isinstance(ep, PeerEndpoint):
                 self._routes[name] = _via_peer(name, config.peers[ep.via])
+            elif isinstance(ep, MailboxEndpoint):
+                self._routes[name] = Route(destination=name, url=f"jx:{ep.mailbox}", timeout=0.0,
+                                           endpoint=name, mailbox=ep.mailbox)
         fallback = config.gateway.fallback_peer
         self._fallback = config.peers[fallback] if fallback else None
 

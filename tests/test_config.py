@@ -71,7 +71,7 @@ def _with(path: str, value: Any) -> dict[str, Any]:
     ("gateway.routing_header", "Routing", "Clark notation"),
     ("gateway.tls", {"cert": "c.pem", "key": "k.pem"}, "gateway.tls is not supported"),
     ("clients", {"app": {"allow": ["*"]}}, "clients: is not supported"),
-    ("endpoints.city", {"mailbox": "1310001"}, "mailbox is not supported"),
+    ("endpoints.city", {"mailbox": 1310001}, "write the receiver id in quotes"),
     ("peers.dc-west.url", None, "peers.dc-west.url"),
 ])
 def test_invalid_configs_name_the_problem(path: str, value: Any, message: str) -> None:

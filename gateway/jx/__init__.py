@@ -1,0 +1,99 @@
+"""The JX polling relay (SPEC.md capability (E)): the ``/jx`` server, its store, mailboxes, CLI.
+
+A DC application deposits a document for an access-restricted city hall
+(JX PutDocument, a relayed message to a ``mailbox`` endpoint, or
+``bmrgw jx put``); the city hall's client — ``bmrgw poll`` or any JX client —
+polls with GetDocument and confirms with ConfirmDocument.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from aiohttp import web
+from sqlalchemy import create_engine
+
+from routing.config import Config
+
+from ..clock import Clock
+from ..journal import Journal
+from ..store import database_url
+from .mailbox import Mailbox
+from .service import JxService
+from .store import DocumentStore, now_ms, prepare_engine
+
+__all__ = ["add_jx", "JX_SERVICE", "JX_MAILBOX", "open_store", "jx_root"]
+
+log = logging.getLogger("bmrgw.jx")
+
+JX_SERVICE = web.AppKey("jx_service", JxService)
+JX_MAILBOX = web.AppKey("jx_mailbox", Mailbox)
+
+_DAY_MS = 86_400_000
+
+#: Gives the clock and the send/receive log (None when logging is off) of a running app.
+Resources = Callable[[web.Application], tuple[Clock, Journal | None]]
+
+
+def jx_root(config: Config) -> Path:
+    """Where the JX store keeps its files: ``<data_dir>/jx``."""
+    return config.resolve_path(config.gateway.data_dir) / "jx"
+
+
+def open_store(config: Config, *, journal: Journal | None = None) -> DocumentStore:
+    """The document store of ``config`` on an engine of its own (created tables, clean spool)."""
+    engine = prepare_engine(create_engine(database_url(config), pool_pre_ping=True))
+    writer = journal.write_in if journal is not None else None
+    store = DocumentStore(engine, root=jx_root(config), settings=config.gateway.jx, node=config.gateway.name,
+                          log=writer)
+    return store
+
+
+def add_jx(app: web.Application, config: Config, resources: Resources) -> None:
+    """Serve ``/jx`` and provide the mailbox seam; call after the log and before the relay are set up."""
+    app.cleanup_ctx.append(_jx_ctx(config, resources))
+    app.router.add_post("/jx", _post)
+    app.router.add_get("/jx", _get)
+
+
+def _jx_ctx(config: Config, resources: Resources) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        clock, journal = resources(app)
+        store = open_store(config, journal=journal)
+        await asyncio.to_thread(store.open)
+        app[JX_SERVICE] = JxService(store=store, settings=config.gateway.jx, gateway=config.gateway.name,
+                                    clock=clock, journal=journal, client_timeout=config.gateway.client_timeout)
+        app[JX_MAILBOX] = Mailbox(store, clock, max_bytes=config.gateway.jx.max_document_bytes)
+        retention = asyncio.create_task(_retain(store)) if config.gateway.jx.retention_days else None
+        yield
+        if retention is not None:
+            retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retention
+        store.engine.dispose()
+    return ctx
+
+
+async def _retain(store: DocumentStore) -> None:
+    """Delete confirmed documents older than ``gateway.jx.retention_days``, at start and then daily."""
+    days = store.settings.retention_days or 0
+    while True:
+        try:
+            purged = await asyncio.to_thread(store.purge, now_ms() - days * _DAY_MS)
+            if purged:
+                log.info("jx: purged %d documents confirmed more than %d days ago", purged, days)
+        except Exception as exc:  # retention must not stop because of one bad day
+            log.error("jx: retention failed, retrying tomorrow: %s", exc)
+        await asyncio.sleep(_DAY_MS / 1000)
+
+
+async def _post(request: web.Request) -> web.StreamResponse:
+    return await request.app[JX_SERVICE].handle(request)
+
+
+async def _get(request: web.Request) -> web.StreamResponse:
+    return await request.app[JX_SERVICE].wsdl(request)
