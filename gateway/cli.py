@@ -16,6 +16,8 @@ from pathlib import Path
 from routing.commands import add_endpoints_command
 
 from .errors import ConfigError, GatewayError
+from .jx.commands import add_jx_command
+from .jx.poll import add_poll_command
 from .logview import add_logs_command, add_time_command
 
 __all__ = ["main"]
@@ -53,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     add_endpoints_command(commands, config_option)
     add_logs_command(commands, config_option)
     add_time_command(commands, config_option)
+    add_jx_command(commands, config_option)
+    add_poll_command(commands, config_option)
     _add_demo_backend(commands)
     return parser
 

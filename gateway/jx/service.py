@@ -34,7 +34,7 @@ from ..ns import H_SOAPACTION, SoapVersion
 from ..parser import parse
 from ..soap import fault_content_type, gateway_fault
 from .store import Document, DocumentStore, NewDocument
-from .wire import JxRequest, RequestReader, operation_of_action, response_envelope, split_at_data
+from .wire import JxRequest, RequestReader, operation_of_action, request_encoding, response_envelope, split_at_data
 
 __all__ = ["JxService", "Authoriser", "wsdl_for"]
 
@@ -129,9 +129,12 @@ class JxService:
         limit = self.settings.max_document_bytes * 4 // 3 + 1024 * 1024
         if request.content_length is not None and request.content_length > limit:
             raise MessageTooLarge(f"request of {request.content_length} bytes exceeds the limit of {limit}")
+        first = await _receive(request, self.client_timeout)
         reader = RequestReader(self.store.spool_dir, max_document_bytes=self.settings.max_document_bytes,
-                               encoding=request.charset)
+                               encoding=request_encoding(first, request.charset))
         try:
+            call.bytes_in = len(first)
+            reader.feed(first)
             await self._feed(request, reader, call, limit)
             jx = await asyncio.to_thread(reader.finish)
         except BaseException:

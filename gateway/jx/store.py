@@ -64,6 +64,7 @@ from routing.config import JxSettings
 
 from ..errors import DocumentStoreError, DuplicateMessageId, UnknownDocument
 from ..journal import LogRecord
+from .files import fsync_dir
 from .wire import Spool
 
 __all__ = ["DocumentStore", "Document", "NewDocument", "TABLES", "STATES", "LogWriter", "blobs_in_database"]
@@ -315,7 +316,7 @@ class DocumentStore:
         name = f"{uuid.uuid4().hex}.doc"
         with translated("cannot store the document"):
             os.replace(spool.path, self.blob_dir / name)
-            _fsync_dir(self.blob_dir)
+            fsync_dir(self.blob_dir)
         return name
 
     def _database_blob(self, c: Connection, seq: int, spool: Spool) -> None:
@@ -457,14 +458,6 @@ class DocumentStore:
             if row.blob is not None:
                 (self.blob_dir / row.blob).unlink(missing_ok=True)
         return len(old)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _safe_node(node: str) -> str:

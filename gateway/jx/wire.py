@@ -19,6 +19,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import os
+import re
 import secrets
 import tempfile
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ __all__ = [
     "Base64Spool",
     "RequestReader",
     "jx_namespace",
+    "request_encoding",
     "operation_of_action",
     "response_envelope",
     "split_at_data",
@@ -63,6 +65,18 @@ _ENVELOPE = f"{{{SOAP11_ENV}}}Envelope"
 _HEADER = f"{{{SOAP11_ENV}}}Header"
 _BODY = f"{{{SOAP11_ENV}}}Body"
 _HYPHENLESS = JX.replace("-", "")
+
+
+_DECLARED = re.compile(rb"""^\s*<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+
+
+def request_encoding(first_bytes: bytes, charset: str | None) -> str | None:
+    """The encoding to parse with: the XML declaration's if it names one, else the HTTP charset.
+
+    Clients in the field send ``charset=utf-8`` over Shift_JIS documents that
+    declare themselves correctly; the declaration is the better witness.
+    """
+    return None if _DECLARED.match(first_bytes[:200]) else charset
 
 
 def jx_namespace(namespace: str | None) -> bool:
