@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -75,7 +76,8 @@ class Answer:
 
 
 async def call(http: aiohttp.ClientSession, url: str, op: str, body: bytes) -> Answer:
-    async with http.post(f"{url}/jx", data=body, headers=action(op)) as resp:
+    data = io.BytesIO(body) if len(body) > 1_000_000 else body  # aiohttp warns on big raw bytes
+    async with http.post(f"{url}/jx", data=data, headers=action(op)) as resp:
         return Answer(resp.status, etree.fromstring(await resp.read()))
 
 

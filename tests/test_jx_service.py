@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +258,28 @@ def test_mailbox_config_is_validated() -> None:
         with pytest.raises(ConfigError):
             parse_config(bad)
 
+
+
+async def test_postgresql_keeps_document_bytes_in_the_database(gateway: GatewayFactory, tmp_path: Path,
+                                                              http: aiohttp.ClientSession) -> None:
+    from .pg import pg_schema
+
+    with pg_schema() as db:
+        config = jx_config(tmp_path)
+        config["gateway"]["db"] = db
+        url = await gateway(config)
+        big = os.urandom(3 * 1024 * 1024 + 5)  # several 1 MiB parts
+        assert (await put(http, url, "pg-big", big)).result is True
+        assert (await put(http, url, "pg-big", big)).result is True
+        assert (await put(http, url, "pg-big", b"other")).fault_code == "DuplicateMessageId"
+        got = await get(http, url)
+        assert got.data == big
+        assert (await confirm(http, url, "pg-big")).result is True
+        assert not list((tmp_path / "var" / "jx" / "blobs").iterdir())  # nothing on the local disk
+        engine = create_engine(db)
+        try:
+            with engine.connect() as c:
+                parts = c.exec_driver_sql("SELECT count(*) FROM jx_blob").scalar()
+        finally:
+            engine.dispose()
+        assert parts == 4

@@ -49,7 +49,7 @@ log = logging.getLogger("bmrgw.poll")
 
 _BINDING = f"{{{JX}}}JXMSTransferSoap"
 _MAX_BACKOFF = 60.0
-_ONCE_ATTEMPTS = 4
+_ONCE_ATTEMPTS = 3
 _SENT, _FAILED = "sent", "failed"
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
@@ -129,7 +129,7 @@ class Poller:
                 failures += 1
                 if self.options.once and failures >= _ONCE_ATTEMPTS:
                     raise PollError(f"gateway unreachable after {failures} attempts: {exc}") from exc
-                delay = min(_MAX_BACKOFF, 2.0 ** failures) * random.uniform(0.5, 1.0)
+                delay = min(_MAX_BACKOFF, 2.0 ** (failures - 1)) * random.uniform(0.5, 1.0)
                 log.warning("gateway unreachable (%s); retrying in %.1f s", exc, delay)
                 self.sleep(delay)
                 continue

@@ -235,10 +235,15 @@ class JxService:
     async def _write_data(self, request: web.Request, response: web.StreamResponse, document: Document) -> int:
         chunks = self.store.chunks(document, _B64_PIECE)
         sent = 0
+        carry = b""  # base64 pieces must be whole quartets: only the very last one may carry padding
         try:
             while (chunk := await asyncio.to_thread(next, chunks, b"")):
                 sent += len(chunk)
-                await response.write(base64.b64encode(chunk))
+                chunk = carry + chunk
+                whole = len(chunk) - len(chunk) % 3
+                carry = chunk[whole:]
+                await response.write(base64.b64encode(chunk[:whole]))
+            await response.write(base64.b64encode(carry))
         except GatewayError as exc:
             log.error("document %s: %s", document.message_id, exc.reason)
         return sent
