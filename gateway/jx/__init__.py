@@ -46,11 +46,14 @@ def jx_root(config: Config) -> Path:
 
 def open_store(config: Config, *, journal: Journal | None = None) -> DocumentStore:
     """The document store of ``config`` on an engine of its own (created tables, clean spool)."""
-    engine = prepare_engine(create_engine(database_url(config), pool_pre_ping=True))
+    # No pre-ping: it costs a round trip per call, and a dropped connection is
+    # invalidated by the pool on its first error anyway (the caller gets a fault and retries).
+    url = database_url(config)
+    engine = prepare_engine(create_engine(url), durable=False)
+    durable = prepare_engine(create_engine(url), durable=True) if engine.dialect.name == "sqlite" else engine
     writer = journal.write_in if journal is not None else None
-    store = DocumentStore(engine, root=jx_root(config), settings=config.gateway.jx, node=config.gateway.name,
-                          log=writer)
-    return store
+    return DocumentStore(engine, durable=durable, root=jx_root(config), settings=config.gateway.jx,
+                         node=config.gateway.name, log=writer)
 
 
 def add_jx(app: web.Application, config: Config, resources: Resources) -> None:
@@ -74,7 +77,7 @@ def _jx_ctx(config: Config, resources: Resources) -> Callable[[web.Application],
             retention.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await retention
-        store.engine.dispose()
+        store.close()
     return ctx
 
 

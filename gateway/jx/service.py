@@ -7,9 +7,12 @@ answers with the operation's response (boolean ``*Result`` and a
 serves the 2007 WSDL (``?wsdl=2004`` the 2004 one) with ``soap:address``
 pointing at this gateway as the caller reached it.
 
-Every operation leaves a record in the send/receive log (``kind: jx``); the
-records of PutDocument, of a hand-out and of a confirm are written in the
-same transaction as the change they describe.
+Every operation leaves a record in the send/receive log (``kind: jx``).  A
+PutDocument's record is written in the same transaction as the document, so
+an accepted document is never unlogged; hand-outs, confirms, empty polls and
+faults go through the log's group-commit writer, like relayed exchanges
+(writing them in the lease transaction would serialise every poller of a
+node on the log's chain lock).
 """
 
 from __future__ import annotations
@@ -196,22 +199,22 @@ class JxService:
         receiver = call.receiver = jx.field("receiverId")
         self._authorise(request, "receive", receiver)
         header = jx.header
-
-        def record(document: Document) -> LogRecord:
-            call.message_id, call.sender, call.sha256 = document.message_id, document.sender_id, document.sha256
-            call.bytes_out = document.size
-            return call.record(self.clock.now(), direction="response")
-
         document = await asyncio.to_thread(self.store.lease, receiver, format_type=header.format_type,
-                                           document_type=header.document_type, record=record)
+                                           document_type=header.document_type)
         if document is None:
             before, after = split_at_data(jx.namespace, header.answer(gateway=self.gateway), False, "", {})
             call.message_id = header.message_id or None
             await self._log(call.record(self.clock.now(), direction="response"))
             return _xml(before + after)
-        return await self._stream(request, jx, document)
+        call.message_id, call.sender, call.sha256 = document.message_id, document.sender_id, document.sha256
+        call.bytes_out = document.size
+        response, complete = await self._stream(request, jx, document)
+        await self._log(call.record(self.clock.now(), direction="response", status="ok" if complete else "error"))
+        return response
 
-    async def _stream(self, request: web.Request, jx: JxRequest, document: Document) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, jx: JxRequest,
+                      document: Document) -> tuple[web.StreamResponse, bool]:
+        """Send the document base64-encoded piece by piece; ``False`` when it had to be cut off."""
         fields = {"senderId": document.sender_id, "receiverId": document.receiver_id,
                   "formatType": document.format_type, "documentType": document.document_type,
                   "compressType": document.compress_type}
@@ -227,10 +230,10 @@ class JxService:
             log.error("document %s: %d of %d bytes could be read; connection cut", document.message_id,
                       sent, document.size)
             _cut(request)
-            return response
+            return response, False
         await response.write(after)
         await response.write_eof()
-        return response
+        return response, True
 
     async def _write_data(self, request: web.Request, response: web.StreamResponse, document: Document) -> int:
         chunks = self.store.chunks(document, _B64_PIECE)
@@ -253,11 +256,9 @@ class JxService:
         call.receiver = jx.field("receiverId")
         self._authorise(request, "receive", call.receiver)
 
-        def record(document: Document, first: bool) -> LogRecord:
-            call.sha256 = document.sha256
-            return call.record(self.clock.now(), direction="request")
-
-        first = await asyncio.to_thread(self.store.confirm, call.message_id, call.sender, call.receiver, record)
+        document, first = await asyncio.to_thread(self.store.confirm, call.message_id, call.sender, call.receiver)
+        call.sha256 = document.sha256
+        await self._log(call.record(self.clock.now(), direction="request"))
         body = response_envelope(jx.namespace, "ConfirmDocument", jx.header.answer(gateway=self.gateway),
                                  [("ConfirmDocumentResult", "true" if first else "false")])
         return _xml(body)

@@ -12,8 +12,13 @@ Durability.  A document is fsynced (temporary file, then rename into
 committed — together with its send/receive log record — before PutDocument
 answers ``true``.  A crash at any moment leaves either no row (the caller saw
 no ``true``) or a row whose bytes are complete: a partial document is never
-served.  On SQLite the JX connections use ``synchronous=FULL`` so a commit
-survives a power cut, not only a process crash.
+served.  A put's commit is flushed to disk before ``true`` (SQLite
+``synchronous=FULL`` on a connection pool of its own; PostgreSQL's default),
+so it survives a power cut, not only a process crash.  Hand-outs and confirms
+commit without waiting for the disk (SQLite ``NORMAL``, PostgreSQL
+``synchronous_commit off`` for that transaction): a power cut may undo the
+last few of them, which only means a document is handed out once more —
+the protocol is at-least-once until confirmed, and pollers deduplicate.
 
 Leases.  GetDocument takes the oldest ready document of the receiver whose
 lease is free, under a row lock (``FOR UPDATE SKIP LOCKED`` on PostgreSQL;
@@ -210,15 +215,17 @@ def translated(what: str) -> Iterator[None]:
         raise DocumentStoreError(f"{what}: {exc.strerror or exc}") from exc
 
 
-def _sqlite_jx_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # Durable commits (fsync at each commit, not at checkpoints), and let
-    # SQLAlchemy's BEGIN below be the only transaction control.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
-    dbapi_connection.isolation_level = None
+def _sqlite_pragmas(synchronous: str) -> Callable[[Any, Any], None]:
+    def connect(dbapi_connection: Any, _record: Any) -> None:
+        # FULL: fsync at each commit, not at checkpoints. And let SQLAlchemy's
+        # BEGIN below be the only transaction control.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+        dbapi_connection.isolation_level = None
+    return connect
 
 
 def _sqlite_begin_immediate(connection: Connection) -> None:
@@ -227,20 +234,28 @@ def _sqlite_begin_immediate(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def prepare_engine(engine: Engine) -> Engine:
-    """Set up an engine of its own for the JX store (SQLite: FULL sync, BEGIN IMMEDIATE)."""
+def prepare_engine(engine: Engine, *, durable: bool) -> Engine:
+    """Set up an engine of the JX store (SQLite: BEGIN IMMEDIATE; FULL sync when ``durable``)."""
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_jx_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas("FULL" if durable else "NORMAL"))
         event.listen(engine, "begin", _sqlite_begin_immediate)
     return engine
+
+
+def _relaxed(c: Connection) -> None:
+    """This transaction need not wait for the disk (see the module docstring)."""
+    if c.dialect.name == "postgresql":
+        c.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
 
 
 class DocumentStore:
     """Put, lease, confirm and manage JX documents (synchronous: call from a worker thread)."""
 
     def __init__(self, engine: Engine, *, root: Path, settings: JxSettings, node: str,
-                 log: LogWriter | None = None) -> None:
+                 log: LogWriter | None = None, durable: Engine | None = None) -> None:
         self.engine = engine
+        self.durable = durable or engine
+        """Engine for puts: on SQLite a pool of its own with ``synchronous=FULL``."""
         self.settings = settings
         self.node = node
         self.log = log
@@ -263,6 +278,10 @@ class DocumentStore:
             for stale in self.spool_dir.glob("*.part"):
                 stale.unlink(missing_ok=True)
 
+    def close(self) -> None:
+        self.engine.dispose()
+        self.durable.dispose()
+
     # -- put -------------------------------------------------------------------
 
     def put(self, new: NewDocument, spool: Spool, record: LogRecord | None = None) -> bool:
@@ -272,15 +291,12 @@ class DocumentStore:
         The spool file is consumed either way.
         """
         try:
-            existing = self.find(new.message_id)
-            if existing is not None:
-                return self._duplicate(existing, new, spool)
             try:
                 self._insert(new, spool, record)
             except IntegrityError:
-                existing = self.find(new.message_id)  # a concurrent put of the same id won
+                existing = self.find(new.message_id)  # stored before, or by a concurrent put that won
                 if existing is None:
-                    raise
+                    raise DocumentStoreError(f"cannot store document {new.message_id!r}") from None
                 return self._duplicate(existing, new, spool)
             return True
         finally:
@@ -296,7 +312,7 @@ class DocumentStore:
     def _insert(self, new: NewDocument, spool: Spool, record: LogRecord | None) -> None:
         name = None if self.in_database else self._file_blob(spool)
         try:
-            with translated("cannot store the document"), self.engine.begin() as c:
+            with self.durable.begin() as c:
                 seq = c.execute(insert(self.tables.document).values(
                     message_id=new.message_id, sender_id=new.sender_id, receiver_id=new.receiver_id,
                     format_type=new.format_type, document_type=new.document_type,
@@ -306,10 +322,17 @@ class DocumentStore:
                 if self.in_database:
                     self._database_blob(c, seq, spool)
                 self._log(c, record)
-        except BaseException:
-            if name is not None:
-                (self.blob_dir / name).unlink(missing_ok=True)
-            raise
+        except IntegrityError:
+            self._drop_file(name)
+            raise  # the messageId is taken: put() decides whether that is the same document
+        except BaseException as exc:
+            self._drop_file(name)
+            with translated("cannot store the document"):
+                raise exc
+
+    def _drop_file(self, name: str | None) -> None:
+        if name is not None:
+            (self.blob_dir / name).unlink(missing_ok=True)
 
     def _file_blob(self, spool: Spool) -> str:
         """Move the fsynced spool into ``blobs/`` and make the rename durable."""
@@ -332,11 +355,12 @@ class DocumentStore:
 
     # -- lease -----------------------------------------------------------------
 
-    def lease(self, receiver_id: str, *, format_type: str | None = None, document_type: str | None = None,
-              record: Callable[[Document], LogRecord] | None = None) -> Document | None:
+    def lease(self, receiver_id: str, *, format_type: str | None = None,
+              document_type: str | None = None) -> Document | None:
         """Hand out the oldest deliverable document of ``receiver_id`` under a new lease, if any."""
         t = self.tables.document
         with translated("cannot hand out a document"), self.engine.begin() as c:
+            _relaxed(c)
             while True:
                 now = now_ms()
                 wanted = [t.c.receiver_id == receiver_id, t.c.state == "ready",
@@ -353,12 +377,9 @@ class DocumentStore:
                     c.execute(update(t).where(t.c.seq == row.seq).values(state="dead", lease_until_ms=None))
                     continue
                 until = now + int(self.settings.lease_seconds * 1000)
-                c.execute(update(t).where(t.c.seq == row.seq).values(
+                return Document.of(c.execute(update(t).where(t.c.seq == row.seq).values(
                     lease_until_ms=until, lease_node=self.node, deliveries=t.c.deliveries + 1,
-                    last_handout_ms=now))
-                document = Document.of(c.execute(select(t).where(t.c.seq == row.seq)).one())
-                self._log(c, record(document) if record is not None else None)
-                return document
+                    last_handout_ms=now).returning(*t.c)).one())
 
     def chunks(self, document: Document, size: int = PART) -> Iterator[bytes]:
         """The document's bytes in chunks of ``size`` (the last one shorter)."""
@@ -390,11 +411,14 @@ class DocumentStore:
 
     # -- confirm ---------------------------------------------------------------
 
-    def confirm(self, message_id: str, sender_id: str, receiver_id: str,
-                record: Callable[[Document, bool], LogRecord] | None = None) -> bool:
-        """Mark delivered; ``False`` when it already was. Unknown id (for this receiver): UnknownDocument."""
+    def confirm(self, message_id: str, sender_id: str, receiver_id: str) -> tuple[Document, bool]:
+        """Mark delivered: the document, and ``False`` when it already was.
+
+        An id unknown for this receiver (and sender, if given) is :class:`UnknownDocument`.
+        """
         t = self.tables.document
         with translated("cannot confirm the document"), self.engine.begin() as c:
+            _relaxed(c)
             row = c.execute(select(t).where(t.c.message_id == message_id).with_for_update()).first()
             if row is None or row.receiver_id != receiver_id or (sender_id and row.sender_id != sender_id):
                 raise UnknownDocument(f"no document {message_id!r} from {sender_id!r} to {receiver_id!r}",
@@ -404,8 +428,7 @@ class DocumentStore:
             if first:
                 c.execute(update(t).where(t.c.seq == row.seq).values(
                     state="confirmed", confirmed_ms=now_ms(), lease_until_ms=None))
-            self._log(c, record(document, first) if record is not None else None)
-            return first
+            return document, first
 
     # -- operations ------------------------------------------------------------
 
