@@ -17,6 +17,7 @@ from routing.commands import add_endpoints_command
 
 from .errors import ConfigError, GatewayError
 from .logview import add_logs_command, add_time_command
+from .pki import add_pki_command
 
 __all__ = ["main"]
 
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     add_time_command(commands, config_option)
     _add_demo_backend(commands)
     _add_hash_password(commands)
+    add_pki_command(commands)
     return parser
 
 
