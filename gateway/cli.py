@@ -17,6 +17,7 @@ from routing.commands import add_endpoints_command
 
 from .errors import ConfigError, GatewayError
 from .logview import add_logs_command, add_time_command
+from .pki import add_pki_command
 
 __all__ = ["main"]
 
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     add_logs_command(commands, config_option)
     add_time_command(commands, config_option)
     _add_demo_backend(commands)
+    add_pki_command(commands)
     return parser
 
 
