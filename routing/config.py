@@ -6,8 +6,9 @@ problem with its dotted path (``endpoints.kaigo.url: …``) as a
 :class:`~gateway.errors.ConfigError`.
 
 Keys of SPEC.md whose feature this version does not implement yet
-(``gateway.tls``, ``clients``, ``mailbox`` endpoints, ``refdb``) are refused rather than silently ignored:
-an operator who configures TLS must never get plain HTTP by accident.
+(``mailbox`` endpoints, ``refdb``) are refused rather than silently ignored:
+an operator who configures a security feature must never get less security
+by accident.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ __all__ = [
     "PeerEndpoint",
     "Endpoint",
     "Peer",
+    "TlsSettings",
+    "BasicLogin",
+    "Client",
     "Outbound",
     "BasicCredentials",
     "WssSign",
@@ -56,6 +60,8 @@ DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 3600.0
 
 _NOT_YET = "is not supported by this version of bmrgw yet"
+#: How ``bmrgw hash-password`` hashes start (see gateway/passwords.py).
+HASH_PREFIX = "$scrypt$"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +89,16 @@ class LogSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TlsSettings:
+    cert: str
+    """PEM server certificate (chain), absolute path."""
+    key: str
+    """PEM private key of the server certificate, absolute path."""
+    client_ca: str | None = None
+    """PEM CA bundle; when set, every caller must present a certificate it issued (mutual TLS)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class GatewaySettings:
     name: str = "bmrgw"
     """This gateway's name, used in the HTTP Via header and the logs."""
@@ -106,6 +122,8 @@ class GatewaySettings:
     """Time synchronisation."""
     logs: LogSettings = field(default_factory=LogSettings)
     """The send/receive log."""
+    tls: TlsSettings | None = None
+    """Serve HTTPS (and require client certificates) instead of plain HTTP."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,6 +203,43 @@ class Peer:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BasicLogin:
+    user: str
+    """HTTP Basic user name."""
+    password_hash: str
+    """Salted slow hash of the password, as printed by ``bmrgw hash-password``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Client:
+    """A caller of the gateway and what it may do (SPEC.md ``clients``)."""
+
+    name: str
+    """The client's name: the identity in the send/receive log."""
+    basic: BasicLogin | None = None
+    """HTTP Basic login; required in addition to the certificate when both are set."""
+    cert_subject: str | None = None
+    """Subject of the client certificate (RFC 4514, e.g. ``CN=juki-app,O=Example City``)."""
+    allow: frozenset[str] = frozenset()
+    """Destination business-AP names it may reach; ``*`` for all."""
+    jx_receive: frozenset[str] = frozenset()
+    """JX receiver ids it may poll for (GetDocument, ConfirmDocument)."""
+    jx_send: frozenset[str] = frozenset()
+    """JX sender ids it may put documents as (PutDocument)."""
+    wss_verify: str | None = None
+    """PEM certificate its WS-Security signatures must verify with (absolute path), if required."""
+
+    def may_reach(self, destination: str) -> bool:
+        return "*" in self.allow or destination in self.allow
+
+    def may_receive_jx(self, receiver_id: str) -> bool:
+        return "*" in self.jx_receive or receiver_id in self.jx_receive
+
+    def may_send_jx(self, sender_id: str) -> bool:
+        return "*" in self.jx_send or sender_id in self.jx_send
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     source: Path | None = None
     """The file this was read from (relative paths resolve against its folder)."""
@@ -194,6 +249,8 @@ class Config:
     """Business-AP name → endpoint."""
     peers: Mapping[str, Peer] = field(default_factory=lambda: MappingProxyType({}))
     """Peer gateway name → peer."""
+    clients: Mapping[str, Client] = field(default_factory=lambda: MappingProxyType({}))
+    """Client name → client; empty means open mode (development only: every caller may do anything)."""
 
     @property
     def base_dir(self) -> Path:
@@ -234,25 +291,23 @@ def parse_config(data: Any, *, source: Path | None = None, db: str | None = None
     try:
         root = _mapping(data, "(top level)")
         _known(root, "(top level)", {"gateway", "clients", "endpoints", "peers", "refdb"})
-        for key in ("clients", "refdb"):
-            if root.get(key):
-                raise ConfigError(f"{key}: {_NOT_YET}")
+        if root.get("refdb"):
+            raise ConfigError(f"refdb: {_NOT_YET}")
         base = source.parent if source else Path.cwd()
         peers = _peers(_section(root, "peers"), base)
-        gateway = _gateway(_section(root, "gateway"), db, peers)
+        gateway = _gateway(_section(root, "gateway"), db, peers, base)
         endpoints = _endpoints(_section(root, "endpoints"), peers, base)
+        clients = _clients(_section(root, "clients"), base)
     except ConfigError as exc:
         raise ConfigError(where + exc.reason) from exc
-    return Config(source=source, gateway=gateway, endpoints=endpoints, peers=peers)
+    return Config(source=source, gateway=gateway, endpoints=endpoints, peers=peers, clients=clients)
 
 
-def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer]) -> GatewaySettings:
+def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer], base: Path) -> GatewaySettings:
     g = _mapping(raw, "gateway")
     allowed = {"name", "listen", "tls", "db", "data_dir", "max_message_bytes",
                "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp", "logs"}
     _known(g, "gateway", allowed)
-    if g.get("tls"):
-        raise ConfigError(f"gateway.tls {_NOT_YET}")
     defaults = GatewaySettings()
     fallback = g.get("fallback_peer")
     if fallback is not None and fallback not in peers:
@@ -272,6 +327,21 @@ def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer]) -> GatewaySett
         fallback_peer=fallback,
         ntp=_ntp(_section(g, "ntp")),
         logs=_logs(_section(g, "logs")),
+        tls=_tls(g["tls"], base) if g.get("tls") is not None else None,
+    )
+
+
+def _tls(raw: Any, base: Path) -> TlsSettings:
+    m = _mapping(raw, "gateway.tls")
+    _known(m, "gateway.tls", {"cert", "key", "client_ca"})
+    for key in ("cert", "key"):
+        if key not in m:
+            raise ConfigError(f"gateway.tls: needs {key} (a PEM file)")
+    client_ca = m.get("client_ca")
+    return TlsSettings(
+        cert=_file(m["cert"], "gateway.tls.cert", base),
+        key=_file(m["key"], "gateway.tls.key", base),
+        client_ca=None if client_ca is None else _file(client_ca, "gateway.tls.client_ca", base),
     )
 
 
@@ -339,6 +409,82 @@ def endpoint_from(name: str, raw: Any, peers: Mapping[str, Peer], base: Path | N
     )
 
 
+def _clients(raw: Any, base: Path) -> Mapping[str, Client]:
+    out: dict[str, Client] = {}
+    users: dict[str, str] = {}
+    subjects: dict[tuple[tuple[str, str], ...], str] = {}
+    for name, value in _mapping(raw, "clients").items():
+        client = _client(_name(name, "clients key"), value, base)
+        if client.basic is not None:
+            if client.basic.user in users:
+                raise ConfigError(f"clients.{name}.basic.user: {client.basic.user!r} is also the user of "
+                                  f"clients.{users[client.basic.user]}")
+            users[client.basic.user] = name
+        if client.cert_subject is not None:
+            key = subject_key(client.cert_subject)
+            if key in subjects:
+                raise ConfigError(f"clients.{name}.cert_subject: same subject as clients.{subjects[key]}")
+            subjects[key] = name
+        out[name] = client
+    return MappingProxyType(out)
+
+
+def _client(name: str, raw: Any, base: Path) -> Client:
+    path = f"clients.{name}"
+    m = _mapping(raw, path)
+    _known(m, path, {"basic", "cert_subject", "allow", "jx", "wss"})
+    if "basic" not in m and "cert_subject" not in m:
+        raise ConfigError(f"{path}: needs basic or cert_subject (or both) to identify the client")
+    jx = _mapping(_section(m, "jx"), f"{path}.jx")
+    _known(jx, f"{path}.jx", {"receive", "send"})
+    wss = _mapping(_section(m, "wss"), f"{path}.wss")
+    _known(wss, f"{path}.wss", {"verify"})
+    subject = m.get("cert_subject")
+    if subject is not None:
+        subject = _str(subject, f"{path}.cert_subject")
+        if not subject_key(subject):
+            raise ConfigError(f"{path}.cert_subject: {subject!r} is not a subject like CN=juki-app,O=Example")
+    return Client(
+        name=name,
+        basic=_basic_login(m["basic"], f"{path}.basic") if "basic" in m else None,
+        cert_subject=subject,
+        allow=_names(m.get("allow", []), f"{path}.allow", wildcard=True),
+        jx_receive=_names(jx.get("receive", []), f"{path}.jx.receive", wildcard=True),
+        jx_send=_names(jx.get("send", []), f"{path}.jx.send", wildcard=True),
+        wss_verify=_file(wss["verify"], f"{path}.wss.verify", base) if "verify" in wss else None,
+    )
+
+
+def _basic_login(raw: Any, path: str) -> BasicLogin:
+    m = _mapping(raw, path)
+    if "password" in m:
+        raise ConfigError(f"{path}: plain passwords are not accepted; use password_hash from bmrgw hash-password")
+    _known(m, path, {"user", "password_hash"})
+    user = _str(m.get("user"), f"{path}.user")
+    if ":" in user:
+        raise ConfigError(f"{path}.user: {user!r} may not contain ':' (HTTP Basic)")
+    password_hash = _str(m.get("password_hash"), f"{path}.password_hash")
+    if not password_hash.startswith(HASH_PREFIX):
+        raise ConfigError(f"{path}.password_hash: not a hash printed by 'bmrgw hash-password'")
+    return BasicLogin(user=user, password_hash=password_hash)
+
+
+def subject_key(subject: str) -> tuple[tuple[str, str], ...]:
+    """A distinguished name as a comparable key: attribute order and type case do not matter.
+
+    ``CN=juki-app, O=Example City`` and ``O=Example City,cn=juki-app`` give the
+    same key; escaped commas (``\\,``) stay inside their value.
+    """
+    parts = [p.strip() for p in re.split(r"(?<!\\),", subject) if p.strip()]
+    pairs = []
+    for part in parts:
+        attr, sep, value = part.partition("=")
+        if not sep or not attr.strip() or not value.strip():
+            return ()
+        pairs.append((attr.strip().upper(), value.strip()))
+    return tuple(sorted(pairs))
+
+
 def _peers(raw: Any, base: Path) -> Mapping[str, Peer]:
     out: dict[str, Peer] = {}
     for name, value in _mapping(raw, "peers").items():
@@ -380,8 +526,7 @@ def _outbound(m: Mapping[str, Any], path: str, url: str, base: Path, *, signing:
 
 
 def _pem_file(value: Any, path: str, base: Path, digest: Any) -> Path:
-    name = Path(_str(value, path))
-    file = name if name.is_absolute() else base / name
+    file = Path(_file(value, path, base))
     try:
         digest.update(file.read_bytes())
     except OSError as exc:
@@ -438,8 +583,7 @@ def _basic(raw: Any, path: str, base: Path) -> BasicCredentials:
 
 
 def _password_file(value: Any, path: str, base: Path) -> str:
-    name = Path(_str(value, f"{path}.password_file"))
-    file = name if name.is_absolute() else base / name
+    file = Path(_file(value, f"{path}.password_file", base))
     try:
         # One line; the trailing newline an editor adds is not part of the password.
         password = file.read_text(encoding="utf-8").rstrip("\r\n")
@@ -507,6 +651,28 @@ def _url(value: Any, path: str) -> str:
     if url.scheme not in ("http", "https") or not url.host:
         raise ConfigError(f"{path}: {text!r} must be an http:// or https:// URL with a host")
     return text
+
+
+def _file(value: Any, path: str, base: Path) -> str:
+    """An existing readable file named in the config, made absolute against the config's folder."""
+    text = _str(value, path)
+    resolved = Path(text) if Path(text).is_absolute() else base / text
+    if not resolved.is_file():
+        raise ConfigError(f"{path}: no such file {str(resolved)!r}")
+    return str(resolved)
+
+
+def _names(value: Any, path: str, *, wildcard: bool) -> frozenset[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: must be a list of names")
+    for item in value:
+        if isinstance(item, int) and not isinstance(item, bool):
+            raise ConfigError(f"{path}: write ids as quoted strings ('{item}'), so leading zeros survive")
+        if not (wildcard and item == "*"):
+            _name(item, path)
+    return frozenset(value)
 
 
 def _qname(value: Any) -> str:

@@ -200,10 +200,10 @@ def test_outbound_settings_are_parsed_and_resolved(dev_pki: DevPki, tmp_path: Pa
 @pytest.mark.parametrize(("security", "message"), [
     ({"basic": {"user": "gw", "password": "plain"}}, "basic.password: a plain password does not belong"),
     ({"basic": {"user": "gw", "password_env": "BMRGW_TEST_UNSET"}}, "environment variable BMRGW_TEST_UNSET is not set"),
-    ({"basic": {"user": "gw", "password_file": "/nonexistent/pw"}}, "basic.password_file: cannot read"),
+    ({"basic": {"user": "gw", "password_file": "/nonexistent/pw"}}, "basic.password_file: no such file"),
     ({"basic": {"user": "gw"}}, "exactly one of password_env or password_file"),
     ({"basic": {"user": "a:b", "password_env": "X"}}, "cannot contain ':'"),
-    ({"ca": "/nonexistent/ca.pem"}, "endpoints.demo.ca: cannot read /nonexistent/ca.pem"),
+    ({"ca": "/nonexistent/ca.pem"}, "endpoints.demo.ca: no such file '/nonexistent/ca.pem'"),
     ({"cert": "{client}"}, "needs both cert and key"),
     ({"cert": "{client}", "key": "{sign_key}"}, "does not belong to cert"),
     ({"ca": "{client_key}"}, "does not hold PEM certificate"),
