@@ -6,13 +6,15 @@ problem with its dotted path (``endpoints.kaigo.url: …``) as a
 :class:`~gateway.errors.ConfigError`.
 
 Keys of SPEC.md whose feature this version does not implement yet
-(per-endpoint ``ca``/``basic``/``wss``, ``mailbox`` endpoints, ``refdb``)
-are refused rather than silently ignored: an operator who configures a
-security feature must never get less security by accident.
+(``mailbox`` endpoints, ``refdb``) are refused rather than silently ignored:
+an operator who configures a security feature must never get less security
+by accident.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +22,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from yarl import URL
@@ -40,6 +44,9 @@ __all__ = [
     "TlsSettings",
     "BasicLogin",
     "Client",
+    "Outbound",
+    "BasicCredentials",
+    "WssSign",
     "load_config",
     "parse_text",
     "parse_config",
@@ -120,6 +127,47 @@ class GatewaySettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BasicCredentials:
+    user: str
+    """HTTP Basic user name sent to the upstream."""
+    password: str = field(repr=False)
+    """The password, read at config load from ``password_env`` or ``password_file``."""
+    source: str
+    """Where the password came from (for messages; never the password itself)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WssSign:
+    key: Path
+    """PEM private key that signs outgoing messages."""
+    cert: Path
+    """PEM certificate of that key, sent as the BinarySecurityToken."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outbound:
+    """How the gateway talks to one upstream (endpoint or peer): TLS trust, client identity.
+
+    Equal values share one TLS context in the upstream seam; ``fingerprint``
+    covers the files' contents, so a reload after a certificate was replaced
+    builds a fresh context.
+    """
+
+    ca: Path | None = None
+    """Trust anchor(s) for an https upstream; ``None`` trusts the system's CAs."""
+    cert: Path | None = None
+    """Client certificate presented to the upstream (mutual TLS)."""
+    key: Path | None = None
+    """Private key of ``cert``."""
+    basic: BasicCredentials | None = None
+    """HTTP Basic credentials sent to the upstream."""
+    wss_sign: WssSign | None = None
+    """Sign outgoing messages with WS-Security (endpoints only)."""
+    fingerprint: str = ""
+    """SHA-256 over the contents of the files above, as loaded."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class UrlEndpoint:
     name: str
     """Business-AP name."""
@@ -127,6 +175,8 @@ class UrlEndpoint:
     """Where the business AP's SOAP service listens."""
     timeout: float = DEFAULT_TIMEOUT
     """Seconds to wait for the endpoint to answer."""
+    outbound: Outbound = field(default_factory=Outbound)
+    """TLS trust, client certificate, Basic credentials and signing for this endpoint."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,6 +198,8 @@ class Peer:
     """The peer's relay URL (``…/soap``); messages go to ``<url>/<ap>``."""
     timeout: float = DEFAULT_TIMEOUT
     """Seconds to wait for the peer to answer."""
+    outbound: Outbound = field(default_factory=Outbound)
+    """TLS trust, client certificate and Basic credentials for this peer."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -242,9 +294,9 @@ def parse_config(data: Any, *, source: Path | None = None, db: str | None = None
         if root.get("refdb"):
             raise ConfigError(f"refdb: {_NOT_YET}")
         base = source.parent if source else Path.cwd()
-        peers = _peers(_section(root, "peers"))
+        peers = _peers(_section(root, "peers"), base)
         gateway = _gateway(_section(root, "gateway"), db, peers, base)
-        endpoints = _endpoints(_section(root, "endpoints"), peers)
+        endpoints = _endpoints(_section(root, "endpoints"), peers, base)
         clients = _clients(_section(root, "clients"), base)
     except ConfigError as exc:
         raise ConfigError(where + exc.reason) from exc
@@ -323,35 +375,37 @@ def _logs(raw: Any) -> LogSettings:
                        _int(days, "gateway.logs.retention_days", low=1, high=36500))
 
 
-def _endpoints(raw: Any, peers: Mapping[str, Peer]) -> Mapping[str, Endpoint]:
+def _endpoints(raw: Any, peers: Mapping[str, Peer], base: Path) -> Mapping[str, Endpoint]:
     out: dict[str, Endpoint] = {}
     for name, value in _mapping(raw, "endpoints").items():
-        out[_name(name, "endpoints key")] = endpoint_from(name, value, peers)
+        out[_name(name, "endpoints key")] = endpoint_from(name, value, peers, base)
     return MappingProxyType(out)
 
 
-def endpoint_from(name: str, raw: Any, peers: Mapping[str, Peer]) -> Endpoint:
-    """Validate one ``endpoints.<name>`` entry."""
+def endpoint_from(name: str, raw: Any, peers: Mapping[str, Peer], base: Path | None = None) -> Endpoint:
+    """Validate one ``endpoints.<name>`` entry; relative file names resolve against ``base``."""
     path = f"endpoints.{name}"
     m = _mapping(raw, path)
-    _known(m, path, {"url", "via", "mailbox", "timeout", "ca", "basic", "wss"})
-    for key in ("ca", "basic", "wss", "mailbox"):
-        if key in m:
-            raise ConfigError(f"{path}.{key} {_NOT_YET}")
+    _known(m, path, {"url", "via", "mailbox", "timeout", *_OUTBOUND_KEYS, "wss"})
+    if "mailbox" in m:
+        raise ConfigError(f"{path}.mailbox {_NOT_YET}")
     kinds = [k for k in ("url", "via") if k in m]
     if len(kinds) != 1:
         raise ConfigError(f"{path}: needs exactly one of url or via")
     if "via" in m:
-        if "timeout" in m:
-            raise ConfigError(f"{path}.timeout: set the timeout on the peer, not on a via endpoint")
+        for key in ("timeout", *_OUTBOUND_KEYS, "wss"):
+            if key in m:
+                raise ConfigError(f"{path}.{key}: set the {key} on the peer, not on a via endpoint")
         via = _str(m["via"], f"{path}.via")
         if via not in peers:
             raise ConfigError(f"{path}.via: no peer named {via!r} under peers")
         return PeerEndpoint(name=name, via=via)
+    url = _url(m["url"], f"{path}.url")
     return UrlEndpoint(
         name=name,
-        url=_url(m["url"], f"{path}.url"),
+        url=url,
         timeout=_number(m.get("timeout", DEFAULT_TIMEOUT), f"{path}.timeout", low=0.001, high=MAX_TIMEOUT),
+        outbound=_outbound(m, path, url, base or Path.cwd(), signing=True),
     )
 
 
@@ -431,23 +485,113 @@ def subject_key(subject: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(pairs))
 
 
-def _peers(raw: Any) -> Mapping[str, Peer]:
+def _peers(raw: Any, base: Path) -> Mapping[str, Peer]:
     out: dict[str, Peer] = {}
     for name, value in _mapping(raw, "peers").items():
         path = f"peers.{name}"
         m = _mapping(value, path)
-        _known(m, path, {"url", "timeout", "ca", "basic"})
-        for key in ("ca", "basic"):
-            if key in m:
-                raise ConfigError(f"{path}.{key} {_NOT_YET}")
+        _known(m, path, {"url", "timeout", *_OUTBOUND_KEYS})
         if "url" not in m:
             raise ConfigError(f"{path}: needs a url")
+        url = _url(m["url"], f"{path}.url")
         out[_name(name, "peers key")] = Peer(
             name=name,
-            url=_url(m["url"], f"{path}.url"),
+            url=url,
             timeout=_number(m.get("timeout", DEFAULT_TIMEOUT), f"{path}.timeout", low=0.001, high=MAX_TIMEOUT),
+            outbound=_outbound(m, path, url, base, signing=False),
         )
     return MappingProxyType(out)
+
+
+# -- outbound security (endpoints.* and peers.*: ca, cert, key, basic, wss) ----------
+
+_OUTBOUND_KEYS = ("ca", "cert", "key", "basic")
+
+
+def _outbound(m: Mapping[str, Any], path: str, url: str, base: Path, *, signing: bool) -> Outbound:
+    """The ``ca``/``cert``/``key``/``basic`` (and for endpoints ``wss``) keys of one upstream."""
+    if not any(k in m for k in (*_OUTBOUND_KEYS, "wss")):
+        return Outbound()
+    digest = hashlib.sha256()
+    tls = {k: _pem_file(m[k], f"{path}.{k}", base, digest) for k in ("ca", "cert", "key") if k in m}
+    if tls and URL(url).scheme != "https":
+        raise ConfigError(f"{path}: {', '.join(sorted(tls))} only apply to an https:// url")
+    if ("cert" in tls) != ("key" in tls):
+        raise ConfigError(f"{path}: a client certificate needs both cert and key")
+    _check_pem(tls, path)
+    wss = _wss_sign(m["wss"], f"{path}.wss", base, digest) if "wss" in m else None
+    basic = _basic(m["basic"], f"{path}.basic", base) if "basic" in m else None
+    return Outbound(ca=tls.get("ca"), cert=tls.get("cert"), key=tls.get("key"), basic=basic,
+                    wss_sign=wss, fingerprint=digest.hexdigest())
+
+
+def _pem_file(value: Any, path: str, base: Path, digest: Any) -> Path:
+    file = Path(_file(value, path, base))
+    try:
+        digest.update(file.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {file}: {exc.strerror or exc}") from exc
+    return file
+
+
+def _check_pem(files: Mapping[str, Path], path: str) -> None:
+    """Refuse files that are not what their key says, so the mistake shows at load, not at first use."""
+    loaded: dict[str, Any] = {}
+    for key, file in files.items():
+        data = file.read_bytes()
+        try:
+            if key == "key":
+                loaded[key] = load_pem_private_key(data, password=None)
+            else:
+                loaded[key] = x509.load_pem_x509_certificates(data)[0]
+        except (ValueError, TypeError) as exc:
+            what = "an unencrypted PEM private key" if key == "key" else "PEM certificate(s)"
+            raise ConfigError(f"{path}.{key}: {file} does not hold {what}: {exc}") from exc
+    if "cert" in loaded and "key" in loaded and loaded["cert"].public_key() != loaded["key"].public_key():
+        raise ConfigError(f"{path}: key {files['key']} does not belong to cert {files['cert']}")
+
+
+def _wss_sign(raw: Any, path: str, base: Path, digest: Any) -> WssSign:
+    m = _mapping(raw, path)
+    _known(m, path, {"sign"})
+    sign = _mapping(m.get("sign"), f"{path}.sign")
+    _known(sign, f"{path}.sign", {"key", "cert"})
+    files = {k: _pem_file(sign.get(k), f"{path}.sign.{k}", base, digest) for k in ("key", "cert")}
+    _check_pem(files, f"{path}.sign")
+    return WssSign(key=files["key"], cert=files["cert"])
+
+
+def _basic(raw: Any, path: str, base: Path) -> BasicCredentials:
+    m = _mapping(raw, path)
+    if "password" in m:
+        raise ConfigError(f"{path}.password: a plain password does not belong in endpoints.yaml; "
+                          "use password_env (an environment variable) or password_file")
+    _known(m, path, {"user", "password_env", "password_file"})
+    user = _str(m.get("user"), f"{path}.user")
+    if ":" in user:
+        raise ConfigError(f"{path}.user: HTTP Basic user names cannot contain ':'")
+    if ("password_env" in m) == ("password_file" in m):
+        raise ConfigError(f"{path}: needs exactly one of password_env or password_file")
+    if "password_env" in m:
+        var = _str(m["password_env"], f"{path}.password_env")
+        password = os.environ.get(var)
+        if not password:
+            raise ConfigError(f"{path}.password_env: environment variable {var} is not set or empty")
+        return BasicCredentials(user=user, password=password, source=f"environment variable {var}")
+    return BasicCredentials(user=user, password=_password_file(m["password_file"], path, base),
+                            source=f"file {m['password_file']}")
+
+
+def _password_file(value: Any, path: str, base: Path) -> str:
+    file = Path(_file(value, f"{path}.password_file", base))
+    try:
+        # One line; the trailing newline an editor adds is not part of the password.
+        password = file.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}.password_file: cannot read {file}: {exc}") from exc
+    if not password:
+        raise ConfigError(f"{path}.password_file: {file} is empty")
+    return password
 
 
 # -- small typed readers -------------------------------------------------------
