@@ -219,8 +219,8 @@ class RequestBody:
 class Deposit(Protocol):
     """Stores a message for a mailbox route (:mod:`gateway.jx.mailbox`); returns the answer envelope."""
 
-    async def __call__(self, route: Route, message_id: str, sender: str | None, content_type: str,
-                       version: SoapVersion, body: bytes | AsyncIterable[bytes]) -> bytes: ...
+    async def __call__(self, route: Route, message_id: str, sender: str | None, client: str | None,
+                       content_type: str, version: SoapVersion, body: bytes | AsyncIterable[bytes]) -> bytes: ...
 
 
 class Relay:
@@ -359,7 +359,7 @@ class Relay:
         """A mailbox route: store the message as a JX document and answer Accepted."""
         if self._deposit is None:
             raise EndpointUnavailable("JX mailboxes are not available", destination=exchange.route.destination)
-        answer = await self._deposit(exchange.route, exchange.message_id, trace.sender,
+        answer = await self._deposit(exchange.route, exchange.message_id, trace.sender, trace.client,
                                      request.headers.get("Content-Type", ""), version, body)
         trace.forwarded, trace.http_status = True, 200
         trace.sent_response(answer, relayed=False)

@@ -48,8 +48,8 @@ class Mailbox:
         self.clock = clock
         self.max_bytes = max_bytes
 
-    async def __call__(self, route: Route, message_id: str, sender: str | None, content_type: str,
-                       version: SoapVersion, body: bytes | AsyncIterable[bytes]) -> bytes:
+    async def __call__(self, route: Route, message_id: str, sender: str | None, client: str | None,
+                       content_type: str, version: SoapVersion, body: bytes | AsyncIterable[bytes]) -> bytes:
         """Store ``body`` for ``route.mailbox``; returns the Accepted envelope."""
         assert route.mailbox is not None
         spool = await self._spool(body)
@@ -57,7 +57,7 @@ class Mailbox:
                           format_type=FORMAT_SOAP, document_type=content_type, compress_type="", source="mailbox")
         record = LogRecord.at(self.clock.now(), kind="jx", direction="request", status="ok",
                               message_id=message_id, from_ap=sender, to_ap=route.mailbox,
-                              endpoint="jx:mailbox", bytes_in=spool.size, sha256=spool.sha256)
+                              endpoint="jx:mailbox", bytes_in=spool.size, sha256=spool.sha256, client=client)
         await asyncio.to_thread(self.store.put, new, spool, record)
         return accepted_envelope(version, message_id)
 

@@ -158,9 +158,15 @@ class Poller:
     # -- receiving -----------------------------------------------------------------
 
     def drain(self) -> int:
+        import zeep.exceptions
+
         count = 0
         while not self.stopping:
-            answer = self._call("GetDocument", receiverId=self.options.receiver_id)
+            try:
+                answer = self._call("GetDocument", receiverId=self.options.receiver_id)
+            except zeep.exceptions.Fault as fault:  # refused (wrong password, not our id): retrying cannot help
+                raise PollError(f"the gateway refused GetDocument for {self.options.receiver_id}: "
+                                f"{fault.message}") from fault
             body = answer["body"]
             if not body["GetDocumentResult"]:
                 return count

@@ -30,8 +30,9 @@ from lxml import etree
 import schemas
 from routing.config import JxSettings
 
+from ..auth import client_of
 from ..clock import Clock, Now
-from ..errors import ClientFault, GatewayError, MalformedMessage, MessageTooLarge, RequestTimeout
+from ..errors import ClientFault, Forbidden, GatewayError, MalformedMessage, MessageTooLarge, RequestTimeout
 from ..journal import Journal, JournalUnavailable, LogRecord
 from ..ns import H_SOAPACTION, SoapVersion
 from ..parser import parse
@@ -39,7 +40,7 @@ from ..soap import fault_content_type, gateway_fault
 from .store import Document, DocumentStore, NewDocument
 from .wire import JxRequest, RequestReader, operation_of_action, request_encoding, response_envelope, split_at_data
 
-__all__ = ["JxService", "Authoriser", "wsdl_for"]
+__all__ = ["JxService", "wsdl_for"]
 
 log = logging.getLogger("bmrgw.jx")
 
@@ -48,10 +49,6 @@ _SMALL = 256 * 1024
 #: Base64 is written in pieces of this many bytes of document (a multiple of 3: no padding inside).
 _B64_PIECE = 3 * 256 * 1024
 _SERVER = "bmrgw"
-
-#: Decides whether the caller of ``request`` may act for a JX id; raises Forbidden if not.
-Authoriser = Callable[[web.Request, str, str], None]
-
 
 def wsdl_for(edition: str, location: str) -> bytes:
     """The shipped WSDL of ``edition`` (2004 or 2007) with its ``soap:address`` set to ``location``."""
@@ -90,17 +87,13 @@ class JxService:
     """The ``/jx`` handlers over one :class:`DocumentStore`."""
 
     def __init__(self, *, store: DocumentStore, settings: JxSettings, gateway: str, clock: Clock,
-                 journal: Journal | None, client_timeout: float,
-                 authorise: Authoriser | None = None, client_name: Callable[[web.Request], str | None] | None = None
-                 ) -> None:
+                 journal: Journal | None, client_timeout: float) -> None:
         self.store = store
         self.settings = settings
         self.gateway = gateway
         self.clock = clock
         self.journal = journal
         self.client_timeout = client_timeout
-        self.authorise = authorise
-        self.client_name = client_name
 
     # -- GET /jx?wsdl ------------------------------------------------------------
 
@@ -117,7 +110,8 @@ class JxService:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         call = Call(arrived=self.clock.now())
-        call.client = self.client_name(request) if self.client_name is not None else None
+        client = client_of(request)
+        call.client = client.name if client is not None else None
         try:
             if self.journal is not None:
                 await self.journal.admit()
@@ -263,9 +257,15 @@ class JxService:
                                  [("ConfirmDocumentResult", "true" if first else "false")])
         return _xml(body)
 
-    def _authorise(self, request: web.Request, what: str, jx_id: str) -> None:
-        if self.authorise is not None:
-            self.authorise(request, what, jx_id)
+    @staticmethod
+    def _authorise(request: web.Request, what: str, jx_id: str) -> None:
+        """``clients.*.jx``: a client receives only for its ``receive`` ids, sends only as its ``send`` ids."""
+        client = client_of(request)
+        if client is None:
+            return  # open mode (no clients configured): development only
+        allowed = client.may_send_jx(jx_id) if what == "send" else client.may_receive_jx(jx_id)
+        if not allowed:
+            raise Forbidden(f"client {client.name!r} may not {what} as JX id {jx_id!r}", detail=jx_id)
 
     async def _fault(self, error: GatewayError, call: Call) -> web.Response:
         log.info("jx fault %s: %s", error.code, error.reason)
