@@ -283,3 +283,45 @@ async def test_postgresql_keeps_document_bytes_in_the_database(gateway: GatewayF
         finally:
             engine.dispose()
         assert parts == 4
+
+
+async def test_a_put_broken_off_mid_body_leaves_nothing(gateway: GatewayFactory, tmp_path: Path,
+                                                        http: aiohttp.ClientSession) -> None:
+    url = await gateway(jx_config(tmp_path))
+    body = put_envelope("cut-off", os.urandom(600_000))
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"POST /jx HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/xml; charset=utf-8\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2])
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.close()
+    await writer.wait_closed()
+    await asyncio.sleep(0.3)
+    assert (await get(http, url)).result is False
+    assert [p for p in (tmp_path / "var" / "jx").rglob("*") if p.is_file()] == []
+
+
+async def test_retention_deletes_old_confirmed_documents_at_start(gateway: GatewayFactory, tmp_path: Path,
+                                                                 http: aiohttp.ClientSession) -> None:
+    config = jx_config(tmp_path, retention_days=2)
+    config["gateway"]["db"] = f"sqlite:///{tmp_path}/retained.db"
+    url = await gateway(config)
+    for message_id in ("old", "recent", "unconfirmed"):
+        await put(http, url, message_id, message_id.encode())
+    for _ in range(2):
+        got = await get(http, url)
+        await confirm(http, url, got.text(".//jx:messageId") or "")
+    engine = create_engine(config["gateway"]["db"])
+    try:
+        with engine.begin() as c:
+            c.exec_driver_sql("UPDATE jx_document SET confirmed_ms = confirmed_ms - 3 * 86400000 "
+                              "WHERE message_id = 'old'")
+        await gateway(config)  # a second start on the same store runs retention at once
+        await asyncio.sleep(0.5)
+        with engine.connect() as c:
+            left = sorted(row[0] for row in c.exec_driver_sql("SELECT message_id FROM jx_document"))
+    finally:
+        engine.dispose()
+    assert left == ["recent", "unconfirmed"]
+    assert len(list((tmp_path / "var" / "jx" / "blobs").iterdir())) == 2

@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 from lxml import etree
 
@@ -62,7 +63,6 @@ def wsdl_for(edition: str, location: str) -> bytes:
 class Call:
     """What one JX call did, for its log record."""
 
-    arrived: Now
     started: float = field(default_factory=time.perf_counter)
     operation: str = "-"
     message_id: str | None = None
@@ -109,7 +109,7 @@ class JxService:
     # -- POST /jx ----------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        call = Call(arrived=self.clock.now())
+        call = Call()
         client = client_of(request)
         call.client = client.name if client is not None else None
         try:
@@ -308,5 +308,5 @@ async def _receive(request: web.Request, timeout: float) -> bytes:
             return await request.content.readany()
     except TimeoutError as exc:
         raise RequestTimeout(f"the caller sent nothing for {timeout:g} s") from exc
-    except ConnectionResetError as exc:
+    except (aiohttp.ClientPayloadError, ConnectionResetError) as exc:
         raise MalformedMessage(f"the request body is incomplete: {exc}") from exc
