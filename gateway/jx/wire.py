@@ -64,6 +64,7 @@ MAX_FIELDS_TEXT = 64 * 1024
 _ENVELOPE = f"{{{SOAP11_ENV}}}Envelope"
 _HEADER = f"{{{SOAP11_ENV}}}Header"
 _BODY = f"{{{SOAP11_ENV}}}Body"
+_MUST_UNDERSTAND = f"{{{SOAP11_ENV}}}mustUnderstand"
 _HYPHENLESS = JX.replace("-", "")
 
 
@@ -249,6 +250,8 @@ class _Target:
             raise MalformedMessage(f"root element {tag} is not a SOAP 1.1 Envelope")
         if depth == 1:
             self._envelope_child(tag)
+        elif depth == 2 and self.path[1] == _HEADER:
+            _check_understood(tag, attrib)
         elif depth == 2 and self.path[1] == _BODY:
             self._operation(tag)
         elif depth == 3 and self.path[1] == _BODY and _local(tag) == "data" and self.operation == "PutDocument":
@@ -310,6 +313,12 @@ class _Target:
 
     def close(self) -> None:
         return None
+
+
+def _check_understood(tag: str, attrib: Any) -> None:
+    """SOAP 1.1 §4.2.3: a header block we do not process may not be marked mustUnderstand."""
+    if attrib.get(_MUST_UNDERSTAND) in ("1", "true") and not _is_message_header(tag):
+        raise MalformedMessage(f"header block {tag} must be understood, and the JX server does not process it")
 
 
 def _is_message_header(tag: str) -> bool:
