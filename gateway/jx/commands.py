@@ -219,7 +219,7 @@ def _put(args: argparse.Namespace) -> int:
 
 
 def _spool(store: DocumentStore, path: Path, limit: int) -> Spool:
-    writer = SpoolWriter(store.spool_dir, limit=limit)
+    writer = SpoolWriter(store.spool_dir, limit=limit, durable=not store.in_database)
     try:
         with path.open("rb") as fh:
             while chunk := fh.read(1024 * 1024):

@@ -62,7 +62,7 @@ class Mailbox:
         return accepted_envelope(version, message_id)
 
     async def _spool(self, body: bytes | AsyncIterable[bytes]) -> Spool:
-        writer = SpoolWriter(self.store.spool_dir, limit=self.max_bytes)
+        writer = SpoolWriter(self.store.spool_dir, limit=self.max_bytes, durable=not self.store.in_database)
         try:
             if isinstance(body, bytes):
                 writer.write(body)

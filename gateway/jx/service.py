@@ -128,7 +128,8 @@ class JxService:
             raise MessageTooLarge(f"request of {request.content_length} bytes exceeds the limit of {limit}")
         first = await _receive(request, self.client_timeout)
         reader = RequestReader(self.store.spool_dir, max_document_bytes=self.settings.max_document_bytes,
-                               encoding=request_encoding(first, request.charset))
+                               encoding=request_encoding(first, request.charset),
+                               durable=not self.store.in_database)
         try:
             call.bytes_in = len(first)
             reader.feed(first)

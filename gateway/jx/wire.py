@@ -144,15 +144,17 @@ class Spool:
 class SpoolWriter:
     """Writes a document's bytes into a temporary file as they arrive, hashing them.
 
-    :meth:`finish` fsyncs the file; :meth:`abort` removes it.
+    :meth:`finish` fsyncs the file (unless not ``durable``: bytes that go on into
+    the database need no fsync of their own); :meth:`abort` removes it.
     """
 
-    def __init__(self, directory: Path, *, limit: int) -> None:
+    def __init__(self, directory: Path, *, limit: int, durable: bool = True) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=directory, prefix="doc-", suffix=".part")
         self.path = Path(name)
         self._file: BinaryIO = os.fdopen(fd, "wb")
         self._limit = limit
+        self._durable = durable
         self._digest = hashlib.sha256()
         self.size = 0
 
@@ -166,7 +168,8 @@ class SpoolWriter:
 
     def finish(self) -> Spool:
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if self._durable:
+            os.fsync(self._file.fileno())
         self._file.close()
         return Spool(path=self.path, size=self.size, sha256=self._digest.hexdigest())
 
@@ -183,8 +186,8 @@ class Base64Spool(SpoolWriter):
     that is not base64 is refused.
     """
 
-    def __init__(self, directory: Path, *, limit: int) -> None:
-        super().__init__(directory, limit=limit)
+    def __init__(self, directory: Path, *, limit: int, durable: bool = True) -> None:
+        super().__init__(directory, limit=limit, durable=durable)
         self._pending = ""
 
     def write_text(self, text: str) -> None:
@@ -229,6 +232,7 @@ class _Target:
 
     spool_dir: Path
     limit: int
+    durable: bool = True
     path: list[str] = field(default_factory=list)
     namespace: str | None = None
     operation: str | None = None
@@ -255,7 +259,7 @@ class _Target:
         elif depth == 2 and self.path[1] == _BODY:
             self._operation(tag)
         elif depth == 3 and self.path[1] == _BODY and _local(tag) == "data" and self.operation == "PutDocument":
-            self.spool = Base64Spool(self.spool_dir, limit=self.limit)
+            self.spool = Base64Spool(self.spool_dir, limit=self.limit, durable=self.durable)
         self.text = []
 
     def _envelope_child(self, tag: str) -> None:
@@ -340,8 +344,9 @@ def _local(tag: str) -> str:
 class RequestReader:
     """Feed a JX request's bytes as they arrive; :meth:`finish` returns the :class:`JxRequest`."""
 
-    def __init__(self, spool_dir: Path, *, max_document_bytes: int, encoding: str | None = None) -> None:
-        self._target = _Target(spool_dir=spool_dir, limit=max_document_bytes)
+    def __init__(self, spool_dir: Path, *, max_document_bytes: int, encoding: str | None = None,
+                 durable: bool = True) -> None:
+        self._target = _Target(spool_dir=spool_dir, limit=max_document_bytes, durable=durable)
         self._parser = etree.XMLParser(target=self._target, encoding=encoding, **PARSER_OPTIONS)
 
     def feed(self, chunk: bytes) -> None:
