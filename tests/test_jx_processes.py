@@ -145,7 +145,11 @@ async def test_200_mb_put_and_get_keep_gateway_memory_flat(gateway_process: Star
 
 @pytest.mark.slow
 async def test_two_nodes_eight_pollers_no_double_hand_out_none_lost(gateway_process: StartGateway) -> None:
-    lease = 3.0
+    lease = 4.0
+    # Client-side times only bound the server's: a request may wait in a queue before the server
+    # leases. A real double hand-out comes back at once (milliseconds apart), so a generous slack
+    # keeps the check sound on a busy machine without letting a bug through.
+    slack = 1.5
     with pg_schema() as url:
         nodes = [gateway_process({"gateway": {"db": url, "jx": {"lease_seconds": lease, "max_deliveries": 50}}},
                                  name=name) for name in ("dc-a", "dc-b")]
@@ -190,8 +194,8 @@ async def test_two_nodes_eight_pollers_no_double_hand_out_none_lost(gateway_proc
     for message_id, times in by_id.items():
         times.sort()
         for first, second in zip(times, times[1:]):
-            # A second hand-out is only legal once the first lease ran out (0.2 s of request latency slack).
-            assert second - first >= lease - 0.2, f"{message_id} handed out twice within its lease"
+            # A second hand-out is only legal once the first lease ran out.
+            assert second - first >= lease - slack, f"{message_id} handed out twice within its lease"
             again += 1
     assert again > 0, "some unconfirmed documents must have come back after their lease"
 
