@@ -134,7 +134,7 @@ class JxService:
             call.bytes_in = len(first)
             reader.feed(first)
             await self._feed(request, reader, call, limit)
-            jx = await asyncio.to_thread(reader.finish)
+            jx = await asyncio.to_thread(reader.finish) if reader.has_document else reader.finish()
         except BaseException:
             reader.abort()
             raise

@@ -388,6 +388,11 @@ class RequestReader:
         return JxRequest(operation=target.operation, namespace=target.namespace,
                          header=MessageHeader.from_fields(target.header), fields=target.fields, spool=spool)
 
+    @property
+    def has_document(self) -> bool:
+        """Whether a document is being spooled (then :meth:`finish` fsyncs: call it off the event loop)."""
+        return self._target.spool is not None
+
     def abort(self) -> None:
         """Drop the partial document, if any (a failed request leaves no file behind)."""
         if self._target.spool is not None:
