@@ -69,7 +69,7 @@ def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Applicat
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_store_ctx(config))
     app.cleanup_ctx.append(_log_ctx(config))
-    add_jx(app, config, lambda a: (a[CLOCK], a.get(JOURNAL)))
+    add_jx(app, config, lambda a: (a[CLOCK], a.get(JOURNAL), a[METRICS].registry))
     app.cleanup_ctx.append(_relay_ctx(options))
     if options.watch_config and config.source is not None:
         app.cleanup_ctx.append(_watch_ctx(config, options))

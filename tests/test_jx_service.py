@@ -325,3 +325,20 @@ async def test_retention_deletes_old_confirmed_documents_at_start(gateway: Gatew
         engine.dispose()
     assert left == ["recent", "unconfirmed"]
     assert len(list((tmp_path / "var" / "jx" / "blobs").iterdir())) == 2
+
+
+async def test_metrics_show_mailbox_depth(gateway: GatewayFactory, tmp_path: Path, http: aiohttp.ClientSession,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.jx._GAUGE_INTERVAL", 0.1)
+    url = await gateway(jx_config(tmp_path))
+    for n in range(3):
+        await put(http, url, f"m{n}", b"x")
+    await get(http, url)
+    await asyncio.sleep(0.4)
+    async with http.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    assert 'bmrgw_jx_documents{state="ready"} 2.0' in text
+    assert 'bmrgw_jx_documents{state="leased"} 1.0' in text
+    assert 'bmrgw_jx_documents{state="dead"} 0.0' in text
+    oldest = [line for line in text.splitlines() if line.startswith("bmrgw_jx_oldest_waiting_seconds ")]
+    assert oldest and 0 < float(oldest[0].split()[1]) < 60

@@ -15,11 +15,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy import create_engine
 
 from routing.config import Config
 
 from ..clock import Clock
+from ..errors import DocumentStoreError
 from ..journal import Journal
 from ..store import database_url
 from .mailbox import Mailbox
@@ -35,8 +37,10 @@ JX_MAILBOX = web.AppKey("jx_mailbox", Mailbox)
 
 _DAY_MS = 86_400_000
 
-#: Gives the clock and the send/receive log (None when logging is off) of a running app.
-Resources = Callable[[web.Application], tuple[Clock, Journal | None]]
+#: Gives the clock, the send/receive log (None when logging is off) and the metrics registry of a running app.
+Resources = Callable[[web.Application], tuple[Clock, Journal | None, CollectorRegistry]]
+#: Seconds between refreshes of the mailbox gauges (a query, not per scrape).
+_GAUGE_INTERVAL = 10.0
 
 
 def jx_root(config: Config) -> Path:
@@ -65,20 +69,40 @@ def add_jx(app: web.Application, config: Config, resources: Resources) -> None:
 
 def _jx_ctx(config: Config, resources: Resources) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        clock, journal = resources(app)
+        clock, journal, registry = resources(app)
         store = open_store(config, journal=journal)
         await asyncio.to_thread(store.open)
         app[JX_SERVICE] = JxService(store=store, settings=config.gateway.jx, gateway=config.gateway.name,
                                     clock=clock, journal=journal, client_timeout=config.gateway.client_timeout)
         app[JX_MAILBOX] = Mailbox(store, clock, max_bytes=config.gateway.jx.max_document_bytes)
-        retention = asyncio.create_task(_retain(store)) if config.gateway.jx.retention_days else None
+        tasks = [asyncio.create_task(_gauges(store, registry))]
+        if config.gateway.jx.retention_days:
+            tasks.append(asyncio.create_task(_retain(store)))
         yield
-        if retention is not None:
-            retention.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await retention
+                await task
         store.close()
     return ctx
+
+
+async def _gauges(store: DocumentStore, registry: CollectorRegistry) -> None:
+    """``bmrgw_jx_documents{state}`` and ``bmrgw_jx_oldest_waiting_seconds`` for /metrics."""
+    documents = Gauge("bmrgw_jx_documents", "JX documents by state (ready, leased, confirmed, dead), "
+                      "refreshed every 10 s.", ["state"], registry=registry)
+    oldest = Gauge("bmrgw_jx_oldest_waiting_seconds", "Age of the oldest JX document not confirmed yet "
+                   "(0 when none waits).", registry=registry)
+    while True:
+        try:
+            counts, created = await asyncio.to_thread(store.counts)
+        except DocumentStoreError as exc:
+            log.warning("jx: cannot refresh the mailbox gauges: %s", exc.reason)
+        else:
+            for state, n in counts.items():
+                documents.labels(state).set(n)
+            oldest.set(0 if created is None else max(0.0, (now_ms() - created) / 1000))
+        await asyncio.sleep(_GAUGE_INTERVAL)
 
 
 async def _retain(store: DocumentStore) -> None:

@@ -55,6 +55,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
+    case,
     delete,
     event,
     func,
@@ -450,11 +452,18 @@ class DocumentStore:
         with translated("cannot read the JX documents"), self.engine.connect() as c:
             return [Document.of(row) for row in c.execute(stmt)]
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> tuple[dict[str, int], int | None]:
+        """Documents by shown state (ready, leased, confirmed, dead), and when the oldest waiting one arrived."""
         t = self.tables.document
+        now = now_ms()
+        leased = and_(t.c.state == "ready", t.c.lease_until_ms > now)
+        shown = case((leased, "leased"), else_=t.c.state)
         with translated("cannot read the JX documents"), self.engine.connect() as c:
-            rows = c.execute(select(t.c.state, func.count()).group_by(t.c.state)).all()
-        return {str(state): int(n) for state, n in rows}
+            rows = c.execute(select(shown, func.count()).group_by(shown)).all()
+            oldest = c.execute(select(func.min(t.c.created_ms)).where(t.c.state == "ready")).scalar()
+        found = {state: 0 for state in ("ready", "leased", "confirmed", "dead")}
+        found.update({str(state): int(n) for state, n in rows})
+        return found, None if oldest is None else int(oldest)
 
     def requeue(self, message_id: str) -> Document:
         """Make a document deliverable again at once: ready, no lease, delivery count reset."""
