@@ -218,9 +218,13 @@ class JxService:
         before, after = split_at_data(jx.namespace, header, True, document.message_id, fields)
         response = web.StreamResponse(headers={"Content-Type": "text/xml; charset=utf-8", "Server": _SERVER})
         response.content_length = len(before) + 4 * ((document.size + 2) // 3) + len(after)
-        await response.prepare(request)
-        await response.write(before)
-        sent = await self._write_data(request, response, document)
+        try:
+            await response.prepare(request)
+            await response.write(before)
+            sent = await self._write_data(response, document)
+        except ConnectionError as exc:  # the poller went away: the lease runs out and it is handed out again
+            log.warning("document %s: the poller broke off the answer: %s", document.message_id, exc)
+            return response, False
         if sent != document.size:
             log.error("document %s: %d of %d bytes could be read; connection cut", document.message_id,
                       sent, document.size)
@@ -230,7 +234,8 @@ class JxService:
         await response.write_eof()
         return response, True
 
-    async def _write_data(self, request: web.Request, response: web.StreamResponse, document: Document) -> int:
+    async def _write_data(self, response: web.StreamResponse, document: Document) -> int:
+        """Write the base64 of the document's bytes; returns how many bytes could be read."""
         chunks = self.store.chunks(document, _B64_PIECE)
         sent = 0
         carry = b""  # base64 pieces must be whole quartets: only the very last one may carry padding
@@ -244,6 +249,8 @@ class JxService:
             await response.write(base64.b64encode(carry))
         except GatewayError as exc:
             log.error("document %s: %s", document.message_id, exc.reason)
+        finally:
+            chunks.close()  # closes the blob file at once, not when the generator is collected
         return sent
 
     async def _confirm(self, request: web.Request, jx: JxRequest, call: Call) -> web.StreamResponse:

@@ -35,7 +35,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -383,7 +383,7 @@ class DocumentStore:
                     lease_until_ms=until, lease_node=self.node, deliveries=t.c.deliveries + 1,
                     last_handout_ms=now).returning(*t.c)).one())
 
-    def chunks(self, document: Document, size: int = PART) -> Iterator[bytes]:
+    def chunks(self, document: Document, size: int = PART) -> Generator[bytes, None, None]:
         """The document's bytes in chunks of ``size`` (the last one shorter)."""
         if document.blob is not None:
             yield from self._file_chunks(document, size)
