@@ -37,5 +37,6 @@ class SoapVersion(enum.Enum):
     def content_type(self) -> str:
         return CT_SOAP11 if self is SoapVersion.V11 else CT_SOAP12
 
+
 #: JX protocol (JX手順) namespace of jx2004.wsdl and jx2007.wsdl; SOAPAction is ``<JX>/<Op>``.
 JX = "http://www.dsri.jp/edi-bp/2004/jedicos-xml/client-server"
