@@ -29,6 +29,7 @@ from .logview import archive_dir
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .ns import H_MESSAGE_ID, SoapVersion
 from .relay import SERVER, Relay
+from .secure import message_security
 from .soap import fault_content_type, gateway_fault, version_for
 from .store import Store, StoreUnavailable, database_url
 from .upstream import HttpUpstream, Upstream
@@ -127,7 +128,8 @@ def _relay_ctx(options: AppOptions) -> Callable[[web.Application], AsyncIterator
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         upstream = options.upstream()
         app[RELAY] = Relay(table=app[LIVE], upstream=upstream, metrics=app[METRICS],
-                           clock=app[CLOCK], journal=app.get(JOURNAL))
+                           clock=app[CLOCK], journal=app.get(JOURNAL),
+                           security=await message_security(app[STORE].engine, app[CLOCK]))
         yield
         await upstream.close()
     return ctx
