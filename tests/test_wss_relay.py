@@ -179,3 +179,58 @@ def test_two_nodes_on_postgresql_agree_on_replays() -> None:
         finally:
             node_a.dispose()
             node_b.dispose()
+
+
+async def test_chunked_signed_upload_is_read_whole_and_verified(
+    gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, dev_pki: DevPki,
+    tmp_path: Path,
+) -> None:
+    base = await gateway(secured_config(tmp_path, dev_pki, backend.url))
+    signed = signed_now(dev_pki)
+
+    async def chunks() -> Any:
+        for start in range(0, len(signed), 700):  # no Content-Length: the relay streams what it cannot size
+            yield signed[start:start + 700]
+
+    async with http.post(f"{base}/soap", data=chunks(), headers={**soap11_headers(), **basic("juki", "pw")}) as resp:
+        assert resp.status == 200, await resp.read()
+    assert backend.seen[0].body == signed
+
+
+async def test_oversized_message_for_verification_is_refused(
+    gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, dev_pki: DevPki,
+    tmp_path: Path,
+) -> None:
+    config = secured_config(tmp_path, dev_pki, backend.url)
+    config["gateway"]["max_message_bytes"] = 4096
+    base = await gateway(config)
+    padded = ENVELOPE.replace("住民記録".encode(), b"x" * 5000)
+
+    async def chunks() -> Any:
+        yield padded
+
+    async with http.post(f"{base}/soap", data=chunks(), headers={**soap11_headers(), **basic("juki", "pw")}) as resp:
+        assert resp.status == 413 and fault_of(await resp.read())[2] == "MessageTooLarge"
+    assert backend.seen == []
+
+
+def test_wss_configuration(dev_pki: DevPki, tmp_path: Path) -> None:
+    from gateway.errors import ConfigError
+    from routing.config import parse_config
+    config = parse_config({"gateway": {"wss": {"clock_skew": 60, "max_ttl": 600, "sign_ttl": 120}},
+                           "endpoints": {"demo": {"url": "http://127.0.0.1:1/x", "wss": {"sign": {
+                               "key": str(dev_pki.signing.key), "cert": str(dev_pki.signing.cert)}}}}})
+    assert (config.gateway.wss.clock_skew, config.gateway.wss.max_ttl, config.gateway.wss.sign_ttl) == (60, 600, 120)
+    sign = config.endpoints["demo"].outbound.wss_sign  # type: ignore[union-attr]
+    assert sign is not None and sign.key == dev_pki.signing.key
+    bad = {
+        "does not belong to cert": {"key": str(dev_pki.signing2.key), "cert": str(dev_pki.signing.cert)},
+        "no such file": {"key": str(tmp_path / "missing.pem"), "cert": str(dev_pki.signing.cert)},
+        "unknown key 'algorithm'": {"key": str(dev_pki.signing.key), "cert": str(dev_pki.signing.cert),
+                                    "algorithm": "rsa"},
+    }
+    for problem, sign_config in bad.items():
+        with pytest.raises(ConfigError, match=problem):
+            parse_config({"endpoints": {"demo": {"url": "http://127.0.0.1:1/x", "wss": {"sign": sign_config}}}})
+    with pytest.raises(ConfigError, match="gateway.wss.max_ttl"):
+        parse_config({"gateway": {"wss": {"max_ttl": 0}}})
