@@ -264,3 +264,26 @@ def test_bad_timestamp_text_is_malformed(dev_pki: DevPki) -> None:
     created = NOW.strftime("%Y-%m-%dT%H:%M:%S.000Z").encode()
     with pytest.raises((MalformedMessage, InvalidSignature)):
         verify(signed.replace(created, b"yesterday"), dev_pki.signing)
+
+
+# -- bmrgw wss ----------------------------------------------------------------------------
+
+def test_wss_command_signs_and_verifies(dev_pki: DevPki, tmp_path: Path) -> None:
+    import subprocess
+
+    from .conftest import BMRGW
+    source = tmp_path / "in.xml"
+    source.write_bytes(message("valid/soap11-routing-header.xml"))
+    signed = subprocess.run([*BMRGW, "wss", "sign", "--key", str(dev_pki.signing.key), "--cert",
+                             str(dev_pki.signing.cert), str(source)], capture_output=True, timeout=60)
+    assert signed.returncode == 0, signed.stderr
+    verify(signed.stdout, dev_pki.signing, now=dt.datetime.now(dt.timezone.utc))
+    good = subprocess.run([*BMRGW, "wss", "verify", "--cert", str(dev_pki.signing.cert)], input=signed.stdout,
+                          capture_output=True, timeout=60)
+    assert good.returncode == 0 and b"valid: signed by CN=sign" in good.stdout
+    wrong = subprocess.run([*BMRGW, "wss", "verify", "--cert", str(dev_pki.signing2.cert)], input=signed.stdout,
+                           capture_output=True, timeout=60)
+    assert wrong.returncode == 1 and b"not valid (InvalidSignature)" in wrong.stderr
+    missing = subprocess.run([*BMRGW, "wss", "sign", "--key", str(tmp_path / "none.pem"), "--cert",
+                              str(dev_pki.signing.cert), str(source)], capture_output=True, timeout=60)
+    assert missing.returncode == 2 and b"cannot read" in missing.stderr and b"Traceback" not in missing.stderr
