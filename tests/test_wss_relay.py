@@ -234,3 +234,48 @@ def test_wss_configuration(dev_pki: DevPki, tmp_path: Path) -> None:
             parse_config({"endpoints": {"demo": {"url": "http://127.0.0.1:1/x", "wss": {"sign": sign_config}}}})
     with pytest.raises(ConfigError, match="gateway.wss.max_ttl"):
         parse_config({"gateway": {"wss": {"max_ttl": 0}}})
+
+
+# -- zeep (python-xmlsec) as the client's WS-Security stack ------------------------------------
+
+def _timestamp(envelope: Any) -> None:
+    """Add a wsu:Timestamp, which zeep's signer then signs together with the Body."""
+    from zeep.wsse import utils
+    now = dt.datetime.now(dt.timezone.utc)
+    stamp = utils.WSU.Timestamp(utils.WSU.Created(now.strftime("%Y-%m-%dT%H:%M:%SZ")),
+                                utils.WSU.Expires((now + dt.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")))
+    utils.get_security_header(envelope).append(stamp)
+
+
+async def test_zeep_signed_requests_are_accepted(
+    gateway: GatewayFactory, demo_url: str, dev_pki: DevPki, tmp_path: Path,
+) -> None:
+    import asyncio
+
+    import requests
+    import xmlsec
+    import zeep
+    from zeep.wsse.signature import BinarySignature
+
+    class RequestSignature(BinarySignature):  # type: ignore[misc]
+        def apply(self, envelope: Any, headers: Any) -> Any:
+            _timestamp(envelope)
+            return super().apply(envelope, headers)
+
+        def verify(self, envelope: Any) -> Any:
+            return envelope  # the demo AP does not sign its answers
+
+    base = await gateway(secured_config(tmp_path, dev_pki, demo_url.rsplit("/", 1)[0] + "/demo"))
+
+    def call() -> list[str]:
+        session = requests.Session()
+        session.auth = ("juki", "pw")
+        signature = RequestSignature(str(dev_pki.signing.key), str(dev_pki.signing.cert),
+                                     signature_method=xmlsec.Transform.RSA_SHA256,
+                                     digest_method=xmlsec.Transform.SHA256)
+        client = zeep.Client(f"{demo_url}?wsdl", transport=zeep.Transport(session=session),
+                             wsse=signature)
+        service = client.create_service("{urn:bmrgw:demo:1}DemoSoap11", f"{base}/soap/demo")
+        return [service.Echo(text=text).text for text in ("署名", "twice")]
+
+    assert await asyncio.to_thread(call) == ["署名", "twice"]
