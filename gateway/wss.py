@@ -37,7 +37,7 @@ from signxml.algorithms import DigestAlgorithm, SignatureMethod
 from signxml.verifier import SignatureConfiguration, XMLVerifier
 from signxml.exceptions import SignXMLException
 
-from .errors import ConfigError, Expired, InvalidSignature, MalformedMessage
+from .errors import ConfigError, Expired, GatewayError, InvalidSignature, MalformedMessage
 from .ns import DSIG, EXC_C14N, RSA_SHA256, SHA256, WSS_BASE64, WSS_X509V3, WSSE, WSU, SoapVersion
 from .parser import parse
 
@@ -216,12 +216,26 @@ def verify_envelope(data: bytes, cert: x509.Certificate, *, now: dt.datetime, po
     security = _the_security_header(root, env)
     timestamp = _one(security, _TIMESTAMP, "wsu:Timestamp")
     signature = _one(security, _SIGNATURE, "ds:Signature")
+    if len(root.findall(f"{{{env}}}Body")) != 1:
+        raise MalformedMessage("the Envelope must have exactly one Body")
     _check_token(security, cert)
-    _check_signature(root, env, cert, now, signature, timestamp)
+    try:
+        _check_signature(root, env, cert, now, signature, timestamp)
+    except GatewayError:
+        raise
+    except (ValueError, TypeError, etree.LxmlError) as exc:  # malformed signature parts (lengths, encodings)
+        raise InvalidSignature(f"the signature cannot be checked: {exc}") from exc
     created, keep_until = check_time(timestamp, now, policy)
-    value = "".join((signature.findtext("ds:SignatureValue", namespaces=_NS) or "").split())
-    return Verified(digest=hashlib.sha256(value.encode("ascii")).hexdigest(), created=created,
-                    keep_until=keep_until)
+    # The replay key is the decoded value: base64 has several spellings of the same bytes.
+    value = _b64(signature.findtext("ds:SignatureValue", namespaces=_NS), "SignatureValue")
+    return Verified(digest=hashlib.sha256(value).hexdigest(), created=created, keep_until=keep_until)
+
+
+def _b64(text: str | None, what: str) -> bytes:
+    try:
+        return base64.b64decode("".join((text or "").split()), validate=True)
+    except ValueError as exc:
+        raise InvalidSignature(f"the {what} is not base64: {exc}") from exc
 
 
 def _the_security_header(root: etree._Element, env: str) -> etree._Element:
@@ -245,7 +259,7 @@ def _check_token(security: etree._Element, cert: x509.Certificate) -> None:
     """A clear message when the sender signed with another certificate than the one configured."""
     for token in security.findall(_TOKEN):
         try:
-            sent = x509.load_der_x509_certificate(base64.b64decode("".join((token.text or "").split())))
+            sent = x509.load_der_x509_certificate(_b64(token.text, "BinarySecurityToken"))
         except ValueError as exc:
             raise InvalidSignature(f"the BinarySecurityToken is not an X.509 certificate: {exc}") from exc
         if sent != cert:
@@ -286,7 +300,7 @@ def _verify_profile(root: etree._Element, signature: etree._Element, cert: x509.
     references = [_profile_reference(ref) for ref in info.iterfind("ds:Reference", namespaces=_NS)]
     if not references or any(r is None for r in references):
         return None
-    value = base64.b64decode("".join((signature.findtext("ds:SignatureValue", namespaces=_NS) or "").split()))
+    value = _b64(signature.findtext("ds:SignatureValue", namespaces=_NS), "SignatureValue")
     try:
         public.verify(value, _c14n(info, prefixes), padding.PKCS1v15(), _RSA_METHODS[method]())
     except BadSignature as exc:
@@ -312,7 +326,7 @@ def _profile_reference(ref: etree._Element) -> _Reference | None:
     prefixes = _exc_c14n_prefixes(transforms[0]) if len(transforms) == 1 else None
     if not uri.startswith("#") or prefixes is None or algorithm not in _DIGEST_METHODS:
         return None
-    value = base64.b64decode("".join((ref.findtext("ds:DigestValue", namespaces=_NS) or "").split()))
+    value = _b64(ref.findtext("ds:DigestValue", namespaces=_NS), "DigestValue")
     return _Reference(uri=uri, prefixes=prefixes, digest=_DIGEST_METHODS[algorithm], value=value)
 
 

@@ -287,3 +287,40 @@ def test_wss_command_signs_and_verifies(dev_pki: DevPki, tmp_path: Path) -> None
     missing = subprocess.run([*BMRGW, "wss", "sign", "--key", str(tmp_path / "none.pem"), "--cert",
                               str(dev_pki.signing.cert), str(source)], capture_output=True, timeout=60)
     assert missing.returncode == 2 and b"cannot read" in missing.stderr and b"Traceback" not in missing.stderr
+
+
+def test_replay_key_ignores_how_the_signature_value_is_spelled(dev_pki: DevPki) -> None:
+    """Whitespace or the unused bits of base64's last character must not make a replay look new."""
+    signed = etree.fromstring(sign(message("valid/soap11-routing-header.xml"), dev_pki))
+    value = signed.find(f".//{{{DSIG}}}SignatureValue")
+    assert value is not None and value.text is not None and value.text.endswith("=")
+    first = verify(etree.tostring(signed), dev_pki.signing)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    data = value.text.rstrip("=")
+    padding = value.text[len(data):]
+    # 256 signature bytes end in "==": the character before them carries 4 unused bits.
+    respelled = data[:-1] + alphabet[alphabet.index(data[-1]) ^ 1] + padding
+    assert respelled != value.text
+    value.text = "\n".join([respelled[:100], respelled[100:]])
+    second = verify(etree.tostring(signed), dev_pki.signing)
+    assert second.digest == first.digest
+
+
+@pytest.mark.parametrize("element", ["SignatureValue", "DigestValue"])
+def test_garbage_in_signature_values_is_invalid_signature(dev_pki: DevPki, element: str) -> None:
+    signed = etree.fromstring(sign(message("valid/soap11-routing-header.xml"), dev_pki))
+    node = signed.find(f".//{{{DSIG}}}{element}")
+    assert node is not None
+    node.text = "not*base64!"
+    with pytest.raises(InvalidSignature, match="not base64"):
+        verify(etree.tostring(signed), dev_pki.signing)
+    node.text = "AAAA"  # valid base64, wrong length
+    with pytest.raises(InvalidSignature):
+        verify(etree.tostring(signed), dev_pki.signing)
+
+
+def test_a_second_body_is_refused(dev_pki: DevPki) -> None:
+    signed = etree.fromstring(sign(message("valid/soap11-routing-header.xml"), dev_pki))
+    etree.SubElement(signed, f"{{{SOAP11_ENV}}}Body").text = "smuggled"
+    with pytest.raises(MalformedMessage, match="exactly one Body"):
+        verify(etree.tostring(signed), dev_pki.signing)
