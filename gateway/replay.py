@@ -14,7 +14,7 @@ import asyncio
 import time
 from datetime import datetime
 
-from sqlalchemy import Column, Engine, Float, MetaData, String, Table, delete, insert
+from sqlalchemy import Column, Engine, Float, MetaData, String, Table, bindparam, delete, insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from .errors import Replay, ServerFault
@@ -30,6 +30,10 @@ REPLAY_TABLE = Table(
 
 #: Seconds between purges of expired records (per node).
 PURGE_EVERY = 60.0
+
+# Built once: building statements per message costs more than SQLite's insert itself.
+_INSERT = insert(REPLAY_TABLE)
+_PURGE = delete(REPLAY_TABLE).where(REPLAY_TABLE.c.keep_until < bindparam("now"))
 
 
 class ReplayStoreUnavailable(ServerFault, RuntimeError):
@@ -59,8 +63,8 @@ class ReplayGuard:
         try:
             with self._engine.begin() as connection:
                 if purge:
-                    connection.execute(delete(REPLAY_TABLE).where(REPLAY_TABLE.c.keep_until < now))
-                connection.execute(insert(REPLAY_TABLE).values(digest=digest, keep_until=keep_until))
+                    connection.execute(_PURGE, {"now": now})
+                connection.execute(_INSERT, {"digest": digest, "keep_until": keep_until})
         except IntegrityError as exc:
             raise Replay("this signed message was already accepted once (same signature value): "
                          "a replay is refused") from exc
