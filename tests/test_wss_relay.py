@@ -279,3 +279,24 @@ async def test_zeep_signed_requests_are_accepted(
         return [service.Echo(text=text).text for text in ("署名", "twice")]
 
     assert await asyncio.to_thread(call) == ["署名", "twice"]
+
+
+async def test_concurrent_signatures_share_one_commit_and_replays_are_still_refused(tmp_path: Path) -> None:
+    import asyncio
+
+    from gateway.store import Store
+    store = Store(f"sqlite:///{tmp_path}/group.db")
+    guard = ReplayGuard(store.engine)
+    guard.ensure_schema()
+    guard.remember_now("f" * 64, time.time() + 600, time.time())
+    now = dt.datetime.now(dt.timezone.utc)
+    later = now + dt.timedelta(minutes=10)
+    digests = [f"{i:064x}" for i in range(50)] + ["f" * 64, f"{7:064x}"]   # one old replay, one within the batch
+    outcomes = await asyncio.gather(*(guard.remember(d, keep_until=later, now=now) for d in digests),
+                                    return_exceptions=True)
+    refused = [d for d, o in zip(digests, outcomes) if isinstance(o, Replay)]
+    assert refused == ["f" * 64, f"{7:064x}"]
+    assert all(o is None for d, o in zip(digests, outcomes) if d not in refused)
+    with store.engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(REPLAY_TABLE)).scalar() == 51
+    store.close()
