@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from cryptography import x509
+from lxml import etree
 from sqlalchemy import Engine
 
 from routing.config import Client, GatewaySettings
@@ -30,8 +31,17 @@ from routing.table import Route
 from .clock import Clock
 from .errors import ConfigError, GatewayError, UnsupportedMediaType
 from .ns import CT_SOAP11, CT_SOAP12
+from .parser import parse
 from .replay import ReplayGuard
-from .wss import Signer, TimePolicy, load_certificate, sign_envelope, verify_envelope
+from .wss import (
+    Signer,
+    TimePolicy,
+    load_certificate,
+    sign_envelope,
+    sign_root,
+    verify_envelope,
+    verify_root,
+)
 
 __all__ = ["MessageSecurity", "message_security", "add_wss_command"]
 
@@ -67,21 +77,22 @@ class MessageSecurity:
         if content_type not in (CT_SOAP11, CT_SOAP12):
             raise UnsupportedMediaType(f"WS-Security is applied to plain SOAP envelopes only, not {content_type} "
                                        "(attachments cannot be signed or verified by this gateway yet)")
+        # One parse serves both steps.
+        root = await _run(len(body), lambda: parse(body, max_bytes=settings.max_message_bytes))
         if client is not None and client.wss_verify is not None:
-            await self._verify(body, self._certificate(client.wss_verify), settings)
+            await self._verify(root, len(body), self._certificate(client.wss_verify), settings)
         sign = route.outbound.wss_sign
         if sign is None:
             return body
         signer = self._signer(sign.key, sign.cert, route.outbound.fingerprint)
         now = self._clock.now().ts
-        return await _run(len(body), lambda: sign_envelope(body, signer, now=now, ttl=settings.wss.sign_ttl,
-                                                           max_bytes=settings.max_message_bytes))
+        return await _run(len(body), lambda: sign_root(root, signer, now=now, ttl=settings.wss.sign_ttl))
 
-    async def _verify(self, body: bytes, cert: x509.Certificate, settings: GatewaySettings) -> None:
+    async def _verify(self, root: etree._Element, size: int, cert: x509.Certificate,
+                      settings: GatewaySettings) -> None:
         now = self._clock.now().ts
         policy = TimePolicy(clock_skew=settings.wss.clock_skew, max_ttl=settings.wss.max_ttl)
-        verified = await _run(len(body), lambda: verify_envelope(body, cert, now=now, policy=policy,
-                                                                 max_bytes=settings.max_message_bytes))
+        verified = await _run(size, lambda: verify_root(root, cert, now=now, policy=policy))
         await self._guard.remember(verified.digest, keep_until=verified.keep_until, now=now)
 
     def _certificate(self, path: str) -> x509.Certificate:

@@ -24,7 +24,7 @@ import datetime as dt
 import hashlib
 import hmac
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -41,7 +41,8 @@ from .errors import ConfigError, Expired, GatewayError, InvalidSignature, Malfor
 from .ns import DSIG, EXC_C14N, RSA_SHA256, SHA256, WSS_BASE64, WSS_X509V3, WSSE, WSU, SoapVersion
 from .parser import parse
 
-__all__ = ["Signer", "Verified", "TimePolicy", "sign_envelope", "verify_envelope", "load_certificate"]
+__all__ = ["Signer", "Verified", "TimePolicy", "sign_envelope", "sign_root", "verify_envelope", "verify_root",
+           "load_certificate"]
 
 _ID = f"{{{WSU}}}Id"
 _SECURITY = f"{{{WSSE}}}Security"
@@ -74,6 +75,12 @@ class Signer:
 
     key: PrivateKeyTypes
     cert: x509.Certificate
+    token: str = field(init=False)
+    """The certificate as BinarySecurityToken text (base64 DER)."""
+
+    def __post_init__(self) -> None:
+        der = self.cert.public_bytes(serialization.Encoding.DER)
+        object.__setattr__(self, "token", base64.b64encode(der).decode("ascii"))
 
     @classmethod
     def load(cls, key_pem: bytes, cert_pem: bytes) -> Signer:
@@ -110,7 +117,11 @@ def load_certificate(pem: bytes) -> x509.Certificate:
 
 def sign_envelope(data: bytes, signer: Signer, *, now: dt.datetime, ttl: float, max_bytes: int) -> bytes:
     """``data`` with a fresh Timestamp and a signature over Body and Timestamp, in its own encoding."""
-    root = parse(data, max_bytes=max_bytes)
+    return sign_root(parse(data, max_bytes=max_bytes), signer, now=now, ttl=ttl)
+
+
+def sign_root(root: etree._Element, signer: Signer, *, now: dt.datetime, ttl: float) -> bytes:
+    """:func:`sign_envelope` of an envelope already parsed (it is changed in place)."""
     env = _envelope_ns(root)
     body = _ensure_id(_body(root, env), "id")
     header = _header(root, env, create=True)
@@ -118,7 +129,7 @@ def sign_envelope(data: bytes, signer: Signer, *, now: dt.datetime, ttl: float, 
     for old in _default_security(header, env):
         header.remove(old)
     security = _security_header(header, env)
-    token_id = _token(security, signer.cert)
+    token_id = _token(security, signer)
     timestamp = _timestamp(security, now, ttl)
     signature = etree.SubElement(security, _SIGNATURE, nsmap={"ds": DSIG})
     info = _signed_info(signature, [body, timestamp])
@@ -162,10 +173,10 @@ def _security_header(header: etree._Element, env: str) -> etree._Element:
     return security
 
 
-def _token(security: etree._Element, cert: x509.Certificate) -> str:
+def _token(security: etree._Element, signer: Signer) -> str:
     token = etree.SubElement(security, _TOKEN, EncodingType=WSS_BASE64, ValueType=WSS_X509V3)
     token.set(_ID, f"X509-{uuid.uuid4().hex}")
-    token.text = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode("ascii")
+    token.text = signer.token
     return token.get(_ID) or ""
 
 
@@ -211,7 +222,12 @@ def _xsd_time(moment: dt.datetime) -> str:
 def verify_envelope(data: bytes, cert: x509.Certificate, *, now: dt.datetime, policy: TimePolicy,
                     max_bytes: int) -> Verified:
     """Check the WS-Security header of ``data`` against ``cert`` and the clock; raise on any problem."""
-    root = parse(data, max_bytes=max_bytes)
+    return verify_root(parse(data, max_bytes=max_bytes), cert, now=now, policy=policy)
+
+
+def verify_root(root: etree._Element, cert: x509.Certificate, *, now: dt.datetime,
+                policy: TimePolicy) -> Verified:
+    """:func:`verify_envelope` of an envelope already parsed (it is not changed)."""
     env = _envelope_ns(root)
     security = _the_security_header(root, env)
     timestamp = _one(security, _TIMESTAMP, "wsu:Timestamp")
