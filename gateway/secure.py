@@ -74,9 +74,7 @@ class MessageSecurity:
     async def apply(self, body: bytes, *, content_type: str, client: Client | None, route: Route,
                     settings: GatewaySettings) -> bytes:
         """``body`` verified (when the client must sign) and signed (when the route wants it)."""
-        if content_type not in (CT_SOAP11, CT_SOAP12):
-            raise UnsupportedMediaType(f"WS-Security is applied to plain SOAP envelopes only, not {content_type} "
-                                       "(attachments cannot be signed or verified by this gateway yet)")
+        _plain_soap(content_type)
         # One parse serves both steps.
         root = await _run(len(body), lambda: parse(body, max_bytes=settings.max_message_bytes))
         if client is not None and client.wss_verify is not None:
@@ -87,6 +85,16 @@ class MessageSecurity:
         signer = self._signer(sign.key, sign.cert, route.outbound.fingerprint)
         now = self._clock.now().ts
         return await _run(len(body), lambda: sign_root(root, signer, now=now, ttl=settings.wss.sign_ttl))
+
+    async def verify_client(self, body: bytes, *, content_type: str, client: Client | None,
+                            settings: GatewaySettings) -> None:
+        """For handlers other than the relay (JX, refdb): refuse ``body`` unless ``client``'s
+        ``wss.verify`` is satisfied (signature, Timestamp, no replay); nothing to do otherwise."""
+        if client is None or client.wss_verify is None:
+            return
+        _plain_soap(content_type)
+        root = await _run(len(body), lambda: parse(body, max_bytes=settings.max_message_bytes))
+        await self._verify(root, len(body), self._certificate(client.wss_verify), settings)
 
     async def _verify(self, root: etree._Element, size: int, cert: x509.Certificate,
                       settings: GatewaySettings) -> None:
@@ -116,6 +124,12 @@ class MessageSecurity:
                 raise ConfigError(f"cannot load the WS-Security signing key {key}: {exc}") from exc
             self._signers[(key, cert, fingerprint)] = signer
         return signer
+
+
+def _plain_soap(content_type: str) -> None:
+    if content_type not in (CT_SOAP11, CT_SOAP12):
+        raise UnsupportedMediaType(f"WS-Security is applied to plain SOAP envelopes only, not {content_type} "
+                                   "(attachments cannot be signed or verified by this gateway yet)")
 
 
 async def _run(size: int, work: Callable[[], T]) -> T:

@@ -300,3 +300,31 @@ async def test_concurrent_signatures_share_one_commit_and_replays_are_still_refu
     with store.engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(REPLAY_TABLE)).scalar() == 51
     store.close()
+
+
+async def test_other_handlers_verify_through_the_app_key(dev_pki: DevPki, tmp_path: Path) -> None:
+    """JX and refdb handlers get the same check through ``app[SECURITY].verify_client``."""
+    from aiohttp import web
+
+    from gateway.app import SECURITY, make_app
+    from gateway.errors import InvalidSignature, UnsupportedMediaType
+    from routing.config import Client, parse_config
+
+    config = parse_config(secured_config(tmp_path, dev_pki, "http://127.0.0.1:1/x"))
+    app = make_app(config)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        security = app[SECURITY]
+        client = config.clients["juki-app"]
+        settings = config.gateway
+        await security.verify_client(signed_now(dev_pki), content_type="text/xml", client=client, settings=settings)
+        with pytest.raises(InvalidSignature):
+            await security.verify_client(ENVELOPE, content_type="text/xml", client=client, settings=settings)
+        with pytest.raises(UnsupportedMediaType, match="attachments"):
+            await security.verify_client(ENVELOPE, content_type="multipart/related", client=client,
+                                         settings=settings)
+        await security.verify_client(ENVELOPE, content_type="text/xml", client=Client(name="open"),
+                                     settings=settings)  # no wss.verify: nothing to check
+    finally:
+        await runner.cleanup()
