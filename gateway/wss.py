@@ -13,8 +13,11 @@ Capability (B) of SPEC.md, message level.  Pure transforms over bytes:
   Timestamp against the clock.  The caller records
   :attr:`Verified.digest` to refuse replays.
 
-The XML-DSig work itself is signxml's; the WS-Security framing and the checks
-of *what* is signed are here.  SHA-1 signatures are refused.
+Signatures of the WS-I Basic Security Profile shape (exclusive C14N, RSA with
+SHA-2) — what we sign and what WS-Security stacks send — are signed and checked
+here directly with lxml's C14N and cryptography: signxml's general verifier
+re-parses the document per reference, which cost more than the whole relay.
+Any other XML-DSig shape is verified by signxml.  SHA-1 is refused either way.
 """
 
 from __future__ import annotations
@@ -27,15 +30,14 @@ import uuid
 from dataclasses import dataclass, field
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature as BadSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from lxml import etree
-from cryptography.exceptions import InvalidSignature as BadSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from signxml.algorithms import DigestAlgorithm, SignatureMethod
-from signxml.verifier import SignatureConfiguration, XMLVerifier
 from signxml.exceptions import SignXMLException
+from signxml.verifier import SignatureConfiguration, XMLVerifier
 
 from .errors import ConfigError, Expired, GatewayError, InvalidSignature, MalformedMessage
 from .ns import DSIG, EXC_C14N, RSA_SHA256, SHA256, WSS_BASE64, WSS_X509V3, WSSE, WSU, SoapVersion
@@ -103,7 +105,7 @@ class Verified:
     """What a valid signature told us."""
 
     digest: str
-    """SHA-256 of the SignatureValue: the key of the replay record."""
+    """SHA-256 of the decoded SignatureValue: the key of the replay record."""
     created: dt.datetime
     keep_until: dt.datetime
     """Until when a replay of this signature could still pass the time checks."""
@@ -204,8 +206,11 @@ def _ensure_id(element: etree._Element, prefix: str) -> etree._Element:
     parent = element.getparent()
     assert parent is not None
     # lxml cannot add a namespace declaration to an existing element: rebuild the
-    # element with it and move the children over (no copy of the content).
-    fresh = etree.SubElement(parent, element.tag, attrib=dict(element.attrib), nsmap={"wsu": WSU})
+    # element with it and move the children over (no copy of the content). Its own
+    # declarations come along: QNames in content (xsi:type="d:T") may rely on them.
+    own = {p: uri for p, uri in element.nsmap.items() if parent.nsmap.get(p) != uri}
+    nsmap = {**own, "wsu": WSU} if own.get("wsu", WSU) == WSU else own
+    fresh = etree.SubElement(parent, element.tag, attrib=dict(element.attrib), nsmap=nsmap)
     fresh.set(_ID, f"{prefix}-{uuid.uuid4().hex}")
     fresh.text, fresh.tail = element.text, element.tail
     fresh.extend(list(element))

@@ -324,3 +324,14 @@ def test_a_second_body_is_refused(dev_pki: DevPki) -> None:
     etree.SubElement(signed, f"{{{SOAP11_ENV}}}Body").text = "smuggled"
     with pytest.raises(MalformedMessage, match="exactly one Body"):
         verify(etree.tostring(signed), dev_pki.signing)
+
+
+def test_declarations_on_the_body_survive_signing(dev_pki: DevPki) -> None:
+    """A QName in content (xsi:type="d:Person") needs the prefix the Body declared."""
+    envelope = (b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Header/>'
+                b'<s:Body xmlns:d="urn:d" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+                b'<d:Put><item xsi:type="d:Person">x</item></d:Put></s:Body></s:Envelope>')
+    signed = etree.fromstring(sign(envelope, dev_pki))
+    item = signed.find(".//item")
+    assert item is not None and item.nsmap.get("d") == "urn:d"
+    verify(etree.tostring(signed), dev_pki.signing)
