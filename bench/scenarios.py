@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .harness import Scenario
 from .relay import AddedLatency, RelayLoad, ThroughputRatio
+from .secure import SecuredRelay
 
 __all__ = ["SCENARIOS"]
 
@@ -34,5 +35,10 @@ SCENARIOS: tuple[Scenario, ...] = (
                AddedLatency(target="bmrgw", percentile="99", at_most_ms=5.0),
                AddedLatency(target="bmrgw-nolog", percentile="50", at_most_ms=1.0),
                AddedLatency(target="bmrgw-nolog", percentile="99", at_most_ms=5.0)),
+    ),
+    SecuredRelay(
+        name="wss-1k", title="Secured relay: WS-Security verify inbound + sign outbound, 1 KiB envelope "
+        "(50 connections) vs plain relay",
+        envelope_bytes=1 * KIB, connections=50, at_least=0.2,
     ),
 )
