@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from refdb.service import add_refdb
 from routing.config import Config, load_config
 from routing.watch import LiveTable, watch
 
@@ -63,6 +64,7 @@ def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Applicat
     app.cleanup_ctx.append(_store_ctx(config))
     app.cleanup_ctx.append(_log_ctx(config))
     app.cleanup_ctx.append(_relay_ctx(options))
+    add_refdb(app, live=LIVE, store=STORE, clock=CLOCK, journal=JOURNAL)
     if options.watch_config and config.source is not None:
         app.cleanup_ctx.append(_watch_ctx(config, options))
     app.router.add_post("/soap", _relay)

@@ -7,7 +7,7 @@ problem with its dotted path (``endpoints.kaigo.url: …``) as a
 
 Keys of SPEC.md whose feature this version does not implement yet
 (``gateway.tls``, ``clients``, per-endpoint ``ca``/``basic``/``wss``,
-``mailbox`` endpoints, ``refdb``) are refused rather than silently ignored:
+``mailbox`` endpoints) are refused rather than silently ignored:
 an operator who configures TLS must never get plain HTTP by accident.
 """
 
@@ -26,6 +26,7 @@ from yarl import URL
 
 from gateway.errors import ConfigError
 from gateway.ns import ROUTING
+from refdb.config import RefdbSettings, parse_refdb
 
 __all__ = [
     "Config",
@@ -143,6 +144,8 @@ class Config:
     """Business-AP name → endpoint."""
     peers: Mapping[str, Peer] = field(default_factory=lambda: MappingProxyType({}))
     """Peer gateway name → peer."""
+    refdb: RefdbSettings = field(default_factory=RefdbSettings)
+    """Reference-DB datasets (``refdb:``)."""
 
     @property
     def base_dir(self) -> Path:
@@ -183,15 +186,15 @@ def parse_config(data: Any, *, source: Path | None = None, db: str | None = None
     try:
         root = _mapping(data, "(top level)")
         _known(root, "(top level)", {"gateway", "clients", "endpoints", "peers", "refdb"})
-        for key in ("clients", "refdb"):
-            if root.get(key):
-                raise ConfigError(f"{key}: {_NOT_YET}")
+        if root.get("clients"):
+            raise ConfigError(f"clients: {_NOT_YET}")
         peers = _peers(_section(root, "peers"))
         gateway = _gateway(_section(root, "gateway"), db, peers)
         endpoints = _endpoints(_section(root, "endpoints"), peers)
+        refdb = parse_refdb(root.get("refdb"))
     except ConfigError as exc:
         raise ConfigError(where + exc.reason) from exc
-    return Config(source=source, gateway=gateway, endpoints=endpoints, peers=peers)
+    return Config(source=source, gateway=gateway, endpoints=endpoints, peers=peers, refdb=refdb)
 
 
 def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer]) -> GatewaySettings:
