@@ -366,7 +366,8 @@ def _apply(connection: Connection, tables: DatasetTables, push_id: str, version:
     if full:
         deleted = connection.execute(update(rows).where(not_(rows.c[DELETED]), ~exists().where(mine, same_key))
                                      .values({VERSION: version, DELETED: True})).rowcount
-    changed = connection.execute(_upsert(connection, tables, mine, version)).rowcount
+    upsert = _upsert(connection, tables, mine, version).execution_options(preserve_rowcount=True)
+    changed = connection.execute(upsert).rowcount
     return inserted, changed, deleted
 
 
