@@ -303,6 +303,7 @@ class Call:
             if scalars.get("dataset") and scalars["dataset"] != dataset:
                 raise InvalidRequest(f"push {push_id} is for dataset {dataset!r}, not {scalars['dataset']!r}")
             self._push, self._base = push_id, self.store.stage(push_id, dataset, [])
+            self.outcome.message_id = push_id
         else:
             dataset = _required(scalars, "dataset")
         tables = self.store.dataset(dataset)
