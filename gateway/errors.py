@@ -12,7 +12,9 @@ HTTP status of the fault response::
     │   ├── UnsupportedMediaType(ValueError)        415
     │   ├── MessageTooLarge(ValueError)             413
     │   ├── RequestTimeout(TimeoutError)            408
-    │   └── UnknownDestination(LookupError)         404
+    │   ├── UnknownDestination(LookupError)         404
+    │   ├── Unauthorized(PermissionError)           401
+    │   └── Forbidden(PermissionError)              403
     └── ServerFault                                 the gateway or its upstream failed
         ├── RoutingLoop(RuntimeError)               500
         └── UpstreamError
@@ -46,6 +48,8 @@ __all__ = [
     "MessageTooLarge",
     "RequestTimeout",
     "UnknownDestination",
+    "Unauthorized",
+    "Forbidden",
     "ServerFault",
     "RoutingLoop",
     "UpstreamError",
@@ -132,6 +136,20 @@ class UnknownDestination(ClientFault, LookupError):
 
     code = "UnknownDestination"
     http_status = 404
+
+
+class Unauthorized(ClientFault, PermissionError):
+    """Raised when ``clients`` are configured and the caller did not prove who it is."""
+
+    code = "Unauthorized"
+    http_status = 401
+
+
+class Forbidden(ClientFault, PermissionError):
+    """Raised when an authenticated client asks for something its ``clients`` entry does not allow."""
+
+    code = "Forbidden"
+    http_status = 403
 
 
 class ServerFault(GatewayError):

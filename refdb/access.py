@@ -2,7 +2,9 @@
 
 The dataset's ``owner`` client pushes (Upsert, BeginPush, Commit, Abort,
 Delete); its ``readers`` query (Query, Changes) — and so does the owner,
-who holds the data anyway.  Everyone else gets ``Forbidden``.  Without a
+who holds the data anyway.  Any other authenticated client gets
+``Forbidden``.  The caller is the client that :mod:`gateway.auth` identified
+before the handler ran (HTTP Basic or the client certificate); without a
 ``clients`` section (open mode, development only) everyone may do everything.
 """
 
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from routing.config import Config
+from gateway.auth import client_of
+from gateway.errors import Forbidden
 
 from .config import Dataset
 
@@ -26,18 +29,21 @@ class Caller:
     name: str | None = None
 
 
-def caller_of(request: web.Request, config: Config) -> Caller:
-    """The caller of a ``/refdb`` request (open mode until client identities are configured)."""
-    return Caller()
+def caller_of(request: web.Request) -> Caller:
+    """The caller of a ``/refdb`` request, as the authentication middleware identified it."""
+    client = client_of(request)
+    return Caller(None if client is None else client.name)
 
 
 def check_push(caller: Caller, dataset: Dataset) -> None:
     """Refuse a push by anyone but the owner."""
     if caller.name is not None and caller.name != dataset.owner:
-        raise PermissionError(f"client {caller.name!r} may not push to dataset {dataset.name!r}")
+        raise Forbidden(f"client {caller.name!r} may not push to dataset {dataset.name!r}; "
+                        f"only its owner {dataset.owner!r} may", detail=dataset.name)
 
 
 def check_query(caller: Caller, dataset: Dataset) -> None:
     """Refuse a query by anyone but a reader or the owner."""
     if caller.name is not None and caller.name != dataset.owner and caller.name not in dataset.readers:
-        raise PermissionError(f"client {caller.name!r} may not query dataset {dataset.name!r}")
+        raise Forbidden(f"client {caller.name!r} may not query dataset {dataset.name!r}; "
+                        "it is not one of its readers", detail=dataset.name)

@@ -104,8 +104,11 @@ class RefdbSettings:
     """PostgreSQL role granted SELECT on every ``refdb_<dataset>`` view (created by the DBA)."""
 
 
-def parse_refdb(raw: Any) -> RefdbSettings:
-    """Validate the ``refdb`` section (absent or empty means no datasets)."""
+def parse_refdb(raw: Any, *, clients: frozenset[str] = frozenset()) -> RefdbSettings:
+    """Validate the ``refdb`` section (absent or empty means no datasets).
+
+    With ``clients`` (the names under ``clients:``), owners and readers must be among them.
+    """
     m = _mapping({} if raw is None else raw, "refdb")
     _known(m, "refdb", {"datasets", "read_role"})
     role = m.get("read_role")
@@ -113,6 +116,9 @@ def parse_refdb(raw: Any) -> RefdbSettings:
         raise ConfigError(f"refdb.read_role: {role!r} must be a PostgreSQL role name (lower-case letters, digits, _)")
     datasets = {name: _dataset(name, value) for name, value in
                 _mapping(m.get("datasets") or {}, "refdb.datasets").items()}
+    if clients:
+        for dataset in datasets.values():
+            _known_clients(dataset, clients)
     return RefdbSettings(datasets=MappingProxyType(datasets), read_role=role)
 
 
@@ -136,6 +142,14 @@ def _dataset(name: str, raw: Any) -> Dataset:
     readers = _names(m.get("readers", []), f"{path}.readers")
     return Dataset(name=name, owner=_text(m.get("owner"), f"{path}.owner"), readers=frozenset(readers),
                    key=key, columns=columns)
+
+
+def _known_clients(dataset: Dataset, clients: frozenset[str]) -> None:
+    path = f"refdb.datasets.{dataset.name}"
+    if dataset.owner not in clients:
+        raise ConfigError(f"{path}.owner: no client named {dataset.owner!r} under clients")
+    for reader in sorted(dataset.readers - clients):
+        raise ConfigError(f"{path}.readers: no client named {reader!r} under clients")
 
 
 def _column(path: str, name: str, raw: Any) -> Column:

@@ -165,7 +165,7 @@ class RefdbService:
             if version_for(request.content_type) is None:
                 raise UnsupportedMediaType(f"Content-Type {request.content_type!r} is not SOAP")
             store = await self._current(config)
-            call = Call(store=store, caller=caller_of(request, config), outcome=outcome,
+            call = Call(store=store, caller=caller_of(request), outcome=outcome,
                         write_log=self._log_in_commit)
             answer = await self._run(request, call, worker, config)
             status = 200
