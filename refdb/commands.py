@@ -17,6 +17,7 @@ import re
 import ssl
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -284,7 +285,11 @@ def _print(rows: Iterable[Fields], fmt: str, out: TextIO) -> int:
 def _table(rows: list[Fields], out: TextIO) -> None:
     names = list(rows[0])
     cells = [[("NULL" if r.get(n) is None else str(r.get(n))) for n in names] for r in rows]
-    widths = [max(len(n), *(len(c[i]) for c in cells)) for i, n in enumerate(names)]
-    out.write("  ".join(n.ljust(w) for n, w in zip(names, widths)).rstrip() + "\n")
-    for row in cells:
-        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() + "\n")
+    widths = [max(_width(n), *(_width(c[i]) for c in cells)) for i, n in enumerate(names)]
+    for line in [names, *cells]:
+        out.write("  ".join(c + " " * (w - _width(c)) for c, w in zip(line, widths)).rstrip() + "\n")
+
+
+def _width(text: str) -> int:
+    """Terminal columns: full-width (CJK) characters take two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
