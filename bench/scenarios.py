@@ -8,6 +8,7 @@ Section`` (see ``harness.Scenario``) and append an instance here.
 from __future__ import annotations
 
 from .harness import Scenario
+from .refdb import RefdbPush
 from .relay import AddedLatency, RelayLoad, ThroughputRatio
 
 __all__ = ["SCENARIOS"]
@@ -35,4 +36,5 @@ SCENARIOS: tuple[Scenario, ...] = (
                AddedLatency(target="bmrgw-nolog", percentile="50", at_most_ms=1.0),
                AddedLatency(target="bmrgw-nolog", percentile="99", at_most_ms=5.0)),
     ),
+    RefdbPush(name="refdb", title="Reference DB: 100,000-row full push through /refdb vs raw SQLAlchemy executemany"),
 )

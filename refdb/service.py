@@ -59,7 +59,7 @@ from routing.config import Config
 from routing.watch import LiveTable
 
 from .access import Caller, caller_of, check_query, check_push
-from .config import RefdbSettings
+from .config import Dataset, RefdbSettings
 from .schema import ensure_schema
 from .store import MAX_LIMIT, OPERATORS, Filter, PushResult, RefStore
 from .values import BadValue, Converter, FieldError, format_value, parse_value
@@ -197,7 +197,7 @@ class RefdbService:
             call.outcome.bytes_in += len(chunk)
             call.outcome.digest.update(chunk)
             await _in(worker, reader.feed, chunk)
-        await _in(worker, reader.close)
+        await _in(worker, reader.finish)
         return await _in(worker, call.finish, reader)
 
     def _log_in_commit(self, connection: Connection, result: PushResult, outcome: Outcome, client: str | None) -> None:
@@ -318,12 +318,11 @@ class Call:
     # -- the operation ---------------------------------------------------------
 
     def finish(self, reader: RequestReader) -> bytes:
-        assert reader.call is not None and reader.version is not None and reader.operation is not None
+        assert reader.version is not None and reader.operation is not None
         self.operation = reader.operation
-        scalars = reader.scalars
         handler = getattr(self, f"_op_{reader.operation.lower()}")
         root, response = envelope(reader.version, reader.operation)
-        handler(scalars, reader.call, response)
+        handler(reader, response)
         return bytes(etree.tostring(root, xml_declaration=True, encoding="utf-8"))
 
     def cleanup(self, error: GatewayError) -> None:
@@ -336,7 +335,8 @@ class Call:
         except GatewayError as exc:
             log.warning("refdb: could not clean up push %s: %s", self._push, exc.reason)
 
-    def _op_upsert(self, scalars: Mapping[str, str], call: etree._Element, out: etree._Element) -> None:
+    def _op_upsert(self, reader: RequestReader, out: etree._Element) -> None:
+        scalars = reader.scalars
         if self._converter is None:  # no records at all: still a push (a full push of nothing empties the dataset)
             self._prepare("Upsert", scalars)
         self._flush(size=self.outcome.bytes_in, digest=self.outcome.digest.hexdigest())
@@ -350,7 +350,8 @@ class Call:
         self._own_push = False
         _result(out, result)
 
-    def _op_beginpush(self, scalars: Mapping[str, str], call: etree._Element, out: etree._Element) -> None:
+    def _op_beginpush(self, reader: RequestReader, out: etree._Element) -> None:
+        scalars = reader.scalars
         dataset = self.store.dataset(_required(scalars, "dataset")).dataset
         self.outcome.dataset = dataset.name
         check_push(self.caller, dataset)
@@ -359,11 +360,13 @@ class Call:
         element(out, "dataset", dataset.name)
         element(out, "pushId", push_id)
 
-    def _op_commit(self, scalars: Mapping[str, str], call: etree._Element, out: etree._Element) -> None:
+    def _op_commit(self, reader: RequestReader, out: etree._Element) -> None:
+        scalars = reader.scalars
         push_id = self._owned_push(scalars)
         _result(out, self.store.commit(push_id, self._on_commit))
 
-    def _op_abort(self, scalars: Mapping[str, str], call: etree._Element, out: etree._Element) -> None:
+    def _op_abort(self, reader: RequestReader, out: etree._Element) -> None:
+        scalars = reader.scalars
         push_id = self._owned_push(scalars)
         self.store.abort(push_id)
         element(out, "pushId", push_id)
@@ -376,16 +379,18 @@ class Call:
         check_push(self.caller, self.store.dataset(dataset).dataset)
         return push_id
 
-    def _op_delete(self, scalars: Mapping[str, str], call: etree._Element, out: etree._Element) -> None:
+    def _op_delete(self, reader: RequestReader, out: etree._Element) -> None:
+        scalars = reader.scalars
         if self._converter is None:
             self._prepare("Delete", scalars)
         assert self.outcome.dataset is not None
         self.outcome.message_id = new_message_id()
         _result(out, self.store.delete(self.outcome.dataset, self._keys, self._on_commit))
 
-    def _op_query(self, scalars: Mapping[str, str], call: etree._Element, out: etree._Element) -> None:
+    def _op_query(self, reader: RequestReader, out: etree._Element) -> None:
+        scalars = reader.scalars
         tables = self._readable(scalars)
-        filters = [_filter(tables.dataset, f, n) for n, f in enumerate(call.iterfind(f"{q('filters')}/{q('filter')}"), 1)]
+        filters = [_filter(tables.dataset, f, n) for n, f in enumerate(reader.filters, 1)]
         page = self.store.query(tables.dataset.name, filters, offset=_int(scalars, "offset", 0),
                                 limit=_limit(scalars), version=_optional_int(scalars, "version"))
         element(out, "dataset", tables.dataset.name)
@@ -395,7 +400,8 @@ class Call:
         add_records(element(out, "records", None), "record",
                     ([(c.name, format_value(v, c)) for c, v in zip(columns, row)] for row in page.rows))
 
-    def _op_changes(self, scalars: Mapping[str, str], call: etree._Element, out: etree._Element) -> None:
+    def _op_changes(self, reader: RequestReader, out: etree._Element) -> None:
+        scalars = reader.scalars
         tables = self._readable(scalars)
         since = _int(scalars, "sinceVersion", None)
         page = self.store.changes(tables.dataset.name, since, offset=_int(scalars, "offset", 0),
@@ -465,16 +471,16 @@ def _limit(scalars: Mapping[str, str]) -> int:
     return limit
 
 
-def _filter(dataset: Any, node: etree._Element, number: int) -> Filter:
-    name = node.get("name") or ""
-    op = (node.get("op") or "eq").strip()
+def _filter(dataset: Dataset, attributes: Mapping[str, str], number: int) -> Filter:
+    name = attributes.get("name") or ""
+    op = (attributes.get("op") or "eq").strip()
     column = dataset.column(name)
     if column is None:
         raise InvalidRequest(f"filter {number}: {dataset.name} has no column {name!r}", detail=name)
     if op not in OPERATORS:
         raise InvalidRequest(f"filter {number}: op must be one of {', '.join(OPERATORS)}, not {op!r}", detail=op)
     try:
-        typed = parse_value(node.get("value"), column)
+        typed = parse_value(attributes.get("value"), column)
     except BadValue as exc:
         raise InvalidRequest(f"filter {number} on {name}: {exc}", detail=name) from None
     if typed is None and op not in ("eq", "ne"):

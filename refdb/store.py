@@ -62,6 +62,7 @@ from sqlalchemy.sql import ColumnElement
 
 from gateway.errors import InvalidRecord, InvalidRequest, RefdbUnavailable, UnknownDataset, UnknownPush, VersionChanged
 
+from .bulk import DriverIntegrityError, bulk_insert
 from .schema import DATASETS, DELETED, PUSH, PUSHES, VERSION, DatasetTables, utcnow
 
 __all__ = ["RefStore", "PushResult", "Page", "ChangesPage", "Filter", "MODES", "OPERATORS", "MAX_LIMIT"]
@@ -202,19 +203,19 @@ class RefStore:
         ``first`` is the number of the batch's first record in the push, for
         the fault when a key repeats one staged by an earlier batch.
         """
-        stage = self.dataset(dataset).stage
+        tables = self.dataset(dataset)
         with translated("cannot stage the records"):
             try:
                 with self.engine.begin() as connection:
                     push = self._open(connection, push_id, dataset)
                     if rows:
-                        connection.execute(insert(stage), [{PUSH: push_id, **row} for row in rows])
+                        bulk_insert(connection, tables.stage, tables.dataset, rows, {PUSH: push_id})
                     received = int(push.received) + len(rows)
                     connection.execute(update(PUSHES).where(PUSHES.c.id == push_id).values(
                         received=received, bytes=PUSHES.c.bytes + size,
                         digest=_chain(push.digest, digest), touched=utcnow()))
                     return received
-            except IntegrityError:
+            except (IntegrityError, DriverIntegrityError):
                 self.fail(push_id)
                 raise InvalidRecord(
                     f"a record in the batch starting at record {first} repeats a key already pushed "

@@ -137,17 +137,22 @@ class Converter:
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
         self._columns = {c.name: c for c in dataset.columns}
+        # name -> (parser, column), looked up once per value on the push's hot path
+        self._parsers = {c.name: (_PARSERS[c.type], c) for c in dataset.columns}
         self._keys = dataset.key
 
     def row(self, fields: Mapping[str, str | None]) -> dict[str, Any]:
-        """A complete row (absent columns NULL); raises ``(field, BadValue)`` via :class:`FieldError`."""
+        """A complete row (absent columns NULL); a bad field raises :class:`FieldError`."""
         row: dict[str, Any] = dict.fromkeys(self._columns)
+        parsers = self._parsers
         for name, text in fields.items():
-            column = self._columns.get(name)
-            if column is None:
+            if name not in parsers:
                 raise FieldError(name, f"{self.dataset.name} has no column {name!r}")
+            if text is None:
+                continue
+            parse, column = parsers[name]
             try:
-                row[name] = parse_value(text, column)
+                row[name] = parse(text, column)
             except BadValue as exc:
                 raise FieldError(name, str(exc)) from None
         for name in self._keys:
