@@ -239,8 +239,10 @@ class RefdbClient:
                               http_status=status) from exc
 
     def _result(self, answer: etree._Element, mode: str, push_id: str) -> PushResult:
-        counts = {name: int(answer.findtext(q(name)) or 0) for name in _COUNTS}
-        return PushResult(dataset=answer.findtext(q("dataset")) or "", mode=mode, push_id=push_id, **counts)
+        count = {name: int(answer.findtext(q(name)) or 0) for name in _COUNTS}
+        return PushResult(dataset=answer.findtext(q("dataset")) or "", mode=mode, push_id=push_id,
+                          version=count["version"], received=count["received"], inserted=count["inserted"],
+                          updated=count["updated"], deleted=count["deleted"], unchanged=count["unchanged"])
 
     def _abort_quietly(self, push_id: str) -> None:
         try:

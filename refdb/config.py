@@ -69,7 +69,7 @@ class Column:
         """The type as written in endpoints.yaml (and stored to detect changes)."""
         if self.type is ColumnType.DECIMAL:
             return f"decimal({self.precision},{self.scale})"
-        return self.type.value
+        return str(self.type.value)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -89,14 +90,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def sql_type(column: Column) -> TypeEngine[object]:
+def sql_type(column: Column) -> TypeEngine[Any]:
     """The SQL type of a declared column (decimals keep their scale on both databases)."""
-    types: dict[ColumnType, TypeEngine[object]] = {
+    types: dict[ColumnType, TypeEngine[Any]] = {
         ColumnType.STRING: Text(), ColumnType.INTEGER: BigInteger(), ColumnType.DATE: Date(),
         ColumnType.DATETIME: DateTime(), ColumnType.BOOLEAN: Boolean(),
     }
     if column.type is ColumnType.DECIMAL:
-        return Numeric(column.precision, column.scale)  # type: ignore[return-value]
+        return Numeric(column.precision, column.scale)
     return types[column.type]
 
 
@@ -116,7 +117,7 @@ def tables_for(dataset: Dataset, order: list[str] | None = None) -> DatasetTable
     columns = {c.name: c for c in dataset.columns}
     keys = set(dataset.key)
 
-    def declared() -> list[SqlColumn[object]]:
+    def declared() -> list[SqlColumn[Any]]:
         return [SqlColumn(n, sql_type(columns[n]), primary_key=n in keys, nullable=n not in keys,
                           autoincrement=False) for n in names]
 

@@ -74,7 +74,6 @@ BATCH_ROWS = 5000
 DEFAULT_LIMIT = 1000
 _CHUNK = 256 * 1024
 
-SERVICE = web.AppKey("refdb_service", "RefdbService")
 
 
 def add_refdb(app: web.Application, *, live: web.AppKey[LiveTable], store: web.AppKey[Store],
@@ -93,7 +92,8 @@ def add_refdb(app: web.Application, *, live: web.AppKey[LiveTable], store: web.A
 
 
 async def _post(request: web.Request) -> web.Response:
-    return await request.app[SERVICE].handle(request)
+    service: RefdbService = request.app[SERVICE]
+    return await service.handle(request)
 
 
 async def _wsdl(request: web.Request) -> web.Response:
@@ -232,6 +232,7 @@ class RefdbService:
             log.error("send/receive log unavailable (%s); refdb operation not logged: %s", exc.reason, record.to_json())
 
 
+SERVICE = web.AppKey("refdb_service", RefdbService)
 T = TypeVar("T")
 
 

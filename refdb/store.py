@@ -312,7 +312,7 @@ class RefStore:
                 .order_by(*(rows.c[k] for k in tables.dataset.key)).offset(offset).limit(limit + 1))
         with translated("cannot read changes"), snapshot(self.engine) as connection:
             current = _version(connection, dataset, version)
-            found = list(connection.execute(stmt))
+            found: list[Row[Any]] = list(connection.execute(stmt))
         page = found[:limit]
         return ChangesPage(version=current, upserts=[r for r in page if not r._mapping[DELETED]],
                            deletes=[r for r in page if r._mapping[DELETED]], more=len(found) > limit)
