@@ -8,7 +8,7 @@ Section`` (see ``harness.Scenario``) and append an instance here.
 from __future__ import annotations
 
 from .harness import Scenario
-from .refdb import RefdbPush
+from .refdb import RefdbPush, RefdbSnapshot
 from .relay import AddedLatency, RelayLoad, ThroughputRatio
 
 __all__ = ["SCENARIOS"]
@@ -37,4 +37,5 @@ SCENARIOS: tuple[Scenario, ...] = (
                AddedLatency(target="bmrgw-nolog", percentile="99", at_most_ms=5.0)),
     ),
     RefdbPush(name="refdb", title="Reference DB: 100,000-row full push through /refdb vs raw SQLAlchemy executemany"),
+    RefdbSnapshot(name="refdb-1m", title="Reference DB: 1,000,000-row full replace on SQLite with a reader querying"),
 )

@@ -190,7 +190,7 @@ def _code(exc: RemoteFault) -> str:
 def _report(result: PushResult, seconds: float) -> str:
     rate = f", {result.received / seconds:,.0f} records/s" if seconds > 0 and result.received else ""
     return (f"{result.dataset}: version {result.version} ({result.mode}): {result.received:,} records sent in "
-            f"{seconds:.1f} s{rate}; {result.inserted:,} inserted, {result.updated:,} updated, "
+            f"{seconds:.2f} s{rate}; {result.inserted:,} inserted, {result.updated:,} updated, "
             f"{result.deleted:,} deleted, {result.unchanged:,} unchanged")
 
 

@@ -93,3 +93,55 @@ def test_usage_and_refusals_are_one_line(served: GatewayProcess, args: list[str]
 def test_unreachable_gateway() -> None:
     result = bmrgw("refdb", "query", "--server", "http://127.0.0.1:9", "--dataset", "residents")
     assert result.returncode == 1 and "cannot reach http://127.0.0.1:9" in result.stderr
+
+
+SNAP = {"owner": "o", "key": ["id"], "columns": {"id": "integer", "gen": "integer", "note": "string"}}
+
+
+@pytest.mark.slow
+def test_big_full_pushes_keep_memory_bounded_and_readers_see_whole_versions(
+        gateway_process: Callable[..., GatewayProcess], tmp_path: Path) -> None:
+    """Readers querying through /refdb while 30,000-row full pushes commit always get one whole version.
+
+    (bench/refdb.py pushes 1,000,000 rows with readers running and reports the gateway's peak RSS.)
+    """
+    import threading
+
+    from refdb.client import RefdbClient
+
+    served = gateway_process({"refdb": {"datasets": {"snap": SNAP}}}, name="refdb-big")
+    rows = 30_000
+    files = []
+    for generation in (1, 2, 3):
+        path = tmp_path / f"gen{generation}.csv"
+        with path.open("w") as handle:
+            handle.write("id,gen,note\n")
+            handle.writelines(f"{n},{generation},{'x' * 40}\n" for n in range(rows))
+        files.append(path)
+    stop = threading.Event()
+    seen: list[tuple[int, set[str], int]] = []
+
+    def reader() -> None:
+        with RefdbClient(served.url) as client:
+            while not stop.is_set():
+                page = client.query("snap", offset=rows - 2_000, limit=2_000)
+                seen.append((page.version, {r["gen"] or "" for r in page.records}, len(page.records)))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for path in files:
+            pushed = bmrgw("refdb", "push", "--server", served.url, "--dataset", "snap", str(path),
+                           "--mode", "full", "--quiet")
+            assert pushed.returncode == 0, pushed.stderr
+    finally:
+        stop.set()
+        thread.join()
+    assert "version 3 (full)" in pushed.stdout and f"{rows:,} unchanged" not in pushed.stdout
+    versions = {version for version, _, _ in seen}
+    assert len(versions) >= 2, versions
+    for version, generations, count in seen:
+        assert (generations, count) == (({str(version)}, 2_000) if version else (set(), 0))
+    peak_mib = served.peak_rss_kib() / 1024
+    print(f"gateway peak RSS after 3 x {rows:,}-row full pushes: {peak_mib:.1f} MiB")
+    assert peak_mib < 160  # batches of 5,000 records, never the whole push (idle: about 100 MiB)
