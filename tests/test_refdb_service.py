@@ -266,3 +266,34 @@ async def test_pushes_are_logged_in_their_commit_and_queries_and_faults_after(gw
     assert [(r.status, r.to_ap, r.fault_code) for r in queries] == [("ok", "residents", None),
                                                                      ("fault", None, "UnknownDataset")]
     assert queries[0].bytes_out > 0 and queries[1].http_status == 404
+
+
+async def test_a_reloaded_declaration_adds_columns_and_a_destructive_one_is_not_applied(
+        tmp_path: Path) -> None:
+    from .conftest import write_yaml
+
+    source = tmp_path / "endpoints.yaml"
+    config: dict[str, Any] = {"gateway": {"db": f"sqlite:///{tmp_path}/reload.db"}, "refdb": refdb_section()}
+    write_yaml(source, config)
+    app = make_app(parse_config(config, source=source), AppOptions(watch_config=True))
+    runner, base = await start_app(app)
+    gw = Gateway(url=base, app=app)
+    try:
+        config["refdb"]["datasets"]["residents"]["columns"]["ward"] = "string"
+        write_yaml(source, config)
+        for _ in range(40):  # the watcher polls twice a second
+            await asyncio.sleep(0.1)
+            try:
+                await gw.client(lambda c: c.upsert("residents", [person(1, ward="Chuo")]))
+                break
+            except RemoteFault as exc:
+                assert "no column 'ward'" in exc.reason
+        assert (await gw.client(lambda c: c.query("residents"))).records[0]["ward"] == "Chuo"
+        config["refdb"]["datasets"]["residents"]["columns"]["ward"] = "integer"
+        write_yaml(source, config)
+        await asyncio.sleep(1.5)
+        # Not applied: the stored column keeps its type and its text.
+        assert (await gw.client(lambda c: c.query("residents"))).records[0]["ward"] == "Chuo"
+        await gw.client(lambda c: c.upsert("residents", [person(2, ward="Kita")]))
+    finally:
+        await runner.cleanup()
