@@ -267,6 +267,7 @@ class Call:
         self.operation: str | None = None
         self._write_log = write_log
         self._converter: Converter | None = None
+        self._key: tuple[str, ...] = ()
         self._push: str | None = None
         self._own_push = False
         self._base = 0
@@ -294,7 +295,7 @@ class Call:
         self._add(row, number)
 
     def _add(self, row: dict[str, Any], number: int) -> None:
-        key = tuple(row[k] for k in self.store.dataset(self.outcome.dataset).dataset.key)
+        key = tuple(row[k] for k in self._key)
         if key in self._batch_keys:
             raise InvalidRecord(f"record {self._base + number}: key {list(key)} appears twice in this push",
                                 record=self._base + number)
@@ -325,6 +326,7 @@ class Call:
         self.outcome.dataset = dataset
         check_push(self.caller, tables.dataset)
         self._converter = Converter(tables.dataset)
+        self._key = tables.dataset.key
         if operation == "Upsert" and self._push is None:
             self._push = self.store.begin_push(dataset, _mode(scalars), self.caller.name)
             self._own_push = True

@@ -81,6 +81,7 @@ class RequestReader:
         self._stack: list[str] = []
         self._text: list[str] | None = None
         self._fields: Fields | None = None
+        self._open_fields = 0
         self._items = 0
         self.version: SoapVersion | None = None
         self.operation: str | None = None
@@ -113,13 +114,16 @@ class RequestReader:
         raise MalformedMessage("DTDs are not allowed in messages")
 
     def start(self, tag: str, attrib: Mapping[str, str]) -> None:
+        if tag == _FIELD and self._fields is not None and len(self._stack) == 5:
+            # The hot path (most elements of a push): a field of a record, kept off the stack.
+            self._open_fields += 1
+            self._field(attrib)
+            return
         depth = len(self._stack)
         self._stack.append(tag)
         if depth == 4 and self._fields is None and (self.operation, self._stack[3], tag) in _STREAMED:
             self._fields = {}
             self._items += 1
-        elif depth == 5 and self._fields is not None and tag == _FIELD:
-            self._field(attrib)
         elif depth == 3 and tag in _SCALARS and self.operation is not None:
             self._text = []
         elif depth == 4 and tag == _FILTER and self._stack[3] == _FILTERS and self.operation is not None:
@@ -132,10 +136,12 @@ class RequestReader:
         name = attrib.get("name")
         if not name:
             raise InvalidRecord(f"record {self._items}: a field has no name", record=self._items)
-        name = _attribute(name) or ""
+        if "&" in name:
+            name = _attribute(name) or ""
         if name in self._fields:
             raise InvalidRecord(f"record {self._items}: field {name!r} appears twice", record=self._items, field=name)
-        self._fields[name] = _attribute(attrib.get("value"))
+        value = attrib.get("value")
+        self._fields[name] = _attribute(value) if value and "&" in value else value
 
     def _outer(self, depth: int, tag: str) -> None:
         """Envelope, Body and the operation element."""
@@ -150,6 +156,9 @@ class RequestReader:
             self.operation = name.localname
 
     def end(self, tag: str) -> None:
+        if self._open_fields and len(self._stack) == 5:  # a record's field ends (its children were stacked)
+            self._open_fields -= 1
+            return
         self._stack.pop()
         depth = len(self._stack)
         if depth == 4 and self._fields is not None:

@@ -189,3 +189,12 @@ def test_bad_files_name_file_and_line(tmp_path: Path, name: str, content: str, m
     path.write_text(content)
     with pytest.raises(FileError, match=message):
         list(read_records(path))
+
+
+def test_elements_nested_in_fields_do_not_confuse_the_reader() -> None:
+    body = envelope("Upsert", '<r:dataset>d</r:dataset><r:records>'
+                    '<r:record><r:field name="a" value="1"><x:junk xmlns:x="urn:x"><x:deeper/></x:junk></r:field>'
+                    '<r:field name="b" value="2"/></r:record><r:record><r:field name="a" value="3"/></r:record>'
+                    '</r:records>')
+    _, items = read(body)
+    assert [(fields, n) for _, _, fields, n in items] == [({"a": "1", "b": "2"}, 1), ({"a": "3"}, 2)]
