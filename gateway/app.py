@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from refdb.service import add_refdb
 from routing.config import Config, load_config
 from routing.watch import LiveTable, watch
 
@@ -71,6 +72,7 @@ def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Applicat
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_store_ctx(config))
     app.cleanup_ctx.append(_log_ctx(config))
+    add_refdb(app, live=LIVE, store=STORE, clock=CLOCK, journal=JOURNAL)  # before the relay: may refuse to start
     app.cleanup_ctx.append(_relay_ctx(options))
     if options.watch_config and config.source is not None:
         app.cleanup_ctx.append(_watch_ctx(config, options))

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from refdb.commands import add_refdb_command
 from routing.commands import add_endpoints_command
 
 from .errors import ConfigError, GatewayError
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     add_endpoints_command(commands, config_option)
     add_logs_command(commands, config_option)
     add_time_command(commands, config_option)
+    add_refdb_command(commands, config_option)
     _add_demo_backend(commands)
     _add_hash_password(commands)
     add_pki_command(commands)

@@ -10,6 +10,7 @@ WSA = "http://www.w3.org/2005/08/addressing"
 WSA_2004 = "http://schemas.xmlsoap.org/ws/2004/08/addressing"
 ROUTING = "urn:bmrgw:routing:1"
 FAULT = "urn:bmrgw:fault:1"
+REFDB = "urn:bmrgw:refdb:1"
 XML = "http://www.w3.org/XML/1998/namespace"
 
 #: ``wsa:To`` values of this form name a destination business AP.

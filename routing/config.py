@@ -6,7 +6,7 @@ problem with its dotted path (``endpoints.kaigo.url: …``) as a
 :class:`~gateway.errors.ConfigError`.
 
 Keys of SPEC.md whose feature this version does not implement yet
-(``mailbox`` endpoints, ``refdb``) are refused rather than silently ignored:
+(``mailbox`` endpoints) are refused rather than silently ignored:
 an operator who configures a security feature must never get less security
 by accident.
 """
@@ -30,6 +30,7 @@ from yarl import URL
 
 from gateway.errors import ConfigError
 from gateway.ns import ROUTING
+from refdb.config import RefdbSettings, parse_refdb
 
 __all__ = [
     "Config",
@@ -264,6 +265,8 @@ class Config:
     """Peer gateway name → peer."""
     clients: Mapping[str, Client] = field(default_factory=lambda: MappingProxyType({}))
     """Client name → client; empty means open mode (development only: every caller may do anything)."""
+    refdb: RefdbSettings = field(default_factory=RefdbSettings)
+    """Reference-DB datasets (``refdb:``)."""
 
     @property
     def base_dir(self) -> Path:
@@ -304,16 +307,15 @@ def parse_config(data: Any, *, source: Path | None = None, db: str | None = None
     try:
         root = _mapping(data, "(top level)")
         _known(root, "(top level)", {"gateway", "clients", "endpoints", "peers", "refdb"})
-        if root.get("refdb"):
-            raise ConfigError(f"refdb: {_NOT_YET}")
         base = source.parent if source else Path.cwd()
         peers = _peers(_section(root, "peers"), base)
         gateway = _gateway(_section(root, "gateway"), db, peers, base)
         endpoints = _endpoints(_section(root, "endpoints"), peers, base)
         clients = _clients(_section(root, "clients"), base)
+        refdb = parse_refdb(root.get("refdb"), clients=frozenset(clients))
     except ConfigError as exc:
         raise ConfigError(where + exc.reason) from exc
-    return Config(source=source, gateway=gateway, endpoints=endpoints, peers=peers, clients=clients)
+    return Config(source=source, gateway=gateway, endpoints=endpoints, peers=peers, clients=clients, refdb=refdb)
 
 
 def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer], base: Path) -> GatewaySettings:
