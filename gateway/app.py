@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from refdb.service import add_refdb
 from routing.config import Config, load_config
 from routing.watch import LiveTable, watch
 
@@ -30,11 +31,12 @@ from .logview import archive_dir
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .ns import H_MESSAGE_ID, SoapVersion
 from .relay import SERVER, Relay
+from .secure import MessageSecurity, message_security
 from .soap import fault_content_type, gateway_fault, version_for
 from .store import Store, StoreUnavailable, database_url
 from .upstream import HttpUpstream, Upstream
 
-__all__ = ["make_app", "AppOptions", "LIVE", "METRICS", "STORE", "CLOCK", "JOURNAL"]
+__all__ = ["make_app", "AppOptions", "LIVE", "METRICS", "STORE", "CLOCK", "JOURNAL", "SECURITY"]
 
 log = logging.getLogger("bmrgw")
 
@@ -44,6 +46,8 @@ STORE = web.AppKey("store", Store)
 CLOCK = web.AppKey("clock", Clock)
 JOURNAL = web.AppKey("journal", Journal)
 RELAY = web.AppKey("relay", Relay)
+#: WS-Security verify/sign and the replay records, for every handler that takes SOAP from clients.
+SECURITY = web.AppKey("security", MessageSecurity)
 
 _DAY = 86400.0
 
@@ -70,6 +74,7 @@ def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Applicat
     app.cleanup_ctx.append(_store_ctx(config))
     app.cleanup_ctx.append(_log_ctx(config))
     add_jx(app, config, lambda a: (a[CLOCK], a.get(JOURNAL), a[METRICS].registry))
+    add_refdb(app, live=LIVE, store=STORE, clock=CLOCK, journal=JOURNAL)  # before the relay: may refuse to start
     app.cleanup_ctx.append(_relay_ctx(options))
     if options.watch_config and config.source is not None:
         app.cleanup_ctx.append(_watch_ctx(config, options))
@@ -128,8 +133,10 @@ async def _retain(store: Store, config: Config) -> None:
 def _relay_ctx(options: AppOptions) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         upstream = options.upstream()
+        app[SECURITY] = await message_security(app[STORE].engine, app[CLOCK])
         app[RELAY] = Relay(table=app[LIVE], upstream=upstream, metrics=app[METRICS],
-                           clock=app[CLOCK], journal=app.get(JOURNAL), deposit=app.get(JX_MAILBOX))
+                           clock=app[CLOCK], journal=app.get(JOURNAL), security=app[SECURITY],
+                           deposit=app.get(JX_MAILBOX))
         yield
         await upstream.close()
     return ctx
