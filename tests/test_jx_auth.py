@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,9 @@ from sqlalchemy import create_engine
 
 from gateway.journal import LogFilter, read
 from gateway.passwords import hash_password
+from gateway.wss import Signer, sign_envelope
 
+from .certs import DevPki, dev_pki  # noqa: F401  (the fixture)
 from .conftest import BMRGW, GatewayFactory, message, soap11_headers
 from .jxhelp import Answer, action, envelope, put_envelope
 
@@ -122,3 +125,30 @@ async def test_poll_with_a_wrong_password_stops_with_a_clear_error(gateway: Gate
     text, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1
     assert "refused GetDocument" in text.decode() and "Traceback" not in text.decode()
+
+
+async def test_a_client_with_wss_verify_must_sign_its_jx_requests(gateway: GatewayFactory, tmp_path: Path,
+                                                                   http: aiohttp.ClientSession,
+                                                                   dev_pki: DevPki) -> None:
+    config = _config(tmp_path)
+    config["clients"]["dc-app"]["wss"] = {"verify": str(dev_pki.signing.cert)}
+    config["clients"]["dc-app"]["jx"]["receive"] = ["DC"]
+    url = await gateway(config)
+    signer = Signer.load(dev_pki.signing.key.read_bytes(), dev_pki.signing.cert.read_bytes())
+
+    def signed(body: bytes) -> bytes:
+        return sign_envelope(body, signer, now=dt.datetime.now(dt.timezone.utc), ttl=300, max_bytes=1 << 20)
+
+    unsigned = await _call(http, url, "PutDocument", put_envelope("s-1", b"signed doc", sender="DC"), "dc-app")
+    assert unsigned.status == 500 and unsigned.fault_code == "InvalidSignature"
+    body = signed(put_envelope("s-1", b"signed doc", sender="DC"))
+    accepted = await _call(http, url, "PutDocument", body, "dc-app")
+    assert accepted.result is True
+    replayed = await _call(http, url, "PutDocument", body, "dc-app")
+    assert replayed.fault_code == "Replay"
+    # The verified wsse:Security block is marked mustUnderstand: the JX server understood it.
+    own_poll = await _call(http, url, "GetDocument", signed(_get("DC")), "dc-app")
+    assert own_poll.status == 200 and own_poll.result is False
+    # cityhall-a has no wss.verify: it polls unsigned, and gets the document the signed put stored.
+    got = await _call(http, url, "GetDocument", _get("1310001"), "cityhall-a")
+    assert got.result is True and got.data == b"signed doc"

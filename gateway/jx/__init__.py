@@ -23,6 +23,7 @@ from routing.config import Config
 from ..clock import Clock
 from ..errors import DocumentStoreError
 from ..journal import Journal
+from ..secure import MessageSecurity
 from ..store import database_url
 from .mailbox import Mailbox
 from .service import JxService
@@ -37,8 +38,10 @@ JX_MAILBOX = web.AppKey("jx_mailbox", Mailbox)
 
 _DAY_MS = 86_400_000
 
-#: Gives the clock, the send/receive log (None when logging is off) and the metrics registry of a running app.
-Resources = Callable[[web.Application], tuple[Clock, Journal | None, CollectorRegistry]]
+#: Gives the clock, the send/receive log (None when logging is off), the metrics registry and the
+#: WS-Security checker (set up after this module's context, hence a getter) of a running app.
+Resources = Callable[[web.Application],
+                     tuple[Clock, Journal | None, CollectorRegistry, Callable[[], MessageSecurity | None]]]
 #: Seconds between refreshes of the mailbox gauges (a query, not per scrape).
 _GAUGE_INTERVAL = 10.0
 
@@ -69,11 +72,11 @@ def add_jx(app: web.Application, config: Config, resources: Resources) -> None:
 
 def _jx_ctx(config: Config, resources: Resources) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        clock, journal, registry = resources(app)
+        clock, journal, registry, security = resources(app)
         store = open_store(config, journal=journal)
         await asyncio.to_thread(store.open)
-        app[JX_SERVICE] = JxService(store=store, settings=config.gateway.jx, gateway=config.gateway.name,
-                                    clock=clock, journal=journal, client_timeout=config.gateway.client_timeout)
+        app[JX_SERVICE] = JxService(store=store, settings=config.gateway, clock=clock, journal=journal,
+                                    security=security)
         app[JX_MAILBOX] = Mailbox(store, clock, max_bytes=config.gateway.jx.max_document_bytes)
         tasks = [asyncio.create_task(_gauges(store, registry))]
         if config.gateway.jx.retention_days:

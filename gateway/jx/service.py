@@ -29,14 +29,23 @@ from aiohttp import web
 from lxml import etree
 
 import schemas
-from routing.config import JxSettings
+from routing.config import Client, GatewaySettings, JxSettings
 
 from ..auth import client_of
 from ..clock import Clock, Now
-from ..errors import ClientFault, Forbidden, GatewayError, MalformedMessage, MessageTooLarge, RequestTimeout
+from ..errors import (
+    ClientFault,
+    Forbidden,
+    GatewayError,
+    MalformedMessage,
+    MessageTooLarge,
+    RequestTimeout,
+    ServerFault,
+)
 from ..journal import Journal, JournalUnavailable, LogRecord
-from ..ns import H_SOAPACTION, SoapVersion
+from ..ns import H_SOAPACTION, WSSE, SoapVersion
 from ..parser import parse
+from ..secure import MessageSecurity
 from ..soap import fault_content_type, gateway_fault
 from .store import Document, DocumentStore, NewDocument
 from .wire import JxRequest, RequestReader, operation_of_action, request_encoding, response_envelope, split_at_data
@@ -50,6 +59,7 @@ _SMALL = 256 * 1024
 #: Base64 is written in pieces of this many bytes of document (a multiple of 3: no padding inside).
 _B64_PIECE = 3 * 256 * 1024
 _SERVER = "bmrgw"
+_WSSE_SECURITY = f"{{{WSSE}}}Security"
 
 def wsdl_for(edition: str, location: str) -> bytes:
     """The shipped WSDL of ``edition`` (2004 or 2007) with its ``soap:address`` set to ``location``."""
@@ -86,14 +96,16 @@ class Call:
 class JxService:
     """The ``/jx`` handlers over one :class:`DocumentStore`."""
 
-    def __init__(self, *, store: DocumentStore, settings: JxSettings, gateway: str, clock: Clock,
-                 journal: Journal | None, client_timeout: float) -> None:
+    def __init__(self, *, store: DocumentStore, settings: GatewaySettings, clock: Clock, journal: Journal | None,
+                 security: Callable[[], MessageSecurity | None] = lambda: None) -> None:
         self.store = store
-        self.settings = settings
-        self.gateway = gateway
+        self.gateway_settings = settings
+        self.settings: JxSettings = settings.jx
+        self.gateway = settings.name
         self.clock = clock
         self.journal = journal
-        self.client_timeout = client_timeout
+        self.client_timeout = settings.client_timeout
+        self.security = security
 
     # -- GET /jx?wsdl ------------------------------------------------------------
 
@@ -126,10 +138,11 @@ class JxService:
         limit = self.settings.max_document_bytes * 4 // 3 + 1024 * 1024
         if request.content_length is not None and request.content_length > limit:
             raise MessageTooLarge(f"request of {request.content_length} bytes exceeds the limit of {limit}")
+        client = client_of(request)
+        if client is not None and client.wss_verify is not None:
+            return await self._read_signed(request, call, client)
         first = await _receive(request, self.client_timeout)
-        reader = RequestReader(self.store.spool_dir, max_document_bytes=self.settings.max_document_bytes,
-                               encoding=request_encoding(first, request.charset),
-                               durable=not self.store.in_database)
+        reader = self._reader(request, first)
         try:
             call.bytes_in = len(first)
             reader.feed(first)
@@ -138,9 +151,42 @@ class JxService:
         except BaseException:
             reader.abort()
             raise
+        return self._checked(request, jx, call)
+
+    def _checked(self, request: web.Request, jx: JxRequest, call: Call) -> JxRequest:
         self._check_action(request, jx)
         call.operation = jx.operation
         return jx
+
+    def _reader(self, request: web.Request, first: bytes, understood: frozenset[str] = frozenset()) -> RequestReader:
+        return RequestReader(self.store.spool_dir, max_document_bytes=self.settings.max_document_bytes,
+                             encoding=request_encoding(first, request.charset), durable=not self.store.in_database,
+                             understood=understood)
+
+    async def _read_signed(self, request: web.Request, call: Call, client: Client) -> JxRequest:
+        """A client with ``wss.verify`` signs its requests: read whole (up to gateway.max_message_bytes), verify, parse."""
+        limit = self.gateway_settings.max_message_bytes
+        chunks: list[bytes] = []
+        while chunk := await _receive(request, self.client_timeout):
+            call.bytes_in += len(chunk)
+            if call.bytes_in > limit:
+                raise MessageTooLarge(f"a signed JX request is verified whole: it may not exceed {limit} bytes",
+                                      detail="gateway.max_message_bytes")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        security = self.security()
+        if security is None:
+            raise ServerFault("WS-Security verification is not available")
+        await security.verify_client(body, content_type=request.content_type, client=client,
+                                     settings=self.gateway_settings)
+        reader = self._reader(request, body, understood=frozenset({_WSSE_SECURITY}))
+        try:
+            await asyncio.to_thread(reader.feed, body)
+            jx = await asyncio.to_thread(reader.finish)
+        except BaseException:
+            reader.abort()
+            raise
+        return self._checked(request, jx, call)
 
     async def _feed(self, request: web.Request, reader: RequestReader, call: Call, limit: int) -> None:
         small = request.content_length is not None and request.content_length <= _SMALL

@@ -233,6 +233,8 @@ class _Target:
     spool_dir: Path
     limit: int
     durable: bool = True
+    understood: frozenset[str] = frozenset()
+    """Header blocks processed before parsing (a verified wsse:Security)."""
     path: list[str] = field(default_factory=list)
     namespace: str | None = None
     operation: str | None = None
@@ -255,7 +257,7 @@ class _Target:
         if depth == 1:
             self._envelope_child(tag)
         elif depth == 2 and self.path[1] == _HEADER:
-            _check_understood(tag, attrib)
+            _check_understood(tag, attrib, self.understood)
         elif depth == 2 and self.path[1] == _BODY:
             self._operation(tag)
         elif depth == 3 and self.path[1] == _BODY and _local(tag) == "data" and self.operation == "PutDocument":
@@ -319,9 +321,9 @@ class _Target:
         return None
 
 
-def _check_understood(tag: str, attrib: Any) -> None:
+def _check_understood(tag: str, attrib: Any, understood: frozenset[str]) -> None:
     """SOAP 1.1 §4.2.3: a header block we do not process may not be marked mustUnderstand."""
-    if attrib.get(_MUST_UNDERSTAND) in ("1", "true") and not _is_message_header(tag):
+    if attrib.get(_MUST_UNDERSTAND) in ("1", "true") and not _is_message_header(tag) and tag not in understood:
         raise MalformedMessage(f"header block {tag} must be understood, and the JX server does not process it")
 
 
@@ -345,8 +347,9 @@ class RequestReader:
     """Feed a JX request's bytes as they arrive; :meth:`finish` returns the :class:`JxRequest`."""
 
     def __init__(self, spool_dir: Path, *, max_document_bytes: int, encoding: str | None = None,
-                 durable: bool = True) -> None:
-        self._target = _Target(spool_dir=spool_dir, limit=max_document_bytes, durable=durable)
+                 durable: bool = True, understood: frozenset[str] = frozenset()) -> None:
+        self._target = _Target(spool_dir=spool_dir, limit=max_document_bytes, durable=durable,
+                               understood=understood)
         self._parser = etree.XMLParser(target=self._target, encoding=encoding, **PARSER_OPTIONS)
 
     def feed(self, chunk: bytes) -> None:
