@@ -15,7 +15,7 @@ from gateway.journal import LogFilter, read
 from gateway.passwords import hash_password
 from gateway.wss import Signer, sign_envelope
 
-from .certs import DevPki, dev_pki  # noqa: F401  (the fixture)
+from .certs import make_dev_pki
 from .conftest import BMRGW, GatewayFactory, message, soap11_headers
 from .jxhelp import Answer, action, envelope, put_envelope
 
@@ -128,8 +128,10 @@ async def test_poll_with_a_wrong_password_stops_with_a_clear_error(gateway: Gate
 
 
 async def test_a_client_with_wss_verify_must_sign_its_jx_requests(gateway: GatewayFactory, tmp_path: Path,
-                                                                   http: aiohttp.ClientSession,
-                                                                   dev_pki: DevPki) -> None:
+                                                                   http: aiohttp.ClientSession) -> None:
+    # A PKI of its own: the session-wide dev_pki must not be created early (tests/test_wss.py fixes
+    # its NOW at import and relies on certificates backdated 5 minutes from that fixture's creation).
+    dev_pki = make_dev_pki(tmp_path / "pki")
     config = _config(tmp_path)
     config["clients"]["dc-app"]["wss"] = {"verify": str(dev_pki.signing.cert)}
     config["clients"]["dc-app"]["jx"]["receive"] = ["DC"]
