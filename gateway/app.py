@@ -136,6 +136,7 @@ def _relay_ctx(options: AppOptions) -> Callable[[web.Application], AsyncIterator
                            clock=app[CLOCK], journal=app.get(JOURNAL), security=app[SECURITY])
         yield
         await upstream.close()
+        app[SECURITY].close()
     return ctx
 
 
