@@ -62,20 +62,22 @@ class DevPki:
 
 
 def make_dev_pki(folder: Path) -> DevPki:
-    ca = make_ca(folder / "dev")
-    other = make_ca(folder / "other", name="untrusted CA")
+    # Valid from yesterday: tests may fix "now" (at import) before this session fixture runs.
+    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
+    ca = make_ca(folder / "dev", start=since)
+    other = make_ca(folder / "other", name="untrusted CA", start=since)
     return DevPki(
         folder=folder, ca=ca,
-        server=issue(ca, "server", "server"),
+        server=issue(ca, "server", "server", start=since),
         server_expired=issue(ca, "server", "server-expired", start=LONG_AGO, days=30),
-        server_wrong_host=issue(ca, "server", "server-wrong-host", hosts=["other.example"]),
-        client=issue(ca, "client", "client"),
+        server_wrong_host=issue(ca, "server", "server-wrong-host", hosts=["other.example"], start=since),
+        client=issue(ca, "client", "client", start=since),
         client_expired=issue(ca, "client", "client-expired", start=LONG_AGO, days=30),
-        signing=issue(ca, "signing", "sign"),
-        signing2=issue(ca, "signing", "sign2"),
+        signing=issue(ca, "signing", "sign", start=since),
+        signing2=issue(ca, "signing", "sign2", start=since),
         other_ca=other,
-        other_server=issue(other, "server", "server"),
-        other_client=issue(other, "client", "client"),
+        other_server=issue(other, "server", "server", start=since),
+        other_client=issue(other, "client", "client", start=since),
         self_signed=_self_signed(folder / "lonely"),
     )
 
@@ -88,7 +90,7 @@ def _self_signed(folder: Path) -> Issued:
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=30))
+        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
         .add_extension(x509.SubjectAlternativeName(
             [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .sign(key, hashes.SHA256())
