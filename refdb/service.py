@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import aiohttp
 from aiohttp import web
 from lxml import etree
 from sqlalchemy import Connection
@@ -47,6 +48,8 @@ from gateway.errors import (
     GatewayError,
     InvalidRecord,
     InvalidRequest,
+    MalformedMessage,
+    RefdbUnavailable,
     RequestTimeout,
     UnsupportedMediaType,
 )
@@ -169,7 +172,8 @@ class RefdbService:
                         write_log=self._log_in_commit)
             answer = await self._run(request, call, worker, config)
             status = 200
-        except GatewayError as exc:
+        except Exception as unexpected:  # every failure a caller meets is a SOAP fault, never a bare 500
+            exc = unexpected if isinstance(unexpected, GatewayError) else _internal(unexpected)
             if call is not None:
                 await _in(worker, call.cleanup, exc)
             log.info("refdb fault %s: %s", exc.code, exc.reason)
@@ -226,6 +230,12 @@ class RefdbService:
 
 
 SERVICE = web.AppKey("refdb_service", RefdbService)
+
+
+def _internal(exc: Exception) -> GatewayError:
+    """A bug or an unforeseen failure: logged with its traceback, answered as a Server fault."""
+    log.exception("refdb: unexpected failure")
+    return RefdbUnavailable(f"the reference DB failed unexpectedly ({type(exc).__name__}); see the gateway log")
 T = TypeVar("T")
 
 
@@ -243,6 +253,8 @@ async def _gather(request: web.Request, timeout: float) -> bytes:
                 piece = await request.content.read(_CHUNK - size)
         except TimeoutError as exc:
             raise RequestTimeout(f"the caller sent nothing for {timeout:g} s") from exc
+        except (aiohttp.ClientPayloadError, ConnectionResetError) as exc:
+            raise MalformedMessage(f"the request body is incomplete: {exc}") from exc
         if not piece:
             break
         pieces.append(piece)

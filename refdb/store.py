@@ -65,7 +65,7 @@ from sqlalchemy.sql import ColumnElement
 from gateway.errors import InvalidRecord, InvalidRequest, RefdbUnavailable, UnknownDataset, UnknownPush, VersionChanged
 
 from .bulk import DriverIntegrityError, bulk_insert
-from .schema import DATASETS, DELETED, PUSH, PUSHES, VERSION, DatasetTables, utcnow
+from .schema import DATASETS, DELETED, PUSH, PUSHES, VERSION, DatasetTables, translated, utcnow
 
 __all__ = ["RefStore", "PushResult", "Page", "ChangesPage", "Filter", "MODES", "OPERATORS", "MAX_LIMIT"]
 
@@ -123,17 +123,6 @@ class ChangesPage:
     upserts: list[Row[Any]]
     deletes: list[Row[Any]]
     more: bool
-
-
-@contextlib.contextmanager
-def translated(what: str) -> Iterator[None]:
-    """SQLAlchemy errors become :class:`RefdbUnavailable` with the driver's first line."""
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        orig = exc.orig if isinstance(exc, DBAPIError) else exc
-        reason = (str(orig).strip().splitlines() or [type(exc).__name__])[0]
-        raise RefdbUnavailable(f"{what}: {reason}") from exc
 
 
 @contextlib.contextmanager

@@ -297,3 +297,16 @@ async def test_a_reloaded_declaration_adds_columns_and_a_destructive_one_is_not_
         await gw.client(lambda c: c.upsert("residents", [person(2, ward="Kita")]))
     finally:
         await runner.cleanup()
+
+
+async def test_a_broken_store_is_a_server_fault_not_a_traceback(gw: Gateway) -> None:
+    from sqlalchemy import text
+
+    with gw.engine.begin() as connection:
+        connection.execute(text("DROP TABLE refdb__residents__stage"))  # an operator's mistake
+    with pytest.raises(RemoteFault) as caught:
+        await gw.client(lambda c: c.push("residents", [person(1)]))
+    fault = caught.value
+    assert (fault.remote_code, fault.status) == ("RefdbUnavailable", 503)
+    assert "cannot stage the records" in fault.reason and "Traceback" not in fault.reason
+    assert (await gw.client(lambda c: c.query("residents"))).version == 0
