@@ -30,11 +30,12 @@ from .logview import archive_dir
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .ns import H_MESSAGE_ID, SoapVersion
 from .relay import SERVER, Relay
+from .secure import MessageSecurity, message_security
 from .soap import fault_content_type, gateway_fault, version_for
 from .store import Store, StoreUnavailable, database_url
 from .upstream import HttpUpstream, Upstream
 
-__all__ = ["make_app", "AppOptions", "LIVE", "METRICS", "STORE", "CLOCK", "JOURNAL"]
+__all__ = ["make_app", "AppOptions", "LIVE", "METRICS", "STORE", "CLOCK", "JOURNAL", "SECURITY"]
 
 log = logging.getLogger("bmrgw")
 
@@ -44,6 +45,8 @@ STORE = web.AppKey("store", Store)
 CLOCK = web.AppKey("clock", Clock)
 JOURNAL = web.AppKey("journal", Journal)
 RELAY = web.AppKey("relay", Relay)
+#: WS-Security verify/sign and the replay records, for every handler that takes SOAP from clients.
+SECURITY = web.AppKey("security", MessageSecurity)
 
 _DAY = 86400.0
 
@@ -128,8 +131,9 @@ async def _retain(store: Store, config: Config) -> None:
 def _relay_ctx(options: AppOptions) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         upstream = options.upstream()
+        app[SECURITY] = await message_security(app[STORE].engine, app[CLOCK])
         app[RELAY] = Relay(table=app[LIVE], upstream=upstream, metrics=app[METRICS],
-                           clock=app[CLOCK], journal=app.get(JOURNAL))
+                           clock=app[CLOCK], journal=app.get(JOURNAL), security=app[SECURITY])
         yield
         await upstream.close()
     return ctx

@@ -19,6 +19,7 @@ from routing.commands import add_endpoints_command
 from .errors import ConfigError, GatewayError
 from .logview import add_logs_command, add_time_command
 from .pki import add_pki_command
+from .secure import add_wss_command
 
 __all__ = ["main"]
 
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_demo_backend(commands)
     _add_hash_password(commands)
     add_pki_command(commands)
+    add_wss_command(commands)
     return parser
 
 

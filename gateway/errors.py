@@ -14,7 +14,10 @@ HTTP status of the fault response::
     │   ├── RequestTimeout(TimeoutError)            408
     │   ├── UnknownDestination(LookupError)         404
     │   ├── Unauthorized(PermissionError)           401
-    │   └── Forbidden(PermissionError)              403
+    │   ├── Forbidden(PermissionError)              403
+    │   ├── InvalidSignature(ValueError)            400  WS-Security signature missing or wrong
+    │   ├── Expired(ValueError)                     400  WS-Security Timestamp outside its window
+    │   └── Replay(ValueError)                      400  WS-Security signature seen before
     └── ServerFault                                 the gateway or its upstream failed
         ├── RoutingLoop(RuntimeError)               500
         └── UpstreamError
@@ -50,6 +53,9 @@ __all__ = [
     "UnknownDestination",
     "Unauthorized",
     "Forbidden",
+    "InvalidSignature",
+    "Expired",
+    "Replay",
     "ServerFault",
     "RoutingLoop",
     "UpstreamError",
@@ -176,6 +182,24 @@ class EndpointTimeout(UpstreamError, TimeoutError):
     """Raised when the endpoint does not answer within its timeout."""
 
     code = "EndpointTimeout"
+
+
+class InvalidSignature(ClientFault, ValueError):
+    """Raised when a message that must be WS-Security signed is not, or its signature does not verify."""
+
+    code = "InvalidSignature"
+
+
+class Expired(ClientFault, ValueError):
+    """Raised when a signed message's wsu:Timestamp is outside the allowed clock skew or lifetime."""
+
+    code = "Expired"
+
+
+class Replay(ClientFault, ValueError):
+    """Raised when a signature value was already accepted within its validity (a replayed message)."""
+
+    code = "Replay"
 
 
 # -- reference DB --------------------------------------------------------------

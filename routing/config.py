@@ -43,6 +43,7 @@ __all__ = [
     "Endpoint",
     "Peer",
     "TlsSettings",
+    "WssSettings",
     "BasicLogin",
     "Client",
     "Outbound",
@@ -100,6 +101,16 @@ class TlsSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WssSettings:
+    clock_skew: float = 300.0
+    """Seconds a signed message's wsu:Timestamp may differ from the gateway's NTP time."""
+    max_ttl: float = 3600.0
+    """Longest Timestamp lifetime (Created to Expires) accepted from clients."""
+    sign_ttl: float = 300.0
+    """Lifetime of the Timestamps the gateway adds when it signs."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class GatewaySettings:
     name: str = "bmrgw"
     """This gateway's name, used in the HTTP Via header and the logs."""
@@ -125,6 +136,8 @@ class GatewaySettings:
     """The send/receive log."""
     tls: TlsSettings | None = None
     """Serve HTTPS (and require client certificates) instead of plain HTTP."""
+    wss: WssSettings = field(default_factory=lambda: WssSettings())
+    """WS-Security time limits (signature verification and signing)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -308,7 +321,7 @@ def parse_config(data: Any, *, source: Path | None = None, db: str | None = None
 def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer], base: Path) -> GatewaySettings:
     g = _mapping(raw, "gateway")
     allowed = {"name", "listen", "tls", "db", "data_dir", "max_message_bytes",
-               "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp", "logs"}
+               "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp", "logs", "wss"}
     _known(g, "gateway", allowed)
     defaults = GatewaySettings()
     fallback = g.get("fallback_peer")
@@ -330,6 +343,7 @@ def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer], base: Path) ->
         ntp=_ntp(_section(g, "ntp")),
         logs=_logs(_section(g, "logs")),
         tls=_tls(g["tls"], base) if g.get("tls") is not None else None,
+        wss=_wss_settings(_section(g, "wss")),
     )
 
 
@@ -364,6 +378,17 @@ def _ntp(raw: Any) -> NtpSettings:
         raise ConfigError("gateway.ntp.servers: must be a list of host or host:port strings")
     interval = _number(m.get("interval", NtpSettings.interval), "gateway.ntp.interval", low=1, high=86400)
     return NtpSettings(servers=tuple(servers), interval=interval)
+
+
+def _wss_settings(raw: Any) -> WssSettings:
+    m = _mapping(raw, "gateway.wss")
+    _known(m, "gateway.wss", {"clock_skew", "max_ttl", "sign_ttl"})
+    d = WssSettings()
+    return WssSettings(
+        clock_skew=_number(m.get("clock_skew", d.clock_skew), "gateway.wss.clock_skew", low=0, high=86400),
+        max_ttl=_number(m.get("max_ttl", d.max_ttl), "gateway.wss.max_ttl", low=1, high=7 * 86400),
+        sign_ttl=_number(m.get("sign_ttl", d.sign_ttl), "gateway.wss.sign_ttl", low=1, high=86400),
+    )
 
 
 def _logs(raw: Any) -> LogSettings:
