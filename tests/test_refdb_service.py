@@ -310,3 +310,11 @@ async def test_a_broken_store_is_a_server_fault_not_a_traceback(gw: Gateway) -> 
     assert (fault.remote_code, fault.status) == ("RefdbUnavailable", 503)
     assert "cannot stage the records" in fault.reason and "Traceback" not in fault.reason
     assert (await gw.client(lambda c: c.query("residents"))).version == 0
+
+
+async def test_text_round_trips_exactly(gw: Gateway) -> None:
+    names = ["line 1\nline 2\r\n\tend", 'quotes " \' and & &amp; &#38; <tag>', "全角　スペース", "  padded  ", ""]
+    records = [person(n, name=name) for n, name in enumerate(names)]
+    await gw.client(lambda c: c.push("residents", records, mode="full"))
+    got = await gw.client(lambda c: [r["name"] for r in c.query_all("residents")])
+    assert got == names
