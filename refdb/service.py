@@ -175,7 +175,8 @@ class RefdbService:
         outcome = Outcome(arrived=self._clock.now())
         version = version_for(request.content_type) or SoapVersion.V11
         call: Call | None = None
-        # One thread per request: lxml trees must stay in the thread that parsed them.
+        # One thread per request: its lxml parser and answer tree stay in that thread (lxml is not
+        # safe across threads), and parsing never blocks the event loop.
         worker = ThreadPoolExecutor(1, thread_name_prefix="refdb")
         try:
             if version_for(request.content_type) is None:
