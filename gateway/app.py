@@ -72,7 +72,8 @@ def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Applicat
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_store_ctx(config))
     app.cleanup_ctx.append(_log_ctx(config))
-    add_refdb(app, live=LIVE, store=STORE, clock=CLOCK, journal=JOURNAL)  # before the relay: may refuse to start
+    add_refdb(app, live=LIVE, store=STORE, clock=CLOCK, journal=JOURNAL,  # before the relay: may refuse to start
+              security=SECURITY)
     app.cleanup_ctx.append(_relay_ctx(options))
     if options.watch_config and config.source is not None:
         app.cleanup_ctx.append(_watch_ctx(config, options))
