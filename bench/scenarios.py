@@ -8,6 +8,7 @@ Section`` (see ``harness.Scenario``) and append an instance here.
 from __future__ import annotations
 
 from .harness import Scenario
+from .jx import JxCycles
 from .refdb import RefdbPush, RefdbSnapshot
 from .relay import AddedLatency, RelayLoad, ThroughputRatio
 from .secure import SecuredRelay
@@ -44,4 +45,5 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     RefdbPush(name="refdb", title="Reference DB: 100,000-row full push through /refdb vs raw SQLAlchemy executemany"),
     RefdbSnapshot(name="refdb-1m", title="Reference DB: 1,000,000-row full replace on SQLite with a reader querying"),
+    JxCycles(),
 )

@@ -26,6 +26,7 @@ from .chain import archive
 from .clock import Clock
 from .errors import GatewayError, Unauthorized
 from .journal import Journal, JournalUnavailable, LogRecord
+from .jx import JX_MAILBOX, add_jx
 from .logview import archive_dir
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .ns import H_MESSAGE_ID, SoapVersion
@@ -72,6 +73,7 @@ def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Applicat
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_store_ctx(config))
     app.cleanup_ctx.append(_log_ctx(config))
+    add_jx(app, config, lambda a: (a[CLOCK], a.get(JOURNAL), a[METRICS].registry, lambda: a.get(SECURITY)))
     add_refdb(app, live=LIVE, store=STORE, clock=CLOCK, journal=JOURNAL,  # before the relay: may refuse to start
               security=SECURITY)
     app.cleanup_ctx.append(_relay_ctx(options))
@@ -134,7 +136,8 @@ def _relay_ctx(options: AppOptions) -> Callable[[web.Application], AsyncIterator
         upstream = options.upstream()
         app[SECURITY] = await message_security(app[STORE].engine, app[CLOCK])
         app[RELAY] = Relay(table=app[LIVE], upstream=upstream, metrics=app[METRICS],
-                           clock=app[CLOCK], journal=app.get(JOURNAL), security=app[SECURITY])
+                           clock=app[CLOCK], journal=app.get(JOURNAL), security=app[SECURITY],
+                           deposit=app.get(JX_MAILBOX))
         yield
         await upstream.close()
         app[SECURITY].close()

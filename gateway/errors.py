@@ -17,12 +17,15 @@ HTTP status of the fault response::
     │   ├── Forbidden(PermissionError)              403
     │   ├── InvalidSignature(ValueError)            400  WS-Security signature missing or wrong
     │   ├── Expired(ValueError)                     400  WS-Security Timestamp outside its window
-    │   └── Replay(ValueError)                      400  WS-Security signature seen before
+    │   ├── Replay(ValueError)                      400  WS-Security signature seen before
+    │   ├── DuplicateMessageId(ValueError)          500  JX: same messageId, other content
+    │   └── UnknownDocument(LookupError)            500  JX: confirm of an id not stored
     └── ServerFault                                 the gateway or its upstream failed
         ├── RoutingLoop(RuntimeError)               500
-        └── UpstreamError
-            ├── EndpointUnavailable(ConnectionError)  500
-            └── EndpointTimeout(TimeoutError)       500
+        ├── UpstreamError
+        │   ├── EndpointUnavailable(ConnectionError)  500
+        │   └── EndpointTimeout(TimeoutError)       500
+        └── DocumentStoreError(RuntimeError)        500  JX: the document store failed
 
     Reference DB (refdb/, SPEC.md capability F):
     ClientFault
@@ -67,6 +70,9 @@ __all__ = [
     "InvalidRequest",
     "VersionChanged",
     "RefdbUnavailable",
+    "DuplicateMessageId",
+    "UnknownDocument",
+    "DocumentStoreError",
 ]
 
 
@@ -256,3 +262,24 @@ class RefdbUnavailable(ServerFault, RuntimeError):
 
     code = "RefdbUnavailable"
     http_status = 503
+
+# -- JX polling relay -------------------------------------------------------------
+
+class DuplicateMessageId(ClientFault, ValueError):
+    """Raised when a JX PutDocument reuses a stored messageId with different content."""
+
+    code = "DuplicateMessageId"
+    http_status = 500
+
+
+class UnknownDocument(ClientFault, LookupError):
+    """Raised when a JX ConfirmDocument names no stored document of that sender and receiver."""
+
+    code = "UnknownDocument"
+    http_status = 500
+
+
+class DocumentStoreError(ServerFault, RuntimeError):
+    """Raised when the JX document store (database or blob files) cannot do its work."""
+
+    code = "StoreUnavailable"

@@ -47,3 +47,6 @@ WSS_BASE64 = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-messa
 EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
 RSA_SHA256 = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
 SHA256 = "http://www.w3.org/2001/04/xmlenc#sha256"
+
+#: JX protocol (JX手順) namespace of jx2004.wsdl and jx2007.wsdl; SOAPAction is ``<JX>/<Op>``.
+JX = "http://www.dsri.jp/edi-bp/2004/jedicos-xml/client-server"

@@ -26,8 +26,9 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -41,6 +42,7 @@ from .auth import client_of
 from .clock import Clock, Now
 from .errors import (
     ClientFault,
+    EndpointUnavailable,
     Forbidden,
     GatewayError,
     MalformedMessage,
@@ -58,7 +60,7 @@ from .soap import fault_content_type, gateway_fault, version_for
 from .secure import MessageSecurity
 from .upstream import Upstream, translate
 
-__all__ = ["Relay", "MAX_HOPS", "SMALL_BODY"]
+__all__ = ["Relay", "Deposit", "MAX_HOPS", "SMALL_BODY"]
 
 log = logging.getLogger("bmrgw.relay")
 
@@ -217,17 +219,26 @@ class RequestBody:
             raise
 
 
+class Deposit(Protocol):
+    """Stores a message for a mailbox route (:mod:`gateway.jx.mailbox`); returns the answer envelope."""
+
+    async def __call__(self, route: Route, message_id: str, sender: str | None, client: str | None,
+                       content_type: str, version: SoapVersion, body: bytes | AsyncIterable[bytes]) -> bytes: ...
+
+
 class Relay:
     """The relay handler: the live route table, the upstream seam, metrics and the log."""
 
     def __init__(self, *, table: LiveTable, upstream: Upstream, metrics: Metrics,
-                 clock: Clock, journal: Journal | None, security: MessageSecurity | None = None) -> None:
+                 clock: Clock, journal: Journal | None, security: MessageSecurity | None = None,
+                 deposit: Deposit | None = None) -> None:
         self._table = table
         self._upstream = upstream
         self._metrics = metrics
         self._clock = clock
         self._journal = journal
         self._security = security
+        self._deposit = deposit
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         table = self._table.current
@@ -241,7 +252,10 @@ class Relay:
             exchange, body = await self._prepare(request, table, trace)
             if self._security is not None and self._security.needed(client, exchange.route):
                 body = await self._secure(request, exchange, body, trace, table.config.gateway)
-            response = await self._forward(request, exchange, body, trace)
+            if exchange.route.mailbox is not None:
+                response = await self._store(request, exchange, body, trace, version)
+            else:
+                response = await self._forward(request, exchange, body, trace)
         except ConnectionResetError:
             trace.status = "error"
             await self._finish(trace)
@@ -359,6 +373,18 @@ class Relay:
             return await _respond(request, reply, exchange, trace)
         finally:
             reply.release()
+
+    async def _store(self, request: web.Request, exchange: Exchange, body: bytes | RequestBody,
+                     trace: Trace, version: SoapVersion) -> web.StreamResponse:
+        """A mailbox route: store the message as a JX document and answer Accepted."""
+        if self._deposit is None:
+            raise EndpointUnavailable("JX mailboxes are not available", destination=exchange.route.destination)
+        answer = await self._deposit(exchange.route, exchange.message_id, trace.sender, trace.client,
+                                     request.headers.get("Content-Type", ""), version, body)
+        trace.forwarded, trace.http_status = True, 200
+        trace.sent_response(answer, relayed=False)
+        return web.Response(body=answer, headers={"Content-Type": fault_content_type(version), "Server": SERVER,
+                                                  H_MESSAGE_ID: exchange.message_id})
 
     def _fault(self, error: GatewayError, version: SoapVersion, gateway: str, trace: Trace) -> web.Response:
         log.info("fault %s: %s", error.code, error.reason)

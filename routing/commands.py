@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.errors import UnknownDestination
 
-from .config import Config, Endpoint, Outbound, PeerEndpoint, UrlEndpoint, load_config
+from .config import Config, Endpoint, MailboxEndpoint, Outbound, PeerEndpoint, UrlEndpoint, load_config
 from .edit import Outcome, Target, delete_endpoint, edit_file, insert_endpoint, update_endpoint
 from .table import RouteTable
 
@@ -208,6 +208,8 @@ def _endpoint_row(ep: Endpoint, routes: RouteTable) -> list[str]:
     timeout = _seconds(routes.resolve(ep.name).timeout)
     if isinstance(ep, PeerEndpoint):
         return [ep.name, "via", ep.via, timeout]
+    if isinstance(ep, MailboxEndpoint):
+        return [ep.name, "mailbox", f"JX receiver {ep.mailbox}", "-"]
     return [ep.name, "url", ep.url, timeout]
 
 
@@ -226,6 +228,8 @@ def _facts(config: Config, name: str) -> dict[str, Any]:
     if ep is None:
         raise UnknownDestination(_unknown(config, name), destination=name)
     route = RouteTable(config).resolve(name)
+    if isinstance(ep, MailboxEndpoint):
+        return {"name": name, "kind": "mailbox", "mailbox": ep.mailbox}
     facts: dict[str, Any] = {"name": name, "kind": "via" if isinstance(ep, PeerEndpoint) else "url"}
     if isinstance(ep, PeerEndpoint):
         facts["via"] = ep.via
@@ -247,6 +251,9 @@ def _security_facts(outbound: Outbound) -> dict[str, str]:
 
 
 def _text_facts(facts: dict[str, Any]) -> list[str]:
+    if facts["kind"] == "mailbox":
+        return [f"name:    {facts['name']}", "kind:    mailbox (stored as a JX document until polled)",
+                f"mailbox: {facts['mailbox']}"]
     via = facts.get("via")
     pairs = [("name", facts["name"]),
              ("kind", f"via (held by peer gateway {via})" if via else "url (a business AP's SOAP service)")]
@@ -308,6 +315,8 @@ def _describe(config: Config, name: str) -> str:
     ep = config.endpoints[name]
     if isinstance(ep, UrlEndpoint):
         return f"{ep.url}, timeout {_seconds(ep.timeout)}"
+    if isinstance(ep, MailboxEndpoint):
+        return f"mailbox {ep.mailbox}"
     return f"via {ep.via} ({RouteTable(config).resolve(name).url})"
 
 

@@ -6,7 +6,7 @@ problem with its dotted path (``endpoints.kaigo.url: …``) as a
 :class:`~gateway.errors.ConfigError`.
 
 Keys of SPEC.md whose feature this version does not implement yet
-(``mailbox`` endpoints) are refused rather than silently ignored:
+(none at the moment) are refused rather than silently ignored:
 an operator who configures a security feature must never get less security
 by accident.
 """
@@ -40,6 +40,8 @@ __all__ = [
     "LogSettings",
     "UrlEndpoint",
     "PeerEndpoint",
+    "MailboxEndpoint",
+    "JxSettings",
     "Endpoint",
     "Peer",
     "TlsSettings",
@@ -91,6 +93,23 @@ class LogSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class JxSettings:
+    """The JX polling relay (``gateway.jx``, SPEC.md capability (E))."""
+
+    lease_seconds: float = 300.0
+    """How long a handed-out document is reserved for its poller before it is handed out again."""
+    max_deliveries: int = 10
+    """Hand-outs without a confirm after which a document is parked as a dead letter."""
+    retention_days: int | None = 30
+    """Delete confirmed documents this many days after their confirm; ``None`` keeps them."""
+    max_document_bytes: int = 1024 * 1024 * 1024
+    """Largest document accepted by PutDocument (decoded bytes)."""
+    blobs: str = "auto"
+    """Where document bytes live: ``files`` (under ``data_dir``), ``database``, or ``auto``
+    (files on SQLite, the database on PostgreSQL, so nodes share only the database)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class TlsSettings:
     cert: str
     """PEM server certificate (chain), absolute path."""
@@ -138,6 +157,8 @@ class GatewaySettings:
     """Serve HTTPS (and require client certificates) instead of plain HTTP."""
     wss: WssSettings = field(default_factory=lambda: WssSettings())
     """WS-Security time limits (signature verification and signing)."""
+    jx: JxSettings = field(default_factory=JxSettings)
+    """The JX polling relay."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,7 +222,15 @@ class PeerEndpoint:
     """Name of the peer gateway that holds this business AP."""
 
 
-Endpoint = UrlEndpoint | PeerEndpoint
+@dataclass(frozen=True, kw_only=True)
+class MailboxEndpoint:
+    name: str
+    """Business-AP name."""
+    mailbox: str
+    """JX receiver id: messages for this name wait as JX documents until that receiver polls."""
+
+
+Endpoint = UrlEndpoint | PeerEndpoint | MailboxEndpoint
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -321,7 +350,7 @@ def parse_config(data: Any, *, source: Path | None = None, db: str | None = None
 def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer], base: Path) -> GatewaySettings:
     g = _mapping(raw, "gateway")
     allowed = {"name", "listen", "tls", "db", "data_dir", "max_message_bytes",
-               "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp", "logs", "wss"}
+               "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp", "logs", "wss", "jx"}
     _known(g, "gateway", allowed)
     defaults = GatewaySettings()
     fallback = g.get("fallback_peer")
@@ -344,6 +373,7 @@ def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer], base: Path) ->
         logs=_logs(_section(g, "logs")),
         tls=_tls(g["tls"], base) if g.get("tls") is not None else None,
         wss=_wss_settings(_section(g, "wss")),
+        jx=_jx(_section(g, "jx")),
     )
 
 
@@ -402,6 +432,26 @@ def _logs(raw: Any) -> LogSettings:
                        _int(days, "gateway.logs.retention_days", low=1, high=36500))
 
 
+def _jx(raw: Any) -> JxSettings:
+    m = _mapping(raw, "gateway.jx")
+    _known(m, "gateway.jx", {"lease_seconds", "max_deliveries", "retention_days", "max_document_bytes", "blobs"})
+    d = JxSettings()
+    days = m.get("retention_days", d.retention_days)
+    blobs = m.get("blobs", d.blobs)
+    if blobs not in ("auto", "files", "database"):
+        raise ConfigError(f"gateway.jx.blobs: must be auto, files or database, not {blobs!r}")
+    return JxSettings(
+        lease_seconds=_number(m.get("lease_seconds", d.lease_seconds), "gateway.jx.lease_seconds",
+                              low=0.1, high=86400),
+        max_deliveries=_int(m.get("max_deliveries", d.max_deliveries), "gateway.jx.max_deliveries",
+                            low=1, high=1000),
+        retention_days=None if days is None else _int(days, "gateway.jx.retention_days", low=1, high=36500),
+        max_document_bytes=_int(m.get("max_document_bytes", d.max_document_bytes),
+                                "gateway.jx.max_document_bytes", low=1024),
+        blobs=blobs,
+    )
+
+
 def _endpoints(raw: Any, peers: Mapping[str, Peer], base: Path) -> Mapping[str, Endpoint]:
     out: dict[str, Endpoint] = {}
     for name, value in _mapping(raw, "endpoints").items():
@@ -414,11 +464,11 @@ def endpoint_from(name: str, raw: Any, peers: Mapping[str, Peer], base: Path | N
     path = f"endpoints.{name}"
     m = _mapping(raw, path)
     _known(m, path, {"url", "via", "mailbox", "timeout", *_OUTBOUND_KEYS, "wss"})
-    if "mailbox" in m:
-        raise ConfigError(f"{path}.mailbox {_NOT_YET}")
-    kinds = [k for k in ("url", "via") if k in m]
+    kinds = [k for k in ("url", "via", "mailbox") if k in m]
     if len(kinds) != 1:
-        raise ConfigError(f"{path}: needs exactly one of url or via")
+        raise ConfigError(f"{path}: needs exactly one of url or via (or mailbox: ID for a JX mailbox)")
+    if "mailbox" in m:
+        return _mailbox(name, m, path)
     if "via" in m:
         for key in ("timeout", *_OUTBOUND_KEYS, "wss"):
             if key in m:
@@ -434,6 +484,24 @@ def endpoint_from(name: str, raw: Any, peers: Mapping[str, Peer], base: Path | N
         timeout=_number(m.get("timeout", DEFAULT_TIMEOUT), f"{path}.timeout", low=0.001, high=MAX_TIMEOUT),
         outbound=_outbound(m, path, url, base or Path.cwd(), signing=True),
     )
+
+
+#: JX receiver ids: printable ASCII without blanks, as the JX ids of city halls are.
+JX_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def _mailbox(name: str, m: Mapping[str, Any], path: str) -> MailboxEndpoint:
+    for key in ("timeout", *_OUTBOUND_KEYS, "wss"):
+        if key in m:
+            raise ConfigError(f"{path}.{key}: a mailbox endpoint stores messages; it has no {key}")
+    mailbox = m["mailbox"]
+    if isinstance(mailbox, int) and not isinstance(mailbox, bool):
+        # YAML reads an unquoted 0131 as 131: refuse rather than lose digits.
+        raise ConfigError(f"{path}.mailbox: write the receiver id in quotes (mailbox: \"{mailbox}\")")
+    if not isinstance(mailbox, str) or not JX_ID_PATTERN.fullmatch(mailbox):
+        raise ConfigError(f"{path}.mailbox: {mailbox!r} is not a JX receiver id "
+                          "(1 to 128 printable ASCII characters, no blanks)")
+    return MailboxEndpoint(name=name, mailbox=mailbox)
 
 
 def _clients(raw: Any, base: Path) -> Mapping[str, Client]:

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from gateway.errors import UnknownDestination
 
-from .config import Config, Outbound, Peer, PeerEndpoint, UrlEndpoint
+from .config import Config, MailboxEndpoint, Outbound, Peer, PeerEndpoint, UrlEndpoint
 
 __all__ = ["Route", "RouteTable"]
 
@@ -32,6 +32,8 @@ class Route:
     """The peer gateway the message leaves through, if any."""
     outbound: Outbound = field(default_factory=Outbound)
     """TLS trust, client certificate, Basic credentials and signing for the next hop."""
+    mailbox: str | None = None
+    """JX receiver id when the message is stored for polling instead of posted."""
 
 
 def _via_peer(destination: str, peer: Peer) -> Route:
@@ -54,6 +56,9 @@ class RouteTable:
                                            outbound=ep.outbound)
             elif isinstance(ep, PeerEndpoint):
                 self._routes[name] = _via_peer(name, config.peers[ep.via])
+            elif isinstance(ep, MailboxEndpoint):
+                self._routes[name] = Route(destination=name, url=f"jx:{ep.mailbox}", timeout=0.0,
+                                           endpoint=name, mailbox=ep.mailbox)
         fallback = config.gateway.fallback_peer
         self._fallback = config.peers[fallback] if fallback else None
 

@@ -83,7 +83,8 @@ def _with(path: str, value: Any) -> dict[str, Any]:
     ("clients", {"a": {"cert_subject": "CN=a", "jx": {"receive": [1310001]}}}, "write ids as quoted strings"),
     ("clients", {"a": {"cert_subject": "CN=a", "allow": ["bad name"]}}, "clients.a.allow"),
     ("clients", {"a": {"cert_subject": "CN=a", "wss": {"verify": "/nonexistent.pem"}}}, "clients.a.wss.verify: no such file"),
-    ("endpoints.city", {"mailbox": "1310001"}, "mailbox is not supported"),
+    ("endpoints.city", {"mailbox": 1310001}, "write the receiver id in quotes"),
+    ("endpoints.city", {"mailbox": "1", "timeout": 3}, "a mailbox endpoint stores messages"),
     ("peers.dc-west.url", None, "peers.dc-west.url"),
 ])
 def test_invalid_configs_name_the_problem(path: str, value: Any, message: str) -> None:

@@ -1,0 +1,129 @@
+"""The JX polling relay (SPEC.md capability (E)): the ``/jx`` server, its store, mailboxes, CLI.
+
+A DC application deposits a document for an access-restricted city hall
+(JX PutDocument, a relayed message to a ``mailbox`` endpoint, or
+``bmrgw jx put``); the city hall's client — ``bmrgw poll`` or any JX client —
+polls with GetDocument and confirms with ConfirmDocument.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge
+from sqlalchemy import create_engine
+
+from routing.config import Config
+
+from ..clock import Clock
+from ..errors import DocumentStoreError
+from ..journal import Journal
+from ..secure import MessageSecurity
+from ..store import database_url
+from .mailbox import Mailbox
+from .service import JxService
+from .store import DocumentStore, now_ms, prepare_engine
+
+__all__ = ["add_jx", "JX_SERVICE", "JX_MAILBOX", "open_store", "jx_root"]
+
+log = logging.getLogger("bmrgw.jx")
+
+JX_SERVICE = web.AppKey("jx_service", JxService)
+JX_MAILBOX = web.AppKey("jx_mailbox", Mailbox)
+
+_DAY_MS = 86_400_000
+
+#: Gives the clock, the send/receive log (None when logging is off), the metrics registry and the
+#: WS-Security checker (set up after this module's context, hence a getter) of a running app.
+Resources = Callable[[web.Application],
+                     tuple[Clock, Journal | None, CollectorRegistry, Callable[[], MessageSecurity | None]]]
+#: Seconds between refreshes of the mailbox gauges (a query, not per scrape).
+_GAUGE_INTERVAL = 10.0
+
+
+def jx_root(config: Config) -> Path:
+    """Where the JX store keeps its files: ``<data_dir>/jx``."""
+    return config.resolve_path(config.gateway.data_dir) / "jx"
+
+
+def open_store(config: Config, *, journal: Journal | None = None) -> DocumentStore:
+    """The document store of ``config`` on an engine of its own (created tables, clean spool)."""
+    # No pre-ping: it costs a round trip per call, and a dropped connection is
+    # invalidated by the pool on its first error anyway (the caller gets a fault and retries).
+    url = database_url(config)
+    engine = prepare_engine(create_engine(url), durable=False)
+    durable = prepare_engine(create_engine(url), durable=True) if engine.dialect.name == "sqlite" else engine
+    writer = journal.write_in if journal is not None else None
+    return DocumentStore(engine, durable=durable, root=jx_root(config), settings=config.gateway.jx,
+                         node=config.gateway.name, log=writer)
+
+
+def add_jx(app: web.Application, config: Config, resources: Resources) -> None:
+    """Serve ``/jx`` and provide the mailbox seam; call after the log and before the relay are set up."""
+    app.cleanup_ctx.append(_jx_ctx(config, resources))
+    app.router.add_post("/jx", _post)
+    app.router.add_get("/jx", _get)
+
+
+def _jx_ctx(config: Config, resources: Resources) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        clock, journal, registry, security = resources(app)
+        store = open_store(config, journal=journal)
+        await asyncio.to_thread(store.open)
+        app[JX_SERVICE] = JxService(store=store, settings=config.gateway, clock=clock, journal=journal,
+                                    security=security)
+        app[JX_MAILBOX] = Mailbox(store, clock, max_bytes=config.gateway.jx.max_document_bytes)
+        tasks = [asyncio.create_task(_gauges(store, registry))]
+        if config.gateway.jx.retention_days:
+            tasks.append(asyncio.create_task(_retain(store)))
+        yield
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        store.close()
+    return ctx
+
+
+async def _gauges(store: DocumentStore, registry: CollectorRegistry) -> None:
+    """``bmrgw_jx_documents{state}`` and ``bmrgw_jx_oldest_waiting_seconds`` for /metrics."""
+    documents = Gauge("bmrgw_jx_documents", "JX documents by state (ready, leased, confirmed, dead), "
+                      "refreshed every 10 s.", ["state"], registry=registry)
+    oldest = Gauge("bmrgw_jx_oldest_waiting_seconds", "Age of the oldest JX document not confirmed yet "
+                   "(0 when none waits).", registry=registry)
+    while True:
+        try:
+            counts, created = await asyncio.to_thread(store.counts)
+        except DocumentStoreError as exc:
+            log.warning("jx: cannot refresh the mailbox gauges: %s", exc.reason)
+        else:
+            for state, n in counts.items():
+                documents.labels(state).set(n)
+            oldest.set(0 if created is None else max(0.0, (now_ms() - created) / 1000))
+        await asyncio.sleep(_GAUGE_INTERVAL)
+
+
+async def _retain(store: DocumentStore) -> None:
+    """Delete confirmed documents older than ``gateway.jx.retention_days``, at start and then daily."""
+    days = store.settings.retention_days or 0
+    while True:
+        try:
+            purged = await asyncio.to_thread(store.purge, now_ms() - days * _DAY_MS)
+            if purged:
+                log.info("jx: purged %d documents confirmed more than %d days ago", purged, days)
+        except Exception as exc:  # retention must not stop because of one bad day
+            log.error("jx: retention failed, retrying tomorrow: %s", exc)
+        await asyncio.sleep(_DAY_MS / 1000)
+
+
+async def _post(request: web.Request) -> web.StreamResponse:
+    return await request.app[JX_SERVICE].handle(request)
+
+
+async def _get(request: web.Request) -> web.StreamResponse:
+    return await request.app[JX_SERVICE].wsdl(request)

@@ -1,0 +1,242 @@
+"""``bmrgw jx``: the operator's view of the JX mailboxes (list, show, requeue, purge, put).
+
+The commands work on the store named by the config (``gateway.db`` and
+``gateway.data_dir``) directly, so they work whether or not the gateway runs;
+two gateways on one PostgreSQL see the same documents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from routing.config import JX_ID_PATTERN, Config, load_config
+
+from ..clock import Clock
+from ..errors import ConfigError, GatewayError, UnknownDocument
+from ..ids import new_message_id
+from ..journal import LogRecord, append, ensure_schema
+from ..logview import parse_time
+from . import open_store
+from .store import Document, DocumentStore, NewDocument, now_ms
+from .files import write_atomically
+from .wire import Spool, SpoolWriter
+
+__all__ = ["add_jx_command"]
+
+ConfigOption = Callable[[argparse.ArgumentParser], None]
+_STATES = ("ready", "leased", "confirmed", "dead", "all")
+
+
+def add_jx_command(commands: Any, config_option: ConfigOption) -> None:
+    """Register ``bmrgw jx`` and its actions."""
+    p = commands.add_parser(
+        "jx", help="inspect and manage the JX mailboxes (documents waiting to be polled)",
+        description="Inspect and manage the documents of the JX polling relay: what waits for which "
+        "receiver, dead letters, re-delivery, purging, and enqueuing a file by hand.",
+    )
+    actions = p.add_subparsers(title="actions", metavar="ACTION", required=True)
+    _add_list(actions, config_option)
+    _add_show(actions, config_option)
+    _add_requeue(actions, config_option)
+    _add_purge(actions, config_option)
+    _add_put(actions, config_option)
+
+
+def _common(parser: argparse.ArgumentParser, config_option: ConfigOption) -> None:
+    config_option(parser)
+    parser.add_argument("--db", metavar="URL", help="store URL (default: $BMRGW_DB_URL, else gateway.db)")
+
+
+def _add_list(actions: Any, config_option: ConfigOption) -> None:
+    a = actions.add_parser(
+        "list", help="documents by state, oldest first",
+        description="List JX documents, oldest first. By default those waiting for delivery "
+        "(ready, and leased: handed out, not confirmed yet).",
+    )
+    _common(a, config_option)
+    a.add_argument("--receiver", metavar="ID", help="only documents for this receiver id")
+    a.add_argument("--state", choices=_STATES, help="ready, leased, confirmed, dead or all")
+    a.add_argument("--dead", action="store_true", help="dead letters only (same as --state dead)")
+    a.add_argument("--limit", type=int, default=1000, metavar="N", help="at most N documents (default: 1000)")
+    a.add_argument("--format", choices=["table", "json"], default="table")
+    a.set_defaults(run=_list)
+
+
+def _add_show(actions: Any, config_option: ConfigOption) -> None:
+    a = actions.add_parser("show", help="one document's metadata (and its bytes with --save)",
+                           description="Show one document by its messageId.")
+    _common(a, config_option)
+    a.add_argument("message_id", metavar="ID", help="the document's messageId")
+    a.add_argument("--save", type=Path, metavar="FILE", help="also write the document's bytes to FILE")
+    a.set_defaults(run=_show)
+
+
+def _add_requeue(actions: Any, config_option: ConfigOption) -> None:
+    a = actions.add_parser(
+        "requeue", help="deliver a document again (dead letter, confirmed, or leased)",
+        description="Make a document deliverable at once: ready, lease dropped, delivery count reset.",
+    )
+    _common(a, config_option)
+    a.add_argument("message_id", metavar="ID", help="the document's messageId")
+    a.set_defaults(run=_requeue)
+
+
+def _add_purge(actions: Any, config_option: ConfigOption) -> None:
+    a = actions.add_parser(
+        "purge", help="delete documents confirmed before a time",
+        description="Delete confirmed documents (metadata and bytes) confirmed before T: an ISO 8601 "
+        "time (UTC unless it has an offset) or a time ago like 30d, 12h. Unconfirmed documents are "
+        "never purged.",
+    )
+    _common(a, config_option)
+    a.add_argument("--confirmed-before", type=parse_time, required=True, metavar="T")
+    a.set_defaults(run=_purge)
+
+
+def _add_put(actions: Any, config_option: ConfigOption) -> None:
+    a = actions.add_parser(
+        "put", help="enqueue a file for a receiver",
+        description="Store FILE as a JX document for receiver ID, exactly as a PutDocument would; "
+        "it waits until that receiver polls.",
+    )
+    _common(a, config_option)
+    a.add_argument("file", type=Path, metavar="FILE")
+    a.add_argument("--to", required=True, metavar="ID", help="receiver id")
+    a.add_argument("--from", dest="sender", metavar="ID", help="sender id (default: gateway.name)")
+    a.add_argument("--message-id", metavar="ID", help="messageId (default: a new UUID)")
+    a.add_argument("--format-type", default="FILE", metavar="T", help="formatType (default: FILE)")
+    a.add_argument("--document-type", metavar="T", help="documentType (default: the file's name)")
+    a.add_argument("--compress-type", default="", metavar="T", help="compressType (default: empty)")
+    a.set_defaults(run=_put)
+
+
+def _open(args: argparse.Namespace) -> tuple[Config, DocumentStore]:
+    config = load_config(args.config, db=args.db or os.environ.get("BMRGW_DB_URL") or None)
+    store = open_store(config, journal=None)
+    store.open()
+    return config, store
+
+
+# -- list / show -----------------------------------------------------------------
+
+def _list(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    wanted = "dead" if args.dead else (args.state or "waiting")
+    stored_states = {"waiting": ("ready",), "ready": ("ready",), "leased": ("ready",), "all": ("ready", "confirmed", "dead")}
+    documents = store.list(receiver_id=args.receiver, states=stored_states.get(wanted, (wanted,)), limit=args.limit)
+    at = now_ms()
+    if wanted in ("ready", "leased"):
+        documents = [d for d in documents if d.shown_state(at) == wanted]
+    if args.format == "json":
+        for document in documents:
+            print(json.dumps(document.to_json(), ensure_ascii=False))
+        return 0
+    _print_table(documents, at)
+    return 0
+
+
+def _print_table(documents: Sequence[Document], at: int) -> None:
+    if not documents:
+        print("no documents")
+        return
+    header = ["MESSAGE ID", "SENDER", "RECEIVER", "FORMAT", "BYTES", "STATE", "HANDED OUT", "CREATED"]
+    rows = [[d.message_id, d.sender_id, d.receiver_id, d.format_type, str(d.size), d.shown_state(at),
+             str(d.deliveries), (d.to_json()["created"] or "")[:19]] for d in documents]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _show(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    document = _find(store, args.message_id)
+    facts = document.to_json()
+    width = max(map(len, facts)) + 1
+    for key, value in facts.items():
+        print(f"{key + ':':<{width}} {'' if value is None else value}")
+    if args.save is not None:
+        _save(store, document, args.save)
+        print(f"saved {document.size} bytes to {args.save}")
+    return 0
+
+
+def _save(store: DocumentStore, document: Document, path: Path) -> None:
+    try:
+        write_atomically(path, store.chunks(document))
+    except OSError as exc:
+        raise GatewayError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _find(store: DocumentStore, message_id: str) -> Document:
+    document = store.find(message_id)
+    if document is None:
+        raise UnknownDocument(f"no document with messageId {message_id!r}", detail=message_id)
+    return document
+
+
+# -- requeue / purge ----------------------------------------------------------------
+
+def _requeue(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    document = store.requeue(args.message_id)
+    print(f"requeued {document.message_id} for {document.receiver_id}: it is handed out at the next poll")
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    when: datetime = args.confirmed_before
+    purged = store.purge(int(when.timestamp() * 1000))
+    print(f"purged {purged} document{'' if purged == 1 else 's'} confirmed before {when.isoformat()}")
+    return 0
+
+
+# -- put -----------------------------------------------------------------------------
+
+def _put(args: argparse.Namespace) -> int:
+    config, store = _open(args)
+    if not JX_ID_PATTERN.fullmatch(args.to):
+        raise ConfigError(f"--to {args.to!r} is not a JX receiver id (printable ASCII, no blanks)")
+    spool = _spool(store, args.file, config.gateway.jx.max_document_bytes)
+    new = NewDocument(message_id=args.message_id or new_message_id(), sender_id=args.sender or config.gateway.name,
+                      receiver_id=args.to, format_type=args.format_type,
+                      document_type=args.document_type if args.document_type is not None else args.file.name,
+                      compress_type=args.compress_type, source="cli")
+    store.log = _cli_log(store, config)
+    record = LogRecord.at(Clock().now(), kind="jx", direction="request", status="ok",
+                          message_id=new.message_id, from_ap=new.sender_id, to_ap=new.receiver_id,
+                          endpoint="jx:cli", bytes_in=spool.size, sha256=spool.sha256,
+                          client=os.environ.get("USER") or None)
+    stored = store.put(new, spool, record)
+    print(f"{'stored' if stored else 'already stored'}: {new.message_id} ({spool.size} bytes) for {new.receiver_id}")
+    return 0
+
+
+def _spool(store: DocumentStore, path: Path, limit: int) -> Spool:
+    writer = SpoolWriter(store.spool_dir, limit=limit, durable=not store.in_database)
+    try:
+        with path.open("rb") as fh:
+            while chunk := fh.read(1024 * 1024):
+                writer.write(chunk)
+        return writer.finish()
+    except OSError as exc:
+        writer.abort()
+        raise GatewayError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _cli_log(store: DocumentStore, config: Config) -> Callable[[Any, LogRecord], object]:
+    """The operator's put is logged on the gateway's own chain, in the put's transaction."""
+    if not config.gateway.logs.enabled:
+        return lambda connection, record: None
+    ensure_schema(store.engine)
+    return lambda connection, record: append(connection, [record], node=config.gateway.name)
+

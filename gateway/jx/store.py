@@ -1,0 +1,496 @@
+"""The durable JX document store: mailboxes of documents waiting for their receiver to poll.
+
+Metadata lives in one SQLAlchemy Core table, ``jx_document``, on the
+gateway's database.  Document bytes live either in files under
+``<data_dir>/jx/blobs`` (the SQLite default) or, on PostgreSQL, in the
+database itself (``jx_blob``, 1 MiB parts written in the same transaction as
+the metadata), so that several gateway nodes on one PostgreSQL share their
+mailboxes with no shared file system (``gateway.jx.blobs``).
+
+Durability.  A document is fsynced (temporary file, then rename into
+``blobs/`` and a folder fsync) *before* its row is committed, and the row is
+committed — together with its send/receive log record — before PutDocument
+answers ``true``.  A crash at any moment leaves either no row (the caller saw
+no ``true``) or a row whose bytes are complete: a partial document is never
+served.  A put's commit is flushed to disk before ``true`` (SQLite
+``synchronous=FULL`` on a connection pool of its own; PostgreSQL's default),
+so it survives a power cut, not only a process crash.  Hand-outs and confirms
+commit without waiting for the disk (SQLite ``NORMAL``, PostgreSQL
+``synchronous_commit off`` for that transaction): a power cut may undo the
+last few of them, which only means a document is handed out once more —
+the protocol is at-least-once until confirmed, and pollers deduplicate.
+
+Leases.  GetDocument takes the oldest ready document of the receiver whose
+lease is free, under a row lock (``FOR UPDATE SKIP LOCKED`` on PostgreSQL;
+``BEGIN IMMEDIATE`` on SQLite serialises writers), and leases it for
+``lease_seconds``: concurrent pollers on any node never get the same document
+within a lease.  Unconfirmed documents are handed out again after the lease;
+one handed out ``max_deliveries`` times without a confirm is parked as a dead
+letter so it never blocks the queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    Row,
+    String,
+    Table,
+    Text,
+    and_,
+    case,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from routing.config import JxSettings
+
+from ..errors import DocumentStoreError, DuplicateMessageId, UnknownDocument
+from ..journal import LogRecord
+from .files import fsync_dir
+from .wire import Spool
+
+__all__ = ["DocumentStore", "Document", "NewDocument", "TABLES", "STATES", "LogWriter", "blobs_in_database"]
+
+#: Document states; "leased" is a ready document whose lease has not run out yet.
+STATES = ("ready", "confirmed", "dead")
+#: Bytes per database blob part and per chunk read from a blob.
+PART = 1024 * 1024
+
+#: Writes a log record inside the store's transaction (:meth:`gateway.journal.Journal.write_in`).
+LogWriter = Callable[[Connection, LogRecord], object]
+
+
+@dataclass(frozen=True)
+class Tables:
+    metadata: MetaData
+    document: Table
+    blob: Table
+
+
+def _tables() -> Tables:
+    metadata = MetaData()
+    ident = BigInteger().with_variant(Integer, "sqlite")
+    document = Table(
+        "jx_document", metadata,
+        Column("seq", ident, primary_key=True, autoincrement=True),
+        Column("message_id", String(256), nullable=False, unique=True),
+        Column("sender_id", String(256), nullable=False),
+        Column("receiver_id", String(256), nullable=False),
+        Column("format_type", Text, nullable=False),
+        Column("document_type", Text, nullable=False),
+        Column("compress_type", Text, nullable=False),
+        Column("size", BigInteger, nullable=False),
+        Column("sha256", String(64), nullable=False),
+        Column("blob", Text),  # file name under blobs/, or NULL when the bytes are in jx_blob
+        Column("source", String(16), nullable=False),  # jx, mailbox, cli
+        Column("state", String(16), nullable=False),
+        Column("created_ms", BigInteger, nullable=False),
+        Column("lease_until_ms", BigInteger),
+        Column("lease_node", Text),
+        Column("deliveries", Integer, nullable=False, default=0),
+        Column("last_handout_ms", BigInteger),
+        Column("confirmed_ms", BigInteger),
+        Index("ix_jx_document_queue", "receiver_id", "state", "seq"),
+    )
+    blob = Table(
+        "jx_blob", metadata,
+        Column("doc_seq", BigInteger, nullable=False),
+        Column("part", Integer, nullable=False),
+        Column("data", LargeBinary, nullable=False),
+        PrimaryKeyConstraint("doc_seq", "part"),
+    )
+    return Tables(metadata, document, blob)
+
+
+TABLES = _tables()
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def iso(ms: int | None) -> str | None:
+    """Milliseconds since the epoch as ISO 8601 UTC (for listings)."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewDocument:
+    """What a PutDocument (or a mailbox deposit) asks to store."""
+
+    message_id: str
+    sender_id: str
+    receiver_id: str
+    format_type: str
+    document_type: str
+    compress_type: str
+    source: str = "jx"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Document:
+    """A stored document's metadata."""
+
+    seq: int
+    message_id: str
+    sender_id: str
+    receiver_id: str
+    format_type: str
+    document_type: str
+    compress_type: str
+    size: int
+    sha256: str
+    blob: str | None
+    source: str
+    state: str
+    created_ms: int
+    lease_until_ms: int | None
+    lease_node: str | None
+    deliveries: int
+    last_handout_ms: int | None
+    confirmed_ms: int | None
+
+    @classmethod
+    def of(cls, row: Row[Any]) -> Document:
+        return cls(**{name: getattr(row, name) for name in cls.__dataclass_fields__})
+
+    def shown_state(self, at_ms: int) -> str:
+        """``leased`` for a ready document under a lease, else the stored state."""
+        if self.state == "ready" and self.lease_until_ms is not None and self.lease_until_ms > at_ms:
+            return "leased"
+        return self.state
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["state"] = self.shown_state(now_ms())
+        for name in ("created_ms", "lease_until_ms", "last_handout_ms", "confirmed_ms"):
+            out[name.removesuffix("_ms")] = iso(out.pop(name))
+        return out
+
+    def same_content(self, new: NewDocument, spool: Spool) -> bool:
+        return (self.sha256, self.size, self.sender_id, self.receiver_id, self.format_type, self.document_type,
+                self.compress_type) == (spool.sha256, spool.size, new.sender_id, new.receiver_id,
+                                        new.format_type, new.document_type, new.compress_type)
+
+
+def blobs_in_database(setting: str, dialect: str) -> bool:
+    """Whether document bytes go to ``jx_blob`` (``gateway.jx.blobs``; ``auto``: on PostgreSQL)."""
+    return setting == "database" or (setting == "auto" and dialect == "postgresql")
+
+
+@contextlib.contextmanager
+def translated(what: str) -> Iterator[None]:
+    """SQLAlchemy and file-system errors become :class:`DocumentStoreError` (one line)."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise DocumentStoreError(f"{what}: {text[0] if text else type(exc).__name__}") from exc
+    except OSError as exc:
+        raise DocumentStoreError(f"{what}: {exc.strerror or exc}") from exc
+
+
+def _sqlite_pragmas(synchronous: str) -> Callable[[Any, Any], None]:
+    def connect(dbapi_connection: Any, _record: Any) -> None:
+        # FULL: fsync at each commit, not at checkpoints. And let SQLAlchemy's
+        # BEGIN below be the only transaction control.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+        dbapi_connection.isolation_level = None
+    return connect
+
+
+def _sqlite_begin_immediate(connection: Connection) -> None:
+    # Take the write lock up front: a lease reads then writes, and a deferred
+    # transaction could not upgrade its stale read snapshot under concurrency.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def prepare_engine(engine: Engine, *, durable: bool) -> Engine:
+    """Set up an engine of the JX store (SQLite: BEGIN IMMEDIATE; FULL sync when ``durable``)."""
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas("FULL" if durable else "NORMAL"))
+        event.listen(engine, "begin", _sqlite_begin_immediate)
+    return engine
+
+
+def _relaxed(c: Connection) -> None:
+    """This transaction need not wait for the disk (see the module docstring)."""
+    if c.dialect.name == "postgresql":
+        c.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+
+
+class DocumentStore:
+    """Put, lease, confirm and manage JX documents (synchronous: call from a worker thread)."""
+
+    def __init__(self, engine: Engine, *, root: Path, settings: JxSettings, node: str,
+                 log: LogWriter | None = None, durable: Engine | None = None) -> None:
+        self.engine = engine
+        self.durable = durable or engine
+        """Engine for puts: on SQLite a pool of its own with ``synchronous=FULL``."""
+        self.settings = settings
+        self.node = node
+        self.log = log
+        self.in_database = blobs_in_database(settings.blobs, engine.dialect.name)
+        self.blob_dir = root / "blobs"
+        self.spool_dir = root / "tmp" / _safe_node(node)
+        self.tables = TABLES
+
+    # -- set-up ----------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create tables and folders; remove spool files a crash left behind (never served)."""
+        with translated("cannot create the JX tables"):
+            try:
+                self.tables.metadata.create_all(self.engine)
+            except SQLAlchemyError:
+                self.tables.metadata.create_all(self.engine)  # lost a creation race with another node
+            self.blob_dir.mkdir(parents=True, exist_ok=True)
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.spool_dir.glob("*.part"):
+                stale.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.durable.dispose()
+
+    # -- put -------------------------------------------------------------------
+
+    def put(self, new: NewDocument, spool: Spool, record: LogRecord | None = None) -> bool:
+        """Store ``spool`` as ``new``; ``False`` when it was stored already (same id and content).
+
+        Raises :class:`DuplicateMessageId` when the id is taken by other content.
+        The spool file is consumed either way.
+        """
+        try:
+            try:
+                self._insert(new, spool, record)
+            except IntegrityError:
+                existing = self.find(new.message_id)  # stored before, or by a concurrent put that won
+                if existing is None:
+                    raise DocumentStoreError(f"cannot store document {new.message_id!r}") from None
+                return self._duplicate(existing, new, spool)
+            return True
+        finally:
+            spool.discard()
+
+    def _duplicate(self, existing: Document, new: NewDocument, spool: Spool) -> bool:
+        if existing.same_content(new, spool):
+            return False
+        raise DuplicateMessageId(
+            f"messageId {new.message_id!r} is already stored with other content or addressing",
+            detail=new.message_id)
+
+    def _insert(self, new: NewDocument, spool: Spool, record: LogRecord | None) -> None:
+        name = None if self.in_database else self._file_blob(spool)
+        try:
+            with self.durable.begin() as c:
+                seq = c.execute(insert(self.tables.document).values(
+                    message_id=new.message_id, sender_id=new.sender_id, receiver_id=new.receiver_id,
+                    format_type=new.format_type, document_type=new.document_type,
+                    compress_type=new.compress_type, size=spool.size, sha256=spool.sha256, blob=name,
+                    source=new.source, state="ready", created_ms=now_ms(), deliveries=0,
+                ).returning(self.tables.document.c.seq)).scalar_one()
+                if self.in_database:
+                    self._database_blob(c, seq, spool)
+                self._log(c, record)
+        except IntegrityError:
+            self._drop_file(name)
+            raise  # the messageId is taken: put() decides whether that is the same document
+        except BaseException as exc:
+            self._drop_file(name)
+            with translated("cannot store the document"):
+                raise exc
+
+    def _drop_file(self, name: str | None) -> None:
+        if name is not None:
+            (self.blob_dir / name).unlink(missing_ok=True)
+
+    def _file_blob(self, spool: Spool) -> str:
+        """Move the fsynced spool into ``blobs/`` and make the rename durable."""
+        name = f"{uuid.uuid4().hex}.doc"
+        with translated("cannot store the document"):
+            os.replace(spool.path, self.blob_dir / name)
+            fsync_dir(self.blob_dir)
+        return name
+
+    def _database_blob(self, c: Connection, seq: int, spool: Spool) -> None:
+        with spool.path.open("rb") as fh:
+            part = 0
+            while chunk := fh.read(PART):
+                c.execute(insert(self.tables.blob).values(doc_seq=seq, part=part, data=chunk))
+                part += 1
+
+    def _log(self, c: Connection, record: LogRecord | None) -> None:
+        if record is not None and self.log is not None:
+            self.log(c, record)
+
+    # -- lease -----------------------------------------------------------------
+
+    def lease(self, receiver_id: str, *, format_type: str | None = None,
+              document_type: str | None = None) -> Document | None:
+        """Hand out the oldest deliverable document of ``receiver_id`` under a new lease, if any."""
+        t = self.tables.document
+        with translated("cannot hand out a document"), self.engine.begin() as c:
+            _relaxed(c)
+            while True:
+                now = now_ms()
+                wanted = [t.c.receiver_id == receiver_id, t.c.state == "ready",
+                          or_(t.c.lease_until_ms.is_(None), t.c.lease_until_ms <= now)]
+                if format_type:
+                    wanted.append(t.c.format_type == format_type)
+                if document_type:
+                    wanted.append(t.c.document_type == document_type)
+                row = c.execute(select(t).where(*wanted).order_by(t.c.seq).limit(1)
+                                .with_for_update(skip_locked=True)).first()
+                if row is None:
+                    return None
+                if row.deliveries >= self.settings.max_deliveries:
+                    c.execute(update(t).where(t.c.seq == row.seq).values(state="dead", lease_until_ms=None))
+                    continue
+                until = now + int(self.settings.lease_seconds * 1000)
+                return Document.of(c.execute(update(t).where(t.c.seq == row.seq).values(
+                    lease_until_ms=until, lease_node=self.node, deliveries=t.c.deliveries + 1,
+                    last_handout_ms=now).returning(*t.c)).one())
+
+    def chunks(self, document: Document, size: int = PART) -> Generator[bytes, None, None]:
+        """The document's bytes in chunks of ``size`` (the last one shorter)."""
+        if document.blob is not None:
+            yield from self._file_chunks(document, size)
+        else:
+            yield from self._database_chunks(document)
+
+    def _file_chunks(self, document: Document, size: int) -> Iterator[bytes]:
+        assert document.blob is not None
+        with translated(f"cannot read document {document.message_id!r}"), \
+                (self.blob_dir / document.blob).open("rb") as fh:
+            if os.fstat(fh.fileno()).st_size != document.size:
+                raise DocumentStoreError(f"the bytes of document {document.message_id!r} are not "
+                                         f"{document.size} long: refusing to serve them")
+            while chunk := fh.read(size):
+                yield chunk
+
+    def _database_chunks(self, document: Document) -> Iterator[bytes]:
+        b = self.tables.blob
+        part = 0
+        while True:
+            with translated(f"cannot read document {document.message_id!r}"), self.engine.connect() as c:
+                data = c.execute(select(b.c.data).where(b.c.doc_seq == document.seq, b.c.part == part)).scalar()
+            if data is None:
+                return
+            yield bytes(data)
+            part += 1
+
+    # -- confirm ---------------------------------------------------------------
+
+    def confirm(self, message_id: str, sender_id: str, receiver_id: str) -> tuple[Document, bool]:
+        """Mark delivered: the document, and ``False`` when it already was.
+
+        An id unknown for this receiver (and sender, if given) is :class:`UnknownDocument`.
+        """
+        t = self.tables.document
+        with translated("cannot confirm the document"), self.engine.begin() as c:
+            _relaxed(c)
+            row = c.execute(select(t).where(t.c.message_id == message_id).with_for_update()).first()
+            if row is None or row.receiver_id != receiver_id or (sender_id and row.sender_id != sender_id):
+                raise UnknownDocument(f"no document {message_id!r} from {sender_id!r} to {receiver_id!r}",
+                                      detail=message_id)
+            document = Document.of(row)
+            first = document.state != "confirmed"
+            if first:
+                c.execute(update(t).where(t.c.seq == row.seq).values(
+                    state="confirmed", confirmed_ms=now_ms(), lease_until_ms=None))
+            return document, first
+
+    # -- operations ------------------------------------------------------------
+
+    def find(self, message_id: str) -> Document | None:
+        t = self.tables.document
+        with translated("cannot read the JX documents"), self.engine.connect() as c:
+            row = c.execute(select(t).where(t.c.message_id == message_id)).first()
+        return Document.of(row) if row is not None else None
+
+    def list(self, *, receiver_id: str | None = None, states: tuple[str, ...] = ("ready",),
+             limit: int | None = None) -> list[Document]:
+        """Documents in ``states`` (``leased`` counts as ``ready``), oldest first."""
+        t = self.tables.document
+        stmt = select(t).where(t.c.state.in_(states)).order_by(t.c.seq)
+        if receiver_id is not None:
+            stmt = stmt.where(t.c.receiver_id == receiver_id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with translated("cannot read the JX documents"), self.engine.connect() as c:
+            return [Document.of(row) for row in c.execute(stmt)]
+
+    def counts(self) -> tuple[dict[str, int], int | None]:
+        """Documents by shown state (ready, leased, confirmed, dead), and when the oldest waiting one arrived."""
+        t = self.tables.document
+        now = now_ms()
+        leased = and_(t.c.state == "ready", t.c.lease_until_ms > now)
+        shown = case((leased, "leased"), else_=t.c.state)
+        with translated("cannot read the JX documents"), self.engine.connect() as c:
+            rows = c.execute(select(shown, func.count()).group_by(shown)).all()
+            oldest = c.execute(select(func.min(t.c.created_ms)).where(t.c.state == "ready")).scalar()
+        found = {state: 0 for state in ("ready", "leased", "confirmed", "dead")}
+        found.update({str(state): int(n) for state, n in rows})
+        return found, None if oldest is None else int(oldest)
+
+    def requeue(self, message_id: str) -> Document:
+        """Make a document deliverable again at once: ready, no lease, delivery count reset."""
+        t = self.tables.document
+        with translated("cannot requeue the document"), self.engine.begin() as c:
+            done = c.execute(update(t).where(t.c.message_id == message_id).values(
+                state="ready", lease_until_ms=None, lease_node=None, deliveries=0, confirmed_ms=None))
+            if done.rowcount == 0:
+                raise UnknownDocument(f"no document {message_id!r}", detail=message_id)
+            return Document.of(c.execute(select(t).where(t.c.message_id == message_id)).one())
+
+    def purge(self, confirmed_before_ms: int) -> int:
+        """Delete documents confirmed before the time, with their bytes; returns how many."""
+        t, b = self.tables.document, self.tables.blob
+        with translated("cannot purge documents"), self.engine.begin() as c:
+            old = c.execute(select(t.c.seq, t.c.blob).where(
+                t.c.state == "confirmed", t.c.confirmed_ms < confirmed_before_ms)).all()
+            seqs = [row.seq for row in old]
+            for start in range(0, len(seqs), 500):
+                batch = seqs[start:start + 500]
+                c.execute(delete(b).where(b.c.doc_seq.in_(batch)))
+                c.execute(delete(t).where(t.c.seq.in_(batch)))
+        for row in old:  # after the commit: a file is never missing for a row that exists
+            if row.blob is not None:
+                (self.blob_dir / row.blob).unlink(missing_ok=True)
+        return len(old)
+
+
+def _safe_node(node: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in node) or "node"
