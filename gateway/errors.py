@@ -12,7 +12,10 @@ HTTP status of the fault response::
     │   ├── UnsupportedMediaType(ValueError)        415
     │   ├── MessageTooLarge(ValueError)             413
     │   ├── RequestTimeout(TimeoutError)            408
-    │   └── UnknownDestination(LookupError)         404
+    │   ├── UnknownDestination(LookupError)         404
+    │   ├── UnsafeFileName(ValueError)              400  (file transfer)
+    │   ├── ChecksumMismatch(ValueError)            400  (file transfer)
+    │   └── ZipBomb(ValueError)                     413  (file transfer)
     └── ServerFault                                 the gateway or its upstream failed
         ├── RoutingLoop(RuntimeError)               500
         └── UpstreamError
@@ -41,6 +44,9 @@ __all__ = [
     "UpstreamError",
     "EndpointUnavailable",
     "EndpointTimeout",
+    "UnsafeFileName",
+    "ChecksumMismatch",
+    "ZipBomb",
 ]
 
 
@@ -142,3 +148,22 @@ class EndpointTimeout(UpstreamError, TimeoutError):
     """Raised when the endpoint does not answer within its timeout."""
 
     code = "EndpointTimeout"
+
+
+class UnsafeFileName(ClientFault, ValueError):
+    """Raised when a transferred file's name is a path, hidden, reserved or has control characters."""
+
+    code = "UnsafeFileName"
+
+
+class ChecksumMismatch(ClientFault, ValueError):
+    """Raised when a file part or a reassembled file does not match its declared SHA-256 or size."""
+
+    code = "ChecksumMismatch"
+
+
+class ZipBomb(ClientFault, ValueError):
+    """Raised when a zipped file inflates beyond its declared size, the size limit or the ratio limit."""
+
+    code = "ZipBomb"
+    http_status = 413

@@ -100,6 +100,8 @@ class GatewaySettings:
     """Time synchronisation."""
     logs: LogSettings = field(default_factory=LogSettings)
     """The send/receive log."""
+    max_attachment_bytes: int = 2 * 1024 * 1024 * 1024
+    """Largest multipart/related (SwA, MTOM) request body relayed; its root part stays under the envelope limits."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,7 +199,8 @@ def parse_config(data: Any, *, source: Path | None = None, db: str | None = None
 def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer]) -> GatewaySettings:
     g = _mapping(raw, "gateway")
     allowed = {"name", "listen", "tls", "db", "data_dir", "max_message_bytes",
-               "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp", "logs"}
+               "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp", "logs",
+               "max_attachment_bytes"}
     _known(g, "gateway", allowed)
     if g.get("tls"):
         raise ConfigError(f"gateway.tls {_NOT_YET}")
@@ -220,6 +223,8 @@ def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer]) -> GatewaySett
         fallback_peer=fallback,
         ntp=_ntp(_section(g, "ntp")),
         logs=_logs(_section(g, "logs")),
+        max_attachment_bytes=_int(g.get("max_attachment_bytes", defaults.max_attachment_bytes),
+                                  "gateway.max_attachment_bytes", low=1024),
     )
 
 

@@ -1,0 +1,205 @@
+"""Reassembly: parts land in a hidden staging folder; the file appears only when verified.
+
+Layout under the receiver's folder ``DIR``::
+
+    DIR/.bmrgw-partial/<fileId>/info.json    the FileInfo of the transfer
+    DIR/.bmrgw-partial/<fileId>/data         the transmitted stream, parts written at their offsets
+    DIR/.bmrgw-partial/<fileId>/parts/<n>    a verified part (written after its data was fsync'ed)
+    DIR/.bmrgw-partial/<fileId>/published    the transfer is complete (its name, for duplicates)
+
+A part is hashed while it is written and recorded only when its size and
+SHA-256 match; a re-sent part that is already recorded is drained without
+writing.  When the last part is recorded, the stream is verified (and
+unzipped with zip-bomb limits) into a temporary file in the staging folder,
+fsync'ed, and renamed into ``DIR`` — so ``DIR`` only ever shows complete,
+verified files.  Nothing here knows about HTTP or SOAP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from gateway.errors import ChecksumMismatch, MalformedMessage
+
+from .parts import FILE_ID, FileInfo, PartHasher, PartInfo
+from .zipstream import ZipLimits, ZipReader
+
+__all__ = ["Staging", "PartWriter", "FileStatus", "STAGING_DIR"]
+
+STAGING_DIR = ".bmrgw-partial"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileStatus:
+    """What a receiver has of one transfer."""
+
+    file_id: str
+    parts: frozenset[int]
+    part_count: int | None
+    published: str | None = None
+    """The published file name once the transfer is complete."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class PartWriter:
+    """Writes one part at its offset in the stream file while hashing it."""
+
+    def __init__(self, folder: Path, part: PartInfo) -> None:
+        self._folder = folder
+        self._hasher = PartHasher(part)
+        self._fd = os.open(folder / "data", os.O_WRONLY | os.O_CREAT, 0o600)
+        self._at = part.offset
+
+    def write(self, data: bytes) -> None:
+        self._hasher.update(data)
+        os.pwrite(self._fd, data, self._at)
+        self._at += len(data)
+
+    def commit(self) -> None:
+        """Verify size and SHA-256, make the bytes durable, then record the part."""
+        try:
+            self._hasher.verify()
+            os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+        part = self._hasher.part
+        _write_atomically(self._folder / "parts" / str(part.part_no), json.dumps(asdict(part)))
+
+    def abort(self) -> None:
+        os.close(self._fd)
+
+
+class Staging:
+    """The staging folder of a receiving directory."""
+
+    def __init__(self, directory: Path, *, max_file_bytes: int, max_ratio: float = 200.0) -> None:
+        self.directory = directory
+        self.root = directory / STAGING_DIR
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_file_bytes = max_file_bytes
+        self.max_ratio = max_ratio
+
+    def _folder(self, file_id: str) -> Path:
+        if not FILE_ID.fullmatch(file_id):
+            raise MalformedMessage(f"fileId {file_id[:80]!r} must be 1-64 letters, digits, '_' or '-'")
+        return self.root / file_id
+
+    def status(self, file_id: str) -> FileStatus:
+        folder = self._folder(file_id)
+        info = self._info(file_id)
+        published = folder / "published"
+        if published.exists():
+            assert info is not None
+            return FileStatus(file_id=file_id, parts=frozenset(range(1, info.part_count + 1)),
+                              part_count=info.part_count, published=published.read_text(encoding="utf-8"))
+        parts = folder / "parts"
+        have = frozenset(int(p.name) for p in parts.iterdir() if p.name.isdigit()) if parts.exists() else frozenset()
+        return FileStatus(file_id=file_id, parts=have, part_count=info.part_count if info else None)
+
+    def begin(self, info: FileInfo) -> None:
+        """Start or continue a transfer; its description must not change between parts."""
+        info.check(max_file_bytes=self.max_file_bytes)
+        known = self._info(info.file_id)
+        if known is None:
+            folder = self._folder(info.file_id)
+            (folder / "parts").mkdir(parents=True, exist_ok=True)
+            _write_atomically(folder / "info.json", json.dumps(asdict(info)))
+        elif known != info:
+            raise MalformedMessage(f"fileId {info.file_id} was started with a different name, size, checksum, "
+                                   "compression or part size")
+
+    def writer(self, info: FileInfo, part: PartInfo) -> PartWriter | None:
+        """A writer for a part not yet recorded; None for a duplicate (drain it, answer as before)."""
+        status = self.status(info.file_id)
+        if status.published is not None or part.part_no in status.parts:
+            return None
+        return PartWriter(self._folder(info.file_id), part)
+
+    def publish(self, file_id: str) -> Path:
+        """Verify the complete stream and rename the file into the directory (idempotent)."""
+        folder = self._folder(file_id)
+        info = self._info(file_id)
+        if info is None:
+            raise MalformedMessage(f"no transfer {file_id}")
+        if (folder / "published").exists():
+            return self.directory / info.file_name
+        tmp = folder / "file.tmp"
+        try:
+            self._verify_into(info, folder / "data", tmp)
+        except BaseException:
+            # A stream that fails verification is useless: drop it so a resend starts clean.
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        target = self.directory / info.file_name
+        os.replace(tmp, target)
+        _fsync_dir(self.directory)
+        _write_atomically(folder / "published", info.file_name)
+        for leftover in (folder / "data", folder / "parts"):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        return target
+
+    def _verify_into(self, info: FileInfo, data: Path, tmp: Path) -> None:
+        data.touch()
+        if os.path.getsize(data) != info.stream_size:
+            raise ChecksumMismatch(f"the received stream has {os.path.getsize(data)} bytes, not {info.stream_size}")
+        digest, size = hashlib.sha256(), 0
+        if info.compression == "none":
+            for chunk in _read(data):
+                digest.update(chunk)
+                size += len(chunk)
+            _check_file(info, digest.hexdigest(), size)
+            os.replace(data, tmp)
+            return
+        reader = ZipReader(ZipLimits(max_bytes=info.file_size, max_ratio=self.max_ratio))
+        with tmp.open("wb") as out:
+            for chunk in _read(data):
+                for piece in reader.feed(chunk):
+                    digest.update(piece)
+                    size += len(piece)
+                    out.write(piece)
+            reader.close()
+            _check_file(info, digest.hexdigest(), size)
+            out.flush()
+            os.fsync(out.fileno())
+
+    def _info(self, file_id: str) -> FileInfo | None:
+        try:
+            return FileInfo(**json.loads((self._folder(file_id) / "info.json").read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            return None
+
+
+def _check_file(info: FileInfo, sha256: str, size: int) -> None:
+    if size != info.file_size:
+        raise ChecksumMismatch(f"the reassembled file has {size} bytes, not the declared {info.file_size}")
+    if sha256 != info.file_sha256:
+        raise ChecksumMismatch("the reassembled file does not match its fileSha256")
+
+
+def _read(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            yield chunk
