@@ -70,13 +70,16 @@ class PartWriter:
     def __init__(self, folder: Path, part: PartInfo) -> None:
         self._folder = folder
         self._hasher = PartHasher(part)
-        self._fd = os.open(folder / "data", os.O_WRONLY | os.O_CREAT, 0o600)
+        self._fd = os.open(folder / "data", os.O_WRONLY | os.O_CREAT, 0o666)
         self._at = part.offset
 
     def write(self, data: bytes) -> None:
-        self._hasher.update(data)
+        self._hasher.write(data)
         os.pwrite(self._fd, data, self._at)
         self._at += len(data)
+
+    def verify(self) -> None:
+        self._hasher.verify()
 
     def commit(self) -> None:
         """Verify size and SHA-256, make the bytes durable, then record the part."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from routing.commands import add_endpoints_command
 
 from .errors import ConfigError, GatewayError
+from .files import add_file_commands
 from .logview import add_logs_command, add_time_command
 
 __all__ = ["main"]
@@ -53,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     add_endpoints_command(commands, config_option)
     add_logs_command(commands, config_option)
     add_time_command(commands, config_option)
+    add_file_commands(commands, config_option)
     _add_demo_backend(commands)
     return parser
 

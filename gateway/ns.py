@@ -36,3 +36,7 @@ class SoapVersion(enum.Enum):
     @property
     def content_type(self) -> str:
         return CT_SOAP11 if self is SoapVersion.V11 else CT_SOAP12
+
+# File transfer (capability D): the PutFilePart / GetFileStatus service, and MTOM's XOP.
+FILE = "urn:bmrgw:file:1"
+XOP = "http://www.w3.org/2004/08/xop/include"
