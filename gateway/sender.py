@@ -36,7 +36,8 @@ from .errors import GatewayError
 from .ns import FILE, FAULT, H_SOAPACTION, SoapVersion
 from .parser import parse
 
-__all__ = ["SendOptions", "SendError", "SendResult", "send_file", "EXIT_CODES", "prepare", "Prepared"]
+__all__ = ["SendOptions", "SendError", "SendResult", "send_file", "EXIT_CODES", "prepare", "Prepared", "Progress",
+           "part_message"]
 
 #: Exit codes of ``bmrgw send``, for scripts.
 EXIT_CODES = {
@@ -281,19 +282,29 @@ async def _send(client: _Client, prepared: Prepared, options: SendOptions,
                       bytes_sent=sent_bytes)
 
 
+def part_message(info: FileInfo, part: PartInfo, *, to: str, mtom: bool = False,
+                 version: SoapVersion = SoapVersion.V11, sender: str | None = None) -> tuple[dict[str, str], bytes, bytes]:
+    """HTTP headers, and the bytes before and after the part's data, of one PutFilePart request."""
+    envelope = put_file_part(info, part.part_no, part.sha256, content_id=_ATTACHMENT_ID, mtom=mtom,
+                             version=version, to=to, sender=sender,
+                             message_id=f"{info.file_id}.{part.part_no}.{uuid.uuid4().hex[:8]}")
+    boundary, action = new_boundary(), f"{FILE}/PutFilePart"
+    head = part_head(boundary, [("Content-Type", root_content_type(version, mtom=mtom, action=action)),
+                                ("Content-Transfer-Encoding", "binary"), ("Content-ID", _ROOT_ID)], first=True)
+    head += envelope + part_head(boundary, [("Content-Type", "application/octet-stream"),
+                                            ("Content-Transfer-Encoding", "binary"),
+                                            ("Content-ID", f"<{_ATTACHMENT_ID}>")])
+    tail = closing(boundary)
+    content_type = related_content_type(boundary, version=version, mtom=mtom, start=_ROOT_ID, action=action)
+    headers = {**_headers(content_type, "PutFilePart"), "Content-Length": str(len(head) + part.size + len(tail))}
+    return headers, head, tail
+
+
 async def _put(client: _Client, prepared: Prepared, part: PartInfo, options: SendOptions,
                progress: Progress) -> str | None:
-    info, version = prepared.info, options.version
-    envelope = put_file_part(info, part.part_no, part.sha256, content_id=_ATTACHMENT_ID, mtom=options.mtom,
-                             version=version, to=options.to, sender=options.sender,
-                             message_id=f"{info.file_id}.{part.part_no}.{uuid.uuid4().hex[:8]}")
-    boundary = new_boundary()
-    root_type = root_content_type(version, mtom=options.mtom, action=f"{FILE}/PutFilePart")
-    head = part_head(boundary, [("Content-Type", root_type), ("Content-Transfer-Encoding", "binary"),
-                                ("Content-ID", _ROOT_ID)], first=True) + envelope
-    head += part_head(boundary, [("Content-Type", "application/octet-stream"),
-                                 ("Content-Transfer-Encoding", "binary"), ("Content-ID", f"<{_ATTACHMENT_ID}>")])
-    tail = closing(boundary)
+    info = prepared.info
+    headers, head, tail = part_message(info, part, to=options.to, mtom=options.mtom, version=options.version,
+                                       sender=options.sender)
 
     async def body() -> AsyncIterator[bytes]:
         yield head
@@ -302,9 +313,6 @@ async def _put(client: _Client, prepared: Prepared, part: PartInfo, options: Sen
             yield chunk
         yield tail
 
-    content_type = related_content_type(boundary, version=version, mtom=options.mtom, start=_ROOT_ID,
-                                        action=f"{FILE}/PutFilePart")
-    headers = {**_headers(content_type, "PutFilePart"), "Content-Length": str(len(head) + part.size + len(tail))}
     what = f"part {part.part_no}/{info.part_count}"
     reply = read_part_reply(await client.call(body(), headers, what))
     if reply.file_id != info.file_id or reply.part_no != part.part_no:
