@@ -137,6 +137,8 @@ class MultipartReader:
         self._max_header = max_header_bytes
         self.parts = 0
         """Parts started so far."""
+        self.emit_data = True
+        """False: report part boundaries only, not the bytes of the parts (the relay after the root)."""
 
     @property
     def done(self) -> bool:
@@ -147,6 +149,10 @@ class MultipartReader:
         """The events completed by ``data``."""
         if self._state == _DONE:
             return []  # the epilogue carries nothing
+        if self._state in (_PREAMBLE, _BODY) and len(data) > 2 * len(self._delimiter):
+            passed = self._pass_through(data)
+            if passed is not None:
+                return passed
         self._buf += data
         events: list[Event] = []
         while self._step(events):
@@ -168,6 +174,18 @@ class MultipartReader:
             return self._headers(events)
         return False
 
+    def _pass_through(self, data: bytes) -> list[Event] | None:
+        """A chunk inside a part with no delimiter in it or at its joint (the common case of a
+        big part): passed on without going through the buffer.  None if it needs the slow path."""
+        delimiter, keep = self._delimiter, len(self._delimiter) - 1
+        if data.find(delimiter) >= 0 or (bytes(self._buf) + data[:keep]).find(delimiter) >= 0:
+            return None
+        events: list[Event] = []
+        if self._state == _BODY and self.emit_data:
+            events.append(PartData(bytes(self._buf) + data[:-keep]))
+        self._buf[:] = data[-keep:]
+        return events
+
     def _scan_body(self, events: list[Event]) -> bool:
         buf, delimiter = self._buf, self._delimiter
         at = buf.find(delimiter)
@@ -175,13 +193,13 @@ class MultipartReader:
         if at < 0:
             keep = len(delimiter) - 1
             if len(buf) > keep:
-                if in_body:
-                    events.append(PartData(bytes(buf[:-keep])))
+                if in_body and self.emit_data:
+                    events.append(PartData(bytes(memoryview(buf)[:-keep])))
                 del buf[:-keep]
             return False
         if in_body:
-            if at:
-                events.append(PartData(bytes(buf[:at])))
+            if at and self.emit_data:
+                events.append(PartData(bytes(memoryview(buf)[:at])))
             events.append(PartEnd(self.parts - 1))
         del buf[:at]
         self._state = _DELIMITER
@@ -271,6 +289,7 @@ class RootExtractor:
                 root.append(event.data)
             elif isinstance(event, PartEnd) and self._in_root:
                 self._in_root, self.root_ended = False, True
+                self._reader.emit_data = False  # from here on only the framing matters
         return b"".join(root)
 
     def finish(self) -> None:

@@ -65,16 +65,24 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 class PartWriter:
-    """Writes one part at its offset in the stream file while hashing it."""
+    """Writes one part at its offset in the stream file while hashing it.
 
-    def __init__(self, folder: Path, part: PartInfo) -> None:
+    ``stream`` continues the SHA-256 of the whole stream when this part is
+    the next one in order, so an in-order transfer needs no second reading.
+    """
+
+    def __init__(self, folder: Path, part: PartInfo, stream: hashlib._Hash | None = None) -> None:
         self._folder = folder
         self._hasher = PartHasher(part)
+        self.part = part
+        self.stream = stream
         self._fd = os.open(folder / "data", os.O_WRONLY | os.O_CREAT, 0o666)
         self._at = part.offset
 
     def write(self, data: bytes) -> None:
         self._hasher.write(data)
+        if self.stream is not None:
+            self.stream.update(data)
         os.pwrite(self._fd, data, self._at)
         self._at += len(data)
 
@@ -104,6 +112,9 @@ class Staging:
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_file_bytes = max_file_bytes
         self.max_ratio = max_ratio
+        # fileId -> (bytes hashed in order so far, their SHA-256): in memory only;
+        # after a restart or out-of-order parts the stream is read once more instead.
+        self._running: dict[str, tuple[int, hashlib._Hash]] = {}
 
     def _folder(self, file_id: str) -> Path:
         if not FILE_ID.fullmatch(file_id):
@@ -139,7 +150,14 @@ class Staging:
         status = self.status(info.file_id)
         if status.published is not None or part.part_no in status.parts:
             return None
-        return PartWriter(self._folder(info.file_id), part)
+        done, digest = self._running.get(info.file_id, (0, hashlib.sha256()))
+        return PartWriter(self._folder(info.file_id), part, digest.copy() if done == part.offset else None)
+
+    def commit(self, writer: PartWriter, file_id: str) -> None:
+        """Record a written part (see :meth:`PartWriter.commit`) and advance the in-order hash."""
+        writer.commit()
+        if writer.stream is not None:
+            self._running[file_id] = (writer.part.offset + writer.part.size, writer.stream)
 
     def publish(self, file_id: str) -> Path:
         """Verify the complete stream and rename the file into the directory (idempotent)."""
@@ -151,7 +169,7 @@ class Staging:
             return self.directory / info.file_name
         tmp = folder / "file.tmp"
         try:
-            self._verify_into(info, folder / "data", tmp)
+            self._verify_into(info, folder / "data", tmp, self._running.pop(file_id, None))
         except BaseException:
             # A stream that fails verification is useless: drop it so a resend starts clean.
             shutil.rmtree(folder, ignore_errors=True)
@@ -164,15 +182,19 @@ class Staging:
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
         return target
 
-    def _verify_into(self, info: FileInfo, data: Path, tmp: Path) -> None:
+    def _verify_into(self, info: FileInfo, data: Path, tmp: Path,
+                     running: tuple[int, hashlib._Hash] | None) -> None:
         data.touch()
         if os.path.getsize(data) != info.stream_size:
             raise ChecksumMismatch(f"the received stream has {os.path.getsize(data)} bytes, not {info.stream_size}")
         digest, size = hashlib.sha256(), 0
         if info.compression == "none":
-            for chunk in _read(data):
-                digest.update(chunk)
-                size += len(chunk)
+            if running is not None and running[0] == info.stream_size:
+                digest, size = running[1], running[0]
+            else:
+                for chunk in _read(data):
+                    digest.update(chunk)
+                    size += len(chunk)
             _check_file(info, digest.hexdigest(), size)
             os.replace(data, tmp)
             return

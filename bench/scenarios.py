@@ -7,6 +7,7 @@ Section`` (see ``harness.Scenario``) and append an instance here.
 
 from __future__ import annotations
 
+from .files import FileTransfer
 from .harness import Scenario
 from .relay import AddedLatency, RelayLoad, ThroughputRatio
 
@@ -34,5 +35,9 @@ SCENARIOS: tuple[Scenario, ...] = (
                AddedLatency(target="bmrgw", percentile="99", at_most_ms=5.0),
                AddedLatency(target="bmrgw-nolog", percentile="50", at_most_ms=1.0),
                AddedLatency(target="bmrgw-nolog", percentile="99", at_most_ms=5.0)),
+    ),
+    FileTransfer(
+        name="file1g", title="File transfer: 1 GiB (--file-mib) through bmrgw in 64 MiB parts vs a raw upload "
+        "through nginx",
     ),
 )

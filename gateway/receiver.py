@@ -125,7 +125,7 @@ class FileReceiver:
                 writer.abort()
             raise
         if writer is not None:
-            writer.commit()
+            self._staging.commit(writer, info.file_id)
         status = self._staging.status(info.file_id)
         if status.published is None and len(status.parts) == info.part_count:
             await asyncio.to_thread(self._staging.publish, info.file_id)

@@ -49,7 +49,7 @@ EXIT_CODES = {
 }
 #: Faults that say "not now" rather than "never": the sender should retry (resume) later.
 _TRANSIENT = frozenset({"EndpointUnavailable", "EndpointTimeout", "LogUnavailable", "RequestTimeout"})
-_CHUNK = 256 * 1024
+_CHUNK = 1024 * 1024
 _ATTACHMENT_ID = "part@bmrgw"
 _ROOT_ID = "<root@bmrgw>"
 
