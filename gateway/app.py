@@ -20,12 +20,16 @@ from aiohttp import web
 from routing.config import Config, load_config
 from routing.watch import LiveTable, watch
 
+from .auth import auth_middleware
 from .chain import archive
 from .clock import Clock
-from .journal import Journal, JournalUnavailable
+from .errors import GatewayError, Unauthorized
+from .journal import Journal, JournalUnavailable, LogRecord
 from .logview import archive_dir
 from .metrics import CONTENT_TYPE_LATEST, Metrics
-from .relay import Relay
+from .ns import H_MESSAGE_ID, SoapVersion
+from .relay import SERVER, Relay
+from .soap import fault_content_type, gateway_fault, version_for
 from .store import Store, StoreUnavailable, database_url
 from .upstream import HttpUpstream, Upstream
 
@@ -59,6 +63,8 @@ def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Applicat
     """The gateway application for ``config``."""
     app = web.Application(client_max_size=1024 * 1024, handler_args={"max_field_size": 16384})
     app[LIVE] = LiveTable(config)
+    app.middlewares.append(auth_middleware(lambda: app[LIVE].current.config.clients, fault_response,
+                                           _log_refusal(app)))
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_store_ctx(config))
     app.cleanup_ctx.append(_log_ctx(config))
@@ -146,6 +152,35 @@ def _watch_ctx(config: Config, options: AppOptions) -> Callable[[web.Application
         with contextlib.suppress(asyncio.CancelledError):
             await task
     return ctx
+
+
+def fault_response(request: web.Request, error: GatewayError) -> web.Response:
+    """A gateway fault for ``request`` in its SOAP version (1.1 when it announced none)."""
+    version = version_for(request.content_type) or SoapVersion.V11
+    gateway = request.app[LIVE].current.config.gateway.name
+    headers = {"Content-Type": fault_content_type(version), "Server": SERVER}
+    if H_MESSAGE_ID in request.headers:
+        headers[H_MESSAGE_ID] = request.headers[H_MESSAGE_ID][:256]
+    return web.Response(status=error.http_status, body=gateway_fault(error, version, gateway=gateway),
+                        headers=headers)
+
+
+def _log_refusal(app: web.Application) -> Callable[[web.Request, Unauthorized, str | None], Any]:
+    """Refused logins go to the send/receive log too: an auditor looks for them first."""
+    async def record(request: web.Request, error: Unauthorized, claimed: str | None) -> None:
+        journal = app.get(JOURNAL)
+        if journal is None:
+            return
+        entry = LogRecord.at(app[CLOCK].now(), kind="auth", direction="request", status="fault",
+                             message_id=request.headers.get(H_MESSAGE_ID, "")[:256] or None,
+                             endpoint=request.path[:256], client=claimed, http_status=error.http_status,
+                             fault_code=error.code)
+        try:
+            await journal.record(entry)
+        except JournalUnavailable as exc:
+            log.error("send/receive log unavailable (%s); refused login not logged: %s", exc.reason,
+                      entry.to_json())
+    return record
 
 
 async def _relay(request: web.Request) -> web.StreamResponse:

@@ -18,6 +18,7 @@ from routing.commands import add_endpoints_command
 from .errors import ConfigError, GatewayError
 from .files import add_file_commands
 from .logview import add_logs_command, add_time_command
+from .pki import add_pki_command
 
 __all__ = ["main"]
 
@@ -56,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     add_time_command(commands, config_option)
     add_file_commands(commands, config_option)
     _add_demo_backend(commands)
+    _add_hash_password(commands)
+    add_pki_command(commands)
     return parser
 
 
@@ -117,6 +120,35 @@ def _demo_backend(args: argparse.Namespace) -> int:
     print(f"demo business AP on http://{args.host}:{args.port}/demo (WSDL: ?wsdl)", flush=True)
     web.run_app(make_demo_app(name=args.name, delay=args.delay), host=args.host, port=args.port,
                 access_log=None, print=None)
+    return 0
+
+
+def _add_hash_password(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "hash-password", help="print a password hash for clients.*.basic.password_hash",
+        description="Read a password (prompted twice on a terminal, else the first line of stdin) and "
+        "print its salted scrypt hash for clients.NAME.basic.password_hash in endpoints.yaml. "
+        "The password itself is never written anywhere.",
+    )
+    p.set_defaults(run=_hash_password)
+
+
+def _hash_password(_: argparse.Namespace) -> int:
+    import getpass
+
+    from .passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("bmrgw: the two passwords differ; nothing printed", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("bmrgw: empty password refused", file=sys.stderr)
+        return 2
+    print(hash_password(password))
     return 0
 
 

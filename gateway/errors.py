@@ -13,6 +13,8 @@ HTTP status of the fault response::
     │   ├── MessageTooLarge(ValueError)             413
     │   ├── RequestTimeout(TimeoutError)            408
     │   ├── UnknownDestination(LookupError)         404
+    │   ├── Unauthorized(PermissionError)           401
+    │   ├── Forbidden(PermissionError)              403
     │   ├── UnsafeFileName(ValueError)              400  (file transfer)
     │   ├── ChecksumMismatch(ValueError)            400  (file transfer)
     │   └── ZipBomb(ValueError)                     413  (file transfer)
@@ -39,6 +41,8 @@ __all__ = [
     "MessageTooLarge",
     "RequestTimeout",
     "UnknownDestination",
+    "Unauthorized",
+    "Forbidden",
     "ServerFault",
     "RoutingLoop",
     "UpstreamError",
@@ -122,6 +126,20 @@ class UnknownDestination(ClientFault, LookupError):
 
     code = "UnknownDestination"
     http_status = 404
+
+
+class Unauthorized(ClientFault, PermissionError):
+    """Raised when ``clients`` are configured and the caller did not prove who it is."""
+
+    code = "Unauthorized"
+    http_status = 401
+
+
+class Forbidden(ClientFault, PermissionError):
+    """Raised when an authenticated client asks for something its ``clients`` entry does not allow."""
+
+    code = "Forbidden"
+    http_status = 403
 
 
 class ServerFault(GatewayError):

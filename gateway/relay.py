@@ -34,13 +34,15 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from attachments.mime import CT_RELATED, RootExtractor, parse_related
-from routing.config import GatewaySettings
+from routing.config import Client, GatewaySettings
 from routing.table import Route, RouteTable
 from routing.watch import LiveTable
 
+from .auth import client_of
 from .clock import Clock, Now
 from .errors import (
     ClientFault,
+    Forbidden,
     GatewayError,
     MalformedMessage,
     MessageTooLarge,
@@ -97,6 +99,8 @@ class Trace:
     arrived: Now
     started: float
     message_id: str | None = None
+    client: str | None = None
+    """The authenticated client's name (``clients`` in endpoints.yaml)."""
     sender: str | None = None
     destination: str | None = None
     endpoint: str | None = None
@@ -129,7 +133,7 @@ class Trace:
         """The request and the response record of this exchange."""
         now = time.perf_counter()
         common = dict(kind="relay", message_id=self.message_id, from_ap=self.sender, to_ap=self.destination,
-                      endpoint=self.endpoint)
+                      endpoint=self.endpoint, client=self.client)
         request = LogRecord.at(
             self.arrived, direction="request", status="ok" if self.forwarded else self.status,
             bytes_in=self.request_bytes, bytes_out=self.request_bytes if self.forwarded else 0,
@@ -172,6 +176,12 @@ def destination_of(head: EnvelopeHead, path_ap: str | None) -> str:
         raise MalformedMessage("no destination: add the routing header (r:To), wsa:To urn:bmrgw:ap:NAME, "
                                "or POST to /soap/NAME")
     return destination
+
+
+def authorise(client: Client | None, destination: str) -> None:
+    """Refuse a destination the client's ``allow`` list does not name (open mode allows all)."""
+    if client is not None and not client.may_reach(destination):
+        raise Forbidden(f"client {client.name!r} may not send to {destination!r}", destination=destination)
 
 
 class RequestBody:
@@ -232,8 +242,9 @@ class Relay:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         table = self._table.current
+        client = client_of(request)
         trace = Trace(arrived=self._clock.now(), started=time.perf_counter(),
-                      message_id=request.headers.get(H_MESSAGE_ID))
+                      message_id=request.headers.get(H_MESSAGE_ID), client=client.name if client else None)
         version = _caller_version(request)
         try:
             if self._journal is not None:
@@ -278,6 +289,7 @@ class Relay:
             raise MalformedMessage(f"Content-Type {request.content_type} announces SOAP {version.value} "
                                    f"but the Envelope is SOAP {head.version.value}")
         trace.destination = destination_of(head, request.match_info.get("ap"))
+        authorise(client_of(request), trace.destination)
         route = table.resolve(trace.destination, passed=passed)
         trace.endpoint, trace.label = route.url, route.endpoint
         hop = f"{request.version.major}.{request.version.minor} {settings.name}"

@@ -12,6 +12,7 @@ from aiohttp import web
 from routing.config import load_config
 
 from .app import AppOptions, make_app
+from .tls import server_context
 
 __all__ = ["ServeOptions", "serve", "install_event_loop"]
 
@@ -47,12 +48,17 @@ def serve(options: ServeOptions) -> None:
     port = options.port if options.port is not None else config.gateway.listen.port
     data_dir = options.data_dir or config.resolve_path(config.gateway.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    tls = config.gateway.tls
+    ssl_context = server_context(tls) if tls is not None else None
     app = make_app(config, AppOptions(db=options.db))
     install_event_loop()
 
     def announce(_: object) -> None:
         count = len(config.endpoints)
-        print(f"bmrgw {config.gateway.name}: relaying on http://{host}:{port}/soap "
+        scheme = "https" if tls else "http"
+        mutual = " (client certificates required)" if tls and tls.client_ca else ""
+        print(f"bmrgw {config.gateway.name}: relaying on {scheme}://{host}:{port}/soap{mutual} "
               f"({count} endpoint{'' if count == 1 else 's'} from {config.source}); Ctrl-C stops", flush=True)
 
-    web.run_app(app, host=host, port=port, access_log=None, print=announce, shutdown_timeout=30)
+    web.run_app(app, host=host, port=port, access_log=None, print=announce, shutdown_timeout=30,
+                ssl_context=ssl_context)

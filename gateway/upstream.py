@@ -6,22 +6,37 @@ aiohttp's client errors are translated here, and only here, into
 per-endpoint ``timeout``: it bounds the connect, the wait for the first byte
 of the answer after the request was sent, and every later gap in the answer —
 never the time it takes to upload a big body.
+
+Outbound security (SPEC.md ``endpoints.*.ca|basic``, and ``cert``/``key``
+for a client certificate) is applied here too: each distinct
+:class:`~routing.config.Outbound` gets one TLS client context and one
+Authorization header value, built when a route first uses it after a
+config (re)load.  https upstreams are always verified — against ``ca`` when
+set, else the system's trust store — and a certificate that does not verify
+is an EndpointUnavailable naming the problem, never a silent accept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import ssl
 from collections.abc import AsyncIterable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
 from yarl import URL
 
+from routing.config import Outbound
 from routing.table import Route
 
 from .errors import EndpointTimeout, EndpointUnavailable, UpstreamError
 
-__all__ = ["Upstream", "HttpUpstream", "translate"]
+__all__ = ["Upstream", "HttpUpstream", "translate", "tls_context"]
+
+#: Distinct outbound settings kept before the cache starts afresh (reloads add new ones).
+_MAX_HOPS_CACHED = 4096
 
 
 class Upstream(Protocol):
@@ -37,16 +52,72 @@ class Upstream(Protocol):
 def translate(exc: BaseException, route: Route) -> UpstreamError:
     """The gateway error for a failure talking to ``route``."""
     where = {"destination": route.destination, "endpoint": route.endpoint}
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        why = _verify_message(exc.certificate_error)
+        return EndpointUnavailable(f"the TLS certificate of {route.endpoint} is not accepted: {why}",
+                                   detail=why, **where)
+    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
+        why = _ssl_reason(exc)
+        return EndpointUnavailable(f"TLS with {route.endpoint} failed: {why}", detail=why, **where)
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return EndpointTimeout(f"{route.endpoint} did not answer within {route.timeout:g} s", **where)
     if isinstance(exc, aiohttp.ClientConnectorError):
         reason = exc.os_error.strerror or str(exc.os_error)
         return EndpointUnavailable(f"cannot connect to {route.endpoint}: {reason}", **where)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return EndpointUnavailable(f"{route.endpoint} closed the connection without answering", **where)
+        return EndpointUnavailable(f"{route.endpoint} closed the connection without answering{_hint(route)}",
+                                   **where)
     if isinstance(exc, aiohttp.ClientResponseError):
         return EndpointUnavailable(f"{route.endpoint} sent an invalid HTTP response: {exc.message}", **where)
-    return EndpointUnavailable(f"connection to {route.endpoint} failed: {exc}", **where)
+    return EndpointUnavailable(f"connection to {route.endpoint} failed: {exc}{_hint(route)}", **where)
+
+
+def _hint(route: Route) -> str:
+    # Under TLS 1.3 a server that wants a client certificate refuses only after
+    # the handshake, and the client often sees nothing but a reset.
+    if route.outbound.cert is None and route.url.startswith("https:"):
+        return "; if it requires a TLS client certificate, configure cert and key for it"
+    return ""
+
+
+def _verify_message(error: BaseException) -> str:
+    message = getattr(error, "verify_message", None)
+    return str(message) if message else str(error)
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    error = getattr(exc, "os_error", exc)
+    reason = getattr(error, "reason", None)
+    if reason:
+        # OpenSSL's reason code, e.g. TLSV13_ALERT_CERTIFICATE_REQUIRED: say it in words.
+        return str(reason).lower().replace("_", " ")
+    return str(error)
+
+
+def tls_context(outbound: Outbound) -> ssl.SSLContext:
+    """A TLS 1.2+ client context that verifies the upstream and presents ``outbound.cert``."""
+    ctx = ssl.create_default_context(cafile=str(outbound.ca) if outbound.ca else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if outbound.cert is not None:
+        ctx.load_cert_chain(outbound.cert, outbound.key)
+    return ctx
+
+
+@dataclass(frozen=True)
+class _Hop:
+    """What one Outbound turns into on the wire, built once."""
+
+    ssl: ssl.SSLContext
+    authorization: str | None
+
+
+def _hop(outbound: Outbound) -> _Hop:
+    basic = outbound.basic
+    auth = None
+    if basic is not None:
+        # RFC 7617 with charset=UTF-8: Japanese passwords travel as UTF-8.
+        auth = "Basic " + base64.b64encode(f"{basic.user}:{basic.password}".encode()).decode("ascii")
+    return _Hop(ssl=tls_context(outbound), authorization=auth)
 
 
 class HttpUpstream:
@@ -66,6 +137,7 @@ class HttpUpstream:
         # measurable on the hot path of small messages.
         self._urls: dict[str, URL] = {}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._hops: dict[Outbound, _Hop] = {}
 
     async def post(
         self, route: Route, headers: Mapping[str, str], body: bytes | AsyncIterable[bytes]
@@ -74,11 +146,20 @@ class HttpUpstream:
         timeout = self._timeouts.get(route.timeout) or self._timeouts.setdefault(
             route.timeout, aiohttp.ClientTimeout(total=None, sock_connect=route.timeout, sock_read=route.timeout))
         try:
+            hop = self._hops.get(route.outbound) or self._new_hop(route.outbound)
+            if hop.authorization is not None:
+                headers = {**headers, "Authorization": hop.authorization}
             return await self._session.post(
-                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                url, data=body, headers=headers, timeout=timeout, allow_redirects=False, ssl=hop.ssl
             )
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise translate(exc, route) from exc
+
+    def _new_hop(self, outbound: Outbound) -> _Hop:
+        if len(self._hops) >= _MAX_HOPS_CACHED:
+            self._hops.clear()
+        hop = self._hops[outbound] = _hop(outbound)
+        return hop
 
     async def close(self) -> None:
         await self._session.close()

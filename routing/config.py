@@ -6,13 +6,15 @@ problem with its dotted path (``endpoints.kaigo.url: …``) as a
 :class:`~gateway.errors.ConfigError`.
 
 Keys of SPEC.md whose feature this version does not implement yet
-(``gateway.tls``, ``clients``, per-endpoint ``ca``/``basic``/``wss``,
-``mailbox`` endpoints, ``refdb``) are refused rather than silently ignored:
-an operator who configures TLS must never get plain HTTP by accident.
+(``mailbox`` endpoints, ``refdb``) are refused rather than silently ignored:
+an operator who configures a security feature must never get less security
+by accident.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +22,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from yarl import URL
@@ -37,6 +41,12 @@ __all__ = [
     "PeerEndpoint",
     "Endpoint",
     "Peer",
+    "TlsSettings",
+    "BasicLogin",
+    "Client",
+    "Outbound",
+    "BasicCredentials",
+    "WssSign",
     "load_config",
     "parse_text",
     "parse_config",
@@ -50,6 +60,8 @@ DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 3600.0
 
 _NOT_YET = "is not supported by this version of bmrgw yet"
+#: How ``bmrgw hash-password`` hashes start (see gateway/passwords.py).
+HASH_PREFIX = "$scrypt$"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +89,16 @@ class LogSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TlsSettings:
+    cert: str
+    """PEM server certificate (chain), absolute path."""
+    key: str
+    """PEM private key of the server certificate, absolute path."""
+    client_ca: str | None = None
+    """PEM CA bundle; when set, every caller must present a certificate it issued (mutual TLS)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class GatewaySettings:
     name: str = "bmrgw"
     """This gateway's name, used in the HTTP Via header and the logs."""
@@ -100,8 +122,51 @@ class GatewaySettings:
     """Time synchronisation."""
     logs: LogSettings = field(default_factory=LogSettings)
     """The send/receive log."""
+    tls: TlsSettings | None = None
+    """Serve HTTPS (and require client certificates) instead of plain HTTP."""
     max_attachment_bytes: int = 2 * 1024 * 1024 * 1024
     """Largest multipart/related (SwA, MTOM) request body relayed; its root part stays under the envelope limits."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BasicCredentials:
+    user: str
+    """HTTP Basic user name sent to the upstream."""
+    password: str = field(repr=False)
+    """The password, read at config load from ``password_env`` or ``password_file``."""
+    source: str
+    """Where the password came from (for messages; never the password itself)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WssSign:
+    key: Path
+    """PEM private key that signs outgoing messages."""
+    cert: Path
+    """PEM certificate of that key, sent as the BinarySecurityToken."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outbound:
+    """How the gateway talks to one upstream (endpoint or peer): TLS trust, client identity.
+
+    Equal values share one TLS context in the upstream seam; ``fingerprint``
+    covers the files' contents, so a reload after a certificate was replaced
+    builds a fresh context.
+    """
+
+    ca: Path | None = None
+    """Trust anchor(s) for an https upstream; ``None`` trusts the system's CAs."""
+    cert: Path | None = None
+    """Client certificate presented to the upstream (mutual TLS)."""
+    key: Path | None = None
+    """Private key of ``cert``."""
+    basic: BasicCredentials | None = None
+    """HTTP Basic credentials sent to the upstream."""
+    wss_sign: WssSign | None = None
+    """Sign outgoing messages with WS-Security (endpoints only)."""
+    fingerprint: str = ""
+    """SHA-256 over the contents of the files above, as loaded."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +177,8 @@ class UrlEndpoint:
     """Where the business AP's SOAP service listens."""
     timeout: float = DEFAULT_TIMEOUT
     """Seconds to wait for the endpoint to answer."""
+    outbound: Outbound = field(default_factory=Outbound)
+    """TLS trust, client certificate, Basic credentials and signing for this endpoint."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +200,45 @@ class Peer:
     """The peer's relay URL (``…/soap``); messages go to ``<url>/<ap>``."""
     timeout: float = DEFAULT_TIMEOUT
     """Seconds to wait for the peer to answer."""
+    outbound: Outbound = field(default_factory=Outbound)
+    """TLS trust, client certificate and Basic credentials for this peer."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BasicLogin:
+    user: str
+    """HTTP Basic user name."""
+    password_hash: str
+    """Salted slow hash of the password, as printed by ``bmrgw hash-password``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Client:
+    """A caller of the gateway and what it may do (SPEC.md ``clients``)."""
+
+    name: str
+    """The client's name: the identity in the send/receive log."""
+    basic: BasicLogin | None = None
+    """HTTP Basic login; required in addition to the certificate when both are set."""
+    cert_subject: str | None = None
+    """Subject of the client certificate (RFC 4514, e.g. ``CN=juki-app,O=Example City``)."""
+    allow: frozenset[str] = frozenset()
+    """Destination business-AP names it may reach; ``*`` for all."""
+    jx_receive: frozenset[str] = frozenset()
+    """JX receiver ids it may poll for (GetDocument, ConfirmDocument)."""
+    jx_send: frozenset[str] = frozenset()
+    """JX sender ids it may put documents as (PutDocument)."""
+    wss_verify: str | None = None
+    """PEM certificate its WS-Security signatures must verify with (absolute path), if required."""
+
+    def may_reach(self, destination: str) -> bool:
+        return "*" in self.allow or destination in self.allow
+
+    def may_receive_jx(self, receiver_id: str) -> bool:
+        return "*" in self.jx_receive or receiver_id in self.jx_receive
+
+    def may_send_jx(self, sender_id: str) -> bool:
+        return "*" in self.jx_send or sender_id in self.jx_send
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,6 +251,8 @@ class Config:
     """Business-AP name → endpoint."""
     peers: Mapping[str, Peer] = field(default_factory=lambda: MappingProxyType({}))
     """Peer gateway name → peer."""
+    clients: Mapping[str, Client] = field(default_factory=lambda: MappingProxyType({}))
+    """Client name → client; empty means open mode (development only: every caller may do anything)."""
 
     @property
     def base_dir(self) -> Path:
@@ -185,25 +293,24 @@ def parse_config(data: Any, *, source: Path | None = None, db: str | None = None
     try:
         root = _mapping(data, "(top level)")
         _known(root, "(top level)", {"gateway", "clients", "endpoints", "peers", "refdb"})
-        for key in ("clients", "refdb"):
-            if root.get(key):
-                raise ConfigError(f"{key}: {_NOT_YET}")
-        peers = _peers(_section(root, "peers"))
-        gateway = _gateway(_section(root, "gateway"), db, peers)
-        endpoints = _endpoints(_section(root, "endpoints"), peers)
+        if root.get("refdb"):
+            raise ConfigError(f"refdb: {_NOT_YET}")
+        base = source.parent if source else Path.cwd()
+        peers = _peers(_section(root, "peers"), base)
+        gateway = _gateway(_section(root, "gateway"), db, peers, base)
+        endpoints = _endpoints(_section(root, "endpoints"), peers, base)
+        clients = _clients(_section(root, "clients"), base)
     except ConfigError as exc:
         raise ConfigError(where + exc.reason) from exc
-    return Config(source=source, gateway=gateway, endpoints=endpoints, peers=peers)
+    return Config(source=source, gateway=gateway, endpoints=endpoints, peers=peers, clients=clients)
 
 
-def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer]) -> GatewaySettings:
+def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer], base: Path) -> GatewaySettings:
     g = _mapping(raw, "gateway")
     allowed = {"name", "listen", "tls", "db", "data_dir", "max_message_bytes",
                "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp", "logs",
                "max_attachment_bytes"}
     _known(g, "gateway", allowed)
-    if g.get("tls"):
-        raise ConfigError(f"gateway.tls {_NOT_YET}")
     defaults = GatewaySettings()
     fallback = g.get("fallback_peer")
     if fallback is not None and fallback not in peers:
@@ -223,8 +330,23 @@ def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer]) -> GatewaySett
         fallback_peer=fallback,
         ntp=_ntp(_section(g, "ntp")),
         logs=_logs(_section(g, "logs")),
+        tls=_tls(g["tls"], base) if g.get("tls") is not None else None,
         max_attachment_bytes=_int(g.get("max_attachment_bytes", defaults.max_attachment_bytes),
                                   "gateway.max_attachment_bytes", low=1024),
+    )
+
+
+def _tls(raw: Any, base: Path) -> TlsSettings:
+    m = _mapping(raw, "gateway.tls")
+    _known(m, "gateway.tls", {"cert", "key", "client_ca"})
+    for key in ("cert", "key"):
+        if key not in m:
+            raise ConfigError(f"gateway.tls: needs {key} (a PEM file)")
+    client_ca = m.get("client_ca")
+    return TlsSettings(
+        cert=_file(m["cert"], "gateway.tls.cert", base),
+        key=_file(m["key"], "gateway.tls.key", base),
+        client_ca=None if client_ca is None else _file(client_ca, "gateway.tls.client_ca", base),
     )
 
 
@@ -258,55 +380,223 @@ def _logs(raw: Any) -> LogSettings:
                        _int(days, "gateway.logs.retention_days", low=1, high=36500))
 
 
-def _endpoints(raw: Any, peers: Mapping[str, Peer]) -> Mapping[str, Endpoint]:
+def _endpoints(raw: Any, peers: Mapping[str, Peer], base: Path) -> Mapping[str, Endpoint]:
     out: dict[str, Endpoint] = {}
     for name, value in _mapping(raw, "endpoints").items():
-        out[_name(name, "endpoints key")] = endpoint_from(name, value, peers)
+        out[_name(name, "endpoints key")] = endpoint_from(name, value, peers, base)
     return MappingProxyType(out)
 
 
-def endpoint_from(name: str, raw: Any, peers: Mapping[str, Peer]) -> Endpoint:
-    """Validate one ``endpoints.<name>`` entry."""
+def endpoint_from(name: str, raw: Any, peers: Mapping[str, Peer], base: Path | None = None) -> Endpoint:
+    """Validate one ``endpoints.<name>`` entry; relative file names resolve against ``base``."""
     path = f"endpoints.{name}"
     m = _mapping(raw, path)
-    _known(m, path, {"url", "via", "mailbox", "timeout", "ca", "basic", "wss"})
-    for key in ("ca", "basic", "wss", "mailbox"):
-        if key in m:
-            raise ConfigError(f"{path}.{key} {_NOT_YET}")
+    _known(m, path, {"url", "via", "mailbox", "timeout", *_OUTBOUND_KEYS, "wss"})
+    if "mailbox" in m:
+        raise ConfigError(f"{path}.mailbox {_NOT_YET}")
     kinds = [k for k in ("url", "via") if k in m]
     if len(kinds) != 1:
         raise ConfigError(f"{path}: needs exactly one of url or via")
     if "via" in m:
-        if "timeout" in m:
-            raise ConfigError(f"{path}.timeout: set the timeout on the peer, not on a via endpoint")
+        for key in ("timeout", *_OUTBOUND_KEYS, "wss"):
+            if key in m:
+                raise ConfigError(f"{path}.{key}: set the {key} on the peer, not on a via endpoint")
         via = _str(m["via"], f"{path}.via")
         if via not in peers:
             raise ConfigError(f"{path}.via: no peer named {via!r} under peers")
         return PeerEndpoint(name=name, via=via)
+    url = _url(m["url"], f"{path}.url")
     return UrlEndpoint(
         name=name,
-        url=_url(m["url"], f"{path}.url"),
+        url=url,
         timeout=_number(m.get("timeout", DEFAULT_TIMEOUT), f"{path}.timeout", low=0.001, high=MAX_TIMEOUT),
+        outbound=_outbound(m, path, url, base or Path.cwd(), signing=True),
     )
 
 
-def _peers(raw: Any) -> Mapping[str, Peer]:
+def _clients(raw: Any, base: Path) -> Mapping[str, Client]:
+    out: dict[str, Client] = {}
+    users: dict[str, str] = {}
+    subjects: dict[tuple[tuple[str, str], ...], str] = {}
+    for name, value in _mapping(raw, "clients").items():
+        client = _client(_name(name, "clients key"), value, base)
+        if client.basic is not None:
+            if client.basic.user in users:
+                raise ConfigError(f"clients.{name}.basic.user: {client.basic.user!r} is also the user of "
+                                  f"clients.{users[client.basic.user]}")
+            users[client.basic.user] = name
+        if client.cert_subject is not None:
+            key = subject_key(client.cert_subject)
+            if key in subjects:
+                raise ConfigError(f"clients.{name}.cert_subject: same subject as clients.{subjects[key]}")
+            subjects[key] = name
+        out[name] = client
+    return MappingProxyType(out)
+
+
+def _client(name: str, raw: Any, base: Path) -> Client:
+    path = f"clients.{name}"
+    m = _mapping(raw, path)
+    _known(m, path, {"basic", "cert_subject", "allow", "jx", "wss"})
+    if "basic" not in m and "cert_subject" not in m:
+        raise ConfigError(f"{path}: needs basic or cert_subject (or both) to identify the client")
+    jx = _mapping(_section(m, "jx"), f"{path}.jx")
+    _known(jx, f"{path}.jx", {"receive", "send"})
+    wss = _mapping(_section(m, "wss"), f"{path}.wss")
+    _known(wss, f"{path}.wss", {"verify"})
+    subject = m.get("cert_subject")
+    if subject is not None:
+        subject = _str(subject, f"{path}.cert_subject")
+        if not subject_key(subject):
+            raise ConfigError(f"{path}.cert_subject: {subject!r} is not a subject like CN=juki-app,O=Example")
+    return Client(
+        name=name,
+        basic=_basic_login(m["basic"], f"{path}.basic") if "basic" in m else None,
+        cert_subject=subject,
+        allow=_names(m.get("allow", []), f"{path}.allow", wildcard=True),
+        jx_receive=_names(jx.get("receive", []), f"{path}.jx.receive", wildcard=True),
+        jx_send=_names(jx.get("send", []), f"{path}.jx.send", wildcard=True),
+        wss_verify=_file(wss["verify"], f"{path}.wss.verify", base) if "verify" in wss else None,
+    )
+
+
+def _basic_login(raw: Any, path: str) -> BasicLogin:
+    m = _mapping(raw, path)
+    if "password" in m:
+        raise ConfigError(f"{path}: plain passwords are not accepted; use password_hash from bmrgw hash-password")
+    _known(m, path, {"user", "password_hash"})
+    user = _str(m.get("user"), f"{path}.user")
+    if ":" in user:
+        raise ConfigError(f"{path}.user: {user!r} may not contain ':' (HTTP Basic)")
+    password_hash = _str(m.get("password_hash"), f"{path}.password_hash")
+    if not password_hash.startswith(HASH_PREFIX):
+        raise ConfigError(f"{path}.password_hash: not a hash printed by 'bmrgw hash-password'")
+    return BasicLogin(user=user, password_hash=password_hash)
+
+
+def subject_key(subject: str) -> tuple[tuple[str, str], ...]:
+    """A distinguished name as a comparable key: attribute order and type case do not matter.
+
+    ``CN=juki-app, O=Example City`` and ``O=Example City,cn=juki-app`` give the
+    same key; escaped commas (``\\,``) stay inside their value.
+    """
+    parts = [p.strip() for p in re.split(r"(?<!\\),", subject) if p.strip()]
+    pairs = []
+    for part in parts:
+        attr, sep, value = part.partition("=")
+        if not sep or not attr.strip() or not value.strip():
+            return ()
+        pairs.append((attr.strip().upper(), value.strip()))
+    return tuple(sorted(pairs))
+
+
+def _peers(raw: Any, base: Path) -> Mapping[str, Peer]:
     out: dict[str, Peer] = {}
     for name, value in _mapping(raw, "peers").items():
         path = f"peers.{name}"
         m = _mapping(value, path)
-        _known(m, path, {"url", "timeout", "ca", "basic"})
-        for key in ("ca", "basic"):
-            if key in m:
-                raise ConfigError(f"{path}.{key} {_NOT_YET}")
+        _known(m, path, {"url", "timeout", *_OUTBOUND_KEYS})
         if "url" not in m:
             raise ConfigError(f"{path}: needs a url")
+        url = _url(m["url"], f"{path}.url")
         out[_name(name, "peers key")] = Peer(
             name=name,
-            url=_url(m["url"], f"{path}.url"),
+            url=url,
             timeout=_number(m.get("timeout", DEFAULT_TIMEOUT), f"{path}.timeout", low=0.001, high=MAX_TIMEOUT),
+            outbound=_outbound(m, path, url, base, signing=False),
         )
     return MappingProxyType(out)
+
+
+# -- outbound security (endpoints.* and peers.*: ca, cert, key, basic, wss) ----------
+
+_OUTBOUND_KEYS = ("ca", "cert", "key", "basic")
+
+
+def _outbound(m: Mapping[str, Any], path: str, url: str, base: Path, *, signing: bool) -> Outbound:
+    """The ``ca``/``cert``/``key``/``basic`` (and for endpoints ``wss``) keys of one upstream."""
+    if not any(k in m for k in (*_OUTBOUND_KEYS, "wss")):
+        return Outbound()
+    digest = hashlib.sha256()
+    tls = {k: _pem_file(m[k], f"{path}.{k}", base, digest) for k in ("ca", "cert", "key") if k in m}
+    if tls and URL(url).scheme != "https":
+        raise ConfigError(f"{path}: {', '.join(sorted(tls))} only apply to an https:// url")
+    if ("cert" in tls) != ("key" in tls):
+        raise ConfigError(f"{path}: a client certificate needs both cert and key")
+    _check_pem(tls, path)
+    wss = _wss_sign(m["wss"], f"{path}.wss", base, digest) if "wss" in m else None
+    basic = _basic(m["basic"], f"{path}.basic", base) if "basic" in m else None
+    return Outbound(ca=tls.get("ca"), cert=tls.get("cert"), key=tls.get("key"), basic=basic,
+                    wss_sign=wss, fingerprint=digest.hexdigest())
+
+
+def _pem_file(value: Any, path: str, base: Path, digest: Any) -> Path:
+    file = Path(_file(value, path, base))
+    try:
+        digest.update(file.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {file}: {exc.strerror or exc}") from exc
+    return file
+
+
+def _check_pem(files: Mapping[str, Path], path: str) -> None:
+    """Refuse files that are not what their key says, so the mistake shows at load, not at first use."""
+    loaded: dict[str, Any] = {}
+    for key, file in files.items():
+        data = file.read_bytes()
+        try:
+            if key == "key":
+                loaded[key] = load_pem_private_key(data, password=None)
+            else:
+                loaded[key] = x509.load_pem_x509_certificates(data)[0]
+        except (ValueError, TypeError) as exc:
+            what = "an unencrypted PEM private key" if key == "key" else "PEM certificate(s)"
+            raise ConfigError(f"{path}.{key}: {file} does not hold {what}: {exc}") from exc
+    if "cert" in loaded and "key" in loaded and loaded["cert"].public_key() != loaded["key"].public_key():
+        raise ConfigError(f"{path}: key {files['key']} does not belong to cert {files['cert']}")
+
+
+def _wss_sign(raw: Any, path: str, base: Path, digest: Any) -> WssSign:
+    m = _mapping(raw, path)
+    _known(m, path, {"sign"})
+    sign = _mapping(m.get("sign"), f"{path}.sign")
+    _known(sign, f"{path}.sign", {"key", "cert"})
+    files = {k: _pem_file(sign.get(k), f"{path}.sign.{k}", base, digest) for k in ("key", "cert")}
+    _check_pem(files, f"{path}.sign")
+    return WssSign(key=files["key"], cert=files["cert"])
+
+
+def _basic(raw: Any, path: str, base: Path) -> BasicCredentials:
+    m = _mapping(raw, path)
+    if "password" in m:
+        raise ConfigError(f"{path}.password: a plain password does not belong in endpoints.yaml; "
+                          "use password_env (an environment variable) or password_file")
+    _known(m, path, {"user", "password_env", "password_file"})
+    user = _str(m.get("user"), f"{path}.user")
+    if ":" in user:
+        raise ConfigError(f"{path}.user: HTTP Basic user names cannot contain ':'")
+    if ("password_env" in m) == ("password_file" in m):
+        raise ConfigError(f"{path}: needs exactly one of password_env or password_file")
+    if "password_env" in m:
+        var = _str(m["password_env"], f"{path}.password_env")
+        password = os.environ.get(var)
+        if not password:
+            raise ConfigError(f"{path}.password_env: environment variable {var} is not set or empty")
+        return BasicCredentials(user=user, password=password, source=f"environment variable {var}")
+    return BasicCredentials(user=user, password=_password_file(m["password_file"], path, base),
+                            source=f"file {m['password_file']}")
+
+
+def _password_file(value: Any, path: str, base: Path) -> str:
+    file = Path(_file(value, f"{path}.password_file", base))
+    try:
+        # One line; the trailing newline an editor adds is not part of the password.
+        password = file.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}.password_file: cannot read {file}: {exc}") from exc
+    if not password:
+        raise ConfigError(f"{path}.password_file: {file} is empty")
+    return password
 
 
 # -- small typed readers -------------------------------------------------------
@@ -366,6 +656,28 @@ def _url(value: Any, path: str) -> str:
     if url.scheme not in ("http", "https") or not url.host:
         raise ConfigError(f"{path}: {text!r} must be an http:// or https:// URL with a host")
     return text
+
+
+def _file(value: Any, path: str, base: Path) -> str:
+    """An existing readable file named in the config, made absolute against the config's folder."""
+    text = _str(value, path)
+    resolved = Path(text) if Path(text).is_absolute() else base / text
+    if not resolved.is_file():
+        raise ConfigError(f"{path}: no such file {str(resolved)!r}")
+    return str(resolved)
+
+
+def _names(value: Any, path: str, *, wildcard: bool) -> frozenset[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: must be a list of names")
+    for item in value:
+        if isinstance(item, int) and not isinstance(item, bool):
+            raise ConfigError(f"{path}: write ids as quoted strings ('{item}'), so leading zeros survive")
+        if not (wildcard and item == "*"):
+            _name(item, path)
+    return frozenset(value)
 
 
 def _qname(value: Any) -> str:

@@ -8,12 +8,12 @@ gateway that holds it (``via``), or, when unknown here, by the fallback peer.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from gateway.errors import UnknownDestination
 
-from .config import Config, Peer, PeerEndpoint, UrlEndpoint
+from .config import Config, Outbound, Peer, PeerEndpoint, UrlEndpoint
 
 __all__ = ["Route", "RouteTable"]
 
@@ -30,13 +30,16 @@ class Route:
     """Name shown in logs and metrics: the endpoint, or the peer it leaves through."""
     peer: str | None = None
     """The peer gateway the message leaves through, if any."""
+    outbound: Outbound = field(default_factory=Outbound)
+    """TLS trust, client certificate, Basic credentials and signing for the next hop."""
 
 
 def _via_peer(destination: str, peer: Peer) -> Route:
     # SPEC.md: forwarding to a peer posts to <peer url>/{ap}, so the destination
     # survives however it arrived (header, wsa:To or path).
     url = f"{peer.url.rstrip('/')}/{quote(destination, safe='')}"
-    return Route(destination=destination, url=url, timeout=peer.timeout, endpoint=peer.name, peer=peer.name)
+    return Route(destination=destination, url=url, timeout=peer.timeout, endpoint=peer.name, peer=peer.name,
+                 outbound=peer.outbound)
 
 
 class RouteTable:
@@ -47,7 +50,8 @@ class RouteTable:
         self._routes: dict[str, Route] = {}
         for name, ep in config.endpoints.items():
             if isinstance(ep, UrlEndpoint):
-                self._routes[name] = Route(destination=name, url=ep.url, timeout=ep.timeout, endpoint=name)
+                self._routes[name] = Route(destination=name, url=ep.url, timeout=ep.timeout, endpoint=name,
+                                           outbound=ep.outbound)
             elif isinstance(ep, PeerEndpoint):
                 self._routes[name] = _via_peer(name, config.peers[ep.via])
         fallback = config.gateway.fallback_peer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from ruamel.yaml import YAML
 
 from gateway.app import AppOptions, make_app
 from gateway.demo import make_demo_app
+from gateway.tls import server_context
 from routing.config import parse_config
 
 DATA = Path(__file__).parent / "data"
@@ -82,15 +84,16 @@ async def _record(backend: RecordingBackend, request: web.Request) -> web.Stream
     return web.Response(body=answer, headers={"Content-Type": version_ct, "X-Backend": "recording"})
 
 
-async def start_app(app: web.Application, port: int = 0) -> tuple[web.AppRunner, str]:
+async def start_app(app: web.Application, port: int = 0,
+                    ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
     await site.start()
     server = site._server
     assert server is not None and server.sockets  # type: ignore[union-attr]
     bound = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{bound}"
+    return runner, f"{'https' if ssl_context else 'http'}://127.0.0.1:{bound}"
 
 
 @pytest.fixture
@@ -128,7 +131,9 @@ async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         config.setdefault("gateway", {}).setdefault("db", f"sqlite:///{tmp_path}/bmrgw-{len(runners)}.db")
         source = tmp_path / f"endpoints-{len(runners)}.yaml"
         write_yaml(source, config)
-        runner, base = await start_app(make_app(parse_config(config, source=source), AppOptions(watch_config=watch)), port)
+        parsed = parse_config(config, source=source)
+        tls = server_context(parsed.gateway.tls) if parsed.gateway.tls else None
+        runner, base = await start_app(make_app(parsed, AppOptions(watch_config=watch)), port, tls)
         runners.append(runner)
         return base
 

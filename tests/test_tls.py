@@ -1,0 +1,158 @@
+"""Inbound TLS and mutual TLS with real certificates made by gateway.pki."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.journal import LogFilter
+from gateway.pki import Issued, issue
+from gateway.tls import server_context
+from routing.config import TlsSettings
+
+from .certs import DevPki, dev_pki  # noqa: F401  (fixture)
+from .conftest import BMRGW, GatewayFactory, RecordingBackend, free_port, message, soap11_headers, write_yaml
+from .test_auth import HASH, PASSWORD, _fault_code, _wait_records, basic
+
+
+def client_context(pki: DevPki, cert: Issued | None = None) -> ssl.SSLContext:
+    """What a business AP uses: trusts the development CA, presents ``cert`` if given."""
+    context = ssl.create_default_context(cafile=str(pki.ca.cert))
+    if cert is not None:
+        context.load_cert_chain(cert.cert, cert.key)
+    return context
+
+
+def _tls(pki: DevPki, *, mutual: bool) -> dict[str, str]:
+    found = {"cert": str(pki.server.cert), "key": str(pki.server.key)}
+    if mutual:
+        found["client_ca"] = str(pki.ca.cert)
+    return found
+
+
+def _config(tmp_path: Path, pki: DevPki, url: str, *, mutual: bool, clients: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "gateway": {"name": "gw-tls", "db": f"sqlite:///{tmp_path}/tls.db", "tls": _tls(pki, mutual=mutual)},
+        "endpoints": {"demo": {"url": url}},
+    }
+    if clients:
+        config["clients"] = clients
+    return config
+
+
+async def _post(url: str, context: ssl.SSLContext, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
+        async with session.post(f"{url}/soap", data=message("valid/soap11-routing-header.xml"),
+                                headers={**soap11_headers(), **(headers or {})}) as resp:
+            return resp.status, await resp.read()
+
+
+def test_only_tls12_and_up_with_forward_secret_aead_suites(dev_pki: DevPki) -> None:
+    context = server_context(TlsSettings(cert=str(dev_pki.server.cert), key=str(dev_pki.server.key)))
+    assert context.minimum_version is ssl.TLSVersion.TLSv1_2
+    assert context.verify_mode is ssl.CERT_NONE  # no client_ca: no client certificate asked for
+    suites = context.get_ciphers()
+    assert suites and all(s["aead"] for s in suites)
+    assert {s["kea"] for s in suites} <= {"kx-ecdhe", "kx-dhe", "kx-any"}  # kx-any: TLS 1.3
+
+
+def test_mismatched_key_is_a_config_error(dev_pki: DevPki) -> None:
+    from gateway.errors import ConfigError
+    with pytest.raises(ConfigError, match="cannot use certificate"):
+        server_context(TlsSettings(cert=str(dev_pki.server.cert), key=str(dev_pki.client.key)))
+
+
+async def test_https_relay_and_an_untrusting_client(
+        gateway: GatewayFactory, backend: RecordingBackend, tmp_path: Path, dev_pki: DevPki) -> None:
+    gw = await gateway(_config(tmp_path, dev_pki, backend.url, mutual=False))
+    assert gw.startswith("https://")
+    assert (await _post(gw, client_context(dev_pki)))[0] == 200
+    with pytest.raises(aiohttp.ClientConnectorCertificateError):
+        await _post(gw, ssl.create_default_context())  # the system store does not know our CA
+    assert len(backend.seen) == 1
+
+
+async def test_mutual_tls_identifies_the_client_by_subject(
+        gateway: GatewayFactory, backend: RecordingBackend, tmp_path: Path, dev_pki: DevPki) -> None:
+    clients = {"client-app": {"cert_subject": dev_pki.client.subject, "allow": ["demo"]}}
+    gw = await gateway(_config(tmp_path, dev_pki, backend.url, mutual=True, clients=clients))
+    status, _ = await _post(gw, client_context(dev_pki, dev_pki.client))
+    assert status == 200
+    assert {r.client for r in await _wait_records(tmp_path / "tls.db", LogFilter(), 2)} == {"client-app"}
+
+
+@pytest.mark.parametrize("which", ["none", "other_client", "client_expired"])
+async def test_mutual_tls_refuses_missing_foreign_and_expired_certificates(
+        gateway: GatewayFactory, backend: RecordingBackend, tmp_path: Path, dev_pki: DevPki, which: str) -> None:
+    clients = {"client-app": {"cert_subject": dev_pki.client.subject, "allow": ["*"]}}
+    gw = await gateway(_config(tmp_path, dev_pki, backend.url, mutual=True, clients=clients))
+    cert = None if which == "none" else getattr(dev_pki, which)
+    with pytest.raises(aiohttp.ClientError):
+        await _post(gw, client_context(dev_pki, cert))
+    assert backend.seen == []
+
+
+async def test_certificate_of_an_unknown_subject_is_unauthorized(
+        gateway: GatewayFactory, backend: RecordingBackend, tmp_path: Path, dev_pki: DevPki) -> None:
+    stranger = issue(dev_pki.ca, "client", "stranger")
+    clients = {"client-app": {"cert_subject": dev_pki.client.subject, "allow": ["*"]}}
+    gw = await gateway(_config(tmp_path, dev_pki, backend.url, mutual=True, clients=clients))
+    status, body = await _post(gw, client_context(dev_pki, stranger))
+    assert (status, _fault_code(body)) == (401, "Unauthorized")
+    assert b"CN=stranger" in body
+    assert backend.seen == []
+
+
+async def test_client_with_certificate_and_password_needs_both(
+        gateway: GatewayFactory, backend: RecordingBackend, tmp_path: Path, dev_pki: DevPki) -> None:
+    clients = {"client-app": {"cert_subject": dev_pki.client.subject, "allow": ["*"],
+                              "basic": {"user": "juki", "password_hash": HASH}}}
+    gw = await gateway(_config(tmp_path, dev_pki, backend.url, mutual=True, clients=clients))
+    with_cert = client_context(dev_pki, dev_pki.client)
+    status, body = await _post(gw, with_cert)
+    assert (status, _fault_code(body)) == (401, "Unauthorized")
+    assert b"must also log in" in body
+    assert (await _post(gw, with_cert, basic("juki", PASSWORD)))[0] == 200
+    assert len(backend.seen) == 1
+
+
+def test_serve_listens_with_tls_and_refuses_a_bad_key(tmp_path: Path, dev_pki: DevPki) -> None:
+    port = free_port()
+    config = {"gateway": {"name": "gw-tls", "listen": {"host": "127.0.0.1", "port": port},
+                          "db": f"sqlite:///{tmp_path}/serve.db", "data_dir": str(tmp_path / "var"),
+                          "tls": {"cert": str(dev_pki.server.cert), "key": str(dev_pki.client.key)}}}
+    path = tmp_path / "tls.yaml"
+    write_yaml(path, config)
+    bad = subprocess.run([*BMRGW, "serve", "--config", str(path)], capture_output=True, timeout=30)
+    assert bad.returncode == 2 and b"cannot use certificate" in bad.stderr
+    config["gateway"]["tls"]["key"] = str(dev_pki.server.key)
+    write_yaml(path, config)
+    proc = subprocess.Popen([*BMRGW, "serve", "--config", str(path), "--log-level", "WARNING"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        health = _https_health(f"https://127.0.0.1:{port}/healthz", client_context(dev_pki), proc)
+        assert health == 200
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    assert f"https://127.0.0.1:{port}/soap".encode() in out
+
+
+def _https_health(url: str, context: ssl.SSLContext, proc: subprocess.Popen[bytes]) -> int:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+        try:
+            with urllib.request.urlopen(url, timeout=1, context=context) as resp:
+                return int(resp.status)
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer")
