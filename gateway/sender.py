@@ -13,6 +13,7 @@ Outcomes are :class:`SendError` s with an exit code; see :data:`EXIT_CODES`.
 
 from __future__ import annotations
 
+import base64
 import ssl
 import sys
 import tempfile
@@ -42,7 +43,7 @@ __all__ = ["SendOptions", "SendError", "SendResult", "send_file", "EXIT_CODES", 
 #: Exit codes of ``bmrgw send``, for scripts.
 EXIT_CODES = {
     0: "the file is complete at the receiver (sent now, or already before)",
-    1: "the gateway or the receiver refused the file (the message names the fault code)",
+    1: "the gateway or the receiver refused the file (the message names the fault code), or TLS failed",
     2: "bad usage: the file cannot be read, its name is unsafe, or an option is invalid",
     3: "the gateway or receiver could not be reached or broke off; run the same command again to resume",
     130: "interrupted; run the same command again to resume",
@@ -203,9 +204,12 @@ class _Client:
         self._options = options
         url = options.gateway.rstrip("/")
         self.url = url if url.rsplit("/", 1)[-1].startswith("soap") else f"{url}/soap"
-        auth = aiohttp.BasicAuth(options.user, options.password or "") if options.user else None
+        headers: dict[str, str] = {}
+        if options.user:
+            token = base64.b64encode(f"{options.user}:{options.password or ''}".encode()).decode("ascii")
+            headers["Authorization"] = f"Basic {token}"
         self.session = aiohttp.ClientSession(
-            auth=auth, connector=aiohttp.TCPConnector(ssl=_ssl_context(options)),
+            headers=headers, connector=aiohttp.TCPConnector(ssl=_ssl_context(options)),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=options.timeout))
 
     async def call(self, body: bytes | AsyncIterator[bytes], headers: dict[str, str], what: str) -> bytes:
@@ -215,6 +219,9 @@ class _Client:
                 if response.status >= 300:
                     raise _fault_error(response.status, answer, what)
                 return answer
+        except aiohttp.ClientSSLError as exc:
+            raise SendError(f"{what}: the TLS handshake with {self.url} failed ({exc}); check --ca, --cert and "
+                            "--key", 1) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             reason = str(exc) or type(exc).__name__
             raise SendError(f"{what}: no answer from {self.url}: {reason}; run the same command again to "
