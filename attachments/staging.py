@@ -178,8 +178,8 @@ class Staging:
         os.replace(tmp, target)
         _fsync_dir(self.directory)
         _write_atomically(folder / "published", info.file_name)
-        for leftover in (folder / "data", folder / "parts"):
-            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        (folder / "data").unlink(missing_ok=True)
+        shutil.rmtree(folder / "parts", ignore_errors=True)
         return target
 
     def _verify_into(self, info: FileInfo, data: Path, tmp: Path,

@@ -83,13 +83,13 @@ class FileReceiver:
             await _drain(request)
             status = exc.http_status if isinstance(exc, ClientFault) else 500
             return web.Response(status=status, body=gateway_fault(exc, version, gateway=self._options.name),
-                                content_type=fault_content_type(version).split(";")[0], charset="utf-8")
+                                headers={"Content-Type": fault_content_type(version)})
         return web.Response(body=body, content_type=version.content_type, charset="utf-8")
 
     async def _plain(self, request: web.Request) -> tuple[SoapVersion, bytes]:
         if request.content_length is not None and request.content_length > MAX_ENVELOPE_BYTES:
             raise MessageTooLarge(f"a file-transfer envelope is at most {MAX_ENVELOPE_BYTES} bytes")
-        version, operation = read_request(await request.content.read(MAX_ENVELOPE_BYTES + 1))
+        version, operation = read_request(await _envelope(request.content))
         if isinstance(operation, PutFilePart):
             raise MalformedMessage("PutFilePart needs its part as an attachment (multipart/related SwA or MTOM)")
         return version, status_reply(self._status(operation), version)
@@ -144,6 +144,19 @@ async def _events(content: aiohttp.StreamReader, reader: MultipartReader) -> Asy
     except (aiohttp.ClientPayloadError, ConnectionResetError) as exc:
         raise MalformedMessage(f"the request body is incomplete: {exc}") from exc
     reader.close()
+
+
+async def _envelope(content: aiohttp.StreamReader) -> bytes:
+    """A plain (not multipart) request body, at most MAX_ENVELOPE_BYTES."""
+    body = bytearray()
+    try:
+        while chunk := await content.readany():
+            body += chunk
+            if len(body) > MAX_ENVELOPE_BYTES:
+                raise MessageTooLarge(f"a file-transfer envelope is at most {MAX_ENVELOPE_BYTES} bytes")
+    except (aiohttp.ClientPayloadError, ConnectionResetError) as exc:
+        raise MalformedMessage(f"the request body is incomplete: {exc}") from exc
+    return bytes(body)
 
 
 async def _root(events: AsyncIterator[Event], related: RelatedType) -> bytes:

@@ -11,6 +11,11 @@ One request, start to finish:
    ``X-Message-Id``;
 5. stream the answer back unchanged: status, content type, body, faults.
 
+SwA and MTOM requests (``multipart/related``) take the same path: the
+routing key is read from the root part (:class:`attachments.mime.RootExtractor`
+follows the framing), the whole body is forwarded byte for byte under
+``gateway.max_attachment_bytes``, and a truncated body is MalformedMessage.
+
 Any :class:`~gateway.errors.GatewayError` becomes a SOAP fault in the
 caller's SOAP version.  Small bodies (under ``SMALL_BODY``) are read whole,
 which is faster; anything bigger streams, so memory does not grow with size.
