@@ -9,8 +9,8 @@ Both move the same file over loopback in the same run:
   part and the whole file and publishes it.
 
 Judged by: bmrgw's throughput ≥ 0.5 × raw's, and every bmrgw process (sender,
-gateway, receiver) under 100 MB peak RSS.  The sender's peak comes from the
-kernel's rusage of the finished process, the others from ``VmHWM``.
+gateway, receiver) under 100 MB peak RSS (the kernel's ``VmHWM`` of each,
+the sender's read until it exits).
 """
 
 from __future__ import annotations
@@ -147,16 +147,19 @@ endpoints:
                       data / "gateway.log", f"http://{LOOPBACK}:{gw_port}/healthz", exits)
     bench.log(f"files: bmrgw send, {part_mib} MiB parts")
     started = time.monotonic()
+    sender_peak = 0.0
     with (folder / "send.log").open("wb") as out:
         sender = subprocess.Popen([bmrgw, "send", str(source), "--to", "files", "--gateway",
                                    f"http://{LOOPBACK}:{gw_port}/soap", "--part-size", f"{part_mib}M"],
                                   stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(sender.pid, 0)
+        # VmHWM until it exits: a child's rusage would also count our memory from before its exec.
+        while sender.poll() is None:
+            sender_peak = max(sender_peak, _vm_hwm_mib(sender.pid) or 0.0)
+            time.sleep(0.02)
     seconds = time.monotonic() - started
-    sender.returncode = os.waitstatus_to_exitcode(status)
     if sender.returncode != 0 or _sha256(inbox / source.name) != digest:
         raise BenchError(f"bmrgw send failed ({sender.returncode}): {(folder / 'send.log').read_text()[-500:]}")
-    rss = {"sender": usage.ru_maxrss / 1024, "gateway": _peak_mib(gateway), "receiver": _peak_mib(receiver)}
+    rss = {"sender": sender_peak, "gateway": _peak_mib(gateway), "receiver": _peak_mib(receiver)}
     bench.log(f"files: bmrgw {seconds:.2f} s, peak RSS MiB {rss}")
     (inbox / source.name).unlink()
     return _Transfer(seconds=seconds, rss=rss)
@@ -170,8 +173,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _vm_hwm_mib(pid: int) -> float | None:
+    """The peak resident memory of a running process, None once it is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) / 1024 for line in lines if line.startswith("VmHWM:")), None)
+
+
 def _peak_mib(server: Server) -> float:
-    for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise BenchError(f"no VmHWM for {server.name}")
+    peak = _vm_hwm_mib(server.process.pid)
+    if peak is None:
+        raise BenchError(f"no VmHWM for {server.name}")
+    return peak
