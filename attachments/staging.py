@@ -165,25 +165,37 @@ class Staging:
         info = self._info(file_id)
         if info is None:
             raise MalformedMessage(f"no transfer {file_id}")
-        if (folder / "published").exists():
-            return self.directory / info.file_name
-        tmp = folder / "file.tmp"
+        target = self.directory / info.file_name
+        if (folder / "published").exists() or self._published_before_crash(info, folder / "data", target):
+            return target
         try:
-            self._verify_into(info, folder / "data", tmp, self._running.pop(file_id, None))
+            verified = self._verify(info, folder / "data", folder / "file.tmp", self._running.pop(file_id, None))
         except BaseException:
             # A stream that fails verification is useless: drop it so a resend starts clean.
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        target = self.directory / info.file_name
-        os.replace(tmp, target)
+        os.replace(verified, target)
         _fsync_dir(self.directory)
         _write_atomically(folder / "published", info.file_name)
         (folder / "data").unlink(missing_ok=True)
         shutil.rmtree(folder / "parts", ignore_errors=True)
         return target
 
-    def _verify_into(self, info: FileInfo, data: Path, tmp: Path,
-                     running: tuple[int, hashlib._Hash] | None) -> None:
+    def _published_before_crash(self, info: FileInfo, data: Path, target: Path) -> bool:
+        """An uncompressed stream is renamed into place; a crash before the marker leaves only the file."""
+        if info.compression != "none" or data.exists() or not target.exists():
+            return False
+        digest, size = hashlib.sha256(), 0
+        for chunk in _read(target):
+            digest.update(chunk)
+            size += len(chunk)
+        if (digest.hexdigest(), size) != (info.file_sha256, info.file_size):
+            return False
+        _write_atomically(target.parent / STAGING_DIR / info.file_id / "published", info.file_name)
+        return True
+
+    def _verify(self, info: FileInfo, data: Path, tmp: Path, running: tuple[int, hashlib._Hash] | None) -> Path:
+        """The verified file, ready to be renamed: the stream itself, or its unzipped member in ``tmp``."""
         data.touch()
         if os.path.getsize(data) != info.stream_size:
             raise ChecksumMismatch(f"the received stream has {os.path.getsize(data)} bytes, not {info.stream_size}")
@@ -196,8 +208,7 @@ class Staging:
                     digest.update(chunk)
                     size += len(chunk)
             _check_file(info, digest.hexdigest(), size)
-            os.replace(data, tmp)
-            return
+            return data
         reader = ZipReader(ZipLimits(max_bytes=info.file_size, max_ratio=self.max_ratio))
         with tmp.open("wb") as out:
             for chunk in _read(data):
@@ -209,6 +220,7 @@ class Staging:
             _check_file(info, digest.hexdigest(), size)
             out.flush()
             os.fsync(out.fileno())
+        return tmp
 
     def _info(self, file_id: str) -> FileInfo | None:
         try:

@@ -20,6 +20,7 @@ HTTP status of the fault response::
     │   └── ZipBomb(ValueError)                     413  (file transfer)
     └── ServerFault                                 the gateway or its upstream failed
         ├── RoutingLoop(RuntimeError)               500
+        ├── StorageFailed(OSError)                  500  (file transfer: the receiver's disk)
         └── UpstreamError
             ├── EndpointUnavailable(ConnectionError)  500
             └── EndpointTimeout(TimeoutError)       500
@@ -51,6 +52,7 @@ __all__ = [
     "UnsafeFileName",
     "ChecksumMismatch",
     "ZipBomb",
+    "StorageFailed",
 ]
 
 
@@ -185,3 +187,9 @@ class ZipBomb(ClientFault, ValueError):
 
     code = "ZipBomb"
     http_status = 413
+
+
+class StorageFailed(ServerFault, OSError):
+    """Raised when a receiving AP cannot write a file part or publish a file (disk full, permissions)."""
+
+    code = "StorageFailed"

@@ -13,6 +13,7 @@ answered ``duplicate`` without being written again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from attachments.parts import PartHasher
 from attachments.staging import PartWriter, Staging
 from schemas import read as read_schema
 
-from .errors import ClientFault, GatewayError, MalformedMessage, MessageTooLarge
+from .errors import ClientFault, GatewayError, MalformedMessage, MessageTooLarge, StorageFailed
 from .ns import SoapVersion
 from .soap import fault_content_type, gateway_fault, version_for
 
@@ -78,13 +79,20 @@ class FileReceiver:
             else:
                 version = version_for(request.content_type) or version
                 version, body = await self._plain(request)
+        except OSError as exc:
+            log.error("cannot store into %s: %s", self._options.directory, exc)
+            return await self._fault(request, StorageFailed(f"the receiver cannot store the file: "
+                                                            f"{exc.strerror or exc}"), version)
         except GatewayError as exc:
             log.warning("refused: %s: %s", exc.code, exc.reason)
-            await _drain(request)
-            status = exc.http_status if isinstance(exc, ClientFault) else 500
-            return web.Response(status=status, body=gateway_fault(exc, version, gateway=self._options.name),
-                                headers={"Content-Type": fault_content_type(version)})
+            return await self._fault(request, exc, version)
         return web.Response(body=body, content_type=version.content_type, charset="utf-8")
+
+    async def _fault(self, request: web.Request, error: GatewayError, version: SoapVersion) -> web.Response:
+        await _drain(request)
+        status = error.http_status if isinstance(error, ClientFault) else 500
+        return web.Response(status=status, body=gateway_fault(error, version, gateway=self._options.name),
+                            headers={"Content-Type": fault_content_type(version)})
 
     async def _plain(self, request: web.Request) -> tuple[SoapVersion, bytes]:
         if request.content_length is not None and request.content_length > MAX_ENVELOPE_BYTES:
@@ -92,10 +100,15 @@ class FileReceiver:
         version, operation = read_request(await _envelope(request.content))
         if isinstance(operation, PutFilePart):
             raise MalformedMessage("PutFilePart needs its part as an attachment (multipart/related SwA or MTOM)")
-        return version, status_reply(self._status(operation), version)
+        return version, status_reply(await self._status(operation), version)
 
-    def _status(self, file_id: str) -> FileStatusReply:
+    async def _status(self, file_id: str) -> FileStatusReply:
         status = self._staging.status(file_id)
+        if status.published is None and status.part_count and len(status.parts) == status.part_count:
+            # Every part is here but the receiver stopped before publishing: finish now.
+            async with self._lock(file_id):
+                await asyncio.to_thread(self._staging.publish, file_id)
+            status = self._staging.status(file_id)
         return FileStatusReply(file_id=file_id, parts=status.parts, part_count=status.part_count,
                                published=status.published)
 
@@ -104,13 +117,23 @@ class FileReceiver:
         version, operation = read_request(await _root(events, related))
         if not isinstance(operation, PutFilePart):
             await _rest(events)
-            return version, status_reply(self._status(operation), version)
-        lock = self._locks.setdefault(operation.info.file_id, asyncio.Lock())
-        async with lock:
+            return version, status_reply(await self._status(operation), version)
+        async with self._lock(operation.info.file_id):
             reply = await self._put(operation, events)
         log.info("file %s (%s) part %d/%d: %s", reply.file_id, operation.info.file_name, reply.part_no,
                  operation.info.part_count, reply.status)
         return version, part_reply(reply, version)
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, file_id: str) -> AsyncIterator[None]:
+        """One request at a time per transfer; the lock is dropped when nobody waits for it."""
+        lock = self._locks.setdefault(file_id, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and self._locks.get(file_id) is lock:
+                del self._locks[file_id]
 
     async def _put(self, put: PutFilePart, events: AsyncIterator[Event]) -> PartReply:
         info = put.info

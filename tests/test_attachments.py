@@ -347,3 +347,18 @@ def test_zipped_transfer_unzips_and_a_bomb_leaves_nothing(tmp_path: Path) -> Non
         staging.publish("bomb")
     assert sorted(p.name for p in tmp_path.iterdir()) == [STAGING_DIR, "data.bin"]
     assert not (tmp_path / STAGING_DIR / "bomb").exists()
+
+
+def test_a_crash_between_rename_and_marker_is_recovered(tmp_path: Path) -> None:
+    data = os.urandom(1000)
+    info = _info(data, 600)
+    staging = Staging(tmp_path, max_file_bytes=1 << 20)
+    staging.begin(info)
+    _store(staging, info, data, 1)
+    _store(staging, info, data, 2)
+    staging.publish(info.file_id)
+    (tmp_path / STAGING_DIR / info.file_id / "published").unlink()  # as if it crashed before the marker
+    restarted = Staging(tmp_path, max_file_bytes=1 << 20)
+    assert restarted.publish(info.file_id) == tmp_path / "report.csv"
+    assert restarted.status(info.file_id).published == "report.csv"
+    assert (tmp_path / "report.csv").read_bytes() == data

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import os
 import pty
 import subprocess
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from attachments.staging import STAGING_DIR
 from attachments.zipstream import ZipWriter
 from gateway.ns import SoapVersion
 from gateway.receiver import ReceiveOptions, make_receiver_app
-from gateway.sender import Progress, SendError, SendOptions, part_message, send_file
+from gateway.sender import Progress, SendOptions, part_message, send_file
 
 from .conftest import BMRGW, GatewayFactory, start_app
 
@@ -194,11 +194,7 @@ def test_progress_line_shows_bytes_rate_and_eta() -> None:
 
 # -- the CLI ---------------------------------------------------------------------
 
-Run = Callable[..., Awaitable[subprocess.CompletedProcess[str]]]
-
-
 async def _bmrgw(*args: str) -> subprocess.CompletedProcess[str]:
-    import asyncio
     return await asyncio.to_thread(subprocess.run, [*BMRGW, *args], capture_output=True, text=True, timeout=60)
 
 
@@ -227,7 +223,6 @@ async def test_cli_send_success_and_exit_codes(site: Site, tmp_path: Path) -> No
 
 
 async def test_cli_send_shows_progress_on_a_terminal(site: Site, tmp_path: Path) -> None:
-    import asyncio
     path = _file(tmp_path, 2 * PART)
     master, slave = pty.openpty()
     try:
@@ -255,4 +250,43 @@ def test_cli_help_explains_send_and_receive() -> None:
     assert "--part-size" in send and "--mtom" in send and "Exit codes" in send and "resume" in send
     receive = subprocess.run([*BMRGW, "receive", "--help"], capture_output=True, text=True, check=True).stdout
     assert "--dir" in receive and "--max-ratio" in receive
-    assert sys.executable
+
+
+async def test_disk_failure_is_a_storage_fault(site: Site, http: aiohttp.ClientSession) -> None:
+    data = os.urandom(PART + 5)
+    info = _info(data)
+    status, _ = await _post_part(http, site.gateway, info, 1, data[:PART])
+    assert status == 200
+    stream = site.dir / STAGING_DIR / info.file_id / "data"
+    stream.unlink()
+    stream.mkdir()  # the stream file cannot be opened any more
+    status, answer = await _post_part(http, site.gateway, info, 2, data[PART:])
+    assert status == 500 and b'code="StorageFailed"' in answer
+    assert _visible(site.dir) == []
+
+
+async def test_status_query_finishes_a_transfer_whose_publishing_was_interrupted(site: Site, tmp_path: Path) -> None:
+    from attachments.staging import Staging
+    path = _file(tmp_path, 2 * PART + 7)
+    options = SendOptions(path=path, to="files", gateway=site.gateway, part_size=PART)
+    # All parts stored by an earlier receiver process that stopped before publishing.
+    await send_file(SendOptions(**{**options.__dict__, "only_parts": frozenset({1, 2})}))
+    staging = Staging(site.dir, max_file_bytes=1 << 30)
+    info = (await asyncio.to_thread(_prepared_info, options))
+    part = info.part(3, hashlib.sha256(path.read_bytes()[2 * PART:]).hexdigest())
+    writer = staging.writer(info, part)
+    assert writer is not None
+    writer.write(path.read_bytes()[2 * PART:])
+    writer.commit()
+    assert _visible(site.dir) == []
+    result = await send_file(options)
+    assert (result.sent, result.skipped, result.published) == (0, 3, path.name)
+    assert _digest(site.dir / path.name) == _digest(path)
+
+
+def _prepared_info(options: SendOptions) -> FileInfo:
+    import tempfile
+
+    from gateway.sender import prepare
+    with tempfile.TemporaryDirectory() as spool:
+        return prepare(options, Path(spool)).info
