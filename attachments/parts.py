@@ -134,12 +134,17 @@ class Manifest:
     parts: tuple[PartInfo, ...]
 
     @classmethod
-    def build(cls, chunks: Iterable[bytes], part_size: int) -> Manifest:
-        """Hash a stream (any chunking) part by part in one pass, a chunk at a time."""
+    def build(cls, chunks: Iterable[bytes], part_size: int, *, hash_whole: bool = True) -> Manifest:
+        """Hash a stream (any chunking) part by part in one pass, a chunk at a time.
+
+        With ``hash_whole=False`` the whole-stream hash is left empty, for a
+        caller that computes it elsewhere (in parallel, say).
+        """
         whole, parts = hashlib.sha256(), list[PartInfo]()
         part, filled, offset = hashlib.sha256(), 0, 0
         for chunk in chunks:
-            whole.update(chunk)
+            if hash_whole:
+                whole.update(chunk)
             view = memoryview(chunk)
             while view:
                 take = view[:part_size - filled]
@@ -152,5 +157,5 @@ class Manifest:
                     part, offset, filled = hashlib.sha256(), offset + filled, 0
         if filled or not parts:
             parts.append(PartInfo(part_no=len(parts) + 1, offset=offset, size=filled, sha256=part.hexdigest()))
-        return cls(stream_size=offset + filled, stream_sha256=whole.hexdigest(), part_size=part_size,
-                   parts=tuple(parts))
+        return cls(stream_size=offset + filled, stream_sha256=whole.hexdigest() if hash_whole else "",
+                   part_size=part_size, parts=tuple(parts))
