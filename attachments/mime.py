@@ -24,8 +24,8 @@ from gateway.errors import MalformedMessage, MessageTooLarge
 from gateway.ns import CT_SOAP11, CT_SOAP12, SoapVersion
 
 __all__ = [
-    "CT_RELATED", "CT_XOP", "RelatedType", "parse_related", "MultipartReader", "PartStart", "PartData",
-    "PartEnd", "RootExtractor", "new_boundary", "part_head", "closing", "related_content_type",
+    "CT_RELATED", "CT_XOP", "RelatedType", "parse_related", "MultipartReader", "Event", "PartStart", "PartData",
+    "PartEnd", "root_content_type", "RootExtractor", "new_boundary", "part_head", "closing", "related_content_type",
 ]
 
 CT_RELATED = "multipart/related"

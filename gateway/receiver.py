@@ -31,7 +31,7 @@ from attachments.message import (
     read_request,
     status_reply,
 )
-from attachments.mime import MultipartReader, PartData, PartEnd, PartStart, RelatedType, parse_related
+from attachments.mime import Event, MultipartReader, PartData, PartEnd, PartStart, RelatedType, parse_related
 from attachments.parts import PartHasher
 from attachments.staging import PartWriter, Staging
 from schemas import read as read_schema
@@ -43,8 +43,6 @@ from .soap import fault_content_type, gateway_fault, version_for
 __all__ = ["ReceiveOptions", "FileReceiver", "make_receiver_app"]
 
 log = logging.getLogger("bmrgw.receive")
-
-Event = PartStart | PartData | PartEnd
 
 
 @dataclass(frozen=True, kw_only=True)
