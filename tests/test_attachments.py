@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from lxml import etree
 
 from attachments.mime import (
     MultipartReader,
@@ -29,6 +30,7 @@ from attachments.staging import STAGING_DIR, Staging
 from attachments.zipstream import ZipLimits, ZipReader, ZipWriter
 from gateway.errors import ChecksumMismatch, MalformedMessage, MessageTooLarge, UnsafeFileName, ZipBomb
 from gateway.ns import SoapVersion
+from schemas import read
 
 MIME = Path(__file__).parent / "data" / "mime"
 
@@ -362,3 +364,56 @@ def test_a_crash_between_rename_and_marker_is_recovered(tmp_path: Path) -> None:
     assert restarted.publish(info.file_id) == tmp_path / "report.csv"
     assert restarted.status(info.file_id).published == "report.csv"
     assert (tmp_path / "report.csv").read_bytes() == data
+
+
+# -- the messages against schemas/file.wsdl -------------------------------------------
+
+def _file_schema() -> etree.XMLSchema:
+    wsdl = etree.fromstring(read("file.wsdl"))
+    schema = wsdl.find(".//{http://www.w3.org/2001/XMLSchema}schema")
+    assert schema is not None
+    return etree.XMLSchema(schema)
+
+
+@pytest.mark.parametrize("mtom", [False, True], ids=["swa", "mtom"])
+@pytest.mark.parametrize("version", list(SoapVersion), ids=lambda v: f"soap{v.value}")
+def test_messages_follow_the_wsdl_and_read_back(mtom: bool, version: SoapVersion) -> None:
+    from attachments.message import (
+        FileStatusReply,
+        PartReply,
+        body_of,
+        get_file_status,
+        part_reply,
+        put_file_part,
+        read_part_reply,
+        read_request,
+        read_status_reply,
+        status_reply,
+    )
+    schema = _file_schema()
+    info = _info(b"x" * 10, 4)
+    put = put_file_part(info, 2, "a" * 64, content_id="p@x", mtom=mtom, version=version, to="files", sender="juki")
+    status = get_file_status(info.file_id, version=version, to="files")
+    reply = PartReply(file_id=info.file_id, part_no=2, status="stored", parts_received=1)
+    state = FileStatusReply(file_id=info.file_id, parts=frozenset({1, 3}), part_count=3, published=None)
+    for envelope in (put, status, part_reply(reply, version), status_reply(state, version)):
+        schema.assertValid(body_of(envelope)[1])
+    assert read_request(put) == (version, read_request(put)[1])
+    request = read_request(put)[1]
+    assert not isinstance(request, str)
+    assert (request.info, request.part_no, request.part_sha256, request.content_id) == (info, 2, "a" * 64, "<p@x>")
+    assert read_request(status)[1] == info.file_id
+    assert read_part_reply(part_reply(reply, version)) == reply
+    assert read_status_reply(status_reply(state, version)) == state
+
+
+def test_zip64_local_header_sizes_are_read() -> None:
+    data = os.urandom(70_000)
+    for method in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", method) as archive:
+            with archive.open("big", "w", force_zip64=True) as member:  # as a zip of > 4 GiB is written
+                member.write(data)
+        blob = buffer.getvalue()
+        assert b"\x01\x00\x10\x00" in blob[:100], "a ZIP64 extra field in the local header"
+        assert _unzip(blob, ZipLimits(max_bytes=len(data))) == data
