@@ -290,3 +290,18 @@ def _prepared_info(options: SendOptions) -> FileInfo:
     from gateway.sender import prepare
     with tempfile.TemporaryDirectory() as spool:
         return prepare(options, Path(spool)).info
+
+
+async def test_file_crosses_two_data_centres(gateway: GatewayFactory, tmp_path: Path) -> None:
+    folder = tmp_path / "west-inbox"
+    runner, receiver = await start_app(make_receiver_app(ReceiveOptions(directory=folder)))
+    try:
+        west = await gateway({"gateway": {"name": "dc-west"}, "endpoints": {"files": {"url": f"{receiver}/files"}}})
+        east = await gateway({"gateway": {"name": "dc-east"}, "endpoints": {"files": {"via": "dc-west"}},
+                              "peers": {"dc-west": {"url": f"{west}/soap"}}})
+        path = _file(tmp_path, 3 * PART + 1)
+        result = await send_file(SendOptions(path=path, to="files", gateway=east, part_size=PART, zip=True,
+                                             mtom=True))
+    finally:
+        await runner.cleanup()
+    assert result.published == path.name and _digest(folder / path.name) == _digest(path)
