@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -222,11 +223,32 @@ class Staging:
             os.fsync(out.fileno())
         return tmp
 
+    def expire(self, max_age: float, *, now: float | None = None) -> list[str]:
+        """Forget transfers untouched for ``max_age`` seconds: abandoned partial files, and the
+        markers of finished ones (a part re-sent after that starts the transfer afresh)."""
+        now = time.time() if now is None else now
+        gone = []
+        for folder in self.root.iterdir():
+            if folder.is_dir() and now - _last_change(folder) > max_age:
+                shutil.rmtree(folder, ignore_errors=True)
+                self._running.pop(folder.name, None)
+                gone.append(folder.name)
+        return gone
+
     def _info(self, file_id: str) -> FileInfo | None:
         try:
             return FileInfo(**json.loads((self._folder(file_id) / "info.json").read_text(encoding="utf-8")))
         except FileNotFoundError:
             return None
+
+
+def _last_change(folder: Path) -> float:
+    """The newest modification time in a transfer's folder (a part written, a marker set)."""
+    times = [folder.stat().st_mtime]
+    for path in (folder, folder / "parts"):
+        if path.is_dir():
+            times += [entry.stat().st_mtime for entry in os.scandir(path)]
+    return max(times)
 
 
 def _check_file(info: FileInfo, sha256: str, size: int) -> None:

@@ -97,6 +97,9 @@ def _add_receive(commands: Commands, config_option: Callable[[argparse.ArgumentP
                    help="largest file accepted (default 64G)")
     p.add_argument("--max-ratio", type=float, default=ReceiveOptions.max_ratio, metavar="R",
                    help="zip bombs: largest inflated/compressed ratio (default 200)")
+    p.add_argument("--keep-partial-days", type=float, default=ReceiveOptions.keep_partial_days, metavar="DAYS",
+                   help="forget transfers untouched this long: unfinished parts, and the record of finished "
+                   "ones (default 7)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(run=_receive)
 
@@ -107,7 +110,8 @@ def _receive(args: argparse.Namespace) -> int:
     from .server import install_event_loop
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    options = ReceiveOptions(directory=args.dir, max_file_bytes=args.max_file_bytes, max_ratio=args.max_ratio)
+    options = ReceiveOptions(directory=args.dir, max_file_bytes=args.max_file_bytes, max_ratio=args.max_ratio,
+                             keep_partial_days=args.keep_partial_days)
     try:
         app = make_receiver_app(options)
     except OSError as exc:

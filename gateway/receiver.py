@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +55,8 @@ class ReceiveOptions:
     """Largest inflate ratio of a zipped file."""
     name: str = "bmrgw-receive"
     """Name in the faults' ``g:Error gateway`` attribute."""
+    keep_partial_days: float = 7.0
+    """Transfers untouched this long are forgotten (checked at start and hourly)."""
 
 
 class FileReceiver:
@@ -91,6 +93,15 @@ class FileReceiver:
         status = error.http_status if isinstance(error, ClientFault) else 500
         return web.Response(status=status, body=gateway_fault(error, version, gateway=self._options.name),
                             headers={"Content-Type": fault_content_type(version)})
+
+    async def expire_forever(self) -> None:
+        """Forget abandoned transfers now and then every hour."""
+        max_age = self._options.keep_partial_days * 86400
+        while True:
+            gone = await asyncio.to_thread(self._staging.expire, max_age)
+            if gone:
+                log.info("forgot %d transfer(s) untouched for %g days", len(gone), self._options.keep_partial_days)
+            await asyncio.sleep(_HOUR)
 
     async def _plain(self, request: web.Request) -> tuple[SoapVersion, bytes]:
         if request.content_length is not None and request.content_length > MAX_ENVELOPE_BYTES:
@@ -229,12 +240,24 @@ async def _drain(request: web.Request) -> None:
 
 
 RECEIVER = web.AppKey("receiver", FileReceiver)
+_HOUR = 3600.0
+
+
+def _expiry_ctx(receiver: FileReceiver) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(receiver.expire_forever())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return ctx
 
 
 def make_receiver_app(options: ReceiveOptions) -> web.Application:
     """The receiving AP: POST anywhere; ``GET ?wsdl`` serves ``schemas/file.wsdl``."""
     app = web.Application(client_max_size=MAX_ENVELOPE_BYTES + 1024)
-    app[RECEIVER] = FileReceiver(options)
+    app[RECEIVER] = receiver = FileReceiver(options)
+    app.cleanup_ctx.append(_expiry_ctx(receiver))
 
     async def post(request: web.Request) -> web.StreamResponse:
         return await request.app[RECEIVER].handle(request)

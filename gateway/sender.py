@@ -191,7 +191,7 @@ class Progress:
         now = time.monotonic()
         if self._enabled and (now - self._shown >= 0.2 or self.done >= self.total):
             self._shown = now
-            self._stream.write("\r" + self.line(now - self._started))
+            self._stream.write("\r" + self.line(now - self._started) + "\x1b[K")
             self._stream.flush()
 
     def line(self, elapsed: float) -> str:
@@ -274,6 +274,9 @@ async def send_file(options: SendOptions, *, progress: Progress | None = None) -
     """Send a file through the gateway; raises SendError when it is not complete at the receiver."""
     with ExitStack() as exits:
         spool = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="bmrgw-send-")))
+        if progress is None and sys.stderr.isatty():
+            sys.stderr.write(f"{options.path.name}: hashing{' and zipping' if options.zip else ''}…")
+            sys.stderr.flush()
         prepared = prepare(options, spool)
         client = _Client(options)
         try:

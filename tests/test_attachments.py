@@ -417,3 +417,19 @@ def test_zip64_local_header_sizes_are_read() -> None:
         blob = buffer.getvalue()
         assert b"\x01\x00\x10\x00" in blob[:100], "a ZIP64 extra field in the local header"
         assert _unzip(blob, ZipLimits(max_bytes=len(data))) == data
+
+
+def test_untouched_transfers_expire_and_fresh_ones_stay(tmp_path: Path) -> None:
+    data = os.urandom(1000)
+    old, fresh = _info(data, 600), _info(data, 600, file_id="fresh")
+    staging = Staging(tmp_path, max_file_bytes=1 << 20)
+    for info in (old, fresh):
+        staging.begin(info)
+        _store(staging, info, data, 1)
+    week_ago = os.path.getmtime(tmp_path / STAGING_DIR / fresh.file_id) - 8 * 86400
+    for path in (tmp_path / STAGING_DIR / old.file_id).rglob("*"):
+        os.utime(path, (week_ago, week_ago))
+    os.utime(tmp_path / STAGING_DIR / old.file_id, (week_ago, week_ago))
+    assert staging.expire(7 * 86400) == [old.file_id]
+    assert staging.status(old.file_id).parts == frozenset()
+    assert staging.status(fresh.file_id).parts == {1}
