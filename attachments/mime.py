@@ -105,9 +105,9 @@ class PartStart:
 
 @dataclass(frozen=True)
 class PartData:
-    """The next bytes of the current part's body."""
+    """The next bytes of the current part's body (a read-only view of the caller's chunk, or bytes)."""
 
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,9 @@ class MultipartReader:
             return None
         events: list[Event] = []
         if self._state == _BODY and self.emit_data:
-            events.append(PartData(bytes(self._buf) + data[:-keep]))
+            if self._buf:
+                events.append(PartData(bytes(self._buf)))
+            events.append(PartData(memoryview(data)[:-keep]))  # no copy of the big piece
         self._buf[:] = data[-keep:]
         return events
 

@@ -111,7 +111,7 @@ class PartHasher:
         self.size = 0
         self._digest = hashlib.sha256()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self.size += len(data)
         if self.size > self.part.size:
             raise ChecksumMismatch(f"part {self.part.part_no} is longer than its declared {self.part.size} bytes")

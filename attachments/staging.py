@@ -80,7 +80,7 @@ class PartWriter:
         self._fd = os.open(folder / "data", os.O_WRONLY | os.O_CREAT, 0o666)
         self._at = part.offset
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self._hasher.write(data)
         if self.stream is not None:
             self.stream.update(data)
