@@ -10,9 +10,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from .certs import DevPki, dev_pki  # noqa: F401  (fixture)
 from .conftest import GatewayFactory, RecordingBackend, sha256
 from .test_attachments import MIME, mime_file
+from .test_auth import basic
 from .test_relay_log import _logged
+from .test_wss_relay import secured_config
 
 
 def _config(tmp_path: Path, url: str, **gateway: Any) -> dict[str, Any]:
@@ -109,3 +112,18 @@ async def test_multipart_exchange_is_logged_with_its_full_size_and_hash(
     assert (request.bytes_in, request.bytes_out, request.sha256) == (len(big), len(big), sha256(big))
     assert (request.from_ap, request.to_ap, request.status) == ("juki", "files", "ok")
     assert (response.bytes_in, response.sha256) == (len(answer), sha256(answer))
+
+
+
+async def test_multipart_where_ws_security_is_required_is_refused_unread(
+        gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, tmp_path: Path,
+        dev_pki: DevPki) -> None:
+    config = secured_config(tmp_path, dev_pki, backend.url, sign=True)  # the endpoint wants signed messages
+    config["endpoints"]["files"] = config["endpoints"].pop("demo")
+    gw = await gateway(config)
+    content_type, body = mime_file(MIME / "valid" / "swa-soap11.mime")
+    async with http.post(f"{gw}/soap", data=_trickle(body, 4096),
+                         headers={"Content-Type": content_type, **basic("zei", "pw")}) as resp:
+        text = await resp.text()
+    assert resp.status == 415 and "not supported for SwA/MTOM" in text
+    assert backend.seen == []
