@@ -19,6 +19,7 @@ from routing.commands import add_endpoints_command
 from .errors import ConfigError, GatewayError
 from .jx.commands import add_jx_command
 from .jx.poll import add_poll_command
+from .files import add_file_commands
 from .logview import add_logs_command, add_time_command
 from .pki import add_pki_command
 from .secure import add_wss_command
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     add_refdb_command(commands, config_option)
     add_jx_command(commands, config_option)
     add_poll_command(commands, config_option)
+    add_file_commands(commands, config_option)
     _add_demo_backend(commands)
     _add_hash_password(commands)
     add_pki_command(commands)

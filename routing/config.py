@@ -159,6 +159,8 @@ class GatewaySettings:
     """WS-Security time limits (signature verification and signing)."""
     jx: JxSettings = field(default_factory=JxSettings)
     """The JX polling relay."""
+    max_attachment_bytes: int = 2 * 1024 * 1024 * 1024
+    """Largest multipart/related (SwA, MTOM) request body relayed; its root part stays under the envelope limits."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -350,7 +352,8 @@ def parse_config(data: Any, *, source: Path | None = None, db: str | None = None
 def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer], base: Path) -> GatewaySettings:
     g = _mapping(raw, "gateway")
     allowed = {"name", "listen", "tls", "db", "data_dir", "max_message_bytes",
-               "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp", "logs", "wss", "jx"}
+               "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp", "logs", "wss", "jx",
+               "max_attachment_bytes"}
     _known(g, "gateway", allowed)
     defaults = GatewaySettings()
     fallback = g.get("fallback_peer")
@@ -374,6 +377,8 @@ def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer], base: Path) ->
         tls=_tls(g["tls"], base) if g.get("tls") is not None else None,
         wss=_wss_settings(_section(g, "wss")),
         jx=_jx(_section(g, "jx")),
+        max_attachment_bytes=_int(g.get("max_attachment_bytes", defaults.max_attachment_bytes),
+                                  "gateway.max_attachment_bytes", low=1024),
     )
 
 

@@ -103,6 +103,14 @@ def _self_signed(folder: Path) -> Issued:
                   subject="CN=localhost", not_after=cert.not_valid_after_utc)
 
 
+_shared: list[DevPki] = []
+
+
 @pytest.fixture(scope="session")
 def dev_pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
-    return make_dev_pki(tmp_path_factory.mktemp("pki"))
+    # Each module imports this fixture, which makes it one fixture per module; the
+    # certificates are made once for the whole session instead, early, so that
+    # module-level "now" times of a long run stay inside their validity.
+    if not _shared:
+        _shared.append(make_dev_pki(tmp_path_factory.mktemp("pki")))
+    return _shared[0]
