@@ -20,6 +20,7 @@ from aiohttp import web
 from routing.config import Config, load_config
 from routing.watch import LiveTable, watch
 
+from . import control
 from .auth import auth_middleware
 from .chain import archive
 from .clock import Clock
@@ -29,6 +30,7 @@ from .logview import archive_dir
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .ns import H_MESSAGE_ID, SoapVersion
 from .relay import SERVER, Relay
+from .resilience import RESILIENCE, Resilient
 from .soap import fault_content_type, gateway_fault, version_for
 from .store import Store, StoreUnavailable, database_url
 from .upstream import HttpUpstream, Upstream
@@ -57,6 +59,8 @@ class AppOptions:
     """Store URL overriding ``gateway.db`` (``--db`` / ``BMRGW_DB_URL``), also on reloads."""
     upstream: Callable[[], Upstream] = HttpUpstream
     """Factory of the upstream seam (tests may pass another real implementation)."""
+    node: str | None = None
+    """This process's node name in the send/receive log and circuit state (default: gateway.name)."""
 
 
 def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Application:
@@ -67,8 +71,10 @@ def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Applicat
                                            _log_refusal(app)))
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_store_ctx(config))
-    app.cleanup_ctx.append(_log_ctx(config))
+    app.cleanup_ctx.append(_log_ctx(config, options.node or config.gateway.name))
     app.cleanup_ctx.append(_relay_ctx(options))
+    control.install(app, app[LIVE], node=options.node or config.gateway.name, store=lambda a: a[STORE],
+                    metrics=app[METRICS].registry, fault=fault_response)
     if options.watch_config and config.source is not None:
         app.cleanup_ctx.append(_watch_ctx(config, options))
     app.router.add_post("/soap", _relay)
@@ -86,14 +92,14 @@ def _store_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[None
     return ctx
 
 
-def _log_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:
+def _log_ctx(config: Config, node: str) -> Callable[[web.Application], AsyncIterator[None]]:
     """NTP time and the send/receive log; the log is flushed when the gateway stops."""
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         app[CLOCK] = clock = Clock.from_settings(config.gateway.ntp)
         await clock.start()
         retention: asyncio.Task[None] | None = None
         if config.gateway.logs.enabled:
-            app[JOURNAL] = journal = Journal(app[STORE].engine, node=config.gateway.name)
+            app[JOURNAL] = journal = Journal(app[STORE].engine, node=node)
             await journal.start()
             if config.gateway.logs.retention_days:
                 retention = asyncio.create_task(_retain(app[STORE], config))
@@ -125,7 +131,7 @@ async def _retain(store: Store, config: Config) -> None:
 
 def _relay_ctx(options: AppOptions) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        upstream = options.upstream()
+        upstream = Resilient(options.upstream(), app[RESILIENCE])
         app[RELAY] = Relay(table=app[LIVE], upstream=upstream, metrics=app[METRICS],
                            clock=app[CLOCK], journal=app.get(JOURNAL))
         yield

@@ -14,12 +14,15 @@ HTTP status of the fault response::
     │   ├── RequestTimeout(TimeoutError)            408
     │   ├── UnknownDestination(LookupError)         404
     │   ├── Unauthorized(PermissionError)           401
-    │   └── Forbidden(PermissionError)              403
+    │   ├── Forbidden(PermissionError)              403
+    │   └── TooManyRequests(RuntimeError)           429
     └── ServerFault                                 the gateway or its upstream failed
         ├── RoutingLoop(RuntimeError)               500
-        └── UpstreamError
-            ├── EndpointUnavailable(ConnectionError)  500
-            └── EndpointTimeout(TimeoutError)       500
+        ├── UpstreamError
+        │   ├── EndpointUnavailable(ConnectionError)  500
+        │   ├── EndpointTimeout(TimeoutError)       500
+        │   └── EndpointBusy(TimeoutError)          503
+        └── GatewayBusy(RuntimeError)               503
 
 Errors carry structured fields (``destination``, ``endpoint``, ``detail``)
 so that the log and the SOAP fault render them without parsing messages.
@@ -45,6 +48,9 @@ __all__ = [
     "UpstreamError",
     "EndpointUnavailable",
     "EndpointTimeout",
+    "TooManyRequests",
+    "EndpointBusy",
+    "GatewayBusy",
 ]
 
 
@@ -160,3 +166,27 @@ class EndpointTimeout(UpstreamError, TimeoutError):
     """Raised when the endpoint does not answer within its timeout."""
 
     code = "EndpointTimeout"
+
+
+# -- resilience (README "Resilience"): limits ---------------------------------------
+
+
+class TooManyRequests(ClientFault, RuntimeError):
+    """Raised when a client sends more requests per second than ``gateway.limits.client_rate``."""
+
+    code = "TooManyRequests"
+    http_status = 429
+
+
+class EndpointBusy(UpstreamError, TimeoutError):
+    """Raised when an endpoint stays at its ``max_concurrent`` requests for its whole ``queue_timeout``."""
+
+    code = "EndpointBusy"
+    http_status = 503
+
+
+class GatewayBusy(ServerFault, RuntimeError):
+    """Raised when a gateway process already holds ``gateway.limits.max_connections`` connections."""
+
+    code = "GatewayBusy"
+    http_status = 503

@@ -55,6 +55,7 @@ from .metrics import Metrics
 from .ns import H_MESSAGE_ID, H_SOAPACTION, H_VIA, SoapVersion
 from .parser import SCAN_WHOLE, EnvelopeHead, HeadScanner, scan_head
 from .soap import fault_content_type, gateway_fault, version_for
+from .resilience import sent_to
 from .upstream import Upstream, translate
 
 __all__ = ["Relay", "MAX_HOPS", "SMALL_BODY"]
@@ -333,6 +334,7 @@ class Relay:
                 raise body.error from None
             raise
         trace.answered = time.perf_counter()
+        trace.endpoint = sent_to(exchange.route)
         try:
             if isinstance(body, RequestBody) and body.error is not None:
                 trace.forwarded = False
