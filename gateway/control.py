@@ -35,11 +35,13 @@ from routing.config import Config
 from routing.watch import LiveTable
 
 from .breaker import Breaker, State
+from .errors import ConfigError, UnknownDestination
 from .limits import Fault, rate_middleware
-from .resilience import RESILIENCE, Resilience, ResilienceCollector
+from .resilience import RESILIENCE, Resilience, ResilienceCollector, urls_of
 from .store import Store, database_url
 
-__all__ = ["Publisher", "CircuitRow", "read_circuits", "request_reset", "install", "STALE_SECONDS"]
+__all__ = ["Publisher", "CircuitRow", "read_circuits", "request_reset", "install", "reset", "circuit_lines",
+           "circuit_listing", "STALE_SECONDS"]
 
 log = logging.getLogger("bmrgw.control")
 
@@ -215,3 +217,73 @@ def request_reset(engine: Engine, name: str) -> None:
     ensure_tables(engine)
     with engine.begin() as connection:
         connection.execute(insert(RESET).values(name=name, requested=time.time()))
+
+
+# -- bmrgw endpoints list / reset ------------------------------------------------------
+
+#: How long ``bmrgw endpoints reset`` waits to see the running gateways apply a reset.
+RESET_WAIT = 5.0
+
+
+def owners(config: Config) -> dict[str, list[str]]:
+    """URL → the endpoint and peer names that use it."""
+    found: dict[str, list[str]] = {}
+    for (_, name), urls in urls_of(config).items():
+        for url in urls:
+            found.setdefault(url, []).append(name)
+    return found
+
+
+def circuit_listing(config: Config) -> tuple[list[dict[str, Any]], str | None]:
+    """Open and half-open circuits reported by live gateway processes, and an error if the store failed."""
+    try:
+        store = open_store(config)
+        if store is None:
+            return [], None
+        try:
+            rows = read_circuits(store.engine)
+        finally:
+            store.close()
+    except (SQLAlchemyError, ConfigError) as exc:
+        return [], str(getattr(exc, "reason", None) or str(exc).splitlines()[0])
+    names = owners(config)
+    now = time.time()
+    return [{"names": names.get(r.url, []), "url": r.url, "state": r.state, "node": r.node,
+             "failures": r.failures, "next_probe_s": round(max(0.0, (r.retry_at or now) - now), 1),
+             "last_error": r.last_error} for r in rows], None
+
+
+def circuit_lines(config: Config, table: Callable[[Sequence[str], Sequence[Sequence[str]]], list[str]]) -> list[str]:
+    rows, error = circuit_listing(config)
+    if error is not None:
+        return [f"circuits: unknown, the store does not answer ({error})"]
+    if not rows:
+        return ["circuits: all closed"]
+    cells = [[",".join(r["names"]) or "-", r["state"], r["url"], r["node"], str(r["failures"]),
+              f"{r['next_probe_s']:g} s", r["last_error"] or ""] for r in rows]
+    return table(["CIRCUIT", "STATE", "URL", "NODE", "FAILURES", "PROBE IN", "LAST ERROR"], cells)
+
+
+def reset(config: Config, name: str) -> int:
+    """Ask every running gateway on this store to close ``name``'s circuits; 0 once none is open."""
+    urls = [u for (_, n), us in urls_of(config).items() if n == name for u in us]
+    if not urls:
+        raise UnknownDestination(f"no url endpoint or peer named {name!r} in {config.source}", destination=name)
+    store = open_store(config)
+    if store is None:
+        print(f"{name}: no gateway has used this store yet; nothing to reset")
+        return 0
+    try:
+        request_reset(store.engine, name)
+        deadline = time.monotonic() + RESET_WAIT
+        while (still := read_circuits(store.engine, urls)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        store.close()
+    if still:
+        nodes = sorted({r.node for r in still})
+        print(f"{name}: reset requested, but {', '.join(nodes)} still report(s) it not closed after "
+              f"{RESET_WAIT:g} s (is the gateway running and reaching the store?)")
+        return 1
+    print(f"{name}: circuits closed on every running gateway ({', '.join(urls)})")
+    return 0

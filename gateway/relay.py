@@ -237,7 +237,7 @@ class Relay:
                 await self._journal.admit()
             exchange, body = await self._prepare(request, table, trace)
             response = await self._forward(request, exchange, body, trace)
-        except ConnectionResetError:
+        except (ConnectionResetError, asyncio.CancelledError):  # cancelled: cut off at the drain timeout
             trace.status = "error"
             await self._finish(trace)
             raise
