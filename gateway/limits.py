@@ -22,7 +22,7 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -35,6 +35,8 @@ from .soap import fault_content_type, gateway_fault
 
 __all__ = ["Gate", "RateLimiter", "rate_middleware", "ListenSite"]
 
+#: Seconds a refused connection stays open for the caller to read its 503.
+_LINGER = 2.0
 #: Idle client buckets kept before the full ones are forgotten.
 _MAX_BUCKETS = 10_000
 
@@ -140,15 +142,26 @@ def rate_middleware(limiter: RateLimiter, settings: Callable[[], LimitSettings],
 
 
 class _Refusal(asyncio.Protocol):
-    """Answers one connection over the limit with 503 GatewayBusy and closes it."""
+    """Answers one connection over the limit with 503 GatewayBusy, then closes it.
+
+    What the caller sends is read and dropped until it closes (or for
+    :data:`_LINGER` s): closing with unread bytes would reset the connection,
+    and the caller might never see the answer.
+    """
 
     def __init__(self, answer: bytes) -> None:
         self._answer = answer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(self._answer)
-        transport.close()
+        stream = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        stream.write(self._answer)
+        asyncio.get_running_loop().call_later(_LINGER, stream.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
 
 
 def busy_answer(gateway: str, limit: int) -> bytes:

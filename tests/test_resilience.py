@@ -1,0 +1,421 @@
+"""Failover, circuit breakers and limits: unit tests of the state machines, and fault injection
+against real backend processes (tests/faulty.py) through a real gateway on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from sqlalchemy import create_engine
+
+from gateway.breaker import Breaker, Circuits, State
+from gateway.errors import EndpointBusy, TooManyRequests
+from gateway.journal import LogFilter, LogRecord, read
+from gateway.limits import Gate, RateLimiter
+from gateway.passwords import hash_password
+from routing.config import BreakerSettings, LimitSettings
+
+from .conftest import GatewayFactory, RecordingBackend, free_port, message, soap11_headers, start_app
+
+BODY = message("valid/soap11-no-header.xml")
+
+
+# -- the state machines ------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_n_failures_probes_once_and_closes_on_success() -> None:
+    clock = FakeClock()
+    seen: list[State] = []
+    b = Breaker("http://x", BreakerSettings(failures=3, backoff=2, max_backoff=5), clock=clock,
+                on_change=lambda br: seen.append(br.state))
+    for _ in range(2):
+        assert b.allow()
+        b.failed("refused")
+    assert b.state is State.CLOSED
+    b.failed("refused")
+    assert b.state is State.OPEN and not b.allow()
+    clock.now += 2
+    assert b.allow() and b.state is State.HALF_OPEN
+    assert not b.allow(), "only one probe while half-open"
+    b.failed("refused again")
+    assert b.state is State.OPEN and b.backoff == 4
+    clock.now += 3.9
+    assert not b.allow()
+    clock.now += 0.1
+    assert b.allow()
+    b.failed("still")
+    assert b.backoff == 5, "the back-off doubles up to max_backoff"
+    clock.now += 5
+    assert b.allow()
+    b.succeeded()
+    assert (b.state, b.failures, b.backoff) == (State.CLOSED, 0, 2)
+    assert seen == [State.OPEN, State.HALF_OPEN, State.OPEN, State.HALF_OPEN, State.OPEN, State.HALF_OPEN,
+                    State.CLOSED]
+
+
+def test_success_in_between_clears_the_count_and_an_abandoned_probe_frees_the_slot() -> None:
+    clock = FakeClock()
+    b = Breaker("http://x", BreakerSettings(failures=2, backoff=1), clock=clock)
+    b.failed("a")
+    b.succeeded()
+    b.failed("b")
+    assert b.state is State.CLOSED, "failures must be consecutive"
+    b.failed("c")
+    clock.now += 1
+    assert b.allow()
+    b.abandoned()
+    assert b.allow(), "a probe that told nothing lets the next request probe"
+
+
+def test_circuits_forget_urls_that_left_the_table_and_reset_closes() -> None:
+    circuits = Circuits(BreakerSettings(failures=1))
+    circuits.get("http://old").failed("x")
+    circuits.get("http://kept").failed("x")
+    assert circuits.keep({"http://kept", "http://new"}, BreakerSettings(failures=1)) == ["http://old"]
+    assert circuits.get("http://old").state is State.CLOSED, "a URL back in the table starts closed"
+    assert circuits.reset(["http://kept"]) == 1
+    assert circuits.get("http://kept").state is State.CLOSED
+
+
+async def test_gate_queues_in_order_and_refuses_after_the_queue_timeout() -> None:
+    gate = Gate("slow", limit=1, timeout=0.2)
+    await gate.acquire()
+    order: list[int] = []
+
+    async def take(i: int) -> None:
+        await gate.acquire()
+        order.append(i)
+        await asyncio.sleep(0.01)
+        gate.release()
+
+    waiters = [asyncio.create_task(take(i)) for i in range(3)]
+    await asyncio.sleep(0.05)
+    assert gate.queued == 3
+    gate.release()
+    await asyncio.gather(*waiters)
+    assert order == [0, 1, 2] and gate.active == 0
+    await gate.acquire()
+    started = time.monotonic()
+    with pytest.raises(EndpointBusy):
+        await gate.acquire()
+    assert 0.18 < time.monotonic() - started < 1.0
+    assert (gate.active, gate.queued) == (1, 0)
+
+
+def test_rate_limiter_token_bucket_per_caller() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(clock=clock)
+    settings = LimitSettings(client_rate=2, client_burst=2)
+    limiter.take("a", settings)
+    limiter.take("a", settings)
+    with pytest.raises(TooManyRequests):
+        limiter.take("a", settings)
+    limiter.take("b", settings)  # another caller has its own bucket
+    clock.now += 0.5
+    limiter.take("a", settings)  # one token back after 1/rate s
+    assert limiter.refused == 1
+
+
+# -- fault injection with real backend processes -------------------------------------
+
+
+class Faulty:
+    """A tests/faulty.py process."""
+
+    def __init__(self, mode: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/ap"
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.faulty", mode, str(self.port)],
+                                     stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent)
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline() == b"ready\n"
+
+    async def got(self) -> str:
+        assert self.proc.stdout is not None
+        return (await asyncio.to_thread(self.proc.stdout.readline)).decode().strip()
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def faulty() -> Iterator[Callable[[str], Faulty]]:
+    started: list[Faulty] = []
+
+    def start(mode: str) -> Faulty:
+        started.append(Faulty(mode))
+        return started[-1]
+
+    yield start
+    for f in started:
+        f.stop()
+
+
+def _config(tmp_path: Path, endpoints: dict[str, Any], **gateway: Any) -> dict[str, Any]:
+    return {"gateway": {"name": "gw-res", "db": f"sqlite:///{tmp_path}/res.db", **gateway}, "endpoints": endpoints}
+
+
+def _refusing_url() -> str:
+    return f"http://127.0.0.1:{free_port()}/gone"
+
+
+async def _post(http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    async with http.post(url, data=BODY, headers=headers or soap11_headers()) as resp:
+        return resp.status, await resp.text()
+
+
+def _records(db: Path) -> list[LogRecord]:
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        return list(read(engine, LogFilter(kind="relay")))
+    finally:
+        engine.dispose()
+
+
+async def _logged(db: Path, count: int) -> list[LogRecord]:
+    deadline = time.monotonic() + 3
+    while len(found := await asyncio.to_thread(_records, db)) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return found
+
+
+async def test_refused_first_url_fails_over_to_the_second(
+        gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    dead = _refusing_url()
+    gw = await gateway(_config(tmp_path, {"kaigo": {"urls": [dead, f"{backend.url}/kaigo"]}}))
+    status, _ = await _post(http, f"{gw}/soap/kaigo")
+    assert status == 200 and len(backend.seen) == 1
+    request, response = await _logged(tmp_path / "res.db", 2)
+    assert request.endpoint == response.endpoint == f"{backend.url}/kaigo", "the log names the URL it went to"
+    async with http.get(f"{gw}/metrics") as resp:
+        metrics = await resp.text()
+    assert "bmrgw_failovers_total 1.0" in metrics
+
+
+async def test_every_url_refusing_is_endpoint_unavailable(
+        gateway: GatewayFactory, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    gw = await gateway(_config(tmp_path, {"kaigo": {"urls": [_refusing_url(), _refusing_url()]}}))
+    status, text = await _post(http, f"{gw}/soap/kaigo")
+    assert status == 500 and 'code="EndpointUnavailable"' in text and "cannot connect" in text
+
+
+async def test_backend_killed_mid_request_is_not_resent(
+        gateway: GatewayFactory, backend: RecordingBackend, faulty: Callable[[str], Faulty],
+        http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    victim = faulty("hang")
+    gw = await gateway(_config(tmp_path, {"kaigo": {"urls": [victim.url, backend.url], "timeout": 10}}))
+    call = asyncio.create_task(_post(http, f"{gw}/soap/kaigo"))
+    assert await victim.got() == "got 1"
+    victim.proc.kill()
+    status, text = await call
+    assert status == 500 and 'code="EndpointUnavailable"' in text
+    assert backend.seen == [], "a request that reached a backend is never sent to another"
+
+
+async def test_hanging_backend_times_out_and_is_not_resent(
+        gateway: GatewayFactory, backend: RecordingBackend, faulty: Callable[[str], Faulty],
+        http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    hang = faulty("hang")
+    gw = await gateway(_config(tmp_path, {"kaigo": {"urls": [hang.url, backend.url], "timeout": 0.5}}))
+    started = time.monotonic()
+    status, text = await _post(http, f"{gw}/soap/kaigo")
+    assert status == 500 and 'code="EndpointTimeout"' in text
+    assert 0.4 < time.monotonic() - started < 5
+    assert backend.seen == []
+
+
+async def test_backend_resetting_after_headers_is_endpoint_unavailable_and_not_resent(
+        gateway: GatewayFactory, backend: RecordingBackend, faulty: Callable[[str], Faulty],
+        http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    reset = faulty("reset")  # a small answer: the gateway reads it whole before answering
+    gw = await gateway(_config(tmp_path, {"kaigo": {"urls": [reset.url, backend.url]}}))
+    status, text = await _post(http, f"{gw}/soap/kaigo")
+    assert status == 500 and 'code="EndpointUnavailable"' in text
+    assert backend.seen == []
+
+
+async def test_backend_resetting_a_streamed_answer_cuts_the_caller_off_and_is_not_resent(
+        gateway: GatewayFactory, backend: RecordingBackend, faulty: Callable[[str], Faulty],
+        http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    reset = faulty("reset-big")
+    gw = await gateway(_config(tmp_path, {"kaigo": {"urls": [reset.url, backend.url]}}))
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with http.post(f"{gw}/soap/kaigo", data=BODY, headers=soap11_headers()) as resp:
+            assert resp.status == 200
+            await resp.read()
+    assert backend.seen == []
+    _, response = await _logged(tmp_path / "res.db", 2)
+    assert response.status == "error", "the broken answer is logged as an error"
+
+
+async def _metric(http: aiohttp.ClientSession, gw: str, line_start: str) -> float | None:
+    async with http.get(f"{gw}/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith(line_start):
+                return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def _answering(port: int, delay: float = 0.0) -> web.AppRunner:
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(delay)
+        return web.Response(text="<ok/>", content_type="text/xml")
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", answer)
+    runner, _ = await start_app(app, port)
+    return runner
+
+
+async def test_breaker_open_half_open_close_cycle(
+        gateway: GatewayFactory, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/kaigo"
+    gw = await gateway(_config(tmp_path, {"kaigo": {"url": url}}, breaker={"failures": 2, "backoff": 0.5}))
+    state = f'bmrgw_circuit_state{{url="{url}"}}'
+    for _ in range(2):
+        status, text = await _post(http, f"{gw}/soap/kaigo")
+        assert "cannot connect" in text
+    assert await _metric(http, gw, state) == 2
+    runner = await _answering(port, delay=0.3)
+    try:
+        status, text = await _post(http, f"{gw}/soap/kaigo")
+        assert status == 500 and "circuit of" in text and "is open" in text, "open: fail fast, no connection"
+        await asyncio.sleep(0.5)
+        probe = asyncio.create_task(_post(http, f"{gw}/soap/kaigo"))
+        await asyncio.sleep(0.1)
+        assert await _metric(http, gw, state) == 1
+        status, text = await _post(http, f"{gw}/soap/kaigo")
+        assert status == 500 and "is open" in text, "half-open lets one probe through, no more"
+        assert (await probe)[0] == 200
+        assert await _metric(http, gw, state) == 0
+        assert (await _post(http, f"{gw}/soap/kaigo"))[0] == 200
+    finally:
+        await runner.cleanup()
+
+
+async def test_changing_an_endpoints_url_resets_its_breaker(
+        gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    from .conftest import write_yaml
+
+    dead = _refusing_url()
+    config = _config(tmp_path, {"kaigo": {"url": dead}}, breaker={"failures": 1, "backoff": 60})
+    gw = await gateway(config, watch=True)
+    await _post(http, f"{gw}/soap/kaigo")
+    assert await _metric(http, gw, f'bmrgw_circuit_state{{url="{dead}"}}') == 2
+    config["endpoints"]["kaigo"]["url"] = backend.url
+    write_yaml(tmp_path / "endpoints-0.yaml", config)
+    deadline = time.monotonic() + 5
+    while (status := (await _post(http, f"{gw}/soap/kaigo"))[0]) != 200 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert status == 200
+    assert await _metric(http, gw, f'bmrgw_circuit_state{{url="{dead}"}}') is None, "the old URL's breaker is gone"
+
+
+async def test_endpoint_at_its_limit_queues_then_refuses_with_endpoint_busy(
+        gateway: GatewayFactory, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    port = free_port()
+    runner = await _answering(port, delay=0.6)
+    try:
+        gw = await gateway(_config(tmp_path, {"slow": {"url": f"http://127.0.0.1:{port}/slow", "max_concurrent": 2,
+                                                       "queue_timeout": 0.3}}))
+        results = await asyncio.gather(*(_post(http, f"{gw}/soap/slow") for _ in range(4)))
+        statuses = sorted(status for status, _ in results)
+        assert statuses == [200, 200, 503, 503]
+        assert all('code="EndpointBusy"' in text for status, text in results if status == 503)
+    finally:
+        await runner.cleanup()
+
+
+def _p99(samples: list[float]) -> float:
+    return statistics.quantiles(samples, n=100)[98]
+
+
+async def _latencies(http: aiohttp.ClientSession, url: str, count: int, concurrency: int) -> list[float]:
+    samples: list[float] = []
+
+    async def one_after_another(n: int) -> None:
+        for _ in range(n):
+            started = time.perf_counter()
+            status, _ = await _post(http, url)
+            assert status == 200
+            samples.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(one_after_another(count // concurrency) for _ in range(concurrency)))
+    return samples
+
+
+async def test_a_slow_endpoint_at_its_limit_does_not_delay_a_fast_one(
+        gateway: GatewayFactory, backend: RecordingBackend, tmp_path: Path) -> None:
+    slow_port = free_port()
+    slow = await _answering(slow_port, delay=1.0)
+    endpoints = {"fast": {"url": backend.url},
+                 "slow": {"url": f"http://127.0.0.1:{slow_port}/slow", "max_concurrent": 5, "queue_timeout": 30}}
+    try:
+        gw = await gateway(_config(tmp_path, endpoints, logs={"enabled": False}))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            await _latencies(http, f"{gw}/soap/fast", 100, 4)  # warm-up
+            unloaded = [_p99(await _latencies(http, f"{gw}/soap/fast", 200, 4)) for _ in range(3)]
+            load = [asyncio.create_task(_post(http, f"{gw}/soap/slow")) for _ in range(60)]
+            await asyncio.sleep(0.2)
+            loaded = [_p99(await _latencies(http, f"{gw}/soap/fast", 200, 4)) for _ in range(3)]
+            assert not any(t.done() for t in load[10:]), "the slow endpoint is still at its limit, with a queue"
+            for task in load:
+                task.cancel()
+            await asyncio.gather(*load, return_exceptions=True)
+    finally:
+        await slow.cleanup()
+    # The best of three rounds each: other work on the shared machine only ever adds latency.
+    base, under = min(unloaded), min(loaded)
+    print(f"fast endpoint p99: unloaded {base * 1000:.2f} ms, slow endpoint at its limit {under * 1000:.2f} ms")
+    # 20 % as the issue asks, plus 1 ms of scheduling jitter on a shared 2-core machine.
+    assert under <= base * 1.2 + 0.001
+
+
+async def test_client_over_its_rate_gets_429_and_another_client_does_not(
+        gateway: GatewayFactory, backend: RecordingBackend, tmp_path: Path) -> None:
+    clients = {name: {"basic": {"user": name, "password_hash": hash_password("pw-" + name)}, "allow": ["*"]}
+               for name in ("juki-app", "zei-app")}
+    config = _config(tmp_path, {"kaigo": {"url": backend.url}}, limits={"client_rate": 1, "client_burst": 2})
+    gw = await gateway({**config, "clients": clients})
+    auth = {name: {"Authorization": aiohttp.encode_basic_auth(name, "pw-" + name)} for name in clients}
+    async with aiohttp.ClientSession() as http:
+        statuses = [(await _post(http, f"{gw}/soap/kaigo", headers={**soap11_headers(), **auth["juki-app"]}))[0]
+                    for _ in range(3)]
+        async with http.post(f"{gw}/soap/kaigo", data=BODY, headers={**soap11_headers(), **auth["juki-app"]}) as resp:
+            text = await resp.text()
+            assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
+        assert 'code="TooManyRequests"' in text and "client juki-app" in text
+        assert statuses == [200, 200, 429]
+        assert (await _post(http, f"{gw}/soap/kaigo", headers={**soap11_headers(), **auth["zei-app"]}))[0] == 200
+        assert (await _metric(http, gw, "bmrgw_rate_limited_total")) == 2
+    assert len(backend.seen) == 3
+
+
+async def test_open_mode_rate_limits_per_remote_address(
+        gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    gw = await gateway(_config(tmp_path, {"kaigo": {"url": backend.url}}, limits={"client_rate": 0.5}))
+    assert [(await _post(http, f"{gw}/soap/kaigo"))[0] for _ in range(2)] == [200, 429]
+    async with http.get(f"{gw}/healthz") as resp:
+        assert resp.status == 200, "only POSTs count against the rate"
