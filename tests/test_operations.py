@@ -17,11 +17,10 @@ from typing import Any, Callable
 import aiohttp
 import pytest
 from aiohttp import web
-from sqlalchemy import create_engine
 
-from gateway.journal import LogFilter, LogRecord, read
 
 from .conftest import BMRGW, RecordingBackend, free_port, message, soap11_headers, wait_healthy, write_yaml
+from .records import relay_records
 
 BODY = message("valid/soap11-no-header.xml")
 
@@ -77,14 +76,6 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
                 served.proc.wait()
 
 
-def _records(db: Path) -> list[LogRecord]:
-    engine = create_engine(f"sqlite:///{db}")
-    try:
-        return list(read(engine, LogFilter(kind="relay")))
-    finally:
-        engine.dispose()
-
-
 def _bmrgw(*argv: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*BMRGW, *map(str, argv)], capture_output=True, text=True, timeout=60)
 
@@ -137,7 +128,7 @@ async def test_sigterm_during_100_requests_finishes_them_and_loses_no_record(ser
     assert len(backend.seen) >= 60
     assert len(completed) == len(backend.seen), f"every request that reached the backend completed: {results}"
     assert all(r in (200, "ClientConnectorError", "ServerDisconnectedError", "ClientOSError") for r in results)
-    records = await asyncio.to_thread(_records, gw.db)
+    records = await asyncio.to_thread(relay_records, gw.db)
     assert len(records) == 2 * len(completed), "both records of every completed exchange are in the log"
     assert {r.status for r in records} == {"ok"}
     assert "stopped; the send/receive log is flushed" in gw.log()
@@ -183,7 +174,7 @@ async def test_workers_share_the_port_restart_after_a_crash_and_keep_separate_ch
         assert nodes == {"gw-ops.w1", "gw-ops.w2"}, "both workers answer on the one port"
         # The log is group-committed within 200 ms of an answer: let it land before the crash.
         deadline = time.monotonic() + 5
-        while len(await asyncio.to_thread(_records, gw.db)) < 80 and time.monotonic() < deadline:
+        while len(await asyncio.to_thread(relay_records, gw.db)) < 80 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         victim = gw.children()[0]
         os.kill(victim, signal.SIGKILL)
@@ -197,7 +188,7 @@ async def test_workers_share_the_port_restart_after_a_crash_and_keep_separate_ch
                 assert resp.status == 200
     gw.proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(gw.proc.wait, 40) == 0
-    records = await asyncio.to_thread(_records, gw.db)
+    records = await asyncio.to_thread(relay_records, gw.db)
     assert {r.node for r in records} == {"gw-ops.w1", "gw-ops.w2"}
     assert len(records) == 2 * 50
     assert _bmrgw("logs", "verify", "--config", gw.config).returncode == 0

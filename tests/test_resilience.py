@@ -15,16 +15,16 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from sqlalchemy import create_engine
 
 from gateway.breaker import Breaker, Circuits, State
 from gateway.errors import EndpointBusy, TooManyRequests
-from gateway.journal import LogFilter, LogRecord, read
+from gateway.journal import LogRecord
 from gateway.limits import Gate, RateLimiter
 from gateway.passwords import hash_password
 from routing.config import BreakerSettings, LimitSettings
 
 from .conftest import GatewayFactory, RecordingBackend, free_port, message, soap11_headers, start_app
+from .records import relay_records
 
 BODY = message("valid/soap11-no-header.xml")
 
@@ -184,17 +184,9 @@ async def _post(http: aiohttp.ClientSession, url: str, headers: dict[str, str] |
         return resp.status, await resp.text()
 
 
-def _records(db: Path) -> list[LogRecord]:
-    engine = create_engine(f"sqlite:///{db}")
-    try:
-        return list(read(engine, LogFilter(kind="relay")))
-    finally:
-        engine.dispose()
-
-
 async def _logged(db: Path, count: int) -> list[LogRecord]:
     deadline = time.monotonic() + 3
-    while len(found := await asyncio.to_thread(_records, db)) < count and time.monotonic() < deadline:
+    while len(found := await asyncio.to_thread(relay_records, db)) < count and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     return found
 
