@@ -32,6 +32,8 @@ class Settings:
     warmup: float = 2.0
     #: Which of :data:`servers.TARGETS` to measure.
     targets: tuple[str, ...] = TARGETS
+    #: Seconds the soak scenario runs.
+    soak: float = 600.0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .harness import Scenario
 from .relay import AddedLatency, RelayLoad, ThroughputRatio
+from .resilience import Isolation, Soak, Workers
 
 __all__ = ["SCENARIOS"]
 
@@ -35,4 +36,7 @@ SCENARIOS: tuple[Scenario, ...] = (
                AddedLatency(target="bmrgw-nolog", percentile="50", at_most_ms=1.0),
                AddedLatency(target="bmrgw-nolog", percentile="99", at_most_ms=5.0)),
     ),
+    Workers(),
+    Isolation(),
+    Soak(),
 )

@@ -39,6 +39,8 @@ class Load:
     threads: int = 1
     #: A request slower than this counts as a timeout error rather than a latency.
     timeout: float = 10.0
+    #: The wrk Lua script (post.lua: one URL; mix.lua: a rotation of endpoints).
+    script: Path = _SCRIPT
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,7 +83,7 @@ def _argv(wrk: Path, load: Load) -> list[str]:
     return [
         os.fspath(wrk), f"--threads={load.threads}", f"--connections={load.connections}",
         f"--duration={max(1, round(load.duration))}s", f"--timeout={load.timeout:g}s",
-        f"--script={_SCRIPT}", load.url, "--", os.fspath(load.body_file),
+        f"--script={load.script}", load.url, "--", os.fspath(load.body_file),
         *(f"{name}: {value}" for name, value in load.headers.items()),
     ]
 
