@@ -12,8 +12,9 @@ relay still makes one ``post`` per message.  For each message it
    no byte of the request left the gateway.  A failure after that (reset,
    answer timeout) may have reached the endpoint: it is reported, never re-sent.
 
-Peers have one URL; their breaker is keyed by the peer's URL, so all names
-routed through one peer share it.
+A peer's breakers are keyed by the peer's configured URLs (not ``<url>/<ap>``),
+so all names routed through one peer share them; peers fail over over their
+``urls`` the same way, each attempt posting to ``<that url>/<ap>``.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class Plan:
     """How messages for one endpoint or peer go out."""
 
     urls: tuple[str, ...] | None
-    """URLs in failover order; ``None``: the route's own URL (peers, ``<peer url>/<ap>``)."""
+    """URLs in failover order; ``None`` for a peer: ``<key>/<ap>`` for each key."""
     keys: tuple[str, ...]
     """Breaker key of each URL (the configured URL)."""
     gate: Gate | None
@@ -72,7 +73,7 @@ def urls_of(config: Config) -> dict[_Key, tuple[str, ...]]:
         if isinstance(ep, UrlEndpoint):
             found["endpoint", name] = ep.failover
     for name, peer in config.peers.items():
-        found["peer", name] = (peer.url,)
+        found["peer", name] = peer.failover
     return found
 
 
@@ -196,10 +197,14 @@ class Resilient:
 
 
 def _candidates(route: Route, plan: Plan) -> Iterator[tuple[str, str]]:
-    if plan.urls is None:
+    if plan.urls is not None:
+        yield from zip(plan.urls, plan.keys)
+    elif route.peer is None or len(plan.keys) == 1 or not route.url.startswith(plan.keys[0].rstrip("/")):
         yield route.url, plan.keys[0]
     else:
-        yield from zip(plan.urls, plan.keys)
+        tail = route.url[len(plan.keys[0].rstrip("/")):]  # "/<ap>", as routing.table built it
+        for key in plan.keys:
+            yield key.rstrip("/") + tail, key
 
 
 def never_sent(error: UpstreamError) -> bool:

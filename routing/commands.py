@@ -219,7 +219,7 @@ def _check(args: argparse.Namespace) -> int:
 def _list_lines(config: Config) -> list[str]:
     routes = RouteTable(config)
     endpoints = [_endpoint_row(ep, routes) for ep in config.endpoints.values()]
-    peers = [[p.name, p.url, _seconds(p.timeout)] for p in config.peers.values()]
+    peers = [[p.name, " ".join(p.failover), _seconds(p.timeout)] for p in config.peers.values()]
     lines = _table(["NAME", "KIND", "TARGET", "TIMEOUT"], endpoints) if endpoints else ["no endpoints"]
     lines += [""] + (_table(["PEER", "URL", "TIMEOUT"], peers) if peers else ["no peers"])
     fallback = config.gateway.fallback_peer

@@ -224,6 +224,13 @@ class Peer:
     """Requests in flight to this peer at once; more wait in a queue. ``None``: no limit."""
     queue_timeout: float = DEFAULT_QUEUE_TIMEOUT
     """Seconds a request waits for a free slot before it is refused as EndpointBusy."""
+    urls: tuple[str, ...] = ()
+    """Every URL of the peer in failover order (``url`` is the first); empty means just ``url``."""
+
+    @property
+    def failover(self) -> tuple[str, ...]:
+        """The peer URLs to try, in order."""
+        return self.urls or (self.url,)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -521,16 +528,17 @@ def _peers(raw: Any, base: Path) -> Mapping[str, Peer]:
     for name, value in _mapping(raw, "peers").items():
         path = f"peers.{name}"
         m = _mapping(value, path)
-        _known(m, path, {"url", "timeout", *_OUTBOUND_KEYS, *_ENDPOINT_LIMIT_KEYS})
-        if "url" not in m:
-            raise ConfigError(f"{path}: needs a url")
-        url = _url(m["url"], f"{path}.url")
+        _known(m, path, {"url", "urls", "timeout", *_OUTBOUND_KEYS, *_ENDPOINT_LIMIT_KEYS})
+        if ("url" in m) == ("urls" in m):
+            raise ConfigError(f"{path}: needs a url (or urls, a failover list)")
+        urls = _urls(m, path)
         out[_name(name, "peers key")] = Peer(
             name=name,
-            url=url,
+            url=urls[0],
             timeout=_number(m.get("timeout", DEFAULT_TIMEOUT), f"{path}.timeout", low=0.001, high=MAX_TIMEOUT),
-            outbound=_outbound(m, path, url, base, signing=False),
+            outbound=_outbound(m, path, urls[0], base, signing=False),
             **_endpoint_limits(m, path),
+            urls=urls if "urls" in m else (),
         )
     return MappingProxyType(out)
 

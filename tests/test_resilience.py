@@ -17,11 +17,11 @@ import pytest
 from aiohttp import web
 
 from gateway.breaker import Breaker, Circuits, State
-from gateway.errors import EndpointBusy, TooManyRequests
+from gateway.errors import ConfigError, EndpointBusy, TooManyRequests
 from gateway.journal import LogRecord
 from gateway.limits import Gate, RateLimiter
 from gateway.passwords import hash_password
-from routing.config import BreakerSettings, LimitSettings
+from routing.config import BreakerSettings, LimitSettings, UrlEndpoint, parse_config
 
 from .conftest import GatewayFactory, RecordingBackend, free_port, message, soap11_headers, start_app
 from .records import relay_records
@@ -133,6 +133,54 @@ def test_rate_limiter_token_bucket_per_caller() -> None:
     assert limiter.refused == 1
 
 
+# -- configuration ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"endpoints": {"a": {"urls": []}}}, "endpoints.a.urls: must be a list of 1 to 16 URLs"),
+    ({"endpoints": {"a": {"urls": ["http://h/a", "ftp://h/a"]}}}, "endpoints.a.urls[1]"),
+    ({"endpoints": {"a": {"urls": ["http://h/a", "http://h/a"]}}}, "the same URL twice"),
+    ({"endpoints": {"a": {"url": "http://h/a", "urls": ["http://h/b"]}}}, "exactly one of url or via"),
+    ({"endpoints": {"a": {"url": "http://h/a", "max_concurrent": 0}}}, "endpoints.a.max_concurrent"),
+    ({"endpoints": {"a": {"url": "http://h/a", "queue_timeout": -1}}}, "endpoints.a.queue_timeout"),
+    ({"peers": {"p": {"url": "http://h", "urls": ["http://g"]}}}, "peers.p: needs a url (or urls"),
+    ({"gateway": {"breaker": {"failures": 0}}}, "gateway.breaker.failures"),
+    ({"gateway": {"breaker": {"backoff": 10, "max_backoff": 5}}}, "gateway.breaker.max_backoff"),
+    ({"gateway": {"limits": {"client_burst": 5}}}, "client_burst: only applies together with client_rate"),
+    ({"gateway": {"limits": {"max_connections": "many"}}}, "gateway.limits.max_connections"),
+    ({"gateway": {"limits": {"rate": 5}}}, "gateway.limits: unknown key 'rate'"),
+    ({"gateway": {"drain_timeout": -1}}, "gateway.drain_timeout"),
+])
+def test_invalid_resilience_settings_name_the_key(config: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(config)
+    assert message in info.value.reason
+
+
+def test_resilience_settings_parse_with_defaults() -> None:
+    config = parse_config({"gateway": {"limits": {"client_rate": 3}, "drain_timeout": 5},
+                           "endpoints": {"a": {"urls": ["http://h1/a", "http://h2/a"], "max_concurrent": 4},
+                                         "b": {"url": "http://h/b"}}})
+    a, b = config.endpoints["a"], config.endpoints["b"]
+    assert isinstance(a, UrlEndpoint) and isinstance(b, UrlEndpoint)
+    assert (a.url, a.failover, a.max_concurrent, a.queue_timeout) == ("http://h1/a", ("http://h1/a", "http://h2/a"),
+                                                                       4, 5.0)
+    assert (b.failover, b.max_concurrent) == (("http://h/b",), None)
+    assert config.gateway.limits.burst == 6 and config.gateway.drain_timeout == 5
+    assert config.gateway.breaker == BreakerSettings()
+
+
+def test_endpoints_set_url_replaces_a_failover_list(tmp_path: Path) -> None:
+    from gateway.cli import main
+    from routing.config import load_config
+
+    path = tmp_path / "endpoints.yaml"
+    path.write_text("endpoints:\n  a:\n    urls: [http://h1/a, http://h2/a]   # two hosts\n    timeout: 5\n")
+    assert main(["endpoints", "set", "a", "--url", "http://h3/a", "--config", str(path)]) == 0
+    a = load_config(path).endpoints["a"]
+    assert isinstance(a, UrlEndpoint) and a.failover == ("http://h3/a",) and a.timeout == 5
+
+
 # -- fault injection with real backend processes -------------------------------------
 
 
@@ -202,6 +250,16 @@ async def test_refused_first_url_fails_over_to_the_second(
     async with http.get(f"{gw}/metrics") as resp:
         metrics = await resp.text()
     assert "bmrgw_failovers_total 1.0" in metrics
+
+
+async def test_a_peer_with_two_urls_fails_over_to_the_second_gateway(
+        gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    west = await gateway({"gateway": {"name": "dc-west"}, "endpoints": {"juki": {"url": backend.url}}})
+    config = _config(tmp_path, {"juki": {"via": "dc-west"}})
+    east = await gateway({**config, "peers": {"dc-west": {"urls": [_refusing_url(), f"{west}/soap"]}}})
+    status, _ = await _post(http, f"{east}/soap/juki")
+    assert status == 200
+    assert backend.seen[-1].headers["Via"] == "1.1 gw-res, 1.1 dc-west"
 
 
 async def test_every_url_refusing_is_endpoint_unavailable(
