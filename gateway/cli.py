@@ -86,6 +86,9 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run N gateway processes on the same port (SO_REUSEPORT), sharing the store; "
                    "a worker that dies is started again; SIGTERM drains all, SIGHUP reloads all (default: 1)")
+    p.add_argument("--node", metavar="NAME",
+                   help="this host's name in the send/receive log, when several hosts with the same "
+                   "gateway.name share one store (default: gateway.name; workers add .w1, .w2, ...)")
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor in its workers
     p.set_defaults(run=_serve)
 
@@ -97,7 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
     options = ServeOptions(
         config=args.config, host=args.host, port=args.port, data_dir=args.data_dir,
         db=args.db or os.environ.get("BMRGW_DB_URL") or None,
-        workers=max(1, args.workers), worker=args.worker, log_level=args.log_level,
+        workers=max(1, args.workers), worker=args.worker, log_level=args.log_level, node=args.node,
     )
     return serve(options)
 

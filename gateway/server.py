@@ -54,6 +54,8 @@ class ServeOptions:
     """Set in a worker process started by the supervisor: its number, 1…N."""
     log_level: str = "INFO"
     """Passed on to worker processes."""
+    node: str | None = None
+    """This host's node name in the send/receive log (default ``gateway.name``); workers add ``.wN``."""
 
 
 def install_event_loop() -> None:
@@ -91,7 +93,9 @@ def serve(options: ServeOptions) -> int:
         from .workers import supervise
         return supervise(options, config, host=host, port=port)
     sock = listen_socket(host, port, reuse_port=options.worker is not None)
-    node = f"{config.gateway.name}.w{options.worker}" if options.worker is not None else None
+    node = options.node or config.gateway.name
+    if options.worker is not None:
+        node = f"{node}.w{options.worker}"
     app = make_app(config, AppOptions(db=options.db, node=node))
     install_event_loop()
     asyncio.run(_run(app, config, sock, options))

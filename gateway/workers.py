@@ -66,6 +66,8 @@ def _argv(options: ServeOptions, number: int, *, host: str, port: int) -> list[s
         argv += ["--data-dir", str(options.data_dir)]
     if options.db is not None:
         argv += ["--db", options.db]
+    if options.node is not None:
+        argv += ["--node", options.node]
     return argv
 
 

@@ -48,7 +48,7 @@ Serve = Callable[..., Served]
 def serve(tmp_path: Path) -> Iterator[Serve]:
     started: list[Served] = []
 
-    def start(endpoints: dict[str, Any], *, workers: int = 1, **gateway: Any) -> Served:
+    def start(endpoints: dict[str, Any], *, workers: int = 1, node: str | None = None, **gateway: Any) -> Served:
         port = free_port()
         db = tmp_path / "ops.db"
         config = {"gateway": {"name": "gw-ops", "listen": {"host": "127.0.0.1", "port": port},
@@ -58,8 +58,8 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
         write_yaml(path, config)
         stderr = tmp_path / f"serve-{len(started)}.log"
         with stderr.open("wb") as err:
-            proc = subprocess.Popen([*BMRGW, "serve", "--config", str(path), "--workers", str(workers)],
-                                    stdout=subprocess.DEVNULL, stderr=err)
+            proc = subprocess.Popen([*BMRGW, "serve", "--config", str(path), "--workers", str(workers),
+                                     *(["--node", node] if node else [])], stdout=subprocess.DEVNULL, stderr=err)
         served = Served(proc=proc, url=f"http://127.0.0.1:{port}", config=path, db=db, stderr=stderr)
         started.append(served)
         wait_healthy(served.url, proc, timeout=30)
@@ -161,7 +161,7 @@ async def test_sighup_reloads_at_once_and_keeps_the_old_table_when_invalid(
 
 async def test_workers_share_the_port_restart_after_a_crash_and_keep_separate_chains(
         serve: Serve, backend: RecordingBackend) -> None:
-    gw = serve({"kaigo": {"url": backend.url}}, workers=2)
+    gw = serve({"kaigo": {"url": backend.url}}, workers=2, node="host-a")
     assert len(gw.children()) == 2
     nodes: set[str] = set()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
@@ -171,7 +171,7 @@ async def test_workers_share_the_port_restart_after_a_crash_and_keep_separate_ch
                 assert resp.status == 200
             async with http.get(f"{gw.url}/healthz") as resp:
                 nodes.add((await resp.json())["log"]["node"])
-        assert nodes == {"gw-ops.w1", "gw-ops.w2"}, "both workers answer on the one port"
+        assert nodes == {"host-a.w1", "host-a.w2"}, "both workers answer on the one port"
         # The log is group-committed within 200 ms of an answer: let it land before the crash.
         deadline = time.monotonic() + 5
         while len(await asyncio.to_thread(relay_records, gw.db)) < 80 and time.monotonic() < deadline:
@@ -189,7 +189,7 @@ async def test_workers_share_the_port_restart_after_a_crash_and_keep_separate_ch
     gw.proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(gw.proc.wait, 40) == 0
     records = await asyncio.to_thread(relay_records, gw.db)
-    assert {r.node for r in records} == {"gw-ops.w1", "gw-ops.w2"}
+    assert {r.node for r in records} == {"host-a.w1", "host-a.w2"}
     assert len(records) == 2 * 50
     assert _bmrgw("logs", "verify", "--config", gw.config).returncode == 0
     found = _bmrgw("logs", "--message-id", "w-7", "--format", "json", "--config", gw.config)
