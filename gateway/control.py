@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Column, Engine, Float, Integer, MetaData, String, Table, delete, func, insert, select
+from sqlalchemy import Column, Engine, Float, Integer, MetaData, String, Table, delete, func, insert, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -195,17 +195,22 @@ def _control_ctx(node: str, store: Callable[[web.Application], Store]) -> Any:
 
 
 def open_store(config: Config) -> Store | None:
-    """The store of ``config`` for reading, or None when it is a SQLite file no gateway created yet."""
+    """The store of ``config`` for the CLI, or None when it is a SQLite file no gateway created yet."""
     url = make_url(config.gateway.db)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         if not config.resolve_path(url.database).exists():
             return None
-    return Store(database_url(config))
+    full = make_url(database_url(config))
+    if full.get_backend_name() == "postgresql" and "connect_timeout" not in full.query:
+        # An operator's command should say "unreachable" in seconds, not after TCP gives up.
+        full = full.update_query_dict({"connect_timeout": str(_CLI_CONNECT_TIMEOUT)})
+    return Store(full.render_as_string(hide_password=False))
 
 
 def read_circuits(engine: Engine, urls: Sequence[str] | None = None) -> list[CircuitRow]:
     """Circuits that live processes report as open or half-open (optionally only of ``urls``)."""
-    ensure_tables(engine)
+    if not inspect(engine).has_table(STATE.name):
+        return []
     query = select(STATE).where(STATE.c.updated > time.time() - STALE_SECONDS).order_by(STATE.c.url, STATE.c.node)
     if urls is not None:
         query = query.where(STATE.c.url.in_(list(urls)))
@@ -223,6 +228,7 @@ def request_reset(engine: Engine, name: str) -> None:
 
 #: How long ``bmrgw endpoints reset`` waits to see the running gateways apply a reset.
 RESET_WAIT = 5.0
+_CLI_CONNECT_TIMEOUT = 5
 
 
 def owners(config: Config) -> dict[str, list[str]]:

@@ -4,6 +4,7 @@ against real backend processes (tests/faulty.py) through a real gateway on loopb
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from gateway.journal import LogRecord
 from gateway.limits import Gate, RateLimiter
 from gateway.passwords import hash_password
 from routing.config import BreakerSettings, LimitSettings, UrlEndpoint, parse_config
+from routing.table import RouteTable
 
 from .conftest import GatewayFactory, RecordingBackend, free_port, message, soap11_headers, start_app
 from .records import relay_records
@@ -398,6 +400,31 @@ async def test_endpoint_at_its_limit_queues_then_refuses_with_endpoint_busy(
         await runner.cleanup()
 
 
+async def test_slots_come_back_after_streamed_answers_and_failures(
+        gateway: GatewayFactory, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    big = b"<a>" + b"x" * (1024 * 1024) + b"</a>"  # over SMALL_BODY: the answer streams
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=big, content_type="text/xml")
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", answer)
+    runner, base = await start_app(app)
+    try:
+        gw = await gateway(_config(tmp_path, {
+            "big": {"url": base, "max_concurrent": 1, "queue_timeout": 0.5},
+            "gone": {"url": _refusing_url(), "max_concurrent": 1, "queue_timeout": 0.5}}))
+        for _ in range(3):
+            async with http.post(f"{gw}/soap/big", data=BODY, headers=soap11_headers()) as resp:
+                assert resp.status == 200 and len(await resp.read()) == len(big)
+            assert (await _post(http, f"{gw}/soap/gone"))[0] == 500
+        for name in ("big", "gone"):
+            assert await _metric(http, gw, f'bmrgw_endpoint_in_flight{{endpoint="{name}"}}') == 0
+    finally:
+        await runner.cleanup()
+
+
 def _p99(samples: list[float]) -> float:
     return statistics.quantiles(samples, n=100)[98]
 
@@ -469,3 +496,43 @@ async def test_open_mode_rate_limits_per_remote_address(
     assert [(await _post(http, f"{gw}/soap/kaigo"))[0] for _ in range(2)] == [200, 429]
     async with http.get(f"{gw}/healthz") as resp:
         assert resp.status == 200, "only POSTs count against the rate"
+
+
+# -- circuit state and resets through the store (SQLite and PostgreSQL) ---------------
+
+
+@pytest.mark.parametrize("backend_kind", ["sqlite", "postgresql"])
+async def test_two_processes_publish_circuits_and_a_reset_reaches_both(backend_kind: str, tmp_path: Path) -> None:
+    from sqlalchemy import create_engine
+
+    from gateway.control import Publisher, read_circuits, request_reset
+    from gateway.resilience import Resilience
+    from routing.watch import LiveTable
+
+    from .pg import pg_schema
+
+    with contextlib.ExitStack() as stack:
+        url = f"sqlite:///{tmp_path}/c.db" if backend_kind == "sqlite" else stack.enter_context(pg_schema())
+        engine = create_engine(url)
+        stack.callback(engine.dispose)
+        config = parse_config({"gateway": {"breaker": {"failures": 1, "backoff": 300}},
+                               "endpoints": {"kaigo": {"urls": ["http://h1/k", "http://h2/k"]}}})
+        nodes = []
+        for node in ("gw.w1", "gw.w2"):
+            res = Resilience(LiveTable(config))
+            res.plan(RouteTable(config).resolve("kaigo"))  # builds the plans from the table
+            publisher = Publisher(engine, node, res)
+            await asyncio.to_thread(publisher._setup)
+            nodes.append((res, publisher))
+        for res, publisher in nodes:
+            res.circuits.get("http://h1/k").failed("refused")
+            await publisher.sync()
+        rows = await asyncio.to_thread(read_circuits, engine)
+        assert [(r.node, r.url, r.state) for r in rows] == [("gw.w1", "http://h1/k", "open"),
+                                                            ("gw.w2", "http://h1/k", "open")]
+        await asyncio.to_thread(request_reset, engine, "kaigo")
+        for res, publisher in nodes:
+            await publisher.sync()
+            assert res.circuits.get("http://h1/k").state is State.CLOSED
+        assert await asyncio.to_thread(read_circuits, engine) == []
+        await asyncio.to_thread(nodes[0][1].withdraw)
