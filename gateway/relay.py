@@ -55,7 +55,7 @@ from .metrics import Metrics
 from .ns import H_MESSAGE_ID, H_SOAPACTION, H_VIA, SoapVersion
 from .parser import SCAN_WHOLE, EnvelopeHead, HeadScanner, scan_head
 from .soap import fault_content_type, gateway_fault, version_for
-from .resilience import sent_to
+from .resilience import may_have_sent, sent_to
 from .upstream import Upstream, translate
 
 __all__ = ["Relay", "MAX_HOPS", "SMALL_BODY"]
@@ -328,10 +328,11 @@ class Relay:
         trace.forwarded = True
         try:
             reply = await self._upstream.post(exchange.route, headers, body)
-        except GatewayError:
+        except GatewayError as exc:
             if isinstance(body, RequestBody) and body.error is not None:
                 trace.forwarded = False
                 raise body.error from None
+            trace.forwarded = may_have_sent(exc)
             raise
         trace.answered = time.perf_counter()
         trace.endpoint = sent_to(exchange.route)

@@ -36,11 +36,11 @@ from routing.table import Route
 from routing.watch import LiveTable
 
 from .breaker import Breaker, Circuits, State
-from .errors import EndpointUnavailable, UpstreamError
+from .errors import EndpointBusy, EndpointUnavailable, GatewayError, UpstreamError
 from .limits import Gate, RateLimiter
 from .upstream import Upstream
 
-__all__ = ["Resilience", "Resilient", "sent_to", "urls_of"]
+__all__ = ["Resilience", "Resilient", "sent_to", "may_have_sent", "never_sent", "urls_of", "CIRCUIT_OPEN"]
 
 log = logging.getLogger("bmrgw.resilience")
 
@@ -48,6 +48,9 @@ log = logging.getLogger("bmrgw.resilience")
 _SENT_TO: contextvars.ContextVar[str | None] = contextvars.ContextVar("bmrgw_sent_to", default=None)
 
 _Key = tuple[str, str]  # ("endpoint" | "peer", name)
+
+#: The ``detail`` of the EndpointUnavailable raised while every circuit of a route is open.
+CIRCUIT_OPEN = "circuit open"
 
 
 def sent_to(route: Route) -> str:
@@ -213,11 +216,18 @@ def never_sent(error: UpstreamError) -> bool:
     return isinstance(cause, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
 
 
+def may_have_sent(error: GatewayError) -> bool:
+    """Whether any byte of the request may have left for an upstream (for the log's request record)."""
+    if isinstance(error, EndpointBusy) or error.detail == CIRCUIT_OPEN:
+        return False
+    return not (isinstance(error, UpstreamError) and never_sent(error))
+
+
 def _open_error(route: Route, breaker: Breaker) -> EndpointUnavailable:
     return EndpointUnavailable(
         f"{route.endpoint} is not tried: the circuit of {breaker.url} is open after {breaker.failures} "
         f"failures ({breaker.last_error}); next probe in {breaker.seconds_left():.1f} s",
-        destination=route.destination, endpoint=route.endpoint, detail="circuit open")
+        destination=route.destination, endpoint=route.endpoint, detail=CIRCUIT_OPEN)
 
 
 def _release_with(reply: aiohttp.ClientResponse, release: Callable[[], None]) -> None:

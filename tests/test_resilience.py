@@ -225,6 +225,16 @@ def _config(tmp_path: Path, endpoints: dict[str, Any], **gateway: Any) -> dict[s
     return {"gateway": {"name": "gw-res", "db": f"sqlite:///{tmp_path}/res.db", **gateway}, "endpoints": endpoints}
 
 
+async def _post_bytes(http: aiohttp.ClientSession, url: str, body: bytes) -> int:
+    async def chunks() -> Any:
+        for i in range(0, len(body), 64 * 1024):
+            yield body[i:i + 64 * 1024]
+
+    async with http.post(url, data=chunks(), headers=soap11_headers()) as resp:
+        await resp.read()
+        return resp.status
+
+
 def _refusing_url() -> str:
     return f"http://127.0.0.1:{free_port()}/gone"
 
@@ -269,6 +279,18 @@ async def test_every_url_refusing_is_endpoint_unavailable(
     gw = await gateway(_config(tmp_path, {"kaigo": {"urls": [_refusing_url(), _refusing_url()]}}))
     status, text = await _post(http, f"{gw}/soap/kaigo")
     assert status == 500 and 'code="EndpointUnavailable"' in text and "cannot connect" in text
+    request, _ = await _logged(tmp_path / "res.db", 2)
+    assert (request.status, request.bytes_out) == ("error", 0), "the log says nothing left the gateway"
+
+
+async def test_a_streamed_body_fails_over_whole(
+        gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    from .conftest import sha256
+
+    gw = await gateway(_config(tmp_path, {"kaigo": {"urls": [_refusing_url(), backend.url]}}))
+    big = BODY.replace(b"<soap:Body>", b"<soap:Body><pad>" + b"p" * 1_000_000 + b"</pad>")
+    assert (await _post_bytes(http, f"{gw}/soap/kaigo", big)) == 200
+    assert (backend.seen[-1].size, backend.seen[-1].sha256) == (len(big), sha256(big))
 
 
 async def test_backend_killed_mid_request_is_not_resent(
