@@ -54,8 +54,8 @@ from .journal import Journal, JournalUnavailable, LogRecord
 from .metrics import Metrics
 from .ns import H_MESSAGE_ID, H_SOAPACTION, H_VIA, SoapVersion
 from .parser import SCAN_WHOLE, EnvelopeHead, HeadScanner, scan_head
-from .soap import fault_content_type, gateway_fault, version_for
 from .resilience import may_have_sent, sent_to
+from .soap import fault_content_type, gateway_fault, version_for
 from .upstream import Upstream, translate
 
 __all__ = ["Relay", "MAX_HOPS", "SMALL_BODY"]

@@ -135,6 +135,27 @@ async def test_sigterm_during_100_requests_finishes_them_and_loses_no_record(ser
     assert _bmrgw("logs", "verify", "--config", gw.config).returncode == 0
 
 
+async def test_a_request_still_running_at_the_drain_timeout_is_cut_off_and_logged(serve: Serve) -> None:
+    runner, backend = await _slow_backend(delay=30.0)
+    try:
+        gw = serve({"kaigo": {"url": backend.url}}, drain_timeout=1)
+        async with aiohttp.ClientSession() as http:
+            call = asyncio.create_task(http.post(f"{gw.url}/soap/kaigo", data=BODY, headers=soap11_headers()))
+            deadline = time.monotonic() + 10
+            while not backend.seen and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            started = time.monotonic()
+            gw.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(gw.proc.wait, 20) == 0
+            assert time.monotonic() - started < 10, "the drain timeout bounds the stop"
+            with pytest.raises(aiohttp.ClientError):
+                await call
+    finally:
+        await runner.cleanup()
+    records = await asyncio.to_thread(relay_records, gw.db)
+    assert [(r.direction, r.status) for r in records] == [("request", "ok"), ("response", "error")]
+
+
 async def test_sighup_reloads_at_once_and_keeps_the_old_table_when_invalid(
         serve: Serve, backend: RecordingBackend) -> None:
     gw = serve({"kaigo": {"url": backend.url}})
