@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import statistics
 import subprocess
 import sys
@@ -316,6 +317,20 @@ async def test_hanging_backend_times_out_and_is_not_resent(
     assert status == 500 and 'code="EndpointTimeout"' in text
     assert 0.4 < time.monotonic() - started < 5
     assert backend.seen == []
+
+
+async def test_backend_not_accepting_connections_times_out_at_connect_and_fails_over(
+        gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    with socket.socket() as full, socket.socket() as filler:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)  # never accepts: once one connection waits, new ones hang in SYN
+        filler.connect(full.getsockname())
+        hung = f"http://127.0.0.1:{full.getsockname()[1]}/ap"
+        gw = await gateway(_config(tmp_path, {"kaigo": {"urls": [hung, backend.url], "timeout": 0.5}}))
+        started = time.monotonic()
+        status, _ = await _post(http, f"{gw}/soap/kaigo")
+    assert status == 200 and len(backend.seen) == 1, "nothing was sent to the hung one: safe to fail over"
+    assert 0.4 < time.monotonic() - started < 5
 
 
 async def test_backend_resetting_after_headers_is_endpoint_unavailable_and_not_resent(
