@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .envelope import HEADERS, make_envelope, verify
 from .harness import Bench, Check, Section
-from .procs import LOOPBACK, BenchError, Server, free_port
+from .procs import LOOPBACK, BenchError, Server, family, free_port
 from .servers import _launch, _start_backend
 from .wrk import Load, WrkResult, run_wrk
 
@@ -154,6 +154,11 @@ class _Background:
         except BaseException as exc:  # noqa: BLE001 - handed to the joining thread
             self.error = exc
 
+    def running(self, wait: float = 0.0) -> bool:
+        """Whether wrk still runs, after waiting up to ``wait`` seconds for it to end."""
+        self._thread.join(wait)
+        return self._thread.is_alive()
+
     def join(self) -> WrkResult:
         self._thread.join()
         if self.error is not None:
@@ -164,17 +169,8 @@ class _Background:
 
 def rss_kib(server: Server) -> int:
     """Resident memory of the gateway (and its workers, if any), in KiB."""
-    from .procs import _proc_stats  # noqa: PLC0415 - the same /proc walk as cpu_seconds
-
-    family, frontier = {server.process.pid}, [server.process.pid]
-    stats = _proc_stats()
-    while frontier:
-        parent = frontier.pop()
-        kids = [p for p, (ppid, _) in stats.items() if ppid == parent and p not in family]
-        family.update(kids)
-        frontier.extend(kids)
     total = 0
-    for pid in family:
+    for pid in family(server.process.pid):
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -221,9 +217,9 @@ def _mixed(load: Load) -> Load:
 def _sample_rss(server: Server, background: _Background, limit: float) -> list[tuple[float, int]]:
     started = time.monotonic()
     samples = []
-    while background._thread.is_alive() and time.monotonic() - started < limit + 30:
+    while background.running() and time.monotonic() - started < limit + 30:
         samples.append((time.monotonic() - started, rss_kib(server)))
-        background._thread.join(2.0)
+        background.running(wait=2.0)
     if server.process.poll() is not None:
         raise BenchError(f"the gateway died during the soak:\n{server.log_tail()}")
     return samples
