@@ -84,6 +84,8 @@ def listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
 
 
 def serve(options: ServeOptions) -> int:
+    # Until the event loop handles SIGHUP, a reload request is moot (the config is read now), not fatal.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = load_config(options.config, db=options.db)
     host = options.host or config.gateway.listen.host
     port = options.port if options.port is not None else config.gateway.listen.port

@@ -54,9 +54,15 @@ class _Worker:
     restarts: int = field(default=0)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv)
+        # Born ignoring SIGHUP: a reload passed on while it still starts must not kill it
+        # (it reads the config fresh anyway); its event loop installs the real handler.
+        self.proc = subprocess.Popen(self.argv, preexec_fn=_ignore_hup)
         self.started = time.monotonic()
         log.info("worker %d started (pid %d)", self.number, self.proc.pid)
+
+
+def _ignore_hup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def _argv(options: ServeOptions, number: int, *, host: str, port: int) -> list[str]:

@@ -59,7 +59,7 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
         stderr = tmp_path / f"serve-{len(started)}.log"
         with stderr.open("wb") as err:
             proc = subprocess.Popen([*BMRGW, "serve", "--config", str(path), "--workers", str(workers),
-                                     *(["--node", node] if node else [])], stdout=subprocess.DEVNULL, stderr=err)
+                                     *(["--node", node] if node else [])], stdout=err, stderr=err)
         served = Served(proc=proc, url=f"http://127.0.0.1:{port}", config=path, db=db, stderr=stderr)
         started.append(served)
         wait_healthy(served.url, proc, timeout=30)
@@ -203,7 +203,13 @@ async def test_workers_share_the_port_restart_after_a_crash_and_keep_separate_ch
         while (len(kids := gw.children()) < 2 or victim in kids) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert len(kids) == 2 and victim not in kids, "the supervisor started a new worker"
-        wait_healthy(gw.url, gw.proc)
+        while gw.log().count("worker 1: relaying on") < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        gw.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while gw.log().count("SIGHUP: config reloaded") < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert gw.log().count("SIGHUP: config reloaded") == 2, "the supervisor passes SIGHUP to every worker"
         for i in range(10):
             async with http.post(f"{gw.url}/soap/kaigo", data=BODY, headers=soap11_headers()) as resp:
                 assert resp.status == 200
