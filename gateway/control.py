@@ -104,20 +104,23 @@ class Publisher:
         self._last_reset = 0
         self._written = 0.0
         self._warned = False
+        self._ready = False
         resilience.changed = self._mark
 
     def _mark(self) -> None:
         self.dirty = True
 
     async def run(self) -> None:
-        await asyncio.to_thread(self._setup)
         while True:
-            await asyncio.sleep(POLL_SECONDS)
             await self.sync()
+            await asyncio.sleep(POLL_SECONDS)
 
     async def sync(self) -> None:
         """One round: apply new reset requests, then publish if something changed."""
         try:
+            if not self._ready:
+                await asyncio.to_thread(self._setup)
+                self._ready = True
             for name in await asyncio.to_thread(self._new_resets):
                 closed = self.res.reset(name)
                 log.warning("operator reset of %s: %d circuit(s) closed", name, closed)

@@ -559,7 +559,7 @@ async def test_two_processes_publish_circuits_and_a_reset_reaches_both(backend_k
             res = Resilience(LiveTable(config))
             res.plan(RouteTable(config).resolve("kaigo"))  # builds the plans from the table
             publisher = Publisher(engine, node, res)
-            await asyncio.to_thread(publisher._setup)
+            await publisher.sync()
             nodes.append((res, publisher))
         for res, publisher in nodes:
             res.circuits.get("http://h1/k").failed("refused")
