@@ -387,7 +387,7 @@ async def test_breaker_open_half_open_close_cycle(
         status, text = await _post(http, f"{gw}/soap/kaigo")
         assert "cannot connect" in text
     assert await _metric(http, gw, state) == 2
-    runner = await _answering(port, delay=0.3)
+    runner = await _answering(port, delay=1.0)  # the probe stays in flight while we look
     try:
         status, text = await _post(http, f"{gw}/soap/kaigo")
         assert status == 500 and "circuit of" in text and "is open" in text, "open: fail fast, no connection"
