@@ -166,34 +166,42 @@ class Resilient:
     async def _try_each(self, route: Route, plan: Plan, headers: Mapping[str, str],
                         body: bytes | AsyncIterable[bytes]) -> aiohttp.ClientResponse:
         error: UpstreamError | None = None
+        failed_url = ""
         for url, key in _candidates(route, plan):
             breaker = self._res.circuits.get(key)
             if not breaker.allow():
-                error = error or _open_error(route, breaker)
+                error, failed_url = error or _open_error(route, breaker), failed_url or url
                 continue
             if error is not None:
                 self._res.failovers += 1
-                log.warning("failing over from %s to %s for %s", error.endpoint, url, route.destination)
-            try:
-                reply = await self._inner.post(route if url == route.url else dataclasses.replace(route, url=url),
-                                               headers, body)
-            except UpstreamError as exc:
-                if getattr(body, "error", None) is not None:  # the caller's body broke, not the endpoint
-                    breaker.abandoned()
-                    raise
-                breaker.failed(exc.reason)
-                if not never_sent(exc):
-                    raise
-                error = exc
-                continue
-            except BaseException:
-                breaker.abandoned()
-                raise
-            breaker.succeeded()
-            _SENT_TO.set(url)
-            return reply
+                log.warning("failing over from %s to %s for %s", failed_url, url, route.destination)
+            outcome = await self._attempt(route, url, breaker, headers, body)
+            if not isinstance(outcome, UpstreamError):
+                _SENT_TO.set(url)
+                return outcome
+            error, failed_url = outcome, url
         assert error is not None
         raise error
+
+    async def _attempt(self, route: Route, url: str, breaker: Breaker, headers: Mapping[str, str],
+                       body: bytes | AsyncIterable[bytes]) -> aiohttp.ClientResponse | UpstreamError:
+        """Post to ``url``; returns the error when retrying elsewhere is safe, raises it when not."""
+        try:
+            reply = await self._inner.post(route if url == route.url else dataclasses.replace(route, url=url),
+                                           headers, body)
+        except UpstreamError as exc:
+            if getattr(body, "error", None) is not None:  # the caller's body broke, not the endpoint
+                breaker.abandoned()
+                raise
+            breaker.failed(exc.reason)
+            if never_sent(exc):
+                return exc
+            raise
+        except BaseException:
+            breaker.abandoned()
+            raise
+        breaker.succeeded()
+        return reply
 
     async def close(self) -> None:
         await self._inner.close()
