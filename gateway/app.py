@@ -24,7 +24,7 @@ from . import control
 from .auth import auth_middleware
 from .chain import archive
 from .clock import Clock
-from .errors import GatewayError, Unauthorized
+from .errors import GatewayError
 from .journal import Journal, JournalUnavailable, LogRecord
 from .logview import archive_dir
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -74,7 +74,7 @@ def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Applicat
     app.cleanup_ctx.append(_log_ctx(config, options.node or config.gateway.name))
     app.cleanup_ctx.append(_relay_ctx(options))
     control.install(app, app[LIVE], node=options.node or config.gateway.name, store=lambda a: a[STORE],
-                    metrics=app[METRICS].registry, fault=fault_response)
+                    metrics=app[METRICS].registry, fault=fault_response, refused=_log_refusal(app, "limit"))
     if options.watch_config and config.source is not None:
         app.cleanup_ctx.append(_watch_ctx(config, options))
     app.router.add_post("/soap", _relay)
@@ -171,13 +171,13 @@ def fault_response(request: web.Request, error: GatewayError) -> web.Response:
                         headers=headers)
 
 
-def _log_refusal(app: web.Application) -> Callable[[web.Request, Unauthorized, str | None], Any]:
-    """Refused logins go to the send/receive log too: an auditor looks for them first."""
-    async def record(request: web.Request, error: Unauthorized, claimed: str | None) -> None:
+def _log_refusal(app: web.Application, kind: str = "auth") -> Callable[[web.Request, GatewayError, str | None], Any]:
+    """Refused logins (and rate limits) go to the send/receive log too: an auditor looks for them first."""
+    async def record(request: web.Request, error: GatewayError, claimed: str | None) -> None:
         journal = app.get(JOURNAL)
         if journal is None:
             return
-        entry = LogRecord.at(app[CLOCK].now(), kind="auth", direction="request", status="fault",
+        entry = LogRecord.at(app[CLOCK].now(), kind=kind, direction="request", status="fault",
                              message_id=request.headers.get(H_MESSAGE_ID, "")[:256] or None,
                              endpoint=request.path[:256], client=claimed, http_status=error.http_status,
                              fault_code=error.code)

@@ -36,7 +36,7 @@ from routing.watch import LiveTable
 
 from .breaker import Breaker, State
 from .errors import ConfigError, UnknownDestination
-from .limits import Fault, rate_middleware
+from .limits import Fault, Refused, rate_middleware
 from .resilience import RESILIENCE, Resilience, ResilienceCollector, urls_of
 from .store import Store, database_url
 
@@ -168,14 +168,14 @@ class Publisher:
 
 
 def install(app: web.Application, live: LiveTable, *, node: str, store: Callable[[web.Application], Store],
-            metrics: CollectorRegistry, fault: Fault) -> None:
+            metrics: CollectorRegistry, fault: Fault, refused: Refused) -> None:
     """Wire resilience into ``app``: state, the rate-limit middleware, metrics, the store publisher.
 
     Call after the authentication middleware (the rate limit counts per
     authenticated client) and after the store's cleanup_ctx.
     """
     res = app[RESILIENCE] = Resilience(live)
-    app.middlewares.append(rate_middleware(res.limiter, lambda: live.current.config.gateway.limits, fault))
+    app.middlewares.append(rate_middleware(res.limiter, lambda: live.current.config.gateway.limits, fault, refused))
     metrics.register(ResilienceCollector(res))
     app.cleanup_ctx.append(_control_ctx(node, store))
 

@@ -119,11 +119,14 @@ class RateLimiter:
 
 
 Fault = Callable[[web.Request, GatewayError], web.Response]
+#: Records a refusal in the send/receive log: (request, error, client name or None).
+Refused = Callable[[web.Request, GatewayError, str | None], Awaitable[None]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def rate_middleware(limiter: RateLimiter, settings: Callable[[], LimitSettings], fault: Fault) -> Any:
-    """Refuse a caller's POSTs over its rate with 429; runs after authentication, so it knows the client."""
+def rate_middleware(limiter: RateLimiter, settings: Callable[[], LimitSettings], fault: Fault,
+                    refused: Refused) -> Any:
+    """Refuse a caller's POSTs over its rate with 429 (and log it); runs after authentication, so it knows the client."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -135,6 +138,7 @@ def rate_middleware(limiter: RateLimiter, settings: Callable[[], LimitSettings],
             except TooManyRequests as exc:
                 response = fault(request, exc)
                 response.headers["Retry-After"] = exc.detail or "1"
+                await refused(request, exc, client.name if client is not None else None)
                 return response
         return await handler(request)
 

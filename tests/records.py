@@ -9,10 +9,10 @@ from sqlalchemy import create_engine
 from gateway.journal import LogFilter, LogRecord, read
 
 
-def relay_records(db: Path) -> list[LogRecord]:
-    """Every ``relay`` record in the SQLite store ``db``."""
+def relay_records(db: Path, kind: str = "relay") -> list[LogRecord]:
+    """Every record of ``kind`` (by default the relay's) in the SQLite store ``db``."""
     engine = create_engine(f"sqlite:///{db}")
     try:
-        return list(read(engine, LogFilter(kind="relay")))
+        return list(read(engine, LogFilter(kind=kind)))
     finally:
         engine.dispose()

@@ -245,9 +245,9 @@ async def _post(http: aiohttp.ClientSession, url: str, headers: dict[str, str] |
         return resp.status, await resp.text()
 
 
-async def _logged(db: Path, count: int) -> list[LogRecord]:
+async def _logged(db: Path, count: int, kind: str = "relay") -> list[LogRecord]:
     deadline = time.monotonic() + 3
-    while len(found := await asyncio.to_thread(relay_records, db)) < count and time.monotonic() < deadline:
+    while len(found := await asyncio.to_thread(relay_records, db, kind)) < count and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     return found
 
@@ -526,6 +526,9 @@ async def test_client_over_its_rate_gets_429_and_another_client_does_not(
         assert (await _post(http, f"{gw}/soap/kaigo", headers={**soap11_headers(), **auth["zei-app"]}))[0] == 200
         assert (await _metric(http, gw, "bmrgw_rate_limited_total")) == 2
     assert len(backend.seen) == 3
+    refusals = await _logged(tmp_path / "res.db", 2, kind="limit")
+    assert {(r.kind, r.status, r.fault_code, r.http_status, r.client) for r in refusals} == {
+        ("limit", "fault", "TooManyRequests", 429, "juki-app")}
 
 
 async def test_open_mode_rate_limits_per_remote_address(
