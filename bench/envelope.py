@@ -58,10 +58,10 @@ def make_envelope(size: int) -> Envelope:
     return Envelope(body=body, text=text)
 
 
-def verify(url: str, envelope: Envelope, *, target: str) -> None:
+def verify(url: str, envelope: Envelope, *, target: str, headers: dict[str, str] = HEADERS) -> None:
     """Post the envelope once and insist on a 200 EchoResponse with the same text, so
     a target that answers fast but wrongly (a fault, a 404) is never measured."""
-    request = urllib.request.Request(url, data=envelope.body, headers=HEADERS, method="POST")
+    request = urllib.request.Request(url, data=envelope.body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             status, answer = response.status, response.read()

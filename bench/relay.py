@@ -18,7 +18,7 @@ from .procs import cpu_seconds
 from .servers import Stack, Target
 from .wrk import Load, WrkResult, run_wrk
 
-__all__ = ["AddedLatency", "RelayLoad", "ThroughputRatio"]
+__all__ = ["AddedLatency", "Cell", "RelayLoad", "ThroughputRatio", "measure"]
 
 #: % of one core from which a process counts as saturated (it cannot use more than one).
 _SATURATED = 90.0
@@ -113,20 +113,9 @@ class RelayLoad:
         return self._section(cells)
 
     def _measure(self, bench: Bench, stack: Stack, target: Target, body_file: Path) -> Cell:
-        """Warm up, then load the target while watching the CPU of the processes involved."""
-        settings = bench.settings
         load = Load(url=target.url, body_file=body_file, headers=HEADERS, connections=self.connections,
-                    duration=settings.duration)
-        if settings.warmup > 0:
-            bench.log(f"{self.name}: {target.name} warm-up {settings.warmup:g} s")
-            run_wrk(bench.tools.wrk, replace(load, duration=settings.warmup))
-        bench.log(f"{self.name}: {target.name} {settings.duration:g} s, {self.connections} connections")
-        backend0, proxy0 = _server_cpu(stack, target)
-        result = run_wrk(bench.tools.wrk, load)
-        backend1, proxy1 = _server_cpu(stack, target)
-        bench.log(f"{self.name}: {target.name} {result.rps:,.0f} req/s, p50 {result.latency_ms['50']:.2f} ms, "
-                  f"p99 {result.latency_ms['99']:.2f} ms, {result.error_count} errors")
-        return Cell(target=target.name, result=result, backend_cpu=backend1 - backend0, proxy_cpu=proxy1 - proxy0)
+                    duration=bench.settings.duration)
+        return measure(bench, stack, target, load, scenario=self.name)
 
     def _section(self, cells: Mapping[str, Cell]) -> Section:
         return Section(
@@ -137,6 +126,22 @@ class RelayLoad:
                  "backend_delay_s": self.backend_delay,
                  "targets": {name: _raw(cell) for name, cell in cells.items()}},
         )
+
+
+def measure(bench: Bench, stack: Stack, target: Target, load: Load, *, scenario: str,
+            warmup: Load | None = None) -> Cell:
+    """Warm up (with ``warmup``, else ``load``), then run ``load`` while watching the CPU of the processes."""
+    settings = bench.settings
+    if settings.warmup > 0:
+        bench.log(f"{scenario}: {target.name} warm-up {settings.warmup:g} s")
+        run_wrk(bench.tools.wrk, replace(warmup or load, duration=settings.warmup))
+    bench.log(f"{scenario}: {target.name} {load.duration:g} s, {load.connections} connections")
+    backend0, proxy0 = _server_cpu(stack, target)
+    result = run_wrk(bench.tools.wrk, load)
+    backend1, proxy1 = _server_cpu(stack, target)
+    bench.log(f"{scenario}: {target.name} {result.rps:,.0f} req/s, p50 {result.latency_ms['50']:.2f} ms, "
+              f"p99 {result.latency_ms['99']:.2f} ms, {result.error_count} errors")
+    return Cell(target=target.name, result=result, backend_cpu=backend1 - backend0, proxy_cpu=proxy1 - proxy0)
 
 
 def _server_cpu(stack: Stack, target: Target) -> tuple[float, float]:

@@ -8,8 +8,10 @@ Section`` (see ``harness.Scenario``) and append an instance here.
 from __future__ import annotations
 
 from .harness import Scenario
+from .refdb import RefdbPush, RefdbSnapshot
 from .relay import AddedLatency, RelayLoad, ThroughputRatio
 from .resilience import Isolation, Soak, Workers
+from .secure import SecuredRelay
 
 __all__ = ["SCENARIOS"]
 
@@ -36,6 +38,13 @@ SCENARIOS: tuple[Scenario, ...] = (
                AddedLatency(target="bmrgw-nolog", percentile="50", at_most_ms=1.0),
                AddedLatency(target="bmrgw-nolog", percentile="99", at_most_ms=5.0)),
     ),
+    SecuredRelay(
+        name="wss-1k", title="Secured relay: WS-Security verify inbound + sign outbound, 1 KiB envelope "
+        "(50 connections) vs plain relay",
+        envelope_bytes=1 * KIB, connections=50, at_least=0.2,
+    ),
+    RefdbPush(name="refdb", title="Reference DB: 100,000-row full push through /refdb vs raw SQLAlchemy executemany"),
+    RefdbSnapshot(name="refdb-1m", title="Reference DB: 1,000,000-row full replace on SQLite with a reader querying"),
     Workers(),
     Isolation(),
     Soak(),

@@ -19,7 +19,7 @@ from pathlib import Path
 from .envelope import DESTINATION
 from .procs import LOOPBACK, BenchError, Server, free_port, start_server
 
-__all__ = ["TARGETS", "Stack", "Target", "Tools", "start_stack"]
+__all__ = ["TARGETS", "Stack", "Target", "Tools", "start_stack", "launch_gateway"]
 
 #: The targets in the order they are measured and reported.
 TARGETS = ("direct", "nginx", "bmrgw", "bmrgw-nolog")
@@ -69,13 +69,14 @@ class Stack:
     delay: float
     backend: Server
     targets: dict[str, Target] = field(default_factory=dict)
+    backend_url: str = ""
 
 
 def start_stack(tools: Tools, workdir: Path, *, delay: float, targets: tuple[str, ...],
                 exits: ExitStack) -> Stack:
     """Start the backend, then the proxies of ``targets``; ``exits`` stops them all."""
     backend, backend_url = _start_backend(tools, workdir, delay, exits)
-    stack = Stack(delay=delay, backend=backend)
+    stack = Stack(delay=delay, backend=backend, backend_url=backend_url)
     starters = {"direct": lambda: Target(name="direct", url=backend_url),
                 "nginx": lambda: _start_nginx(tools, workdir, backend_url, exits),
                 "bmrgw": lambda: _start_gateway(tools, workdir, backend_url, exits, log=True),
@@ -160,15 +161,20 @@ def _start_gateway(tools: Tools, workdir: Path, backend_url: str, exits: ExitSta
     port = free_port()
     data = workdir / f"bmrgw-{port}"
     data.mkdir()
-    config = data / "endpoints.yaml"
-    config.write_text(gateway_conf(data, port=port, backend_url=backend_url, log=log))
-    # WARNING keeps per-request log lines off, as access_log is off for nginx. The
-    # send/receive log (the store) is on for "bmrgw", as deployed; "bmrgw-nolog"
+    # The send/receive log (the store) is on for "bmrgw", as deployed; "bmrgw-nolog"
     # turns it off only to show what the log costs, measured side by side.
-    argv: list[str | os.PathLike[str]] = [tools.bmrgw, "serve", "--config", config, "--port", str(port),
+    return launch_gateway(tools, data, port=port, name="bmrgw" if log else "bmrgw-nolog",
+                          config=gateway_conf(data, port=port, backend_url=backend_url, log=log), exits=exits)
+
+
+def launch_gateway(tools: Tools, data: Path, *, port: int, name: str, config: str, exits: ExitStack) -> Target:
+    """``bmrgw serve`` with the endpoints.yaml text ``config`` in ``data``, listening on ``port``."""
+    path = data / "endpoints.yaml"
+    path.write_text(config)
+    # WARNING keeps per-request log lines off, as access_log is off for nginx.
+    argv: list[str | os.PathLike[str]] = [tools.bmrgw, "serve", "--config", path, "--port", str(port),
                                           "--log-level", "WARNING"]
     base = f"http://{LOOPBACK}:{port}"
-    name = "bmrgw" if log else "bmrgw-nolog"
     server = _launch(f"{name} serve", argv, data / "gateway.log", f"{base}/healthz", exits)
     return Target(name=name, url=f"{base}/soap", proxy=server)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from refdb.service import add_refdb
 from routing.config import Config, load_config
 from routing.watch import LiveTable, watch
 
@@ -31,11 +32,12 @@ from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .ns import H_MESSAGE_ID, SoapVersion
 from .relay import SERVER, Relay
 from .resilience import RESILIENCE, Resilient
+from .secure import MessageSecurity, message_security
 from .soap import fault_content_type, gateway_fault, version_for
 from .store import Store, StoreUnavailable, database_url
 from .upstream import HttpUpstream, Upstream
 
-__all__ = ["make_app", "AppOptions", "LIVE", "METRICS", "STORE", "CLOCK", "JOURNAL"]
+__all__ = ["make_app", "AppOptions", "LIVE", "METRICS", "STORE", "CLOCK", "JOURNAL", "SECURITY"]
 
 log = logging.getLogger("bmrgw")
 
@@ -45,6 +47,8 @@ STORE = web.AppKey("store", Store)
 CLOCK = web.AppKey("clock", Clock)
 JOURNAL = web.AppKey("journal", Journal)
 RELAY = web.AppKey("relay", Relay)
+#: WS-Security verify/sign and the replay records, for every handler that takes SOAP from clients.
+SECURITY = web.AppKey("security", MessageSecurity)
 
 _DAY = 86400.0
 
@@ -72,6 +76,7 @@ def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Applicat
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_store_ctx(config))
     app.cleanup_ctx.append(_log_ctx(config, options.node or config.gateway.name))
+    add_refdb(app, live=LIVE, store=STORE, clock=CLOCK, journal=JOURNAL)  # before the relay: may refuse to start
     app.cleanup_ctx.append(_relay_ctx(options))
     control.install(app, app[LIVE], node=options.node or config.gateway.name, store=lambda a: a[STORE],
                     metrics=app[METRICS].registry, fault=fault_response, refused=_log_refusal(app, "limit"))
@@ -132,8 +137,9 @@ async def _retain(store: Store, config: Config) -> None:
 def _relay_ctx(options: AppOptions) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         upstream = Resilient(options.upstream(), app[RESILIENCE])
+        app[SECURITY] = await message_security(app[STORE].engine, app[CLOCK])
         app[RELAY] = Relay(table=app[LIVE], upstream=upstream, metrics=app[METRICS],
-                           clock=app[CLOCK], journal=app.get(JOURNAL))
+                           clock=app[CLOCK], journal=app.get(JOURNAL), security=app[SECURITY])
         yield
         await upstream.close()
     return ctx

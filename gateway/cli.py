@@ -13,11 +13,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from refdb.commands import add_refdb_command
 from routing.commands import add_endpoints_command
 
 from .errors import ConfigError, GatewayError
 from .logview import add_logs_command, add_time_command
 from .pki import add_pki_command
+from .secure import add_wss_command
 
 __all__ = ["main"]
 
@@ -54,9 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     add_endpoints_command(commands, config_option)
     add_logs_command(commands, config_option)
     add_time_command(commands, config_option)
+    add_refdb_command(commands, config_option)
     _add_demo_backend(commands)
     _add_hash_password(commands)
     add_pki_command(commands)
+    add_wss_command(commands)
     return parser
 
 

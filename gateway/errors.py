@@ -15,14 +15,27 @@ HTTP status of the fault response::
     │   ├── UnknownDestination(LookupError)         404
     │   ├── Unauthorized(PermissionError)           401
     │   ├── Forbidden(PermissionError)              403
-    │   └── TooManyRequests(RuntimeError)           429
+    │   ├── InvalidSignature(ValueError)            400  WS-Security signature missing or wrong
+    │   ├── Expired(ValueError)                     400  WS-Security Timestamp outside its window
+    │   ├── Replay(ValueError)                      400  WS-Security signature seen before
+    │   └── TooManyRequests(RuntimeError)           429  over gateway.limits.client_rate
     └── ServerFault                                 the gateway or its upstream failed
         ├── RoutingLoop(RuntimeError)               500
         ├── UpstreamError
         │   ├── EndpointUnavailable(ConnectionError)  500
         │   ├── EndpointTimeout(TimeoutError)       500
-        │   └── EndpointBusy(TimeoutError)          503
-        └── GatewayBusy(RuntimeError)               503
+        │   └── EndpointBusy(TimeoutError)          503  endpoint at max_concurrent past queue_timeout
+        └── GatewayBusy(RuntimeError)               503  gateway.limits.max_connections reached
+
+    Reference DB (refdb/, SPEC.md capability F):
+    ClientFault
+    ├── UnknownDataset(LookupError)                 404   no such dataset declared
+    ├── UnknownPush(LookupError)                    404   no open push with that id
+    ├── InvalidRecord(ValueError)                   400   a value does not fit its column
+    ├── InvalidRequest(ValueError)                  400   a refdb request is incomplete or wrong
+    └── VersionChanged                              409   the dataset moved on while paging
+    ServerFault
+    └── RefdbUnavailable(RuntimeError)              503   the reference DB store failed
 
 Errors carry structured fields (``destination``, ``endpoint``, ``detail``)
 so that the log and the SOAP fault render them without parsing messages.
@@ -43,6 +56,9 @@ __all__ = [
     "UnknownDestination",
     "Unauthorized",
     "Forbidden",
+    "InvalidSignature",
+    "Expired",
+    "Replay",
     "ServerFault",
     "RoutingLoop",
     "UpstreamError",
@@ -51,6 +67,12 @@ __all__ = [
     "TooManyRequests",
     "EndpointBusy",
     "GatewayBusy",
+    "UnknownDataset",
+    "UnknownPush",
+    "InvalidRecord",
+    "InvalidRequest",
+    "VersionChanged",
+    "RefdbUnavailable",
 ]
 
 
@@ -166,6 +188,80 @@ class EndpointTimeout(UpstreamError, TimeoutError):
     """Raised when the endpoint does not answer within its timeout."""
 
     code = "EndpointTimeout"
+
+
+class InvalidSignature(ClientFault, ValueError):
+    """Raised when a message that must be WS-Security signed is not, or its signature does not verify."""
+
+    code = "InvalidSignature"
+
+
+class Expired(ClientFault, ValueError):
+    """Raised when a signed message's wsu:Timestamp is outside the allowed clock skew or lifetime."""
+
+    code = "Expired"
+
+
+class Replay(ClientFault, ValueError):
+    """Raised when a signature value was already accepted within its validity (a replayed message)."""
+
+    code = "Replay"
+
+
+# -- reference DB --------------------------------------------------------------
+
+class UnknownDataset(ClientFault, LookupError):
+    """Raised when a refdb request names a dataset that endpoints.yaml does not declare."""
+
+    code = "UnknownDataset"
+    http_status = 404
+
+
+class UnknownPush(ClientFault, LookupError):
+    """Raised when a refdb push id is unknown, already committed, aborted or failed."""
+
+    code = "UnknownPush"
+    http_status = 404
+
+
+class InvalidRecord(ClientFault, ValueError):
+    """Raised when a pushed record has an unknown field or a value that does not fit its column."""
+
+    code = "InvalidRecord"
+
+    def __init__(self, reason: str, *, record: int | None = None, field: str | None = None,
+                 detail: str | None = None) -> None:
+        super().__init__(reason, detail=detail)
+        self.record = record
+        self.field = field
+
+    def fields(self) -> dict[str, str]:
+        found = super().fields()
+        if self.record is not None:
+            found["record"] = str(self.record)
+        if self.field is not None:
+            found["field"] = self.field
+        return found
+
+
+class InvalidRequest(ClientFault, ValueError):
+    """Raised when a refdb request lacks an element or has a value it cannot use (mode, filter, limit)."""
+
+    code = "InvalidRequest"
+
+
+class VersionChanged(ClientFault):
+    """Raised when a paged Query or Changes asks for a version the dataset has moved past."""
+
+    code = "VersionChanged"
+    http_status = 409
+
+
+class RefdbUnavailable(ServerFault, RuntimeError):
+    """Raised when the reference DB store cannot be read or written."""
+
+    code = "RefdbUnavailable"
+    http_status = 503
 
 
 # -- resilience (README "Resilience"): limits ---------------------------------------

@@ -5,9 +5,10 @@ response, a JX operation, a refdb push, a file part — in one SQLAlchemy Core
 table that works unchanged on SQLite (WAL) and PostgreSQL.
 
 Writing.  :class:`Journal` keeps the request path free of database work:
-:meth:`Journal.record` puts the record on a bounded queue and returns; one
-writer thread commits whatever has accumulated as one transaction (group
-commit), so a record is durable within a commit's time (well under 200 ms on
+:meth:`Journal.record` puts the record on a bounded queue and returns; a
+writer process (:mod:`gateway.writer`, so sealing and inserting never hold
+the event loop's GIL) commits whatever has accumulated as one transaction
+(group commit), so a record is durable within a commit's time (well under 200 ms on
 a healthy store) and :meth:`Journal.close` flushes everything.  When the
 queue is full — the store is slow or down — the producer *waits* up to
 ``max_wait`` seconds for room and then gets :class:`JournalUnavailable`:
@@ -69,6 +70,7 @@ from sqlalchemy.sql import ColumnElement
 
 from .clock import Now
 from .errors import ServerFault
+from .writer import WriterError, WriterProcess
 
 __all__ = [
     "LogRecord",
@@ -87,6 +89,8 @@ __all__ = [
     "read_chain",
     "read_new",
     "heads",
+    "pack",
+    "unpack",
 ]
 
 log = logging.getLogger(__name__)
@@ -373,6 +377,19 @@ def to_row(record: LogRecord) -> dict[str, Any]:
     return row
 
 
+def pack(record: LogRecord) -> tuple[Any, ...]:
+    """A record as a plain tuple, cheap to send to the writer process."""
+    return tuple([getattr(record, name) for name in _COLUMNS])
+
+
+def unpack(values: Sequence[Any]) -> LogRecord:
+    """Inverse of :func:`pack`; the values were validated when the record was made."""
+    record = object.__new__(LogRecord)
+    for name, value in zip(_COLUMNS, values, strict=True):
+        _set(record, name, value)
+    return record
+
+
 def from_row(row: Row[Any]) -> LogRecord:
     """A record from a row of the log table."""
     values = {name: getattr(row, name) for name in _COLUMNS}
@@ -454,6 +471,10 @@ class Journal:
         self.waits = 0
         self.last_error: str | None = None
         self._queue: asyncio.Queue[LogRecord] = asyncio.Queue(queue_size)
+        if engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
+            raise ValueError("the send/receive log needs a database file or server, not an in-memory SQLite")
+        self._writer = WriterProcess(engine.url.render_as_string(hide_password=False), node, tables.log.name)
+        # One thread waits on the writer process, so the event loop never blocks on the pipe.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"journal-{node}")
         self._task: asyncio.Task[None] | None = None
         self._inflight: list[LogRecord] = []
@@ -462,6 +483,7 @@ class Journal:
     async def start(self) -> None:
         """Create the tables if needed and start the writer."""
         await self._in_thread(ensure_schema, self.engine, self.tables)
+        await self._in_thread(self._writer.start)
         self._task = asyncio.create_task(self._run(), name=f"journal-{self.node}")
 
     async def record(self, entry: LogRecord) -> None:
@@ -531,6 +553,7 @@ class Journal:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._give_up("the journal was closed before it was started")
+        await self._in_thread(self._writer.stop)
         self._executor.shutdown(wait=False)
 
     def status(self) -> dict[str, Any]:
@@ -584,8 +607,7 @@ class Journal:
                   self.last_error, batch[0].to_json())
 
     def _write(self, batch: list[LogRecord]) -> None:
-        with self.engine.begin() as connection:
-            append(connection, batch, node=self.node, tables=self.tables)
+        self._writer.commit([pack(record) for record in batch])
 
     def _give_up(self, why: str) -> None:
         # Last resort: the records go to the process log rather than vanish.
@@ -601,6 +623,8 @@ class Journal:
 
 def _transient(exc: Exception) -> bool:
     """Worth retrying: connection, lock and chain-race errors; not a value the store refuses."""
+    if isinstance(exc, WriterError):
+        return exc.transient
     return isinstance(exc, DBAPIError) and not isinstance(exc, DataError)
 
 

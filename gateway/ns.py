@@ -10,6 +10,7 @@ WSA = "http://www.w3.org/2005/08/addressing"
 WSA_2004 = "http://schemas.xmlsoap.org/ws/2004/08/addressing"
 ROUTING = "urn:bmrgw:routing:1"
 FAULT = "urn:bmrgw:fault:1"
+REFDB = "urn:bmrgw:refdb:1"
 XML = "http://www.w3.org/XML/1998/namespace"
 
 #: ``wsa:To`` values of this form name a destination business AP.
@@ -36,3 +37,13 @@ class SoapVersion(enum.Enum):
     @property
     def content_type(self) -> str:
         return CT_SOAP11 if self is SoapVersion.V11 else CT_SOAP12
+
+# -- WS-Security (OASIS WSS 1.0 SOAP Message Security, X.509 Token Profile) and XML-DSig
+WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
+WSU = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
+DSIG = "http://www.w3.org/2000/09/xmldsig#"
+WSS_X509V3 = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-x509-token-profile-1.0#X509v3"
+WSS_BASE64 = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-message-security-1.0#Base64Binary"
+EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
+RSA_SHA256 = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
+SHA256 = "http://www.w3.org/2001/04/xmlenc#sha256"

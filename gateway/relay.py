@@ -56,6 +56,7 @@ from .ns import H_MESSAGE_ID, H_SOAPACTION, H_VIA, SoapVersion
 from .parser import SCAN_WHOLE, EnvelopeHead, HeadScanner, scan_head
 from .resilience import may_have_sent, sent_to
 from .soap import fault_content_type, gateway_fault, version_for
+from .secure import MessageSecurity
 from .upstream import Upstream, translate
 
 __all__ = ["Relay", "MAX_HOPS", "SMALL_BODY"]
@@ -110,6 +111,8 @@ class Trace:
     request_bytes: int = 0
     request_digest: hashlib._Hash = field(default_factory=hashlib.sha256)
     forwarded: bool = False
+    forwarded_bytes: int | None = None
+    """Size of the body sent upstream when the gateway changed it (WS-Security signing)."""
     answered: float | None = None
     """perf_counter() when the endpoint's answer began."""
     response_in: int = 0
@@ -136,7 +139,7 @@ class Trace:
                       endpoint=self.endpoint, client=self.client)
         request = LogRecord.at(
             self.arrived, direction="request", status="ok" if self.forwarded else self.status,
-            bytes_in=self.request_bytes, bytes_out=self.request_bytes if self.forwarded else 0,
+            bytes_in=self.request_bytes, bytes_out=(self.forwarded_bytes or self.request_bytes) if self.forwarded else 0,
             sha256=self.request_digest.hexdigest(),
             duration_ms=1000 * ((self.answered or now) - self.started), **common)
         response = LogRecord.at(
@@ -219,12 +222,13 @@ class Relay:
     """The relay handler: the live route table, the upstream seam, metrics and the log."""
 
     def __init__(self, *, table: LiveTable, upstream: Upstream, metrics: Metrics,
-                 clock: Clock, journal: Journal | None) -> None:
+                 clock: Clock, journal: Journal | None, security: MessageSecurity | None = None) -> None:
         self._table = table
         self._upstream = upstream
         self._metrics = metrics
         self._clock = clock
         self._journal = journal
+        self._security = security
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         table = self._table.current
@@ -236,6 +240,8 @@ class Relay:
             if self._journal is not None:
                 await self._journal.admit()
             exchange, body = await self._prepare(request, table, trace)
+            if self._security is not None and self._security.needed(client, exchange.route):
+                body = await self._secure(request, exchange, body, trace, table.config.gateway)
             response = await self._forward(request, exchange, body, trace)
         except (ConnectionResetError, asyncio.CancelledError):  # cancelled: cut off at the drain timeout
             trace.status = "error"
@@ -283,6 +289,17 @@ class Relay:
                             via=f"{incoming_via}, {hop}" if incoming_via else hop)
         return exchange, body
 
+    async def _secure(self, request: web.Request, exchange: Exchange, body: bytes | RequestBody,
+                      trace: Trace, settings: GatewaySettings) -> bytes:
+        """WS-Security needs the whole envelope: read it (bounded), verify and/or sign it."""
+        assert self._security is not None
+        whole = body if isinstance(body, bytes) else b"".join([chunk async for chunk in body])
+        secured = await self._security.apply(whole, content_type=request.content_type, client=client_of(request),
+                                             route=exchange.route, settings=settings)
+        if secured is not whole:
+            trace.forwarded_bytes = len(secured)
+        return secured
+
     @staticmethod
     def _check_media(request: web.Request) -> SoapVersion:
         version = version_for(request.content_type)
@@ -323,6 +340,8 @@ class Relay:
                        body: bytes | RequestBody, trace: Trace) -> web.StreamResponse:
         incoming = request.headers
         headers = {k: incoming[k] for k in _FORWARD_REQUEST if k in incoming}
+        if isinstance(body, bytes):
+            headers["Content-Length"] = str(len(body))  # a signed body is longer than what arrived
         headers[H_VIA] = exchange.via
         headers[H_MESSAGE_ID] = exchange.message_id
         trace.forwarded = True

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.errors import UnknownDestination
 
-from .config import Config, Endpoint, PeerEndpoint, UrlEndpoint, load_config
+from .config import Config, Endpoint, Outbound, PeerEndpoint, UrlEndpoint, load_config
 from .edit import Outcome, Target, delete_endpoint, edit_file, insert_endpoint, update_endpoint
 from .table import RouteTable
 
@@ -254,7 +254,20 @@ def _facts(config: Config, name: str) -> dict[str, Any]:
     if isinstance(ep, PeerEndpoint):
         facts["via"] = ep.via
     facts.update(posts_to=route.url, timeout=route.timeout)
+    security = _security_facts(route.outbound)
+    if security:
+        facts["security"] = security
     return facts
+
+
+def _security_facts(outbound: Outbound) -> dict[str, str]:
+    """How the gateway verifies and authenticates to the next hop (never a password)."""
+    facts = {"trusts": outbound.ca, "client cert": outbound.cert,
+             "signs with": outbound.wss_sign.cert if outbound.wss_sign else None}
+    shown = {key: str(value) for key, value in facts.items() if value is not None}
+    if outbound.basic is not None:
+        shown["basic"] = f"user {outbound.basic.user}, password from {outbound.basic.source}"
+    return shown
 
 
 def _text_facts(facts: dict[str, Any]) -> list[str]:
@@ -265,6 +278,7 @@ def _text_facts(facts: dict[str, Any]) -> list[str]:
         pairs.append(("peer", via))
     pairs += [("posts to", facts["posts_to"]),
               ("timeout", _seconds(facts["timeout"]) + (" (the peer's)" if via else ""))]
+    pairs += list(facts.get("security", {}).items())
     width = max(len(key) for key, _ in pairs) + 1
     return [f"{key + ':':<{width}} {value}" for key, value in pairs]
 

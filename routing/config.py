@@ -6,7 +6,7 @@ problem with its dotted path (``endpoints.kaigo.url: …``) as a
 :class:`~gateway.errors.ConfigError`.
 
 Keys of SPEC.md whose feature this version does not implement yet
-(``mailbox`` endpoints, ``refdb``) are refused rather than silently ignored:
+(``mailbox`` endpoints) are refused rather than silently ignored:
 an operator who configures a security feature must never get less security
 by accident.
 """
@@ -30,6 +30,7 @@ from yarl import URL
 
 from gateway.errors import ConfigError
 from gateway.ns import ROUTING
+from refdb.config import RefdbSettings, parse_refdb
 
 __all__ = [
     "Config",
@@ -42,6 +43,7 @@ __all__ = [
     "Endpoint",
     "Peer",
     "TlsSettings",
+    "WssSettings",
     "BasicLogin",
     "Client",
     "Outbound",
@@ -102,6 +104,16 @@ class TlsSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WssSettings:
+    clock_skew: float = 300.0
+    """Seconds a signed message's wsu:Timestamp may differ from the gateway's NTP time."""
+    max_ttl: float = 3600.0
+    """Longest Timestamp lifetime (Created to Expires) accepted from clients."""
+    sign_ttl: float = 300.0
+    """Lifetime of the Timestamps the gateway adds when it signs."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class GatewaySettings:
     name: str = "bmrgw"
     """This gateway's name, used in the HTTP Via header and the logs."""
@@ -133,6 +145,8 @@ class GatewaySettings:
     """When a URL's circuit opens and how long it stays open."""
     drain_timeout: float = 30.0
     """Seconds a stopping gateway lets requests in flight finish before it cuts them off."""
+    wss: WssSettings = field(default_factory=lambda: WssSettings())
+    """WS-Security time limits (signature verification and signing)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -282,6 +296,8 @@ class Config:
     """Peer gateway name → peer."""
     clients: Mapping[str, Client] = field(default_factory=lambda: MappingProxyType({}))
     """Client name → client; empty means open mode (development only: every caller may do anything)."""
+    refdb: RefdbSettings = field(default_factory=RefdbSettings)
+    """Reference-DB datasets (``refdb:``)."""
 
     @property
     def base_dir(self) -> Path:
@@ -322,22 +338,21 @@ def parse_config(data: Any, *, source: Path | None = None, db: str | None = None
     try:
         root = _mapping(data, "(top level)")
         _known(root, "(top level)", {"gateway", "clients", "endpoints", "peers", "refdb"})
-        if root.get("refdb"):
-            raise ConfigError(f"refdb: {_NOT_YET}")
         base = source.parent if source else Path.cwd()
         peers = _peers(_section(root, "peers"), base)
         gateway = _gateway(_section(root, "gateway"), db, peers, base)
         endpoints = _endpoints(_section(root, "endpoints"), peers, base)
         clients = _clients(_section(root, "clients"), base)
+        refdb = parse_refdb(root.get("refdb"), clients=frozenset(clients))
     except ConfigError as exc:
         raise ConfigError(where + exc.reason) from exc
-    return Config(source=source, gateway=gateway, endpoints=endpoints, peers=peers, clients=clients)
+    return Config(source=source, gateway=gateway, endpoints=endpoints, peers=peers, clients=clients, refdb=refdb)
 
 
 def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer], base: Path) -> GatewaySettings:
     g = _mapping(raw, "gateway")
     allowed = {"name", "listen", "tls", "db", "data_dir", "max_message_bytes",
-               "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp", "logs",
+               "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp", "logs", "wss",
                *_RESILIENCE_KEYS}
     _known(g, "gateway", allowed)
     defaults = GatewaySettings()
@@ -361,6 +376,7 @@ def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer], base: Path) ->
         logs=_logs(_section(g, "logs")),
         tls=_tls(g["tls"], base) if g.get("tls") is not None else None,
         **_resilience(g),
+        wss=_wss_settings(_section(g, "wss")),
     )
 
 
@@ -395,6 +411,17 @@ def _ntp(raw: Any) -> NtpSettings:
         raise ConfigError("gateway.ntp.servers: must be a list of host or host:port strings")
     interval = _number(m.get("interval", NtpSettings.interval), "gateway.ntp.interval", low=1, high=86400)
     return NtpSettings(servers=tuple(servers), interval=interval)
+
+
+def _wss_settings(raw: Any) -> WssSettings:
+    m = _mapping(raw, "gateway.wss")
+    _known(m, "gateway.wss", {"clock_skew", "max_ttl", "sign_ttl"})
+    d = WssSettings()
+    return WssSettings(
+        clock_skew=_number(m.get("clock_skew", d.clock_skew), "gateway.wss.clock_skew", low=0, high=86400),
+        max_ttl=_number(m.get("max_ttl", d.max_ttl), "gateway.wss.max_ttl", low=1, high=7 * 86400),
+        sign_ttl=_number(m.get("sign_ttl", d.sign_ttl), "gateway.wss.sign_ttl", low=1, high=86400),
+    )
 
 
 def _logs(raw: Any) -> LogSettings:

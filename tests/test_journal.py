@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -305,3 +306,20 @@ def test_unreachable_store_is_a_gateway_error(tmp_path: Path) -> None:
             list(read(broken.engine))
     finally:
         broken.close()
+
+
+async def test_a_killed_writer_process_is_replaced_and_nothing_is_lost(store: Store) -> None:
+    journal = Journal(store.engine, "dc-east")
+    await journal.start()
+    await journal.record(entry(0))
+    await journal.flush()
+    process = journal._writer._process
+    assert process is not None and process.is_alive()
+    assert process.pid != os.getpid()  # sealing and inserting run in another interpreter
+    process.kill()
+    process.join()
+    for i in range(1, 4):
+        await journal.record(entry(i))
+    await journal.close()
+    assert_chain(chain(store.engine, "dc-east"), 4)
+    assert journal.status()["dropped"] == 0

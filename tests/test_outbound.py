@@ -7,6 +7,7 @@ gateway.pki; the gateway relays to it as it would to a business AP.
 from __future__ import annotations
 
 import base64
+import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -236,3 +237,27 @@ def test_tls_context_is_tls12_or_newer(dev_pki: DevPki) -> None:
     ctx = tls_context(Outbound(ca=dev_pki.ca.cert))
     assert ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
     assert ctx.verify_mode is ssl.CERT_REQUIRED and ctx.check_hostname
+
+
+def test_endpoints_show_tells_how_the_upstream_is_secured(dev_pki: DevPki, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from .conftest import BMRGW, write_yaml
+    config = endpoint("https://localhost:1", ca=str(dev_pki.ca.cert), cert=str(dev_pki.client.cert),
+                      key=str(dev_pki.client.key), basic={"user": "gw", "password_env": "DEMO_PW"},
+                      wss={"sign": {"key": str(dev_pki.signing.key), "cert": str(dev_pki.signing.cert)}})
+    write_yaml(tmp_path / "endpoints.yaml", config)
+    shown = subprocess.run([*BMRGW, "endpoints", "show", "demo", "--config", str(tmp_path / "endpoints.yaml")],
+                           capture_output=True, text=True, timeout=60, env={**os.environ, "DEMO_PW": "s3cret"})
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert f"trusts:      {dev_pki.ca.cert}" in lines
+    assert f"client cert: {dev_pki.client.cert}" in lines
+    assert f"signs with:  {dev_pki.signing.cert}" in lines
+    assert "basic:       user gw, password from environment variable DEMO_PW" in lines
+    assert "s3cret" not in shown.stdout
+    missing = subprocess.run([*BMRGW, "endpoints", "show", "demo", "--config", str(tmp_path / "endpoints.yaml")],
+                             capture_output=True, text=True, timeout=60,
+                             env={k: v for k, v in os.environ.items() if k != "DEMO_PW"})
+    assert missing.returncode == 2 and "environment variable DEMO_PW is not set" in missing.stderr

@@ -1,0 +1,505 @@
+"""The reference-DB SOAP service: ``POST /refdb`` and ``GET /refdb?wsdl`` (SPEC.md capability F).
+
+It lives in the refdb package, not in gateway/, because everything it does
+is refdb's — the wire format, the datasets, the store — and the gateway needs
+only one call (:func:`add_refdb`) to mount it; the gateway's shared pieces
+(store engine, NTP clock, send/receive log, live config) are handed in as
+the app keys that hold them, so this module does not import gateway.app.
+
+One request: the body streams through :class:`~refdb.wire.RequestReader` in
+a worker thread (parsing, type validation and staging never block the event
+loop); records are converted and staged in batches as they arrive; then the
+operation runs and the answer is written.  Every failure is a SOAP fault in
+the caller's SOAP version with a ``g:Error`` code.
+
+Pushes.  ``Upsert(dataset, mode, records)`` without ``pushId`` is a whole
+push in one request (up to ``gateway.max_message_bytes``).  A big push is
+``BeginPush(dataset, mode)`` → ``pushId``, then any number of
+``Upsert(pushId, records)`` batches, then ``Commit(pushId)`` — or
+``Abort(pushId)``.  The commit is one transaction and one version (see
+:mod:`refdb.store`); a bad value in any batch refuses the whole push.
+
+Logging.  A push or delete writes its send/receive log record inside its own
+commit (:meth:`gateway.journal.Journal.write_in`), so the change and its
+record commit or vanish together; every other operation, and every fault,
+is recorded through :meth:`gateway.journal.Journal.record`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from aiohttp import web
+from lxml import etree
+from sqlalchemy import Connection
+
+import schemas
+from gateway.clock import Clock
+from gateway.errors import (
+    ConfigError,
+    GatewayError,
+    InvalidRecord,
+    InvalidRequest,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
+from gateway.ids import new_message_id
+from gateway.journal import Journal, JournalUnavailable, LogRecord
+from gateway.ns import SoapVersion
+from gateway.soap import fault_content_type, gateway_fault, version_for
+from gateway.store import Store
+from routing.config import Config
+from routing.watch import LiveTable
+
+from .access import Caller, caller_of, check_query, check_push
+from .config import Dataset, RefdbSettings
+from .schema import ensure_schema
+from .store import MAX_LIMIT, OPERATORS, Filter, PushResult, RefStore
+from .values import BadValue, Converter, FieldError, format_value, parse_value
+from .wire import Fields, RequestReader, add_records, element, envelope, q
+
+__all__ = ["add_refdb", "RefdbService", "BATCH_ROWS"]
+
+log = logging.getLogger("bmrgw.refdb")
+
+#: Records staged per database transaction while a request streams in.
+BATCH_ROWS = 5000
+DEFAULT_LIMIT = 1000
+_CHUNK = 256 * 1024
+
+
+
+def add_refdb(app: web.Application, *, live: web.AppKey[LiveTable], store: web.AppKey[Store],
+              clock: web.AppKey[Clock], journal: web.AppKey[Journal]) -> None:
+    """Mount ``/refdb`` on the gateway app; tables are created or migrated when it starts."""
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        service = RefdbService(live=app[live], engine_store=app[store], clock=app[clock],
+                               journal=app.get(journal))
+        await service.start()
+        app[SERVICE] = service
+        yield
+
+    app.cleanup_ctx.append(ctx)
+    app.router.add_post("/refdb", _post)
+    app.router.add_get("/refdb", _wsdl)
+
+
+async def _post(request: web.Request) -> web.Response:
+    service: RefdbService = request.app[SERVICE]
+    return await service.handle(request)
+
+
+async def _wsdl(request: web.Request) -> web.Response:
+    if "wsdl" not in request.query:
+        raise web.HTTPNotFound(text="GET /refdb?wsdl for the service description; POST SOAP requests\n")
+    location = str(request.url.with_query(None)).encode()
+    body = schemas.read("refdb.wsdl").replace(b"http://127.0.0.1:8080/refdb", location)
+    return web.Response(body=body, content_type="text/xml", charset="utf-8")
+
+
+@dataclass(eq=False)
+class Outcome:
+    """What one request did, for the send/receive log."""
+
+    arrived: Any
+    started: float = field(default_factory=time.perf_counter)
+    bytes_in: int = 0
+    digest: Any = field(default_factory=hashlib.sha256)
+    dataset: str | None = None
+    message_id: str | None = None
+    logged: bool = False
+
+
+class RefdbService:
+    """Datasets, store and log for ``/refdb``; schema follows the live config."""
+
+    def __init__(self, *, live: LiveTable, engine_store: Store, clock: Clock, journal: Journal | None) -> None:
+        self._live = live
+        self._engine = engine_store.engine
+        self._clock = clock
+        self._journal = journal
+        self._settings: RefdbSettings | None = None
+        self._store: RefStore | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Create or migrate the declared datasets; a destructive change stops the gateway with a ConfigError."""
+        settings = self._live.current.config.refdb
+        await self._migrate(settings)
+
+    async def _migrate(self, settings: RefdbSettings) -> None:
+        tables = await asyncio.to_thread(ensure_schema, self._engine, settings)
+        self._store = RefStore(self._engine, tables)
+        self._settings = settings
+        if settings.datasets:
+            log.info("refdb: %d dataset(s) ready: %s", len(tables), ", ".join(sorted(tables)))
+
+    async def _current(self, config: Config) -> RefStore:
+        """The store for the config in force; a reloaded ``refdb`` section is migrated first."""
+        if config.refdb != self._settings:
+            async with self._lock:
+                if config.refdb != self._settings:
+                    try:
+                        await self._migrate(config.refdb)
+                    except ConfigError as exc:
+                        log.error("refdb: reloaded datasets not applied, the previous ones stay: %s", exc.reason)
+                        self._settings = config.refdb  # do not retry on every request
+        assert self._store is not None
+        return self._store
+
+    async def handle(self, request: web.Request) -> web.Response:
+        config = self._live.current.config
+        outcome = Outcome(arrived=self._clock.now())
+        version = version_for(request.content_type) or SoapVersion.V11
+        call: Call | None = None
+        # One thread per request: lxml trees must stay in the thread that parsed them.
+        worker = ThreadPoolExecutor(1, thread_name_prefix="refdb")
+        try:
+            if version_for(request.content_type) is None:
+                raise UnsupportedMediaType(f"Content-Type {request.content_type!r} is not SOAP")
+            store = await self._current(config)
+            call = Call(store=store, caller=caller_of(request), outcome=outcome,
+                        write_log=self._log_in_commit)
+            answer = await self._run(request, call, worker, config)
+            status = 200
+        except GatewayError as exc:
+            if call is not None:
+                await _in(worker, call.cleanup, exc)
+            log.info("refdb fault %s: %s", exc.code, exc.reason)
+            answer, status = gateway_fault(exc, version, gateway=config.gateway.name), exc.http_status
+            await self._log(outcome, call, answer, error=exc)
+        else:
+            await self._log(outcome, call, answer)
+        finally:
+            worker.shutdown(wait=False)
+        return web.Response(body=answer, status=status, content_type=version.content_type, charset="utf-8")
+
+    @staticmethod
+    async def _run(request: web.Request, call: Call, worker: ThreadPoolExecutor, config: Config) -> bytes:
+        """Stream the body through the reader, then run the operation; all lxml work in ``worker``."""
+        reader = await _in(worker, RequestReader, call.item, config.gateway.max_message_bytes)
+        timeout = config.gateway.client_timeout
+        while chunk := await _gather(request, timeout):
+            call.outcome.bytes_in += len(chunk)
+            call.outcome.digest.update(chunk)
+            await _in(worker, reader.feed, chunk)
+        await _in(worker, reader.finish)
+        return await _in(worker, call.finish, reader)
+
+    def _log_in_commit(self, connection: Connection, result: PushResult, outcome: Outcome, client: str | None) -> None:
+        """The record of a push or delete, written in the transaction that applies it."""
+        if self._journal is None:
+            return
+        self._journal.write_in(connection, LogRecord.at(
+            self._clock.now(), kind="refdb", direction="request", status="ok",
+            message_id=result.push_id or outcome.message_id, from_ap=client, to_ap=result.dataset,
+            endpoint=f"refdb:{result.mode}", bytes_in=result.bytes or outcome.bytes_in,
+            sha256=result.digest or outcome.digest.hexdigest(), client=client,
+            duration_ms=1000 * (time.perf_counter() - outcome.started), http_status=200))
+        outcome.logged = True
+
+    async def _log(self, outcome: Outcome, call: Call | None, answer: bytes,
+                   error: GatewayError | None = None) -> None:
+        if self._journal is None or outcome.logged:
+            return
+        client = call.caller.name if call is not None else None
+        status = "ok" if error is None else "fault" if error.fault == "Client" else "error"
+        record = LogRecord.at(
+            outcome.arrived, kind="refdb", direction="request", status=status,
+            message_id=outcome.message_id or new_message_id(), from_ap=client, to_ap=outcome.dataset,
+            endpoint=f"refdb:{call.operation if call is not None and call.operation else '-'}",
+            bytes_in=outcome.bytes_in, bytes_out=len(answer), sha256=outcome.digest.hexdigest(), client=client,
+            duration_ms=1000 * (time.perf_counter() - outcome.started),
+            http_status=200 if error is None else error.http_status,
+            fault_code=None if error is None else error.code)
+        try:
+            await self._journal.record(record)
+        except JournalUnavailable as exc:
+            log.error("send/receive log unavailable (%s); refdb operation not logged: %s", exc.reason, record.to_json())
+
+
+SERVICE = web.AppKey("refdb_service", RefdbService)
+T = TypeVar("T")
+
+
+async def _gather(request: web.Request, timeout: float) -> bytes:
+    """The next ``_CHUNK`` bytes of the body (fewer only at its end; empty when it has ended).
+
+    TCP delivers a big body in pieces of a few KiB; handing each to the worker
+    thread would cost a thread switch per piece, which dominates on a busy host.
+    """
+    pieces: list[bytes] = []
+    size = 0
+    while size < _CHUNK:
+        try:
+            async with asyncio.timeout(timeout):
+                piece = await request.content.read(_CHUNK - size)
+        except TimeoutError as exc:
+            raise RequestTimeout(f"the caller sent nothing for {timeout:g} s") from exc
+        if not piece:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    return b"".join(pieces)
+
+
+async def _in(worker: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
+
+
+WriteLog = Callable[[Connection, PushResult, Outcome, "str | None"], None]
+
+
+class Call:
+    """One refdb operation, run in a worker thread: streamed items first, then :meth:`finish`."""
+
+    def __init__(self, *, store: RefStore, caller: Caller, outcome: Outcome, write_log: WriteLog) -> None:
+        self.store = store
+        self.caller = caller
+        self.outcome = outcome
+        self.operation: str | None = None
+        self._write_log = write_log
+        self._converter: Converter | None = None
+        self._key: tuple[str, ...] = ()
+        self._push: str | None = None
+        self._own_push = False
+        self._base = 0
+        self._batch: list[dict[str, Any]] = []
+        self._batch_keys: set[tuple[Any, ...]] = set()
+        self._keys: list[dict[str, Any]] = []
+        self._items = 0
+
+    # -- streamed items --------------------------------------------------------
+
+    def item(self, operation: str, scalars: Mapping[str, str], fields: Fields, number: int) -> None:
+        self.operation = operation
+        if self._converter is None:
+            self._prepare(operation, scalars)
+        assert self._converter is not None
+        self._items = number
+        try:
+            if operation == "Delete":
+                self._keys.append(self._converter.key(fields))
+                return
+            row = self._converter.row(fields)
+        except FieldError as exc:
+            raise InvalidRecord(f"record {self._base + number}, field {exc.field!r}: {exc.reason}",
+                                record=self._base + number, field=exc.field) from None
+        self._add(row, number)
+
+    def _add(self, row: dict[str, Any], number: int) -> None:
+        key = tuple(row[k] for k in self._key)
+        if key in self._batch_keys:
+            raise InvalidRecord(f"record {self._base + number}: key {list(key)} appears twice in this push",
+                                record=self._base + number)
+        self._batch_keys.add(key)
+        self._batch.append(row)
+        if len(self._batch) >= BATCH_ROWS:
+            self._flush()
+
+    def _flush(self, *, size: int = 0, digest: str = "") -> None:
+        assert self._push is not None and self.outcome.dataset is not None
+        first = self._base + self._items - len(self._batch) + 1
+        self.store.stage(self._push, self.outcome.dataset, self._batch, size=size, digest=digest, first=first)
+        self._batch = []
+        self._batch_keys = set()
+
+    def _prepare(self, operation: str, scalars: Mapping[str, str]) -> None:
+        """Before the first record or key: which dataset, may the caller write it, which push."""
+        push_id = scalars.get("pushId") or None
+        if operation == "Upsert" and push_id:
+            dataset, _ = self.store.push_dataset(push_id)
+            if scalars.get("dataset") and scalars["dataset"] != dataset:
+                raise InvalidRequest(f"push {push_id} is for dataset {dataset!r}, not {scalars['dataset']!r}")
+            self._push, self._base = push_id, self.store.stage(push_id, dataset, [])
+            self.outcome.message_id = push_id
+        else:
+            dataset = _required(scalars, "dataset")
+        tables = self.store.dataset(dataset)
+        self.outcome.dataset = dataset
+        check_push(self.caller, tables.dataset)
+        self._converter = Converter(tables.dataset)
+        self._key = tables.dataset.key
+        if operation == "Upsert" and self._push is None:
+            self._push = self.store.begin_push(dataset, _mode(scalars), self.caller.name)
+            self._own_push = True
+            self.outcome.message_id = self._push
+
+    # -- the operation ---------------------------------------------------------
+
+    def finish(self, reader: RequestReader) -> bytes:
+        assert reader.version is not None and reader.operation is not None
+        self.operation = reader.operation
+        handler = getattr(self, f"_op_{reader.operation.lower()}")
+        root, response = envelope(reader.version, reader.operation)
+        handler(reader, response)
+        return bytes(etree.tostring(root, xml_declaration=True, encoding="utf-8"))
+
+    def cleanup(self, error: GatewayError) -> None:
+        """After a fault: an own push is dropped; a batched push is refused for good on a bad record."""
+        try:
+            if self._own_push and self._push is not None:
+                self.store.abort(self._push)
+            elif self._push is not None and isinstance(error, InvalidRecord):
+                self.store.fail(self._push)
+        except GatewayError as exc:
+            log.warning("refdb: could not clean up push %s: %s", self._push, exc.reason)
+
+    def _op_upsert(self, reader: RequestReader, out: etree._Element) -> None:
+        scalars = reader.scalars
+        if self._converter is None:  # no records at all: still a push (a full push of nothing empties the dataset)
+            self._prepare("Upsert", scalars)
+        self._flush(size=self.outcome.bytes_in, digest=self.outcome.digest.hexdigest())
+        assert self._push is not None
+        if not self._own_push:
+            element(out, "dataset", self.outcome.dataset)
+            element(out, "pushId", self._push)
+            element(out, "received", self.store.stage(self._push, self.outcome.dataset or "", []))
+            return
+        result = self.store.commit(self._push, self._on_commit)
+        self._own_push = False
+        _result(out, result)
+
+    def _op_beginpush(self, reader: RequestReader, out: etree._Element) -> None:
+        scalars = reader.scalars
+        dataset = self.store.dataset(_required(scalars, "dataset")).dataset
+        self.outcome.dataset = dataset.name
+        check_push(self.caller, dataset)
+        push_id = self.store.begin_push(dataset.name, _mode(scalars), self.caller.name)
+        self.outcome.message_id = push_id
+        element(out, "dataset", dataset.name)
+        element(out, "pushId", push_id)
+
+    def _op_commit(self, reader: RequestReader, out: etree._Element) -> None:
+        scalars = reader.scalars
+        push_id = self._owned_push(scalars)
+        _result(out, self.store.commit(push_id, self._on_commit))
+
+    def _op_abort(self, reader: RequestReader, out: etree._Element) -> None:
+        scalars = reader.scalars
+        push_id = self._owned_push(scalars)
+        self.store.abort(push_id)
+        element(out, "pushId", push_id)
+
+    def _owned_push(self, scalars: Mapping[str, str]) -> str:
+        push_id = _required(scalars, "pushId")
+        self.outcome.message_id = push_id
+        dataset, _ = self.store.push_dataset(push_id)
+        self.outcome.dataset = dataset
+        check_push(self.caller, self.store.dataset(dataset).dataset)
+        return push_id
+
+    def _op_delete(self, reader: RequestReader, out: etree._Element) -> None:
+        scalars = reader.scalars
+        if self._converter is None:
+            self._prepare("Delete", scalars)
+        assert self.outcome.dataset is not None
+        self.outcome.message_id = new_message_id()
+        _result(out, self.store.delete(self.outcome.dataset, self._keys, self._on_commit))
+
+    def _op_query(self, reader: RequestReader, out: etree._Element) -> None:
+        scalars = reader.scalars
+        tables = self._readable(scalars)
+        filters = [_filter(tables.dataset, f, n) for n, f in enumerate(reader.filters, 1)]
+        page = self.store.query(tables.dataset.name, filters, offset=_int(scalars, "offset", 0),
+                                limit=_limit(scalars), version=_optional_int(scalars, "version"))
+        element(out, "dataset", tables.dataset.name)
+        element(out, "version", page.version)
+        element(out, "more", page.more)
+        columns = tables.dataset.columns
+        add_records(element(out, "records", None), "record",
+                    ([(c.name, format_value(v, c)) for c, v in zip(columns, row)] for row in page.rows))
+
+    def _op_changes(self, reader: RequestReader, out: etree._Element) -> None:
+        scalars = reader.scalars
+        tables = self._readable(scalars)
+        since = _int(scalars, "sinceVersion", None)
+        page = self.store.changes(tables.dataset.name, since, offset=_int(scalars, "offset", 0),
+                                  limit=_limit(scalars), version=_optional_int(scalars, "version"))
+        columns = tables.dataset.columns
+        keys = [c for c in columns if c.name in tables.dataset.key]
+        element(out, "dataset", tables.dataset.name)
+        element(out, "version", page.version)
+        element(out, "more", page.more)
+        add_records(element(out, "upserts", None), "record",
+                    ([(c.name, format_value(v, c)) for c, v in zip(columns, row)] for row in page.upserts))
+        add_records(element(out, "deletes", None), "key",
+                    ([(c.name, format_value(row._mapping[c.name], c)) for c in keys] for row in page.deletes))
+
+    def _readable(self, scalars: Mapping[str, str]) -> Any:
+        tables = self.store.dataset(_required(scalars, "dataset"))
+        self.outcome.dataset = tables.dataset.name
+        check_query(self.caller, tables.dataset)
+        return tables
+
+    def _on_commit(self, connection: Connection, result: PushResult) -> None:
+        self._write_log(connection, result, self.outcome, self.caller.name)
+
+
+def _result(out: etree._Element, result: PushResult) -> None:
+    for name in ("dataset", "version", "received", "inserted", "updated", "deleted", "unchanged"):
+        element(out, name, getattr(result, name))
+
+
+def _required(scalars: Mapping[str, str], name: str) -> str:
+    value = scalars.get(name)
+    if not value:
+        raise InvalidRequest(f"the request has no {name}", detail=name)
+    return value
+
+
+def _mode(scalars: Mapping[str, str]) -> str:
+    mode = scalars.get("mode") or "diff"
+    if mode not in ("full", "diff"):
+        raise InvalidRequest(f"mode must be full or diff, not {mode!r}", detail="mode")
+    return mode
+
+
+def _int(scalars: Mapping[str, str], name: str, default: int | None) -> int:
+    text = scalars.get(name)
+    if not text:
+        if default is None:
+            raise InvalidRequest(f"the request has no {name}", detail=name)
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an integer, not {text!r}", detail=name) from None
+    if value < 0:
+        raise InvalidRequest(f"{name} must not be negative", detail=name)
+    return value
+
+
+def _optional_int(scalars: Mapping[str, str], name: str) -> int | None:
+    return _int(scalars, name, None) if scalars.get(name) else None
+
+
+def _limit(scalars: Mapping[str, str]) -> int:
+    limit = _int(scalars, "limit", DEFAULT_LIMIT)
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidRequest(f"limit must be between 1 and {MAX_LIMIT}, not {limit}", detail="limit")
+    return limit
+
+
+def _filter(dataset: Dataset, attributes: Mapping[str, str], number: int) -> Filter:
+    name = attributes.get("name") or ""
+    op = (attributes.get("op") or "eq").strip()
+    column = dataset.column(name)
+    if column is None:
+        raise InvalidRequest(f"filter {number}: {dataset.name} has no column {name!r}", detail=name)
+    if op not in OPERATORS:
+        raise InvalidRequest(f"filter {number}: op must be one of {', '.join(OPERATORS)}, not {op!r}", detail=op)
+    try:
+        typed = parse_value(attributes.get("value"), column)
+    except BadValue as exc:
+        raise InvalidRequest(f"filter {number} on {name}: {exc}", detail=name) from None
+    if typed is None and op not in ("eq", "ne"):
+        raise InvalidRequest(f"filter {number} on {name}: {op} needs a value", detail=name)
+    return Filter(column=name, op=op, value=typed)

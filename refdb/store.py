@@ -1,0 +1,386 @@
+"""Reference-DB operations on SQLAlchemy 2 Core: pushes, deletes, queries, changes, with versions.
+
+Why readers always see a consistent snapshot, on SQLite and PostgreSQL alike
+-----------------------------------------------------------------------------
+A push travels in two phases.  *Upload*: batches of records go into the
+dataset's staging table under the push id, each batch in its own short
+transaction — nothing a reader can see changes, memory stays bounded by one
+batch, and a crash loses nothing already acknowledged.  *Commit*: one
+database transaction bumps the dataset version, applies the staged records
+to the live rows with set-based SQL (``INSERT … SELECT … ON CONFLICT DO
+UPDATE`` for upserts; for a full push, one ``UPDATE`` that tombstones every
+live row whose key was not staged), empties the staging rows, and writes the
+send/receive log record.  That transaction is the only thing that changes
+what readers see, so readers get the old version until it commits and the
+new one after, never a mix: a reader's query runs in one snapshot
+(PostgreSQL ``REPEATABLE READ``; on SQLite a read transaction, which WAL
+keeps apart from the writer).  The dataset's row in ``refdb__datasets`` is
+updated first in the commit, so two commits of one dataset queue up on its
+row lock instead of interleaving.
+
+Paging reads the live table at the version current when the page is read;
+each page carries that version and a caller may pass it back, so a push
+committing between two pages is reported as ``VersionChanged`` instead of
+silently shifting the pages (the caller restarts).  Old versions are not
+kept: the rows table holds each key once, with the version that last
+changed it and a tombstone for deletions — which is what ``Changes`` reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Connection,
+    Engine,
+    Row,
+    Table,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    not_,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.sql import ColumnElement
+
+from gateway.errors import InvalidRecord, InvalidRequest, RefdbUnavailable, UnknownDataset, UnknownPush, VersionChanged
+
+from .bulk import DriverIntegrityError, bulk_insert
+from .schema import DATASETS, DELETED, PUSH, PUSHES, VERSION, DatasetTables, utcnow
+
+__all__ = ["RefStore", "PushResult", "Page", "ChangesPage", "Filter", "MODES", "OPERATORS", "MAX_LIMIT"]
+
+MODES = ("full", "diff")
+#: Filter operators: equality and ranges.
+OPERATORS = ("eq", "ne", "lt", "le", "gt", "ge")
+MAX_LIMIT = 10_000
+#: Pushes left open this long (client died) are dropped with their staged records.
+STALE_PUSH = timedelta(hours=24)
+_DELETE_CHUNK = 500
+
+
+@dataclass(frozen=True, kw_only=True)
+class PushResult:
+    """What a committed push changed."""
+
+    dataset: str
+    version: int
+    mode: str
+    received: int
+    inserted: int
+    updated: int
+    deleted: int
+    unchanged: int
+    bytes: int = 0
+    digest: str = ""
+    """SHA-256 chained over the batches' request bodies."""
+    push_id: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Filter:
+    """``column op value`` with an already typed value."""
+
+    column: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class Page:
+    version: int
+    rows: list[Row[Any]]
+    more: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChangesPage:
+    version: int
+    upserts: list[Row[Any]]
+    deletes: list[Row[Any]]
+    more: bool
+
+
+@contextlib.contextmanager
+def translated(what: str) -> Iterator[None]:
+    """SQLAlchemy errors become :class:`RefdbUnavailable` with the driver's first line."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        orig = exc.orig if isinstance(exc, DBAPIError) else exc
+        reason = (str(orig).strip().splitlines() or [type(exc).__name__])[0]
+        raise RefdbUnavailable(f"{what}: {reason}") from exc
+
+
+@contextlib.contextmanager
+def snapshot(engine: Engine) -> Iterator[Connection]:
+    """A connection whose statements all read one snapshot of the database."""
+    with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execution_options(isolation_level="REPEATABLE READ")
+            with connection.begin():
+                yield connection
+            return
+        connection.exec_driver_sql("BEGIN")  # pysqlite would not open a read transaction by itself
+        try:
+            yield connection
+        finally:
+            connection.rollback()
+
+
+def _chain(digest: str, batch: str) -> str:
+    """The push digest after one more request body (``batch`` is its SHA-256; empty: no new body)."""
+    if not batch:
+        return digest
+    return hashlib.sha256((digest + batch).encode()).hexdigest()
+
+
+OnCommit = Callable[[Connection, PushResult], None]
+
+
+class RefStore:
+    """The reference DB of the declared datasets on one engine (thread-safe: no shared state)."""
+
+    def __init__(self, engine: Engine, tables: Mapping[str, DatasetTables]) -> None:
+        self.engine = engine
+        self.tables = dict(tables)
+
+    def dataset(self, name: str | None) -> DatasetTables:
+        found = self.tables.get(name or "")
+        if found is None:
+            raise UnknownDataset(f"no dataset {name!r} is declared under refdb.datasets", detail=name)
+        return found
+
+    # -- pushes ----------------------------------------------------------------
+
+    def begin_push(self, dataset: str, mode: str, client: str | None) -> str:
+        """Open a push; its batches are staged until :meth:`commit`."""
+        self.dataset(dataset)
+        if mode not in MODES:
+            raise InvalidRequest(f"mode must be full or diff, not {mode!r}")
+        push_id = str(uuid.uuid4())
+        now = utcnow()
+        with translated("cannot open the push"), self.engine.begin() as connection:
+            self._expire(connection, now)
+            connection.execute(insert(PUSHES).values(
+                id=push_id, dataset=dataset, mode=mode, client=client, state="open", received=0,
+                bytes=0, digest="", created=now, touched=now))
+        return push_id
+
+    def _expire(self, connection: Connection, now: Any) -> None:
+        stale = connection.execute(select(PUSHES.c.id, PUSHES.c.dataset)
+                                   .where(PUSHES.c.touched < now - STALE_PUSH)).all()
+        for push_id, dataset in stale:
+            self._drop(connection, push_id, dataset)
+
+    def _drop(self, connection: Connection, push_id: str, dataset: str) -> None:
+        tables = self.tables.get(dataset)
+        if tables is not None:
+            connection.execute(delete(tables.stage).where(tables.stage.c[PUSH] == push_id))
+        connection.execute(delete(PUSHES).where(PUSHES.c.id == push_id))
+
+    def stage(self, push_id: str, dataset: str, rows: Sequence[dict[str, Any]], *,
+              size: int = 0, digest: str = "", first: int = 1) -> int:
+        """Stage a batch of converted rows; returns how many the push holds now.
+
+        ``first`` is the number of the batch's first record in the push, for
+        the fault when a key repeats one staged by an earlier batch.
+        """
+        tables = self.dataset(dataset)
+        with translated("cannot stage the records"):
+            try:
+                with self.engine.begin() as connection:
+                    push = self._open(connection, push_id, dataset)
+                    if rows:
+                        bulk_insert(connection, tables.stage, tables.dataset, rows, {PUSH: push_id})
+                    received = int(push.received) + len(rows)
+                    connection.execute(update(PUSHES).where(PUSHES.c.id == push_id).values(
+                        received=received, bytes=PUSHES.c.bytes + size,
+                        digest=_chain(push.digest, digest), touched=utcnow()))
+                    return received
+            except (IntegrityError, DriverIntegrityError):
+                self.fail(push_id)
+                raise InvalidRecord(
+                    f"a record in the batch starting at record {first} repeats a key already pushed "
+                    f"in push {push_id}; the push is refused", record=first) from None
+
+    def _open(self, connection: Connection, push_id: str, dataset: str | None = None) -> Row[Any]:
+        push = connection.execute(select(PUSHES).where(PUSHES.c.id == push_id).with_for_update()).first()
+        if push is None or push.state != "open" or (dataset is not None and push.dataset != dataset):
+            state = "unknown" if push is None else ("refused" if push.state != "open" else
+                                                    f"for dataset {push.dataset!r}")
+            raise UnknownPush(f"push {push_id!r} is {state}: begin a new push", detail=push_id)
+        return push
+
+    def fail(self, push_id: str) -> None:
+        """Refuse a push after a bad batch: its staged records go, and it can no longer commit."""
+        with translated("cannot refuse the push"), self.engine.begin() as connection:
+            push = connection.execute(select(PUSHES).where(PUSHES.c.id == push_id)).first()
+            if push is not None:
+                self._drop(connection, push_id, push.dataset)
+                connection.execute(insert(PUSHES).values(**{**push._mapping, "state": "failed", "touched": utcnow()}))
+
+    def abort(self, push_id: str) -> None:
+        """Drop an open push and its staged records."""
+        with translated("cannot abort the push"), self.engine.begin() as connection:
+            push = self._open(connection, push_id)
+            self._drop(connection, push_id, push.dataset)
+
+    def push_dataset(self, push_id: str) -> tuple[str, str | None]:
+        """The dataset and client of an open push (for access checks before committing)."""
+        with translated("cannot read the push"), self.engine.connect() as connection:
+            push = self._open(connection, push_id)
+            return str(push.dataset), push.client
+
+    def commit(self, push_id: str, on_commit: OnCommit | None = None) -> PushResult:
+        """Apply the staged records as the next version, in one transaction."""
+        with translated("cannot commit the push"), self.engine.begin() as connection:
+            push = self._open(connection, push_id)
+            tables = self.dataset(push.dataset)
+            version = _bump(connection, push.dataset)
+            counts = _apply(connection, tables, push_id, version, full=push.mode == "full")
+            inserted, changed, deleted = counts
+            received = int(push.received)
+            result = PushResult(dataset=push.dataset, version=version, mode=push.mode, received=received,
+                                inserted=inserted, updated=changed - inserted, deleted=deleted,
+                                unchanged=received - changed, bytes=int(push.bytes), digest=push.digest,
+                                push_id=push_id)
+            connection.execute(delete(tables.stage).where(tables.stage.c[PUSH] == push_id))
+            connection.execute(delete(PUSHES).where(PUSHES.c.id == push_id))
+            if on_commit is not None:
+                on_commit(connection, result)
+            return result
+
+    # -- deletes ---------------------------------------------------------------
+
+    def delete(self, dataset: str, keys: Sequence[dict[str, Any]], on_commit: OnCommit | None = None) -> PushResult:
+        """Tombstone the rows with these keys as the next version."""
+        tables = self.dataset(dataset)
+        rows = tables.rows
+        columns = [rows.c[k] for k in tables.dataset.key]
+        with translated("cannot delete"), self.engine.begin() as connection:
+            version = _bump(connection, dataset)
+            deleted = 0
+            for start in range(0, len(keys), _DELETE_CHUNK):
+                chunk = [tuple(key[c.name] for c in columns) for key in keys[start:start + _DELETE_CHUNK]]
+                match = tuple_(*columns).in_(chunk) if len(columns) > 1 else columns[0].in_([k[0] for k in chunk])
+                deleted += connection.execute(update(rows).where(match, not_(rows.c[DELETED]))
+                                              .values({VERSION: version, DELETED: True})).rowcount
+            result = PushResult(dataset=dataset, version=version, mode="delete", received=len(keys), inserted=0,
+                                updated=0, deleted=deleted, unchanged=len(keys) - deleted)
+            if on_commit is not None:
+                on_commit(connection, result)
+            return result
+
+    # -- reading ---------------------------------------------------------------
+
+    def query(self, dataset: str, filters: Sequence[Filter], *, offset: int, limit: int,
+              version: int | None = None) -> Page:
+        """Live rows matching all filters, ordered by key."""
+        tables = self.dataset(dataset)
+        rows = tables.rows
+        stmt = (select(*_declared(tables)).where(not_(rows.c[DELETED]), *(_condition(rows, f) for f in filters))
+                .order_by(*(rows.c[k] for k in tables.dataset.key)).offset(offset).limit(limit + 1))
+        with translated("cannot query"), snapshot(self.engine) as connection:
+            current = _version(connection, dataset, version)
+            found = list(connection.execute(stmt))
+        return Page(version=current, rows=found[:limit], more=len(found) > limit)
+
+    def changes(self, dataset: str, since: int, *, offset: int, limit: int,
+                version: int | None = None) -> ChangesPage:
+        """Rows inserted, changed or deleted after version ``since``, ordered by key."""
+        tables = self.dataset(dataset)
+        rows = tables.rows
+        stmt = (select(*_declared(tables), rows.c[DELETED]).where(rows.c[VERSION] > since)
+                .order_by(*(rows.c[k] for k in tables.dataset.key)).offset(offset).limit(limit + 1))
+        with translated("cannot read changes"), snapshot(self.engine) as connection:
+            current = _version(connection, dataset, version)
+            found: list[Row[Any]] = list(connection.execute(stmt))
+        page = found[:limit]
+        return ChangesPage(version=current, upserts=[r for r in page if not r._mapping[DELETED]],
+                           deletes=[r for r in page if r._mapping[DELETED]], more=len(found) > limit)
+
+    def version(self, dataset: str) -> int:
+        self.dataset(dataset)
+        with translated("cannot read the version"), self.engine.connect() as connection:
+            return _version(connection, dataset, None)
+
+
+def _declared(tables: DatasetTables) -> list[ColumnElement[Any]]:
+    return [tables.rows.c[c.name] for c in tables.dataset.columns]
+
+
+def _version(connection: Connection, dataset: str, expected: int | None) -> int:
+    current = int(connection.execute(select(DATASETS.c.version).where(DATASETS.c.name == dataset)).scalar_one())
+    if expected is not None and expected != current:
+        raise VersionChanged(f"dataset {dataset!r} is at version {current}, not {expected}: "
+                             "a push committed while paging; start again from offset 0", detail=str(current))
+    return current
+
+
+def _bump(connection: Connection, dataset: str) -> int:
+    """The dataset's next version; taking the row lock first serialises commits of one dataset."""
+    connection.execute(update(DATASETS).where(DATASETS.c.name == dataset)
+                       .values(version=DATASETS.c.version + 1, updated=utcnow()))
+    return int(connection.execute(select(DATASETS.c.version).where(DATASETS.c.name == dataset)).scalar_one())
+
+
+_OPS: dict[str, Callable[[ColumnElement[Any], Any], ColumnElement[bool]]] = {
+    "eq": lambda c, v: c == v if v is not None else c.is_(None),
+    "ne": lambda c, v: c != v if v is not None else c.is_not(None),
+    "lt": lambda c, v: c < v, "le": lambda c, v: c <= v,
+    "gt": lambda c, v: c > v, "ge": lambda c, v: c >= v,
+}
+
+
+def _condition(rows: Table, f: Filter) -> ColumnElement[bool]:
+    return _OPS[f.op](rows.c[f.column], f.value)
+
+
+def _apply(connection: Connection, tables: DatasetTables, push_id: str, version: int,
+           *, full: bool) -> tuple[int, int, int]:
+    """Staged records → live rows; returns (inserted, inserted + updated, deleted)."""
+    rows, stage, dataset = tables.rows, tables.stage, tables.dataset
+    mine = stage.c[PUSH] == push_id
+    same_key = and_(*(rows.c[k] == stage.c[k] for k in dataset.key))
+    inserted = int(connection.execute(
+        select(func.count()).select_from(stage)
+        .where(mine, ~exists().where(same_key, not_(rows.c[DELETED])))).scalar_one())
+    deleted = 0
+    if full:
+        deleted = connection.execute(update(rows).where(not_(rows.c[DELETED]), ~exists().where(mine, same_key))
+                                     .values({VERSION: version, DELETED: True})).rowcount
+    upsert = _upsert(connection, tables, mine, version).execution_options(preserve_rowcount=True)
+    changed = connection.execute(upsert).rowcount
+    return inserted, changed, deleted
+
+
+def _upsert(connection: Connection, tables: DatasetTables, mine: ColumnElement[bool], version: int) -> Any:
+    rows, stage, dataset = tables.rows, tables.stage, tables.dataset
+    names = [c.name for c in dataset.columns]
+    source = select(*(stage.c[n] for n in names), literal(version, BigInteger), literal(False, Boolean)).where(mine)
+    dialect_insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    stmt = dialect_insert(rows).from_select([*names, VERSION, DELETED], source)
+    values = [n for n in names if n not in dataset.key]
+    return stmt.on_conflict_do_update(
+        index_elements=list(dataset.key),
+        set_={**{n: stmt.excluded[n] for n in values}, VERSION: version, DELETED: False},
+        where=or_(rows.c[DELETED], *(rows.c[n].is_distinct_from(stmt.excluded[n]) for n in values)),
+    )

@@ -1,0 +1,299 @@
+"""The /refdb SOAP service on a real loopback gateway (SQLite and the real PostgreSQL):
+WSDL, zeep, the bmrgw client, faults for bad input, the send/receive log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+import zeep
+from aiohttp import web
+from lxml import etree
+from sqlalchemy import Engine
+
+from gateway.app import AppOptions, JOURNAL, STORE, make_app
+from gateway.journal import LogFilter, LogRecord, read
+from gateway.ns import FAULT, REFDB, SOAP11_ENV, SOAP12_ENV
+from refdb.client import RefdbClient, RemoteFault
+from refdb.files import read_records
+from routing.config import parse_config
+
+from .conftest import start_app
+from .refdb_support import DATA, database, person, refdb_section
+
+T = TypeVar("T")
+INVALID = sorted((DATA / "invalid").glob("*.csv"))
+
+
+@dataclass
+class Gateway:
+    url: str
+    app: web.Application
+
+    @property
+    def engine(self) -> Engine:
+        return self.app[STORE].engine
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking client call in a thread while the gateway serves it on this loop."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def client(self, fn: Callable[[RefdbClient], T]) -> T:
+        def call() -> T:
+            with RefdbClient(self.url) as client:
+                return fn(client)
+        return await self.run(call)
+
+    async def log(self, **filters: Any) -> list[LogRecord]:
+        await self.app[JOURNAL].flush()
+        return list(read(self.engine, LogFilter(kind="refdb", **filters)))
+
+
+async def start_gateway(url: str, tmp_path: Path, **gateway: Any) -> tuple[web.AppRunner, Gateway]:
+    config = {"gateway": {"name": "dc-test", "db": url, **gateway}, "refdb": refdb_section()}
+    app = make_app(parse_config(config, source=tmp_path / "endpoints.yaml"), AppOptions(watch_config=False))
+    runner, base = await start_app(app)
+    return runner, Gateway(url=base, app=app)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def gw(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Gateway]:
+    with database(request.param, tmp_path) as url:
+        runner, gateway = await start_gateway(url, tmp_path)
+        yield gateway
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def small_gw(tmp_path: Path) -> AsyncIterator[Gateway]:
+    """A gateway on SQLite that takes requests of at most 4 KiB."""
+    runner, gateway = await start_gateway(f"sqlite:///{tmp_path}/small.db", tmp_path, max_message_bytes=4096)
+    yield gateway
+    await runner.cleanup()
+
+
+def soap(operation: str, inner: str, version: str = "1.1") -> tuple[bytes, dict[str, str]]:
+    env = SOAP11_ENV if version == "1.1" else SOAP12_ENV
+    body = (f'<s:Envelope xmlns:s="{env}"><s:Body><r:{operation} xmlns:r="{REFDB}">{inner}'
+            f'</r:{operation}></s:Body></s:Envelope>').encode()
+    ct = "text/xml; charset=utf-8" if version == "1.1" else "application/soap+xml; charset=utf-8"
+    return body, {"Content-Type": ct}
+
+
+async def post(http: aiohttp.ClientSession, gw: Gateway, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+    async with http.post(f"{gw.url}/refdb", data=body, headers=headers) as response:
+        return response.status, etree.fromstring(await response.read())
+
+
+def fault_code(root: Any) -> str | None:
+    error = root.find(f".//{{{FAULT}}}Error")
+    return None if error is None else error.get("code")
+
+
+# -- the WSDL and a third-party SOAP client --------------------------------------
+
+async def test_wsdl_is_served_with_this_gateways_address(gw: Gateway, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{gw.url}/refdb?wsdl") as response:
+        assert response.status == 200
+        wsdl = etree.fromstring(await response.read())
+    address = wsdl.find(".//{http://schemas.xmlsoap.org/wsdl/soap/}address")
+    assert address is not None and address.get("location") == f"{gw.url}/refdb"
+    async with http.get(f"{gw.url}/refdb") as response:
+        assert response.status == 404
+
+
+async def test_zeep_upserts_and_queries_through_the_wsdl(gw: Gateway) -> None:
+    def use_zeep() -> tuple[Any, Any, Any]:
+        client = zeep.Client(f"{gw.url}/refdb?wsdl")
+        fields = [{"field": [{"name": k, "value": v} for k, v in person(n, fee="10.5").items()]} for n in (1, 2, 3)]
+        pushed = client.service.Upsert(dataset="residents", mode="full", records={"record": fields})
+        queried = client.service.Query(dataset="residents", filters={"filter": [
+            {"name": "person_id", "op": "ge", "value": "P000002"}]}, limit=10)
+        changes = client.service.Changes(dataset="residents", sinceVersion=0)
+        return pushed, queried, changes
+
+    pushed, queried, changes = await gw.run(use_zeep)
+    assert (pushed.version, pushed.inserted, pushed.received) == (1, 3, 3)
+    assert queried.version == 1 and queried.more is False
+    records = [{f.name: f.value for f in r.field} for r in queried.records.record]
+    assert [r["person_id"] for r in records] == ["P000002", "P000003"]
+    assert records[0]["fee"] == "10.50" and records[0]["updated"] is None
+    assert len(changes.upserts.record) == 3
+
+
+# -- pushes, queries, changes with the bmrgw client ------------------------------
+
+@pytest.mark.parametrize("name", ["residents.csv", "residents.jsonl"])
+async def test_push_file_then_query_every_type(gw: Gateway, name: str) -> None:
+    result = await gw.client(lambda c: c.push("residents", read_records(DATA / name), mode="full", batch=3))
+    assert (result.version, result.received, result.inserted) == (1, 4, 4)
+    rows = {r["person_id"]: r for r in await gw.client(lambda c: list(c.query_all("residents")))}
+    assert rows["P0001"] == {"person_id": "P0001", "name": "山田 太郎", "birth": "1950-04-01",
+                             "updated": "2024-04-01T09:30:00", "fee": "1200.50", "household": "10", "active": "true"}
+    assert rows["P0002"]["name"] == "佐藤, 花子" and rows["P0002"]["updated"] == "2024-04-01T00:30:00"
+    assert rows["P0003"]["name"] == 'Quote "Q" <&>' and rows["P0003"]["fee"] is None
+    assert rows["P0004"]["updated"] == "2024-03-31T23:59:59.500000" and rows["P0004"]["household"] == "-3"
+
+
+async def test_batched_full_push_diff_push_delete_and_changes(gw: Gateway) -> None:
+    first = await gw.client(lambda c: c.push("residents", (person(n) for n in range(1, 51)), mode="full", batch=7))
+    assert (first.version, first.inserted) == (1, 50)
+    second = await gw.client(lambda c: c.push("residents", (person(n) for n in range(11, 61)), mode="full", batch=9))
+    assert (second.inserted, second.deleted, second.unchanged) == (10, 10, 40)
+    third = await gw.client(lambda c: c.upsert("residents", [person(11, name="changed")], mode="diff"))
+    assert (third.version, third.updated) == (3, 1)
+    fourth = await gw.client(lambda c: c.delete("residents", [{"person_id": "P000012"}]))
+    assert (fourth.version, fourth.deleted) == (4, 1)
+    changes = await gw.client(lambda c: c.changes("residents", 2))
+    assert changes.version == 4
+    assert [r["person_id"] for r in changes.upserts] == ["P000011"]
+    assert changes.deletes == [{"person_id": "P000012"}]
+    page = await gw.client(lambda c: c.query("residents", [("household", "eq", "3"), ("person_id", "lt", "P000030")]))
+    assert [r["person_id"] for r in page.records] == ["P000017", "P000024"]
+
+
+async def test_paging_with_a_push_in_between_is_refused(gw: Gateway) -> None:
+    await gw.client(lambda c: c.push("residents", (person(n) for n in range(1, 21)), mode="full"))
+    first = await gw.client(lambda c: c.query("residents", limit=5))
+    assert first.more and len(first.records) == 5
+    await gw.client(lambda c: c.upsert("residents", [person(99)]))
+    with pytest.raises(RemoteFault) as caught:
+        await gw.client(lambda c: c.query("residents", offset=5, limit=5, version=first.version))
+    assert caught.value.remote_code == "VersionChanged" and caught.value.status == 409
+
+
+# -- bad values refuse the whole push --------------------------------------------
+
+@pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
+async def test_a_bad_value_refuses_the_whole_push_naming_record_and_field(gw: Gateway, path: Path) -> None:
+    await gw.client(lambda c: c.push("residents", [person(1)], mode="full"))
+    good = (person(n) for n in range(2, 12))
+    with pytest.raises(RemoteFault) as caught:
+        await gw.client(lambda c: c.push("residents", [*good, *read_records(path)], mode="full", batch=4))
+    fault = caught.value
+    assert fault.remote_code == "InvalidRecord" and fault.status == 400
+    assert fault.attributes["record"] in ("11", "12")  # the bad record's number in the push
+    header = path.read_text().splitlines()[0].split(",")
+    if path.stem != "key-twice":
+        assert fault.attributes["field"] in header and fault.attributes["field"] in fault.reason
+    rows = await gw.client(lambda c: list(c.query_all("residents")))
+    assert [r["person_id"] for r in rows] == ["P000001"]
+    assert (await gw.client(lambda c: c.query("residents"))).version == 1
+
+
+async def test_a_refused_push_cannot_be_committed_afterwards(gw: Gateway) -> None:
+    def attempt(client: RefdbClient) -> RemoteFault:
+        push_id = client.call("BeginPush", '<r:dataset>residents</r:dataset><r:mode>full</r:mode>').findtext(
+            f"{{{REFDB}}}pushId")
+        bad = f'<r:pushId>{push_id}</r:pushId><r:records><r:record><r:field name="person_id" value="P1"/>' \
+              '<r:field name="birth" value="yesterday"/></r:record></r:records>'
+        with pytest.raises(RemoteFault):
+            client.call("Upsert", bad)
+        with pytest.raises(RemoteFault) as caught:
+            client.call("Commit", f"<r:pushId>{push_id}</r:pushId>")
+        return caught.value
+
+    refused = await gw.client(attempt)
+    assert refused.remote_code == "UnknownPush" and "refused" in refused.reason
+    assert (await gw.client(lambda c: c.query("residents"))).version == 0
+
+
+# -- malformed requests -----------------------------------------------------------
+
+@pytest.mark.parametrize(("body", "content_type", "status", "code"), [
+    (b"not xml at all", "text/xml", 400, "MalformedMessage"),
+    (b'<!DOCTYPE x [<!ENTITY a "b">]><s:Envelope xmlns:s="' + SOAP11_ENV.encode() + b'"><s:Body/></s:Envelope>',
+     "text/xml", 400, "MalformedMessage"),
+    (b'<s:Envelope xmlns:s="' + SOAP11_ENV.encode() + b'"><s:Body><x:Drop xmlns:x="urn:x"/></s:Body></s:Envelope>',
+     "text/xml", 400, "MalformedMessage"),
+    (soap("Query", "<r:dataset>nope</r:dataset>")[0], "text/xml", 404, "UnknownDataset"),
+    (soap("Query", "<r:limit>5</r:limit>")[0], "text/xml", 400, "InvalidRequest"),
+    (soap("Query", "<r:dataset>residents</r:dataset><r:limit>100001</r:limit>")[0], "text/xml", 400, "InvalidRequest"),
+    (soap("Query", '<r:dataset>residents</r:dataset><r:filters><r:filter name="birth" op="ge" value="soon"/>'
+               '</r:filters>')[0], "text/xml", 400, "InvalidRequest"),
+    (soap("Upsert", "<r:dataset>residents</r:dataset><r:mode>all</r:mode><r:records/>")[0],
+     "text/xml", 400, "InvalidRequest"),
+    (soap("Commit", "<r:pushId>no-such-push</r:pushId>")[0], "text/xml", 404, "UnknownPush"),
+    (soap("Query", "<r:dataset>residents</r:dataset>")[0], "application/json", 415, "MalformedMessage"),
+], ids=["not-xml", "dtd", "unknown-operation", "unknown-dataset", "no-dataset", "limit-too-big",
+        "filter-bad-value", "bad-mode", "unknown-push", "not-soap-content-type"])
+async def test_bad_requests_get_soap_faults(gw: Gateway, http: aiohttp.ClientSession, body: bytes,
+                                            content_type: str, status: int, code: str) -> None:
+    got, root = await post(http, gw, body, {"Content-Type": content_type})
+    assert (got, fault_code(root)) == (status, code)
+    assert root.find(f"{{{SOAP11_ENV}}}Body/{{{SOAP11_ENV}}}Fault/faultcode").text == "soap:Client"
+
+
+async def test_soap12_requests_get_soap12_answers_and_faults(gw: Gateway, http: aiohttp.ClientSession) -> None:
+    status, root = await post(http, gw, *soap("Query", "<r:dataset>residents</r:dataset>", "1.2"))
+    assert status == 200 and root.find(f"{{{SOAP12_ENV}}}Body/{{{REFDB}}}QueryResponse/{{{REFDB}}}version").text == "0"
+    status, root = await post(http, gw, *soap("Query", "<r:dataset>nope</r:dataset>", "1.2"))
+    assert status == 404 and root.find(f".//{{{SOAP12_ENV}}}Value").text == "soap:Sender"
+
+
+async def test_one_request_over_the_size_limit_is_refused_batches_are_not(small_gw: Gateway) -> None:
+    with pytest.raises(RemoteFault) as caught:
+        await small_gw.client(lambda c: c.upsert("residents", [person(n) for n in range(100)]))
+    assert caught.value.remote_code == "MessageTooLarge" and "BeginPush" in caught.value.reason
+    result = await small_gw.client(lambda c: c.push("residents", (person(n) for n in range(100)), batch=10))
+    assert result.inserted == 100
+
+
+# -- the send/receive log ---------------------------------------------------------
+
+async def test_pushes_are_logged_in_their_commit_and_queries_and_faults_after(gw: Gateway) -> None:
+    pushed = await gw.client(lambda c: c.push("residents", (person(n) for n in range(5)), mode="full", batch=2))
+    # Written in the push's own transaction: there before the background writer runs.
+    in_commit = [r for r in read(gw.engine, LogFilter(kind="refdb", message_id=pushed.push_id))
+                 if r.endpoint == "refdb:full"]
+    assert len(in_commit) == 1
+    record = in_commit[0]
+    assert (record.status, record.to_ap, record.endpoint) == ("ok", "residents", "refdb:full")
+    assert record.bytes_in > 5 * 100 and record.sha256 and len(record.sha256) == 64
+    await gw.client(lambda c: c.query("residents"))
+    with pytest.raises(RemoteFault):
+        await gw.client(lambda c: c.query("nope"))
+    records = await gw.log()
+    steps = [r.endpoint for r in records if r.message_id == pushed.push_id]
+    assert sorted(steps) == sorted(["refdb:BeginPush", "refdb:Upsert", "refdb:Upsert", "refdb:Upsert", "refdb:full"])
+    queries = [r for r in records if r.endpoint == "refdb:Query"]
+    assert [(r.status, r.to_ap, r.fault_code) for r in queries] == [("ok", "residents", None),
+                                                                     ("fault", None, "UnknownDataset")]
+    assert queries[0].bytes_out > 0 and queries[1].http_status == 404
+
+
+async def test_a_reloaded_declaration_adds_columns_and_a_destructive_one_is_not_applied(
+        tmp_path: Path) -> None:
+    from .conftest import write_yaml
+
+    source = tmp_path / "endpoints.yaml"
+    config: dict[str, Any] = {"gateway": {"db": f"sqlite:///{tmp_path}/reload.db"}, "refdb": refdb_section()}
+    write_yaml(source, config)
+    app = make_app(parse_config(config, source=source), AppOptions(watch_config=True))
+    runner, base = await start_app(app)
+    gw = Gateway(url=base, app=app)
+    try:
+        config["refdb"]["datasets"]["residents"]["columns"]["ward"] = "string"
+        write_yaml(source, config)
+        for _ in range(40):  # the watcher polls twice a second
+            await asyncio.sleep(0.1)
+            try:
+                await gw.client(lambda c: c.upsert("residents", [person(1, ward="Chuo")]))
+                break
+            except RemoteFault as exc:
+                assert "no column 'ward'" in exc.reason
+        assert (await gw.client(lambda c: c.query("residents"))).records[0]["ward"] == "Chuo"
+        config["refdb"]["datasets"]["residents"]["columns"]["ward"] = "integer"
+        write_yaml(source, config)
+        await asyncio.sleep(1.5)
+        # Not applied: the stored column keeps its type and its text.
+        assert (await gw.client(lambda c: c.query("residents"))).records[0]["ward"] == "Chuo"
+        await gw.client(lambda c: c.upsert("residents", [person(2, ward="Kita")]))
+    finally:
+        await runner.cleanup()
