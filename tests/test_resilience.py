@@ -480,28 +480,46 @@ async def _latencies(http: aiohttp.ClientSession, url: str, count: int, concurre
     return samples
 
 
+async def _held_backend(release: asyncio.Event) -> tuple[web.AppRunner, str]:
+    """A backend that answers only once ``release`` is set: a slow endpoint the test can switch."""
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        await release.wait()
+        return web.Response(text="<ok/>", content_type="text/xml")
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", answer)
+    return await start_app(app)
+
+
 async def test_a_slow_endpoint_at_its_limit_does_not_delay_a_fast_one(
         gateway: GatewayFactory, backend: RecordingBackend, tmp_path: Path) -> None:
-    slow_port = free_port()
-    slow = await _answering(slow_port, delay=1.0)
+    release = asyncio.Event()
+    slow, slow_url = await _held_backend(release)
     endpoints = {"fast": {"url": backend.url},
-                 "slow": {"url": f"http://127.0.0.1:{slow_port}/slow", "max_concurrent": 5, "queue_timeout": 30}}
+                 "slow": {"url": f"{slow_url}/slow", "max_concurrent": 5, "queue_timeout": 30}}
+    unloaded: list[float] = []
+    loaded: list[float] = []
     try:
         gw = await gateway(_config(tmp_path, endpoints, logs={"enabled": False}))
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             await _latencies(http, f"{gw}/soap/fast", 100, 4)  # warm-up
-            unloaded = [_p99(await _latencies(http, f"{gw}/soap/fast", 200, 4)) for _ in range(3)]
-            load = [asyncio.create_task(_post(http, f"{gw}/soap/slow")) for _ in range(100)]
-            await asyncio.sleep(0.2)
-            loaded = [_p99(await _latencies(http, f"{gw}/soap/fast", 200, 4)) for _ in range(3)]
-            queued = await _metric(http, gw, 'bmrgw_endpoint_queued{endpoint="slow"}')
-            assert queued is not None and queued > 0, "the slow endpoint was at its limit, with a queue, throughout"
-            for task in load:
-                task.cancel()
-            await asyncio.gather(*load, return_exceptions=True)
+            # Rounds alternate, so that other work on the shared machine hits both sides alike.
+            for _ in range(4):
+                unloaded.append(_p99(await _latencies(http, f"{gw}/soap/fast", 200, 4)))
+                release.clear()
+                load = [asyncio.create_task(_post(http, f"{gw}/soap/slow")) for _ in range(50)]
+                while (await _metric(http, gw, 'bmrgw_endpoint_queued{endpoint="slow"}') or 0) < 40:
+                    await asyncio.sleep(0.01)
+                loaded.append(_p99(await _latencies(http, f"{gw}/soap/fast", 200, 4)))
+                assert await _metric(http, gw, 'bmrgw_endpoint_queued{endpoint="slow"}') == 45, \
+                    "the slow endpoint stayed at its limit, with its queue, while the fast one was measured"
+                release.set()
+                assert [status for status, _ in await asyncio.gather(*load)] == [200] * 50
     finally:
+        release.set()
         await slow.cleanup()
-    # The best of three rounds each: other work on the shared machine only ever adds latency.
+    # The best round of each: interference from other work only ever adds latency.
     base, under = min(unloaded), min(loaded)
     print(f"fast endpoint p99: unloaded {base * 1000:.2f} ms, slow endpoint at its limit {under * 1000:.2f} ms")
     # 20 % as the issue asks, plus 1 ms of scheduling jitter on a shared 2-core machine.
