@@ -34,6 +34,8 @@ class Settings:
     targets: tuple[str, ...] = TARGETS
     #: Size of the file moved by the file-transfer scenario, in MiB.
     file_mib: int = 1024
+    #: Seconds the soak scenario runs.
+    soak: float = 600.0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,6 +12,7 @@ from .harness import Scenario
 from .jx import JxCycles
 from .refdb import RefdbPush, RefdbSnapshot
 from .relay import AddedLatency, RelayLoad, ThroughputRatio
+from .resilience import Isolation, Soak, Workers
 from .secure import SecuredRelay
 
 __all__ = ["SCENARIOS"]
@@ -51,4 +52,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         name="file1g", title="File transfer: 1 GiB (--file-mib) through bmrgw in 64 MiB parts vs a raw upload "
         "through nginx",
     ),
+    Workers(),
+    Isolation(),
+    Soak(),
 )

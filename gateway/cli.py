@@ -82,7 +82,10 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = commands.add_parser(
         "serve", help="run the gateway",
         description="Run the gateway: relay SOAP messages on /soap and /soap/{ap}, serve /healthz "
-        "and /metrics, and apply edits of the config file within 2 s without a restart.",
+        "and /metrics, and apply edits of the config file within 2 s without a restart. "
+        "SIGHUP reloads the config at once (an invalid file keeps the old table); SIGTERM stops "
+        "accepting, lets requests in flight finish (gateway.drain_timeout, default 30 s), flushes "
+        "the send/receive log and exits 0.",
     )
     config_option(p)
     p.add_argument("--host", help="listen address (default: gateway.listen.host, else 127.0.0.1)")
@@ -90,6 +93,13 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="local files (default: gateway.data_dir, else ./var)")
     p.add_argument("--db", metavar="URL", help="store URL, e.g. postgresql://host/db (default: $BMRGW_DB_URL, else gateway.db)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run N gateway processes on the same port (SO_REUSEPORT), sharing the store; "
+                   "a worker that dies is started again; SIGTERM drains all, SIGHUP reloads all (default: 1)")
+    p.add_argument("--node", metavar="NAME",
+                   help="this host's name in the send/receive log, when several hosts with the same "
+                   "gateway.name share one store (default: gateway.name; workers add .w1, .w2, ...)")
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor in its workers
     p.set_defaults(run=_serve)
 
 
@@ -100,9 +110,9 @@ def _serve(args: argparse.Namespace) -> int:
     options = ServeOptions(
         config=args.config, host=args.host, port=args.port, data_dir=args.data_dir,
         db=args.db or os.environ.get("BMRGW_DB_URL") or None,
+        workers=max(1, args.workers), worker=args.worker, log_level=args.log_level, node=args.node,
     )
-    serve(options)
-    return 0
+    return serve(options)
 
 
 def _add_demo_backend(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

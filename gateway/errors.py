@@ -22,14 +22,17 @@ HTTP status of the fault response::
     │   ├── UnknownDocument(LookupError)            500  JX: confirm of an id not stored
     │   ├── UnsafeFileName(ValueError)              400  (file transfer)
     │   ├── ChecksumMismatch(ValueError)            400  (file transfer)
-    │   └── ZipBomb(ValueError)                     413  (file transfer)
+    │   ├── ZipBomb(ValueError)                     413  (file transfer)
+    │   └── TooManyRequests(RuntimeError)           429  over gateway.limits.client_rate
     └── ServerFault                                 the gateway or its upstream failed
         ├── RoutingLoop(RuntimeError)               500
         ├── UpstreamError
         │   ├── EndpointUnavailable(ConnectionError)  500
-        │   └── EndpointTimeout(TimeoutError)       500
+        │   ├── EndpointTimeout(TimeoutError)       500
+        │   └── EndpointBusy(TimeoutError)          503  endpoint at max_concurrent past queue_timeout
         ├── DocumentStoreError(RuntimeError)        500  JX: the document store failed
-        └── StorageFailed(OSError)                  500  (file transfer: the receiver's disk)
+        ├── StorageFailed(OSError)                  500  (file transfer: the receiver's disk)
+        └── GatewayBusy(RuntimeError)               503  gateway.limits.max_connections reached
 
     Reference DB (refdb/, SPEC.md capability F):
     ClientFault
@@ -68,6 +71,9 @@ __all__ = [
     "UpstreamError",
     "EndpointUnavailable",
     "EndpointTimeout",
+    "TooManyRequests",
+    "EndpointBusy",
+    "GatewayBusy",
     "UnknownDataset",
     "UnknownPush",
     "InvalidRecord",
@@ -319,3 +325,27 @@ class StorageFailed(ServerFault, OSError):
     """Raised when a receiving AP cannot write a file part or publish a file (disk full, permissions)."""
 
     code = "StorageFailed"
+
+
+# -- resilience (README "Resilience"): limits ---------------------------------------
+
+
+class TooManyRequests(ClientFault, RuntimeError):
+    """Raised when a client sends more requests per second than ``gateway.limits.client_rate``."""
+
+    code = "TooManyRequests"
+    http_status = 429
+
+
+class EndpointBusy(UpstreamError, TimeoutError):
+    """Raised when an endpoint stays at its ``max_concurrent`` requests for its whole ``queue_timeout``."""
+
+    code = "EndpointBusy"
+    http_status = 503
+
+
+class GatewayBusy(ServerFault, RuntimeError):
+    """Raised when a gateway process already holds ``gateway.limits.max_connections`` connections."""
+
+    code = "GatewayBusy"
+    http_status = 503

@@ -62,6 +62,7 @@ from .journal import Journal, JournalUnavailable, LogRecord
 from .metrics import Metrics
 from .ns import H_MESSAGE_ID, H_SOAPACTION, H_VIA, SoapVersion
 from .parser import SCAN_WHOLE, EnvelopeHead, HeadScanner, scan_head
+from .resilience import may_have_sent, sent_to
 from .soap import fault_content_type, gateway_fault, version_for
 from .secure import MessageSecurity
 from .upstream import Upstream, translate
@@ -276,7 +277,7 @@ class Relay:
                 response = await self._store(request, exchange, body, trace, version)
             else:
                 response = await self._forward(request, exchange, body, trace)
-        except ConnectionResetError:
+        except (ConnectionResetError, asyncio.CancelledError):  # cancelled: cut off at the drain timeout
             trace.status = "error"
             await self._finish(trace)
             raise
@@ -393,12 +394,14 @@ class Relay:
         trace.forwarded = True
         try:
             reply = await self._upstream.post(exchange.route, headers, body)
-        except GatewayError:
+        except GatewayError as exc:
             if isinstance(body, RequestBody) and body.error is not None:
                 trace.forwarded = False
                 raise body.error from None
+            trace.forwarded = may_have_sent(exc)
             raise
         trace.answered = time.perf_counter()
+        trace.endpoint = sent_to(exchange.route)
         try:
             if isinstance(body, RequestBody) and body.error is not None:
                 trace.forwarded = False
