@@ -35,7 +35,8 @@ RAW = _HERE / "out" / "results.json"
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = Settings(duration=args.duration, warmup=args.warmup, targets=args.targets)
+    settings = Settings(duration=args.duration, warmup=args.warmup, targets=args.targets, file_mib=args.file_mib,
+                        soak=args.soak_duration)
     chosen = [s for s in SCENARIOS if not args.only or s.name in args.only]
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
@@ -72,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"run only these scenarios, of: {', '.join(names)}")
     p.add_argument("--targets", type=_names(TARGETS, "target"), default=TARGETS, metavar="T[,...]",
                    help=f"measure only these targets, of: {', '.join(TARGETS)} (default: all)")
+    p.add_argument("--file-mib", type=int, default=1024, metavar="MIB",
+                   help="size of the file in the file-transfer scenario (default: 1024)")
+    p.add_argument("--soak-duration", type=int, default=600, metavar="S",
+                   help="seconds the soak scenario runs (default: 600; e.g. 30 for a smoke run)")
     p.add_argument("--no-write", action="store_true", help="print only; do not write bench/RESULTS.md")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (configs, server logs)")
     p.add_argument("--bmrgw", type=Path, metavar="PATH", help="the bmrgw executable (default: the venv's)")

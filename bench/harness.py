@@ -32,6 +32,10 @@ class Settings:
     warmup: float = 2.0
     #: Which of :data:`servers.TARGETS` to measure.
     targets: tuple[str, ...] = TARGETS
+    #: Size of the file moved by the file-transfer scenario, in MiB.
+    file_mib: int = 1024
+    #: Seconds the soak scenario runs.
+    soak: float = 600.0
 
 
 @dataclass(frozen=True, kw_only=True)

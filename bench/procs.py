@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LOOPBACK", "BenchError", "Server", "cpu_seconds", "free_port", "start_server"]
+__all__ = ["LOOPBACK", "BenchError", "Server", "cpu_seconds", "family", "free_port", "start_server"]
 
 LOOPBACK = "127.0.0.1"
 _STOP_GRACE = 5.0
@@ -108,14 +108,20 @@ def start_server(name: str, argv: Sequence[str | os.PathLike[str]], *, log: Path
 def cpu_seconds(pid: int) -> float:
     """CPU time used so far by ``pid`` and its descendants (nginx's worker is a child of its master)."""
     stats = _proc_stats()
-    family, frontier = {pid}, [pid]
+    ticks = sum(stats[p][1] for p in family(pid, stats) if p in stats)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def family(pid: int, stats: dict[int, tuple[int, int]] | None = None) -> set[int]:
+    """``pid`` and all its descendants (bmrgw's workers are children of its supervisor)."""
+    stats = _proc_stats() if stats is None else stats
+    found, frontier = {pid}, [pid]
     while frontier:
         parent = frontier.pop()
-        children = [p for p, (ppid, _) in stats.items() if ppid == parent and p not in family]
-        family.update(children)
+        children = [p for p, (ppid, _) in stats.items() if ppid == parent and p not in found]
+        found.update(children)
         frontier.extend(children)
-    ticks = sum(stats[p][1] for p in family if p in stats)
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return found
 
 
 def _proc_stats() -> dict[int, tuple[int, int]]:

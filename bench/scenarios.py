@@ -7,10 +7,12 @@ Section`` (see ``harness.Scenario``) and append an instance here.
 
 from __future__ import annotations
 
+from .files import FileTransfer
 from .harness import Scenario
 from .jx import JxCycles
 from .refdb import RefdbPush, RefdbSnapshot
 from .relay import AddedLatency, RelayLoad, ThroughputRatio
+from .resilience import Isolation, Soak, Workers
 from .secure import SecuredRelay
 
 __all__ = ["SCENARIOS"]
@@ -46,4 +48,11 @@ SCENARIOS: tuple[Scenario, ...] = (
     RefdbPush(name="refdb", title="Reference DB: 100,000-row full push through /refdb vs raw SQLAlchemy executemany"),
     RefdbSnapshot(name="refdb-1m", title="Reference DB: 1,000,000-row full replace on SQLite with a reader querying"),
     JxCycles(),
+    FileTransfer(
+        name="file1g", title="File transfer: 1 GiB (--file-mib) through bmrgw in 64 MiB parts vs a raw upload "
+        "through nginx",
+    ),
+    Workers(),
+    Isolation(),
+    Soak(),
 )

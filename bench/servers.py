@@ -116,10 +116,12 @@ def _start_nginx(tools: Tools, workdir: Path, backend_url: str, exits: ExitStack
     return Target(name="nginx", url=url, proxy=server)
 
 
-def nginx_conf(prefix: Path, *, port: int, upstream: str) -> str:
+def nginx_conf(prefix: Path, *, port: int, upstream: str, upload: bool = False) -> str:
     """A pass-through reverse proxy as an operator would set it up: keep-alive to the
     upstream, no access log, and buffers big enough that 100 KiB bodies stay in memory
-    (nginx's defaults would spool them to temp files, which measures the disk)."""
+    (nginx's defaults would spool them to temp files, which measures the disk).
+    ``upload`` streams bodies of any size straight to the upstream (file benchmark)."""
+    body_limit = "0;\n    proxy_request_buffering off" if upload else "2m"
     user = f"user {getpass.getuser()};" if os.geteuid() == 0 else ""
     temp = "\n".join(f"    {kind}_temp_path {prefix}/{kind}_temp;"
                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
@@ -134,7 +136,7 @@ events {{ worker_connections 4096; }}
 http {{
     access_log off;
 {temp}
-    client_max_body_size 2m;
+    client_max_body_size {body_limit};
     client_body_buffer_size 256k;
     proxy_buffer_size 16k;
     proxy_buffers 16 16k;

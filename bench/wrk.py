@@ -39,7 +39,8 @@ class Load:
     threads: int = 1
     #: A request slower than this counts as a timeout error rather than a latency.
     timeout: float = 10.0
-    #: The wrk Lua script; ``post.lua`` sends one body, ``post_many.lua`` a different one each time.
+    #: The wrk Lua script; ``post.lua`` sends one body, ``post_many.lua`` a different one each time,
+    #: ``mix.lua`` one body to a rotation of endpoints.
     script: Path = _SCRIPT
 
 

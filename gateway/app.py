@@ -21,16 +21,18 @@ from refdb.service import add_refdb
 from routing.config import Config, load_config
 from routing.watch import LiveTable, watch
 
+from . import control
 from .auth import auth_middleware
 from .chain import archive
 from .clock import Clock
-from .errors import GatewayError, Unauthorized
+from .errors import GatewayError
 from .journal import Journal, JournalUnavailable, LogRecord
 from .jx import JX_MAILBOX, add_jx
 from .logview import archive_dir
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .ns import H_MESSAGE_ID, SoapVersion
 from .relay import SERVER, Relay
+from .resilience import RESILIENCE, Resilient
 from .secure import MessageSecurity, message_security
 from .soap import fault_content_type, gateway_fault, version_for
 from .store import Store, StoreUnavailable, database_url
@@ -62,6 +64,8 @@ class AppOptions:
     """Store URL overriding ``gateway.db`` (``--db`` / ``BMRGW_DB_URL``), also on reloads."""
     upstream: Callable[[], Upstream] = HttpUpstream
     """Factory of the upstream seam (tests may pass another real implementation)."""
+    node: str | None = None
+    """This process's node name in the send/receive log and circuit state (default: gateway.name)."""
 
 
 def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Application:
@@ -72,10 +76,13 @@ def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Applicat
                                            _log_refusal(app)))
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_store_ctx(config))
-    app.cleanup_ctx.append(_log_ctx(config))
+    app.cleanup_ctx.append(_log_ctx(config, options.node or config.gateway.name))
     add_jx(app, config, lambda a: (a[CLOCK], a.get(JOURNAL), a[METRICS].registry, lambda: a.get(SECURITY)))
-    add_refdb(app, live=LIVE, store=STORE, clock=CLOCK, journal=JOURNAL)  # before the relay: may refuse to start
+    add_refdb(app, live=LIVE, store=STORE, clock=CLOCK, journal=JOURNAL,  # before the relay: may refuse to start
+              security=SECURITY)
     app.cleanup_ctx.append(_relay_ctx(options))
+    control.install(app, app[LIVE], node=options.node or config.gateway.name, store=lambda a: a[STORE],
+                    metrics=app[METRICS].registry, fault=fault_response, refused=_log_refusal(app, "limit"))
     if options.watch_config and config.source is not None:
         app.cleanup_ctx.append(_watch_ctx(config, options))
     app.router.add_post("/soap", _relay)
@@ -93,14 +100,14 @@ def _store_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[None
     return ctx
 
 
-def _log_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:
+def _log_ctx(config: Config, node: str) -> Callable[[web.Application], AsyncIterator[None]]:
     """NTP time and the send/receive log; the log is flushed when the gateway stops."""
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         app[CLOCK] = clock = Clock.from_settings(config.gateway.ntp)
         await clock.start()
         retention: asyncio.Task[None] | None = None
         if config.gateway.logs.enabled:
-            app[JOURNAL] = journal = Journal(app[STORE].engine, node=config.gateway.name)
+            app[JOURNAL] = journal = Journal(app[STORE].engine, node=node)
             await journal.start()
             if config.gateway.logs.retention_days:
                 retention = asyncio.create_task(_retain(app[STORE], config))
@@ -132,13 +139,14 @@ async def _retain(store: Store, config: Config) -> None:
 
 def _relay_ctx(options: AppOptions) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        upstream = options.upstream()
+        upstream = Resilient(options.upstream(), app[RESILIENCE])
         app[SECURITY] = await message_security(app[STORE].engine, app[CLOCK])
         app[RELAY] = Relay(table=app[LIVE], upstream=upstream, metrics=app[METRICS],
                            clock=app[CLOCK], journal=app.get(JOURNAL), security=app[SECURITY],
                            deposit=app.get(JX_MAILBOX))
         yield
         await upstream.close()
+        app[SECURITY].close()
     return ctx
 
 
@@ -174,13 +182,13 @@ def fault_response(request: web.Request, error: GatewayError) -> web.Response:
                         headers=headers)
 
 
-def _log_refusal(app: web.Application) -> Callable[[web.Request, Unauthorized, str | None], Any]:
-    """Refused logins go to the send/receive log too: an auditor looks for them first."""
-    async def record(request: web.Request, error: Unauthorized, claimed: str | None) -> None:
+def _log_refusal(app: web.Application, kind: str = "auth") -> Callable[[web.Request, GatewayError, str | None], Any]:
+    """Refused logins (and rate limits) go to the send/receive log too: an auditor looks for them first."""
+    async def record(request: web.Request, error: GatewayError, claimed: str | None) -> None:
         journal = app.get(JOURNAL)
         if journal is None:
             return
-        entry = LogRecord.at(app[CLOCK].now(), kind="auth", direction="request", status="fault",
+        entry = LogRecord.at(app[CLOCK].now(), kind=kind, direction="request", status="fault",
                              message_id=request.headers.get(H_MESSAGE_ID, "")[:256] or None,
                              endpoint=request.path[:256], client=claimed, http_status=error.http_status,
                              fault_code=error.code)

@@ -19,6 +19,7 @@ from routing.commands import add_endpoints_command
 from .errors import ConfigError, GatewayError
 from .jx.commands import add_jx_command
 from .jx.poll import add_poll_command
+from .files import add_file_commands
 from .logview import add_logs_command, add_time_command
 from .pki import add_pki_command
 from .secure import add_wss_command
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     add_refdb_command(commands, config_option)
     add_jx_command(commands, config_option)
     add_poll_command(commands, config_option)
+    add_file_commands(commands, config_option)
     _add_demo_backend(commands)
     _add_hash_password(commands)
     add_pki_command(commands)
@@ -80,7 +82,10 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = commands.add_parser(
         "serve", help="run the gateway",
         description="Run the gateway: relay SOAP messages on /soap and /soap/{ap}, serve /healthz "
-        "and /metrics, and apply edits of the config file within 2 s without a restart.",
+        "and /metrics, and apply edits of the config file within 2 s without a restart. "
+        "SIGHUP reloads the config at once (an invalid file keeps the old table); SIGTERM stops "
+        "accepting, lets requests in flight finish (gateway.drain_timeout, default 30 s), flushes "
+        "the send/receive log and exits 0.",
     )
     config_option(p)
     p.add_argument("--host", help="listen address (default: gateway.listen.host, else 127.0.0.1)")
@@ -88,6 +93,13 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="local files (default: gateway.data_dir, else ./var)")
     p.add_argument("--db", metavar="URL", help="store URL, e.g. postgresql://host/db (default: $BMRGW_DB_URL, else gateway.db)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run N gateway processes on the same port (SO_REUSEPORT), sharing the store; "
+                   "a worker that dies is started again; SIGTERM drains all, SIGHUP reloads all (default: 1)")
+    p.add_argument("--node", metavar="NAME",
+                   help="this host's name in the send/receive log, when several hosts with the same "
+                   "gateway.name share one store (default: gateway.name; workers add .w1, .w2, ...)")
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor in its workers
     p.set_defaults(run=_serve)
 
 
@@ -98,9 +110,9 @@ def _serve(args: argparse.Namespace) -> int:
     options = ServeOptions(
         config=args.config, host=args.host, port=args.port, data_dir=args.data_dir,
         db=args.db or os.environ.get("BMRGW_DB_URL") or None,
+        workers=max(1, args.workers), worker=args.worker, log_level=args.log_level, node=args.node,
     )
-    serve(options)
-    return 0
+    return serve(options)
 
 
 def _add_demo_backend(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

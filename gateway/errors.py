@@ -19,13 +19,20 @@ HTTP status of the fault response::
     │   ├── Expired(ValueError)                     400  WS-Security Timestamp outside its window
     │   ├── Replay(ValueError)                      400  WS-Security signature seen before
     │   ├── DuplicateMessageId(ValueError)          500  JX: same messageId, other content
-    │   └── UnknownDocument(LookupError)            500  JX: confirm of an id not stored
+    │   ├── UnknownDocument(LookupError)            500  JX: confirm of an id not stored
+    │   ├── UnsafeFileName(ValueError)              400  (file transfer)
+    │   ├── ChecksumMismatch(ValueError)            400  (file transfer)
+    │   ├── ZipBomb(ValueError)                     413  (file transfer)
+    │   └── TooManyRequests(RuntimeError)           429  over gateway.limits.client_rate
     └── ServerFault                                 the gateway or its upstream failed
         ├── RoutingLoop(RuntimeError)               500
         ├── UpstreamError
         │   ├── EndpointUnavailable(ConnectionError)  500
-        │   └── EndpointTimeout(TimeoutError)       500
-        └── DocumentStoreError(RuntimeError)        500  JX: the document store failed
+        │   ├── EndpointTimeout(TimeoutError)       500
+        │   └── EndpointBusy(TimeoutError)          503  endpoint at max_concurrent past queue_timeout
+        ├── DocumentStoreError(RuntimeError)        500  JX: the document store failed
+        ├── StorageFailed(OSError)                  500  (file transfer: the receiver's disk)
+        └── GatewayBusy(RuntimeError)               503  gateway.limits.max_connections reached
 
     Reference DB (refdb/, SPEC.md capability F):
     ClientFault
@@ -64,6 +71,9 @@ __all__ = [
     "UpstreamError",
     "EndpointUnavailable",
     "EndpointTimeout",
+    "TooManyRequests",
+    "EndpointBusy",
+    "GatewayBusy",
     "UnknownDataset",
     "UnknownPush",
     "InvalidRecord",
@@ -73,6 +83,12 @@ __all__ = [
     "DuplicateMessageId",
     "UnknownDocument",
     "DocumentStoreError",
+
+
+    "UnsafeFileName",
+    "ChecksumMismatch",
+    "ZipBomb",
+    "StorageFailed",
 ]
 
 
@@ -283,3 +299,53 @@ class DocumentStoreError(ServerFault, RuntimeError):
     """Raised when the JX document store (database or blob files) cannot do its work."""
 
     code = "StoreUnavailable"
+
+
+
+class UnsafeFileName(ClientFault, ValueError):
+    """Raised when a transferred file's name is a path, hidden, reserved or has control characters."""
+
+    code = "UnsafeFileName"
+
+
+class ChecksumMismatch(ClientFault, ValueError):
+    """Raised when a file part or a reassembled file does not match its declared SHA-256 or size."""
+
+    code = "ChecksumMismatch"
+
+
+class ZipBomb(ClientFault, ValueError):
+    """Raised when a zipped file inflates beyond its declared size, the size limit or the ratio limit."""
+
+    code = "ZipBomb"
+    http_status = 413
+
+
+class StorageFailed(ServerFault, OSError):
+    """Raised when a receiving AP cannot write a file part or publish a file (disk full, permissions)."""
+
+    code = "StorageFailed"
+
+
+# -- resilience (README "Resilience"): limits ---------------------------------------
+
+
+class TooManyRequests(ClientFault, RuntimeError):
+    """Raised when a client sends more requests per second than ``gateway.limits.client_rate``."""
+
+    code = "TooManyRequests"
+    http_status = 429
+
+
+class EndpointBusy(UpstreamError, TimeoutError):
+    """Raised when an endpoint stays at its ``max_concurrent`` requests for its whole ``queue_timeout``."""
+
+    code = "EndpointBusy"
+    http_status = 503
+
+
+class GatewayBusy(ServerFault, RuntimeError):
+    """Raised when a gateway process already holds ``gateway.limits.max_connections`` connections."""
+
+    code = "GatewayBusy"
+    http_status = 503

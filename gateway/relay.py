@@ -11,6 +11,11 @@ One request, start to finish:
    ``X-Message-Id``;
 5. stream the answer back unchanged: status, content type, body, faults.
 
+SwA and MTOM requests (``multipart/related``) take the same path: the
+routing key is read from the root part (:class:`attachments.mime.RootExtractor`
+follows the framing), the whole body is forwarded byte for byte under
+``gateway.max_attachment_bytes``, and a truncated body is MalformedMessage.
+
 Any :class:`~gateway.errors.GatewayError` becomes a SOAP fault in the
 caller's SOAP version.  Small bodies (under ``SMALL_BODY``) are read whole,
 which is faster; anything bigger streams, so memory does not grow with size.
@@ -34,6 +39,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from attachments.mime import CT_RELATED, RootExtractor, parse_related
 from routing.config import Client, GatewaySettings
 from routing.table import Route, RouteTable
 from routing.watch import LiveTable
@@ -56,6 +62,7 @@ from .journal import Journal, JournalUnavailable, LogRecord
 from .metrics import Metrics
 from .ns import H_MESSAGE_ID, H_SOAPACTION, H_VIA, SoapVersion
 from .parser import SCAN_WHOLE, EnvelopeHead, HeadScanner, scan_head
+from .resilience import may_have_sent, sent_to
 from .soap import fault_content_type, gateway_fault, version_for
 from .secure import MessageSecurity
 from .upstream import Upstream, translate
@@ -195,16 +202,20 @@ class RequestBody:
     kept in :attr:`error` because aiohttp wraps whatever a body iterator raises.
     """
 
-    def __init__(self, prefix: list[bytes], stream: aiohttp.StreamReader, *,
-                 trace: Trace, limit: int, timeout: float) -> None:
+    def __init__(self, prefix: list[bytes], stream: aiohttp.StreamReader, *, trace: Trace, limit: int,
+                 timeout: float, framer: RootExtractor | None = None) -> None:
         self._prefix = prefix
         self._stream = stream
         self._trace = trace
         self._limit = limit
         self._timeout = timeout
+        self._framer = framer
         self.error: GatewayError | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        # A multipart body's last chunk is held back until its framing proved
+        # complete, so the endpoint never gets a truncated body that looks whole.
+        held = self._prefix.pop() if self._framer is not None and self._prefix else None
         for chunk in self._prefix:
             yield chunk
         self._prefix = []
@@ -213,7 +224,17 @@ class RequestBody:
                 self._trace.took_request(chunk)
                 if self._trace.request_bytes > self._limit:
                     raise MessageTooLarge(f"message exceeds the limit of {self._limit} bytes")
-                yield chunk
+                if self._framer is None:
+                    yield chunk
+                    continue
+                self._framer.feed(chunk)
+                if held is not None:
+                    yield held
+                held = chunk
+            if self._framer is not None:
+                self._framer.finish()
+            if held is not None:
+                yield held
         except GatewayError as exc:
             self.error = exc
             raise
@@ -245,7 +266,7 @@ class Relay:
         client = client_of(request)
         trace = Trace(arrived=self._clock.now(), started=time.perf_counter(),
                       message_id=request.headers.get(H_MESSAGE_ID), client=client.name if client else None)
-        version = version_for(request.content_type) or SoapVersion.V11
+        version = _caller_version(request)
         try:
             if self._journal is not None:
                 await self._journal.admit()
@@ -256,7 +277,7 @@ class Relay:
                 response = await self._store(request, exchange, body, trace, version)
             else:
                 response = await self._forward(request, exchange, body, trace)
-        except ConnectionResetError:
+        except (ConnectionResetError, asyncio.CancelledError):  # cancelled: cut off at the drain timeout
             trace.status = "error"
             await self._finish(trace)
             raise
@@ -283,14 +304,14 @@ class Relay:
         settings = table.config.gateway
         incoming_via = request.headers.get(H_VIA, "")
         passed = check_hops(incoming_via, settings.name)
-        version = self._check_media(request)
-        if request.content_length is not None and request.content_length > settings.max_message_bytes:
-            raise MessageTooLarge(
-                f"message of {request.content_length} bytes exceeds the limit of {settings.max_message_bytes}")
-        head, body = await self._read_head(request, settings, trace)
+        version, framer = self._check_media(request, settings)
+        limit = settings.max_message_bytes if framer is None else settings.max_attachment_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise MessageTooLarge(f"message of {request.content_length} bytes exceeds the limit of {limit}")
+        head, body = await self._read_head(request, settings, trace, framer, limit)
         trace.sender = head.sender
         trace.message_id = head.message_id or trace.message_id or new_message_id()
-        if head.version is not version:
+        if version is not None and head.version is not version:
             raise MalformedMessage(f"Content-Type {request.content_type} announces SOAP {version.value} "
                                    f"but the Envelope is SOAP {head.version.value}")
         trace.destination = destination_of(head, request.match_info.get("ap"))
@@ -306,6 +327,10 @@ class Relay:
                       trace: Trace, settings: GatewaySettings) -> bytes:
         """WS-Security needs the whole envelope: read it (bounded), verify and/or sign it."""
         assert self._security is not None
+        if request.content_type == CT_RELATED:
+            # The signature would have to cover the attachments (WSS SwA profile): not built.
+            raise UnsupportedMediaType("WS-Security is required for this exchange, but it is not supported for "
+                                       "SwA/MTOM (multipart/related) messages", destination=exchange.route.destination)
         whole = body if isinstance(body, bytes) else b"".join([chunk async for chunk in body])
         secured = await self._security.apply(whole, content_type=request.content_type, client=client_of(request),
                                              route=exchange.route, settings=settings)
@@ -314,40 +339,49 @@ class Relay:
         return secured
 
     @staticmethod
-    def _check_media(request: web.Request) -> SoapVersion:
-        version = version_for(request.content_type)
-        if version is None:
-            raise UnsupportedMediaType(
-                f"Content-Type {request.content_type!r} is not SOAP (text/xml or application/soap+xml)")
+    def _check_media(request: web.Request,
+                     settings: GatewaySettings) -> tuple[SoapVersion | None, RootExtractor | None]:
+        """The announced SOAP version, and for SwA/MTOM the follower of the multipart framing."""
         if request.headers.get("Content-Encoding", "identity").lower() != "identity":
             raise UnsupportedMediaType("compressed request bodies are not accepted")
-        return version
+        if request.content_type == CT_RELATED:
+            related = parse_related(request.headers["Content-Type"])
+            assert related is not None
+            return related.soap_version, RootExtractor(related, max_root_bytes=settings.max_message_bytes)
+        version = version_for(request.content_type)
+        if version is None:
+            raise UnsupportedMediaType(f"Content-Type {request.content_type!r} is not SOAP (text/xml or "
+                                       "application/soap+xml, or multipart/related for attachments)")
+        return version, None
 
     @staticmethod
-    async def _read_head(request: web.Request, settings: GatewaySettings,
-                         trace: Trace) -> tuple[EnvelopeHead, bytes | RequestBody]:
-        limit, timeout = settings.max_message_bytes, settings.client_timeout
+    async def _read_head(request: web.Request, settings: GatewaySettings, trace: Trace,
+                         framer: RootExtractor | None, limit: int) -> tuple[EnvelopeHead, bytes | RequestBody]:
+        timeout = settings.client_timeout
         if request.content_length is not None and request.content_length <= SMALL_BODY:
             # Usually the whole small body came with the headers: no timer needed then.
             whole = await _receive(request.read(), None if request.content.is_eof() else timeout)
             trace.took_request(whole)
-            if len(whole) <= min(SCAN_WHOLE, settings.max_header_bytes):
-                return scan_head(whole, routing_header=settings.routing_header), whole
-            return _scan(_scanner(settings), whole), whole
+            envelope = whole if framer is None else _root_of(framer, whole)
+            if len(envelope) <= min(SCAN_WHOLE, settings.max_header_bytes):
+                return scan_head(envelope, routing_header=settings.routing_header), whole
+            return _scan(_scanner(settings), envelope), whole
         scanner = _scanner(settings)
         prefix: list[bytes] = []
         head = None
         while head is None:
             chunk = await _receive(request.content.readany(), timeout)
             if not chunk:
+                if framer is not None:
+                    framer.finish()
                 head = scanner.finish()
                 break
             prefix.append(chunk)
             trace.took_request(chunk)
             if trace.request_bytes > limit:
                 raise MessageTooLarge(f"message exceeds the limit of {limit} bytes")
-            head = scanner.feed(chunk)
-        return head, RequestBody(prefix, request.content, trace=trace, limit=limit, timeout=timeout)
+            head = _feed_head(scanner, framer, chunk)
+        return head, RequestBody(prefix, request.content, trace=trace, limit=limit, timeout=timeout, framer=framer)
 
     async def _forward(self, request: web.Request, exchange: Exchange,
                        body: bytes | RequestBody, trace: Trace) -> web.StreamResponse:
@@ -360,12 +394,14 @@ class Relay:
         trace.forwarded = True
         try:
             reply = await self._upstream.post(exchange.route, headers, body)
-        except GatewayError:
+        except GatewayError as exc:
             if isinstance(body, RequestBody) and body.error is not None:
                 trace.forwarded = False
                 raise body.error from None
+            trace.forwarded = may_have_sent(exc)
             raise
         trace.answered = time.perf_counter()
+        trace.endpoint = sent_to(exchange.route)
         try:
             if isinstance(body, RequestBody) and body.error is not None:
                 trace.forwarded = False
@@ -410,6 +446,36 @@ async def _receive(read: Awaitable[bytes], timeout: float | None) -> bytes:
         raise RequestTimeout(f"the caller sent nothing for {timeout:g} s") from exc
     except (aiohttp.ClientPayloadError, ConnectionResetError) as exc:
         raise MalformedMessage(f"the request body is incomplete: {exc}") from exc
+
+
+def _caller_version(request: web.Request) -> SoapVersion:
+    """The SOAP version the caller speaks, for its faults (SOAP 1.1 when it cannot be told)."""
+    version = version_for(request.content_type)
+    if version is None and request.content_type == CT_RELATED:
+        try:
+            related = parse_related(request.headers["Content-Type"])
+        except MalformedMessage:
+            related = None
+        version = related.soap_version if related is not None else None
+    return version or SoapVersion.V11
+
+
+def _root_of(framer: RootExtractor, whole: bytes) -> bytes:
+    """The root part of a whole multipart body in memory; its framing must be complete."""
+    root = framer.feed(whole)
+    framer.finish()
+    return root
+
+
+def _feed_head(scanner: HeadScanner, framer: RootExtractor | None, chunk: bytes) -> EnvelopeHead | None:
+    """Feed the envelope's bytes in ``chunk`` (all of it, or the root part's share) to the scanner."""
+    if framer is None:
+        return scanner.feed(chunk)
+    root = framer.feed(chunk)
+    head = scanner.feed(root) if root else None
+    if head is None and framer.root_ended:
+        head = scanner.finish()
+    return head
 
 
 def _scanner(settings: GatewaySettings) -> HeadScanner:

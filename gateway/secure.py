@@ -33,6 +33,7 @@ from .errors import ConfigError, GatewayError, UnsupportedMediaType
 from .ns import CT_SOAP11, CT_SOAP12
 from .parser import parse
 from .replay import ReplayGuard
+from .store import Store
 from .wss import (
     Signer,
     TimePolicy,
@@ -53,19 +54,44 @@ T = TypeVar("T")
 
 async def message_security(engine: Engine, clock: Clock) -> MessageSecurity:
     """The relay's WS-Security step on ``engine``'s store, its replay table created when missing."""
-    guard = ReplayGuard(engine)
+    store = replay_store(engine)
+    guard = ReplayGuard(store.engine if store is not None else engine)
     await asyncio.to_thread(guard.ensure_schema)
-    return MessageSecurity(guard, clock)
+    return MessageSecurity(guard, clock, owned=store)
+
+
+def replay_store(engine: Engine) -> Store | None:
+    """Where SQLite keeps the replay records: a database file of its own beside the store.
+
+    SQLite has one write lock per file and the send/receive log's writer
+    process holds it for every batch; replay inserts waiting behind it sleep
+    in SQLite's busy handler (tens of milliseconds each).  A single-node
+    SQLite gateway loses nothing by a second file.  PostgreSQL (several nodes,
+    row locks) keeps the records in the shared store, so all nodes agree:
+    ``None`` means "use ``engine``".
+    """
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    path = Path(url.database)
+    own = url.set(database=str(path.with_name(f"{path.stem}-replay{path.suffix or '.db'}")))
+    return Store(own.render_as_string(hide_password=False))
 
 
 class MessageSecurity:
     """Verifies and signs whole envelopes for the relay."""
 
-    def __init__(self, guard: ReplayGuard, clock: Clock) -> None:
+    def __init__(self, guard: ReplayGuard, clock: Clock, *, owned: Store | None = None) -> None:
         self._guard = guard
         self._clock = clock
+        self._owned = owned
         self._certs: dict[tuple[str, int, int], x509.Certificate] = {}
         self._signers: dict[tuple[Path, Path, str], Signer] = {}
+
+    def close(self) -> None:
+        """Release the replay store when it is one of our own (SQLite)."""
+        if self._owned is not None:
+            self._owned.close()
 
     @staticmethod
     def needed(client: Client | None, route: Route) -> bool:

@@ -1,20 +1,37 @@
-"""``bmrgw serve``: load the config, build the app, listen until stopped."""
+"""``bmrgw serve``: load the config, build the app, listen until stopped.
+
+Signals (README "Resilience"):
+
+* SIGTERM / SIGINT — stop accepting connections, let requests in flight
+  finish for up to ``gateway.drain_timeout`` seconds, flush the send/receive
+  log, exit 0.
+* SIGHUP — reload endpoints.yaml now: validate, then swap the whole table in
+  one step, or keep the old one and report why (log, ``/healthz``, metrics).
+
+With ``--workers N`` (N > 1) this process supervises N worker processes
+(:mod:`gateway.workers`) that share the port through ``SO_REUSEPORT``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
-from routing.config import load_config
+from routing.config import Config, load_config
 
-from .app import AppOptions, make_app
+from .app import LIVE, METRICS, AppOptions, make_app
+from .errors import ConfigError
+from .limits import ListenSite, busy_answer
+from .resilience import RESILIENCE
 from .tls import server_context
 
-__all__ = ["ServeOptions", "serve", "install_event_loop"]
+__all__ = ["ServeOptions", "serve", "install_event_loop", "listen_socket"]
 
 log = logging.getLogger("bmrgw")
 
@@ -31,6 +48,14 @@ class ServeOptions:
     """Local files directory overriding ``gateway.data_dir``."""
     db: str | None = None
     """Store URL overriding ``gateway.db``."""
+    workers: int = 1
+    """Worker processes sharing the port; 1 serves in this process."""
+    worker: int | None = None
+    """Set in a worker process started by the supervisor: its number, 1…N."""
+    log_level: str = "INFO"
+    """Passed on to worker processes."""
+    node: str | None = None
+    """This host's node name in the send/receive log (default ``gateway.name``); workers add ``.wN``."""
 
 
 def install_event_loop() -> None:
@@ -42,23 +67,83 @@ def install_event_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def serve(options: ServeOptions) -> None:
+def listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """A bound TCP socket for ``host:port``; SO_REUSEPORT lets worker processes share it."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.setblocking(False)
+    return sock
+
+
+def serve(options: ServeOptions) -> int:
+    # Until the event loop handles SIGHUP, a reload request is moot (the config is read now), not fatal.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = load_config(options.config, db=options.db)
     host = options.host or config.gateway.listen.host
     port = options.port if options.port is not None else config.gateway.listen.port
     data_dir = options.data_dir or config.resolve_path(config.gateway.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    tls = config.gateway.tls
-    ssl_context = server_context(tls) if tls is not None else None
-    app = make_app(config, AppOptions(db=options.db))
+    if options.workers > 1 and options.worker is None:
+        from .workers import supervise
+        return supervise(options, config, host=host, port=port)
+    sock = listen_socket(host, port, reuse_port=options.worker is not None)
+    node = options.node or config.gateway.name
+    if options.worker is not None:
+        node = f"{node}.w{options.worker}"
+    app = make_app(config, AppOptions(db=options.db, node=node))
     install_event_loop()
+    asyncio.run(_run(app, config, sock, options))
+    return 0
 
-    def announce(_: object) -> None:
-        count = len(config.endpoints)
-        scheme = "https" if tls else "http"
-        mutual = " (client certificates required)" if tls and tls.client_ca else ""
-        print(f"bmrgw {config.gateway.name}: relaying on {scheme}://{host}:{port}/soap{mutual} "
-              f"({count} endpoint{'' if count == 1 else 's'} from {config.source}); Ctrl-C stops", flush=True)
 
-    web.run_app(app, host=host, port=port, access_log=None, print=announce, shutdown_timeout=30,
-                ssl_context=ssl_context)
+async def _run(app: web.Application, config: Config, sock: socket.socket, options: ServeOptions) -> None:
+    tls = config.gateway.tls
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.gateway.drain_timeout)
+    await runner.setup()
+    live, res = app[LIVE], app[RESILIENCE]
+
+    def answer(limit: int) -> bytes:
+        res.connections_refused += 1
+        return busy_answer(live.current.config.gateway.name, limit)
+
+    site = ListenSite(runner, sock, ssl_context=server_context(tls) if tls is not None else None,
+                      limit=lambda: live.current.config.gateway.limits.max_connections, answer=answer)
+    await site.start()
+    _announce(config, site.name, options)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, app, options)
+    await stopping.wait()
+    drain = config.gateway.drain_timeout
+    log.info("stopping: no new connections; requests in flight get up to %g s to finish", drain)
+    await runner.cleanup()
+    log.info("stopped; the send/receive log is flushed")
+
+
+def _reload(app: web.Application, options: ServeOptions) -> None:
+    live, metrics = app[LIVE], app[METRICS]
+    source = live.current.config.source or options.config
+    applied = live.reload(lambda: load_config(source, db=options.db))
+    metrics.config_generation.set(live.generation)
+    metrics.config_error.set(0 if applied else 1)
+    log.warning("SIGHUP: %s", f"config reloaded (generation {live.generation})" if applied
+                else f"config NOT reloaded, the previous table stays in force: {live.error}")
+
+
+def _announce(config: Config, where: str, options: ServeOptions) -> None:
+    count = len(config.endpoints)
+    tls = config.gateway.tls
+    mutual = " (client certificates required)" if tls and tls.client_ca else ""
+    worker = f" worker {options.worker}" if options.worker is not None else ""
+    print(f"bmrgw {config.gateway.name}{worker}: relaying on {where}/soap{mutual} "
+          f"({count} endpoint{'' if count == 1 else 's'} from {config.source}); Ctrl-C stops", flush=True)

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway.auth import client_of
 from gateway.errors import Forbidden
+from routing.config import Client
 
 from .config import Dataset
 
@@ -24,15 +25,18 @@ __all__ = ["Caller", "caller_of", "check_push", "check_query"]
 
 @dataclass(frozen=True)
 class Caller:
-    """The authenticated client of a request; ``name`` is None in open mode."""
+    """The authenticated client of a request; None in open mode."""
 
-    name: str | None = None
+    client: Client | None = None
+
+    @property
+    def name(self) -> str | None:
+        return None if self.client is None else self.client.name
 
 
 def caller_of(request: web.Request) -> Caller:
     """The caller of a ``/refdb`` request, as the authentication middleware identified it."""
-    client = client_of(request)
-    return Caller(None if client is None else client.name)
+    return Caller(client_of(request))
 
 
 def check_push(caller: Caller, dataset: Dataset) -> None:

@@ -21,6 +21,7 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table, insert
+from sqlalchemy.exc import DBAPIError
 
 from .config import ColumnType, Dataset
 
@@ -56,17 +57,20 @@ def bulk_insert(connection: Connection, table: Table, dataset: Dataset, rows: Se
     names = [*fixed, *(c.name for c in dataset.columns)]
     quote = connection.dialect.identifier_preparer.quote
     columns = ", ".join(quote(n) for n in names)
-    dbapi = connection.connection.dbapi_connection
-    assert dbapi is not None
-    cursor = dbapi.cursor()
+    raw = connection.connection.dbapi_connection
+    assert raw is not None
+    driver = connection.dialect.loaded_dbapi
+    if dialect == "postgresql":
+        sql = f"COPY {quote(table.name)} ({columns}) FROM STDIN"
+    else:
+        sql = f"INSERT INTO {quote(table.name)} ({columns}) VALUES ({', '.join('?' * len(names))})"
+    cursor = raw.cursor()
     try:
-        if dialect == "postgresql":
-            _copy(cursor, f"COPY {quote(table.name)} ({columns}) FROM STDIN", dataset, rows, fixed)
-        else:
-            _executemany(cursor, f"INSERT INTO {quote(table.name)} ({columns}) VALUES "
-                         f"({', '.join('?' * len(names))})", dataset, rows, fixed)
-    except connection.dialect.loaded_dbapi.IntegrityError as exc:
+        (_copy if dialect == "postgresql" else _executemany)(cursor, sql, dataset, rows, fixed)
+    except driver.IntegrityError as exc:
         raise DriverIntegrityError(str(exc)) from exc
+    except driver.Error as exc:  # as SQLAlchemy would have raised it: callers retry locks, translate the rest
+        raise DBAPIError.instance(sql, None, exc, driver.Error) from exc
     finally:
         cursor.close()
 

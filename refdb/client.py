@@ -15,13 +15,14 @@ from __future__ import annotations
 import base64
 import http.client
 import queue
+import re
 import ssl
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape
 
 from lxml import etree
 
@@ -66,12 +67,33 @@ class ChangesPage:
     deletes: list[Fields]
 
 
+#: What must be escaped in a double-quoted attribute so that it reads back exactly (XML would
+#: turn a raw newline or tab into a space).
+_ATTRIBUTE = str.maketrans({"&": "&amp;", "<": "&lt;", '"': "&quot;", "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"})
+_NEEDS_ESCAPE = re.compile(r'[&<"\n\r\t]')
+_FIELD_OPEN: dict[str, str] = {}
+
+
+def _attribute(value: str) -> str:
+    return value.translate(_ATTRIBUTE) if _NEEDS_ESCAPE.search(value) else value
+
+
+def _field_open(name: str) -> str:
+    """``<r:field name="…"`` for a field name, built once per name (a push repeats a few names)."""
+    found = _FIELD_OPEN.get(name)
+    if found is None:
+        found = f'<r:field name="{_attribute(name)}"'
+        if len(_FIELD_OPEN) < 10_000:
+            _FIELD_OPEN[name] = found
+    return found
+
+
 def _fields_xml(parts: list[str], fields: Fields) -> None:
     for name, value in fields.items():
         if value is None:
-            parts.append(f"<r:field name={quoteattr(name)}/>")
+            parts.append(f"{_field_open(name)}/>")
         else:
-            parts.append(f"<r:field name={quoteattr(name)} value={quoteattr(value)}/>")
+            parts.append(f'{_field_open(name)} value="{_attribute(value)}"/>')
 
 
 def _items_xml(tag: str, items: Iterable[Fields]) -> str:
@@ -162,8 +184,8 @@ class RefdbClient:
     def query(self, dataset: str, filters: Sequence[tuple[str, str, str | None]] = (), *, offset: int = 0,
               limit: int = 1000, version: int | None = None) -> QueryPage:
         """One page of live records; ``filters`` are (column, op, value) with op eq/ne/lt/le/gt/ge."""
-        found = "".join(f"<r:filter name={quoteattr(c)} op={quoteattr(op)}"
-                        + (f" value={quoteattr(v)}" if v is not None else "") + "/>" for c, op, v in filters)
+        found = "".join(f'<r:filter name="{_attribute(c)}" op="{_attribute(op)}"'
+                        + (f' value="{_attribute(v)}"' if v is not None else "") + "/>" for c, op, v in filters)
         inner = (_scalars_xml(dataset=dataset) + (f"<r:filters>{found}</r:filters>" if found else "")
                  + _scalars_xml(offset=offset, limit=limit, version=version))
         answer = self.call("Query", inner)

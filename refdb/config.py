@@ -109,6 +109,8 @@ def parse_refdb(raw: Any, *, clients: frozenset[str] = frozenset()) -> RefdbSett
 
     With ``clients`` (the names under ``clients:``), owners and readers must be among them.
     """
+    from routing.config import _known, _mapping  # routing.config imports this module: read its helpers late
+
     m = _mapping({} if raw is None else raw, "refdb")
     _known(m, "refdb", {"datasets", "read_role"})
     role = m.get("read_role")
@@ -123,6 +125,8 @@ def parse_refdb(raw: Any, *, clients: frozenset[str] = frozenset()) -> RefdbSett
 
 
 def _dataset(name: str, raw: Any) -> Dataset:
+    from routing.config import _known, _mapping
+
     path = f"refdb.datasets.{name}"
     if not DATASET_NAME.fullmatch(name) or len(name) > MAX_DATASET_NAME:
         raise ConfigError(f"{path}: {name!r} is not a valid dataset name (lower-case letters and digits "
@@ -185,18 +189,3 @@ def _text(value: Any, path: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{path}: must be a non-empty string")
     return value
-
-
-def _mapping(value: Any, path: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{path}: must be a mapping, not {type(value).__name__}")
-    for key in value:
-        if not isinstance(key, str):
-            raise ConfigError(f"{path}: keys must be strings, not {key!r}")
-    return value
-
-
-def _known(m: Mapping[str, Any], path: str, allowed: set[str]) -> None:
-    unknown = sorted(set(m) - allowed)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r} (expected one of {', '.join(sorted(allowed))})")

@@ -24,7 +24,9 @@ never drops or rewrites data on its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -49,14 +51,14 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import Column as SqlColumn
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.types import TypeEngine
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, RefdbUnavailable
 
 from .config import Column, ColumnType, Dataset, RefdbSettings
 
-__all__ = ["DatasetTables", "META", "DATASETS", "PUSHES", "tables_for", "ensure_schema", "utcnow"]
+__all__ = ["DatasetTables", "META", "DATASETS", "PUSHES", "tables_for", "ensure_schema", "translated", "utcnow"]
 
 META = MetaData()
 DATASETS = Table(
@@ -84,6 +86,17 @@ PUSHES = Table(
 VERSION = "_version"
 DELETED = "_deleted"
 PUSH = "_push"
+
+
+@contextlib.contextmanager
+def translated(what: str) -> Iterator[None]:
+    """SQLAlchemy errors become :class:`RefdbUnavailable` with the driver's first line."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        orig = exc.orig if isinstance(exc, DBAPIError) else exc
+        reason = (str(orig).strip().splitlines() or [type(exc).__name__])[0]
+        raise RefdbUnavailable(f"{what}: {reason}") from exc
 
 
 def utcnow() -> datetime:
@@ -139,17 +152,18 @@ def _ordered(dataset: Dataset, order: list[str] | None) -> list[str]:
 
 def ensure_schema(engine: Engine, settings: RefdbSettings) -> dict[str, DatasetTables]:
     """Create or migrate every declared dataset; returns their tables by name."""
-    try:
-        META.create_all(engine)
-    except SQLAlchemyError:
-        META.create_all(engine)  # another node created them at the same moment
-    found: dict[str, DatasetTables] = {}
-    for dataset in settings.datasets.values():
+    with translated("cannot create the reference DB tables"):
         try:
-            found[dataset.name] = _ensure_dataset(engine, dataset, settings.read_role)
-        except IntegrityError:  # another node declared it first: migrate against what it stored
-            found[dataset.name] = _ensure_dataset(engine, dataset, settings.read_role)
-    return found
+            META.create_all(engine)
+        except SQLAlchemyError:
+            META.create_all(engine)  # another node created them at the same moment
+        found: dict[str, DatasetTables] = {}
+        for dataset in settings.datasets.values():
+            try:
+                found[dataset.name] = _ensure_dataset(engine, dataset, settings.read_role)
+            except IntegrityError:  # another node declared it first: migrate against what it stored
+                found[dataset.name] = _ensure_dataset(engine, dataset, settings.read_role)
+        return found
 
 
 def _ensure_dataset(engine: Engine, dataset: Dataset, read_role: str | None) -> DatasetTables:

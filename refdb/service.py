@@ -19,6 +19,11 @@ push in one request (up to ``gateway.max_message_bytes``).  A big push is
 ``Abort(pushId)``.  The commit is one transaction and one version (see
 :mod:`refdb.store`); a bad value in any batch refuses the whole push.
 
+WS-Security.  A client whose entry has ``wss.verify`` must sign its refdb
+requests like its relayed ones; its requests are then read whole (each is
+at most ``gateway.max_message_bytes``; big pushes come in batches anyway),
+verified, and only then parsed.
+
 Logging.  A push or delete writes its send/receive log record inside its own
 commit (:meth:`gateway.journal.Journal.write_in`), so the change and its
 record commit or vanish together; every other operation, and every fault,
@@ -36,6 +41,7 @@ from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import aiohttp
 from aiohttp import web
 from lxml import etree
 from sqlalchemy import Connection
@@ -47,12 +53,16 @@ from gateway.errors import (
     GatewayError,
     InvalidRecord,
     InvalidRequest,
+    MalformedMessage,
+    MessageTooLarge,
+    RefdbUnavailable,
     RequestTimeout,
     UnsupportedMediaType,
 )
 from gateway.ids import new_message_id
 from gateway.journal import Journal, JournalUnavailable, LogRecord
 from gateway.ns import SoapVersion
+from gateway.secure import MessageSecurity
 from gateway.soap import fault_content_type, gateway_fault, version_for
 from gateway.store import Store
 from routing.config import Config
@@ -77,11 +87,15 @@ _CHUNK = 256 * 1024
 
 
 def add_refdb(app: web.Application, *, live: web.AppKey[LiveTable], store: web.AppKey[Store],
-              clock: web.AppKey[Clock], journal: web.AppKey[Journal]) -> None:
-    """Mount ``/refdb`` on the gateway app; tables are created or migrated when it starts."""
+              clock: web.AppKey[Clock], journal: web.AppKey[Journal],
+              security: web.AppKey[MessageSecurity]) -> None:
+    """Mount ``/refdb`` on the gateway app; tables are created or migrated when it starts.
+
+    ``security`` is looked up per request (it is set up after this service starts).
+    """
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         service = RefdbService(live=app[live], engine_store=app[store], clock=app[clock],
-                               journal=app.get(journal))
+                               journal=app.get(journal), security=lambda: app[security])
         await service.start()
         app[SERVICE] = service
         yield
@@ -120,8 +134,10 @@ class Outcome:
 class RefdbService:
     """Datasets, store and log for ``/refdb``; schema follows the live config."""
 
-    def __init__(self, *, live: LiveTable, engine_store: Store, clock: Clock, journal: Journal | None) -> None:
+    def __init__(self, *, live: LiveTable, engine_store: Store, clock: Clock, journal: Journal | None,
+                 security: Callable[[], MessageSecurity]) -> None:
         self._live = live
+        self._security = security
         self._engine = engine_store.engine
         self._clock = clock
         self._journal = journal
@@ -159,7 +175,8 @@ class RefdbService:
         outcome = Outcome(arrived=self._clock.now())
         version = version_for(request.content_type) or SoapVersion.V11
         call: Call | None = None
-        # One thread per request: lxml trees must stay in the thread that parsed them.
+        # One thread per request: its lxml parser and answer tree stay in that thread (lxml is not
+        # safe across threads), and parsing never blocks the event loop.
         worker = ThreadPoolExecutor(1, thread_name_prefix="refdb")
         try:
             if version_for(request.content_type) is None:
@@ -167,9 +184,10 @@ class RefdbService:
             store = await self._current(config)
             call = Call(store=store, caller=caller_of(request), outcome=outcome,
                         write_log=self._log_in_commit)
-            answer = await self._run(request, call, worker, config)
+            answer = await self._run(self._body(request, call, config), call, worker, config)
             status = 200
-        except GatewayError as exc:
+        except Exception as unexpected:  # every failure a caller meets is a SOAP fault, never a bare 500
+            exc = unexpected if isinstance(unexpected, GatewayError) else _internal(unexpected)
             if call is not None:
                 await _in(worker, call.cleanup, exc)
             log.info("refdb fault %s: %s", exc.code, exc.reason)
@@ -181,12 +199,33 @@ class RefdbService:
             worker.shutdown(wait=False)
         return web.Response(body=answer, status=status, content_type=version.content_type, charset="utf-8")
 
-    @staticmethod
-    async def _run(request: web.Request, call: Call, worker: ThreadPoolExecutor, config: Config) -> bytes:
-        """Stream the body through the reader, then run the operation; all lxml work in ``worker``."""
-        reader = await _in(worker, RequestReader, call.item, config.gateway.max_message_bytes)
+    async def _body(self, request: web.Request, call: Call, config: Config) -> AsyncIterator[bytes]:
+        """The body in chunks: streamed, or — for a client that must sign (``wss.verify``) — read
+        whole (at most ``gateway.max_message_bytes``) and verified first."""
         timeout = config.gateway.client_timeout
+        client = call.caller.client
+        if client is None or client.wss_verify is None:
+            while chunk := await _gather(request, timeout):
+                yield chunk
+            return
+        pieces, size = [], 0
         while chunk := await _gather(request, timeout):
+            size += len(chunk)
+            if size > config.gateway.max_message_bytes:
+                raise MessageTooLarge(f"a signed request may be at most {config.gateway.max_message_bytes} bytes",
+                                      detail="gateway.max_message_bytes")
+            pieces.append(chunk)
+        whole = b"".join(pieces)
+        await self._security().verify_client(whole, content_type=request.content_type, client=client,
+                                             settings=config.gateway)
+        for start in range(0, len(whole), _CHUNK):
+            yield whole[start:start + _CHUNK]
+
+    @staticmethod
+    async def _run(body: AsyncIterator[bytes], call: Call, worker: ThreadPoolExecutor, config: Config) -> bytes:
+        """Feed the body through the reader, then run the operation; all lxml work in ``worker``."""
+        reader = await _in(worker, RequestReader, call.item, config.gateway.max_message_bytes)
+        async for chunk in body:
             call.outcome.bytes_in += len(chunk)
             call.outcome.digest.update(chunk)
             await _in(worker, reader.feed, chunk)
@@ -226,6 +265,12 @@ class RefdbService:
 
 
 SERVICE = web.AppKey("refdb_service", RefdbService)
+
+
+def _internal(exc: Exception) -> GatewayError:
+    """A bug or an unforeseen failure: logged with its traceback, answered as a Server fault."""
+    log.exception("refdb: unexpected failure")
+    return RefdbUnavailable(f"the reference DB failed unexpectedly ({type(exc).__name__}); see the gateway log")
 T = TypeVar("T")
 
 
@@ -243,6 +288,8 @@ async def _gather(request: web.Request, timeout: float) -> bytes:
                 piece = await request.content.read(_CHUNK - size)
         except TimeoutError as exc:
             raise RequestTimeout(f"the caller sent nothing for {timeout:g} s") from exc
+        except (aiohttp.ClientPayloadError, ConnectionResetError) as exc:
+            raise MalformedMessage(f"the request body is incomplete: {exc}") from exc
         if not piece:
             break
         pieces.append(piece)

@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -57,15 +59,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.sql import ColumnElement
 
 from gateway.errors import InvalidRecord, InvalidRequest, RefdbUnavailable, UnknownDataset, UnknownPush, VersionChanged
 
 from .bulk import DriverIntegrityError, bulk_insert
-from .schema import DATASETS, DELETED, PUSH, PUSHES, VERSION, DatasetTables, utcnow
+from .schema import DATASETS, DELETED, PUSH, PUSHES, VERSION, DatasetTables, translated, utcnow
 
 __all__ = ["RefStore", "PushResult", "Page", "ChangesPage", "Filter", "MODES", "OPERATORS", "MAX_LIMIT"]
+
+log = logging.getLogger("bmrgw.refdb")
+T = TypeVar("T")
 
 MODES = ("full", "diff")
 #: Filter operators: equality and ranges.
@@ -74,6 +79,8 @@ MAX_LIMIT = 10_000
 #: Pushes left open this long (client died) are dropped with their staged records.
 STALE_PUSH = timedelta(hours=24)
 _DELETE_CHUNK = 500
+#: Seconds a write waits for another writer's SQLite lock (a 1,000,000-row commit) before giving up.
+LOCK_WAIT = 300.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,17 +126,6 @@ class ChangesPage:
 
 
 @contextlib.contextmanager
-def translated(what: str) -> Iterator[None]:
-    """SQLAlchemy errors become :class:`RefdbUnavailable` with the driver's first line."""
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        orig = exc.orig if isinstance(exc, DBAPIError) else exc
-        reason = (str(orig).strip().splitlines() or [type(exc).__name__])[0]
-        raise RefdbUnavailable(f"{what}: {reason}") from exc
-
-
-@contextlib.contextmanager
 def snapshot(engine: Engine) -> Iterator[Connection]:
     """A connection whose statements all read one snapshot of the database."""
     with engine.connect() as connection:
@@ -168,6 +164,33 @@ class RefStore:
             raise UnknownDataset(f"no dataset {name!r} is declared under refdb.datasets", detail=name)
         return found
 
+    def _write(self, what: str, work: Callable[[Connection], T], *, duplicates: bool = False) -> T:
+        """Run ``work`` in one write transaction.
+
+        SQLite has one writer at a time, and the commit of a big push holds
+        the lock for longer than the driver's 5 s busy timeout: a write that
+        finds the database locked waits and tries again, up to
+        :data:`LOCK_WAIT` seconds, instead of failing the caller's push.
+        With ``duplicates``, a key already staged comes out as :class:`DriverIntegrityError`.
+        """
+        deadline = time.monotonic() + LOCK_WAIT
+        delay = 0.05
+        with translated(what):
+            while True:
+                try:
+                    with self.engine.begin() as connection:
+                        return work(connection)
+                except IntegrityError as exc:
+                    if not duplicates:
+                        raise
+                    raise DriverIntegrityError(str(exc.orig)) from exc
+                except OperationalError as exc:
+                    if "database is locked" not in str(exc.orig) or time.monotonic() + delay > deadline:
+                        raise
+                log.info("refdb: the database is locked by another writer; %s again in %.2f s", what, delay)
+                time.sleep(delay)
+                delay = min(2 * delay, 1.0)
+
     # -- pushes ----------------------------------------------------------------
 
     def begin_push(self, dataset: str, mode: str, client: str | None) -> str:
@@ -177,11 +200,14 @@ class RefStore:
             raise InvalidRequest(f"mode must be full or diff, not {mode!r}")
         push_id = str(uuid.uuid4())
         now = utcnow()
-        with translated("cannot open the push"), self.engine.begin() as connection:
+
+        def work(connection: Connection) -> None:
             self._expire(connection, now)
             connection.execute(insert(PUSHES).values(
                 id=push_id, dataset=dataset, mode=mode, client=client, state="open", received=0,
                 bytes=0, digest="", created=now, touched=now))
+
+        self._write("cannot open the push", work)
         return push_id
 
     def _expire(self, connection: Connection, now: Any) -> None:
@@ -204,22 +230,23 @@ class RefStore:
         the fault when a key repeats one staged by an earlier batch.
         """
         tables = self.dataset(dataset)
-        with translated("cannot stage the records"):
-            try:
-                with self.engine.begin() as connection:
-                    push = self._open(connection, push_id, dataset)
-                    if rows:
-                        bulk_insert(connection, tables.stage, tables.dataset, rows, {PUSH: push_id})
-                    received = int(push.received) + len(rows)
-                    connection.execute(update(PUSHES).where(PUSHES.c.id == push_id).values(
-                        received=received, bytes=PUSHES.c.bytes + size,
-                        digest=_chain(push.digest, digest), touched=utcnow()))
-                    return received
-            except (IntegrityError, DriverIntegrityError):
-                self.fail(push_id)
-                raise InvalidRecord(
-                    f"a record in the batch starting at record {first} repeats a key already pushed "
-                    f"in push {push_id}; the push is refused", record=first) from None
+
+        def work(connection: Connection) -> int:
+            push = self._open(connection, push_id, dataset)
+            if rows:
+                bulk_insert(connection, tables.stage, tables.dataset, rows, {PUSH: push_id})
+            received = int(push.received) + len(rows)
+            connection.execute(update(PUSHES).where(PUSHES.c.id == push_id).values(
+                received=received, bytes=PUSHES.c.bytes + size, digest=_chain(push.digest, digest),
+                touched=utcnow()))
+            return received
+
+        try:
+            return self._write("cannot stage the records", work, duplicates=True)
+        except DriverIntegrityError:
+            self.fail(push_id)
+            raise InvalidRecord(f"a record in the batch starting at record {first} repeats a key already pushed "
+                                f"in push {push_id}; the push is refused", record=first) from None
 
     def _open(self, connection: Connection, push_id: str, dataset: str | None = None) -> Row[Any]:
         push = connection.execute(select(PUSHES).where(PUSHES.c.id == push_id).with_for_update()).first()
@@ -231,17 +258,20 @@ class RefStore:
 
     def fail(self, push_id: str) -> None:
         """Refuse a push after a bad batch: its staged records go, and it can no longer commit."""
-        with translated("cannot refuse the push"), self.engine.begin() as connection:
+        def work(connection: Connection) -> None:
             push = connection.execute(select(PUSHES).where(PUSHES.c.id == push_id)).first()
             if push is not None:
                 self._drop(connection, push_id, push.dataset)
                 connection.execute(insert(PUSHES).values(**{**push._mapping, "state": "failed", "touched": utcnow()}))
 
+        self._write("cannot refuse the push", work)
+
     def abort(self, push_id: str) -> None:
         """Drop an open push and its staged records."""
-        with translated("cannot abort the push"), self.engine.begin() as connection:
-            push = self._open(connection, push_id)
-            self._drop(connection, push_id, push.dataset)
+        def work(connection: Connection) -> None:
+            self._drop(connection, push_id, self._open(connection, push_id).dataset)
+
+        self._write("cannot abort the push", work)
 
     def push_dataset(self, push_id: str) -> tuple[str, str | None]:
         """The dataset and client of an open push (for access checks before committing)."""
@@ -251,12 +281,11 @@ class RefStore:
 
     def commit(self, push_id: str, on_commit: OnCommit | None = None) -> PushResult:
         """Apply the staged records as the next version, in one transaction."""
-        with translated("cannot commit the push"), self.engine.begin() as connection:
+        def work(connection: Connection) -> PushResult:
             push = self._open(connection, push_id)
             tables = self.dataset(push.dataset)
             version = _bump(connection, push.dataset)
-            counts = _apply(connection, tables, push_id, version, full=push.mode == "full")
-            inserted, changed, deleted = counts
+            inserted, changed, deleted = _apply(connection, tables, push_id, version, full=push.mode == "full")
             received = int(push.received)
             result = PushResult(dataset=push.dataset, version=version, mode=push.mode, received=received,
                                 inserted=inserted, updated=changed - inserted, deleted=deleted,
@@ -268,6 +297,8 @@ class RefStore:
                 on_commit(connection, result)
             return result
 
+        return self._write("cannot commit the push", work)
+
     # -- deletes ---------------------------------------------------------------
 
     def delete(self, dataset: str, keys: Sequence[dict[str, Any]], on_commit: OnCommit | None = None) -> PushResult:
@@ -275,7 +306,7 @@ class RefStore:
         tables = self.dataset(dataset)
         rows = tables.rows
         columns = [rows.c[k] for k in tables.dataset.key]
-        with translated("cannot delete"), self.engine.begin() as connection:
+        def work(connection: Connection) -> PushResult:
             version = _bump(connection, dataset)
             deleted = 0
             for start in range(0, len(keys), _DELETE_CHUNK):
@@ -288,6 +319,8 @@ class RefStore:
             if on_commit is not None:
                 on_commit(connection, result)
             return result
+
+        return self._write("cannot delete", work)
 
     # -- reading ---------------------------------------------------------------
 

@@ -48,6 +48,7 @@ examples:
   bmrgw endpoints add juki-west --via dc-west
   bmrgw endpoints set kaigo --url https://10.1.2.4/kaigo
   bmrgw endpoints remove kaigo
+  bmrgw endpoints reset kaigo
   bmrgw endpoints check --config /etc/bmrgw/endpoints.yaml"""
 
 
@@ -59,7 +60,7 @@ def add_endpoints_command(commands: Any, config_option: ConfigOption) -> None:
     )
     parser.set_defaults(run=lambda args: _usage(parser))
     actions = parser.add_subparsers(title="actions", metavar="ACTION")
-    for register in (_add_list, _add_show, _add_add, _add_set, _add_remove, _add_check):
+    for register in (_add_list, _add_show, _add_add, _add_set, _add_remove, _add_check, _add_reset):
         register(actions, config_option)
 
 
@@ -150,6 +151,20 @@ def _add_check(actions: Actions, config_option: ConfigOption) -> None:
     p.set_defaults(run=_check)
 
 
+def _add_reset(actions: Actions, config_option: ConfigOption) -> None:
+    p = actions.add_parser(
+        "reset", help="close the circuits of an endpoint or peer on every running gateway",
+        description="Close the circuit breakers of NAME's URLs (an endpoint or a peer) on every "
+        "gateway process that shares this config's store, so messages go to it again at once "
+        "instead of after the back-off. The request travels through the store; the command waits "
+        "up to 5 s to see it applied. Exit status 0 when no process reports NAME's circuits open, "
+        "1 when one still does.",
+    )
+    config_option(p)
+    p.add_argument("name", metavar="NAME", help="the endpoint or peer whose circuits to close")
+    p.set_defaults(run=_reset)
+
+
 def _target_options(p: argparse.ArgumentParser, *, required: bool) -> None:
     kind = p.add_mutually_exclusive_group(required=required)
     kind.add_argument("--url", metavar="URL",
@@ -165,12 +180,21 @@ def _target_options(p: argparse.ArgumentParser, *, required: bool) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from gateway import control
+
     config = load_config(args.config)
     if args.format == "json":
-        print(json.dumps(_listing(config), indent=2))
+        circuits, error = control.circuit_listing(config)
+        print(json.dumps({**_listing(config), "circuits": circuits, "circuits_error": error}, indent=2))
     else:
-        print("\n".join(_list_lines(config)))
+        print("\n".join([*_list_lines(config), "", *control.circuit_lines(config, _table)]))
     return 0
+
+
+def _reset(args: argparse.Namespace) -> int:
+    from gateway import control
+
+    return control.reset(load_config(args.config), args.name)
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -195,7 +219,7 @@ def _check(args: argparse.Namespace) -> int:
 def _list_lines(config: Config) -> list[str]:
     routes = RouteTable(config)
     endpoints = [_endpoint_row(ep, routes) for ep in config.endpoints.values()]
-    peers = [[p.name, p.url, _seconds(p.timeout)] for p in config.peers.values()]
+    peers = [[p.name, " ".join(p.failover), _seconds(p.timeout)] for p in config.peers.values()]
     lines = _table(["NAME", "KIND", "TARGET", "TIMEOUT"], endpoints) if endpoints else ["no endpoints"]
     lines += [""] + (_table(["PEER", "URL", "TIMEOUT"], peers) if peers else ["no peers"])
     fallback = config.gateway.fallback_peer
@@ -210,7 +234,7 @@ def _endpoint_row(ep: Endpoint, routes: RouteTable) -> list[str]:
         return [ep.name, "via", ep.via, timeout]
     if isinstance(ep, MailboxEndpoint):
         return [ep.name, "mailbox", f"JX receiver {ep.mailbox}", "-"]
-    return [ep.name, "url", ep.url, timeout]
+    return [ep.name, "url", " ".join(ep.failover), timeout]
 
 
 def _listing(config: Config) -> dict[str, Any]:

@@ -51,6 +51,8 @@ __all__ = [
     "Outbound",
     "BasicCredentials",
     "WssSign",
+    "LimitSettings",
+    "BreakerSettings",
     "load_config",
     "parse_text",
     "parse_config",
@@ -62,6 +64,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 3600.0
+DEFAULT_QUEUE_TIMEOUT = 5.0
 
 _NOT_YET = "is not supported by this version of bmrgw yet"
 #: How ``bmrgw hash-password`` hashes start (see gateway/passwords.py).
@@ -155,10 +158,18 @@ class GatewaySettings:
     """The send/receive log."""
     tls: TlsSettings | None = None
     """Serve HTTPS (and require client certificates) instead of plain HTTP."""
+    limits: LimitSettings = field(default_factory=lambda: LimitSettings())
+    """Connection and request-rate limits (resilience)."""
+    breaker: BreakerSettings = field(default_factory=lambda: BreakerSettings())
+    """When a URL's circuit opens and how long it stays open."""
+    drain_timeout: float = 30.0
+    """Seconds a stopping gateway lets requests in flight finish before it cuts them off."""
     wss: WssSettings = field(default_factory=lambda: WssSettings())
     """WS-Security time limits (signature verification and signing)."""
     jx: JxSettings = field(default_factory=JxSettings)
     """The JX polling relay."""
+    max_attachment_bytes: int = 2 * 1024 * 1024 * 1024
+    """Largest multipart/related (SwA, MTOM) request body relayed; its root part stays under the envelope limits."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,6 +223,17 @@ class UrlEndpoint:
     """Seconds to wait for the endpoint to answer."""
     outbound: Outbound = field(default_factory=Outbound)
     """TLS trust, client certificate, Basic credentials and signing for this endpoint."""
+    urls: tuple[str, ...] = ()
+    """Every URL in failover order (``url`` is the first); empty means just ``url``."""
+    max_concurrent: int | None = None
+    """Requests in flight to this endpoint at once; more wait in a queue. ``None``: no limit."""
+    queue_timeout: float = DEFAULT_QUEUE_TIMEOUT
+    """Seconds a request waits for a free slot before it is refused as EndpointBusy."""
+
+    @property
+    def failover(self) -> tuple[str, ...]:
+        """The URLs to try, in order."""
+        return self.urls or (self.url,)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -243,6 +265,17 @@ class Peer:
     """Seconds to wait for the peer to answer."""
     outbound: Outbound = field(default_factory=Outbound)
     """TLS trust, client certificate and Basic credentials for this peer."""
+    max_concurrent: int | None = None
+    """Requests in flight to this peer at once; more wait in a queue. ``None``: no limit."""
+    queue_timeout: float = DEFAULT_QUEUE_TIMEOUT
+    """Seconds a request waits for a free slot before it is refused as EndpointBusy."""
+    urls: tuple[str, ...] = ()
+    """Every URL of the peer in failover order (``url`` is the first); empty means just ``url``."""
+
+    @property
+    def failover(self) -> tuple[str, ...]:
+        """The peer URLs to try, in order."""
+        return self.urls or (self.url,)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -350,7 +383,8 @@ def parse_config(data: Any, *, source: Path | None = None, db: str | None = None
 def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer], base: Path) -> GatewaySettings:
     g = _mapping(raw, "gateway")
     allowed = {"name", "listen", "tls", "db", "data_dir", "max_message_bytes",
-               "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp", "logs", "wss", "jx"}
+               "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp", "logs", "wss", "jx",
+               "max_attachment_bytes", *_RESILIENCE_KEYS}
     _known(g, "gateway", allowed)
     defaults = GatewaySettings()
     fallback = g.get("fallback_peer")
@@ -372,8 +406,11 @@ def _gateway(raw: Any, db: str | None, peers: Mapping[str, Peer], base: Path) ->
         ntp=_ntp(_section(g, "ntp")),
         logs=_logs(_section(g, "logs")),
         tls=_tls(g["tls"], base) if g.get("tls") is not None else None,
+        **_resilience(g),
         wss=_wss_settings(_section(g, "wss")),
         jx=_jx(_section(g, "jx")),
+        max_attachment_bytes=_int(g.get("max_attachment_bytes", defaults.max_attachment_bytes),
+                                  "gateway.max_attachment_bytes", low=1024),
     )
 
 
@@ -463,26 +500,32 @@ def endpoint_from(name: str, raw: Any, peers: Mapping[str, Peer], base: Path | N
     """Validate one ``endpoints.<name>`` entry; relative file names resolve against ``base``."""
     path = f"endpoints.{name}"
     m = _mapping(raw, path)
-    _known(m, path, {"url", "via", "mailbox", "timeout", *_OUTBOUND_KEYS, "wss"})
-    kinds = [k for k in ("url", "via", "mailbox") if k in m]
+    _known(m, path, {"url", "urls", "via", "mailbox", "timeout", *_OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS})
+    kinds = [k for k in ("url", "urls", "via", "mailbox") if k in m]
     if len(kinds) != 1:
-        raise ConfigError(f"{path}: needs exactly one of url or via (or mailbox: ID for a JX mailbox)")
+        raise ConfigError(f"{path}: needs exactly one of url or via (or urls, a failover list; or mailbox: ID "
+                          "for a JX mailbox)")
     if "mailbox" in m:
         return _mailbox(name, m, path)
     if "via" in m:
-        for key in ("timeout", *_OUTBOUND_KEYS, "wss"):
+        for key in ("timeout", *_OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS):
             if key in m:
                 raise ConfigError(f"{path}.{key}: set the {key} on the peer, not on a via endpoint")
         via = _str(m["via"], f"{path}.via")
         if via not in peers:
             raise ConfigError(f"{path}.via: no peer named {via!r} under peers")
         return PeerEndpoint(name=name, via=via)
-    url = _url(m["url"], f"{path}.url")
+    urls = _urls(m, path)
+    outbound = _outbound(m, path, urls[0], base or Path.cwd(), signing=True)
+    if len({URL(u).scheme for u in urls}) > 1 and outbound != Outbound():
+        raise ConfigError(f"{path}.urls: mix of http and https URLs with ca/cert/key/basic/wss set")
     return UrlEndpoint(
         name=name,
-        url=url,
+        url=urls[0],
         timeout=_number(m.get("timeout", DEFAULT_TIMEOUT), f"{path}.timeout", low=0.001, high=MAX_TIMEOUT),
-        outbound=_outbound(m, path, url, base or Path.cwd(), signing=True),
+        outbound=outbound,
+        urls=urls if "urls" in m else (),
+        **_endpoint_limits(m, path),
     )
 
 
@@ -491,7 +534,7 @@ JX_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 def _mailbox(name: str, m: Mapping[str, Any], path: str) -> MailboxEndpoint:
-    for key in ("timeout", *_OUTBOUND_KEYS, "wss"):
+    for key in ("timeout", *_OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS):
         if key in m:
             raise ConfigError(f"{path}.{key}: a mailbox endpoint stores messages; it has no {key}")
     mailbox = m["mailbox"]
@@ -585,15 +628,17 @@ def _peers(raw: Any, base: Path) -> Mapping[str, Peer]:
     for name, value in _mapping(raw, "peers").items():
         path = f"peers.{name}"
         m = _mapping(value, path)
-        _known(m, path, {"url", "timeout", *_OUTBOUND_KEYS})
-        if "url" not in m:
-            raise ConfigError(f"{path}: needs a url")
-        url = _url(m["url"], f"{path}.url")
+        _known(m, path, {"url", "urls", "timeout", *_OUTBOUND_KEYS, *_ENDPOINT_LIMIT_KEYS})
+        if ("url" in m) == ("urls" in m):
+            raise ConfigError(f"{path}: needs a url (or urls, a failover list)")
+        urls = _urls(m, path)
         out[_name(name, "peers key")] = Peer(
             name=name,
-            url=url,
+            url=urls[0],
             timeout=_number(m.get("timeout", DEFAULT_TIMEOUT), f"{path}.timeout", low=0.001, high=MAX_TIMEOUT),
-            outbound=_outbound(m, path, url, base, signing=False),
+            outbound=_outbound(m, path, urls[0], base, signing=False),
+            **_endpoint_limits(m, path),
+            urls=urls if "urls" in m else (),
         )
     return MappingProxyType(out)
 
@@ -687,6 +732,94 @@ def _password_file(value: Any, path: str, base: Path) -> str:
     if not password:
         raise ConfigError(f"{path}.password_file: {file} is empty")
     return password
+
+
+# -- resilience: failover URLs, breaker, limits (README "Resilience") ------------------
+
+_RESILIENCE_KEYS = ("limits", "breaker", "drain_timeout")
+_ENDPOINT_LIMIT_KEYS = ("max_concurrent", "queue_timeout")
+#: Most failover URLs one endpoint may list.
+MAX_URLS = 16
+
+
+@dataclass(frozen=True, kw_only=True)
+class LimitSettings:
+    max_connections: int | None = None
+    """Open client connections per gateway process; more are answered 503 GatewayBusy. ``None``: no limit."""
+    client_rate: float | None = None
+    """Requests per second one client (or, in open mode, one remote address) may send; ``None``: no limit."""
+    client_burst: int | None = None
+    """Requests a client may send at once above its rate; default twice the rate (at least 1)."""
+
+    @property
+    def burst(self) -> float:
+        if self.client_burst is not None:
+            return float(self.client_burst)
+        return max(1.0, 2 * (self.client_rate or 0))
+
+
+@dataclass(frozen=True, kw_only=True)
+class BreakerSettings:
+    failures: int = 5
+    """Consecutive connection failures or timeouts of one URL that open its circuit."""
+    backoff: float = 5.0
+    """Seconds an open circuit waits before it lets one probe through (half-open)."""
+    max_backoff: float = 60.0
+    """The wait doubles after each failed probe, up to this many seconds."""
+
+
+def _resilience(g: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``limits``, ``breaker`` and ``drain_timeout`` keys of ``gateway``."""
+    return {
+        "limits": _limits(_mapping(_section(g, "limits"), "gateway.limits")),
+        "breaker": _breaker(_mapping(_section(g, "breaker"), "gateway.breaker")),
+        "drain_timeout": _number(g.get("drain_timeout", GatewaySettings.drain_timeout), "gateway.drain_timeout",
+                                 low=0, high=MAX_TIMEOUT),
+    }
+
+
+def _limits(m: Mapping[str, Any]) -> LimitSettings:
+    path = "gateway.limits"
+    _known(m, path, {"max_connections", "client_rate", "client_burst"})
+    conns, rate, burst = m.get("max_connections"), m.get("client_rate"), m.get("client_burst")
+    if burst is not None and rate is None:
+        raise ConfigError(f"{path}.client_burst: only applies together with client_rate")
+    return LimitSettings(
+        max_connections=None if conns is None else _int(conns, f"{path}.max_connections", low=1, high=1_000_000),
+        client_rate=None if rate is None else _number(rate, f"{path}.client_rate", low=0.001, high=1e6),
+        client_burst=None if burst is None else _int(burst, f"{path}.client_burst", low=1, high=1_000_000),
+    )
+
+
+def _breaker(m: Mapping[str, Any]) -> BreakerSettings:
+    path, d = "gateway.breaker", BreakerSettings()
+    _known(m, path, {"failures", "backoff", "max_backoff"})
+    backoff = _number(m.get("backoff", d.backoff), f"{path}.backoff", low=0.01, high=MAX_TIMEOUT)
+    top = _number(m.get("max_backoff", max(d.max_backoff, backoff)), f"{path}.max_backoff", low=backoff,
+                  high=MAX_TIMEOUT)
+    return BreakerSettings(failures=_int(m.get("failures", d.failures), f"{path}.failures", low=1, high=10_000),
+                           backoff=backoff, max_backoff=top)
+
+
+def _urls(m: Mapping[str, Any], path: str) -> tuple[str, ...]:
+    if "url" in m:
+        return (_url(m["url"], f"{path}.url"),)
+    raw = m["urls"]
+    if not isinstance(raw, list) or not raw or len(raw) > MAX_URLS:
+        raise ConfigError(f"{path}.urls: must be a list of 1 to {MAX_URLS} URLs")
+    urls = tuple(_url(u, f"{path}.urls[{i}]") for i, u in enumerate(raw))
+    if len(set(urls)) != len(urls):
+        raise ConfigError(f"{path}.urls: lists the same URL twice")
+    return urls
+
+
+def _endpoint_limits(m: Mapping[str, Any], path: str) -> dict[str, Any]:
+    limit = m.get("max_concurrent")
+    return {
+        "max_concurrent": None if limit is None else _int(limit, f"{path}.max_concurrent", low=1, high=100_000),
+        "queue_timeout": _number(m.get("queue_timeout", DEFAULT_QUEUE_TIMEOUT), f"{path}.queue_timeout",
+                                 low=0, high=MAX_TIMEOUT),
+    }
 
 
 # -- small typed readers -------------------------------------------------------

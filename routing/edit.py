@@ -300,6 +300,8 @@ def update_endpoint(doc: CommentedMap, name: str, target: Target) -> None:
     if target.url is not None and target.via is not None:
         raise ConfigError(f"endpoint {name!r} takes a url or a via peer, not both")
     if target.url is not None:
+        if "urls" in entry:  # one --url replaces a failover list
+            _delete(entry, "urls")
         _put(entry, "url", target.url, instead_of="via")
     if target.via is not None:
         _put(entry, "via", target.via, instead_of="url")

@@ -61,27 +61,23 @@ class DevPki:
         return ctx
 
 
-#: The session's certificates are valid from an hour before this module was imported: tests
-#: that fix their "now" at import (tests/test_wss.py) stay inside the validity however late in a
-#: long run the session fixture is first made (gateway.pki back-dates by only 5 minutes).
-SESSION_START = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(hours=1)
-
-
 def make_dev_pki(folder: Path) -> DevPki:
-    ca = make_ca(folder / "dev", start=SESSION_START)
-    other = make_ca(folder / "other", name="untrusted CA", start=SESSION_START)
+    # Valid from yesterday: tests may fix "now" (at import) before this session fixture runs.
+    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
+    ca = make_ca(folder / "dev", start=since)
+    other = make_ca(folder / "other", name="untrusted CA", start=since)
     return DevPki(
         folder=folder, ca=ca,
-        server=issue(ca, "server", "server", start=SESSION_START),
+        server=issue(ca, "server", "server", start=since),
         server_expired=issue(ca, "server", "server-expired", start=LONG_AGO, days=30),
-        server_wrong_host=issue(ca, "server", "server-wrong-host", hosts=["other.example"], start=SESSION_START),
-        client=issue(ca, "client", "client", start=SESSION_START),
+        server_wrong_host=issue(ca, "server", "server-wrong-host", hosts=["other.example"], start=since),
+        client=issue(ca, "client", "client", start=since),
         client_expired=issue(ca, "client", "client-expired", start=LONG_AGO, days=30),
-        signing=issue(ca, "signing", "sign", start=SESSION_START),
-        signing2=issue(ca, "signing", "sign2", start=SESSION_START),
+        signing=issue(ca, "signing", "sign", start=since),
+        signing2=issue(ca, "signing", "sign2", start=since),
         other_ca=other,
-        other_server=issue(other, "server", "server", start=SESSION_START),
-        other_client=issue(other, "client", "client", start=SESSION_START),
+        other_server=issue(other, "server", "server", start=since),
+        other_client=issue(other, "client", "client", start=since),
         self_signed=_self_signed(folder / "lonely"),
     )
 
@@ -94,7 +90,7 @@ def _self_signed(folder: Path) -> Issued:
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=30))
+        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
         .add_extension(x509.SubjectAlternativeName(
             [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .sign(key, hashes.SHA256())
@@ -107,6 +103,14 @@ def _self_signed(folder: Path) -> Issued:
                   subject="CN=localhost", not_after=cert.not_valid_after_utc)
 
 
+_shared: list[DevPki] = []
+
+
 @pytest.fixture(scope="session")
 def dev_pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
-    return make_dev_pki(tmp_path_factory.mktemp("pki"))
+    # Each module imports this fixture, which makes it one fixture per module; the
+    # certificates are made once for the whole session instead, early, so that
+    # module-level "now" times of a long run stay inside their validity.
+    if not _shared:
+        _shared.append(make_dev_pki(tmp_path_factory.mktemp("pki")))
+    return _shared[0]

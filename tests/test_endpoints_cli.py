@@ -89,6 +89,8 @@ def test_list_prints_aligned_table_in_file_order(capsys: pytest.CaptureFixture[s
         "dc-west  http://127.0.0.1:8081/soap  10 s",
         "",
         "fallback peer: dc-west (names not listed above go there)",
+        "",
+        "circuits: all closed",
     ]
 
 

@@ -4,6 +4,7 @@ strangers get Unauthorized; the log names the client."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ from gateway.passwords import hash_password
 from refdb.client import RefdbClient, RemoteFault
 from routing.config import parse_config
 
+from .certs import DevPki, dev_pki  # noqa: F401  (fixture)
 from .conftest import start_app
 from .refdb_support import person, refdb_section
 
@@ -97,3 +99,28 @@ def test_owners_and_readers_must_be_configured_clients() -> None:
     section["datasets"]["residents"]["owner"] = "nobody"
     with pytest.raises(ConfigError, match="refdb.datasets.residents.owner: no client named 'nobody'"):
         parse_config({"clients": CLIENTS, "refdb": section})
+
+
+async def test_a_client_that_must_sign_pushes_only_signed_requests(dev_pki: DevPki, tmp_path: Path) -> None:
+    from gateway.wss import Signer, sign_envelope
+    from refdb.client import _envelope
+
+    clients = {**CLIENTS, "cityhall-a-app": {**CLIENTS["cityhall-a-app"], "wss": {"verify": str(dev_pki.signing.cert)}}}
+    config = {"gateway": {"db": f"sqlite:///{tmp_path}/gw.db"}, "clients": clients, "refdb": refdb_section()}
+    app = make_app(parse_config(config, source=tmp_path / "endpoints.yaml"), AppOptions(watch_config=False))
+    runner, base = await start_app(app)
+    try:
+        fault = await refused(base, "cityhall", lambda c: c.upsert("residents", [person(1)]))
+        assert fault.remote_code == "InvalidSignature"
+        signer = Signer.load(dev_pki.signing.key.read_bytes(), dev_pki.signing.cert.read_bytes())
+        body = _envelope("Upsert", '<r:dataset>residents</r:dataset><r:mode>full</r:mode><r:records><r:record>'
+                         '<r:field name="person_id" value="P1"/></r:record></r:records>')
+        signed = sign_envelope(body, signer, now=datetime.now(UTC), ttl=300, max_bytes=1 << 20)
+        answer = await as_user(base, "cityhall", lambda c: c._post("Upsert", signed))
+        assert answer.findtext("{urn:bmrgw:refdb:1}inserted") == "1"
+        replayed = await refused(base, "cityhall", lambda c: c._post("Upsert", signed))
+        assert replayed.remote_code == "Replay"
+        # Readers without wss.verify query as before.
+        assert [r["person_id"] for r in (await as_user(base, "kaigo", lambda c: c.query("residents"))).records] == ["P1"]
+    finally:
+        await runner.cleanup()

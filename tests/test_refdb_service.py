@@ -297,3 +297,24 @@ async def test_a_reloaded_declaration_adds_columns_and_a_destructive_one_is_not_
         await gw.client(lambda c: c.upsert("residents", [person(2, ward="Kita")]))
     finally:
         await runner.cleanup()
+
+
+async def test_a_broken_store_is_a_server_fault_not_a_traceback(gw: Gateway) -> None:
+    from sqlalchemy import text
+
+    with gw.engine.begin() as connection:
+        connection.execute(text("DROP TABLE refdb__residents__stage"))  # an operator's mistake
+    with pytest.raises(RemoteFault) as caught:
+        await gw.client(lambda c: c.push("residents", [person(1)]))
+    fault = caught.value
+    assert (fault.remote_code, fault.status) == ("RefdbUnavailable", 503)
+    assert "cannot stage the records" in fault.reason and "Traceback" not in fault.reason
+    assert (await gw.client(lambda c: c.query("residents"))).version == 0
+
+
+async def test_text_round_trips_exactly(gw: Gateway) -> None:
+    names = ["line 1\nline 2\r\n\tend", 'quotes " \' and & &amp; &#38; <tag>', "全角　スペース", "  padded  ", ""]
+    records = [person(n, name=name) for n, name in enumerate(names)]
+    await gw.client(lambda c: c.push("residents", records, mode="full"))
+    got = await gw.client(lambda c: [r["name"] for r in c.query_all("residents")])
+    assert got == names

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import date, datetime
@@ -259,3 +260,31 @@ def test_readers_see_one_version_while_full_pushes_commit(url: str) -> None:
     assert len(during) >= 2, "the readers never saw a committed version"
     for version, generations, count in during:
         assert generations == {version} and count == rows, (version, generations, count)
+
+
+def test_a_push_waits_for_another_sqlite_writer_longer_than_the_busy_timeout(tmp_path: Path) -> None:
+    """SQLite has one writer: a commit that finds the lock held (a big push elsewhere) waits, not fails."""
+    with refstore(f"sqlite:///{tmp_path}/locked.db", settings()) as store:
+        converter = Converter(store.dataset("residents").dataset)
+        push_id = store.begin_push("residents", "full", None)
+        store.stage(push_id, "residents", [converter.row(person(1))])
+        holder = create_engine(f"sqlite:///{tmp_path}/locked.db")
+        held = threading.Event()
+
+        def hold_the_write_lock() -> None:
+            with holder.connect() as connection:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+                held.set()
+                time.sleep(6.5)  # longer than the 5 s busy timeout of gateway.store
+                connection.rollback()
+
+        thread = threading.Thread(target=hold_the_write_lock)
+        thread.start()
+        held.wait()
+        started = time.monotonic()
+        result = store.commit(push_id)
+        waited = time.monotonic() - started
+        thread.join()
+        holder.dispose()
+        assert result.inserted == 1 and waited > 5
+        assert ids(store) == ["P000001"]

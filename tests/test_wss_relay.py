@@ -328,3 +328,27 @@ async def test_other_handlers_verify_through_the_app_key(dev_pki: DevPki, tmp_pa
                                      settings=settings)  # no wss.verify: nothing to check
     finally:
         await runner.cleanup()
+
+
+async def test_replay_records_survive_a_restart_in_their_own_sqlite_file(
+    gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, dev_pki: DevPki,
+    tmp_path: Path,
+) -> None:
+    signed = signed_now(dev_pki)
+    first = await gateway(secured_config(tmp_path, dev_pki, backend.url))
+    assert (await post(http, first, signed))[0] == 200
+    # Beside the store, not in it: the log's writer process holds the store's write lock.
+    assert (tmp_path / "wss-replay.db").exists()
+    second = await gateway(secured_config(tmp_path, dev_pki, backend.url))  # another gateway, same files
+    status, answer = await post(http, second, signed)
+    assert status == 400 and fault_of(answer)[2] == "Replay"
+
+
+def test_postgresql_keeps_replay_records_in_the_shared_store() -> None:
+    from gateway.secure import replay_store
+    with pg_schema() as url:
+        engine = create_engine(url)
+        try:
+            assert replay_store(engine) is None
+        finally:
+            engine.dispose()

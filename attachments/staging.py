@@ -1,0 +1,264 @@
+"""Reassembly: parts land in a hidden staging folder; the file appears only when verified.
+
+Layout under the receiver's folder ``DIR``::
+
+    DIR/.bmrgw-partial/<fileId>/info.json    the FileInfo of the transfer
+    DIR/.bmrgw-partial/<fileId>/data         the transmitted stream, parts written at their offsets
+    DIR/.bmrgw-partial/<fileId>/parts/<n>    a verified part (written after its data was fsync'ed)
+    DIR/.bmrgw-partial/<fileId>/published    the transfer is complete (its name, for duplicates)
+
+A part is hashed while it is written and recorded only when its size and
+SHA-256 match; a re-sent part that is already recorded is drained without
+writing.  When the last part is recorded, the stream is verified (and
+unzipped with zip-bomb limits) into a temporary file in the staging folder,
+fsync'ed, and renamed into ``DIR`` — so ``DIR`` only ever shows complete,
+verified files.  Nothing here knows about HTTP or SOAP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from gateway.errors import ChecksumMismatch, MalformedMessage
+
+from .parts import FILE_ID, FileInfo, PartHasher, PartInfo
+from .zipstream import ZipLimits, ZipReader
+
+__all__ = ["Staging", "PartWriter", "FileStatus", "STAGING_DIR"]
+
+STAGING_DIR = ".bmrgw-partial"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileStatus:
+    """What a receiver has of one transfer."""
+
+    file_id: str
+    parts: frozenset[int]
+    part_count: int | None
+    published: str | None = None
+    """The published file name once the transfer is complete."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class PartWriter:
+    """Writes one part at its offset in the stream file while hashing it.
+
+    ``stream`` continues the SHA-256 of the whole stream when this part is
+    the next one in order, so an in-order transfer needs no second reading.
+    """
+
+    def __init__(self, folder: Path, part: PartInfo, stream: hashlib._Hash | None = None) -> None:
+        self._folder = folder
+        self._hasher = PartHasher(part)
+        self.part = part
+        self.stream = stream
+        self._fd = os.open(folder / "data", os.O_WRONLY | os.O_CREAT, 0o666)
+        self._at = part.offset
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._hasher.write(data)
+        if self.stream is not None:
+            self.stream.update(data)
+        os.pwrite(self._fd, data, self._at)
+        self._at += len(data)
+
+    def verify(self) -> None:
+        self._hasher.verify()
+
+    def commit(self) -> None:
+        """Verify size and SHA-256, make the bytes durable, then record the part."""
+        try:
+            self._hasher.verify()
+            os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+        part = self._hasher.part
+        _write_atomically(self._folder / "parts" / str(part.part_no), json.dumps(asdict(part)))
+
+    def abort(self) -> None:
+        os.close(self._fd)
+
+
+class Staging:
+    """The staging folder of a receiving directory."""
+
+    def __init__(self, directory: Path, *, max_file_bytes: int, max_ratio: float = 200.0) -> None:
+        self.directory = directory
+        self.root = directory / STAGING_DIR
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_file_bytes = max_file_bytes
+        self.max_ratio = max_ratio
+        # fileId -> (bytes hashed in order so far, their SHA-256): in memory only;
+        # after a restart or out-of-order parts the stream is read once more instead.
+        self._running: dict[str, tuple[int, hashlib._Hash]] = {}
+
+    def _folder(self, file_id: str) -> Path:
+        if not FILE_ID.fullmatch(file_id):
+            raise MalformedMessage(f"fileId {file_id[:80]!r} must be 1-64 letters, digits, '_' or '-'")
+        return self.root / file_id
+
+    def status(self, file_id: str) -> FileStatus:
+        folder = self._folder(file_id)
+        info = self._info(file_id)
+        published = folder / "published"
+        if published.exists():
+            assert info is not None
+            return FileStatus(file_id=file_id, parts=frozenset(range(1, info.part_count + 1)),
+                              part_count=info.part_count, published=published.read_text(encoding="utf-8"))
+        parts = folder / "parts"
+        have = frozenset(int(p.name) for p in parts.iterdir() if p.name.isdigit()) if parts.exists() else frozenset()
+        return FileStatus(file_id=file_id, parts=have, part_count=info.part_count if info else None)
+
+    def begin(self, info: FileInfo) -> None:
+        """Start or continue a transfer; its description must not change between parts."""
+        info.check(max_file_bytes=self.max_file_bytes)
+        known = self._info(info.file_id)
+        if known is None:
+            folder = self._folder(info.file_id)
+            (folder / "parts").mkdir(parents=True, exist_ok=True)
+            _write_atomically(folder / "info.json", json.dumps(asdict(info)))
+        elif known != info:
+            raise MalformedMessage(f"fileId {info.file_id} was started with a different name, size, checksum, "
+                                   "compression or part size")
+
+    def writer(self, info: FileInfo, part: PartInfo) -> PartWriter | None:
+        """A writer for a part not yet recorded; None for a duplicate (drain it, answer as before)."""
+        status = self.status(info.file_id)
+        if status.published is not None or part.part_no in status.parts:
+            return None
+        done, digest = self._running.get(info.file_id, (0, hashlib.sha256()))
+        return PartWriter(self._folder(info.file_id), part, digest.copy() if done == part.offset else None)
+
+    def commit(self, writer: PartWriter, file_id: str) -> None:
+        """Record a written part (see :meth:`PartWriter.commit`) and advance the in-order hash."""
+        writer.commit()
+        if writer.stream is not None:
+            self._running[file_id] = (writer.part.offset + writer.part.size, writer.stream)
+
+    def publish(self, file_id: str) -> Path:
+        """Verify the complete stream and rename the file into the directory (idempotent)."""
+        folder = self._folder(file_id)
+        info = self._info(file_id)
+        if info is None:
+            raise MalformedMessage(f"no transfer {file_id}")
+        target = self.directory / info.file_name
+        if (folder / "published").exists() or self._published_before_crash(info, folder / "data", target):
+            return target
+        try:
+            verified = self._verify(info, folder / "data", folder / "file.tmp", self._running.pop(file_id, None))
+        except BaseException:
+            # A stream that fails verification is useless: drop it so a resend starts clean.
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        os.replace(verified, target)
+        _fsync_dir(self.directory)
+        _write_atomically(folder / "published", info.file_name)
+        (folder / "data").unlink(missing_ok=True)
+        shutil.rmtree(folder / "parts", ignore_errors=True)
+        return target
+
+    def _published_before_crash(self, info: FileInfo, data: Path, target: Path) -> bool:
+        """An uncompressed stream is renamed into place; a crash before the marker leaves only the file."""
+        if info.compression != "none" or data.exists() or not target.exists():
+            return False
+        digest, size = hashlib.sha256(), 0
+        for chunk in _read(target):
+            digest.update(chunk)
+            size += len(chunk)
+        if (digest.hexdigest(), size) != (info.file_sha256, info.file_size):
+            return False
+        _write_atomically(target.parent / STAGING_DIR / info.file_id / "published", info.file_name)
+        return True
+
+    def _verify(self, info: FileInfo, data: Path, tmp: Path, running: tuple[int, hashlib._Hash] | None) -> Path:
+        """The verified file, ready to be renamed: the stream itself, or its unzipped member in ``tmp``."""
+        data.touch()
+        if os.path.getsize(data) != info.stream_size:
+            raise ChecksumMismatch(f"the received stream has {os.path.getsize(data)} bytes, not {info.stream_size}")
+        digest, size = hashlib.sha256(), 0
+        if info.compression == "none":
+            if running is not None and running[0] == info.stream_size:
+                digest, size = running[1], running[0]
+            else:
+                for chunk in _read(data):
+                    digest.update(chunk)
+                    size += len(chunk)
+            _check_file(info, digest.hexdigest(), size)
+            return data
+        reader = ZipReader(ZipLimits(max_bytes=info.file_size, max_ratio=self.max_ratio))
+        with tmp.open("wb") as out:
+            for chunk in _read(data):
+                for piece in reader.feed(chunk):
+                    digest.update(piece)
+                    size += len(piece)
+                    out.write(piece)
+            reader.close()
+            _check_file(info, digest.hexdigest(), size)
+            out.flush()
+            os.fsync(out.fileno())
+        return tmp
+
+    def expire(self, max_age: float, *, now: float | None = None) -> list[str]:
+        """Forget transfers untouched for ``max_age`` seconds: abandoned partial files, and the
+        markers of finished ones (a part re-sent after that starts the transfer afresh)."""
+        now = time.time() if now is None else now
+        gone = []
+        for folder in self.root.iterdir():
+            if folder.is_dir() and now - _last_change(folder) > max_age:
+                shutil.rmtree(folder, ignore_errors=True)
+                self._running.pop(folder.name, None)
+                gone.append(folder.name)
+        return gone
+
+    def _info(self, file_id: str) -> FileInfo | None:
+        try:
+            return FileInfo(**json.loads((self._folder(file_id) / "info.json").read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            return None
+
+
+def _last_change(folder: Path) -> float:
+    """The newest modification time in a transfer's folder (a part written, a marker set)."""
+    times = [folder.stat().st_mtime]
+    for path in (folder, folder / "parts"):
+        if path.is_dir():
+            times += [entry.stat().st_mtime for entry in os.scandir(path)]
+    return max(times)
+
+
+def _check_file(info: FileInfo, sha256: str, size: int) -> None:
+    if size != info.file_size:
+        raise ChecksumMismatch(f"the reassembled file has {size} bytes, not the declared {info.file_size}")
+    if sha256 != info.file_sha256:
+        raise ChecksumMismatch("the reassembled file does not match its fileSha256")
+
+
+def _read(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            yield chunk

@@ -1,0 +1,270 @@
+"""``bmrgw receive``: a ready-made receiving business AP for file transfer (capability D).
+
+It serves ``urn:bmrgw:file:1`` (``schemas/file.wsdl``) on any path:
+``PutFilePart`` as SwA or MTOM, SOAP 1.1 or 1.2, and ``GetFileStatus``.  A
+part streams from the socket to its place in the staging file while it is
+hashed (:mod:`attachments.staging`); it is recorded only when the whole
+multipart body arrived intact and its size and SHA-256 match.  When the last
+part is recorded the file is verified (and unzipped within the zip-bomb
+limits) and published atomically into the folder.  A re-sent part is
+answered ``duplicate`` without being written again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from attachments.message import (
+    MAX_ENVELOPE_BYTES,
+    FileStatusReply,
+    PartReply,
+    PutFilePart,
+    part_reply,
+    read_request,
+    status_reply,
+)
+from attachments.mime import Event, MultipartReader, PartData, PartEnd, PartStart, RelatedType, parse_related
+from attachments.parts import PartHasher
+from attachments.staging import PartWriter, Staging
+from schemas import read as read_schema
+
+from .errors import ClientFault, GatewayError, MalformedMessage, MessageTooLarge, StorageFailed
+from .ns import SoapVersion
+from .soap import fault_content_type, gateway_fault, version_for
+
+__all__ = ["ReceiveOptions", "FileReceiver", "make_receiver_app"]
+
+log = logging.getLogger("bmrgw.receive")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReceiveOptions:
+    directory: Path
+    """Where complete files are published."""
+    max_file_bytes: int = 64 * 1024 ** 3
+    """Largest file (and transmitted stream) accepted."""
+    max_ratio: float = 200.0
+    """Largest inflate ratio of a zipped file."""
+    name: str = "bmrgw-receive"
+    """Name in the faults' ``g:Error gateway`` attribute."""
+    keep_partial_days: float = 7.0
+    """Transfers untouched this long are forgotten (checked at start and hourly)."""
+
+
+class FileReceiver:
+    """The request handler: one staging folder, one lock per transfer."""
+
+    def __init__(self, options: ReceiveOptions) -> None:
+        options.directory.mkdir(parents=True, exist_ok=True)
+        self._options = options
+        self._staging = Staging(options.directory, max_file_bytes=options.max_file_bytes,
+                                max_ratio=options.max_ratio)
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        version = SoapVersion.V11
+        try:
+            related = parse_related(request.headers.get("Content-Type", ""))
+            if related is not None:
+                version = related.soap_version or version
+                version, body = await self._multipart(request, related)
+            else:
+                version = version_for(request.content_type) or version
+                version, body = await self._plain(request)
+        except OSError as exc:
+            log.error("cannot store into %s: %s", self._options.directory, exc)
+            return await self._fault(request, StorageFailed(f"the receiver cannot store the file: "
+                                                            f"{exc.strerror or exc}"), version)
+        except GatewayError as exc:
+            log.warning("refused: %s: %s", exc.code, exc.reason)
+            return await self._fault(request, exc, version)
+        return web.Response(body=body, content_type=version.content_type, charset="utf-8")
+
+    async def _fault(self, request: web.Request, error: GatewayError, version: SoapVersion) -> web.Response:
+        await _drain(request)
+        status = error.http_status if isinstance(error, ClientFault) else 500
+        return web.Response(status=status, body=gateway_fault(error, version, gateway=self._options.name),
+                            headers={"Content-Type": fault_content_type(version)})
+
+    async def expire_forever(self) -> None:
+        """Forget abandoned transfers now and then every hour."""
+        max_age = self._options.keep_partial_days * 86400
+        while True:
+            gone = await asyncio.to_thread(self._staging.expire, max_age)
+            if gone:
+                log.info("forgot %d transfer(s) untouched for %g days", len(gone), self._options.keep_partial_days)
+            await asyncio.sleep(_HOUR)
+
+    async def _plain(self, request: web.Request) -> tuple[SoapVersion, bytes]:
+        if request.content_length is not None and request.content_length > MAX_ENVELOPE_BYTES:
+            raise MessageTooLarge(f"a file-transfer envelope is at most {MAX_ENVELOPE_BYTES} bytes")
+        version, operation = read_request(await _envelope(request.content))
+        if isinstance(operation, PutFilePart):
+            raise MalformedMessage("PutFilePart needs its part as an attachment (multipart/related SwA or MTOM)")
+        return version, status_reply(await self._status(operation), version)
+
+    async def _status(self, file_id: str) -> FileStatusReply:
+        status = self._staging.status(file_id)
+        if status.published is None and status.part_count and len(status.parts) == status.part_count:
+            # Every part is here but the receiver stopped before publishing: finish now.
+            async with self._lock(file_id):
+                await asyncio.to_thread(self._staging.publish, file_id)
+            status = self._staging.status(file_id)
+        return FileStatusReply(file_id=file_id, parts=status.parts, part_count=status.part_count,
+                               published=status.published)
+
+    async def _multipart(self, request: web.Request, related: RelatedType) -> tuple[SoapVersion, bytes]:
+        events = _events(request.content, MultipartReader(related.boundary))
+        version, operation = read_request(await _root(events, related))
+        if not isinstance(operation, PutFilePart):
+            await _rest(events)
+            return version, status_reply(await self._status(operation), version)
+        async with self._lock(operation.info.file_id):
+            reply = await self._put(operation, events)
+        log.info("file %s (%s) part %d/%d: %s", reply.file_id, operation.info.file_name, reply.part_no,
+                 operation.info.part_count, reply.status)
+        return version, part_reply(reply, version)
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, file_id: str) -> AsyncIterator[None]:
+        """One request at a time per transfer; the lock is dropped when nobody waits for it."""
+        lock = self._locks.setdefault(file_id, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and self._locks.get(file_id) is lock:
+                del self._locks[file_id]
+
+    async def _put(self, put: PutFilePart, events: AsyncIterator[Event]) -> PartReply:
+        info = put.info
+        self._staging.begin(info)
+        part = info.part(put.part_no, put.part_sha256)
+        writer = self._staging.writer(info, part)
+        try:
+            await _attachment(events, put.content_id, writer or PartHasher(part))
+            await _rest(events)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        if writer is not None:
+            self._staging.commit(writer, info.file_id)
+        status = self._staging.status(info.file_id)
+        if status.published is None and len(status.parts) == info.part_count:
+            await asyncio.to_thread(self._staging.publish, info.file_id)
+            status = self._staging.status(info.file_id)
+            log.info("file %s published as %s", info.file_id, status.published)
+        state = "complete" if status.published else "stored" if writer is not None else "duplicate"
+        return PartReply(file_id=info.file_id, part_no=put.part_no, status=state,
+                         parts_received=len(status.parts), published=status.published)
+
+
+async def _events(content: aiohttp.StreamReader, reader: MultipartReader) -> AsyncIterator[Event]:
+    try:
+        async for chunk in content.iter_any():
+            for event in reader.feed(chunk):
+                yield event
+    except (aiohttp.ClientPayloadError, ConnectionResetError) as exc:
+        raise MalformedMessage(f"the request body is incomplete: {exc}") from exc
+    reader.close()
+
+
+async def _envelope(content: aiohttp.StreamReader) -> bytes:
+    """A plain (not multipart) request body, at most MAX_ENVELOPE_BYTES."""
+    body = bytearray()
+    try:
+        while chunk := await content.readany():
+            body += chunk
+            if len(body) > MAX_ENVELOPE_BYTES:
+                raise MessageTooLarge(f"a file-transfer envelope is at most {MAX_ENVELOPE_BYTES} bytes")
+    except (aiohttp.ClientPayloadError, ConnectionResetError) as exc:
+        raise MalformedMessage(f"the request body is incomplete: {exc}") from exc
+    return bytes(body)
+
+
+async def _root(events: AsyncIterator[Event], related: RelatedType) -> bytes:
+    """The root part, which must come first (as every SwA and MTOM sender writes it)."""
+    first = await anext(events, None)
+    if not isinstance(first, PartStart):
+        raise MalformedMessage("the multipart body has no parts")
+    if related.start is not None and first.content_id != related.start:
+        raise MalformedMessage(f"the first part must be the root part {related.start}")
+    root = bytearray()
+    async for event in events:
+        if isinstance(event, PartEnd):
+            return bytes(root)
+        if isinstance(event, PartData):
+            root += event.data
+            if len(root) > MAX_ENVELOPE_BYTES:
+                raise MessageTooLarge(f"the root part exceeds {MAX_ENVELOPE_BYTES} bytes")
+    raise MalformedMessage("the multipart body ends inside its root part")
+
+
+async def _attachment(events: AsyncIterator[Event], content_id: str, sink: PartWriter | PartHasher) -> None:
+    """Stream the attachment named ``content_id`` into ``sink`` and verify it."""
+    start = await anext(events, None)
+    if not isinstance(start, PartStart) or start.content_id != content_id:
+        raise MalformedMessage(f"the part after the root must be the attachment {content_id}")
+    async for event in events:
+        if isinstance(event, PartEnd):
+            sink.verify()
+            return
+        if isinstance(event, PartData):
+            sink.write(event.data)
+    raise MalformedMessage(f"the multipart body ends inside the attachment {content_id}")
+
+
+async def _rest(events: AsyncIterator[Event]) -> None:
+    """Read to the end, so a truncated body is refused before anything is recorded."""
+    async for _ in events:
+        pass
+
+
+async def _drain(request: web.Request) -> None:
+    """Read what the caller still sends (bounded), so it gets the fault instead of a reset."""
+    try:
+        async with asyncio.timeout(30):
+            while await request.content.readany():
+                pass
+    except (TimeoutError, aiohttp.ClientPayloadError, ConnectionResetError):
+        pass
+
+
+RECEIVER = web.AppKey("receiver", FileReceiver)
+_HOUR = 3600.0
+
+
+def _expiry_ctx(receiver: FileReceiver) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(receiver.expire_forever())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return ctx
+
+
+def make_receiver_app(options: ReceiveOptions) -> web.Application:
+    """The receiving AP: POST anywhere; ``GET ?wsdl`` serves ``schemas/file.wsdl``."""
+    app = web.Application(client_max_size=MAX_ENVELOPE_BYTES + 1024)
+    app[RECEIVER] = receiver = FileReceiver(options)
+    app.cleanup_ctx.append(_expiry_ctx(receiver))
+
+    async def post(request: web.Request) -> web.StreamResponse:
+        return await request.app[RECEIVER].handle(request)
+
+    async def wsdl(request: web.Request) -> web.Response:
+        return web.Response(body=read_schema("file.wsdl"), content_type="text/xml", charset="utf-8")
+
+    app.router.add_post("/{tail:.*}", post)
+    app.router.add_get("/{tail:.*}", wsdl)
+    return app

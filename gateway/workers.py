@@ -1,0 +1,165 @@
+"""``bmrgw serve --workers N``: N gateway processes on one port, supervised (README "Resilience").
+
+The supervisor (this process) starts N copies of ``bmrgw serve`` with a
+hidden ``--worker I``; each binds the port with ``SO_REUSEPORT`` and the
+kernel spreads new connections over them.  They share the store; each writes
+the send/receive log as its own node ``<gateway.name>.w<I>`` (its own hash
+chain), so ``bmrgw logs verify`` checks each and ``--message-id`` finds all.
+
+A worker that exits on its own is started again — at once if it ran for a
+while, after a doubling pause (up to 30 s) if it keeps dying young.  Exit
+status 2 from a worker (invalid config, port taken) stops everything: a
+restart could not fix it.  SIGTERM/SIGINT are passed on and waited for (each
+worker drains); SIGHUP is passed on (each worker reloads).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from routing.config import Config
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .server import ServeOptions
+
+__all__ = ["supervise"]
+
+log = logging.getLogger("bmrgw.workers")
+
+_TICK = 0.2
+_SETTLED = 10.0
+"""A worker that ran this long before dying is restarted without a pause."""
+_MAX_PAUSE = 30.0
+_EXTRA_STOP_SECONDS = 15.0
+
+
+@dataclass(eq=False)
+class _Worker:
+    number: int
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    pause: float = 0.0
+    due: float = 0.0
+    restarts: int = field(default=0)
+
+    def start(self) -> None:
+        # Born ignoring SIGHUP: a reload passed on while it still starts must not kill it
+        # (it reads the config fresh anyway); its event loop installs the real handler.
+        self.proc = subprocess.Popen(self.argv, preexec_fn=_ignore_hup)
+        self.started = time.monotonic()
+        log.info("worker %d started (pid %d)", self.number, self.proc.pid)
+
+
+def _ignore_hup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def _argv(options: ServeOptions, number: int, *, host: str, port: int) -> list[str]:
+    argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(options.config), "--host", host,
+            "--port", str(port), "--log-level", options.log_level, "--worker", str(number)]
+    if options.data_dir is not None:
+        argv += ["--data-dir", str(options.data_dir)]
+    if options.db is not None:
+        argv += ["--db", options.db]
+    if options.node is not None:
+        argv += ["--node", options.node]
+    return argv
+
+
+class _Signals:
+    def __init__(self) -> None:
+        self.stop = False
+        self.hup = False
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, self._hup)
+
+    def _stop(self, _: int, __: FrameType | None) -> None:
+        self.stop = True
+
+    def _hup(self, _: int, __: FrameType | None) -> None:
+        self.hup = True
+
+
+def supervise(options: ServeOptions, config: Config, *, host: str, port: int) -> int:
+    """Run ``options.workers`` workers until SIGTERM; returns the exit status."""
+    if port == 0:
+        raise ConfigError("--workers needs a fixed port (gateway.listen.port or --port), not 0")
+    signals = _Signals()
+    workers = [_Worker(i, _argv(options, i, host=host, port=port)) for i in range(1, options.workers + 1)]
+    for worker in workers:
+        worker.start()
+    print(f"bmrgw {config.gateway.name}: {len(workers)} workers on {host}:{port} (supervisor pid {os.getpid()})",
+          flush=True)
+    status = _watch(workers, signals)
+    return _stop_all(workers, config.gateway.drain_timeout + _EXTRA_STOP_SECONDS) or status
+
+
+def _watch(workers: list[_Worker], signals: _Signals) -> int:
+    while not signals.stop:
+        time.sleep(_TICK)
+        if signals.hup:
+            signals.hup = False
+            _send(workers, signal.SIGHUP)
+        for worker in workers:
+            if _revive(worker) == 2:
+                return 2
+    return 0
+
+
+def _revive(worker: _Worker) -> int | None:
+    """Restart ``worker`` if it died (after its pause); returns its exit status when it died."""
+    now = time.monotonic()
+    if worker.proc is None:
+        if now >= worker.due:
+            worker.start()
+        return None
+    code = worker.proc.poll()
+    if code is None:
+        return None
+    if code == 2:
+        log.error("worker %d exited with status 2 (invalid configuration or port unavailable); stopping",
+                  worker.number)
+        return 2
+    ran = now - worker.started
+    worker.pause = 0.0 if ran >= _SETTLED else min(_MAX_PAUSE, max(0.5, worker.pause * 2))
+    worker.due, worker.proc = now + worker.pause, None
+    worker.restarts += 1
+    log.error("worker %d exited with status %s after %.1f s; starting it again in %g s", worker.number, code, ran,
+              worker.pause)
+    return code
+
+
+def _send(workers: list[_Worker], signum: int) -> None:
+    for worker in workers:
+        if worker.proc is not None and worker.proc.poll() is None:
+            worker.proc.send_signal(signum)
+
+
+def _stop_all(workers: list[_Worker], timeout: float) -> int:
+    """SIGTERM every worker, wait for them to drain; 1 if one had to be killed or failed."""
+    _send(workers, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    status = 0
+    for worker in workers:
+        if worker.proc is None:
+            continue
+        try:
+            code = worker.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.error("worker %d did not stop within %g s; killing it", worker.number, timeout)
+            worker.proc.kill()
+            code = worker.proc.wait()
+        status = status or (1 if code not in (0, -signal.SIGTERM) else 0)
+    return status
