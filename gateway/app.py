@@ -77,7 +77,8 @@ def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Applicat
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_store_ctx(config))
     app.cleanup_ctx.append(_log_ctx(config, options.node or config.gateway.name))
-    add_jx(app, config, lambda a: (a[CLOCK], a.get(JOURNAL), a[METRICS].registry, lambda: a.get(SECURITY)))
+    add_jx(app, config, lambda a: (a[CLOCK], a.get(JOURNAL), a[METRICS].registry, lambda: a.get(SECURITY)),
+           node=options.node or config.gateway.name)
     add_refdb(app, live=LIVE, store=STORE, clock=CLOCK, journal=JOURNAL,  # before the relay: may refuse to start
               security=SECURITY)
     app.cleanup_ctx.append(_relay_ctx(options))

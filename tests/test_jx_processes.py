@@ -202,3 +202,38 @@ async def test_two_nodes_eight_pollers_no_double_hand_out_none_lost(gateway_proc
 
 async def _all_done(confirmed: dict[str, bytes], documents: dict[str, bytes]) -> bool:
     return len(confirmed) == len(documents)
+
+
+@pytest.mark.slow
+async def test_workers_keep_their_own_spool_and_serve_one_mailbox(tmp_path: Path) -> None:
+    import subprocess
+
+    from .conftest import BMRGW, wait_healthy, write_yaml
+
+    port = free_port()
+    config = tmp_path / "workers.yaml"
+    write_yaml(config, {"gateway": {"name": "dc-w", "listen": {"host": "127.0.0.1", "port": port},
+                                    "db": f"sqlite:///{tmp_path}/w.db", "data_dir": str(tmp_path / "var")}})
+    proc = subprocess.Popen([*BMRGW, "serve", "--config", str(config), "--workers", "2", "--log-level", "WARNING"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, timeout=30)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            puts = await asyncio.gather(*(put(http, url, f"w-{n}", os.urandom(300_000)) for n in range(20)))
+            assert all(p.result is True for p in puts)
+            got = set()
+            while (answer := await get(http, url)).result:
+                got.add(answer.text(".//jx:messageId"))
+        assert got == {f"w-{n}" for n in range(20)}  # both workers hand out from the one store, none twice
+        spools = sorted(p.name for p in (tmp_path / "var" / "jx" / "tmp").iterdir())
+        assert spools == ["dc-w.w1", "dc-w.w2"]  # a restarted worker clears only its own half-received files
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()

@@ -51,7 +51,7 @@ def jx_root(config: Config) -> Path:
     return config.resolve_path(config.gateway.data_dir) / "jx"
 
 
-def open_store(config: Config, *, journal: Journal | None = None) -> DocumentStore:
+def open_store(config: Config, *, journal: Journal | None = None, node: str | None = None) -> DocumentStore:
     """The document store of ``config`` on an engine of its own (created tables, clean spool)."""
     # No pre-ping: it costs a round trip per call, and a dropped connection is
     # invalidated by the pool on its first error anyway (the caller gets a fault and retries).
@@ -60,20 +60,20 @@ def open_store(config: Config, *, journal: Journal | None = None) -> DocumentSto
     durable = prepare_engine(create_engine(url), durable=True) if engine.dialect.name == "sqlite" else engine
     writer = journal.write_in if journal is not None else None
     return DocumentStore(engine, durable=durable, root=jx_root(config), settings=config.gateway.jx,
-                         node=config.gateway.name, log=writer)
+                         node=node or config.gateway.name, log=writer)
 
 
-def add_jx(app: web.Application, config: Config, resources: Resources) -> None:
+def add_jx(app: web.Application, config: Config, resources: Resources, *, node: str | None = None) -> None:
     """Serve ``/jx`` and provide the mailbox seam; call after the log and before the relay are set up."""
-    app.cleanup_ctx.append(_jx_ctx(config, resources))
+    app.cleanup_ctx.append(_jx_ctx(config, resources, node or config.gateway.name))
     app.router.add_post("/jx", _post)
     app.router.add_get("/jx", _get)
 
 
-def _jx_ctx(config: Config, resources: Resources) -> Callable[[web.Application], AsyncIterator[None]]:
+def _jx_ctx(config: Config, resources: Resources, node: str) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         clock, journal, registry, security = resources(app)
-        store = open_store(config, journal=journal)
+        store = open_store(config, journal=journal, node=node)
         await asyncio.to_thread(store.open)
         app[JX_SERVICE] = JxService(store=store, settings=config.gateway, clock=clock, journal=journal,
                                     security=security)
