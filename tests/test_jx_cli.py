@@ -26,7 +26,7 @@ def jx(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str,
 def cfg(tmp_path: Path) -> tuple[dict[str, Any], Path]:
     data: dict[str, Any] = {"gateway": {"name": "dc-cli", "db": f"sqlite:///{tmp_path}/bmrgw-0.db",
                                         "data_dir": str(tmp_path / "var"),
-                                        "jx": {"lease_seconds": 0.2, "max_deliveries": 1}}}
+                                        "jx": {"lease_seconds": 1.5, "max_deliveries": 1}}}
     path = tmp_path / "endpoints-cli.yaml"
     write_yaml(path, data)
     return data, path
@@ -69,7 +69,7 @@ async def test_list_show_requeue_dead_letters_and_purge(cfg: tuple[dict[str, Any
     assert (await get(http, url, receiver="A")).text(".//jx:messageId") == "doc-0"
     code, out, _ = jx(capsys, "list", "--state", "leased", "--config", path)
     assert "doc-0" in out and "doc-1" not in out
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(1.6)  # the lease runs out
     # max_deliveries 1: doc-0 was handed out once without a confirm, so it is parked and doc-1 comes next.
     assert (await get(http, url, receiver="A")).text(".//jx:messageId") == "doc-1"
     code, out, _ = jx(capsys, "list", "--dead", "--config", path)
