@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 import statistics
 import subprocess
@@ -505,23 +506,29 @@ async def test_a_slow_endpoint_at_its_limit_does_not_delay_a_fast_one(
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             await _latencies(http, f"{gw}/soap/fast", 100, 4)  # warm-up
             # Rounds alternate, so that other work on the shared machine hits both sides alike.
-            for _ in range(4):
-                unloaded.append(_p99(await _latencies(http, f"{gw}/soap/fast", 200, 4)))
+            # The test process carries the whole suite's heap; a full collection in one round
+            # would measure pytest, not the gateway (which runs alone in production).
+            gc.collect()
+            gc.freeze()
+            for _ in range(5):
+                unloaded.append(_p99(await _latencies(http, f"{gw}/soap/fast", 500, 4)))
                 release.clear()
                 load = [asyncio.create_task(_post(http, f"{gw}/soap/slow")) for _ in range(50)]
                 while (await _metric(http, gw, 'bmrgw_endpoint_queued{endpoint="slow"}') or 0) < 40:
                     await asyncio.sleep(0.01)
-                loaded.append(_p99(await _latencies(http, f"{gw}/soap/fast", 200, 4)))
+                loaded.append(_p99(await _latencies(http, f"{gw}/soap/fast", 500, 4)))
                 assert await _metric(http, gw, 'bmrgw_endpoint_queued{endpoint="slow"}') == 45, \
                     "the slow endpoint stayed at its limit, with its queue, while the fast one was measured"
                 release.set()
                 assert [status for status, _ in await asyncio.gather(*load)] == [200] * 50
     finally:
+        gc.unfreeze()
         release.set()
         await slow.cleanup()
-    # The best round of each: interference from other work only ever adds latency.
-    base, under = min(unloaded), min(loaded)
-    print(f"fast endpoint p99: unloaded {base * 1000:.2f} ms, slow endpoint at its limit {under * 1000:.2f} ms")
+    # The median round of each: one round's p99 swings by a third on a shared machine.
+    base, under = statistics.median(unloaded), statistics.median(loaded)
+    print(f"fast endpoint p99 (median of 5 rounds): unloaded {base * 1000:.2f} ms, slow endpoint at its limit "
+          f"{under * 1000:.2f} ms; rounds {[round(x * 1000, 2) for x in unloaded]} {[round(x * 1000, 2) for x in loaded]}")
     # 20 % as the issue asks, plus 1 ms of scheduling jitter on a shared 2-core machine.
     assert under <= base * 1.2 + 0.001
 
