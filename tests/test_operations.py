@@ -184,6 +184,9 @@ async def test_workers_share_the_port_restart_after_a_crash_and_keep_separate_ch
         serve: Serve, backend: RecordingBackend) -> None:
     gw = serve({"kaigo": {"url": backend.url}}, workers=2, node="host-a")
     assert len(gw.children()) == 2
+    ready = time.monotonic() + 20  # each worker starts its log writer before it listens
+    while not all(f"worker {n}: relaying on" in gw.log() for n in (1, 2)) and time.monotonic() < ready:
+        await asyncio.sleep(0.1)
     nodes: set[str] = set()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
         for i in range(40):
