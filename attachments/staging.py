@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from gateway.durable import fsync_dir
 from gateway.errors import ChecksumMismatch, MalformedMessage
 
 from .parts import FILE_ID, FileInfo, PartHasher, PartInfo
@@ -46,14 +47,6 @@ class FileStatus:
     part_count: int | None
     published: str | None = None
     """The published file name once the transfer is complete."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -176,7 +169,7 @@ class Staging:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         os.replace(verified, target)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         _write_atomically(folder / "published", info.file_name)
         (folder / "data").unlink(missing_ok=True)
         shutil.rmtree(folder / "parts", ignore_errors=True)

@@ -42,6 +42,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, or_, select, update
 
+from .durable import fsync_dir
 from .journal import (
     GENESIS,
     TABLES,
@@ -444,7 +445,7 @@ def _write_archive(engine: Engine, directory: Path, tables: LogTables, cuts: dic
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(partial, path)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     finally:
         partial.unlink(missing_ok=True)
     return path, anchors
@@ -457,14 +458,6 @@ def _anchor_of(cut: _Cut) -> Anchor:
 
 def _line(data: dict[str, Any]) -> bytes:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _commit_archive(connection: Connection, tables: LogTables, cuts: dict[str, _Cut], name: str) -> None:

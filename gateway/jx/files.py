@@ -6,16 +6,9 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..durable import fsync_dir
+
 __all__ = ["fsync_dir", "write_atomically"]
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in ``path`` survive a power cut."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_atomically(path: Path, chunks: Iterable[bytes]) -> None:
