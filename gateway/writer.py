@@ -71,15 +71,7 @@ class WriterProcess:
 
     def stop(self) -> None:
         """Close the pipe; the child finishes its batch, if any, and exits."""
-        if self._pipe is not None:
-            self._pipe.close()
-            self._pipe = None
-        if self._process is not None:
-            self._process.join(_STOP_TIMEOUT)
-            if self._process.is_alive():
-                self._process.kill()
-                self._process.join()
-            self._process = None
+        self._reap(_STOP_TIMEOUT)
 
     def _ensure(self) -> Pipe:
         """The pipe to a running child, started (and connected to the store) if need be."""
@@ -102,12 +94,13 @@ class WriterProcess:
             raise WriterError(f"the log writer process cannot reach the store: {reply[2]}", transient=True)
         return parent
 
-    def _reap(self) -> None:
+    def _reap(self, grace: float = 0.1) -> None:
+        """Close the pipe and wait ``grace`` seconds for the child to exit before killing it."""
         if self._pipe is not None:
             self._pipe.close()
             self._pipe = None
         if self._process is not None:
-            self._process.join(0.1)
+            self._process.join(grace)
             if self._process.is_alive():
                 self._process.kill()
                 self._process.join()

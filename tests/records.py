@@ -9,10 +9,15 @@ from sqlalchemy import create_engine
 from gateway.journal import LogFilter, LogRecord, read
 
 
-def relay_records(db: Path, kind: str = "relay") -> list[LogRecord]:
-    """Every record of ``kind`` (by default the relay's) in the SQLite store ``db``."""
+def records(db: Path, where: LogFilter = LogFilter()) -> list[LogRecord]:
+    """The records matching ``where`` in the SQLite store ``db``."""
     engine = create_engine(f"sqlite:///{db}")
     try:
-        return list(read(engine, LogFilter(kind=kind)))
+        return list(read(engine, where))
     finally:
         engine.dispose()
+
+
+def relay_records(db: Path, kind: str = "relay") -> list[LogRecord]:
+    """Every record of ``kind`` (by default the relay's) in the SQLite store ``db``."""
+    return records(db, LogFilter(kind=kind))

@@ -12,13 +12,13 @@ from typing import Any
 import aiohttp
 import pytest
 from lxml import etree
-from sqlalchemy import create_engine
 
-from gateway.journal import LogFilter, read
+from gateway.journal import LogFilter
 from gateway.passwords import hash_password, verify_password
 from routing.config import subject_key
 
 from .conftest import BMRGW, GatewayFactory, RecordingBackend, message, soap11_headers, soap12_headers
+from .records import records
 
 PASSWORD = "correct horse battery staple"
 HASH = hash_password(PASSWORD)
@@ -155,11 +155,7 @@ async def test_repeated_failures_are_slowed_down_and_logged(
 async def _wait_records(db: Path, where: LogFilter, count: int) -> list[Any]:
     deadline = time.monotonic() + 3.0
     while True:
-        engine = create_engine(f"sqlite:///{db}")
-        try:
-            found = list(read(engine, where))
-        finally:
-            engine.dispose()
+        found = await asyncio.to_thread(records, db, where)
         if len(found) >= count or time.monotonic() > deadline:
             assert len(found) == count, found
             return found
