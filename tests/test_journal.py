@@ -130,7 +130,7 @@ async def test_group_commit_flushes_within_200_ms(store: Store) -> None:
             while count(store.engine) < before + burst:
                 assert time.monotonic() - started < 0.2, "records not committed within 200 ms"
                 await asyncio.sleep(0.005)
-        await journal.flush()  # the counters move when the writer thread reports back
+        await journal.flush()  # the counters move when the writer process reports back
         assert journal.batches < journal.written == 201, "a burst is committed in a few transactions"
     finally:
         await journal.close()
@@ -316,6 +316,7 @@ async def test_a_killed_writer_process_is_replaced_and_nothing_is_lost(store: St
     process = journal._writer._process
     assert process is not None and process.is_alive()
     assert process.pid != os.getpid()  # sealing and inserting run in another interpreter
+    assert os.sched_getscheduler(process.pid) == os.SCHED_IDLE  # ... that never takes a core from the relay
     process.kill()
     process.join()
     for i in range(1, 4):

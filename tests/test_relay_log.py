@@ -151,7 +151,7 @@ async def test_full_log_queue_holds_callers_back_then_refuses(tmp_path: Path) ->
 
     db = tmp_path / "stuck.db"
     store = Store(f"sqlite:///{db}")
-    journal = Journal(store.engine, node="gw", queue_size=2, max_wait=0.3)
+    journal = Journal(store.engine, node="gw", queue_size=2, max_wait=0.3, linger=0)
     await journal.start()
     blocker = sqlite3.connect(db, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")  # the store is stuck: every commit waits
