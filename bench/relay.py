@@ -3,10 +3,17 @@
 Throughput is measured at saturation (enough connections that the machine, not
 the client, is the limit); latency with a backend that waits, so that the
 proxy's own delay shows as the difference from calling the backend directly.
+
+A scenario may measure in interleaved rounds (every target in turn, then
+again): the shared machines here drift by tens of per cent within a minute,
+and one long cell per target would turn that drift into a difference between
+targets.  Requests and seconds are pooled over the rounds; a latency
+percentile is the median of the rounds' percentiles.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -99,40 +106,67 @@ class RelayLoad:
     connections: int
     backend_delay: float
     rules: Sequence[ThroughputRatio | AddedLatency] = ()
+    rounds: int = 1
+    """Interleaved rounds of ``--duration`` seconds per target (warm-up before the first only)."""
 
     def run(self, bench: Bench) -> Section:
         stack = bench.stack(self.backend_delay)
         envelope = make_envelope(self.envelope_bytes)
         body_file = bench.workdir / f"envelope-{self.envelope_bytes}.xml"
         body_file.write_bytes(envelope.body)
-        cells: dict[str, Cell] = {}
-        for name in bench.settings.targets:
-            target = stack.targets[name]
-            verify(target.url, envelope, target=name)
-            cells[name] = self._measure(bench, stack, target, body_file)
-        return self._section(cells)
+        runs: dict[str, list[Cell]] = {name: [] for name in bench.settings.targets}
+        for name in runs:
+            verify(stack.targets[name].url, envelope, target=name)
+        for round_ in range(self.rounds):
+            for name, done in runs.items():
+                done.append(self._measure(bench, stack, stack.targets[name], body_file, warm=round_ == 0))
+        return self._section({name: pooled(done) for name, done in runs.items()}, runs)
 
-    def _measure(self, bench: Bench, stack: Stack, target: Target, body_file: Path) -> Cell:
+    def _measure(self, bench: Bench, stack: Stack, target: Target, body_file: Path, *, warm: bool) -> Cell:
         load = Load(url=target.url, body_file=body_file, headers=HEADERS, connections=self.connections,
                     duration=bench.settings.duration)
-        return measure(bench, stack, target, load, scenario=self.name)
+        return measure(bench, stack, target, load, scenario=self.name, warm=warm)
 
-    def _section(self, cells: Mapping[str, Cell]) -> Section:
+    def _section(self, cells: Mapping[str, Cell], runs: Mapping[str, Sequence[Cell]]) -> Section:
+        notes = _notes(cells)
+        if self.rounds > 1:
+            notes.append(f"{self.rounds} interleaved rounds per target; req/s pooled over the rounds "
+                         f"(per round: {_per_round(runs)}); latencies are the median of the rounds'.")
         return Section(
-            name=self.name, title=self.title, headers=_HEADERS, notes=_notes(cells),
+            name=self.name, title=self.title, headers=_HEADERS, notes=notes,
             rows=[_row(cell, cells) for cell in cells.values()],
             checks=[rule.check(cells, self.name) for rule in self.rules],
             raw={"envelope_bytes": self.envelope_bytes, "connections": self.connections,
                  "backend_delay_s": self.backend_delay,
-                 "targets": {name: _raw(cell) for name, cell in cells.items()}},
+                 "targets": {name: _raw(cell) for name, cell in cells.items()},
+                 "rounds_rps": {name: [c.result.rps for c in done] for name, done in runs.items()}},
         )
 
 
+def pooled(cells: Sequence[Cell]) -> Cell:
+    """One cell from rounds of the same target: totals summed, latency percentiles their median."""
+    if len(cells) == 1:
+        return cells[0]
+    results = [c.result for c in cells]
+    errors = {kind: sum(r.errors.get(kind, 0) for r in results) for kind in results[0].errors}
+    latency = {q: statistics.median(r.latency_ms[q] for r in results) for q in results[0].latency_ms}
+    result = WrkResult(requests=sum(r.requests for r in results), seconds=sum(r.seconds for r in results),
+                       bytes_read=sum(r.bytes_read for r in results), errors=errors, latency_ms=latency,
+                       cpu_seconds=sum(r.cpu_seconds for r in results))
+    return Cell(target=cells[0].target, result=result, backend_cpu=sum(c.backend_cpu for c in cells),
+                proxy_cpu=sum(c.proxy_cpu for c in cells))
+
+
+def _per_round(runs: Mapping[str, Sequence[Cell]]) -> str:
+    return "; ".join(f"{name} {', '.join(f'{c.result.rps:,.0f}' for c in done)}" for name, done in runs.items())
+
+
 def measure(bench: Bench, stack: Stack, target: Target, load: Load, *, scenario: str,
-            warmup: Load | None = None) -> Cell:
-    """Warm up (with ``warmup``, else ``load``), then run ``load`` while watching the CPU of the processes."""
+            warmup: Load | None = None, warm: bool = True) -> Cell:
+    """Warm up (with ``warmup``, else ``load``; not if ``warm`` is false), then run ``load`` while
+    watching the CPU of the processes."""
     settings = bench.settings
-    if settings.warmup > 0:
+    if warm and settings.warmup > 0:
         bench.log(f"{scenario}: {target.name} warm-up {settings.warmup:g} s")
         run_wrk(bench.tools.wrk, replace(warmup or load, duration=settings.warmup))
     bench.log(f"{scenario}: {target.name} {load.duration:g} s, {load.connections} connections")

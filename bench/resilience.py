@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from contextlib import ExitStack
@@ -44,7 +45,7 @@ gateway:
   data_dir: "{data}"
 {extra}endpoints:
 {endpoints}""")
-    argv: list[str | Path] = [bench.tools.bmrgw, "serve", "--config", config, "--log-level", "WARNING",
+    argv: list[str | os.PathLike[str]] = [bench.tools.bmrgw, "serve", "--config", config, "--log-level", "WARNING",
                               "--workers", str(workers)]
     base = f"http://{LOOPBACK}:{port}"
     server = _launch(f"bmrgw serve --workers {workers}", argv, data / "gateway.log", f"{base}/healthz", exits)
