@@ -40,6 +40,7 @@ import contextlib
 import copy
 import logging
 import math
+import operator
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -138,7 +139,7 @@ def _reason(exc: BaseException) -> str:
 
 # -- the record ----------------------------------------------------------------
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LogRecord:
     """One logged exchange in one direction (SPEC.md "Log record").
 
@@ -392,9 +393,12 @@ def to_row(record: LogRecord) -> dict[str, Any]:
     return row
 
 
+_PACK = operator.attrgetter(*_COLUMNS)
+
+
 def pack(record: LogRecord) -> tuple[Any, ...]:
     """A record as a plain tuple, cheap to send to the writer process."""
-    return tuple([getattr(record, name) for name in _COLUMNS])
+    return _PACK(record)
 
 
 def unpack(values: Sequence[Any]) -> LogRecord:

@@ -143,18 +143,19 @@ class Trace:
     def records(self, ended: Now) -> tuple[LogRecord, LogRecord]:
         """The request and the response record of this exchange."""
         now = time.perf_counter()
-        common = dict(kind="relay", message_id=self.message_id, from_ap=self.sender, to_ap=self.destination,
-                      endpoint=self.endpoint, client=self.client)
-        request = LogRecord.at(
-            self.arrived, direction="request", status="ok" if self.forwarded else self.status,
+        arrived = self.arrived
+        request = LogRecord(
+            ts=arrived.ts, ntp_offset=arrived.offset, ntp_synced=arrived.synced, kind="relay",
+            direction="request", status="ok" if self.forwarded else self.status, message_id=self.message_id,
+            from_ap=self.sender, to_ap=self.destination, endpoint=self.endpoint, client=self.client,
             bytes_in=self.request_bytes, bytes_out=(self.forwarded_bytes or self.request_bytes) if self.forwarded else 0,
-            sha256=self.request_digest.hexdigest(),
-            duration_ms=1000 * ((self.answered or now) - self.started), **common)
-        response = LogRecord.at(
-            ended, direction="response", status=self.status, bytes_in=self.response_in,
-            bytes_out=self.response_out, sha256=self.response_digest.hexdigest(),
-            duration_ms=1000 * (now - self.started), http_status=self.http_status,
-            fault_code=self.fault_code, **common)
+            sha256=self.request_digest.hexdigest(), duration_ms=1000 * ((self.answered or now) - self.started))
+        response = LogRecord(
+            ts=ended.ts, ntp_offset=ended.offset, ntp_synced=ended.synced, kind="relay",
+            direction="response", status=self.status, message_id=self.message_id,
+            from_ap=self.sender, to_ap=self.destination, endpoint=self.endpoint, client=self.client,
+            bytes_in=self.response_in, bytes_out=self.response_out, sha256=self.response_digest.hexdigest(),
+            duration_ms=1000 * (now - self.started), http_status=self.http_status, fault_code=self.fault_code)
         return request, response
 
 
