@@ -1,4 +1,4 @@
-"""Durable file steps shared by the log archive, the JX store and file reassembly."""
+"""Durable file steps shared by the log archive, the JX store, file reassembly and config edits."""
 
 from __future__ import annotations
 

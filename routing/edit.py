@@ -41,6 +41,7 @@ from ruamel.yaml.error import CommentMark, YAMLError
 from ruamel.yaml.scalarstring import ScalarString
 from ruamel.yaml.tokens import CommentToken
 
+from gateway.durable import fsync_dir
 from gateway.errors import ConfigError, GatewayError
 
 from .config import NAME_PATTERN, Config, parse_text
@@ -180,7 +181,7 @@ def _replace(real: Path, data: bytes) -> None:
     """Put ``data`` in place of the file ``real`` in one rename, durably."""
     try:
         _swap(real, data)
-        _sync_folder(real.parent)  # makes the rename itself durable
+        fsync_dir(real.parent)  # makes the rename itself durable
     except OSError as exc:
         raise GatewayError(f"cannot write {real}: {exc.strerror or exc}") from exc
 
@@ -205,14 +206,6 @@ def _fill(fd: int, data: bytes, like: os.stat_result) -> None:
         out.write(data)
         out.flush()
         os.fsync(out.fileno())
-
-
-def _sync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- the round-trip document ------------------------------------------------------
