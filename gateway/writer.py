@@ -6,10 +6,19 @@ SHA-256 of the chain) and SQLAlchemy's row handling are Python work: in a
 thread they hold the GIL the event loop needs, and the measured cost was
 40–48 % of the relay's throughput (bench/PROFILE.md).  In a process of its
 own they run on the other core; the gateway only packs each record into a
-tuple and sends a batch over a socket.  The child runs at the lowest CPU
-priority (``SCHED_IDLE``): on a busy machine it takes only CPU that nothing
-else wants, and with the bench's load on 2 cores that raised the logged
-relay from 0.83 × to 0.94 × the unlogged one.
+tuple and sends a batch over a socket.
+
+Priority.  The child runs at the lowest CPU priority (``SCHED_IDLE``), so on
+a busy machine it takes only CPU that nothing else wants: with the bench's
+load on 2 cores that raised the logged relay from 0.83 × to 0.94 × the
+unlogged one.  But an idle-priority process can starve behind any busy
+process on the host, and a record must still be durable within 200 ms.  So
+the gateway watches each batch: a reply later than ``_PATIENCE`` moves the
+child to normal priority, and after ``_CALM`` prompt replies in a row it
+yields again.  Leaving ``SCHED_IDLE`` needs ``RLIMIT_NICE`` ≥ 20 or
+CAP_SYS_NICE (sched(7)); where the gateway has neither (a systemd unit
+without ``LimitNICE=20``, a container without the capability) the child
+simply stays at normal priority.
 
 The gateway's side is asyncio: a batch is written to the socket and the
 reply awaited on the event loop itself.  No thread waits on the child, so no
@@ -29,9 +38,11 @@ milliseconds, and no thread of the gateway is ever forked.
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import pickle
+import resource
 import signal
 import socket
 import struct
@@ -45,6 +56,13 @@ _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["gateway.writer", "gateway.journal", "gateway.chain", "gateway.store"])
 _STOP_TIMEOUT = 5.0
 _LENGTH = struct.Struct("!Q")
+#: Seconds a batch's reply may take before the child is given normal priority.
+_PATIENCE = 0.1
+#: Prompt replies in a row after which a boosted child yields again.
+_CALM = 20
+_CAP_SYS_NICE = 23  # bit in /proc/self/status CapEff
+
+log = logging.getLogger(__name__)
 
 
 class WriterError(ServerFault, RuntimeError):
@@ -65,6 +83,10 @@ class WriterProcess:
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
         self._lock = asyncio.Lock()  # one batch at a time: replies are matched to requests by order
+        self.yields = can_leave_idle()
+        """Whether the child runs at idle priority (only where it can be boosted back)."""
+        self.boosted = False
+        self._prompt = 0
 
     async def start(self) -> None:
         """Start the child now, so the first records do not wait for it to connect."""
@@ -78,7 +100,7 @@ class WriterProcess:
             try:
                 writer.write(_frame(packed))
                 await writer.drain()
-                reply = await _receive(reader)
+                reply = await self._reply(reader)
             except (ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
                 await self._reap()
                 raise WriterError(f"the log writer process stopped ({exc or type(exc).__name__})",
@@ -95,13 +117,44 @@ class WriterProcess:
         async with self._lock:
             await self._reap(_STOP_TIMEOUT)
 
+    async def _reply(self, reader: asyncio.StreamReader) -> Any:
+        """The child's reply; boosts the child if it is late, lets it yield again once it is prompt."""
+        receiving = asyncio.ensure_future(_receive(reader))
+        try:
+            try:
+                reply = await asyncio.wait_for(asyncio.shield(receiving), _PATIENCE)
+            except TimeoutError:
+                self._prompt = 0
+                self._prioritise(boost=True)
+                return await receiving
+        finally:
+            receiving.cancel()  # no-op once done; stops the read if the commit itself was cancelled
+        self._prompt += 1
+        if self.boosted and self._prompt >= _CALM:
+            self._prioritise(boost=False)
+        return reply
+
+    def _prioritise(self, *, boost: bool) -> None:
+        if not self.yields or self._process is None or self._process.pid is None or boost == self.boosted:
+            return
+        policy = os.SCHED_OTHER if boost else os.SCHED_IDLE
+        try:
+            os.sched_setscheduler(self._process.pid, policy, os.sched_param(0))
+        except OSError as exc:  # the child just exited: the next batch starts a new one
+            log.debug("send/receive log: cannot change the writer's priority: %s", exc)
+            return
+        self.boosted = boost
+        if boost:
+            log.info("send/receive log: the writer was late (> %g s); running it at normal priority", _PATIENCE)
+
     async def _ensure(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """The streams to a running child, started (and connected to the store) if need be."""
         if self._streams is not None and self._process is not None and self._process.is_alive():
             return self._streams
         await self._reap()
         parent, child = socket.socketpair()
-        process = _CONTEXT.Process(target=_main, args=(child, *self._args), daemon=True,
+        self.boosted, self._prompt = False, 0
+        process = _CONTEXT.Process(target=_main, args=(child, *self._args, self.yields), daemon=True,
                                    name=f"bmrgw-log-writer-{self._args[1]}")
         try:
             await asyncio.to_thread(process.start)  # talks to the fork server: milliseconds, but blocking
@@ -129,29 +182,30 @@ class WriterProcess:
             await asyncio.to_thread(_join, process, grace)
 
 
+def can_leave_idle() -> bool:
+    """Whether this process may move a child back from ``SCHED_IDLE`` to normal priority (sched(7))."""
+    if not hasattr(os, "SCHED_IDLE"):
+        return False
+    soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
+    return soft == resource.RLIM_INFINITY or soft >= 20 or _has_cap_sys_nice()
+
+
+def _has_cap_sys_nice() -> bool:
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_SYS_NICE & 1)
+    except OSError:
+        pass
+    return False
+
+
 def _join(process: multiprocessing.process.BaseProcess, grace: float) -> None:
     process.join(grace)
     if process.is_alive():
         process.kill()
         process.join()
-
-
-def _yield_cpu() -> None:
-    """Run the child at the lowest CPU priority, so that it never takes a core from the event loop.
-
-    A late batch only grows (and gets cheaper per record); a late event loop
-    is a slower relay.  Under sustained overload the queue fills and
-    :meth:`gateway.journal.Journal.admit` holds new exchanges back, which
-    frees the CPU the writer needs: the gateway then relays at the pace it
-    can log.
-    """
-    try:
-        if hasattr(os, "SCHED_IDLE"):
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        else:
-            os.nice(19)
-    except OSError:
-        pass  # not allowed here (a locked-down container): normal priority still works
 
 
 def _frame(message: Any) -> bytes:
@@ -174,13 +228,14 @@ def _read_frame(stream: IO[bytes]) -> Any | None:
     return pickle.loads(data) if len(data) == length else None
 
 
-def _main(sock: socket.socket, url: str, node: str, table: str) -> None:
+def _main(sock: socket.socket, url: str, node: str, table: str, idle: bool) -> None:
     """The child: commit each batch it receives, answer, exit when the socket closes."""
     from .journal import TABLES, _reason, _transient, append, log_tables, unpack
     from .store import Store
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
-    _yield_cpu()
+    if idle:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     tables = TABLES if table == TABLES.log.name else log_tables(table)
     store = Store(url)
     with sock, sock.makefile("rb") as incoming:

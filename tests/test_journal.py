@@ -137,6 +137,48 @@ async def test_group_commit_flushes_within_200_ms(store: Store) -> None:
     assert_chain(chain(store.engine, "dc-east"), 201)
 
 
+async def test_a_late_writer_is_boosted_to_normal_priority_and_yields_again_once_prompt(tmp_path: Path) -> None:
+    import sqlite3
+
+    from gateway import writer
+
+    db = tmp_path / "log.db"
+    store = Store(f"sqlite:///{db}")
+    journal = Journal(store.engine, "dc-east", linger=0)
+    await journal.start()
+    try:
+        assert journal._writer.yields  # root, or RLIMIT_NICE/CAP_SYS_NICE: the tests run where it can
+        pid = journal._writer._process.pid  # type: ignore[union-attr]
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # the batch cannot commit: its reply is late
+        await journal.record(entry(0))
+        await asyncio.sleep(writer._PATIENCE * 2)
+        assert os.sched_getscheduler(pid) == os.SCHED_OTHER and journal._writer.boosted
+        blocker.execute("COMMIT")
+        blocker.close()
+        for i in range(1, writer._CALM + 2):  # prompt batches, one record each
+            await journal.record(entry(i))
+            await journal.flush()
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE and not journal._writer.boosted
+    finally:
+        await journal.close()
+        store.close()
+    assert journal.status()["written"] == writer._CALM + 2
+
+
+async def test_a_writer_that_could_not_be_boosted_back_never_yields(store: Store) -> None:
+    journal = Journal(store.engine, "dc-east")
+    journal._writer.yields = False  # as without RLIMIT_NICE >= 20 or CAP_SYS_NICE
+    await journal.start()
+    try:
+        await journal.record(entry(0))
+        await journal.flush()
+        assert os.sched_getscheduler(journal._writer._process.pid) == os.SCHED_OTHER  # type: ignore[union-attr]
+    finally:
+        await journal.close()
+
+
 async def test_close_flushes_everything(store: Store) -> None:
     journal = Journal(store.engine, "dc-east", batch_size=50)
     await journal.start()
