@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import math
 import operator
@@ -220,14 +219,11 @@ class LogRecord:
     def chained(self, *, node: str, seq: int, prev_hash: str, hash: str) -> LogRecord:
         """A copy with the chain fields set (the writer's hot path: the rest is already normalised)."""
         _check_text("node", node)
-        placed = copy.copy(self)
-        for name, value in (("node", node), ("seq", int(seq)), ("prev_hash", prev_hash), ("hash", hash)):
-            _set(placed, name, value)
-        return placed
+        return unpack((*_PACK(self)[:-4], node, int(seq), prev_hash, hash))  # the chain fields come last
 
     def to_json(self) -> dict[str, Any]:
         """The SPEC.md JSON object: ``from``/``to`` names, ISO 8601 UTC ``ts`` with microseconds."""
-        out = {name: getattr(self, _ATTR.get(name, name)) for name in FIELDS}
+        out = dict(zip(FIELDS, _JSON_VALUES(self), strict=True))
         out["ts"] = self.ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         return out
 
@@ -384,16 +380,16 @@ def _utcnow() -> datetime:
 
 
 _COLUMNS = tuple(f.name for f in fields(LogRecord))
+assert _COLUMNS[-4:] == ("node", "seq", "prev_hash", "hash"), "LogRecord.chained relies on this order"
+_PACK = operator.attrgetter(*_COLUMNS)
+_JSON_VALUES = operator.attrgetter(*(_ATTR.get(name, name) for name in FIELDS))
 
 
 def to_row(record: LogRecord) -> dict[str, Any]:
     """Column values of a record."""
-    row = {name: getattr(record, name) for name in _COLUMNS}
+    row = dict(zip(_COLUMNS, _PACK(record), strict=True))
     row["ts"] = record.ts.replace(tzinfo=None)
     return row
-
-
-_PACK = operator.attrgetter(*_COLUMNS)
 
 
 def pack(record: LogRecord) -> tuple[Any, ...]:
