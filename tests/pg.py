@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
 PG_URL = os.environ.get("BMRGW_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+_DROP_TRIES = 5
 
 
 @contextlib.contextmanager
@@ -36,6 +38,20 @@ def pg_schema() -> Iterator[str]:
     try:
         yield f"{PG_URL}?options=-csearch_path%3D{name}"
     finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
-        admin.dispose()
+        try:
+            _drop(admin, name)
+        finally:
+            admin.dispose()
+
+
+def _drop(admin: Engine, name: str) -> None:
+    """Drop the schema, trying again while a gateway of the test (torn down later) still commits to it."""
+    for attempt in range(_DROP_TRIES):
+        try:
+            with admin.begin() as connection:
+                connection.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
+            return
+        except OperationalError:  # deadlock with a late log batch: that side's lock goes soon
+            if attempt == _DROP_TRIES - 1:
+                raise
+            time.sleep(0.2)
