@@ -275,11 +275,20 @@ def _plain_text(value: Any, limit: int) -> bool:
 
 
 def _check_text(name: str, value: Any) -> None:
-    if value is None:
-        return
+    if value is not None and (problem := text_problem(name, value)):
+        raise ValueError(f"LogRecord.{name} {problem}")
+
+
+def text_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the text field ``name`` of a record, or None if it can.
+
+    For values a client chose (message ids, sender names): check them when
+    they arrive, and answer a fault, instead of failing to log the exchange.
+    """
     limit = _MAX_ID if name == "message_id" else _MAX_TEXT
     if not isinstance(value, str) or "\0" in value or len(value) > limit or not _utf8(value):
-        raise ValueError(f"LogRecord.{name} must be UTF-8 text of at most {limit} characters without NUL")
+        return f"must be UTF-8 text of at most {limit} characters without NUL"
+    return None
 
 
 def _utf8(value: str) -> bool:

@@ -58,7 +58,7 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .ids import new_message_id
-from .journal import Journal, JournalUnavailable, LogRecord
+from .journal import Journal, JournalUnavailable, LogRecord, text_problem
 from .metrics import Metrics
 from .ns import H_MESSAGE_ID, H_SOAPACTION, H_VIA, SoapVersion
 from .parser import SCAN_WHOLE, EnvelopeHead, HeadScanner, scan_head
@@ -157,6 +157,14 @@ class Trace:
             bytes_in=self.response_in, bytes_out=self.response_out, sha256=self.response_digest.hexdigest(),
             duration_ms=1000 * (now - self.started), http_status=self.http_status, fault_code=self.fault_code)
         return request, response
+
+
+def _check_loggable(what: str, field: str, value: str | None, trace: Trace) -> None:
+    """Refuse a name the client chose that the log record could not hold (the fault is logged without it)."""
+    if value is not None and (problem := text_problem(field, value)):
+        if field == "message_id":
+            trace.message_id = new_message_id()  # the fault and its records carry a fresh one
+        raise MalformedMessage(f"{what} {problem}")
 
 
 def passed_gateways(via: str) -> list[str]:
@@ -265,10 +273,11 @@ class Relay:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         table = self._table.current
         client = client_of(request)
-        trace = Trace(arrived=self._clock.now(), started=time.perf_counter(),
-                      message_id=request.headers.get(H_MESSAGE_ID), client=client.name if client else None)
+        trace = Trace(arrived=self._clock.now(), started=time.perf_counter(), client=client.name if client else None)
         version = _caller_version(request)
         try:
+            trace.message_id = request.headers.get(H_MESSAGE_ID)
+            _check_loggable(f"header {H_MESSAGE_ID}", "message_id", trace.message_id, trace)
             if self._journal is not None:
                 await self._journal.admit()
             exchange, body = await self._prepare(request, table, trace)
@@ -310,13 +319,17 @@ class Relay:
         if request.content_length is not None and request.content_length > limit:
             raise MessageTooLarge(f"message of {request.content_length} bytes exceeds the limit of {limit}")
         head, body = await self._read_head(request, settings, trace, framer, limit)
-        trace.sender = head.sender
+        _check_loggable("the MessageId", "message_id", head.message_id, trace)
         trace.message_id = head.message_id or trace.message_id or new_message_id()
+        _check_loggable("the sender (From)", "from_ap", head.sender, trace)
+        trace.sender = head.sender
         if version is not None and head.version is not version:
             raise MalformedMessage(f"Content-Type {request.content_type} announces SOAP {version.value} "
                                    f"but the Envelope is SOAP {head.version.value}")
-        trace.destination = destination_of(head, request.match_info.get("ap"))
-        authorise(client_of(request), trace.destination)
+        destination = destination_of(head, request.match_info.get("ap"))
+        _check_loggable("the destination", "to_ap", destination, trace)
+        trace.destination = destination
+        authorise(client_of(request), destination)
         route = table.resolve(trace.destination, passed=passed)
         trace.endpoint, trace.label = route.url, route.endpoint
         hop = f"{request.version.major}.{request.version.minor} {settings.name}"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from sqlalchemy import create_engine
 
 from gateway.chain import verify
@@ -69,6 +70,39 @@ async def test_gateway_fault_is_logged_in_both_directions(
     assert request.to_ap == "zei" and request.endpoint is None
     assert (response.status, response.fault_code, response.http_status) == ("fault", "UnknownDestination", 404)
     assert (response.bytes_in, response.bytes_out, response.sha256) == (0, len(fault), sha256(fault))
+
+
+@pytest.mark.parametrize(("old", "new", "named"), [
+    (b"msg-0001", b"m" * 300, "MessageId"),                                 # longer than the indexed column
+    (b"<r:From>juki</r:From>", b"<r:From>" + b"s" * 3000 + b"</r:From>", "sender"),
+    (b"<r:To>demo</r:To>", b"<r:To>" + b"d" * 3000 + b"</r:To>", "destination"),
+])
+async def test_names_the_log_cannot_hold_are_refused_and_the_fault_logged(
+        gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, tmp_path: Path,
+        old: bytes, new: bytes, named: str) -> None:
+    gw = await gateway(_config(tmp_path, backend.url))
+    body = message("valid/soap11-routing-header.xml")
+    assert old in body
+    async with http.post(f"{gw}/soap", data=body.replace(old, new), headers=soap11_headers()) as resp:
+        fault = await resp.text()
+        message_id = resp.headers["X-Message-Id"]
+    assert resp.status == 400 and "MalformedMessage" in fault and named in fault
+    assert backend.seen == []
+    assert len(message_id) < 100  # a fresh id, not the refused one
+    request, response = await _logged(tmp_path / "log.db", message_id)
+    assert (request.status, response.status, response.fault_code) == ("fault", "fault", "MalformedMessage")
+
+
+async def test_an_overlong_message_id_header_is_refused(
+        gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    gw = await gateway(_config(tmp_path, backend.url))
+    body = message("valid/soap11-no-header.xml")
+    async with http.post(f"{gw}/soap/demo", data=body, headers={**soap11_headers(), "X-Message-Id": "h" * 257}) as resp:
+        assert resp.status == 400 and "X-Message-Id" in await resp.text()
+        message_id = resp.headers["X-Message-Id"]
+    assert backend.seen == [] and message_id != "h" * 257
+    request, response = await _logged(tmp_path / "log.db", message_id)
+    assert response.fault_code == "MalformedMessage"
 
 
 async def test_streamed_exchange_is_hashed_as_it_passes(
