@@ -5,7 +5,8 @@ response, a JX operation, a refdb push, a file part — in one SQLAlchemy Core
 table that works unchanged on SQLite (WAL) and PostgreSQL.
 
 Writing.  :class:`Journal` keeps the request path free of database work:
-:meth:`Journal.record` puts the record on a bounded queue and returns; a
+:meth:`Journal.record` puts the record (or a relayed exchange's two, as one
+:class:`RelayExchange` tuple) on a bounded queue and returns; a
 writer process (:mod:`gateway.writer`, so sealing and inserting never hold
 the event loop's GIL, and the batch goes over a socket the event loop itself
 waits on) commits whatever has accumulated as one transaction
@@ -37,13 +38,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import operator
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -78,6 +80,10 @@ from .writer import WriterError, WriterProcess
 
 __all__ = [
     "LogRecord",
+    "RelayExchange",
+    "Entry",
+    "describe",
+    "text_problem",
     "LogFilter",
     "LogTables",
     "Head",
@@ -251,6 +257,73 @@ def stored(values: dict[str, Any]) -> LogRecord:
         return record
 
 
+class RelayExchange(NamedTuple):
+    """One relayed exchange as the relay queues it: both records' values in one plain tuple.
+
+    The relay logs two records per exchange, thousands of times a second.
+    Building them (validating and normalising 21 fields each) is Python work
+    the event loop would pay for; a tuple costs it a microsecond and travels
+    to the writer process as it is, which builds the records with
+    :meth:`records` — with the same validation as anywhere else.  The names
+    a client chose were checked against the record's limits when they
+    arrived (:func:`text_problem`), so a tuple the relay queues always
+    makes valid records.
+    """
+
+    arrived_ts: datetime
+    arrived_offset: float
+    arrived_synced: bool
+    ended_ts: datetime
+    ended_offset: float
+    ended_synced: bool
+    request_status: str
+    status: str
+    message_id: str | None
+    from_ap: str | None
+    to_ap: str | None
+    endpoint: str | None
+    client: str | None
+    request_bytes_in: int
+    request_bytes_out: int
+    request_sha256: str
+    request_ms: float
+    response_bytes_in: int
+    response_bytes_out: int
+    response_sha256: str
+    response_ms: float
+    http_status: int | None
+    fault_code: str | None
+
+    def records(self) -> tuple[LogRecord, LogRecord]:
+        """The request and the response record; ``ValueError`` if a value is not valid."""
+        request = LogRecord(
+            ts=self.arrived_ts, ntp_offset=self.arrived_offset, ntp_synced=self.arrived_synced, kind="relay",
+            direction="request", status=self.request_status, message_id=self.message_id, from_ap=self.from_ap,
+            to_ap=self.to_ap, endpoint=self.endpoint, client=self.client, bytes_in=self.request_bytes_in,
+            bytes_out=self.request_bytes_out, sha256=self.request_sha256, duration_ms=self.request_ms)
+        response = LogRecord(
+            ts=self.ended_ts, ntp_offset=self.ended_offset, ntp_synced=self.ended_synced, kind="relay",
+            direction="response", status=self.status, message_id=self.message_id, from_ap=self.from_ap,
+            to_ap=self.to_ap, endpoint=self.endpoint, client=self.client, bytes_in=self.response_bytes_in,
+            bytes_out=self.response_bytes_out, sha256=self.response_sha256, duration_ms=self.response_ms,
+            http_status=self.http_status, fault_code=self.fault_code)
+        return request, response
+
+
+#: What :meth:`Journal.record` takes: one record, or a relayed exchange's two.
+Entry = LogRecord | RelayExchange
+
+
+def describe(entry: Entry) -> str:
+    """An entry as JSON for the process log, when it could not be logged where it belongs."""
+    if isinstance(entry, LogRecord):
+        return json.dumps(entry.to_json(), ensure_ascii=False, default=str)
+    try:
+        return json.dumps([r.to_json() for r in entry.records()], ensure_ascii=False, default=str)
+    except ValueError:
+        return json.dumps(entry._asdict(), ensure_ascii=False, default=str)
+
+
 def _set(record: LogRecord, name: str, value: Any) -> None:
     object.__setattr__(record, name, value)  # normalising a frozen dataclass in __post_init__
 
@@ -401,9 +474,24 @@ def to_row(record: LogRecord) -> dict[str, Any]:
     return row
 
 
-def pack(record: LogRecord) -> tuple[Any, ...]:
-    """A record as a plain tuple, cheap to send to the writer process."""
-    return _PACK(record)
+#: First value of a packed :class:`RelayExchange` (a packed record starts with its ``ts``).
+_EXCHANGE = "relay-exchange"
+
+
+def pack(entry: Entry) -> tuple[Any, ...]:
+    """An entry as a plain tuple of plain values: the cheapest thing to pickle to the writer process."""
+    return (_EXCHANGE, *entry) if isinstance(entry, RelayExchange) else _PACK(entry)
+
+
+def unpack_entries(packed: Sequence[tuple[Any, ...]]) -> list[LogRecord]:
+    """The records of packed entries, in order: the writer's side of :func:`pack`."""
+    records: list[LogRecord] = []
+    for values in packed:
+        if values[0] == _EXCHANGE:
+            records.extend(RelayExchange(*values[1:]).records())
+        else:
+            records.append(unpack(values))
+    return records
 
 
 def unpack(values: Sequence[Any]) -> LogRecord:
@@ -494,12 +582,12 @@ class Journal:
         self.dropped = 0
         self.waits = 0
         self.last_error: str | None = None
-        self._queue: asyncio.Queue[LogRecord] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[Entry] = asyncio.Queue(queue_size)
         if engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
             raise ValueError("the send/receive log needs a database file or server, not an in-memory SQLite")
         self._writer = WriterProcess(engine.url.render_as_string(hide_password=False), node, tables.log.name)
         self._task: asyncio.Task[None] | None = None
-        self._inflight: list[LogRecord] = []
+        self._inflight: list[Entry] = []
         self._closed = False
 
     async def start(self) -> None:
@@ -508,7 +596,7 @@ class Journal:
         await self._writer.start()
         self._task = asyncio.create_task(self._run(), name=f"journal-{self.node}")
 
-    async def record(self, entry: LogRecord) -> None:
+    async def record(self, entry: Entry) -> None:
         """Queue ``entry``; returns at once unless the queue is full (then waits up to ``max_wait``)."""
         if self._closed:
             raise JournalUnavailable("the send/receive log is closed")
@@ -569,7 +657,7 @@ class Journal:
             except TimeoutError:
                 for entry in self._inflight:
                     log.error("send/receive log: commit unfinished at shutdown, maybe not logged: %s",
-                              entry.to_json())
+                              describe(entry))
                 self._give_up(f"store unavailable at shutdown ({self.last_error})")
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -598,11 +686,11 @@ class Journal:
                 for _ in batch:
                     self._queue.task_done()
 
-    async def _commit(self, batch: list[LogRecord]) -> None:
+    async def _commit(self, batch: list[Entry]) -> None:
         backoff = 0.05
         while True:
             try:
-                await self._writer.commit([pack(record) for record in batch])
+                written = await self._writer.commit([pack(entry) for entry in batch])
             except Exception as exc:  # the writer must survive anything one batch can cause
                 self.last_error = _reason(exc)
                 if not _transient(exc):
@@ -612,12 +700,12 @@ class Journal:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             else:
-                self.written += len(batch)
+                self.written += written
                 self.batches += 1
                 self.last_error = None
                 return
 
-    async def _isolate(self, batch: list[LogRecord]) -> None:
+    async def _isolate(self, batch: list[Entry]) -> None:
         # A record the database refuses must not block the ones behind it: split until it is alone.
         if len(batch) > 1:
             half = len(batch) // 2
@@ -626,7 +714,7 @@ class Journal:
             return
         self.dropped += 1
         log.error("send/receive log: record refused by the store (%s), not logged: %s",
-                  self.last_error, batch[0].to_json())
+                  self.last_error, describe(batch[0]))
 
     def _give_up(self, why: str) -> None:
         # Last resort: the records go to the process log rather than vanish.
@@ -634,7 +722,7 @@ class Journal:
             entry = self._queue.get_nowait()
             self._queue.task_done()
             self.dropped += 1
-            log.error("send/receive log: %s, not logged: %s", why, entry.to_json())
+            log.error("send/receive log: %s, not logged: %s", why, describe(entry))
 
 
 def _transient(exc: Exception) -> bool:

@@ -58,7 +58,7 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .ids import new_message_id
-from .journal import Journal, JournalUnavailable, LogRecord, text_problem
+from .journal import Journal, JournalUnavailable, RelayExchange, describe, text_problem
 from .metrics import Metrics
 from .ns import H_MESSAGE_ID, H_SOAPACTION, H_VIA, SoapVersion
 from .parser import SCAN_WHOLE, EnvelopeHead, HeadScanner, scan_head
@@ -140,23 +140,16 @@ class Trace:
             self.response_in += len(chunk)
         self.response_digest.update(chunk)
 
-    def records(self, ended: Now) -> tuple[LogRecord, LogRecord]:
-        """The request and the response record of this exchange."""
+    def exchange(self, ended: Now) -> RelayExchange:
+        """What the log keeps of this exchange (its request and its response record)."""
         now = time.perf_counter()
-        arrived = self.arrived
-        request = LogRecord(
-            ts=arrived.ts, ntp_offset=arrived.offset, ntp_synced=arrived.synced, kind="relay",
-            direction="request", status="ok" if self.forwarded else self.status, message_id=self.message_id,
-            from_ap=self.sender, to_ap=self.destination, endpoint=self.endpoint, client=self.client,
-            bytes_in=self.request_bytes, bytes_out=(self.forwarded_bytes or self.request_bytes) if self.forwarded else 0,
-            sha256=self.request_digest.hexdigest(), duration_ms=1000 * ((self.answered or now) - self.started))
-        response = LogRecord(
-            ts=ended.ts, ntp_offset=ended.offset, ntp_synced=ended.synced, kind="relay",
-            direction="response", status=self.status, message_id=self.message_id,
-            from_ap=self.sender, to_ap=self.destination, endpoint=self.endpoint, client=self.client,
-            bytes_in=self.response_in, bytes_out=self.response_out, sha256=self.response_digest.hexdigest(),
-            duration_ms=1000 * (now - self.started), http_status=self.http_status, fault_code=self.fault_code)
-        return request, response
+        return RelayExchange(
+            *self.arrived, *ended, "ok" if self.forwarded else self.status, self.status, self.message_id,
+            self.sender, self.destination, self.endpoint, self.client,
+            self.request_bytes, (self.forwarded_bytes or self.request_bytes) if self.forwarded else 0,
+            self.request_digest.hexdigest(), 1000 * ((self.answered or now) - self.started),
+            self.response_in, self.response_out, self.response_digest.hexdigest(), 1000 * (now - self.started),
+            self.http_status, self.fault_code)
 
 
 def _check_loggable(what: str, field: str, value: str | None, trace: Trace) -> None:
@@ -302,12 +295,12 @@ class Relay:
             return
         if trace.message_id is None:
             trace.message_id = new_message_id()
-        for record in trace.records(self._clock.now()):
-            try:
-                await self._journal.record(record)
-            except JournalUnavailable as exc:
-                # The answer is given already: never hide the exchange, say it loudly.
-                log.error("send/receive log unavailable (%s); exchange not logged: %s", exc.reason, record.to_json())
+        exchange = trace.exchange(self._clock.now())
+        try:
+            await self._journal.record(exchange)
+        except JournalUnavailable as exc:
+            # The answer is given already: never hide the exchange, say it loudly.
+            log.error("send/receive log unavailable (%s); exchange not logged: %s", exc.reason, describe(exchange))
 
     async def _prepare(self, request: web.Request, table: RouteTable,
                        trace: Trace) -> tuple[Exchange, bytes | RequestBody]:

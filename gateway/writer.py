@@ -6,7 +6,10 @@ SHA-256 of the chain) and SQLAlchemy's row handling are Python work: in a
 thread they hold the GIL the event loop needs, and the measured cost was
 40–48 % of the relay's throughput (bench/PROFILE.md).  In a process of its
 own they run on the other core; the gateway only packs each record into a
-tuple and sends a batch over a socket.
+tuple and sends a batch over a socket.  A relayed exchange, the hot path,
+is not even made into records on the gateway's side: it travels as one
+tuple (:class:`gateway.journal.RelayExchange`) and the child builds its
+request and response records, validation included.
 
 Priority.  The child runs at the lowest CPU priority (``SCHED_IDLE``), so on
 a busy machine it takes only CPU that nothing else wants: with the bench's
@@ -94,7 +97,7 @@ class WriterProcess:
             await self._ensure()
 
     async def commit(self, packed: list[tuple[Any, ...]]) -> int:
-        """Commit one batch of packed records; returns how many were written."""
+        """Commit one batch of packed entries; returns how many records were written."""
         async with self._lock:
             reader, writer = await self._ensure()
             try:
@@ -230,7 +233,7 @@ def _read_frame(stream: IO[bytes]) -> Any | None:
 
 def _main(sock: socket.socket, url: str, node: str, table: str, idle: bool) -> None:
     """The child: commit each batch it receives, answer, exit when the socket closes."""
-    from .journal import TABLES, _reason, _transient, append, log_tables, unpack
+    from .journal import TABLES, _reason, _transient, append, log_tables, unpack_entries
     from .store import Store
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
@@ -248,12 +251,13 @@ def _main(sock: socket.socket, url: str, node: str, table: str, idle: bool) -> N
             sock.sendall(_frame(("ready",)))
             while (packed := _read_frame(incoming)) is not None:
                 try:
+                    records = unpack_entries(packed)
                     with store.engine.begin() as connection:
-                        append(connection, [unpack(values) for values in packed], node=node, tables=tables)
+                        append(connection, records, node=node, tables=tables)
                 except Exception as exc:  # every failure goes back to the parent, which decides
                     sock.sendall(_frame(("error", _transient(exc), _reason(exc))))
                 else:
-                    sock.sendall(_frame(("ok", len(packed))))
+                    sock.sendall(_frame(("ok", len(records))))
         except OSError:
             return  # the parent went away mid-reply
         finally:

@@ -25,6 +25,7 @@ from gateway.journal import (
     JournalUnavailable,
     LogFilter,
     LogRecord,
+    RelayExchange,
     append,
     ensure_schema,
     head_seqs,
@@ -290,6 +291,43 @@ async def test_a_record_the_store_refuses_does_not_block_the_others(store: Store
     await journal.close()
     assert [r.message_id for r in chain(store.engine, "dc-east")] == ["m-0", "m-2"]
     assert journal.status()["dropped"] == 1
+    assert verify(store.engine, None).ok
+
+
+
+def exchange(i: int, **values: Any) -> RelayExchange:
+    """A relayed exchange as the relay queues it: one tuple for its two records."""
+    fields: dict[str, Any] = dict(
+        arrived_ts=T0 + timedelta(seconds=i), arrived_offset=0.25, arrived_synced=True,
+        ended_ts=T0 + timedelta(seconds=i, milliseconds=3), ended_offset=0.25, ended_synced=False,
+        request_status="ok", status="fault", message_id=f"x-{i}", from_ap="juki", to_ap="kaigo",
+        endpoint="http://127.0.0.1:9001/kaigo", client="juki-app", request_bytes_in=100, request_bytes_out=120,
+        request_sha256="ab" * 32, request_ms=1.0000004, response_bytes_in=50, response_bytes_out=50,
+        response_sha256="cd" * 32, response_ms=3.25, http_status=500, fault_code="Server")
+    fields.update(values)
+    return RelayExchange(**fields)
+
+
+async def test_a_relayed_exchange_is_two_records_built_by_the_writer(store: Store) -> None:
+    journal = Journal(store.engine, "dc-east")
+    await journal.start()
+    await journal.record(entry(0))
+    await journal.record(exchange(1))
+    await journal.record(exchange(2, message_id="m" * 300))  # bypasses the relay's check, as a bug would
+    await journal.record(entry(3))
+    await journal.close()
+    records = chain(store.engine, "dc-east")
+    assert [(r.message_id, r.direction) for r in records] == [
+        ("m-0", "request"), ("x-1", "request"), ("x-1", "response"), ("m-3", "request")]
+    request, response = records[1:3]
+    assert (request.status, request.bytes_in, request.bytes_out, request.sha256, request.duration_ms) == (
+        "ok", 100, 120, "ab" * 32, 1.0)  # normalised by the writer, as LogRecord() does anywhere
+    assert (request.ts, response.ts, request.http_status) == (T0 + timedelta(seconds=1),
+                                                               T0 + timedelta(seconds=1, milliseconds=3), None)
+    assert (request.ntp_synced, response.ntp_synced) == (True, False)
+    assert (response.status, response.http_status, response.fault_code, response.bytes_out) == (
+        "fault", 500, "Server", 50)
+    assert journal.status()["written"] == 4 and journal.status()["dropped"] == 1
     assert verify(store.engine, None).ok
 
 
