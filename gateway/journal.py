@@ -144,7 +144,7 @@ def _reason(exc: BaseException) -> str:
 
 # -- the record ----------------------------------------------------------------
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(frozen=True, kw_only=True)
 class LogRecord:
     """One logged exchange in one direction (SPEC.md "Log record").
 
@@ -194,28 +194,31 @@ class LogRecord:
                                          "client", "fault_code", "kind", "node")
 
     def __post_init__(self) -> None:
-        if self.ts.tzinfo is None:
-            raise ValueError("LogRecord.ts must be timezone-aware")
-        if self.status not in STATUSES:
+        values = self.__dict__  # normalised in place: frozen forbids setting attributes, not this
+        ts = values["ts"]
+        if ts.tzinfo is not UTC:
+            if ts.tzinfo is None:
+                raise ValueError("LogRecord.ts must be timezone-aware")
+            values["ts"] = ts.astimezone(UTC)
+        if values["status"] not in STATUSES:
             raise ValueError(f"LogRecord.status must be one of {', '.join(STATUSES)}, not {self.status!r}")
-        if self.direction not in DIRECTIONS:
+        if values["direction"] not in DIRECTIONS:
             raise ValueError(f"LogRecord.direction must be one of {', '.join(DIRECTIONS)}, not {self.direction!r}")
-        for name in self._TEXTS:
-            value = getattr(self, name)
-            if value is not None and not _plain_text(value, _MAX_ID if name == "message_id" else _MAX_TEXT):
+        for name in self._TEXTS:  # the common case inline: short ASCII without NUL (ASCII is valid UTF-8)
+            value = values[name]
+            if value is not None and not (type(value) is str and value.isascii() and len(value) <= _MAX_ID
+                                          and "\0" not in value):
                 _check_text(name, value)
-        if self.ts.tzinfo is not UTC:
-            _set(self, "ts", self.ts.astimezone(UTC))
-        _set(self, "ntp_offset", _float(self.ntp_offset, "ntp_offset", 6))
-        _set(self, "duration_ms", _float(self.duration_ms, "duration_ms", 3))
-        if type(self.ntp_synced) is not bool:
-            _set(self, "ntp_synced", bool(self.ntp_synced))
+        values["ntp_offset"] = _float(values["ntp_offset"], "ntp_offset", 6)
+        values["duration_ms"] = _float(values["duration_ms"], "duration_ms", 3)
+        if type(values["ntp_synced"]) is not bool:
+            values["ntp_synced"] = bool(values["ntp_synced"])
         for name in ("bytes_in", "bytes_out", "seq"):
-            value = getattr(self, name)
+            value = values[name]
             if type(value) is not int or not 0 <= value < 2**63:
-                _set(self, name, _count(value, name))
-        if self.http_status is not None and type(self.http_status) is not int:
-            _set(self, "http_status", int(self.http_status))
+                values[name] = _count(value, name)
+        if values["http_status"] is not None and type(values["http_status"]) is not int:
+            values["http_status"] = int(values["http_status"])
 
     @classmethod
     def at(cls, now: Now, **values: Any) -> LogRecord:
@@ -225,7 +228,7 @@ class LogRecord:
     def chained(self, *, node: str, seq: int, prev_hash: str, hash: str) -> LogRecord:
         """A copy with the chain fields set (the writer's hot path: the rest is already normalised)."""
         _check_text("node", node)
-        return unpack((*_PACK(self)[:-4], node, int(seq), prev_hash, hash))  # the chain fields come last
+        return _made({**self.__dict__, "node": node, "seq": int(seq), "prev_hash": prev_hash, "hash": hash})
 
     def to_json(self) -> dict[str, Any]:
         """The SPEC.md JSON object: ``from``/``to`` names, ISO 8601 UTC ``ts`` with microseconds."""
@@ -340,11 +343,6 @@ def _count(value: Any, name: str) -> int:
     if not 0 <= number < 2**63:  # a BIGINT column on both databases
         raise ValueError(f"LogRecord.{name} must be between 0 and 2**63-1, not {value!r}")
     return number
-
-
-def _plain_text(value: Any, limit: int) -> bool:
-    """The common case, checked cheaply: short ASCII text without NUL (ASCII is valid UTF-8)."""
-    return type(value) is str and value.isascii() and len(value) <= limit and "\0" not in value
 
 
 def _check_text(name: str, value: Any) -> None:
@@ -462,7 +460,7 @@ def _utcnow() -> datetime:
 
 
 _COLUMNS = tuple(f.name for f in fields(LogRecord))
-assert _COLUMNS[-4:] == ("node", "seq", "prev_hash", "hash"), "LogRecord.chained relies on this order"
+assert _COLUMNS[0] == "ts", "_insert converts the first packed value"
 _PACK = operator.attrgetter(*_COLUMNS)
 _JSON_VALUES = operator.attrgetter(*(_ATTR.get(name, name) for name in FIELDS))
 
@@ -496,9 +494,15 @@ def unpack_entries(packed: Sequence[tuple[Any, ...]]) -> list[LogRecord]:
 
 def unpack(values: Sequence[Any]) -> LogRecord:
     """Inverse of :func:`pack`; the values were validated when the record was made."""
+    if len(values) != len(_COLUMNS):
+        raise ValueError(f"a packed log record has {len(_COLUMNS)} values, not {len(values)}")
+    return _made(dict(zip(_COLUMNS, values)))
+
+
+def _made(values: dict[str, Any]) -> LogRecord:
+    # A record from values that are already valid, all fields set at once (not one setattr per field).
     record = object.__new__(LogRecord)
-    for name, value in zip(_COLUMNS, values, strict=True):
-        _set(record, name, value)
+    object.__setattr__(record, "__dict__", values)
     return record
 
 
@@ -524,10 +528,48 @@ def append(connection: Connection, entries: Sequence[LogRecord], *, node: str,
         prev = record.hash
         sealed.append(record)
     if sealed:
-        connection.execute(insert(tables.log), [to_row(r) for r in sealed])
+        _insert(connection, tables.log, sealed)
         connection.execute(update(tables.head).where(tables.head.c.node == node)
                            .values(seq=seq, hash=prev, updated=_utcnow()))
     return sealed
+
+
+def _insert(connection: Connection, table: Table, records: list[LogRecord]) -> None:
+    """Insert sealed records through the driver itself in the caller's transaction.
+
+    SQLAlchemy's per-row parameter processing cost the writer as much as
+    sealing did; the values handed over here are exactly what it would have
+    bound (naive UTC ``ts`` in SQLite's DATETIME storage format there), so
+    rows read back through SQLAlchemy are the same.  PostgreSQL takes them
+    by ``COPY``; other dialects go through SQLAlchemy.
+    """
+    dialect = connection.dialect.name
+    if dialect not in ("sqlite", "postgresql"):
+        connection.execute(insert(table), [to_row(r) for r in records])
+        return
+    quote = connection.dialect.identifier_preparer.quote
+    columns = ", ".join(quote(name) for name in _COLUMNS)
+    if dialect == "sqlite":
+        sql = f"INSERT INTO {quote(table.name)} ({columns}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+        rows = [(r.ts.replace(tzinfo=None).isoformat(" ", "microseconds"), *_PACK(r)[1:]) for r in records]
+    else:
+        sql = f"COPY {quote(table.name)} ({columns}) FROM STDIN"
+        rows = [(r.ts.replace(tzinfo=None), *_PACK(r)[1:]) for r in records]
+    raw = connection.connection.dbapi_connection
+    assert raw is not None
+    driver = connection.dialect.loaded_dbapi
+    cursor = raw.cursor()
+    try:
+        if dialect == "sqlite":
+            cursor.executemany(sql, rows)
+        else:
+            with cursor.copy(sql) as copy:
+                for row in rows:
+                    copy.write_row(row)
+    except driver.Error as exc:  # as SQLAlchemy would have raised it: the writer retries locks and races
+        raise DBAPIError.instance(sql, None, exc, driver.Error) from exc
+    finally:
+        cursor.close()
 
 
 def _lock_head(connection: Connection, tables: LogTables, node: str) -> tuple[int, str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, insert, select, text, update
 
 from gateway.chain import chain_hash, verify
 from gateway.clock import Now
@@ -29,9 +29,11 @@ from gateway.journal import (
     append,
     ensure_schema,
     head_seqs,
+    log_tables,
     read,
     read_chain,
     read_new,
+    to_row,
 )
 from gateway.store import Store
 
@@ -336,6 +338,27 @@ async def test_a_relayed_exchange_is_two_records_built_by_the_writer(store: Stor
 def write(engine: Engine, node: str, records: list[LogRecord]) -> list[LogRecord]:
     with engine.begin() as connection:
         return append(connection, records, node=node)
+
+
+
+def test_rows_written_through_the_driver_read_back_as_sqlalchemy_writes_them(store: Store) -> None:
+    # append() bypasses SQLAlchemy's parameter processing; a table filled by SQLAlchemy itself must read the same.
+    records = [entry(0), entry(1, ts=datetime(2024, 4, 1, 0, 0, tzinfo=UTC), message_id=None, from_ap="住基",
+                           http_status=None, fault_code="Server", duration_ms=0.001, ntp_synced=False,
+                           bytes_in=2**63 - 1, client="c" * 2048)]
+    sealed = write(store.engine, "dc-east", records)
+    other = log_tables("exchange_log_reference")
+    other.metadata.create_all(store.engine)
+    with store.engine.begin() as connection:
+        connection.execute(insert(other.log), [to_row(r) for r in sealed])
+    with store.engine.connect() as connection:
+        ours = [tuple(row) for row in connection.execute(select(TABLES.log).order_by(TABLES.log.c.seq))]
+        theirs = [tuple(row) for row in connection.execute(select(other.log).order_by(other.log.c.seq))]
+        assert ours == theirs
+        stored_as = [connection.execute(text(f"SELECT ts, ntp_synced FROM {t.name} ORDER BY seq")).all()
+                     for t in (TABLES.log, other.log)]  # as the database holds them, not as SQLAlchemy reads them
+        assert stored_as[0] == stored_as[1]
+        assert list(read_chain(connection, "dc-east")) == sealed
 
 
 def test_filters_select_by_time_ap_message_status_and_kind(store: Store) -> None:
