@@ -165,12 +165,11 @@ def _raw_insert(url: str, data: Path) -> float:
 
     from refdb.config import parse_refdb
     from refdb.schema import sql_type
-    from refdb.values import Converter
+    from refdb.values import parse_value
 
     dataset = parse_refdb({"datasets": {"raw": {"owner": "x", "key": ["person_id"], "columns": _COLUMNS}}}).datasets["raw"]
-    converter = Converter(dataset)
     with data.open(encoding="utf-8", newline="") as handle:
-        rows = [converter.row({k: (v if v != "" else None) for k, v in r.items()}) for r in csv.DictReader(handle)]
+        rows = [{c.name: parse_value(r[c.name] or None, c) for c in dataset.columns} for r in csv.DictReader(handle)]
     table = Table("raw_executemany", MetaData(), *(Column(c.name, sql_type(c), primary_key=c.name == "person_id")
                                                   for c in dataset.columns))
     engine = create_engine(url)

@@ -225,11 +225,15 @@ class RefdbService:
     async def _run(body: AsyncIterator[bytes], call: Call, worker: ThreadPoolExecutor, config: Config) -> bytes:
         """Feed the body through the reader, then run the operation; all lxml work in ``worker``."""
         reader = await _in(worker, RequestReader, call.item, config.gateway.max_message_bytes)
-        async for chunk in body:
-            call.outcome.bytes_in += len(chunk)
-            call.outcome.digest.update(chunk)
-            await _in(worker, reader.feed, chunk)
-        await _in(worker, reader.finish)
+        try:
+            async for chunk in body:
+                call.outcome.bytes_in += len(chunk)
+                call.outcome.digest.update(chunk)
+                await _in(worker, reader.feed, chunk)
+            await _in(worker, reader.finish)
+        except GatewayError:
+            await _in(worker, call.check_pending)
+            raise
         return await _in(worker, call.finish, reader)
 
     def _log_in_commit(self, connection: Connection, result: PushResult, outcome: Outcome, client: str | None) -> None:
@@ -314,12 +318,10 @@ class Call:
         self.operation: str | None = None
         self._write_log = write_log
         self._converter: Converter | None = None
-        self._key: tuple[str, ...] = ()
         self._push: str | None = None
         self._own_push = False
         self._base = 0
-        self._batch: list[dict[str, Any]] = []
-        self._batch_keys: set[tuple[Any, ...]] = set()
+        self._pending: list[Fields] = []
         self._keys: list[dict[str, Any]] = []
         self._items = 0
 
@@ -331,32 +333,55 @@ class Call:
             self._prepare(operation, scalars)
         assert self._converter is not None
         self._items = number
-        try:
-            if operation == "Delete":
+        if operation == "Delete":
+            try:
                 self._keys.append(self._converter.key(fields))
-                return
-            row = self._converter.row(fields)
-        except FieldError as exc:
-            raise InvalidRecord(f"record {self._base + number}, field {exc.field!r}: {exc.reason}",
-                                record=self._base + number, field=exc.field) from None
-        self._add(row, number)
-
-    def _add(self, row: dict[str, Any], number: int) -> None:
-        key = tuple(row[k] for k in self._key)
-        if key in self._batch_keys:
-            raise InvalidRecord(f"record {self._base + number}: key {list(key)} appears twice in this push",
-                                record=self._base + number)
-        self._batch_keys.add(key)
-        self._batch.append(row)
-        if len(self._batch) >= BATCH_ROWS:
+            except FieldError as exc:
+                raise self._invalid(exc, number) from None
+            return
+        # Records wait for their batch: a batch converts a column at a time, far cheaper than record by record.
+        self._pending.append(fields)
+        if len(self._pending) >= BATCH_ROWS:
             self._flush()
+
+    def check_pending(self) -> None:
+        """Before the fault of a request that broke off: a bad record before the break is the one to report,
+        as it is when records are checked as they arrive."""
+        if self._converter is not None and self._pending:
+            self._rows(self._pending)
 
     def _flush(self, *, size: int = 0, digest: str = "") -> None:
         assert self._push is not None and self.outcome.dataset is not None
-        first = self._base + self._items - len(self._batch) + 1
-        self.store.stage(self._push, self.outcome.dataset, self._batch, size=size, digest=digest, first=first)
-        self._batch = []
-        self._batch_keys = set()
+        rows = self._rows(self._pending)
+        self._pending = []
+        first = self._base + self._items - len(rows) + 1
+        self.store.stage(self._push, self.outcome.dataset, rows, size=size, digest=digest, first=first)
+
+    def _rows(self, records: list[Fields]) -> list[tuple[Any, ...]]:
+        """The last ``len(records)`` records converted; a bad one, or a key twice, refuses the push."""
+        assert self._converter is not None
+        first = self._items - len(records) + 1
+        try:
+            rows = self._converter.rows(records)
+        except FieldError as exc:
+            raise self._invalid(exc, first + (exc.record or 0)) from None
+        keys = list(map(self._converter.key_values, rows))
+        if len(set(keys)) != len(keys):
+            self._repeated(rows, first)
+        return rows
+
+    def _repeated(self, rows: list[tuple[Any, ...]], first: int) -> None:
+        assert self._converter is not None
+        seen: set[tuple[Any, ...]] = set()
+        for number, row in enumerate(rows, self._base + first):
+            key = self._converter.key_of(row)
+            if key in seen:
+                raise InvalidRecord(f"record {number}: key {list(key)} appears twice in this push", record=number)
+            seen.add(key)
+
+    def _invalid(self, exc: FieldError, number: int) -> InvalidRecord:
+        return InvalidRecord(f"record {self._base + number}, field {exc.field!r}: {exc.reason}",
+                             record=self._base + number, field=exc.field)
 
     def _prepare(self, operation: str, scalars: Mapping[str, str]) -> None:
         """Before the first record or key: which dataset, may the caller write it, which push."""
@@ -372,8 +397,7 @@ class Call:
         tables = self.store.dataset(dataset)
         self.outcome.dataset = dataset
         check_push(self.caller, tables.dataset)
-        self._converter = Converter(tables.dataset)
-        self._key = tables.dataset.key
+        self._converter = Converter(tables.dataset, self.store.driver)
         if operation == "Upsert" and self._push is None:
             self._push = self.store.begin_push(dataset, _mode(scalars), self.caller.name)
             self._own_push = True

@@ -158,6 +158,11 @@ class RefStore:
         self.engine = engine
         self.tables = dict(tables)
 
+    @property
+    def driver(self) -> str:
+        """The dialect whose driver gets staged rows (see :class:`refdb.values.Converter`)."""
+        return str(self.engine.dialect.name)
+
     def dataset(self, name: str | None) -> DatasetTables:
         found = self.tables.get(name or "")
         if found is None:
@@ -222,9 +227,10 @@ class RefStore:
             connection.execute(delete(tables.stage).where(tables.stage.c[PUSH] == push_id))
         connection.execute(delete(PUSHES).where(PUSHES.c.id == push_id))
 
-    def stage(self, push_id: str, dataset: str, rows: Sequence[dict[str, Any]], *,
+    def stage(self, push_id: str, dataset: str, rows: Sequence[tuple[Any, ...]], *,
               size: int = 0, digest: str = "", first: int = 1) -> int:
-        """Stage a batch of converted rows; returns how many the push holds now.
+        """Stage a batch of rows made by a :class:`~refdb.values.Converter` for :attr:`driver`;
+        returns how many records the push holds now.
 
         ``first`` is the number of the batch's first record in the push, for
         the fault when a key repeats one staged by an earlier batch.

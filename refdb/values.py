@@ -21,15 +21,17 @@ A missing value is NULL; key columns may not be NULL.
 
 from __future__ import annotations
 
+import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
+from itertools import repeat
 from typing import Any
 
 from .config import Column, ColumnType, Dataset
 
-__all__ = ["BadValue", "FieldError", "parse_value", "format_value", "Converter"]
+__all__ = ["BadValue", "FieldError", "parse_value", "format_value", "Converter", "Record"]
 
 _INTEGER = re.compile(r"[+-]?\d{1,19}")
 _DECIMAL = re.compile(r"[+-]?(\d*)(?:\.(\d*))?")
@@ -131,48 +133,228 @@ def format_value(value: Any, column: Column) -> str | None:
     return str(value)
 
 
+# -- driver values ----------------------------------------------------------------
+#
+# A push hands its rows to the database driver directly (:mod:`refdb.bulk`), so
+# a converter makes the values that SQLAlchemy's bind processing would have
+# made: on SQLite its DATE/DATETIME storage strings, decimals as floats (what
+# ``Numeric`` binds there) and booleans as 0/1; on PostgreSQL the typed values,
+# which psycopg adapts itself, as on any other dialect (where SQLAlchemy binds them).
+
+def _sqlite_datetime(value: datetime) -> str:
+    return value.isoformat(" ", "microseconds")
+
+
+_ADAPTERS: dict[str, dict[ColumnType, Callable[[Any], Any]]] = {
+    "sqlite": {ColumnType.DATE: date.isoformat, ColumnType.DATETIME: _sqlite_datetime,
+               ColumnType.DECIMAL: float, ColumnType.BOOLEAN: int},
+}
+
+# The common spellings, checked a whole column at a time by C code (regular expressions, ``map``);
+# anything else (whitespace, offsets, non-ASCII digits, NULLs in a key) takes the value-by-value
+# path, which accepts exactly what :func:`parse_value` accepts and names the first bad record.
+_FAST_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
+_FAST_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_FAST_DATETIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?")
+_FAST_BOOLEAN = {"true": True, "1": True, "false": False, "0": False}
+_FAST_BOOLEAN_INT = {word: int(value) for word, value in _FAST_BOOLEAN.items()}
+
+Texts = list[str]
+ColumnConverter = Callable[[Texts], list[Any]]
+
+
+class _Slow(Exception):
+    """A column holds a value the column-at-a-time path does not take."""
+
+
+def _check(ok: bool) -> None:
+    if not ok:
+        raise _Slow
+
+
+def _fast_string(texts: Texts) -> list[Any]:
+    _check(not any(map(str.__contains__, texts, repeat("\0"))))
+    return texts
+
+
+def _fast_integer(texts: Texts) -> list[Any]:
+    _check(all(map(_FAST_INTEGER.fullmatch, texts)))
+    numbers = list(map(int, texts))
+    _check(not numbers or (-_INT64 <= min(numbers) and max(numbers) < _INT64))
+    return numbers
+
+
+def _fast_decimal(column: Column, driver: str) -> ColumnConverter:
+    # At most P-S integer digits after leading zeros, at most S decimals before trailing zeros.
+    pattern = re.compile(rf"[+-]?(?=\.?[0-9])0*[0-9]{{0,{column.precision - column.scale}}}"
+                         rf"(?:\.[0-9]{{0,{column.scale}}}0*)?")
+    exponent = Decimal(1).scaleb(-column.scale)
+
+    def convert(texts: Texts) -> list[Any]:
+        _check(all(map(pattern.fullmatch, texts)))
+        if driver == "sqlite":
+            return list(map(float, texts))
+        return list(map(Decimal.quantize, map(Decimal, texts), repeat(exponent)))
+
+    return convert
+
+
+def _fast_date(driver: str) -> ColumnConverter:
+    def convert(texts: Texts) -> list[Any]:
+        _check(all(map(_FAST_DATE.fullmatch, texts)))
+        dates = list(map(date.fromisoformat, texts))  # ValueError: not a day of the calendar
+        return texts if driver == "sqlite" else dates  # YYYY-MM-DD is date.isoformat() already
+
+    return convert
+
+
+def _fast_datetime(driver: str) -> ColumnConverter:
+    def convert(texts: Texts) -> list[Any]:
+        _check(all(map(_FAST_DATETIME.fullmatch, texts)))
+        values = list(map(datetime.fromisoformat, texts))
+        if driver == "sqlite":  # as _sqlite_datetime, without a Python call per value
+            return list(map(datetime.isoformat, values, repeat(" "), repeat("microseconds")))
+        return values
+
+    return convert
+
+
+def _fast_boolean(driver: str) -> ColumnConverter:
+    table: dict[str, Any] = _FAST_BOOLEAN_INT if driver == "sqlite" else _FAST_BOOLEAN
+
+    def convert(texts: Texts) -> list[Any]:
+        return list(map(table.__getitem__, texts))  # KeyError: another spelling
+
+    return convert
+
+
+def _fast(column: Column, driver: str) -> ColumnConverter:
+    kind = column.type
+    if kind is ColumnType.STRING:
+        return _fast_string
+    if kind is ColumnType.INTEGER:
+        return _fast_integer
+    if kind is ColumnType.DECIMAL:
+        return _fast_decimal(column, driver)
+    if kind is ColumnType.DATE:
+        return _fast_date(driver)
+    if kind is ColumnType.DATETIME:
+        return _fast_datetime(driver)
+    return _fast_boolean(driver)
+
+
+#: A wire record: field name → text (None: NULL), as :mod:`refdb.wire` reads it.
+Record = dict[str, str | None]
+
+
 class Converter:
-    """Turns wire records (name → text) of one dataset into row dicts, naming what is wrong."""
+    """Turns wire records (name → text) of one dataset into rows of driver values, naming what is wrong.
 
-    def __init__(self, dataset: Dataset) -> None:
+    ``driver`` is the SQLAlchemy dialect name of the database the rows go to
+    (``sqlite``, ``postgresql``; anything else: typed Python values).  A row
+    is a tuple in the dataset's column order, absent columns NULL.
+    """
+
+    def __init__(self, dataset: Dataset, driver: str = "") -> None:
         self.dataset = dataset
-        self._columns = {c.name: c for c in dataset.columns}
-        # name -> (parser, column), looked up once per value on the push's hot path
-        self._parsers = {c.name: (_PARSERS[c.type], c) for c in dataset.columns}
+        self.names = tuple(c.name for c in dataset.columns)
+        adapters = _ADAPTERS.get(driver, {})
+        # name -> (position, parser, column, adapter), looked up once per value on the slow path
+        self._slots = {c.name: (i, _PARSERS[c.type], c, adapters.get(c.type)) for i, c in enumerate(dataset.columns)}
+        self._fast = {c.name: _fast(c, driver) for c in dataset.columns}
         self._keys = dataset.key
+        self._key_positions = tuple(self.names.index(k) for k in dataset.key)
+        #: A row's key, compared between rows (a value for a one-column key, else a tuple).
+        self.key_values: Callable[[tuple[Any, ...]], Any] = operator.itemgetter(*self._key_positions)
 
-    def row(self, fields: Mapping[str, str | None]) -> dict[str, Any]:
-        """A complete row (absent columns NULL); a bad field raises :class:`FieldError`."""
-        row: dict[str, Any] = dict.fromkeys(self._columns)
-        parsers = self._parsers
+    def rows(self, records: Sequence[Record]) -> list[tuple[Any, ...]]:
+        """The rows of a batch; the first bad record (in order) raises :class:`FieldError` naming it.
+
+        Records that all name the same columns, with values in their usual
+        spelling, are converted a column at a time; any other batch record by record.
+        """
+        if not records:
+            return []
+        try:
+            return self._by_column(records)
+        except (_Slow, ValueError, KeyError):
+            return [self._numbered_row(fields, number) for number, fields in enumerate(records)]
+
+    def _by_column(self, records: Sequence[Record]) -> list[tuple[Any, ...]]:
+        first = records[0].keys()
+        _check(all(map(operator.eq, map(dict.keys, records), repeat(first))))
+        _check(all(name in first for name in self._keys))
+        count = len(records)
+        columns: list[Iterable[Any]] = [repeat(None, count) for _ in self.names]
+        for name in first:
+            texts = list(map(operator.itemgetter(name), records))
+            if None in texts:
+                _check(name not in self._keys)
+                columns[self._slots[name][0]] = self._with_nulls(name, texts)
+            else:
+                columns[self._slots[name][0]] = self._fast[name](texts)
+        return list(zip(*columns))
+
+    def _with_nulls(self, name: str, texts: list[str | None]) -> list[Any]:
+        position, parse, column, adapt = self._slots[name]
+        typed = [None if text is None else parse(text, column) for text in texts]
+        return typed if adapt is None else [None if value is None else adapt(value) for value in typed]
+
+    def _numbered_row(self, fields: Record, number: int) -> tuple[Any, ...]:
+        try:
+            return self.row(fields)
+        except FieldError as exc:
+            exc.record = number
+            raise
+
+    def row(self, fields: Record) -> tuple[Any, ...]:
+        """One row (absent columns NULL); a bad field raises :class:`FieldError`."""
+        row: list[Any] = [None] * len(self.names)
+        slots = self._slots
         for name, text in fields.items():
-            if name not in parsers:
+            slot = slots.get(name)
+            if slot is None:
                 raise FieldError(name, f"{self.dataset.name} has no column {name!r}")
             if text is None:
                 continue
-            parse, column = parsers[name]
+            position, parse, column, adapt = slot
             try:
-                row[name] = parse(text, column)
+                value = parse(text, column)
             except BadValue as exc:
                 raise FieldError(name, str(exc)) from None
-        for name in self._keys:
-            if row[name] is None:
-                raise FieldError(name, "key columns may not be empty")
-        return row
+            row[position] = value if adapt is None else adapt(value)
+        for position in self._key_positions:
+            if row[position] is None:
+                raise FieldError(self.names[position], "key columns may not be empty")
+        return tuple(row)
 
-    def key(self, fields: Mapping[str, str | None]) -> dict[str, Any]:
-        """The key columns of a record naming exactly the key."""
+    def key(self, fields: Record) -> dict[str, Any]:
+        """The typed key columns of a record naming exactly the key (for SQLAlchemy statements)."""
         extra = sorted(set(fields) - set(self._keys))
         if extra:
             raise FieldError(extra[0], f"{extra[0]!r} is not a key column of {self.dataset.name}")
-        row = self.row(fields)
-        return {k: row[k] for k in self._keys}
+        typed = {}
+        for name, text in fields.items():
+            try:
+                typed[name] = parse_value(text, self._slots[name][2])
+            except BadValue as exc:
+                raise FieldError(name, str(exc)) from None
+        for name in self._keys:
+            if typed.get(name) is None:
+                raise FieldError(name, "key columns may not be empty")
+        return {name: typed[name] for name in self._keys}
+
+    def key_of(self, row: Sequence[Any]) -> tuple[Any, ...]:
+        """The key values of a row made by this converter."""
+        return tuple(row[p] for p in self._key_positions)
 
 
 class FieldError(ValueError):
     """A record's field is unknown or its value does not fit."""
 
-    def __init__(self, field: str, reason: str) -> None:
+    def __init__(self, field: str, reason: str, record: int | None = None) -> None:
         super().__init__(reason)
         self.field = field
         self.reason = reason
+        self.record = record
+        """For a batch: the position of the bad record in it (from 0)."""

@@ -114,14 +114,25 @@ class RequestReader:
         raise MalformedMessage("DTDs are not allowed in messages")
 
     def start(self, tag: str, attrib: Mapping[str, str]) -> None:
-        if tag == _FIELD and self._fields is not None and len(self._stack) == 5:
-            # The hot path (most elements of a push): a field of a record, kept off the stack.
+        fields = self._fields
+        if tag == _FIELD and fields is not None and len(self._stack) == 5:
+            # The hot path, most elements of a push: a record's field, read here (no call, nothing
+            # built but the record's dict) and kept off the stack.
             self._open_fields += 1
-            self._field(attrib)
+            name = attrib.get("name")
+            if not name:
+                raise InvalidRecord(f"record {self._items}: a field has no name", record=self._items)
+            if "&" in name:
+                name = _attribute(name) or ""
+            if name in fields:
+                raise InvalidRecord(f"record {self._items}: field {name!r} appears twice",
+                                    record=self._items, field=name)
+            value = attrib.get("value")
+            fields[name] = value.replace("&#38;", "&") if value and "&" in value else value
             return
         depth = len(self._stack)
         self._stack.append(tag)
-        if depth == 4 and self._fields is None and (self.operation, self._stack[3], tag) in _STREAMED:
+        if depth == 4 and fields is None and (self.operation, self._stack[3], tag) in _STREAMED:
             self._fields = {}
             self._items += 1
         elif depth == 3 and tag in _SCALARS and self.operation is not None:
@@ -130,18 +141,6 @@ class RequestReader:
             self.filters.append({k: _attribute(v) or "" for k, v in attrib.items()})
         elif depth < 3:
             self._outer(depth, tag)
-
-    def _field(self, attrib: Mapping[str, str]) -> None:
-        assert self._fields is not None
-        name = attrib.get("name")
-        if not name:
-            raise InvalidRecord(f"record {self._items}: a field has no name", record=self._items)
-        if "&" in name:
-            name = _attribute(name) or ""
-        if name in self._fields:
-            raise InvalidRecord(f"record {self._items}: field {name!r} appears twice", record=self._items, field=name)
-        value = attrib.get("value")
-        self._fields[name] = _attribute(value) if value and "&" in value else value
 
     def _outer(self, depth: int, tag: str) -> None:
         """Envelope, Body and the operation element."""

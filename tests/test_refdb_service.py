@@ -187,6 +187,21 @@ async def test_a_bad_value_refuses_the_whole_push_naming_record_and_field(gw: Ga
     assert (await gw.client(lambda c: c.query("residents"))).version == 1
 
 
+@pytest.mark.parametrize("tail", ['<r:record><r:field name="person_id" value="P3"/><r:field name="person_id"/>'
+                                  '</r:record></r:records></r:Upsert></s:Body></s:Envelope>', "<r:record><broken"],
+                         ids=["field-twice-later", "malformed-later"])
+async def test_the_first_bad_record_is_reported_though_the_request_breaks_off_later(
+        gw: Gateway, http: aiohttp.ClientSession, tail: str) -> None:
+    """Records are converted in batches, yet the fault is the one met first reading record by record."""
+    records = ('<r:record><r:field name="person_id" value="P1"/></r:record>'
+               '<r:record><r:field name="person_id" value="P2"/><r:field name="fee" value="12.345"/></r:record>')
+    body = (f'<s:Envelope xmlns:s="{SOAP11_ENV}"><s:Body><r:Upsert xmlns:r="{REFDB}"><r:dataset>residents'
+            f'</r:dataset><r:records>{records}{tail}').encode()
+    status, root = await post(http, gw, body, {"Content-Type": "text/xml"})
+    error = root.find(f".//{{{FAULT}}}Error")
+    assert (status, error.get("code"), error.get("record"), error.get("field")) == (400, "InvalidRecord", "2", "fee")
+
+
 async def test_a_refused_push_cannot_be_committed_afterwards(gw: Gateway) -> None:
     def attempt(client: RefdbClient) -> RemoteFault:
         push_id = client.call("BeginPush", '<r:dataset>residents</r:dataset><r:mode>full</r:mode>').findtext(

@@ -40,9 +40,9 @@ def store(url: str) -> Iterator[RefStore]:
 
 def push(store: RefStore, records: Iterable[dict[str, str | None]], mode: str = "diff",
          dataset: str = "residents", batch: int = 1000) -> PushResult:
-    converter = Converter(store.dataset(dataset).dataset)
+    converter = Converter(store.dataset(dataset).dataset, store.driver)
     push_id = store.begin_push(dataset, mode, None)
-    rows = [converter.row(r) for r in records]
+    rows = converter.rows(list(records))
     for start in range(0, len(rows), batch):
         store.stage(push_id, dataset, rows[start:start + batch])
     return store.commit(push_id)
@@ -134,7 +134,7 @@ def test_paging_is_stable_and_detects_a_push_in_between(store: RefStore) -> None
 
 
 def test_staged_records_are_invisible_until_commit_and_abort_drops_them(store: RefStore) -> None:
-    converter = Converter(store.dataset("residents").dataset)
+    converter = Converter(store.dataset("residents").dataset, store.driver)
     push_id = store.begin_push("residents", "full", None)
     store.stage(push_id, "residents", [converter.row(person(1))])
     assert ids(store) == [] and store.version("residents") == 0
@@ -265,7 +265,7 @@ def test_readers_see_one_version_while_full_pushes_commit(url: str) -> None:
 def test_a_push_waits_for_another_sqlite_writer_longer_than_the_busy_timeout(tmp_path: Path) -> None:
     """SQLite has one writer: a commit that finds the lock held (a big push elsewhere) waits, not fails."""
     with refstore(f"sqlite:///{tmp_path}/locked.db", settings()) as store:
-        converter = Converter(store.dataset("residents").dataset)
+        converter = Converter(store.dataset("residents").dataset, store.driver)
         push_id = store.begin_push("residents", "full", None)
         store.stage(push_id, "residents", [converter.row(person(1))])
         holder = create_engine(f"sqlite:///{tmp_path}/locked.db")

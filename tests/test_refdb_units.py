@@ -103,7 +103,7 @@ def test_bad_values_are_refused(kind: ColumnType, text: str) -> None:
 
 def test_converter_names_the_field_and_fills_absent_columns_with_null() -> None:
     converter = Converter(parse_refdb(refdb_section()).datasets["residents"])
-    row = converter.row({"person_id": "P1", "fee": "3"})
+    row = dict(zip(converter.names, converter.row({"person_id": "P1", "fee": "3"})))
     assert row["fee"] == Decimal("3.00") and row["name"] is None and len(row) == len(RESIDENTS["columns"])
     for fields, field in (({"person_id": "P1", "birth": "x"}, "birth"), ({"person_id": None}, "person_id"),
                           ({"person_id": "P1", "shoe": "42"}, "shoe")):
@@ -113,6 +113,72 @@ def test_converter_names_the_field_and_fills_absent_columns_with_null() -> None:
     assert converter.key({"person_id": "P1"}) == {"person_id": "P1"}
     with pytest.raises(FieldError, match="not a key column"):
         converter.key({"person_id": "P1", "name": "x"})
+
+
+RESIDENTS_SET = parse_refdb(refdb_section()).datasets["residents"]
+#: Spellings of every type: the usual ones, converted a column at a time, then the others, record by record.
+SPELLINGS: dict[str, tuple[list[str], list[str | None]]] = {
+    "name": (["山田 &<\"'", " x ", ""], ["a", None]),
+    "birth": (["2024-02-29", "0999-01-01"], [" 2024-02-29", None]),
+    "updated": (["2024-04-01T09:30", "2024-04-01 09:30:00.25", "0999-01-01T00:00:00.000001"],
+                ["2024-04-01T09:30:00+09:00", None]),
+    "fee": (["1234.5", "-0.01", "007", ".5", "5.", "+1.10", "0000000001.000"], [" 3", "１２", None]),
+    "household": (["-42", "+7", "9223372036854775807", "-9223372036854775808"], [" 5", "١٢", None]),
+    "active": (["true", "0", "false", "1"], ["TRUE", " false", None]),
+}
+
+
+def _records(column: str, *, usual_only: bool = False) -> list[dict[str, str | None]]:
+    usual, other = SPELLINGS[column]
+    texts = usual if usual_only else [*usual, *other]
+    return [{"person_id": f"P{n}", column: text} for n, text in enumerate(texts)]
+
+
+@pytest.mark.parametrize("driver", ["sqlite", "postgresql", ""])
+@pytest.mark.parametrize("column", sorted(SPELLINGS))
+def test_a_batch_converts_as_its_records_do(driver: str, column: str) -> None:
+    converter = Converter(RESIDENTS_SET, driver)
+    for records in (_records(column), _records(column, usual_only=True)):
+        assert converter.rows(records) == [converter.row(r) for r in records]
+    usual = _records(column, usual_only=True)
+    assert converter._by_column(usual) == converter.rows(usual)  # the usual spellings take the fast path
+
+
+@pytest.mark.parametrize("column", ["birth", "updated", "fee", "active", "household"])
+def test_sqlite_values_are_what_sqlalchemy_binds(column: str) -> None:
+    """Staged rows bypass SQLAlchemy's bind processing; they must hold what it would have stored."""
+    from sqlalchemy.dialects import sqlite
+
+    from refdb.schema import sql_type
+
+    dialect = sqlite.dialect()
+    declared = RESIDENTS_SET.column(column)
+    assert declared is not None
+    bind = sql_type(declared).dialect_impl(dialect).bind_processor(dialect) or (lambda value: value)
+    converter = Converter(RESIDENTS_SET, "sqlite")
+    position = converter.names.index(column)
+    records = [r for r in _records(column) if r[column] is not None]
+    assert len(records) > len(SPELLINGS[column][0])  # both paths
+    expected = [bind(parse_value(r[column], declared)) for r in records]
+    assert [row[position] for row in converter.rows(records)] == expected
+    assert [converter.row(r)[position] for r in records] == expected
+
+
+@pytest.mark.parametrize(("records", "number", "field"), [
+    ([{"person_id": "P1", "fee": "1"}, {"person_id": "P2", "fee": "1.234"}, {"person_id": "P3", "birth": "x"}], 1, "fee"),
+    ([{"person_id": "P1", "fee": "1"}, {"person_id": "P2", "birth": "x"}, {"person_id": "P3", "fee": "1.234"}], 1, "birth"),
+    ([{"person_id": "P1", "birth": "2023-02-29"}, {"person_id": "P2", "birth": "x"}], 0, "birth"),
+    ([{"person_id": "P1"}, {"person_id": "P2", "shoe": "42"}], 1, "shoe"),
+    ([{"person_id": "P1"}, {"person_id": None}], 1, "person_id"),
+    ([{"person_id": "P1", "household": "1"}, {"person_id": "P2", "household": "9223372036854775808"}], 1, "household"),
+    ([{"person_id": "P1", "name": "a"}, {"person_id": "P2", "name": "a\0b"}], 1, "name"),
+    ([{"person_id": "P1", "active": "true"}, {"person_id": "P2", "active": "yes"}], 1, "active"),
+], ids=["first-in-order", "first-in-order-other-column", "not-a-day", "unknown-column", "null-key", "int64",
+        "nul", "boolean"])
+def test_a_batch_names_its_first_bad_record(records: list[dict[str, str | None]], number: int, field: str) -> None:
+    with pytest.raises(FieldError) as caught:
+        Converter(RESIDENTS_SET, "sqlite").rows(records)
+    assert (caught.value.record, caught.value.field) == (number, field)
 
 
 # -- the streamed request reader ----------------------------------------------
@@ -140,6 +206,17 @@ def test_records_stream_out_with_the_scalars_before_them() -> None:
     assert (reader.version, reader.operation) == (SoapVersion.V11, "Upsert")
     assert items == [("Upsert", {"dataset": "residents", "mode": "full"}, {"a": "1 & <2> &amp; &#38;", "b": None}, 1),
                      ("Upsert", {"dataset": "residents", "mode": "full"}, {"a": ""}, 2)]
+
+
+def test_escaped_names_and_values_round_trip_through_the_reader() -> None:
+    from refdb.client import _batch_body
+
+    records: list[dict[str, str | None]] = [
+        {"a&b": "1 & 2 < 3 > \"q\" 'a' &amp; &#38; ]]>", "住所": "札幌市\t中央区\r\n1-2 ☃", "<x>": None, 'q"': ""},
+        {"&": "&", "name": "&#38;#38;"},
+    ]
+    _, items = read(_batch_body("push-1", records), chunk=5)
+    assert [fields for _, _, fields, _ in items] == records
 
 
 def test_query_filters_are_collected() -> None:
