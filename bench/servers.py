@@ -19,12 +19,12 @@ from pathlib import Path
 from .envelope import DESTINATION
 from .procs import LOOPBACK, BenchError, Server, free_port, start_server
 
-__all__ = ["TARGETS", "Stack", "Target", "Tools", "start_stack", "launch_gateway"]
+__all__ = ["DEMO_PATH", "TARGETS", "Stack", "Target", "Tools", "start_stack", "launch_gateway", "gateway_conf"]
 
 #: The targets in the order they are measured and reported.
 TARGETS = ("direct", "nginx", "bmrgw", "bmrgw-nolog")
 _READY_TIMEOUT = 30.0
-_DEMO_PATH = "/demo"
+DEMO_PATH = "/demo"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,7 +98,7 @@ def _start_backend(tools: Tools, workdir: Path, delay: float, exits: ExitStack) 
     port = free_port()
     argv: list[str | os.PathLike[str]] = [tools.bmrgw, "demo-backend", "--host", LOOPBACK,
                                           "--port", str(port), "--delay", f"{delay:g}"]
-    url = f"http://{LOOPBACK}:{port}{_DEMO_PATH}"
+    url = f"http://{LOOPBACK}:{port}{DEMO_PATH}"
     server = _launch(f"demo backend ({delay * 1000:g} ms)", argv, workdir / f"backend-{port}.log",
                      f"{url}?wsdl", exits)
     return server, url
@@ -111,7 +111,7 @@ def _start_nginx(tools: Tools, workdir: Path, backend_url: str, exits: ExitStack
     conf = prefix / "nginx.conf"
     conf.write_text(nginx_conf(prefix, port=port, upstream=backend_url.split("/")[2]))
     argv: list[str | os.PathLike[str]] = [tools.nginx, "-p", prefix, "-c", conf, "-e", prefix / "error.log"]
-    url = f"http://{LOOPBACK}:{port}{_DEMO_PATH}"
+    url = f"http://{LOOPBACK}:{port}{DEMO_PATH}"
     server = _launch("nginx", argv, prefix / "stdout.log", f"{url}?wsdl", exits)
     return Target(name="nginx", url=url, proxy=server)
 

@@ -76,10 +76,13 @@ def canonical(record: LogRecord) -> bytes:
     return _canonical(record.to_json())
 
 
+#: One encoder for every record: json.dumps with these options would build a new one per call.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _canonical(data: dict[str, Any]) -> bytes:
     body = {name: value for name, value in data.items() if name not in ("prev_hash", "hash")}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return _ENCODER.encode(body).encode("utf-8")
 
 
 def chain_hash(prev_hash: str, record: LogRecord) -> str:

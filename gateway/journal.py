@@ -357,6 +357,8 @@ def text_problem(name: str, value: Any) -> str | None:
     they arrive, and answer a fault, instead of failing to log the exchange.
     """
     limit = _MAX_ID if name == "message_id" else _MAX_TEXT
+    if type(value) is str and value.isascii() and len(value) <= limit and "\0" not in value:
+        return None  # the common case, without encoding (ASCII is valid UTF-8)
     if not isinstance(value, str) or "\0" in value or len(value) > limit or not _utf8(value):
         return f"must be UTF-8 text of at most {limit} characters without NUL"
     return None

@@ -143,13 +143,13 @@ class Trace:
     def exchange(self, ended: Now) -> RelayExchange:
         """What the log keeps of this exchange (its request and its response record)."""
         now = time.perf_counter()
-        return RelayExchange(
+        return RelayExchange._make((  # _make is tuple.__new__: no Python frame for 23 arguments
             *self.arrived, *ended, "ok" if self.forwarded else self.status, self.status, self.message_id,
             self.sender, self.destination, self.endpoint, self.client,
             self.request_bytes, (self.forwarded_bytes or self.request_bytes) if self.forwarded else 0,
             self.request_digest.hexdigest(), 1000 * ((self.answered or now) - self.started),
             self.response_in, self.response_out, self.response_digest.hexdigest(), 1000 * (now - self.started),
-            self.http_status, self.fault_code)
+            self.http_status, self.fault_code))
 
 
 def _check_loggable(what: str, field: str, value: str | None, trace: Trace) -> None:
