@@ -332,17 +332,20 @@ class Call:
         if self._converter is None:
             self._prepare(operation, scalars)
         assert self._converter is not None
-        self._items = number
         if operation == "Delete":
+            self._items = number
             try:
                 self._keys.append(self._converter.key(fields))
             except FieldError as exc:
                 raise self._invalid(exc, number) from None
             return
-        # Records wait for their batch: a batch converts a column at a time, far cheaper than record by record.
-        self._pending.append(fields)
+        # Records wait for their batch: a batch converts a column at a time, far cheaper than record by
+        # record. A full batch is staged when the next record arrives, so that a request of one batch
+        # (what the bmrgw client sends) is staged in one transaction, with its size and digest.
         if len(self._pending) >= BATCH_ROWS:
             self._flush()
+        self._items = number
+        self._pending.append(fields)
 
     def check_pending(self) -> None:
         """Before the fault of a request that broke off: a bad record before the break is the one to report,
@@ -350,12 +353,13 @@ class Call:
         if self._converter is not None and self._pending:
             self._rows(self._pending)
 
-    def _flush(self, *, size: int = 0, digest: str = "") -> None:
+    def _flush(self, *, size: int = 0, digest: str = "") -> int:
+        """Stage the pending records; returns how many the push holds now."""
         assert self._push is not None and self.outcome.dataset is not None
         rows = self._rows(self._pending)
         self._pending = []
         first = self._base + self._items - len(rows) + 1
-        self.store.stage(self._push, self.outcome.dataset, rows, size=size, digest=digest, first=first)
+        return self.store.stage(self._push, self.outcome.dataset, rows, size=size, digest=digest, first=first)
 
     def _rows(self, records: list[Fields]) -> list[tuple[Any, ...]]:
         """The last ``len(records)`` records converted; a bad one, or a key twice, refuses the push."""
@@ -387,10 +391,11 @@ class Call:
         """Before the first record or key: which dataset, may the caller write it, which push."""
         push_id = scalars.get("pushId") or None
         if operation == "Upsert" and push_id:
-            dataset, _ = self.store.push_dataset(push_id)
+            push = self.store.open_push(push_id)
+            dataset = push.dataset
             if scalars.get("dataset") and scalars["dataset"] != dataset:
                 raise InvalidRequest(f"push {push_id} is for dataset {dataset!r}, not {scalars['dataset']!r}")
-            self._push, self._base = push_id, self.store.stage(push_id, dataset, [])
+            self._push, self._base = push_id, push.received
             self.outcome.message_id = push_id
         else:
             dataset = _required(scalars, "dataset")
@@ -427,12 +432,12 @@ class Call:
         scalars = reader.scalars
         if self._converter is None:  # no records at all: still a push (a full push of nothing empties the dataset)
             self._prepare("Upsert", scalars)
-        self._flush(size=self.outcome.bytes_in, digest=self.outcome.digest.hexdigest())
+        received = self._flush(size=self.outcome.bytes_in, digest=self.outcome.digest.hexdigest())
         assert self._push is not None
         if not self._own_push:
             element(out, "dataset", self.outcome.dataset)
             element(out, "pushId", self._push)
-            element(out, "received", self.store.stage(self._push, self.outcome.dataset or "", []))
+            element(out, "received", received)
             return
         result = self.store.commit(self._push, self._on_commit)
         self._own_push = False
@@ -462,7 +467,7 @@ class Call:
     def _owned_push(self, scalars: Mapping[str, str]) -> str:
         push_id = _required(scalars, "pushId")
         self.outcome.message_id = push_id
-        dataset, _ = self.store.push_dataset(push_id)
+        dataset = self.store.open_push(push_id).dataset
         self.outcome.dataset = dataset
         check_push(self.caller, self.store.dataset(dataset).dataset)
         return push_id

@@ -67,7 +67,7 @@ from gateway.errors import InvalidRecord, InvalidRequest, RefdbUnavailable, Unkn
 from .bulk import DriverIntegrityError, bulk_insert
 from .schema import DATASETS, DELETED, PUSH, PUSHES, VERSION, DatasetTables, translated, utcnow
 
-__all__ = ["RefStore", "PushResult", "Page", "ChangesPage", "Filter", "MODES", "OPERATORS", "MAX_LIMIT"]
+__all__ = ["RefStore", "PushResult", "OpenPush", "Page", "ChangesPage", "Filter", "MODES", "OPERATORS", "MAX_LIMIT"]
 
 log = logging.getLogger("bmrgw.refdb")
 T = TypeVar("T")
@@ -99,6 +99,15 @@ class PushResult:
     digest: str = ""
     """SHA-256 chained over the batches' request bodies."""
     push_id: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpenPush:
+    """A push between BeginPush and Commit or Abort."""
+
+    dataset: str
+    client: str | None
+    received: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -279,11 +288,11 @@ class RefStore:
 
         self._write("cannot abort the push", work)
 
-    def push_dataset(self, push_id: str) -> tuple[str, str | None]:
-        """The dataset and client of an open push (for access checks before committing)."""
+    def open_push(self, push_id: str) -> OpenPush:
+        """An open push: its dataset and client (for access checks) and how many records it holds."""
         with translated("cannot read the push"), self.engine.connect() as connection:
             push = self._open(connection, push_id)
-            return str(push.dataset), push.client
+            return OpenPush(dataset=str(push.dataset), client=push.client, received=int(push.received))
 
     def commit(self, push_id: str, on_commit: OnCommit | None = None) -> PushResult:
         """Apply the staged records as the next version, in one transaction."""

@@ -202,6 +202,20 @@ async def test_the_first_bad_record_is_reported_though_the_request_breaks_off_la
     assert (status, error.get("code"), error.get("record"), error.get("field")) == (400, "InvalidRecord", "2", "fee")
 
 
+async def test_a_request_of_several_stage_batches(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One request is staged BATCH_ROWS records at a time; a key repeated in a later batch is found there."""
+    monkeypatch.setattr("refdb.service.BATCH_ROWS", 3)
+    result = await gw.client(lambda c: c.push("residents", [person(n) for n in range(1, 11)], mode="full", batch=10))
+    assert (result.received, result.inserted) == (10, 10)
+    records = [person(n) for n in range(1, 11)]
+    records[7] = person(2, name="again")
+    with pytest.raises(RemoteFault) as caught:
+        await gw.client(lambda c: c.push("residents", records, mode="full", batch=10))
+    assert caught.value.remote_code == "InvalidRecord" and caught.value.attributes["record"] == "7"
+    assert "batch starting at record 7" in caught.value.reason
+    assert len(await gw.client(lambda c: list(c.query_all("residents")))) == 10
+
+
 async def test_a_refused_push_cannot_be_committed_afterwards(gw: Gateway) -> None:
     def attempt(client: RefdbClient) -> RemoteFault:
         push_id = client.call("BeginPush", '<r:dataset>residents</r:dataset><r:mode>full</r:mode>').findtext(

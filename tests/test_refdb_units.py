@@ -214,6 +214,8 @@ def test_escaped_names_and_values_round_trip_through_the_reader() -> None:
     records: list[dict[str, str | None]] = [
         {"a&b": "1 & 2 < 3 > \"q\" 'a' &amp; &#38; ]]>", "住所": "札幌市\t中央区\r\n1-2 ☃", "<x>": None, 'q"': ""},
         {"&": "&", "name": "&#38;#38;"},
+        {"{x}": "{0} {}", "name": "}{"}, {"name": "}{", "{x}": "a"}, {"{x}": "b", "name": "c"},
+        {"{x}": "d", "name": "e"},  # two of one shape in a row, after the same names in another order
     ]
     _, items = read(_batch_body("push-1", records), chunk=5)
     assert [fields for _, _, fields, _ in items] == records
