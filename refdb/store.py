@@ -8,8 +8,10 @@ transaction — nothing a reader can see changes, memory stays bounded by one
 batch, and a crash loses nothing already acknowledged.  *Commit*: one
 database transaction bumps the dataset version, applies the staged records
 to the live rows with set-based SQL (``INSERT … SELECT … ON CONFLICT DO
-UPDATE`` for upserts; for a full push, one ``UPDATE`` that tombstones every
-live row whose key was not staged), empties the staging rows, and writes the
+UPDATE`` on SQLite; on PostgreSQL an ``UPDATE … FROM`` the staged records of
+the rows they change, then an ``INSERT … SELECT`` of those whose key is new;
+for a full push, first one ``UPDATE`` that tombstones every live row whose
+key was not staged), empties the staging rows, and writes the
 send/receive log record.  That transaction is the only thing that changes
 what readers see, so readers get the old version until it commits and the
 new one after, never a mix: a reader's query runs in one snapshot
@@ -57,7 +59,6 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.sql import ColumnElement
@@ -415,20 +416,50 @@ def _apply(connection: Connection, tables: DatasetTables, push_id: str, version:
     if full:
         deleted = connection.execute(update(rows).where(not_(rows.c[DELETED]), ~exists().where(mine, same_key))
                                      .values({VERSION: version, DELETED: True})).rowcount
-    upsert = _upsert(connection, tables, mine, version).execution_options(preserve_rowcount=True)
-    changed = connection.execute(upsert).rowcount
+    if connection.dialect.name == "postgresql":
+        changed = _update(connection, tables, mine, same_key, version)
+        changed += _insert(connection, tables, mine, same_key, version)
+    else:  # one upsert: as fast there, and UPDATE … FROM would need SQLite 3.33
+        changed = connection.execute(_upsert(tables, mine, version)).rowcount
     return inserted, changed, deleted
 
 
-def _upsert(connection: Connection, tables: DatasetTables, mine: ColumnElement[bool], version: int) -> Any:
+def _update(connection: Connection, tables: DatasetTables, mine: ColumnElement[bool],
+            same_key: ColumnElement[bool], version: int) -> int:
+    """Staged records whose key has a row that is deleted or differs: that row takes their values."""
+    rows, stage, dataset = tables.rows, tables.stage, tables.dataset
+    values = [c.name for c in dataset.columns if c.name not in dataset.key]
+    differs = or_(rows.c[DELETED], *(rows.c[n].is_distinct_from(stage.c[n]) for n in values))
+    return int(connection.execute(update(rows).where(mine, same_key, differs).values(
+        {**{n: stage.c[n] for n in values}, VERSION: version, DELETED: False})).rowcount)
+
+
+def _insert(connection: Connection, tables: DatasetTables, mine: ColumnElement[bool],
+            same_key: ColumnElement[bool], version: int) -> int:
+    """Staged records whose key has no row at all, live or deleted: new rows.
+
+    A plain ``INSERT … SELECT`` where no row has the key, rather than ``ON CONFLICT DO UPDATE``:
+    PostgreSQL inserts each row of an upsert speculatively, which took 0.7 s for 100,000 new rows
+    (this, 0.37–0.46 s).  No other commit adds rows of this dataset meanwhile: :func:`_bump` holds
+    its row lock.
+    """
+    rows, stage, dataset = tables.rows, tables.stage, tables.dataset
+    names = [c.name for c in dataset.columns]
+    source = (select(*(stage.c[n] for n in names), literal(version, BigInteger), literal(False, Boolean))
+              .where(mine, ~exists().where(same_key)))
+    stmt = insert(rows).from_select([*names, VERSION, DELETED], source).execution_options(preserve_rowcount=True)
+    return int(connection.execute(stmt).rowcount)
+
+
+def _upsert(tables: DatasetTables, mine: ColumnElement[bool], version: int) -> Any:
+    """SQLite: staged records inserted, or onto the row with their key if it is deleted or differs."""
     rows, stage, dataset = tables.rows, tables.stage, tables.dataset
     names = [c.name for c in dataset.columns]
     source = select(*(stage.c[n] for n in names), literal(version, BigInteger), literal(False, Boolean)).where(mine)
-    dialect_insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
-    stmt = dialect_insert(rows).from_select([*names, VERSION, DELETED], source)
+    stmt = sqlite_insert(rows).from_select([*names, VERSION, DELETED], source)
     values = [n for n in names if n not in dataset.key]
     return stmt.on_conflict_do_update(
         index_elements=list(dataset.key),
         set_={**{n: stmt.excluded[n] for n in values}, VERSION: version, DELETED: False},
         where=or_(rows.c[DELETED], *(rows.c[n].is_distinct_from(stmt.excluded[n]) for n in values)),
-    )
+    ).execution_options(preserve_rowcount=True)
