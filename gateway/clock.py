@@ -37,7 +37,7 @@ from routing.config import NtpSettings
 
 from .errors import ConfigError
 
-__all__ = ["Clock", "Now", "Sample", "Server", "query", "evaluate", "parse_server"]
+__all__ = ["Clock", "Now", "Reading", "Sample", "Server", "query", "evaluate", "parse_server"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,19 @@ class Now(NamedTuple):
     """Seconds added to the system clock."""
     synced: bool
     """Whether a server gave a good answer within the last four intervals."""
+
+
+class Reading(NamedTuple):
+    """One reading of the corrected clock as plain numbers (the relay's hot path; :class:`Now` is its time)."""
+
+    time: float
+    """NTP-corrected POSIX seconds (system time + offset)."""
+    offset: float
+    synced: bool
+
+    def now(self) -> Now:
+        """This reading as the time a log record stores."""
+        return Now(datetime.fromtimestamp(self.time, UTC), self.offset, self.synced)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,8 +298,12 @@ class Clock:
 
     def now(self) -> Now:
         """The corrected UTC time with the offset used and whether it is synced."""
+        return self.read().now()
+
+    def read(self) -> Reading:
+        """The corrected time as POSIX seconds, without making a datetime of it (:meth:`Reading.now` does)."""
         offset = self._offset
-        return Now(datetime.fromtimestamp(time.time() + offset, UTC), offset, self.synced)
+        return Reading(time.time() + offset, offset, self.synced)
 
     async def sync(self) -> list[Sample]:
         """Ask every server once and adopt the median of the good answers."""

@@ -44,7 +44,7 @@ import math
 import operator
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, NamedTuple
 
 from sqlalchemy import (
@@ -273,10 +273,11 @@ class RelayExchange(NamedTuple):
     makes valid records.
     """
 
-    arrived_ts: datetime
+    arrived_time: float
+    """When the request arrived, NTP-corrected POSIX seconds (:class:`gateway.clock.Reading`)."""
     arrived_offset: float
     arrived_synced: bool
-    ended_ts: datetime
+    ended_time: float
     ended_offset: float
     ended_synced: bool
     request_status: str
@@ -300,12 +301,14 @@ class RelayExchange(NamedTuple):
     def records(self) -> tuple[LogRecord, LogRecord]:
         """The request and the response record; ``ValueError`` if a value is not valid."""
         request = LogRecord(
-            ts=self.arrived_ts, ntp_offset=self.arrived_offset, ntp_synced=self.arrived_synced, kind="relay",
+            ts=datetime.fromtimestamp(self.arrived_time, UTC), ntp_offset=self.arrived_offset,
+            ntp_synced=self.arrived_synced, kind="relay",
             direction="request", status=self.request_status, message_id=self.message_id, from_ap=self.from_ap,
             to_ap=self.to_ap, endpoint=self.endpoint, client=self.client, bytes_in=self.request_bytes_in,
             bytes_out=self.request_bytes_out, sha256=self.request_sha256, duration_ms=self.request_ms)
         response = LogRecord(
-            ts=self.ended_ts, ntp_offset=self.ended_offset, ntp_synced=self.ended_synced, kind="relay",
+            ts=datetime.fromtimestamp(self.ended_time, UTC), ntp_offset=self.ended_offset,
+            ntp_synced=self.ended_synced, kind="relay",
             direction="response", status=self.status, message_id=self.message_id, from_ap=self.from_ap,
             to_ap=self.to_ap, endpoint=self.endpoint, client=self.client, bytes_in=self.response_bytes_in,
             bytes_out=self.response_bytes_out, sha256=self.response_sha256, duration_ms=self.response_ms,
@@ -476,11 +479,17 @@ def to_row(record: LogRecord) -> dict[str, Any]:
 
 #: First value of a packed :class:`RelayExchange` (a packed record starts with its ``ts``).
 _EXCHANGE = "relay-exchange"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def pack(entry: Entry) -> tuple[Any, ...]:
-    """An entry as a plain tuple of plain values: the cheapest thing to pickle to the writer process."""
-    return (_EXCHANGE, *entry) if isinstance(entry, RelayExchange) else _PACK(entry)
+    """An entry as a tuple of str, int, float, bool and None (``marshal`` takes it; a record's ``ts``
+    becomes integer microseconds since 1970, exactly)."""
+    if isinstance(entry, RelayExchange):
+        return (_EXCHANGE, *entry)
+    values = _PACK(entry)
+    return ((values[0] - _EPOCH) // _MICROSECOND, *values[1:])
 
 
 def unpack_entries(packed: Sequence[tuple[Any, ...]]) -> list[LogRecord]:
@@ -498,7 +507,9 @@ def unpack(values: Sequence[Any]) -> LogRecord:
     """Inverse of :func:`pack`; the values were validated when the record was made."""
     if len(values) != len(_COLUMNS):
         raise ValueError(f"a packed log record has {len(_COLUMNS)} values, not {len(values)}")
-    return _made(dict(zip(_COLUMNS, values)))
+    record = dict(zip(_COLUMNS, values))
+    record["ts"] = _EPOCH + timedelta(microseconds=values[0])
+    return _made(record)
 
 
 def _made(values: dict[str, Any]) -> LogRecord:

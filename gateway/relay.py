@@ -45,7 +45,7 @@ from routing.table import Route, RouteTable
 from routing.watch import LiveTable
 
 from .auth import client_of
-from .clock import Clock, Now
+from .clock import Clock, Reading
 from .errors import (
     ClientFault,
     EndpointUnavailable,
@@ -105,7 +105,7 @@ class Exchange:
 class Trace:
     """What one exchange did, collected as it happens, for the metrics and the log."""
 
-    arrived: Now
+    arrived: Reading
     started: float
     message_id: str | None = None
     client: str | None = None
@@ -140,7 +140,7 @@ class Trace:
             self.response_in += len(chunk)
         self.response_digest.update(chunk)
 
-    def exchange(self, ended: Now) -> RelayExchange:
+    def exchange(self, ended: Reading) -> RelayExchange:
         """What the log keeps of this exchange (its request and its response record)."""
         now = time.perf_counter()
         return RelayExchange._make((  # _make is tuple.__new__: no Python frame for 23 arguments
@@ -266,7 +266,7 @@ class Relay:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         table = self._table.current
         client = client_of(request)
-        trace = Trace(arrived=self._clock.now(), started=time.perf_counter(), client=client.name if client else None)
+        trace = Trace(arrived=self._clock.read(), started=time.perf_counter(), client=client.name if client else None)
         version = _caller_version(request)
         try:
             trace.message_id = request.headers.get(H_MESSAGE_ID)
@@ -295,7 +295,7 @@ class Relay:
             return
         if trace.message_id is None:
             trace.message_id = new_message_id()
-        exchange = trace.exchange(self._clock.now())
+        exchange = trace.exchange(self._clock.read())
         try:
             await self._journal.record(exchange)
         except JournalUnavailable as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import marshal
 import os
 import time
 from collections.abc import Iterator
@@ -30,10 +31,12 @@ from gateway.journal import (
     ensure_schema,
     head_seqs,
     log_tables,
+    pack,
     read,
     read_chain,
     read_new,
     to_row,
+    unpack_entries,
 )
 from gateway.store import Store
 
@@ -112,6 +115,13 @@ def test_invalid_records_are_refused_at_once(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         entry(**bad)
 
+
+
+@pytest.mark.parametrize("ts", [T0, datetime(1, 1, 1, tzinfo=UTC), datetime(1969, 12, 31, 23, 59, 59, 1, tzinfo=UTC),
+                                datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)])
+def test_a_packed_record_crosses_to_the_writer_exactly(ts: datetime) -> None:
+    record = entry(ts=ts, fault_code="Server", http_status=None)
+    assert unpack_entries([marshal.loads(marshal.dumps(pack(record)))]) == [record]
 
 def test_record_stamped_by_the_clock() -> None:
     now = Now(T0, 3.000_000_4, True)
@@ -300,8 +310,8 @@ async def test_a_record_the_store_refuses_does_not_block_the_others(store: Store
 def exchange(i: int, **values: Any) -> RelayExchange:
     """A relayed exchange as the relay queues it: one tuple for its two records."""
     fields: dict[str, Any] = dict(
-        arrived_ts=T0 + timedelta(seconds=i), arrived_offset=0.25, arrived_synced=True,
-        ended_ts=T0 + timedelta(seconds=i, milliseconds=3), ended_offset=0.25, ended_synced=False,
+        arrived_time=(T0 + timedelta(seconds=i)).timestamp(), arrived_offset=0.25, arrived_synced=True,
+        ended_time=(T0 + timedelta(seconds=i, milliseconds=3)).timestamp(), ended_offset=0.25, ended_synced=False,
         request_status="ok", status="fault", message_id=f"x-{i}", from_ap="juki", to_ap="kaigo",
         endpoint="http://127.0.0.1:9001/kaigo", client="juki-app", request_bytes_in=100, request_bytes_out=120,
         request_sha256="ab" * 32, request_ms=1.0000004, response_bytes_in=50, response_bytes_out=50,
