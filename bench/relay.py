@@ -7,8 +7,11 @@ proxy's own delay shows as the difference from calling the backend directly.
 A scenario may measure in interleaved rounds (every target in turn, then
 again): the shared machines here drift by tens of per cent within a minute,
 and one long cell per target would turn that drift into a difference between
-targets.  Requests and seconds are pooled over the rounds; a latency
-percentile is the median of the rounds' percentiles.
+targets.  Requests and seconds are pooled over the rounds for the table; a
+latency percentile is the median of the rounds' percentiles.  A throughput
+ratio between two targets is the median of the rounds' ratios: each round
+measures the two one right after the other, so a slow stretch of the machine
+hits both sides of a ratio, and one disturbed round cannot decide the result.
 """
 
 from __future__ import annotations
@@ -63,11 +66,17 @@ class ThroughputRatio:
     baseline: str
     at_least: float
 
-    def check(self, cells: Mapping[str, Cell], scenario: str) -> Check:
+    def check(self, cells: Mapping[str, Cell], scenario: str, runs: Mapping[str, Sequence[Cell]]) -> Check:
         a, b = cells.get(self.target), cells.get(self.baseline)
-        ratio = a.result.rps / b.result.rps if a and b and b.result.rps else None
+        ratios = self.per_round(runs)
+        ratio = statistics.median(ratios) if ratios else None
         return Check(label=f"{scenario}: {self.target} req/s ÷ {self.baseline} req/s", measured=ratio,
                      limit=self.at_least, unit="×", at_least=True, problem=_errors(a, b))
+
+    def per_round(self, runs: Mapping[str, Sequence[Cell]]) -> list[float]:
+        """``target`` ÷ ``baseline`` req/s of each round."""
+        pairs = zip(runs.get(self.target, ()), runs.get(self.baseline, ()))
+        return [a.result.rps / b.result.rps for a, b in pairs if b.result.rps]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,7 +87,7 @@ class AddedLatency:
     percentile: str
     at_most_ms: float
 
-    def check(self, cells: Mapping[str, Cell], scenario: str) -> Check:
+    def check(self, cells: Mapping[str, Cell], scenario: str, runs: Mapping[str, Sequence[Cell]]) -> Check:
         a, d = cells.get(self.target), cells.get("direct")
         added = _added(a, d, self.percentile)
         return Check(label=f"{scenario}: {self.target} added p{self.percentile} over direct", measured=added,
@@ -132,10 +141,14 @@ class RelayLoad:
         if self.rounds > 1:
             notes.append(f"{self.rounds} interleaved rounds per target; req/s pooled over the rounds "
                          f"(per round: {_per_round(runs)}); latencies are the median of the rounds'.")
+            for rule in self.rules:
+                if isinstance(rule, ThroughputRatio) and (ratios := rule.per_round(runs)):
+                    notes.append(f"{rule.target} ÷ {rule.baseline}: the median of the rounds' ratios "
+                                 f"{', '.join(f'{r:.2f}' for r in ratios)}.")
         return Section(
             name=self.name, title=self.title, headers=_HEADERS, notes=notes,
             rows=[_row(cell, cells) for cell in cells.values()],
-            checks=[rule.check(cells, self.name) for rule in self.rules],
+            checks=[rule.check(cells, self.name, runs) for rule in self.rules],
             raw={"envelope_bytes": self.envelope_bytes, "connections": self.connections,
                  "backend_delay_s": self.backend_delay,
                  "targets": {name: _raw(cell) for name, cell in cells.items()},

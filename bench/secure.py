@@ -98,7 +98,7 @@ class SecuredRelay:
         rows = [[c.target, f"{c.result.rps:,.0f}", f"{c.result.rps / base:.2f}" if base else "-",
                  f"{c.result.latency_ms['50']:.2f}", f"{c.result.latency_ms['99']:.2f}", str(c.result.error_count),
                  "/".join(f"{p:.0f}" for p in c.cpu_percent().values())] for c in cells.values()]
-        checks: list[Check] = [rule.check(cells, self.name)]
+        checks: list[Check] = [rule.check(cells, self.name, {name: [cell] for name, cell in cells.items()})]
         return Section(name=self.name, title=self.title, headers=_HEADERS, rows=rows, checks=checks,
                        notes=["bmrgw-wss verifies the client's WS-Security signature (RSA-2048, SHA-256, "
                               "replay record in SQLite) and signs what it forwards; both gateways log."],
