@@ -76,6 +76,7 @@ from sqlalchemy.sql import ColumnElement
 
 from .clock import Now
 from .errors import ServerFault
+from .store import insert_rows
 from .writer import WriterError, WriterProcess
 
 __all__ = [
@@ -548,41 +549,13 @@ def append(connection: Connection, entries: Sequence[LogRecord], *, node: str,
 
 
 def _insert(connection: Connection, table: Table, records: list[LogRecord]) -> None:
-    """Insert sealed records through the driver itself in the caller's transaction.
-
-    SQLAlchemy's per-row parameter processing cost the writer as much as
-    sealing did; the values handed over here are exactly what it would have
-    bound (naive UTC ``ts`` in SQLite's DATETIME storage format there), so
-    rows read back through SQLAlchemy are the same.  PostgreSQL takes them
-    by ``COPY``; other dialects go through SQLAlchemy.
-    """
-    dialect = connection.dialect.name
-    if dialect not in ("sqlite", "postgresql"):
-        connection.execute(insert(table), [to_row(r) for r in records])
-        return
-    quote = connection.dialect.identifier_preparer.quote
-    columns = ", ".join(quote(name) for name in _COLUMNS)
-    if dialect == "sqlite":
-        sql = f"INSERT INTO {quote(table.name)} ({columns}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+    """Insert sealed records through the driver (:func:`gateway.store.insert_rows`): ``ts`` as the
+    naive UTC SQLAlchemy stores, in SQLite's DATETIME storage format there."""
+    if connection.dialect.name == "sqlite":
         rows = [(r.ts.replace(tzinfo=None).isoformat(" ", "microseconds"), *_PACK(r)[1:]) for r in records]
     else:
-        sql = f"COPY {quote(table.name)} ({columns}) FROM STDIN"
         rows = [(r.ts.replace(tzinfo=None), *_PACK(r)[1:]) for r in records]
-    raw = connection.connection.dbapi_connection
-    assert raw is not None
-    driver = connection.dialect.loaded_dbapi
-    cursor = raw.cursor()
-    try:
-        if dialect == "sqlite":
-            cursor.executemany(sql, rows)
-        else:
-            with cursor.copy(sql) as copy:
-                for row in rows:
-                    copy.write_row(row)
-    except driver.Error as exc:  # as SQLAlchemy would have raised it: the writer retries locks and races
-        raise DBAPIError.instance(sql, None, exc, driver.Error) from exc
-    finally:
-        cursor.close()
+    insert_rows(connection, table, _COLUMNS, rows)
 
 
 def _lock_head(connection: Connection, tables: LogTables, node: str) -> tuple[int, str]:
