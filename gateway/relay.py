@@ -323,7 +323,7 @@ class Relay:
         _check_loggable("the destination", "to_ap", destination, trace)
         trace.destination = destination
         authorise(client_of(request), destination)
-        route = table.resolve(trace.destination, passed=passed)
+        route = table.resolve(destination, passed=passed)
         trace.endpoint, trace.label = route.url, route.endpoint
         hop = f"{request.version.major}.{request.version.minor} {settings.name}"
         exchange = Exchange(route=route, message_id=trace.message_id,

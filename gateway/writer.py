@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import marshal
+import multiprocessing
 import os
 import resource
 import signal
