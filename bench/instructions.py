@@ -27,18 +27,19 @@ import asyncio
 import subprocess
 import sys
 import tempfile
-import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import aiohttp
 
 from .envelope import HEADERS, make_envelope
-from .procs import LOOPBACK, BenchError, free_port
+from .procs import LOOPBACK, BenchError, free_port, start_server
 from .servers import DEMO_PATH, gateway_conf
 
 _CONCURRENCY = 10
 _WARM_UP = 50
 _READY_TIMEOUT = 300.0  # imports under valgrind take a while even with instrumentation off
+_BACKEND_TIMEOUT = 30.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,35 +62,33 @@ def main(argv: list[str] | None = None) -> int:
 
 def _count(bmrgw: Path, *, log: bool, requests: int) -> int:
     """Instructions the gateway process executed for ``requests`` relayed requests."""
-    with tempfile.TemporaryDirectory(prefix="bmrgw-instructions-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="bmrgw-instructions-") as scratch, ExitStack() as running:
         work = Path(scratch)
         backend_port, port = free_port(), free_port()
-        backend = subprocess.Popen([bmrgw, "demo-backend", "--host", LOOPBACK, "--port", str(backend_port)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        backend_url = f"http://{LOOPBACK}:{backend_port}{DEMO_PATH}"
+        backend = start_server("demo backend", [bmrgw, "demo-backend", "--host", LOOPBACK, "--port", str(backend_port)],
+                               log=work / "backend.log")
+        running.callback(backend.stop)
+        backend.wait_ready(f"{backend_url}?wsdl", timeout=_BACKEND_TIMEOUT)
         config = work / "endpoints.yaml"
-        config.write_text(gateway_conf(work, port=port, backend_url=f"http://{LOOPBACK}:{backend_port}{DEMO_PATH}",
-                                       log=log))
+        config.write_text(gateway_conf(work, port=port, backend_url=backend_url, log=log))
         out = work / "callgrind.out"
-        gateway = subprocess.Popen(
+        gateway = start_server(
+            "bmrgw serve under callgrind",
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--dump-instr=no",
              "--instr-atstart=no", sys.executable, bmrgw, "serve", "--config", config, "--port", str(port),
              "--log-level", "WARNING"],
-            stdout=subprocess.DEVNULL, stderr=(work / "valgrind.log").open("w"))
-        try:
-            base = f"http://{LOOPBACK}:{port}"
-            asyncio.run(_ready(f"{base}/healthz", gateway))
-            asyncio.run(_send(f"{base}/soap", _WARM_UP))
-            _control("--instr=on", gateway.pid)
-            asyncio.run(_send(f"{base}/soap", requests))
-            _control("--dump", gateway.pid)
-        finally:
-            gateway.terminate()
-            backend.terminate()
-            gateway.wait(60)
-            backend.wait(10)
+            log=work / "valgrind.log")
+        running.callback(gateway.stop)
+        base = f"http://{LOOPBACK}:{port}"
+        gateway.wait_ready(f"{base}/healthz", timeout=_READY_TIMEOUT)
+        asyncio.run(_send(f"{base}/soap", _WARM_UP))
+        _control("--instr=on", gateway.process.pid)
+        asyncio.run(_send(f"{base}/soap", requests))
+        _control("--dump", gateway.process.pid)
         dumps = sorted(work.glob("callgrind.out.*.*"))
         if not dumps:
-            raise BenchError(f"callgrind wrote no dump (see {work / 'valgrind.log'})")
+            raise BenchError(f"callgrind wrote no dump; its output ends:\n{gateway.log_tail()}")
         return _total(dumps[0]) // requests
 
 
@@ -105,22 +104,6 @@ def _total(dump: Path) -> int:
             if line.startswith("totals:") or line.startswith("summary:"):
                 return int(line.split()[1])
     raise BenchError(f"no totals in {dump}")
-
-
-async def _ready(url: str, gateway: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + _READY_TIMEOUT
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if gateway.poll() is not None:
-                raise BenchError(f"bmrgw serve under valgrind exited with {gateway.returncode}")
-            try:
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.5)
-    raise BenchError(f"bmrgw serve under valgrind did not answer {url} within {_READY_TIMEOUT:.0f} s")
 
 
 async def _send(url: str, count: int) -> None:
