@@ -76,7 +76,7 @@ from sqlalchemy.sql import ColumnElement
 
 from .clock import Now
 from .errors import ServerFault
-from .store import insert_rows
+from .store import insert_rows, sqlite_datetime
 from .writer import WriterError, WriterProcess
 
 __all__ = [
@@ -552,7 +552,7 @@ def _insert(connection: Connection, table: Table, records: list[LogRecord]) -> N
     """Insert sealed records through the driver (:func:`gateway.store.insert_rows`): ``ts`` as the
     naive UTC SQLAlchemy stores, in SQLite's DATETIME storage format there."""
     if connection.dialect.name == "sqlite":
-        rows = [(r.ts.replace(tzinfo=None).isoformat(" ", "microseconds"), *_PACK(r)[1:]) for r in records]
+        rows = [(sqlite_datetime(r.ts.replace(tzinfo=None)), *_PACK(r)[1:]) for r in records]
     else:
         rows = [(r.ts.replace(tzinfo=None), *_PACK(r)[1:]) for r in records]
     insert_rows(connection, table, _COLUMNS, rows)

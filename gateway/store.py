@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event, insert, text
@@ -19,7 +20,7 @@ from routing.config import Config
 
 from .errors import ConfigError
 
-__all__ = ["Store", "database_url", "StoreUnavailable", "insert_rows", "DRIVERS"]
+__all__ = ["Store", "database_url", "StoreUnavailable", "insert_rows", "sqlite_datetime", "DRIVERS"]
 
 #: The dialects whose drivers :func:`insert_rows` hands rows to directly.
 DRIVERS = ("postgresql", "sqlite")
@@ -79,6 +80,11 @@ class Store:
         self.engine.dispose()
 
 
+def sqlite_datetime(value: datetime) -> str:
+    """A naive datetime as SQLAlchemy stores it in a SQLite DATETIME column (for :func:`insert_rows`)."""
+    return value.isoformat(" ", "microseconds")
+
+
 def insert_rows(connection: Connection, table: Table, names: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> None:
     """Insert ``rows`` (values of the columns ``names``, in order) in the caller's transaction.
 
@@ -87,7 +93,7 @@ def insert_rows(connection: Connection, table: Table, names: Sequence[str], rows
     batches, so on :data:`DRIVERS` the rows go to the driver as they are —
     ``COPY … FROM STDIN`` on PostgreSQL, ``executemany`` on SQLite.  The
     caller makes each value exactly what SQLAlchemy would have bound for
-    that driver (SQLite: dates and times as its storage strings), so rows
+    that driver (SQLite: dates and times as its storage strings, :func:`sqlite_datetime`), so rows
     read back through SQLAlchemy are the same.  Any other dialect gets
     SQLAlchemy's ``executemany`` of the values.  A driver error comes out as
     SQLAlchemy would have raised it (``IntegrityError``, ``OperationalError``, …).

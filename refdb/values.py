@@ -29,6 +29,8 @@ from decimal import Decimal, InvalidOperation
 from itertools import repeat
 from typing import Any
 
+from gateway.store import sqlite_datetime
+
 from .config import Column, ColumnType, Dataset
 
 __all__ = ["BadValue", "FieldError", "parse_value", "format_value", "Converter", "Record"]
@@ -141,12 +143,8 @@ def format_value(value: Any, column: Column) -> str | None:
 # ``Numeric`` binds there) and booleans as 0/1; on PostgreSQL the typed values,
 # which psycopg adapts itself, as on any other dialect (where SQLAlchemy binds them).
 
-def _sqlite_datetime(value: datetime) -> str:
-    return value.isoformat(" ", "microseconds")
-
-
 _ADAPTERS: dict[str, dict[ColumnType, Callable[[Any], Any]]] = {
-    "sqlite": {ColumnType.DATE: date.isoformat, ColumnType.DATETIME: _sqlite_datetime,
+    "sqlite": {ColumnType.DATE: date.isoformat, ColumnType.DATETIME: sqlite_datetime,
                ColumnType.DECIMAL: float, ColumnType.BOOLEAN: int},
 }
 
@@ -212,7 +210,7 @@ def _fast_datetime(driver: str) -> ColumnConverter:
     def convert(texts: Texts) -> list[Any]:
         _check(all(map(_FAST_DATETIME.fullmatch, texts)))
         values = list(map(datetime.fromisoformat, texts))
-        if driver == "sqlite":  # as _sqlite_datetime, without a Python call per value
+        if driver == "sqlite":  # as sqlite_datetime, without a Python call per value
             return list(map(datetime.isoformat, values, repeat(" "), repeat("microseconds")))
         return values
 
