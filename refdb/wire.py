@@ -128,7 +128,7 @@ class RequestReader:
                 raise InvalidRecord(f"record {self._items}: field {name!r} appears twice",
                                     record=self._items, field=name)
             value = attrib.get("value")
-            fields[name] = value.replace("&#38;", "&") if value and "&" in value else value
+            fields[name] = _attribute(value) if value and "&" in value else value
             return
         depth = len(self._stack)
         self._stack.append(tag)
