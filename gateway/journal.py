@@ -45,7 +45,7 @@ import operator
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -93,6 +93,8 @@ __all__ = [
     "TABLES",
     "GENESIS",
     "FIELDS",
+    "ATTRIBUTES",
+    "TS_FORMAT",
     "log_tables",
     "ensure_schema",
     "append",
@@ -102,6 +104,7 @@ __all__ = [
     "heads",
     "pack",
     "unpack",
+    "made",
 ]
 
 log = logging.getLogger(__name__)
@@ -116,9 +119,13 @@ FIELDS: tuple[str, ...] = (
     "status", "bytes_in", "bytes_out", "duration_ms", "sha256", "client", "http_status", "fault_code",
     "node", "seq", "prev_hash", "hash",
 )
-_ATTR = {"from": "from_ap", "to": "to_ap"}  # JSON name → attribute / column name where they differ
+#: JSON name → attribute (and column) name of every field; "from" and "to" are Python keywords.
+ATTRIBUTES = {name: {"from": "from_ap", "to": "to_ap"}.get(name, name) for name in FIELDS}
+#: How ``ts`` is written in JSON (and hashed): ISO 8601 UTC with microseconds.
+TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _MAX_TEXT = 2048
 _MAX_ID = 256  # message ids are indexed; PostgreSQL b-tree entries must stay under ~2.7 kB
+_TEXTS = ("message_id", "from_ap", "to_ap", "endpoint", "sha256", "client", "fault_code", "kind", "node")
 
 
 class JournalUnavailable(ServerFault, RuntimeError):
@@ -191,56 +198,24 @@ class LogRecord:
     prev_hash: str = ""
     hash: str = ""
 
-    _TEXTS: ClassVar[tuple[str, ...]] = ("message_id", "from_ap", "to_ap", "endpoint", "sha256",
-                                         "client", "fault_code", "kind", "node")
-
     def __post_init__(self) -> None:
-        values = self.__dict__  # normalised in place: frozen forbids setting attributes, not this
-        ts = values["ts"]
-        if ts.tzinfo is not UTC:
-            if ts.tzinfo is None:
-                raise ValueError("LogRecord.ts must be timezone-aware")
-            values["ts"] = ts.astimezone(UTC)
-        if values["status"] not in STATUSES:
-            raise ValueError(f"LogRecord.status must be one of {', '.join(STATUSES)}, not {self.status!r}")
-        if values["direction"] not in DIRECTIONS:
-            raise ValueError(f"LogRecord.direction must be one of {', '.join(DIRECTIONS)}, not {self.direction!r}")
-        for name in self._TEXTS:  # the common case inline: short ASCII without NUL (ASCII is valid UTF-8)
-            value = values[name]
-            if value is not None and not (type(value) is str and value.isascii() and len(value) <= _MAX_ID
-                                          and "\0" not in value):
-                _check_text(name, value)
-        values["ntp_offset"] = _float(values["ntp_offset"], "ntp_offset", 6)
-        values["duration_ms"] = _float(values["duration_ms"], "duration_ms", 3)
-        if type(values["ntp_synced"]) is not bool:
-            values["ntp_synced"] = bool(values["ntp_synced"])
-        for name in ("bytes_in", "bytes_out", "seq"):
-            value = values[name]
-            if type(value) is not int or not 0 <= value < 2**63:
-                values[name] = _count(value, name)
-        if values["http_status"] is not None and type(values["http_status"]) is not int:
-            values["http_status"] = int(values["http_status"])
+        _normalise(self.__dict__)  # in place: frozen forbids setting attributes, not this
 
     @classmethod
     def at(cls, now: Now, **values: Any) -> LogRecord:
         """A record stamped with a reading of :meth:`gateway.clock.Clock.now`."""
         return cls(ts=now.ts, ntp_offset=now.offset, ntp_synced=now.synced, **values)
 
-    def chained(self, *, node: str, seq: int, prev_hash: str, hash: str) -> LogRecord:
-        """A copy with the chain fields set (the writer's hot path: the rest is already normalised)."""
-        _check_text("node", node)
-        return _made({**self.__dict__, "node": node, "seq": int(seq), "prev_hash": prev_hash, "hash": hash})
-
     def to_json(self) -> dict[str, Any]:
         """The SPEC.md JSON object: ``from``/``to`` names, ISO 8601 UTC ``ts`` with microseconds."""
         out = dict(zip(FIELDS, _JSON_VALUES(self), strict=True))
-        out["ts"] = self.ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        out["ts"] = self.ts.strftime(TS_FORMAT)
         return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LogRecord:
         """Inverse of :meth:`to_json` (archives); ``KeyError``/``ValueError`` if a field is missing or ``ts`` bad."""
-        values = {_ATTR.get(name, name): data[name] for name in FIELDS}
+        values = {ATTRIBUTES[name]: data[name] for name in FIELDS}
         values["ts"] = datetime.fromisoformat(str(data["ts"]))
         return stored(values)
 
@@ -301,20 +276,21 @@ class RelayExchange(NamedTuple):
 
     def records(self) -> tuple[LogRecord, LogRecord]:
         """The request and the response record; ``ValueError`` if a value is not valid."""
-        request = LogRecord(
-            ts=datetime.fromtimestamp(self.arrived_time, UTC), ntp_offset=self.arrived_offset,
-            ntp_synced=self.arrived_synced, kind="relay",
-            direction="request", status=self.request_status, message_id=self.message_id, from_ap=self.from_ap,
-            to_ap=self.to_ap, endpoint=self.endpoint, client=self.client, bytes_in=self.request_bytes_in,
-            bytes_out=self.request_bytes_out, sha256=self.request_sha256, duration_ms=self.request_ms)
-        response = LogRecord(
-            ts=datetime.fromtimestamp(self.ended_time, UTC), ntp_offset=self.ended_offset,
-            ntp_synced=self.ended_synced, kind="relay",
-            direction="response", status=self.status, message_id=self.message_id, from_ap=self.from_ap,
-            to_ap=self.to_ap, endpoint=self.endpoint, client=self.client, bytes_in=self.response_bytes_in,
-            bytes_out=self.response_bytes_out, sha256=self.response_sha256, duration_ms=self.response_ms,
-            http_status=self.http_status, fault_code=self.fault_code)
-        return request, response
+        # Values straight into each record's __dict__ (no keyword call of the frozen dataclass's
+        # __init__, 21 setattrs): this runs twice per relayed exchange in the writer.
+        shared = {**_UNCHAINED, "kind": "relay", "message_id": self.message_id, "from_ap": self.from_ap,
+                  "to_ap": self.to_ap, "endpoint": self.endpoint, "client": self.client}
+        request = {**shared, "ts": datetime.fromtimestamp(self.arrived_time, UTC), "ntp_offset": self.arrived_offset,
+                   "ntp_synced": self.arrived_synced, "direction": "request", "status": self.request_status,
+                   "bytes_in": self.request_bytes_in, "bytes_out": self.request_bytes_out,
+                   "sha256": self.request_sha256, "duration_ms": self.request_ms, "http_status": None,
+                   "fault_code": None}
+        response = {**shared, "ts": datetime.fromtimestamp(self.ended_time, UTC), "ntp_offset": self.ended_offset,
+                    "ntp_synced": self.ended_synced, "direction": "response", "status": self.status,
+                    "bytes_in": self.response_bytes_in, "bytes_out": self.response_bytes_out,
+                    "sha256": self.response_sha256, "duration_ms": self.response_ms,
+                    "http_status": self.http_status, "fault_code": self.fault_code}
+        return made(_normalise(request)), made(_normalise(response))
 
 
 #: What :meth:`Journal.record` takes: one record, or a relayed exchange's two.
@@ -329,6 +305,35 @@ def describe(entry: Entry) -> str:
         return json.dumps([r.to_json() for r in entry.records()], ensure_ascii=False, default=str)
     except ValueError:
         return json.dumps(entry._asdict(), ensure_ascii=False, default=str)
+
+
+def _normalise(values: dict[str, Any]) -> dict[str, Any]:
+    """A record's attribute values validated and normalised in place (``ValueError`` if one is not valid)."""
+    ts = values["ts"]
+    if ts.tzinfo is not UTC:
+        if ts.tzinfo is None:
+            raise ValueError("LogRecord.ts must be timezone-aware")
+        values["ts"] = ts.astimezone(UTC)
+    if (status := values["status"]) not in STATUSES:
+        raise ValueError(f"LogRecord.status must be one of {', '.join(STATUSES)}, not {status!r}")
+    if (direction := values["direction"]) not in DIRECTIONS:
+        raise ValueError(f"LogRecord.direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
+    for name in _TEXTS:  # the common case inline: short ASCII without NUL (ASCII is valid UTF-8)
+        value = values[name]
+        if value is not None and not (type(value) is str and value.isascii() and len(value) <= _MAX_ID
+                                      and "\0" not in value):
+            _check_text(name, value)
+    values["ntp_offset"] = _float(values["ntp_offset"], "ntp_offset", 6)
+    values["duration_ms"] = _float(values["duration_ms"], "duration_ms", 3)
+    if type(values["ntp_synced"]) is not bool:
+        values["ntp_synced"] = bool(values["ntp_synced"])
+    for name in ("bytes_in", "bytes_out", "seq"):
+        value = values[name]
+        if type(value) is not int or not 0 <= value < 2**63:
+            values[name] = _count(value, name)
+    if values["http_status"] is not None and type(values["http_status"]) is not int:
+        values["http_status"] = int(values["http_status"])
+    return values
 
 
 def _set(record: LogRecord, name: str, value: Any) -> None:
@@ -466,9 +471,11 @@ def _utcnow() -> datetime:
 
 
 _COLUMNS = tuple(f.name for f in fields(LogRecord))
+#: The chain fields of a record not yet appended (their defaults).
+_UNCHAINED = {f.name: f.default for f in fields(LogRecord) if f.name in ("node", "seq", "prev_hash", "hash")}
 assert _COLUMNS[0] == "ts", "_insert converts the first packed value"
 _PACK = operator.attrgetter(*_COLUMNS)
-_JSON_VALUES = operator.attrgetter(*(_ATTR.get(name, name) for name in FIELDS))
+_JSON_VALUES = operator.attrgetter(*ATTRIBUTES.values())
 
 
 def to_row(record: LogRecord) -> dict[str, Any]:
@@ -510,11 +517,12 @@ def unpack(values: Sequence[Any]) -> LogRecord:
         raise ValueError(f"a packed log record has {len(_COLUMNS)} values, not {len(values)}")
     record = dict(zip(_COLUMNS, values))
     record["ts"] = _EPOCH + timedelta(microseconds=values[0])
-    return _made(record)
+    return made(record)
 
 
-def _made(values: dict[str, Any]) -> LogRecord:
-    # A record from values that are already valid, all fields set at once (not one setattr per field).
+def made(values: dict[str, Any]) -> LogRecord:
+    """A record of ``values``, every field's, already valid and normalised: set all at once, unchecked
+    (the writer's hot path; anything else calls :class:`LogRecord`)."""
     record = object.__new__(LogRecord)
     object.__setattr__(record, "__dict__", values)
     return record
@@ -534,6 +542,7 @@ def append(connection: Connection, entries: Sequence[LogRecord], *, node: str,
     """Chain ``entries`` onto ``node``'s chain inside the caller's transaction; returns them sealed."""
     from .chain import seal  # chain.py builds on this module's records and tables
 
+    _check_text("node", node)
     seq, prev = _lock_head(connection, tables, node)
     sealed: list[LogRecord] = []
     for entry in entries:

@@ -320,6 +320,17 @@ def exchange(i: int, **values: Any) -> RelayExchange:
     return RelayExchange(**fields)
 
 
+def test_an_exchange_makes_exactly_the_records_the_constructor_makes() -> None:
+    # records() fills each record's fields directly (the writer's hot path); LogRecord() of the same
+    # values must agree, field for field, and refuse what records() refuses.
+    for record in exchange(1, request_ms=-0.0, response_ms=2.0000004, http_status=None).records():
+        assert vars(record) == vars(LogRecord(**vars(record)))
+    with pytest.raises(ValueError, match="message_id"):
+        exchange(2, message_id="m" * 300).records()
+    with pytest.raises(ValueError, match="status"):
+        exchange(3, status="late").records()
+
+
 async def test_a_relayed_exchange_is_two_records_built_by_the_writer(store: Store) -> None:
     journal = Journal(store.engine, "dc-east")
     await journal.start()
