@@ -10,12 +10,15 @@ Writing.  :class:`Journal` keeps the request path free of database work:
 writer process (:mod:`gateway.writer`, so sealing and inserting never hold
 the event loop's GIL, and the batch goes over a socket the event loop itself
 waits on) commits whatever has accumulated as one transaction
-(group commit).  The writer lets a batch gather for ``linger`` (50 ms) after
-its first record: each batch costs the event loop and the writer a fixed
-amount (a round trip, a transaction, the chain head's lock), so batches of a
-few records cost several times more per record than batches of hundreds.  A
-record is durable within the linger plus a commit's time (well under 200 ms
-on a healthy store) and :meth:`Journal.close` flushes everything.  When the
+(group commit).  The writer lets a batch gather for ``linger`` (50 ms),
+counted from when the previous batch was taken: each batch costs the event
+loop and the writer a fixed amount (a round trip, a transaction, the chain
+head's lock), so batches of a few records cost several times more per record
+than batches of hundreds, while records that already waited for a slow
+commit go out as soon as it is done.  A record is durable within the linger
+plus a commit's time, or two commits' times when it arrived during a commit
+(well under 200 ms on a healthy store), and :meth:`Journal.close` flushes
+everything.  When the
 queue is full — the store is slow or down — the producer *waits* up to
 ``max_wait`` seconds for room and then gets :class:`JournalUnavailable`:
 records are never dropped silently, and the caller decides (the relay should
@@ -710,10 +713,15 @@ class Journal:
                 "last_error": self.last_error}
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        taken = loop.time()
         while True:
             batch = self._inflight = [await self._queue.get()]
-            if self._queue.qsize() + 1 < self.batch_size:
-                await asyncio.sleep(self.linger)  # let a batch gather: per-batch costs dominate small batches
+            # Let a batch gather (per-batch costs dominate small batches) for ``linger`` from when the
+            # previous one was taken: records that waited for its commit need not wait a linger more.
+            if (rest := self.linger - (loop.time() - taken)) > 0 and self._queue.qsize() + 1 < self.batch_size:
+                await asyncio.sleep(rest)
+            taken = loop.time()
             while len(batch) < self.batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:

@@ -17,8 +17,10 @@ load on 2 cores that raised the logged relay from 0.83 × to 0.94 × the
 unlogged one.  But an idle-priority process can starve behind any busy
 process on the host, and a record must still be durable within 200 ms.  So
 the gateway watches each batch: a reply later than ``_PATIENCE`` moves the
-child to normal priority, and after ``_CALM`` prompt replies in a row it
-yields again.  Leaving ``SCHED_IDLE`` needs ``RLIMIT_NICE`` ≥ 20 or
+child to normal priority, and the next prompt reply lets it yield again:
+the catch-up needs the CPU, not the batches after it (staying boosted for
+20 more batches, as it once did, kept the child at normal priority most of
+the time under the bench's load, bench/PROFILE.md).  Leaving ``SCHED_IDLE`` needs ``RLIMIT_NICE`` ≥ 20 or
 CAP_SYS_NICE (sched(7)); where the gateway has neither (a systemd unit
 without ``LimitNICE=20``, a container without the capability) the child
 simply stays at normal priority.
@@ -63,8 +65,6 @@ _STOP_TIMEOUT = 5.0
 _LENGTH = struct.Struct("!Q")
 #: Seconds a batch's reply may take before the child is given normal priority.
 _PATIENCE = 0.1
-#: Prompt replies in a row after which a boosted child yields again.
-_CALM = 20
 _CAP_SYS_NICE = 23  # bit in /proc/self/status CapEff
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,6 @@ class WriterProcess:
         self.yields = can_leave_idle()
         """Whether the child runs at idle priority (only where it can be boosted back)."""
         self.boosted = False
-        self._prompt = 0
 
     async def start(self) -> None:
         """Start the child now, so the first records do not wait for it to connect."""
@@ -129,13 +128,11 @@ class WriterProcess:
             try:
                 reply = await asyncio.wait_for(asyncio.shield(receiving), _PATIENCE)
             except TimeoutError:
-                self._prompt = 0
                 self._prioritise(boost=True)
                 return await receiving
         finally:
             receiving.cancel()  # no-op once done; stops the read if the commit itself was cancelled
-        self._prompt += 1
-        if self.boosted and self._prompt >= _CALM:
+        if self.boosted:
             self._prioritise(boost=False)
         return reply
 
@@ -158,7 +155,7 @@ class WriterProcess:
             return self._streams
         await self._reap()
         parent, child = socket.socketpair()
-        self.boosted, self._prompt = False, 0
+        self.boosted = False
         process = _CONTEXT.Process(target=_main, args=(child, *self._args, self.yields), daemon=True,
                                    name=f"bmrgw-log-writer-{self._args[1]}")
         try:

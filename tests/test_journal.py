@@ -7,8 +7,9 @@ import contextlib
 import json
 import marshal
 import os
+import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -150,34 +151,53 @@ async def test_group_commit_flushes_within_200_ms(store: Store) -> None:
     assert_chain(chain(store.engine, "dc-east"), 201)
 
 
-async def test_a_late_writer_is_boosted_to_normal_priority_and_yields_again_once_prompt(tmp_path: Path) -> None:
-    import sqlite3
-
-    from gateway import writer
-
+@contextlib.asynccontextmanager
+async def sqlite_journal(tmp_path: Path, linger: float) -> AsyncIterator[tuple[Journal, Store, sqlite3.Connection]]:
+    """A started journal on a SQLite file, and a second connection to that file that can lock it."""
     db = tmp_path / "log.db"
     store = Store(f"sqlite:///{db}")
-    journal = Journal(store.engine, "dc-east", linger=0)
+    journal = Journal(store.engine, "dc-east", linger=linger)
     await journal.start()
+    blocker = sqlite3.connect(db, isolation_level=None)
     try:
+        yield journal, store, blocker
+    finally:
+        blocker.close()
+        await journal.close()
+        store.close()
+
+
+async def test_records_that_waited_for_a_slow_commit_do_not_wait_a_linger_more(tmp_path: Path) -> None:
+    async with sqlite_journal(tmp_path, linger=1.0) as (journal, store, blocker):
+        blocker.execute("BEGIN EXCLUSIVE")
+        await journal.record(entry(0))  # taken after a linger (1 s), then stuck behind the lock
+        await asyncio.sleep(1.3)
+        await journal.record(entry(1))  # waits for the first batch's commit
+        await asyncio.sleep(1.2)  # well past a linger after the first batch was taken
+        blocker.execute("COMMIT")
+        released = time.monotonic()
+        while count(store.engine) < 2:
+            assert time.monotonic() - released < 0.6, "the second batch lingered again after a slow commit"
+            await asyncio.sleep(0.01)
+
+
+async def test_a_late_writer_is_boosted_to_normal_priority_and_yields_again_when_prompt(tmp_path: Path) -> None:
+    from gateway import writer
+
+    async with sqlite_journal(tmp_path, linger=0) as (journal, _, blocker):
         assert journal._writer.yields  # root, or RLIMIT_NICE/CAP_SYS_NICE: the tests run where it can
         pid = journal._writer._process.pid  # type: ignore[union-attr]
         assert os.sched_getscheduler(pid) == os.SCHED_IDLE
-        blocker = sqlite3.connect(db, isolation_level=None)
         blocker.execute("BEGIN EXCLUSIVE")  # the batch cannot commit: its reply is late
         await journal.record(entry(0))
         await asyncio.sleep(writer._PATIENCE * 2)
         assert os.sched_getscheduler(pid) == os.SCHED_OTHER and journal._writer.boosted
         blocker.execute("COMMIT")
-        blocker.close()
-        for i in range(1, writer._CALM + 2):  # prompt batches, one record each
-            await journal.record(entry(i))
-            await journal.flush()
+        await journal.flush()  # the late batch is done
+        await journal.record(entry(1))  # and the next one is prompt
+        await journal.flush()
         assert os.sched_getscheduler(pid) == os.SCHED_IDLE and not journal._writer.boosted
-    finally:
-        await journal.close()
-        store.close()
-    assert journal.status()["written"] == writer._CALM + 2
+    assert journal.status()["written"] == 2
 
 
 async def test_a_writer_that_could_not_be_boosted_back_never_yields(store: Store) -> None:
