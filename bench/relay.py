@@ -5,9 +5,11 @@ the client, is the limit); latency with a backend that waits, so that the
 proxy's own delay shows as the difference from calling the backend directly.
 
 A scenario may measure in interleaved rounds (every target in turn, then
-again): the shared machines here drift by tens of per cent within a minute,
-and one long cell per target would turn that drift into a difference between
-targets.  Requests and seconds are pooled over the rounds for the table; a
+again in the reverse order, and so on): the shared machines here drift by
+tens of per cent within a minute, and one long cell per target would turn
+that drift into a difference between targets; reversing the order every
+other round keeps a steady drift from favouring whichever target comes
+first.  Requests and seconds are pooled over the rounds for the table; a
 latency percentile is the median of the rounds' percentiles.  A throughput
 ratio between two targets is the median of the rounds' ratios: each round
 measures the two one right after the other, so a slow stretch of the machine
@@ -127,8 +129,9 @@ class RelayLoad:
         for name in runs:
             verify(stack.targets[name].url, envelope, target=name)
         for round_ in range(self.rounds):
-            for name, done in runs.items():
-                done.append(self._measure(bench, stack, stack.targets[name], body_file, warm=round_ == 0))
+            order = list(runs) if round_ % 2 == 0 else list(reversed(runs))  # drift within a round evens out
+            for name in order:
+                runs[name].append(self._measure(bench, stack, stack.targets[name], body_file, warm=round_ == 0))
         return self._section({name: pooled(done) for name, done in runs.items()}, runs)
 
     def _measure(self, bench: Bench, stack: Stack, target: Target, body_file: Path, *, warm: bool) -> Cell:

@@ -22,7 +22,7 @@ KIB = 1024
 SCENARIOS: tuple[Scenario, ...] = (
     RelayLoad(
         name="1k", title="Throughput: 1 KiB envelope at saturation (50 connections, backend answers at once)",
-        envelope_bytes=1 * KIB, connections=50, backend_delay=0.0, rounds=5,
+        envelope_bytes=1 * KIB, connections=50, backend_delay=0.0, rounds=8,
         rules=(ThroughputRatio(target="bmrgw", baseline="nginx", at_least=0.35),
                ThroughputRatio(target="bmrgw-nolog", baseline="nginx", at_least=0.35),
                # The send/receive log may cost at most 10 % of relay throughput.
