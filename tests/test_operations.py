@@ -4,6 +4,7 @@ reset from the CLI, the global connection limit."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from gateway.server import settle_heap
 
 from .conftest import BMRGW, RecordingBackend, free_port, message, soap11_headers, wait_healthy, write_yaml
 from .records import relay_records
@@ -279,3 +281,15 @@ async def test_connections_over_the_limit_get_503_gateway_busy(serve: Serve, bac
             assert resp.status == 200, "below the limit again, connections are served"
         async with http.get(f"{gw.url}/metrics") as resp:
             assert "bmrgw_connections_refused_total 1.0" in await resp.text()
+
+
+def test_settle_heap_freezes_what_exists_and_collects_the_young_rarely() -> None:
+    before = gc.get_threshold()
+    gc.unfreeze()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 10_000, "modules and their objects are out of the collector's walk"
+        assert gc.get_threshold() == (10_000, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
