@@ -18,11 +18,11 @@ than batches of hundreds, while records that already waited for a slow
 commit go out as soon as it is done.  A record is durable within the linger
 plus a commit's time, or two commits' times when it arrived during a commit
 (well under 200 ms on a healthy store), and :meth:`Journal.close` flushes
-everything.  When the
-queue is full — the store is slow or down — the producer *waits* up to
-``max_wait`` seconds for room and then gets :class:`JournalUnavailable`:
-records are never dropped silently, and the caller decides (the relay should
-refuse the exchange rather than relay it unlogged).  An exchange whose effect
+everything.  When the queue is full — the store is slow or down — the
+producer *waits* up to ``max_wait`` seconds for room and then gets
+:class:`JournalUnavailable`: records are never dropped silently, and the
+caller decides (the relay should refuse the exchange rather than relay it
+unlogged).  An exchange whose effect
 is itself durable (a stored JX document, a refdb push) is logged with
 :meth:`Journal.write_in` inside the caller's own transaction instead, so the
 effect and its record commit or vanish together.

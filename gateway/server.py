@@ -36,9 +36,11 @@ from .limits import ListenSite, busy_answer
 from .resilience import RESILIENCE
 from .tls import server_context
 
-__all__ = ["ServeOptions", "serve", "install_event_loop", "listen_socket"]
+__all__ = ["ServeOptions", "serve", "install_event_loop", "listen_socket", "settle_heap"]
 
 log = logging.getLogger("bmrgw")
+#: Net allocations of tracked objects between two young collections (Python's default: 700).
+_GC_YOUNG = 10_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,15 +151,12 @@ def settle_heap() -> None:
     collector never walks, and a young collection every 10,000 net
     allocations (under that load the net count did not reach 10,000 in
     18 s) still bounds what a cycle can hold.  Measured: 7–9 % fewer
-    instructions per relayed request, p99 latency halved (bench/PROFILE.md).
+    instructions per relayed request, p99 at the 1 KiB saturation load halved
+    (bench/PROFILE.md).
     """
     gc.collect()
     gc.freeze()
     gc.set_threshold(_GC_YOUNG, *gc.get_threshold()[1:])
-
-
-#: Net allocations of tracked objects between two young collections (Python's default: 700).
-_GC_YOUNG = 10_000
 
 
 def _reload(app: web.Application, options: ServeOptions) -> None:

@@ -20,10 +20,10 @@ the gateway watches each batch: a reply later than ``_PATIENCE`` moves the
 child to normal priority, and the next prompt reply lets it yield again:
 the catch-up needs the CPU, not the batches after it (staying boosted for
 20 more batches, as it once did, kept the child at normal priority most of
-the time under the bench's load, bench/PROFILE.md).  Leaving ``SCHED_IDLE`` needs ``RLIMIT_NICE`` ≥ 20 or
-CAP_SYS_NICE (sched(7)); where the gateway has neither (a systemd unit
-without ``LimitNICE=20``, a container without the capability) the child
-simply stays at normal priority.
+the time under the bench's load, bench/PROFILE.md).  Leaving ``SCHED_IDLE``
+needs ``RLIMIT_NICE`` ≥ 20 or CAP_SYS_NICE (sched(7)); where the gateway has
+neither (a systemd unit without ``LimitNICE=20``, a container without the
+capability) the child simply stays at normal priority.
 
 The gateway's side is asyncio: a batch is written to the socket and the
 reply awaited on the event loop itself.  No thread waits on the child, so no
