@@ -21,7 +21,7 @@ from refdb.service import add_refdb
 from routing.config import Config, load_config
 from routing.watch import LiveTable, watch
 
-from . import control
+from . import control, heap
 from .auth import auth_middleware
 from .chain import archive
 from .clock import Clock
@@ -38,7 +38,7 @@ from .soap import fault_content_type, gateway_fault, version_for
 from .store import Store, StoreUnavailable, database_url
 from .upstream import HttpUpstream, Upstream
 
-__all__ = ["make_app", "AppOptions", "LIVE", "METRICS", "STORE", "CLOCK", "JOURNAL", "SECURITY"]
+__all__ = ["make_app", "reloaded", "AppOptions", "LIVE", "METRICS", "STORE", "CLOCK", "JOURNAL", "SECURITY"]
 
 log = logging.getLogger("bmrgw")
 
@@ -156,20 +156,24 @@ def _watch_ctx(config: Config, options: AppOptions) -> Callable[[web.Application
     source = config.source
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        metrics = app[METRICS]
-        metrics.config_generation.set(1)
-
-        def reloaded(applied: bool) -> None:
-            metrics.config_generation.set(app[LIVE].generation)
-            metrics.config_error.set(0 if applied else 1)
-
+        app[METRICS].config_generation.set(1)
         task = asyncio.create_task(watch(app[LIVE], source, lambda: load_config(source, db=options.db),
-                                         on_reload=reloaded))
+                                         on_reload=lambda applied: reloaded(app, applied)))
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
     return ctx
+
+
+def reloaded(app: web.Application, applied: bool) -> None:
+    """After a reload of the route table (the file watcher's or SIGHUP's): the metrics, and, when a new
+    table replaced the old, the frozen heap re-settled so that the old one can be collected."""
+    metrics = app[METRICS]
+    metrics.config_generation.set(app[LIVE].generation)
+    metrics.config_error.set(0 if applied else 1)
+    if applied:
+        heap.resettle()
 
 
 def fault_response(request: web.Request, error: GatewayError) -> web.Response:

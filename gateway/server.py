@@ -9,8 +9,8 @@ Signals (README "Resilience"):
   one step, or keep the old one and report why (log, ``/healthz``, metrics).
 
 Garbage collection.  Once listening, the process hands what start-up built
-to :func:`settle_heap` (see there): Python's cyclic collector otherwise walks
-those objects over and over under load.
+to :func:`gateway.heap.settle` (see there): Python's cyclic collector
+otherwise walks those objects over and over under load.
 
 With ``--workers N`` (N > 1) this process supervises N worker processes
 (:mod:`gateway.workers`) that share the port through ``SO_REUSEPORT``.
@@ -19,7 +19,6 @@ With ``--workers N`` (N > 1) this process supervises N worker processes
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import socket
@@ -30,17 +29,16 @@ from aiohttp import web
 
 from routing.config import Config, load_config
 
-from .app import LIVE, METRICS, AppOptions, make_app
+from . import heap
+from .app import LIVE, AppOptions, make_app, reloaded
 from .errors import ConfigError
 from .limits import ListenSite, busy_answer
 from .resilience import RESILIENCE
 from .tls import server_context
 
-__all__ = ["ServeOptions", "serve", "install_event_loop", "listen_socket", "settle_heap"]
+__all__ = ["ServeOptions", "serve", "install_event_loop", "listen_socket"]
 
 log = logging.getLogger("bmrgw")
-#: Net allocations of tracked objects between two young collections (Python's default: 700).
-_GC_YOUNG = 10_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,7 +122,7 @@ async def _run(app: web.Application, config: Config, sock: socket.socket, option
     site = ListenSite(runner, sock, ssl_context=server_context(tls) if tls is not None else None,
                       limit=lambda: live.current.config.gateway.limits.max_connections, answer=answer)
     await site.start()
-    settle_heap()
+    heap.settle()
     _announce(config, site.name, options)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -138,36 +136,11 @@ async def _run(app: web.Application, config: Config, sock: socket.socket, option
     log.info("stopped; the send/receive log is flushed")
 
 
-def settle_heap() -> None:
-    """Take what exists now out of the cyclic collector's work, and collect the young rarely.
-
-    Modules, the config and the route table live as long as the process, and
-    hardly any of what a request makes is cyclic garbage: reference counting
-    frees it.  With Python's defaults the collector still walked it all: under
-    the 1 KiB bench load a full collection ran about once a second (about
-    60 ms, every request in flight waiting) and a young one every 700 net
-    allocations, about 110 a second — together about a tenth of the gateway's
-    CPU.  ``gc.freeze()`` moves the objects that exist now to a generation the
-    collector never walks, and a young collection every 10,000 net
-    allocations (under that load the net count did not reach 10,000 in
-    18 s) still bounds what a cycle can hold.  Measured: 7–9 % fewer
-    instructions per relayed request, p99 at the 1 KiB saturation load halved
-    (bench/PROFILE.md).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(_GC_YOUNG, *gc.get_threshold()[1:])
-
-
 def _reload(app: web.Application, options: ServeOptions) -> None:
-    live, metrics = app[LIVE], app[METRICS]
+    live = app[LIVE]
     source = live.current.config.source or options.config
     applied = live.reload(lambda: load_config(source, db=options.db))
-    if applied:  # the replaced table was frozen: let the collector see it once, then settle again
-        gc.unfreeze()
-        settle_heap()
-    metrics.config_generation.set(live.generation)
-    metrics.config_error.set(0 if applied else 1)
+    reloaded(app, applied)
     log.warning("SIGHUP: %s", f"config reloaded (generation {live.generation})" if applied
                 else f"config NOT reloaded, the previous table stays in force: {live.error}")
 

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.server import settle_heap
+from gateway import heap
 
 from .conftest import BMRGW, RecordingBackend, free_port, message, soap11_headers, wait_healthy, write_yaml
 from .records import relay_records
@@ -283,13 +283,17 @@ async def test_connections_over_the_limit_get_503_gateway_busy(serve: Serve, bac
             assert "bmrgw_connections_refused_total 1.0" in await resp.text()
 
 
-def test_settle_heap_freezes_what_exists_and_collects_the_young_rarely() -> None:
+def test_the_heap_settles_once_serving_and_again_after_a_reload() -> None:
     before = gc.get_threshold()
     gc.unfreeze()
     try:
-        settle_heap()
+        heap.resettle()  # a process that never settled its heap has nothing to re-settle
+        assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
+        heap.settle()
         assert gc.get_freeze_count() > 10_000, "modules and their objects are out of the collector's walk"
         assert gc.get_threshold() == (10_000, *before[1:])
+        heap.resettle()  # after a reload: still settled
+        assert gc.get_freeze_count() > 10_000 and gc.get_threshold() == (10_000, *before[1:])
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
