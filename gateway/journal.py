@@ -22,10 +22,10 @@ everything.  When the queue is full — the store is slow or down — the
 producer *waits* up to ``max_wait`` seconds for room and then gets
 :class:`JournalUnavailable`: records are never dropped silently, and the
 caller decides (the relay should refuse the exchange rather than relay it
-unlogged).  An exchange whose effect
-is itself durable (a stored JX document, a refdb push) is logged with
-:meth:`Journal.write_in` inside the caller's own transaction instead, so the
-effect and its record commit or vanish together.
+unlogged).  An exchange whose effect is itself durable (a stored JX
+document, a refdb push) is logged with :meth:`Journal.write_in` inside the
+caller's own transaction instead, so the effect and its record commit or
+vanish together.
 
 Chaining.  Each node (gateway name, later plus a worker suffix) appends to
 its own hash chain (see :mod:`gateway.chain`).  The chain head — last seq
@@ -340,7 +340,7 @@ def _normalise(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _set(record: LogRecord, name: str, value: Any) -> None:
-    object.__setattr__(record, name, value)  # normalising a frozen dataclass in __post_init__
+    object.__setattr__(record, name, value)  # a frozen dataclass's field, for stored()'s unvalidated records
 
 
 def _float(value: Any, name: str, digits: int) -> float:

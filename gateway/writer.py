@@ -32,8 +32,8 @@ relayed exchange when a thread did the waiting).
 
 Protocol: frames of an 8-byte big-endian length and a ``marshal`` dump
 (plain tuples of str, int, float, bool and None: a quarter of pickle's cost
-to the event loop, and nothing on this private socket pair needs more).  The parent
-sends one batch (a list of packed records) and awaits one reply —
+to the event loop, and nothing on this private socket pair needs more).  The
+parent sends one batch (a list of packed records) and awaits one reply —
 ``("ok", count)`` once the batch is committed, or ``("error", transient,
 reason)``.  The child owns its own engine on the same store URL.  It exits
 when the socket closes, so a gateway killed with -9 does not leave it
