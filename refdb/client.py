@@ -6,8 +6,9 @@ records each, one HTTP request per batch on one keep-alive connection) and
 part of it.  The next batch is built in a helper thread while the gateway
 stores the current one, and at most two batches are in memory at once, so
 memory does not grow with the file.  Requests are written as text with XML
-escaping (fast and exactly the WSDL's form); answers are read with the
-gateway's hardened parser.
+escaping (fast and exactly the WSDL's form), records and keys as rows (the
+compact form of :mod:`refdb.wire`); answers are read with the gateway's
+hardened parser.
 """
 
 from __future__ import annotations
@@ -96,29 +97,43 @@ def _fields_xml(parts: list[str], fields: Fields) -> None:
             parts.append(f'{_field_open(name)} value="{_attribute(value)}"/>')
 
 
-def _template(tag: str, names: Iterable[str]) -> str:
-    """A ``str.format`` template of a whole item whose fields all have values, in this order."""
-    fields = "".join(_field_open(name).replace("{", "{{").replace("}", "}}") + ' value="{}"/>' for name in names)
-    return f"<r:{tag}>{fields}</r:{tag}>"
+#: Names that can stand as attributes of a row as they are: those a column may have (refdb.config.COLUMN_NAME)
+#: but xmlns, which would declare a namespace.  A record naming anything else goes in the field form.
+_ROW_NAME = re.compile(r"(?!xmlns\Z)[a-z][a-z0-9_]*\Z")
+
+
+def _template(names: Iterable[str]) -> str:
+    """A ``str.format`` template of a whole row with a value for each of these names, in this order."""
+    return "<r:row" + "".join(f' {name}="{{}}"' for name in names) + "/>"
+
+
+def _row_xml(fields: Fields) -> str:
+    """One row, NULLs left out, values escaped."""
+    return "<r:row" + "".join(f' {n}="{_attribute(v)}"' for n, v in fields.items() if v is not None) + "/>"
 
 
 def _items_xml(tag: str, items: Iterable[Fields]) -> str:
-    """The items as XML: one ``format`` call for an item shaped like the one before it (a file's
-    records all are) whose values need no escaping and none is NULL; field by field otherwise."""
+    """The items as rows (the compact form, :mod:`refdb.wire`): one ``format`` call for an item
+    shaped like the one before it (a file's records all are) whose values need no escaping and
+    none is NULL.  An item naming something that cannot be an attribute goes as a ``tag`` of fields,
+    so that the gateway names it in its fault."""
     parts: list[str] = []
     shape: tuple[str, ...] = ()
     template = ""
     for fields in items:
-        values = fields.values()
-        if None in values or _NEEDS_ESCAPE.search("".join(values)):  # type: ignore[arg-type]
-            parts.append(f"<r:{tag}>")
-            _fields_xml(parts, fields)
-            parts.append(f"</r:{tag}>")
-            continue
         names = tuple(fields)  # in order: equal key sets in another order are another shape
         if names != shape:
-            shape, template = names, _template(tag, names)
-        parts.append(template.format(*values))
+            if not all(map(_ROW_NAME.match, names)):
+                parts.append(f"<r:{tag}>")
+                _fields_xml(parts, fields)
+                parts.append(f"</r:{tag}>")
+                continue
+            shape, template = names, _template(names)
+        values = fields.values()
+        if None in values or _NEEDS_ESCAPE.search("".join(values)):  # type: ignore[arg-type]
+            parts.append(_row_xml(fields))
+        else:
+            parts.append(template.format(*values))
     return "".join(parts)
 
 

@@ -256,6 +256,7 @@ class Converter:
     def __init__(self, dataset: Dataset, driver: str = "") -> None:
         self.dataset = dataset
         self.names = tuple(c.name for c in dataset.columns)
+        self._declared = frozenset(self.names)
         adapters = _ADAPTERS.get(driver, {})
         # name -> (position, parser, column, adapter), looked up once per value on the slow path
         self._slots = {c.name: (i, _PARSERS[c.type], c, adapters.get(c.type)) for i, c in enumerate(dataset.columns)}
@@ -268,7 +269,7 @@ class Converter:
     def rows(self, records: Sequence[Record]) -> list[tuple[Any, ...]]:
         """The rows of a batch; the first bad record (in order) raises :class:`FieldError` naming it.
 
-        Records that all name the same columns, with values in their usual
+        Records that name only declared columns, with values in their usual
         spelling, are converted a column at a time; any other batch record by record.
         """
         if not records:
@@ -279,18 +280,19 @@ class Converter:
             return [self._numbered_row(fields, number) for number, fields in enumerate(records)]
 
     def _by_column(self, records: Sequence[Record]) -> list[tuple[Any, ...]]:
-        first = records[0].keys()
-        _check(all(map(operator.eq, map(dict.keys, records), repeat(first))))
-        _check(all(name in first for name in self._keys))
+        # Records may leave NULL columns out (a row does); a name not declared takes the slow path,
+        # which names it.
+        _check(all(map(self._declared.issuperset, map(dict.keys, records))))
         count = len(records)
-        columns: list[Iterable[Any]] = [repeat(None, count) for _ in self.names]
-        for name in first:
-            texts = list(map(operator.itemgetter(name), records))
-            if None in texts:
-                _check(name not in self._keys)
-                columns[self._slots[name][0]] = self._with_nulls(name, texts)
-            else:
-                columns[self._slots[name][0]] = self._fast[name](texts)
+        columns: list[Iterable[Any]] = []
+        for name in self.names:
+            texts = list(map(dict.get, records, repeat(name)))
+            nulls = texts.count(None)
+            if not nulls:
+                columns.append(self._fast[name](texts))  # type: ignore[arg-type]  # (no None in them)
+                continue
+            _check(name not in self._keys)
+            columns.append(repeat(None, count) if nulls == count else self._with_nulls(name, texts))
         return list(zip(*columns))
 
     def _with_nulls(self, name: str, texts: list[str | None]) -> list[Any]:

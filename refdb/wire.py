@@ -10,13 +10,23 @@ The operation's scalar children come before the record list, as the WSDL's
 sequences say, so the callback knows the dataset when the first record
 arrives.
 
-A record is a list of ``field`` elements with ``name`` and ``value``
-attributes (no ``value`` attribute = NULL)::
+A record travels in one of two forms, which may be mixed in one list.
+As SPEC.md has it, a ``record`` (or a Delete's ``key``) is a list of
+``field`` elements with ``name`` and ``value`` attributes (no ``value``
+attribute = NULL)::
 
     <r:record><r:field name="person_id" value="P0001"/><r:field name="note"/></r:record>
 
-Attributes rather than child elements: a record then costs the parser a
-third of the elements, which halves the parsing time of a big push.
+The compact form, a ``row``, carries each column as an attribute of its
+own (an absent attribute = NULL); it is what ``bmrgw refdb push`` sends::
+
+    <r:row person_id="P0001" name="住民 一郎"/>
+
+A row is one element and its attributes reach the reader as the dict lxml
+makes anyway, so the parser does a quarter of the work of the field form
+(10.9 against 43 ms for a batch of 5,000 seven-column records) and the
+body is under half the size.  Attributes rather than child elements in the
+field form too: a record then costs the parser a third of the elements.
 
 Responses are built with lxml (they are bounded: a page holds at most
 :data:`refdb.store.MAX_LIMIT` records).
@@ -47,8 +57,11 @@ def q(name: str) -> str:
 
 
 _FIELD = q("field")
+_ROW = q("row")
 #: Streamed children: (operation, list element, item element).
 _STREAMED = {("Upsert", q("records"), q("record")), ("Delete", q("keys"), q("key"))}
+#: Where the compact form may stand instead: (operation, list element).
+_ROWS = {("Upsert", q("records")), ("Delete", q("keys"))}
 _SCALARS = {q(n): n for n in ("dataset", "mode", "pushId", "offset", "limit", "version", "sinceVersion")}
 _FILTERS, _FILTER = q("filters"), q("filter")
 
@@ -83,6 +96,7 @@ class RequestReader:
         self._fields: Fields | None = None
         self._open_fields = 0
         self._items = 0
+        self._amp = False  # an "&" was in the body so far: row values may need _attribute
         self.version: SoapVersion | None = None
         self.operation: str | None = None
         self.scalars: dict[str, str] = {}
@@ -94,6 +108,7 @@ class RequestReader:
             raise MessageTooLarge(f"request exceeds the limit of {self._max_bytes} bytes; "
                                   "push big datasets in batches (BeginPush, Upsert with pushId, Commit)",
                                   detail="gateway.max_message_bytes")
+        self._amp = self._amp or b"&" in chunk
         try:
             self._parser.feed(chunk)
         except etree.XMLSyntaxError as exc:
@@ -132,15 +147,30 @@ class RequestReader:
             return
         depth = len(self._stack)
         self._stack.append(tag)
-        if depth == 4 and fields is None and (self.operation, self._stack[3], tag) in _STREAMED:
+        if depth == 4 and tag == _ROW and (self.operation, self._stack[3]) in _ROWS:
+            self._row(attrib)
+        elif depth == 4 and fields is None and (self.operation, self._stack[3], tag) in _STREAMED:
             self._fields = {}
             self._items += 1
+        elif depth == 5 and self._stack[4] == _ROW:
+            raise InvalidRecord(f"record {self._items}: a row holds no elements, its columns are its attributes",
+                                record=self._items)
         elif depth == 3 and tag in _SCALARS and self.operation is not None:
             self._text = []
         elif depth == 4 and tag == _FILTER and self._stack[3] == _FILTERS and self.operation is not None:
             self.filters.append({k: _attribute(v) or "" for k, v in attrib.items()})
         elif depth < 3:
             self._outer(depth, tag)
+
+    def _row(self, attrib: Mapping[str, str]) -> None:
+        """A row is whole at its start tag: its attributes, as the fresh dict lxml hands over."""
+        self._items += 1
+        fields: Fields = attrib if type(attrib) is dict else dict(attrib)  # lxml: a read-only mapping if empty
+        if self._amp:
+            for name, value in fields.items():
+                if value and "&" in value:
+                    fields[name] = _attribute(value)
+        self._on_item(self.operation or "", self.scalars, fields, self._items)
 
     def _outer(self, depth: int, tag: str) -> None:
         """Envelope, Body and the operation element."""

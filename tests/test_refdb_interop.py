@@ -1,4 +1,5 @@
-"""A non-Python SOAP client: node-soap (npm ``soap``) reads /refdb?wsdl, then Upserts and Queries."""
+"""A non-Python SOAP client: node-soap (npm ``soap``) reads /refdb?wsdl, then Upserts (records and a row)
+and Queries."""
 
 from __future__ import annotations
 
@@ -35,12 +36,14 @@ async def test_node_soap_upserts_and_queries(gateway: GatewayFactory, node_soap:
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, err.decode()
     answer = json.loads(out)
-    assert (int(answer["pushed"]["version"]), int(answer["pushed"]["inserted"])) == (1, 2)
+    assert (int(answer["pushed"]["version"]), int(answer["pushed"]["inserted"])) == (1, 3)
     assert answer["records"] == [
         {"person_id": "N001", "name": "ノード 一郎", "fee": "12.50", "birth": None, "updated": None,
          "household": None, "active": None},
         {"person_id": "N002", "name": "node two", "fee": None, "birth": None, "updated": None,
          "household": None, "active": None},
+        {"person_id": "N003", "name": "row & three", "fee": None, "birth": None, "updated": None,
+         "household": "3", "active": None},
     ]
     assert answer["more"] in (False, "false")
     assert answer["fault"]["faultcode"] == "soap:Client" and "nope" in answer["fault"]["faultstring"]

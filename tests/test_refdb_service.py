@@ -111,8 +111,9 @@ async def test_wsdl_is_served_with_this_gateways_address(gw: Gateway, http: aioh
 async def test_zeep_upserts_and_queries_through_the_wsdl(gw: Gateway) -> None:
     def use_zeep() -> tuple[Any, Any, Any]:
         client = zeep.Client(f"{gw.url}/refdb?wsdl")
-        fields = [{"field": [{"name": k, "value": v} for k, v in person(n, fee="10.5").items()]} for n in (1, 2, 3)]
-        pushed = client.service.Upsert(dataset="residents", mode="full", records={"record": fields})
+        fields = [{"field": [{"name": k, "value": v} for k, v in person(n, fee="10.5").items()]} for n in (1, 2)]
+        row = {"_attr_1": {k: v for k, v in person(3, fee="10.5").items() if v is not None}}  # the compact form
+        pushed = client.service.Upsert(dataset="residents", mode="full", records={"record": fields, "row": [row]})
         queried = client.service.Query(dataset="residents", filters={"filter": [
             {"name": "person_id", "op": "ge", "value": "P000002"}]}, limit=10)
         changes = client.service.Changes(dataset="residents", sinceVersion=0)
@@ -123,7 +124,7 @@ async def test_zeep_upserts_and_queries_through_the_wsdl(gw: Gateway) -> None:
     assert queried.version == 1 and queried.more is False
     records = [{f.name: f.value for f in r.field} for r in queried.records.record]
     assert [r["person_id"] for r in records] == ["P000002", "P000003"]
-    assert records[0]["fee"] == "10.50" and records[0]["updated"] is None
+    assert records[0]["fee"] == records[1]["fee"] == "10.50" and records[0]["updated"] is None
     assert len(changes.upserts.record) == 3
 
 

@@ -144,6 +144,19 @@ def test_a_batch_converts_as_its_records_do(driver: str, column: str) -> None:
     assert converter._by_column(usual) == converter.rows(usual)  # the usual spellings take the fast path
 
 
+@pytest.mark.parametrize("driver", ["sqlite", "postgresql"])
+def test_records_leaving_null_columns_out_still_convert_a_column_at_a_time(driver: str) -> None:
+    converter = Converter(RESIDENTS_SET, driver)
+    records: list[dict[str, str | None]] = [
+        {"person_id": "P1", "fee": "1.5", "birth": "2024-02-29"}, {"person_id": "P2", "name": "x"},
+        {"person_id": "P3", "fee": None, "household": "7"}, {"person_id": "P4", "fee": "2", "active": "true"}]
+    assert converter._by_column(records) == [converter.row(r) for r in records]
+    for bad, field in (({"person_id": "P5", "shoe": "42"}, "shoe"), ({"fee": "1"}, "person_id")):
+        with pytest.raises(FieldError) as caught:
+            converter.rows([*records, bad])
+        assert (caught.value.record, caught.value.field) == (4, field)
+
+
 @pytest.mark.parametrize("column", ["birth", "updated", "fee", "active", "household"])
 def test_sqlite_values_are_what_sqlalchemy_binds(column: str) -> None:
     """Staged rows bypass SQLAlchemy's bind processing; they must hold what it would have stored."""
@@ -221,6 +234,34 @@ def test_escaped_names_and_values_round_trip_through_the_reader() -> None:
     assert [fields for _, _, fields, _ in items] == records
 
 
+def test_rows_stream_out_like_records_an_absent_attribute_being_null() -> None:
+    body = envelope("Upsert", '<r:dataset>d</r:dataset><r:records>'
+                    '<r:row a="1" b=""/><r:record><r:field name="a" value="2"/></r:record><r:row/>'
+                    '<r:row a="x &amp; y &lt;z&gt; &amp;amp; &#38;#38; &#10;&#9;" c="&quot;"/></r:records>')
+    for chunk in (7, 1000):  # the "&" arrives in a later feed than the first rows, or in the same
+        _, items = read(body, chunk=chunk)
+        assert [(fields, n) for _, _, fields, n in items] == [
+            ({"a": "1", "b": ""}, 1), ({"a": "2"}, 2), ({}, 3), ({"a": "x & y <z> &amp; &#38; \n\t", "c": '"'}, 4)]
+    _, items = read(envelope("Delete", '<r:dataset>d</r:dataset><r:keys><r:row a="1"/><r:key>'
+                             '<r:field name="a" value="2"/></r:key></r:keys>'))
+    assert [(op, fields) for op, _, fields, _ in items] == [("Delete", {"a": "1"}), ("Delete", {"a": "2"})]
+
+
+def test_the_client_sends_rows_and_fields_only_for_names_no_attribute_can_have() -> None:
+    from refdb.client import _batch_body
+
+    records: list[dict[str, str | None]] = [
+        {"person_id": "P1", "name": 'a & b < "c"\n\td', "fee": None},
+        {"person_id": "P2", "name": "", "fee": "1"},
+        {"person_id": "P3", "Name": "upper case"}, {"person_id": "P4", "xmlns": "urn:x"},
+        {"person_id": "P5", "first name": "spaced"}, {"person_id": "P6", "name": "row again"},
+    ]
+    body = _batch_body("push-1", records)
+    assert body.count(b"<r:row ") == 3 and body.count(b"<r:record>") == 3
+    _, items = read(body, chunk=5)
+    assert [fields for _, _, fields, _ in items] == [{k: v for k, v in r.items() if v is not None} for r in records]
+
+
 def test_query_filters_are_collected() -> None:
     reader, items = read(envelope("Query", '<r:dataset>residents</r:dataset><r:filters>'
                                   '<r:filter name="birth" op="ge" value="2000-01-01"/><r:filter name="x"/>'
@@ -239,7 +280,10 @@ def test_query_filters_are_collected() -> None:
     (envelope("Upsert", '<r:records><r:record><r:field name="a"/><r:field name="a"/></r:record></r:records>'),
      InvalidRecord, "field 'a' appears twice"),
     (envelope("Query", "<r:dataset>" + "x" * 2000 + "</r:dataset>"), MessageTooLarge, "BeginPush"),
-], ids=["not-soap", "dtd", "unknown-operation", "truncated", "nameless-field", "field-twice", "too-large"])
+    (envelope("Upsert", '<r:records><r:row a="1"/><r:row a="2"><r:field name="b" value="1"/></r:row></r:records>'),
+     InvalidRecord, "record 2: a row holds no elements"),
+], ids=["not-soap", "dtd", "unknown-operation", "truncated", "nameless-field", "field-twice", "too-large",
+        "row-with-children"])
 def test_bad_requests_are_refused(body: bytes, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         read(body, max_bytes=1024)

@@ -10,7 +10,10 @@ async function main() {
   const record = (id, name, fee) => ({ field: [field('person_id', id), field('name', name), field('fee', fee)] });
   const [pushed] = await client.UpsertAsync({
     dataset: 'residents', mode: 'full',
-    records: { record: [record('N001', 'ノード 一郎', '12.5'), record('N002', 'node two', null)] },
+    records: {
+      record: [record('N001', 'ノード 一郎', '12.5'), record('N002', 'node two', null)],
+      row: [{ attributes: { person_id: 'N003', name: 'row & three', household: '3' } }],  // the compact form
+    },
   });
   const [found] = await client.QueryAsync({
     dataset: 'residents', filters: { filter: [{ attributes: { name: 'person_id', op: 'ge', value: 'N001' } }] },
