@@ -114,7 +114,7 @@ class RefdbPush:
         checks = [Check(label=f"{self.name}: {r.database} push rows/s ÷ raw executemany rows/s", measured=r.ratio,
                         limit=self.at_least, unit="×", at_least=True) for r in results]
         notes = notes + ["service: `bmrgw refdb push --mode full` of a CSV into an empty dataset (client and "
-                         "gateway processes, SOAP batches of 5,000 records, one commit), timed from opening the "
+                         "gateway processes, SOAP batches of 5,000 records sent as rows, one commit), timed from opening the "
                          "file to the Commit's answer; raw: SQLAlchemy Core executemany of the same typed rows "
                          "in one transaction (conversion from CSV not timed)."]
         return Section(name=self.name, title=self.title, headers=_HEADERS, rows=table, checks=checks, notes=notes,
