@@ -152,7 +152,7 @@ class RequestReader:
         elif depth == 4 and fields is None and (self.operation, self._stack[3], tag) in _STREAMED:
             self._fields = {}
             self._items += 1
-        elif depth == 5 and self._stack[4] == _ROW:
+        elif depth == 5 and self._stack[4] == _ROW and (self.operation, self._stack[3]) in _ROWS:
             raise InvalidRecord(f"record {self._items}: a row holds no elements, its columns are its attributes",
                                 record=self._items)
         elif depth == 3 and tag in _SCALARS and self.operation is not None:
