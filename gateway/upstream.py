@@ -3,9 +3,12 @@
 aiohttp's client errors are translated here, and only here, into
 :class:`~gateway.errors.EndpointUnavailable` and
 :class:`~gateway.errors.EndpointTimeout`.  Timeouts follow SPEC.md's
-per-endpoint ``timeout``: it bounds the connect, the wait for the first byte
-of the answer after the request was sent, and every later gap in the answer —
-never the time it takes to upload a big body.
+per-endpoint ``timeout``: it bounds the connect, every wait for the endpoint
+to take the next chunk of a request body (an endpoint that stops reading an
+upload would otherwise hold the request forever: aiohttp starts its read
+timer only once the whole body is written), the wait for the first byte of
+the answer after the request was sent, and every later gap in the answer —
+never the time it takes to upload a big body that keeps moving.
 
 Outbound security (SPEC.md ``endpoints.*.ca|basic``, and ``cert``/``key``
 for a client certificate) is applied here too: each distinct
@@ -21,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
-from collections.abc import AsyncIterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,6 +40,9 @@ __all__ = ["Upstream", "HttpUpstream", "translate", "tls_context"]
 
 #: Distinct outbound settings kept before the cache starts afresh (reloads add new ones).
 _MAX_HOPS_CACHED = 4096
+#: A body of at most this many bytes is written without waiting for the endpoint to take it (aiohttp
+#: waits on the socket above 64 KiB), so it cannot stall; a longer one goes in chunks of this size.
+_UNPACED = 64 * 1024
 
 
 class Upstream(Protocol):
@@ -145,14 +151,29 @@ class HttpUpstream:
         url = self._urls.get(route.url) or self._urls.setdefault(route.url, URL(route.url))
         timeout = self._timeouts.get(route.timeout) or self._timeouts.setdefault(
             route.timeout, aiohttp.ClientTimeout(total=None, sock_connect=route.timeout, sock_read=route.timeout))
+        paced: _Paced | None = None
         try:
             hop = self._hops.get(route.outbound) or self._new_hop(route.outbound)
             if hop.authorization is not None:
                 headers = {**headers, "Authorization": hop.authorization}
-            return await self._session.post(
-                url, data=body, headers=headers, timeout=timeout, allow_redirects=False, ssl=hop.ssl
-            )
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            if isinstance(body, bytes) and len(body) <= _UNPACED:
+                return await self._session.post(
+                    url, data=body, headers=headers, timeout=timeout, allow_redirects=False, ssl=hop.ssl
+                )
+            async with asyncio.timeout(None) as deadline:
+                paced = _Paced(body, deadline, route.timeout)
+                try:
+                    return await self._session.post(
+                        url, data=paced, headers=headers, timeout=timeout, allow_redirects=False, ssl=hop.ssl
+                    )
+                finally:
+                    paced.settle()
+        except TimeoutError as exc:
+            if paced is not None and paced.stalled:
+                raise EndpointTimeout(f"{route.endpoint} took none of the request for {route.timeout:g} s",
+                                      destination=route.destination, endpoint=route.endpoint) from exc
+            raise translate(exc, route) from exc
+        except (aiohttp.ClientError, OSError) as exc:
             raise translate(exc, route) from exc
 
     def _new_hop(self, outbound: Outbound) -> _Hop:
@@ -163,3 +184,47 @@ class HttpUpstream:
 
     async def close(self) -> None:
         await self._session.close()
+
+
+class _Paced:
+    """A request body as aiohttp writes it upstream, with ``deadline`` set ``seconds`` ahead while each
+    chunk is being written (aiohttp asks for the next one once the socket took it) and cleared while
+    the caller's next chunk is awaited (``gateway.client_timeout`` bounds that).
+
+    :meth:`settle` ends the deadline's use: the answer came, maybe before the whole body went, and
+    the rest goes under the answer's own timeouts.
+    """
+
+    def __init__(self, body: bytes | AsyncIterable[bytes], deadline: asyncio.Timeout, seconds: float) -> None:
+        self._body = body
+        self._deadline: asyncio.Timeout | None = deadline
+        self._seconds = seconds
+        self._at: float | None = None
+
+    @property
+    def stalled(self) -> bool:
+        """Whether the deadline passed while a chunk was being written."""
+        return self._at is not None and asyncio.get_running_loop().time() >= self._at
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        async for chunk in _chunks(self._body):
+            if self._deadline is not None:
+                self._at = loop.time() + self._seconds
+                self._deadline.reschedule(self._at)
+            yield chunk
+            if self._deadline is not None:
+                self._at = None
+                self._deadline.reschedule(None)
+
+    def settle(self) -> None:
+        self._deadline = None
+
+
+async def _chunks(body: bytes | AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    if isinstance(body, bytes):
+        for start in range(0, len(body), _UNPACED):
+            yield body[start:start + _UNPACED]
+        return
+    async for chunk in body:
+        yield chunk

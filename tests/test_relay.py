@@ -202,6 +202,57 @@ async def test_endpoint_timeout(gateway: GatewayFactory, backend: RecordingBacke
     assert 0.25 < loop.time() - started < 3
 
 
+class _Deaf(asyncio.Protocol):
+    """An endpoint that takes the request's headers, then reads nothing more and never answers."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.head = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.head += data
+        if b"\r\n\r\n" in self.head:
+            self.transport.pause_reading()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("size", [200 * 1024, 32 * 1024 * 1024], ids=["read-whole-200KiB", "streamed-32MiB"])
+async def test_an_endpoint_that_stops_reading_the_request_times_out(
+        gateway: GatewayFactory, http: aiohttp.ClientSession, size: int) -> None:
+    import socket
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited: the window closes early
+    listener.bind(("127.0.0.1", 0))
+    accepted: list[_Deaf] = []
+    deaf = await asyncio.get_running_loop().create_server(lambda: accepted.append(_Deaf()) or accepted[-1],
+                                                          sock=listener)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/deaf"
+    head, tail = message("valid/soap11-routing-header.xml").split(b"</d:text>")
+
+    async def body() -> AsyncIterator[bytes]:
+        yield head
+        for _ in range(size // 65536):
+            yield b"x" * 65536
+        yield b"</d:text>" + tail
+
+    config = config_for(url, max_message_bytes=64 * 1024 * 1024)
+    config["endpoints"]["demo"]["timeout"] = 0.5
+    gw = await gateway(config)
+    headers = {**soap11_headers(), "Content-Length": str(len(head) + size // 65536 * 65536 + 9 + len(tail))}
+    started = asyncio.get_running_loop().time()
+    try:
+        async with asyncio.timeout(20), http.post(gw + "/soap", data=body(), headers=headers) as resp:
+            status, answer = resp.status, await resp.read()  # the old gateway waited here forever
+    finally:
+        deaf.close()
+        for connection in accepted:
+            connection.transport.close()
+    assert status == 500 and fault_of(answer) == ("1.1", "soap:Server", "EndpointTimeout")
+    assert asyncio.get_running_loop().time() - started < 10
+    if size > 256 * 1024:  # a shorter body may all fit in the buffers: then the wait for the answer times out
+        assert b"took none of the request for 0.5 s" in answer, answer.decode()
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (DATA / "invalid").iterdir()))
 async def test_malformed_messages(gateway: GatewayFactory, backend: RecordingBackend,
                                   http: aiohttp.ClientSession, name: str) -> None:
