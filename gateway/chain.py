@@ -60,6 +60,7 @@ from .journal import (
     read_chain,
     translated,
 )
+from .store import snapshot
 
 __all__ = [
     "canonical",
@@ -232,15 +233,13 @@ class _Walk:
 def verify(engine: Engine, archive_dir: Path | None, *, tables: LogTables = TABLES) -> Report:
     """Walk every chain through its archives and the database; see :class:`Report`.
 
-    Each chain is walked up to the head read at the start, so records that
-    a running gateway appends meanwhile are not mistaken for insertions;
-    records beyond their head are found afterwards in one statement, which
-    sees heads and records at one instant on both databases.
+    The whole walk reads one snapshot of the database, so records that a
+    running gateway appends meanwhile are not mistaken for insertions, nor
+    records that an archive run moves out meanwhile for deletions (its file
+    is written before its commit); each chain is walked up to its head.
     """
     report = Report()
-    with translated("cannot verify the send/receive log"), engine.connect() as connection:
-        if connection.dialect.name == "postgresql":  # one snapshot for the whole walk
-            connection = connection.execution_options(isolation_level="REPEATABLE READ")
+    with translated("cannot verify the send/receive log"), snapshot(engine) as connection:  # one for the walk
         if not has_log(connection, tables):
             return report
         for node, head in sorted(heads(connection, tables).items()):

@@ -7,8 +7,9 @@ production and multi-node store, reached by the same SQLAlchemy 2 code.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +21,7 @@ from routing.config import Config
 
 from .errors import ConfigError
 
-__all__ = ["Store", "database_url", "StoreUnavailable", "insert_rows", "sqlite_datetime", "DRIVERS"]
+__all__ = ["Store", "database_url", "StoreUnavailable", "insert_rows", "snapshot", "sqlite_datetime", "DRIVERS"]
 
 #: The dialects whose drivers :func:`insert_rows` hands rows to directly.
 DRIVERS = ("postgresql", "sqlite")
@@ -28,6 +29,23 @@ DRIVERS = ("postgresql", "sqlite")
 
 class StoreUnavailable(Exception):
     """Raised when the store cannot be reached; carries the reason for /healthz."""
+
+
+@contextlib.contextmanager
+def snapshot(engine: Engine) -> Iterator[Connection]:
+    """A connection whose statements all read one snapshot of the database, while writers go on:
+    PostgreSQL ``REPEATABLE READ``; on SQLite one read transaction, which WAL keeps apart from the writer."""
+    with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execution_options(isolation_level="REPEATABLE READ")
+            with connection.begin():
+                yield connection
+            return
+        connection.exec_driver_sql("BEGIN")  # pysqlite would not open a read transaction by itself
+        try:
+            yield connection
+        finally:
+            connection.rollback()
 
 
 def database_url(config: Config) -> str:

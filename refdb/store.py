@@ -30,12 +30,11 @@ changed it and a tombstone for deletions — which is what ``Changes`` reads.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -64,6 +63,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlch
 from sqlalchemy.sql import ColumnElement
 
 from gateway.errors import InvalidRecord, InvalidRequest, RefdbUnavailable, UnknownDataset, UnknownPush, VersionChanged
+from gateway.store import snapshot
 
 from .bulk import DriverIntegrityError, bulk_insert
 from .schema import DATASETS, DELETED, PUSH, PUSHES, VERSION, DatasetTables, translated, utcnow
@@ -133,22 +133,6 @@ class ChangesPage:
     upserts: list[Row[Any]]
     deletes: list[Row[Any]]
     more: bool
-
-
-@contextlib.contextmanager
-def snapshot(engine: Engine) -> Iterator[Connection]:
-    """A connection whose statements all read one snapshot of the database."""
-    with engine.connect() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execution_options(isolation_level="REPEATABLE READ")
-            with connection.begin():
-                yield connection
-            return
-        connection.exec_driver_sql("BEGIN")  # pysqlite would not open a read transaction by itself
-        try:
-            yield connection
-        finally:
-            connection.rollback()
 
 
 def _chain(digest: str, batch: str) -> str:

@@ -198,6 +198,30 @@ def test_archive_then_verify_passes(store: Any, tmp_path: Path) -> None:
         {"dc-east": (4, 6), "dc-west": (4, 6)}
 
 
+def test_verify_while_an_archive_commits_sees_one_instant(store: Any, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An archive that commits between verify reading the chain heads and their records is not a deletion."""
+    import gateway.chain
+
+    seed(store.engine, n=10)
+    walk = gateway.chain.read_chain
+    archived: list[Any] = []
+
+    def archive_first(*args: Any, **kwargs: Any) -> Any:
+        if not archived:  # in another connection, after verify has read the heads
+            archived.append(None)  # (archive reads chains too)
+            archived[0] = archive(store.engine, tmp_path / "archive", T0 + timedelta(seconds=4))
+        return walk(*args, **kwargs)
+
+    monkeypatch.setattr(gateway.chain, "read_chain", archive_first)
+    report = verify(store.engine, tmp_path / "archive")
+    assert archived and archived[0].path is not None and count(store.engine) == 12
+    assert report.ok, problems(report)
+    assert {n: (s.archived, s.stored) for n, s in report.chains.items()} == {"dc-east": (0, 10), "dc-west": (0, 10)}
+    monkeypatch.undo()
+    assert verify(store.engine, tmp_path / "archive").ok
+
+
 def test_archive_file_carries_the_anchors(store: Any, tmp_path: Path) -> None:
     seed(store.engine, n=5, nodes=("dc-east",))
     records = chain(store.engine, "dc-east")
