@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import aiohttp
 import pytest
 
 from gateway.cli import main
+from gateway.jx import open_store
 
 from .conftest import GatewayFactory, write_yaml
 from .jxhelp import confirm, get, put
@@ -20,6 +22,24 @@ def jx(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str,
     code = main(["jx", *map(str, argv)])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.fixture(autouse=True)
+def stores_are_closed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every store a command opens has closed its connections when the command returns (the
+    commands also run inside other programs, and these tests)."""
+    import gateway.jx.commands
+
+    opened: list[Any] = []
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        opened.append(open_store(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(gateway.jx.commands, "open_store", recorded)
+    yield
+    assert opened
+    assert [(s.engine.pool.checkedin(), s.durable.pool.checkedin()) for s in opened] == [(0, 0)] * len(opened)
 
 
 @pytest.fixture

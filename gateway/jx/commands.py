@@ -8,6 +8,7 @@ two gateways on one PostgreSQL see the same documents.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -116,17 +117,29 @@ def _add_put(actions: Any, config_option: ConfigOption) -> None:
     a.set_defaults(run=_put)
 
 
-def _open(args: argparse.Namespace) -> tuple[Config, DocumentStore]:
-    config = load_config(args.config, db=args.db or os.environ.get("BMRGW_DB_URL") or None)
-    store = open_store(config, journal=None)
-    store.open()
-    return config, store
+Command = Callable[[argparse.Namespace], int]
+
+
+def _with_store(command: Callable[[argparse.Namespace, Config, DocumentStore], int]) -> Command:
+    """``command`` run with the config and the open document store, whose connections are closed
+    afterwards (the commands also run inside other programs and tests)."""
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        config = load_config(args.config, db=args.db or os.environ.get("BMRGW_DB_URL") or None)
+        store = open_store(config, journal=None)
+        try:
+            store.open()
+            return command(args, config, store)
+        finally:
+            store.close()
+
+    return run
 
 
 # -- list / show -----------------------------------------------------------------
 
-def _list(args: argparse.Namespace) -> int:
-    _, store = _open(args)
+@_with_store
+def _list(args: argparse.Namespace, _config: Config, store: DocumentStore) -> int:
     wanted = "dead" if args.dead else (args.state or "waiting")
     stored_states = {"waiting": ("ready",), "ready": ("ready",), "leased": ("ready",), "all": ("ready", "confirmed", "dead")}
     documents = store.list(receiver_id=args.receiver, states=stored_states.get(wanted, (wanted,)), limit=args.limit)
@@ -153,8 +166,8 @@ def _print_table(documents: Sequence[Document], at: int) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
-def _show(args: argparse.Namespace) -> int:
-    _, store = _open(args)
+@_with_store
+def _show(args: argparse.Namespace, _config: Config, store: DocumentStore) -> int:
     document = _find(store, args.message_id)
     facts = document.to_json()
     width = max(map(len, facts)) + 1
@@ -182,15 +195,15 @@ def _find(store: DocumentStore, message_id: str) -> Document:
 
 # -- requeue / purge ----------------------------------------------------------------
 
-def _requeue(args: argparse.Namespace) -> int:
-    _, store = _open(args)
+@_with_store
+def _requeue(args: argparse.Namespace, _config: Config, store: DocumentStore) -> int:
     document = store.requeue(args.message_id)
     print(f"requeued {document.message_id} for {document.receiver_id}: it is handed out at the next poll")
     return 0
 
 
-def _purge(args: argparse.Namespace) -> int:
-    _, store = _open(args)
+@_with_store
+def _purge(args: argparse.Namespace, _config: Config, store: DocumentStore) -> int:
     when: datetime = args.confirmed_before
     purged = store.purge(int(when.timestamp() * 1000))
     print(f"purged {purged} document{'' if purged == 1 else 's'} confirmed before {when.isoformat()}")
@@ -199,8 +212,8 @@ def _purge(args: argparse.Namespace) -> int:
 
 # -- put -----------------------------------------------------------------------------
 
-def _put(args: argparse.Namespace) -> int:
-    config, store = _open(args)
+@_with_store
+def _put(args: argparse.Namespace, config: Config, store: DocumentStore) -> int:
     if not JX_ID_PATTERN.fullmatch(args.to):
         raise ConfigError(f"--to {args.to!r} is not a JX receiver id (printable ASCII, no blanks)")
     spool = _spool(store, args.file, config.gateway.jx.max_document_bytes)
