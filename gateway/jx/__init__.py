@@ -74,19 +74,21 @@ def _jx_ctx(config: Config, resources: Resources, node: str) -> Callable[[web.Ap
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         clock, journal, registry, security = resources(app)
         store = open_store(config, journal=journal, node=node)
-        await asyncio.to_thread(store.open)
-        app[JX_SERVICE] = JxService(store=store, settings=config.gateway, clock=clock, journal=journal,
-                                    security=security)
-        app[JX_MAILBOX] = Mailbox(store, clock, max_bytes=config.gateway.jx.max_document_bytes)
-        tasks = [asyncio.create_task(_gauges(store, registry))]
-        if config.gateway.jx.retention_days:
-            tasks.append(asyncio.create_task(_retain(store)))
-        yield
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        store.close()
+        try:  # closed also when the gateway does not start
+            await asyncio.to_thread(store.open)
+            app[JX_SERVICE] = JxService(store=store, settings=config.gateway, clock=clock, journal=journal,
+                                        security=security)
+            app[JX_MAILBOX] = Mailbox(store, clock, max_bytes=config.gateway.jx.max_document_bytes)
+            tasks = [asyncio.create_task(_gauges(store, registry))]
+            if config.gateway.jx.retention_days:
+                tasks.append(asyncio.create_task(_retain(store)))
+            yield
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        finally:
+            store.close()
     return ctx
 
 
