@@ -6,9 +6,17 @@ records each, one HTTP request per batch on one keep-alive connection) and
 part of it.  The next batch is built in a helper thread while the gateway
 stores the current one, and at most two batches are in memory at once, so
 memory does not grow with the file.  Requests are written as text with XML
-escaping (fast and exactly the WSDL's form), records and keys as rows (the
-compact form of :mod:`refdb.wire`); answers are read with the gateway's
-hardened parser.
+escaping (fast and exactly the WSDL's form); answers are read with the
+gateway's hardened parser.
+
+A push's batches carry their records as rows (the compact form of
+:mod:`refdb.wire`), and each batch's answer must say that the push now holds
+every record sent so far, or the push is aborted.  A gateway older than the
+row form skips rows as unknown elements and answers that it holds none: the
+push then goes on in the field form, so that such a gateway never commits a
+push without its records (a ``full`` push would empty the dataset).
+``upsert`` and ``delete``, one request each with nothing to check before
+the change applies, always use the field form.
 """
 
 from __future__ import annotations
@@ -112,18 +120,18 @@ def _row_xml(fields: Fields) -> str:
     return "<r:row" + "".join(f' {n}="{_attribute(v)}"' for n, v in fields.items() if v is not None) + "/>"
 
 
-def _items_xml(tag: str, items: Iterable[Fields]) -> str:
+def _items_xml(tag: str, items: Iterable[Fields], *, rows: bool) -> str:
     """The items as rows (the compact form, :mod:`refdb.wire`): one ``format`` call for an item
     shaped like the one before it (a file's records all are) whose values need no escaping and
-    none is NULL.  An item naming something that cannot be an attribute goes as a ``tag`` of fields,
-    so that the gateway names it in its fault."""
+    none is NULL.  Without ``rows``, and for an item naming something that cannot be an attribute
+    (so that the gateway names it in its fault), a ``tag`` of fields."""
     parts: list[str] = []
     shape: tuple[str, ...] = ()
     template = ""
     for fields in items:
         names = tuple(fields)  # in order: equal key sets in another order are another shape
         if names != shape:
-            if not all(map(_ROW_NAME.match, names)):
+            if not rows or not all(map(_ROW_NAME.match, names)):
                 parts.append(f"<r:{tag}>")
                 _fields_xml(parts, fields)
                 parts.append(f"</r:{tag}>")
@@ -192,11 +200,22 @@ class RefdbClient:
              progress: Callable[[int], None] | None = None) -> PushResult:
         """Push ``records`` as one version (BeginPush, batches, Commit; Abort on any failure)."""
         push_id = self.call("BeginPush", _scalars_xml(dataset=dataset, mode=mode)).findtext(q("pushId")) or ""
+        fields_only = threading.Event()
         try:
             sent = 0
-            for body, count in _prebuilt(push_id, records, batch):
-                self._post("Upsert", body)
-                sent += count
+            for body, items, as_rows in _prebuilt(push_id, records, batch, fields_only):
+                if as_rows and fields_only.is_set():
+                    body, as_rows = _batch_body(push_id, items, rows=False), False
+                received = self._staged("Upsert", body)
+                if as_rows and sent == 0 and received == 0:
+                    # A gateway older than the row form skips rows as unknown elements: this batch
+                    # again as fields, and fields from now on.
+                    fields_only.set()
+                    received = self._staged("Upsert", _batch_body(push_id, items, rows=False))
+                sent += len(items)
+                if received != sent:
+                    raise RemoteFault(f"the gateway holds {received:,} records of push {push_id} after {sent:,} "
+                                      "were sent; the push is aborted, nothing of it is applied")
                 if progress is not None:
                     progress(sent)
             return self._result(self.call("Commit", _scalars_xml(pushId=push_id)), mode, push_id)
@@ -205,12 +224,14 @@ class RefdbClient:
             raise
 
     def upsert(self, dataset: str, records: Iterable[Fields], *, mode: str = "diff") -> PushResult:
-        """One whole push in one request (SPEC.md's ``Upsert(dataset, mode, records)``)."""
-        inner = _scalars_xml(dataset=dataset, mode=mode) + f"<r:records>{_items_xml('record', records)}</r:records>"
-        return self._result(self.call("Upsert", inner), mode, "")
+        """One whole push in one request (SPEC.md's ``Upsert(dataset, mode, records)``), in the field
+        form: with nothing to check the records against before they apply, the form every gateway reads."""
+        inner = _scalars_xml(dataset=dataset, mode=mode) + f"<r:records>{_items_xml('record', records, rows=False)}"
+        return self._result(self.call("Upsert", inner + "</r:records>"), mode, "")
 
     def delete(self, dataset: str, keys: Iterable[Fields]) -> PushResult:
-        inner = _scalars_xml(dataset=dataset) + f"<r:keys>{_items_xml('key', keys)}</r:keys>"
+        """Delete the records with these keys as one version (keys in the field form, as :meth:`upsert`)."""
+        inner = _scalars_xml(dataset=dataset) + f"<r:keys>{_items_xml('key', keys, rows=False)}</r:keys>"
         return self._result(self.call("Delete", inner), "delete", "")
 
     def query(self, dataset: str, filters: Sequence[tuple[str, str, str | None]] = (), *, offset: int = 0,
@@ -285,6 +306,14 @@ class RefdbClient:
                 self._connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
         return self._connection
 
+    def _staged(self, operation: str, body: bytes) -> int:
+        """POST one batch of an open push; how many records the gateway says the push holds now."""
+        received = self._post(operation, body).findtext(q("received"))
+        try:
+            return int(received or "")
+        except ValueError:
+            raise RemoteFault(f"the gateway's answer to {operation} does not say how many records it holds") from None
+
     def _parse(self, data: bytes, status: int) -> etree._Element:
         try:
             return parse(data, max_bytes=MAX_ANSWER)
@@ -313,10 +342,16 @@ def _remote_fault(fault: etree._Element, status: int) -> RemoteFault:
                        attributes={str(k): str(v) for k, v in attributes.items()})
 
 
-def _prebuilt(push_id: str, records: Iterable[Fields], batch: int) -> Iterator[tuple[bytes, int]]:
-    """Upsert bodies of ``batch`` records, built one ahead in a helper thread."""
-    ready: queue.Queue[tuple[bytes, int] | BaseException | None] = queue.Queue(maxsize=1)
+def _prebuilt(push_id: str, records: Iterable[Fields], batch: int,
+              fields_only: threading.Event) -> Iterator[tuple[bytes, list[Fields], bool]]:
+    """Upsert bodies of ``batch`` records, built one ahead in a helper thread, with their records
+    and whether they went as rows (until ``fields_only`` is set)."""
+    ready: queue.Queue[tuple[bytes, list[Fields], bool] | BaseException | None] = queue.Queue(maxsize=1)
     stop = threading.Event()
+
+    def built(items: list[Fields]) -> tuple[bytes, list[Fields], bool]:
+        rows = not fields_only.is_set()
+        return _batch_body(push_id, items, rows=rows), items, rows
 
     def build() -> None:
         try:
@@ -324,10 +359,10 @@ def _prebuilt(push_id: str, records: Iterable[Fields], batch: int) -> Iterator[t
             for fields in records:
                 items.append(fields)
                 if len(items) >= batch:
-                    _put(ready, stop, (_batch_body(push_id, items), len(items)))
+                    _put(ready, stop, built(items))
                     items = []
             if items:
-                _put(ready, stop, (_batch_body(push_id, items), len(items)))
+                _put(ready, stop, built(items))
             _put(ready, stop, None)
         except BaseException as exc:  # handed to the sender, which raises it
             _put(ready, stop, exc)
@@ -353,5 +388,6 @@ def _put(ready: queue.Queue[Any], stop: threading.Event, item: Any) -> None:
             continue
 
 
-def _batch_body(push_id: str, items: list[Fields]) -> bytes:
-    return _envelope("Upsert", _scalars_xml(pushId=push_id) + f"<r:records>{_items_xml('record', items)}</r:records>")
+def _batch_body(push_id: str, items: list[Fields], *, rows: bool = True) -> bytes:
+    records = _items_xml("record", items, rows=rows)
+    return _envelope("Upsert", _scalars_xml(pushId=push_id) + f"<r:records>{records}</r:records>")

@@ -159,6 +159,45 @@ async def test_batched_full_push_diff_push_delete_and_changes(gw: Gateway) -> No
     assert [r["person_id"] for r in page.records] == ["P000017", "P000024"]
 
 
+async def test_a_gateway_that_skips_rows_gets_the_push_in_the_field_form(gw: Gateway,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway older than the row form skips rows: a full push must not commit without its records."""
+    import refdb.wire
+
+    await gw.client(lambda c: c.push("residents", [person(n) for n in range(3)], mode="full"))
+    monkeypatch.setattr(refdb.wire, "_ROWS", set())  # the reader as it was before rows
+    forms: list[str] = []
+    staged = RefdbClient._staged
+
+    def recorded(client: RefdbClient, operation: str, body: bytes) -> int:
+        forms.append("rows" if b"<r:row " in body else "fields")
+        return staged(client, operation, body)
+
+    monkeypatch.setattr(RefdbClient, "_staged", recorded)
+    result = await gw.client(lambda c: c.push("residents", [person(n) for n in range(10, 22)], mode="full", batch=5))
+    assert (result.received, result.inserted, result.deleted) == (12, 12, 3)
+    assert forms == ["rows", "fields", "fields", "fields"]
+    assert len(await gw.client(lambda c: list(c.query_all("residents")))) == 12
+
+
+async def test_a_push_whose_records_the_gateway_did_not_all_keep_is_aborted(gw: Gateway,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import refdb.service
+
+    await gw.client(lambda c: c.push("residents", [person(n) for n in range(3)], mode="full"))
+    item = refdb.service.Call.item
+
+    def losing(call: Any, operation: str, scalars: Any, fields: Any, number: int) -> None:
+        if fields.get("person_id") != "P000017":  # a gateway that loses one record
+            item(call, operation, scalars, fields, number)
+
+    monkeypatch.setattr(refdb.service.Call, "item", losing)
+    with pytest.raises(RemoteFault, match="holds 9 records of push .* after 10 were sent; the push is aborted"):
+        await gw.client(lambda c: c.push("residents", [person(n) for n in range(10, 22)], mode="full", batch=5))
+    page = await gw.client(lambda c: c.query("residents"))
+    assert page.version == 1 and [r["person_id"] for r in page.records] == ["P000000", "P000001", "P000002"]
+
+
 async def test_paging_with_a_push_in_between_is_refused(gw: Gateway) -> None:
     await gw.client(lambda c: c.push("residents", (person(n) for n in range(1, 21)), mode="full"))
     first = await gw.client(lambda c: c.query("residents", limit=5))
