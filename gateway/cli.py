@@ -1,6 +1,7 @@
 """The ``bmrgw`` command: one entry point, a sub-command per job (SPEC.md "CLI").
 
-Exit codes: 0 success, 1 the job failed, 2 bad usage or invalid configuration.
+Exit codes: 0 success, 1 the job failed, 2 bad usage or invalid configuration,
+141 the reader of the output went away (``| head``).
 Errors are one line on stderr, never a traceback.
 """
 
@@ -45,6 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`bmrgw logs | head`): stop quietly, as other tools do.
+        # stdout is pointed at /dev/null so that flushing it at exit does not fail once more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
 
 
 def _parser() -> argparse.ArgumentParser:

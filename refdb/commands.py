@@ -195,7 +195,7 @@ def _report(result: PushResult, seconds: float) -> str:
 
 
 class _Bar:
-    """A progress bar on stderr (a line per 10 % when stderr is not a terminal)."""
+    """A progress bar of the records sent, on stderr (a line per 10 % when stderr is not a terminal)."""
 
     def __init__(self, progress: Progress, *, enabled: bool) -> None:
         self.progress = progress
@@ -205,10 +205,12 @@ class _Bar:
         self._shown = -1
 
     def update(self, records: int) -> None:
+        """``records`` sent: their share of the file's records, estimated from how many the reader
+        has read in how many bytes (exact once it reached the end), since it reads a batch ahead."""
         if not self.enabled:
             return
-        total = self.progress.total or 1
-        percent = min(100, 100 * self.progress.done // total)
+        read, done, total = self.progress.records, self.progress.done, self.progress.total
+        percent = min(100, 100 * records * done // (read * total)) if read and total else 100
         if self.tty:
             filled = percent // 5
             print(f"\r[{'#' * filled}{'.' * (20 - filled)}] {percent:3d}% {records:,} records",

@@ -24,10 +24,12 @@ class FileError(ValueError):
 
 
 class Progress:
-    """How far through the file the reader is, in bytes (for the progress bar)."""
+    """How far through the file the reader is, in bytes and records (for the progress bar)."""
 
     def __init__(self, path: Path) -> None:
         self.total = path.stat().st_size
+        self.records = 0
+        """Records read so far."""
         self._handle: IO[Any] | None = None
 
     def attach(self, handle: IO[Any]) -> None:
@@ -73,6 +75,8 @@ def _csv(path: Path, progress: Progress | None) -> Iterator[Fields]:
                     if not row:
                         continue
                     raise FileError(f"{path}, line {rows.line_num}: {len(row)} cells, the header has {len(header)}")
+                if progress is not None:
+                    progress.records += 1
                 yield {name: cell if cell != "" else None for name, cell in zip(header, row)}
         except StopIteration:
             return
@@ -86,7 +90,10 @@ def _jsonl(path: Path, progress: Progress | None) -> Iterator[Fields]:
         try:
             for number, line in enumerate(handle, 1):
                 if line.strip():  # numbers stay their JSON text, so decimals keep every digit
-                    yield _object(json.loads(line, parse_float=str, parse_int=str), path, number)
+                    record = _object(json.loads(line, parse_float=str, parse_int=str), path, number)
+                    if progress is not None:
+                        progress.records += 1
+                    yield record
         except json.JSONDecodeError as exc:
             raise FileError(f"{path}, line {number}: not JSON: {exc.msg}") from exc
         except UnicodeDecodeError as exc:

@@ -70,6 +70,28 @@ def test_diff_push_of_jsonl_and_changes_since_a_version(served: GatewayProcess, 
     assert rows[0]["updated"] is None  # a diff push replaces whole records
 
 
+def test_progress_counts_records_sent_and_a_closed_pipe_ends_quietly(served: GatewayProcess, tmp_path: Path) -> None:
+    data = tmp_path / "many.csv"
+    data.write_text("person_id,name\n" + "".join(f"P{n:05d},name {n}\n" for n in range(20_000)))
+    pushed = bmrgw("refdb", "push", "--server", served.url, "--dataset", "residents", str(data), "--batch", "2000")
+    assert pushed.returncode == 0, pushed.stderr
+    lines = [line.split("% ") for line in pushed.stderr.splitlines()]
+    shown = [(int(percent), int(records.split()[0].replace(",", ""))) for percent, records in lines]
+    # The reader runs a batch ahead of what is sent: the bar follows what is sent, so it reaches
+    # 100 % with the last batch, not before.
+    assert shown[-1] == (100, 20_000) and all(p < 100 for p, _ in shown[:-1]), shown
+    assert [p for p, _ in shown] == sorted(p for p, _ in shown) and len(shown) >= 5
+
+    query = subprocess.Popen([*BMRGW, "refdb", "query", "--server", served.url, "--dataset", "residents",
+                              "--format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert query.stdout is not None and query.stderr is not None
+    assert json.loads(query.stdout.readline())["person_id"] == "P00000"
+    query.stdout.close()  # as `| head -1` does; 20,000 records do not fit in the pipe
+    with query.stderr:
+        assert query.wait(timeout=60) == 141
+        assert "Traceback" not in query.stderr.read().decode()
+
+
 def test_a_refused_push_says_why_and_changes_nothing(served: GatewayProcess) -> None:
     bad = DATA / "invalid" / "date-does-not-exist.csv"
     result = bmrgw("refdb", "push", "--server", served.url, "--dataset", "residents", str(bad), "--quiet")
