@@ -151,7 +151,7 @@ class HttpUpstream:
         url = self._urls.get(route.url) or self._urls.setdefault(route.url, URL(route.url))
         timeout = self._timeouts.get(route.timeout) or self._timeouts.setdefault(
             route.timeout, aiohttp.ClientTimeout(total=None, sock_connect=route.timeout, sock_read=route.timeout))
-        paced: _Paced | None = None
+        deadline: asyncio.Timeout | None = None
         try:
             hop = self._hops.get(route.outbound) or self._new_hop(route.outbound)
             if hop.authorization is not None:
@@ -169,7 +169,7 @@ class HttpUpstream:
                 finally:
                     paced.settle()
         except TimeoutError as exc:
-            if paced is not None and paced.stalled:
+            if deadline is not None and deadline.expired():  # (not aiohttp's own timeouts)
                 raise EndpointTimeout(f"{route.endpoint} took none of the request for {route.timeout:g} s",
                                       destination=route.destination, endpoint=route.endpoint) from exc
             raise translate(exc, route) from exc
@@ -199,22 +199,14 @@ class _Paced:
         self._body = body
         self._deadline: asyncio.Timeout | None = deadline
         self._seconds = seconds
-        self._at: float | None = None
-
-    @property
-    def stalled(self) -> bool:
-        """Whether the deadline passed while a chunk was being written."""
-        return self._at is not None and asyncio.get_running_loop().time() >= self._at
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         async for chunk in _chunks(self._body):
             if self._deadline is not None:
-                self._at = loop.time() + self._seconds
-                self._deadline.reschedule(self._at)
+                self._deadline.reschedule(loop.time() + self._seconds)
             yield chunk
             if self._deadline is not None:
-                self._at = None
                 self._deadline.reschedule(None)
 
     def settle(self) -> None:
