@@ -206,12 +206,12 @@ class RefdbClient:
             for body, items, as_rows in _prebuilt(push_id, records, batch, fields_only):
                 if as_rows and fields_only.is_set():
                     body, as_rows = _batch_body(push_id, items, rows=False), False
-                received = self._staged("Upsert", body)
+                received = self._staged(body)
                 if as_rows and sent == 0 and received == 0:
                     # A gateway older than the row form skips rows as unknown elements: this batch
                     # again as fields, and fields from now on.
                     fields_only.set()
-                    received = self._staged("Upsert", _batch_body(push_id, items, rows=False))
+                    received = self._staged(_batch_body(push_id, items, rows=False))
                 sent += len(items)
                 if received != sent:
                     raise RemoteFault(f"the gateway holds {received:,} records of push {push_id} after {sent:,} "
@@ -226,8 +226,9 @@ class RefdbClient:
     def upsert(self, dataset: str, records: Iterable[Fields], *, mode: str = "diff") -> PushResult:
         """One whole push in one request (SPEC.md's ``Upsert(dataset, mode, records)``), in the field
         form: with nothing to check the records against before they apply, the form every gateway reads."""
-        inner = _scalars_xml(dataset=dataset, mode=mode) + f"<r:records>{_items_xml('record', records, rows=False)}"
-        return self._result(self.call("Upsert", inner + "</r:records>"), mode, "")
+        items = _items_xml("record", records, rows=False)
+        inner = _scalars_xml(dataset=dataset, mode=mode) + f"<r:records>{items}</r:records>"
+        return self._result(self.call("Upsert", inner), mode, "")
 
     def delete(self, dataset: str, keys: Iterable[Fields]) -> PushResult:
         """Delete the records with these keys as one version (keys in the field form, as :meth:`upsert`)."""
@@ -306,13 +307,13 @@ class RefdbClient:
                 self._connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
         return self._connection
 
-    def _staged(self, operation: str, body: bytes) -> int:
-        """POST one batch of an open push; how many records the gateway says the push holds now."""
-        received = self._post(operation, body).findtext(q("received"))
+    def _staged(self, body: bytes) -> int:
+        """POST one Upsert batch of an open push; how many records the gateway says the push holds now."""
+        received = self._post("Upsert", body).findtext(q("received"))
         try:
             return int(received or "")
         except ValueError:
-            raise RemoteFault(f"the gateway's answer to {operation} does not say how many records it holds") from None
+            raise RemoteFault("the gateway's answer to Upsert does not say how many records it holds") from None
 
     def _parse(self, data: bytes, status: int) -> etree._Element:
         try:

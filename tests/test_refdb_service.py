@@ -169,9 +169,9 @@ async def test_a_gateway_that_skips_rows_gets_the_push_in_the_field_form(gw: Gat
     forms: list[str] = []
     staged = RefdbClient._staged
 
-    def recorded(client: RefdbClient, operation: str, body: bytes) -> int:
+    def recorded(client: RefdbClient, body: bytes) -> int:
         forms.append("rows" if b"<r:row " in body else "fields")
-        return staged(client, operation, body)
+        return staged(client, body)
 
     monkeypatch.setattr(RefdbClient, "_staged", recorded)
     result = await gw.client(lambda c: c.push("residents", [person(n) for n in range(10, 22)], mode="full", batch=5))
