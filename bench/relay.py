@@ -30,7 +30,7 @@ from .procs import cpu_seconds
 from .servers import Stack, Target
 from .wrk import Load, WrkResult, run_wrk
 
-__all__ = ["AddedLatency", "Cell", "RelayLoad", "ThroughputRatio", "measure"]
+__all__ = ["AddedLatency", "Cell", "RelayLoad", "ThroughputRatio", "measure", "pooled", "round_rates"]
 
 #: % of one core from which a process counts as saturated (it cannot use more than one).
 _SATURATED = 90.0
@@ -143,7 +143,7 @@ class RelayLoad:
         notes = _notes(cells)
         if self.rounds > 1:
             notes.append(f"{self.rounds} interleaved rounds per target; req/s pooled over the rounds "
-                         f"(per round: {_per_round(runs)}); latencies are the median of the rounds'.")
+                         f"(per round: {round_rates(runs)}); latencies are the median of the rounds'.")
             for rule in self.rules:
                 if isinstance(rule, ThroughputRatio) and (ratios := rule.per_round(runs)):
                     notes.append(f"{rule.target} ÷ {rule.baseline}: the median of the rounds' ratios "
@@ -173,7 +173,8 @@ def pooled(cells: Sequence[Cell]) -> Cell:
                 proxy_cpu=sum(c.proxy_cpu for c in cells))
 
 
-def _per_round(runs: Mapping[str, Sequence[Cell]]) -> str:
+def round_rates(runs: Mapping[str, Sequence[Cell]]) -> str:
+    """Each target's req/s per round, for a section's notes."""
     return "; ".join(f"{name} {', '.join(f'{c.result.rps:,.0f}' for c in done)}" for name, done in runs.items())
 
 

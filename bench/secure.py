@@ -31,7 +31,7 @@ from gateway.wss import Signer, sign_envelope
 from .envelope import DESTINATION, HEADERS, Envelope, make_envelope, verify
 from .harness import Bench, Check, Section
 from .procs import LOOPBACK, BenchError, free_port
-from .relay import Cell, ThroughputRatio, measure, pooled
+from .relay import Cell, ThroughputRatio, measure, pooled, round_rates
 from .servers import Stack, Target, launch_gateway
 from .wrk import Load
 
@@ -115,8 +115,8 @@ class SecuredRelay:
         notes = ["bmrgw-wss verifies the client's WS-Security signature (RSA-2048, SHA-256, "
                  "replay record in SQLite) and signs what it forwards; both gateways log.",
                  f"{self.rounds} interleaved rounds per target; req/s pooled over the rounds (per round: "
-                 + "; ".join(f"{n} {', '.join(f'{c.result.rps:,.0f}' for c in done)}" for n, done in runs.items())
-                 + f"); measured: the median of the rounds' ratios {', '.join(f'{r:.2f}' for r in ratios)}."]
+                 f"{round_rates(runs)}); measured: the median of the rounds' ratios "
+                 f"{', '.join(f'{r:.2f}' for r in ratios)}."]
         return Section(name=self.name, title=self.title, headers=_HEADERS, rows=rows,
                        checks=[rule.check(cells, self.name, runs)], notes=notes,
                        raw={"envelope_bytes": self.envelope_bytes, "connections": self.connections,
