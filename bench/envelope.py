@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from gateway.demo import DEMO_NS
 from gateway.ns import CT_SOAP11, H_SOAPACTION, ROUTING, SOAP11_ENV
+from gateway.serve.demo import DEMO_NS
 
 from .procs import BenchError
 

@@ -24,9 +24,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gateway.passwords import hash_password
-from gateway.pki import Issued, make_set
-from gateway.wss import Signer, sign_envelope
+from gateway.security.passwords import hash_password
+from gateway.security.pki import Issued, make_set
+from gateway.security.wss import Signer, sign_envelope
 
 from .envelope import DESTINATION, HEADERS, Envelope, make_envelope, verify
 from .harness import Bench, Check, Section

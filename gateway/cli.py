@@ -14,16 +14,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from attachments.transfer.commands import add_file_commands
+from gateway.logs.commands import add_logs_command, add_time_command
+from gateway.security.message import add_wss_command
+from gateway.security.pki import add_pki_command
 from refdb.commands import add_refdb_command
 from routing.commands import add_endpoints_command
 
 from .errors import ConfigError, GatewayError
 from .jx.commands import add_jx_command
 from .jx.poll import add_poll_command
-from .files import add_file_commands
-from .logview import add_logs_command, add_time_command
-from .pki import add_pki_command
-from .secure import add_wss_command
 
 __all__ = ["main"]
 
@@ -110,7 +110,8 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import ServeOptions, serve
+    from gateway.serve.options import ServeOptions
+    from gateway.serve.server import serve
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = ServeOptions(
@@ -137,8 +138,8 @@ def _add_demo_backend(commands: argparse._SubParsersAction[argparse.ArgumentPars
 def _demo_backend(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from .demo import make_demo_app
-    from .server import install_event_loop
+    from gateway.serve.demo import make_demo_app
+    from gateway.serve.server import install_event_loop
 
     install_event_loop()
     print(f"demo business AP on http://{args.host}:{args.port}/demo (WSDL: ?wsdl)", flush=True)
@@ -160,7 +161,7 @@ def _add_hash_password(commands: argparse._SubParsersAction[argparse.ArgumentPar
 def _hash_password(_: argparse.Namespace) -> int:
     import getpass
 
-    from .passwords import hash_password
+    from gateway.security.passwords import hash_password
 
     if sys.stdin.isatty():
         password = getpass.getpass("password: ")

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.auth import client_of
 from gateway.errors import Forbidden
+from gateway.security.auth import client_of
 from routing.config import Client
 
 from .config import Dataset

@@ -37,8 +37,8 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
@@ -47,7 +47,6 @@ from lxml import etree
 from sqlalchemy import Connection
 
 import schemas
-from gateway.clock import Clock
 from gateway.errors import (
     ConfigError,
     GatewayError,
@@ -60,15 +59,16 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.ids import new_message_id
-from gateway.journal import Journal, JournalUnavailable, LogRecord
+from gateway.logs.clock import Clock
+from gateway.logs.journal import Journal, JournalUnavailable, LogRecord
 from gateway.ns import SoapVersion
-from gateway.secure import MessageSecurity
+from gateway.security.message import MessageSecurity
 from gateway.soap import fault_content_type, gateway_fault, version_for
 from gateway.store import Store
 from routing.config import Config
 from routing.watch import LiveTable
 
-from .access import Caller, caller_of, check_query, check_push
+from .access import Caller, caller_of, check_push, check_query
 from .config import Dataset, RefdbSettings
 from .schema import ensure_schema
 from .store import MAX_LIMIT, OPERATORS, Filter, PushResult, RefStore

@@ -180,7 +180,7 @@ def _target_options(p: argparse.ArgumentParser, *, required: bool) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from gateway import control
+    from gateway.serve import control
 
     config = load_config(args.config)
     if args.format == "json":
@@ -192,7 +192,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _reset(args: argparse.Namespace) -> int:
-    from gateway import control
+    from gateway.serve import control
 
     return control.reset(load_config(args.config), args.name)
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from gateway.pki import Issued, issue, make_ca
+from gateway.security.pki import Issued, issue, make_ca
 
 LONG_AGO = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
 

@@ -19,9 +19,9 @@ import pytest
 from aiohttp import web
 from ruamel.yaml import YAML
 
-from gateway.app import AppOptions, make_app
-from gateway.demo import make_demo_app
-from gateway.tls import server_context
+from gateway.security.tls import server_context
+from gateway.serve.app import AppOptions, make_app
+from gateway.serve.demo import make_demo_app
 from routing.config import parse_config
 
 DATA = Path(__file__).parent / "data"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine
 
-from gateway.journal import LogFilter, LogRecord, read
+from gateway.logs.journal import LogFilter, LogRecord, read
 
 
 def records(db: Path, where: LogFilter = LogFilter()) -> list[LogRecord]:

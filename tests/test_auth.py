@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 from lxml import etree
 
-from gateway.journal import LogFilter
-from gateway.passwords import hash_password, verify_password
+from gateway.logs.journal import LogFilter
+from gateway.security.passwords import hash_password, verify_password
 from routing.config import subject_key
 
 from .conftest import BMRGW, GatewayFactory, RecordingBackend, message, soap11_headers, soap12_headers

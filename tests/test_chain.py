@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, delete, insert, update
 
-from gateway.chain import ARCHIVE_FORMAT, Report, archive, canonical, chain_hash, seal, verify
-from gateway.journal import GENESIS, TABLES, Journal, LogRecord, heads, read_chain, to_row
+from gateway.logs.chain import ARCHIVE_FORMAT, Report, archive, canonical, chain_hash, seal, verify
+from gateway.logs.journal import GENESIS, TABLES, Journal, LogRecord, heads, read_chain, to_row
 
 from .test_journal import T0, assert_chain, chain, count, entry, store, write  # noqa: F401  (store: fixture)
 
@@ -201,10 +201,10 @@ def test_archive_then_verify_passes(store: Any, tmp_path: Path) -> None:
 def test_verify_while_an_archive_commits_sees_one_instant(store: Any, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """An archive that commits between verify reading the chain heads and their records is not a deletion."""
-    import gateway.chain
+    import gateway.logs.chain
 
     seed(store.engine, n=10)
-    walk = gateway.chain.read_chain
+    walk = gateway.logs.chain.read_chain
     archived: list[Any] = []
 
     def archive_first(*args: Any, **kwargs: Any) -> Any:
@@ -213,7 +213,7 @@ def test_verify_while_an_archive_commits_sees_one_instant(store: Any, tmp_path: 
             archived[0] = archive(store.engine, tmp_path / "archive", T0 + timedelta(seconds=4))
         return walk(*args, **kwargs)
 
-    monkeypatch.setattr(gateway.chain, "read_chain", archive_first)
+    monkeypatch.setattr(gateway.logs.chain, "read_chain", archive_first)
     report = verify(store.engine, tmp_path / "archive")
     assert archived and archived[0].path is not None and count(store.engine) == 12
     assert report.ok, problems(report)

@@ -10,17 +10,8 @@ from datetime import UTC
 
 import pytest
 
-from gateway.clock import (
-    Clock,
-    Server,
-    evaluate,
-    from_ntp,
-    parse_server,
-    query,
-    request_packet,
-    to_ntp,
-)
 from gateway.errors import ConfigError
+from gateway.logs.clock import Clock, Server, evaluate, from_ntp, parse_server, query, request_packet, to_ntp
 
 from .sntp import SntpResponder
 

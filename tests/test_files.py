@@ -19,10 +19,10 @@ import pytest
 from attachments.message import read_part_reply
 from attachments.parts import FileInfo, plan
 from attachments.staging import STAGING_DIR
+from attachments.transfer.receiver import ReceiveOptions, make_receiver_app
+from attachments.transfer.sender import Progress, SendOptions, part_message, send_file
 from attachments.zipstream import ZipWriter
 from gateway.ns import SoapVersion
-from gateway.receiver import ReceiveOptions, make_receiver_app
-from gateway.sender import Progress, SendOptions, part_message, send_file
 
 from .conftest import BMRGW, GatewayFactory, start_app
 
@@ -288,7 +288,7 @@ async def test_status_query_finishes_a_transfer_whose_publishing_was_interrupted
 def _prepared_info(options: SendOptions) -> FileInfo:
     import tempfile
 
-    from gateway.sender import prepare
+    from attachments.transfer.sender import prepare
     with tempfile.TemporaryDirectory() as spool:
         return prepare(options, Path(spool)).info
 

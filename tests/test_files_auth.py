@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.receiver import ReceiveOptions, make_receiver_app
-from gateway.sender import SendError, SendOptions, send_file
+from attachments.transfer.receiver import ReceiveOptions, make_receiver_app
+from attachments.transfer.sender import SendError, SendOptions, send_file
 
 from .certs import DevPki, dev_pki  # noqa: F401  (fixture)
 from .conftest import GatewayFactory, start_app

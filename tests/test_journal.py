@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, insert, select, text, update
 
-from gateway.chain import chain_hash, verify
-from gateway.clock import Now
-from gateway.journal import (
+from gateway.logs.chain import chain_hash, verify
+from gateway.logs.clock import Now
+from gateway.logs.journal import (
     FIELDS,
     GENESIS,
     TABLES,
@@ -182,7 +182,7 @@ async def test_records_that_waited_for_a_slow_commit_do_not_wait_a_linger_more(t
 
 
 async def test_a_late_writer_is_boosted_to_normal_priority_and_yields_again_when_prompt(tmp_path: Path) -> None:
-    from gateway import writer
+    from gateway.logs import writer
 
     async with sqlite_journal(tmp_path, linger=0) as (journal, _, blocker):
         assert journal._writer.yields  # root, or RLIMIT_NICE/CAP_SYS_NICE: the tests run where it can

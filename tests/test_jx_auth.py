@@ -11,9 +11,9 @@ from typing import Any
 import aiohttp
 from sqlalchemy import create_engine
 
-from gateway.journal import LogFilter, read
-from gateway.passwords import hash_password
-from gateway.wss import Signer, sign_envelope
+from gateway.logs.journal import LogFilter, read
+from gateway.security.passwords import hash_password
+from gateway.security.wss import Signer, sign_envelope
 
 from .certs import make_dev_pki
 from .conftest import BMRGW, GatewayFactory, message, soap11_headers

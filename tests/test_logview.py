@@ -17,8 +17,8 @@ from sqlalchemy import delete
 
 from gateway.cli import config_option
 from gateway.errors import ConfigError
-from gateway.journal import FIELDS, TABLES, LogFilter, ensure_schema, head_seqs
-from gateway.logview import add_logs_command, add_time_command, follow, parse_time
+from gateway.logs.commands import add_logs_command, add_time_command, follow, parse_time
+from gateway.logs.journal import FIELDS, TABLES, LogFilter, ensure_schema, head_seqs
 from gateway.store import Store
 
 from .sntp import SntpResponder

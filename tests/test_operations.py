@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway import heap
+from gateway.serve import heap
 
 from .conftest import BMRGW, RecordingBackend, free_port, message, soap11_headers, wait_healthy, write_yaml
 from .records import relay_records

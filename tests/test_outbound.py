@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from gateway.errors import ConfigError
-from gateway.pki import Issued
+from gateway.security.pki import Issued
 from routing.config import parse_config
 
 from .certs import DevPki, dev_pki  # noqa: F401  (fixture)
@@ -232,7 +232,7 @@ def test_tls_settings_on_a_via_endpoint_are_refused(dev_pki: DevPki) -> None:
 
 
 def test_tls_context_is_tls12_or_newer(dev_pki: DevPki) -> None:
-    from gateway.upstream import tls_context
+    from gateway.relay.upstream import tls_context
     from routing.config import Outbound
     ctx = tls_context(Outbound(ca=dev_pki.ca.cert))
     assert ctx.minimum_version >= ssl.TLSVersion.TLSv1_2

@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from ruamel.yaml import YAML
 
-from gateway.pki import Issued, issue, load_ca, make_ca, make_set
+from gateway.security.pki import Issued, issue, load_ca, make_ca, make_set
 
 from .certs import DevPki, dev_pki  # noqa: F401  (fixture)
 from .conftest import BMRGW

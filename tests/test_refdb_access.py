@@ -4,17 +4,17 @@ strangers get Unauthorized; the log names the client."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from gateway.app import JOURNAL, STORE, AppOptions, make_app
 from gateway.errors import ConfigError
-from gateway.journal import LogFilter, read
-from gateway.passwords import hash_password
+from gateway.logs.journal import LogFilter, read
+from gateway.security.passwords import hash_password
+from gateway.serve.app import JOURNAL, STORE, AppOptions, make_app
 from refdb.client import RefdbClient, RemoteFault
 from routing.config import parse_config
 
@@ -102,7 +102,7 @@ def test_owners_and_readers_must_be_configured_clients() -> None:
 
 
 async def test_a_client_that_must_sign_pushes_only_signed_requests(dev_pki: DevPki, tmp_path: Path) -> None:
-    from gateway.wss import Signer, sign_envelope
+    from gateway.security.wss import Signer, sign_envelope
     from refdb.client import _envelope
 
     clients = {**CLIENTS, "cityhall-a-app": {**CLIENTS["cityhall-a-app"], "wss": {"verify": str(dev_pki.signing.cert)}}}

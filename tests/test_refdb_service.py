@@ -17,9 +17,9 @@ from aiohttp import web
 from lxml import etree
 from sqlalchemy import Engine
 
-from gateway.app import AppOptions, JOURNAL, STORE, make_app
-from gateway.journal import LogFilter, LogRecord, read
+from gateway.logs.journal import LogFilter, LogRecord, read
 from gateway.ns import FAULT, REFDB, SOAP11_ENV, SOAP12_ENV
+from gateway.serve.app import JOURNAL, STORE, AppOptions, make_app
 from refdb.client import RefdbClient, RemoteFault
 from refdb.files import read_records
 from routing.config import parse_config

@@ -20,7 +20,6 @@ from routing.config import parse_config
 
 from .refdb_support import DATA, RESIDENTS, refdb_section
 
-
 # -- declarations --------------------------------------------------------------
 
 def test_declaration_is_parsed_into_frozen_dataclasses() -> None:

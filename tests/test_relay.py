@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from lxml import etree
 
-from gateway.relay import MAX_HOPS, passed_gateways
+from gateway.relay.handler import MAX_HOPS, passed_gateways
 
 from .conftest import (
     DATA,

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from sqlalchemy import create_engine
 
-from gateway.chain import verify
-from gateway.journal import LogFilter, LogRecord, read
+from gateway.logs.chain import verify
+from gateway.logs.journal import LogFilter, LogRecord, read
 
 from .conftest import GatewayFactory, RecordingBackend, free_port, message, sha256, soap11_headers
 from .sntp import SntpResponder
@@ -179,8 +179,8 @@ async def test_full_log_queue_holds_callers_back_then_refuses(tmp_path: Path) ->
 
     import pytest
 
-    from gateway.clock import Clock
-    from gateway.journal import Journal, JournalUnavailable
+    from gateway.logs.clock import Clock
+    from gateway.logs.journal import Journal, JournalUnavailable
     from gateway.store import Store
 
     db = tmp_path / "stuck.db"

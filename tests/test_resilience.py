@@ -19,11 +19,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.breaker import Breaker, Circuits, State
 from gateway.errors import ConfigError, EndpointBusy, TooManyRequests
-from gateway.journal import LogRecord
-from gateway.limits import Gate, RateLimiter
-from gateway.passwords import hash_password
+from gateway.logs.journal import LogRecord
+from gateway.relay.breaker import Breaker, Circuits, State
+from gateway.relay.limits import Gate, RateLimiter
+from gateway.security.passwords import hash_password
 from routing.config import BreakerSettings, LimitSettings, UrlEndpoint, parse_config
 from routing.table import RouteTable
 
@@ -571,8 +571,8 @@ async def test_open_mode_rate_limits_per_remote_address(
 async def test_two_processes_publish_circuits_and_a_reset_reaches_both(backend_kind: str, tmp_path: Path) -> None:
     from sqlalchemy import create_engine
 
-    from gateway.control import Publisher, read_circuits, request_reset
-    from gateway.resilience import Resilience
+    from gateway.relay.resilience import Resilience
+    from gateway.serve.control import Publisher, read_circuits, request_reset
     from routing.watch import LiveTable
 
     from .pg import pg_schema

@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.journal import LogFilter
-from gateway.pki import Issued, issue
-from gateway.tls import server_context
+from gateway.logs.journal import LogFilter
+from gateway.security.pki import Issued, issue
+from gateway.security.tls import server_context
 from routing.config import TlsSettings
 
 from .certs import DevPki, dev_pki  # noqa: F401  (fixture)

@@ -17,7 +17,7 @@ from signxml.verifier import SignatureConfiguration, XMLVerifier
 
 from gateway.errors import Expired, InvalidSignature, MalformedMessage
 from gateway.ns import DSIG, SOAP11_ENV, SOAP12_ENV, WSSE, WSU
-from gateway.wss import Signer, TimePolicy, Verified, sign_envelope, verify_envelope
+from gateway.security.wss import Signer, TimePolicy, Verified, sign_envelope, verify_envelope
 
 from .certs import DevPki, dev_pki  # noqa: F401  (fixture)
 from .conftest import message
@@ -250,7 +250,7 @@ def test_timestamp_without_expires_is_bounded_by_the_maximum_ttl(dev_pki: DevPki
 
 
 def test_expired_signing_certificate_is_refused(dev_pki: DevPki, tmp_path: Path) -> None:
-    from gateway.pki import issue
+    from gateway.security.pki import issue
     old = issue(dev_pki.ca, "signing", "old-sign", folder=tmp_path, start=dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc),
                 days=30)
     signed = sign_envelope(message("valid/soap11-routing-header.xml"), signer(old), now=NOW, ttl=300,

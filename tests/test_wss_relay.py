@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from gateway.errors import Replay
-from gateway.passwords import hash_password
-from gateway.replay import REPLAY_TABLE, ReplayGuard
-from gateway.wss import Signer, TimePolicy, sign_envelope, verify_envelope
+from gateway.security.passwords import hash_password
+from gateway.security.replay import REPLAY_TABLE, ReplayGuard
+from gateway.security.wss import Signer, TimePolicy, sign_envelope, verify_envelope
 
 from .certs import DevPki, dev_pki  # noqa: F401  (fixture)
 from .conftest import GatewayFactory, RecordingBackend, message, soap11_headers
@@ -306,8 +306,8 @@ async def test_other_handlers_verify_through_the_app_key(dev_pki: DevPki, tmp_pa
     """JX and refdb handlers get the same check through ``app[SECURITY].verify_client``."""
     from aiohttp import web
 
-    from gateway.app import SECURITY, make_app
     from gateway.errors import InvalidSignature, UnsupportedMediaType
+    from gateway.serve.app import SECURITY, make_app
     from routing.config import Client, parse_config
 
     config = parse_config(secured_config(tmp_path, dev_pki, "http://127.0.0.1:1/x"))
@@ -345,7 +345,7 @@ async def test_replay_records_survive_a_restart_in_their_own_sqlite_file(
 
 
 def test_postgresql_keeps_replay_records_in_the_shared_store() -> None:
-    from gateway.secure import replay_store
+    from gateway.security.message import replay_store
     with pg_schema() as url:
         engine = create_engine(url)
         try:

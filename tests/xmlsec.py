@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
 from gateway.ns import DSIG, EXC_C14N, RSA_SHA256, SHA256, SOAP11_ENV, WSS_BASE64, WSS_X509V3, WSSE, WSU
-from gateway.pki import Issued
+from gateway.security.pki import Issued
 
 XMLSEC1 = shutil.which("xmlsec1")
 # Under CI (which installs it, see .ci/run) a missing xmlsec1 fails the tests instead of skipping them.

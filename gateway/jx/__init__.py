@@ -18,12 +18,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy import create_engine
 
+from gateway.logs.clock import Clock
+from gateway.logs.journal import Journal
+from gateway.security.message import MessageSecurity
 from routing.config import Config
 
-from ..clock import Clock
 from ..errors import DocumentStoreError
-from ..journal import Journal
-from ..secure import MessageSecurity
 from ..store import database_url
 from .mailbox import Mailbox
 from .service import JxService

@@ -16,16 +16,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.logs.clock import Clock
+from gateway.logs.commands import parse_time
+from gateway.logs.journal import LogRecord, append, ensure_schema
 from routing.config import JX_ID_PATTERN, Config, load_config
 
-from ..clock import Clock
 from ..errors import ConfigError, GatewayError, UnknownDocument
 from ..ids import new_message_id
-from ..journal import LogRecord, append, ensure_schema
-from ..logview import parse_time
 from . import open_store
-from .store import Document, DocumentStore, NewDocument, now_ms
 from .files import write_atomically
+from .store import Document, DocumentStore, NewDocument, now_ms
 from .wire import Spool, SpoolWriter
 
 __all__ = ["add_jx_command"]

@@ -15,10 +15,10 @@ from collections.abc import AsyncIterable
 
 from lxml import etree
 
+from gateway.logs.clock import Clock
+from gateway.logs.journal import LogRecord
 from routing.table import Route
 
-from ..clock import Clock
-from ..journal import LogRecord
 from ..ns import ROUTING, SoapVersion
 from .store import DocumentStore, NewDocument
 from .wire import Spool, SpoolWriter

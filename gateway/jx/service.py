@@ -29,10 +29,12 @@ from aiohttp import web
 from lxml import etree
 
 import schemas
+from gateway.logs.clock import Clock, Now
+from gateway.logs.journal import Journal, JournalUnavailable, LogRecord
+from gateway.security.auth import client_of
+from gateway.security.message import MessageSecurity
 from routing.config import Client, GatewaySettings, JxSettings
 
-from ..auth import client_of
-from ..clock import Clock, Now
 from ..errors import (
     ClientFault,
     Forbidden,
@@ -42,10 +44,8 @@ from ..errors import (
     RequestTimeout,
     ServerFault,
 )
-from ..journal import Journal, JournalUnavailable, LogRecord
 from ..ns import H_SOAPACTION, WSSE, SoapVersion
 from ..parser import parse
-from ..secure import MessageSecurity
 from ..soap import fault_content_type, gateway_fault
 from .store import Document, DocumentStore, NewDocument
 from .wire import JxRequest, RequestReader, operation_of_action, request_encoding, response_envelope, split_at_data

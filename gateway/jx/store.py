@@ -67,10 +67,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from gateway.logs.journal import LogRecord
 from routing.config import JxSettings
 
 from ..errors import DocumentStoreError, DuplicateMessageId, UnknownDocument
-from ..journal import LogRecord
 from .files import fsync_dir
 from .wire import Spool
 

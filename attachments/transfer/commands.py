@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeAlias
 
-from .ns import SoapVersion
+from gateway.ns import SoapVersion
+
 from .receiver import ReceiveOptions, make_receiver_app
 from .sender import EXIT_CODES, SendError, SendOptions, describe, send_file
 
@@ -107,7 +108,7 @@ def _add_receive(commands: Commands, config_option: Callable[[argparse.ArgumentP
 def _receive(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from .server import install_event_loop
+    from gateway.serve.server import install_event_loop
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = ReceiveOptions(directory=args.dir, max_file_bytes=args.max_file_bytes, max_ratio=args.max_ratio,

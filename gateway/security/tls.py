@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import ssl
 
+from gateway.errors import ConfigError
 from routing.config import TlsSettings
-
-from .errors import ConfigError
 
 __all__ = ["server_context", "TLS12_CIPHERS"]
 

@@ -34,11 +34,10 @@ from attachments.message import (
 from attachments.mime import Event, MultipartReader, PartData, PartEnd, PartStart, RelatedType, parse_related
 from attachments.parts import PartHasher
 from attachments.staging import PartWriter, Staging
+from gateway.errors import ClientFault, GatewayError, MalformedMessage, MessageTooLarge, StorageFailed
+from gateway.ns import SoapVersion
+from gateway.soap import fault_content_type, gateway_fault, version_for
 from schemas import read as read_schema
-
-from .errors import ClientFault, GatewayError, MalformedMessage, MessageTooLarge, StorageFailed
-from .ns import SoapVersion
-from .soap import fault_content_type, gateway_fault, version_for
 
 __all__ = ["ReceiveOptions", "FileReceiver", "make_receiver_app"]
 

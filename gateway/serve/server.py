@@ -9,11 +9,11 @@ Signals (README "Resilience"):
   one step, or keep the old one and report why (log, ``/healthz``, metrics).
 
 Garbage collection.  Once listening, the process hands what start-up built
-to :func:`gateway.heap.settle` (see there): Python's cyclic collector
+to :func:`gateway.serve.heap.settle` (see there): Python's cyclic collector
 otherwise walks those objects over and over under load.
 
 With ``--workers N`` (N > 1) this process supervises N worker processes
-(:mod:`gateway.workers`) that share the port through ``SO_REUSEPORT``.
+(:mod:`gateway.serve.workers`) that share the port through ``SO_REUSEPORT``.
 """
 
 from __future__ import annotations
@@ -22,45 +22,24 @@ import asyncio
 import logging
 import signal
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
+from gateway.errors import ConfigError
+from gateway.relay.limits import ListenSite, busy_answer
+from gateway.relay.resilience import RESILIENCE
+from gateway.security.tls import server_context
 from routing.config import Config, load_config
 
 from . import heap
 from .app import LIVE, AppOptions, make_app, reloaded
-from .errors import ConfigError
-from .limits import ListenSite, busy_answer
-from .resilience import RESILIENCE
-from .tls import server_context
+from .options import ServeOptions
+from .workers import supervise
 
 __all__ = ["ServeOptions", "serve", "install_event_loop", "listen_socket"]
 
 log = logging.getLogger("bmrgw")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ServeOptions:
-    config: Path
-    """The endpoints.yaml to load (and watch)."""
-    host: str | None = None
-    """Listen address overriding ``gateway.listen.host``."""
-    port: int | None = None
-    """Listen port overriding ``gateway.listen.port``."""
-    data_dir: Path | None = None
-    """Local files directory overriding ``gateway.data_dir``."""
-    db: str | None = None
-    """Store URL overriding ``gateway.db``."""
-    workers: int = 1
-    """Worker processes sharing the port; 1 serves in this process."""
-    worker: int | None = None
-    """Set in a worker process started by the supervisor: its number, 1…N."""
-    log_level: str = "INFO"
-    """Passed on to worker processes."""
-    node: str | None = None
-    """This host's node name in the send/receive log (default ``gateway.name``); workers add ``.wN``."""
 
 
 def install_event_loop() -> None:
@@ -97,7 +76,6 @@ def serve(options: ServeOptions) -> int:
     data_dir = options.data_dir or config.resolve_path(config.gateway.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     if options.workers > 1 and options.worker is None:
-        from .workers import supervise
         return supervise(options, config, host=host, port=port)
     sock = listen_socket(host, port, reuse_port=options.worker is not None)
     node = options.node or config.gateway.name

@@ -26,12 +26,12 @@ from typing import Any, TextIO
 
 from sqlalchemy import Engine
 
+from gateway.store import Store, database_url
 from routing.config import Config, load_config
 
 from .chain import Report, archive, verify
 from .clock import Sample, combined_offset, parse_server, query_all
 from .journal import FIELDS, LogFilter, LogRecord, head_seqs, read, read_new
-from .store import Store, database_url
 
 __all__ = ["add_logs_command", "add_time_command", "parse_time", "follow"]
 

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from aiohttp import web
 from cryptography import x509
 
+from gateway.errors import GatewayError, Unauthorized
 from routing.config import Client, subject_key
 
-from .errors import GatewayError, Unauthorized
 from .passwords import hash_password, verify_password
 
 __all__ = ["client_of", "auth_middleware", "Authenticator", "certificate_subject", "PROTECTED_PREFIXES"]

@@ -17,26 +17,26 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.errors import GatewayError
+from gateway.jx import JX_MAILBOX, add_jx
+from gateway.logs.chain import archive
+from gateway.logs.clock import Clock
+from gateway.logs.commands import archive_dir
+from gateway.logs.journal import Journal, JournalUnavailable, LogRecord
+from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
+from gateway.ns import H_MESSAGE_ID, SoapVersion
+from gateway.relay.handler import SERVER, Relay
+from gateway.relay.resilience import RESILIENCE, Resilient
+from gateway.relay.upstream import HttpUpstream, Upstream
+from gateway.security.auth import auth_middleware
+from gateway.security.message import MessageSecurity, message_security
+from gateway.soap import fault_content_type, gateway_fault, version_for
+from gateway.store import Store, StoreUnavailable, database_url
 from refdb.service import add_refdb
 from routing.config import Config, load_config
 from routing.watch import LiveTable, watch
 
 from . import control, heap
-from .auth import auth_middleware
-from .chain import archive
-from .clock import Clock
-from .errors import GatewayError
-from .journal import Journal, JournalUnavailable, LogRecord
-from .jx import JX_MAILBOX, add_jx
-from .logview import archive_dir
-from .metrics import CONTENT_TYPE_LATEST, Metrics
-from .ns import H_MESSAGE_ID, SoapVersion
-from .relay import SERVER, Relay
-from .resilience import RESILIENCE, Resilient
-from .secure import MessageSecurity, message_security
-from .soap import fault_content_type, gateway_fault, version_for
-from .store import Store, StoreUnavailable, database_url
-from .upstream import HttpUpstream, Upstream
 
 __all__ = ["make_app", "reloaded", "AppOptions", "LIVE", "METRICS", "STORE", "CLOCK", "JOURNAL", "SECURITY"]
 

@@ -18,7 +18,7 @@ from datetime import datetime
 from sqlalchemy import Column, Engine, Float, MetaData, String, Table, bindparam, delete, insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from .errors import GatewayError, Replay, ServerFault
+from gateway.errors import GatewayError, Replay, ServerFault
 
 __all__ = ["ReplayGuard", "ReplayStoreUnavailable", "REPLAY_TABLE"]
 

@@ -66,8 +66,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    inspect,
     insert,
+    inspect,
     or_,
     select,
     update,
@@ -77,9 +77,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError
 from sqlalchemy.sql import ColumnElement
 
+from gateway.errors import ServerFault
+from gateway.store import insert_rows, sqlite_datetime
+
 from .clock import Now
-from .errors import ServerFault
-from .store import insert_rows, sqlite_datetime
 from .writer import WriterError, WriterProcess
 
 __all__ = [

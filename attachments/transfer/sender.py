@@ -34,10 +34,9 @@ from attachments.mime import closing, new_boundary, part_head, related_content_t
 from attachments.names import safe_file_name
 from attachments.parts import FileInfo, Manifest, PartInfo, file_id_for
 from attachments.zipstream import ZipWriter
-
-from .errors import GatewayError
-from .ns import FILE, FAULT, H_SOAPACTION, SoapVersion
-from .parser import parse
+from gateway.errors import GatewayError
+from gateway.ns import FAULT, FILE, H_SOAPACTION, SoapVersion
+from gateway.parser import parse
 
 __all__ = ["SendOptions", "SendError", "SendResult", "send_file", "EXIT_CODES", "prepare", "Prepared", "Progress",
            "part_message"]

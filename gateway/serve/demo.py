@@ -15,11 +15,10 @@ from aiohttp import web
 from lxml import etree
 
 import schemas
-
-from .errors import GatewayError
-from .ns import H_SOAPACTION, SoapVersion
-from .parser import parse
-from .soap import fault_envelope, version_for
+from gateway.errors import GatewayError
+from gateway.ns import H_SOAPACTION, SoapVersion
+from gateway.parser import parse
+from gateway.soap import fault_envelope, version_for
 
 __all__ = ["DEMO_NS", "make_demo_app"]
 

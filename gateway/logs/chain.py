@@ -43,13 +43,15 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, or_, select, update
 
-from .durable import fsync_dir
+from gateway.durable import fsync_dir
+from gateway.store import snapshot
+
 from .journal import (
     ATTRIBUTES,
     FIELDS,
     GENESIS,
-    TS_FORMAT,
     TABLES,
+    TS_FORMAT,
     Head,
     JournalUnavailable,
     LogRecord,
@@ -60,7 +62,6 @@ from .journal import (
     read_chain,
     translated,
 )
-from .store import snapshot
 
 __all__ = [
     "canonical",

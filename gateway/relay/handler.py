@@ -40,13 +40,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from attachments.mime import CT_RELATED, RootExtractor, parse_related
-from routing.config import Client, GatewaySettings
-from routing.table import Route, RouteTable
-from routing.watch import LiveTable
-
-from .auth import client_of
-from .clock import Clock, Reading
-from .errors import (
+from gateway.errors import (
     ClientFault,
     EndpointUnavailable,
     Forbidden,
@@ -57,14 +51,20 @@ from .errors import (
     RoutingLoop,
     UnsupportedMediaType,
 )
-from .ids import new_message_id
-from .journal import Journal, JournalUnavailable, RelayExchange, describe, text_problem
-from .metrics import Metrics
-from .ns import H_MESSAGE_ID, H_SOAPACTION, H_VIA, SoapVersion
-from .parser import SCAN_WHOLE, EnvelopeHead, HeadScanner, scan_head
+from gateway.ids import new_message_id
+from gateway.logs.clock import Clock, Reading
+from gateway.logs.journal import Journal, JournalUnavailable, RelayExchange, describe, text_problem
+from gateway.metrics import Metrics
+from gateway.ns import H_MESSAGE_ID, H_SOAPACTION, H_VIA, SoapVersion
+from gateway.parser import SCAN_WHOLE, EnvelopeHead, HeadScanner, scan_head
+from gateway.security.auth import client_of
+from gateway.security.message import MessageSecurity
+from gateway.soap import fault_content_type, gateway_fault, version_for
+from routing.config import Client, GatewaySettings
+from routing.table import Route, RouteTable
+from routing.watch import LiveTable
+
 from .resilience import may_have_sent, sent_to
-from .soap import fault_content_type, gateway_fault, version_for
-from .secure import MessageSecurity
 from .upstream import Upstream, translate
 
 __all__ = ["Relay", "Deposit", "MAX_HOPS", "SMALL_BODY"]

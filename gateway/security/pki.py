@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .errors import GatewayError
+from gateway.errors import GatewayError
 
 __all__ = ["Issued", "Kind", "make_ca", "load_ca", "issue", "make_set", "add_pki_command"]
 

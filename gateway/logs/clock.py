@@ -33,9 +33,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from gateway.errors import ConfigError
 from routing.config import NtpSettings
-
-from .errors import ConfigError
 
 __all__ = ["Clock", "Now", "Reading", "Sample", "Server", "query", "evaluate", "parse_server"]
 

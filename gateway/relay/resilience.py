@@ -31,12 +31,12 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from gateway.errors import EndpointBusy, EndpointUnavailable, GatewayError, UpstreamError
 from routing.config import Config, UrlEndpoint
 from routing.table import Route
 from routing.watch import LiveTable
 
 from .breaker import Breaker, Circuits, State
-from .errors import EndpointBusy, EndpointUnavailable, GatewayError, UpstreamError
 from .limits import Gate, RateLimiter
 from .upstream import Upstream
 

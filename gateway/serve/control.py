@@ -31,14 +31,13 @@ from sqlalchemy import Column, Engine, Float, Integer, MetaData, String, Table, 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.errors import ConfigError, UnknownDestination
+from gateway.relay.breaker import Breaker, State
+from gateway.relay.limits import Fault, Refused, rate_middleware
+from gateway.relay.resilience import RESILIENCE, Resilience, ResilienceCollector, urls_of
+from gateway.store import Store, database_url
 from routing.config import Config
 from routing.watch import LiveTable
-
-from .breaker import Breaker, State
-from .errors import ConfigError, UnknownDestination
-from .limits import Fault, Refused, rate_middleware
-from .resilience import RESILIENCE, Resilience, ResilienceCollector, urls_of
-from .store import Store, database_url
 
 __all__ = ["Publisher", "CircuitRow", "read_circuits", "request_reset", "install", "reset", "circuit_lines",
            "circuit_listing", "STALE_SECONDS"]

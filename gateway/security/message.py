@@ -25,24 +25,16 @@ from cryptography import x509
 from lxml import etree
 from sqlalchemy import Engine
 
+from gateway.errors import ConfigError, GatewayError, UnsupportedMediaType
+from gateway.logs.clock import Clock
+from gateway.ns import CT_SOAP11, CT_SOAP12
+from gateway.parser import parse
+from gateway.store import Store
 from routing.config import Client, GatewaySettings
 from routing.table import Route
 
-from .clock import Clock
-from .errors import ConfigError, GatewayError, UnsupportedMediaType
-from .ns import CT_SOAP11, CT_SOAP12
-from .parser import parse
 from .replay import ReplayGuard
-from .store import Store
-from .wss import (
-    Signer,
-    TimePolicy,
-    load_certificate,
-    sign_envelope,
-    sign_root,
-    verify_envelope,
-    verify_root,
-)
+from .wss import Signer, TimePolicy, load_certificate, sign_envelope, sign_root, verify_envelope, verify_root
 
 __all__ = ["MessageSecurity", "message_security", "add_wss_command"]
 

@@ -26,12 +26,11 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from gateway.errors import EndpointBusy, GatewayBusy, GatewayError, TooManyRequests
+from gateway.ns import SoapVersion
+from gateway.security.auth import client_of
+from gateway.soap import fault_content_type, gateway_fault
 from routing.config import LimitSettings
-
-from .auth import client_of
-from .errors import EndpointBusy, GatewayBusy, GatewayError, TooManyRequests
-from .ns import SoapVersion
-from .soap import fault_content_type, gateway_fault
 
 __all__ = ["Gate", "RateLimiter", "rate_middleware", "ListenSite"]
 

@@ -23,14 +23,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING
 
+from gateway.errors import ConfigError
 from routing.config import Config
 
-from .errors import ConfigError
-
-if TYPE_CHECKING:
-    from .server import ServeOptions
+from .options import ServeOptions
 
 __all__ = ["supervise"]
 

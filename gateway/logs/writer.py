@@ -55,12 +55,12 @@ import socket
 import struct
 from typing import IO, Any
 
-from .errors import ServerFault
+from gateway.errors import ServerFault
 
 __all__ = ["WriterProcess", "WriterError"]
 
 _CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["gateway.writer", "gateway.journal", "gateway.chain", "gateway.store"])
+_CONTEXT.set_forkserver_preload(["gateway.logs.writer", "gateway.logs.journal", "gateway.logs.chain", "gateway.store"])
 _STOP_TIMEOUT = 5.0
 _LENGTH = struct.Struct("!Q")
 #: Seconds a batch's reply may take before the child is given normal priority.
@@ -232,8 +232,9 @@ def _read_frame(stream: IO[bytes]) -> Any | None:
 
 def _main(sock: socket.socket, url: str, node: str, table: str, idle: bool) -> None:
     """The child: commit each batch it receives, answer, exit when the socket closes."""
+    from gateway.store import Store
+
     from .journal import TABLES, _reason, _transient, append, log_tables, unpack_entries
-    from .store import Store
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     if idle:

@@ -31,10 +31,9 @@ from typing import Protocol
 import aiohttp
 from yarl import URL
 
+from gateway.errors import EndpointTimeout, EndpointUnavailable, UpstreamError
 from routing.config import Outbound
 from routing.table import Route
-
-from .errors import EndpointTimeout, EndpointUnavailable, UpstreamError
 
 __all__ = ["Upstream", "HttpUpstream", "translate", "tls_context"]
 

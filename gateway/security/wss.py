@@ -39,9 +39,9 @@ from signxml.algorithms import DigestAlgorithm, SignatureMethod
 from signxml.exceptions import SignXMLException
 from signxml.verifier import SignatureConfiguration, XMLVerifier
 
-from .errors import ConfigError, Expired, GatewayError, InvalidSignature, MalformedMessage
-from .ns import DSIG, EXC_C14N, RSA_SHA256, SHA256, WSS_BASE64, WSS_X509V3, WSSE, WSU, SoapVersion
-from .parser import parse
+from gateway.errors import ConfigError, Expired, GatewayError, InvalidSignature, MalformedMessage
+from gateway.ns import DSIG, EXC_C14N, RSA_SHA256, SHA256, WSS_BASE64, WSS_X509V3, WSSE, WSU, SoapVersion
+from gateway.parser import parse
 
 __all__ = ["Signer", "Verified", "TimePolicy", "sign_envelope", "sign_root", "verify_envelope", "verify_root",
            "load_certificate"]

@@ -1,0 +1,1 @@
+"""Capability (D)'s programs: ``bmrgw send`` and ``bmrgw receive``."""

@@ -1,0 +1,1 @@
+"""Capability (G): the send/receive log, its hash chains, the writer process and NTP time."""

@@ -1,0 +1,1 @@
+"""Capabilities (A)-(C): the SOAP relay, its upstream seam, limits, breakers and failover."""
