@@ -29,7 +29,7 @@ from gateway.security.pki import Issued, make_set
 from gateway.security.wss import Signer, sign_envelope
 
 from .envelope import DESTINATION, HEADERS, Envelope, make_envelope, verify
-from .harness import Bench, Check, Section
+from .harness import Bench, Section
 from .procs import LOOPBACK, BenchError, free_port
 from .relay import Cell, ThroughputRatio, measure, pooled, round_rates
 from .servers import Stack, Target, launch_gateway

@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway.errors import ConfigError
+from routing import fields as read
 
 __all__ = ["ColumnType", "Column", "Dataset", "RefdbSettings", "parse_refdb"]
 
@@ -109,15 +110,14 @@ def parse_refdb(raw: Any, *, clients: frozenset[str] = frozenset()) -> RefdbSett
 
     With ``clients`` (the names under ``clients:``), owners and readers must be among them.
     """
-    from routing.config import _known, _mapping  # routing.config imports this module: read its helpers late
 
-    m = _mapping({} if raw is None else raw, "refdb")
-    _known(m, "refdb", {"datasets", "read_role"})
+    m = read.mapping({} if raw is None else raw, "refdb")
+    read.known(m, "refdb", {"datasets", "read_role"})
     role = m.get("read_role")
     if role is not None and not (isinstance(role, str) and COLUMN_NAME.fullmatch(role)):
         raise ConfigError(f"refdb.read_role: {role!r} must be a PostgreSQL role name (lower-case letters, digits, _)")
     datasets = {name: _dataset(name, value) for name, value in
-                _mapping(m.get("datasets") or {}, "refdb.datasets").items()}
+                read.mapping(m.get("datasets") or {}, "refdb.datasets").items()}
     if clients:
         for dataset in datasets.values():
             _known_clients(dataset, clients)
@@ -125,15 +125,15 @@ def parse_refdb(raw: Any, *, clients: frozenset[str] = frozenset()) -> RefdbSett
 
 
 def _dataset(name: str, raw: Any) -> Dataset:
-    from routing.config import _known, _mapping
 
     path = f"refdb.datasets.{name}"
     if not DATASET_NAME.fullmatch(name) or len(name) > MAX_DATASET_NAME:
         raise ConfigError(f"{path}: {name!r} is not a valid dataset name (lower-case letters and digits "
                           f"in words joined by single '_', at most {MAX_DATASET_NAME})")
-    m = _mapping(raw, path)
-    _known(m, path, {"owner", "readers", "key", "columns"})
-    columns = tuple(_column(f"{path}.columns", n, t) for n, t in _mapping(m.get("columns"), f"{path}.columns").items())
+    m = read.mapping(raw, path)
+    read.known(m, path, {"owner", "readers", "key", "columns"})
+    declared = read.mapping(m.get("columns"), f"{path}.columns")
+    columns = tuple(_column(f"{path}.columns", n, t) for n, t in declared.items())
     if not columns:
         raise ConfigError(f"{path}.columns: declare at least one column")
     key = _names(m.get("key"), f"{path}.key")

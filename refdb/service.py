@@ -63,7 +63,7 @@ from gateway.logs.clock import Clock
 from gateway.logs.journal import Journal, JournalUnavailable, LogRecord
 from gateway.ns import SoapVersion
 from gateway.security.message import MessageSecurity
-from gateway.soap import fault_content_type, gateway_fault, version_for
+from gateway.soap import gateway_fault, version_for
 from gateway.store import Store
 from routing.config import Config
 from routing.watch import LiveTable
@@ -73,7 +73,7 @@ from .config import Dataset, RefdbSettings
 from .schema import ensure_schema
 from .store import MAX_LIMIT, OPERATORS, Filter, PushResult, RefStore
 from .values import BadValue, Converter, FieldError, format_value, parse_value
-from .wire import Fields, RequestReader, add_records, element, envelope, q
+from .wire import Fields, RequestReader, add_records, element, envelope
 
 __all__ = ["add_refdb", "RefdbService", "BATCH_ROWS"]
 

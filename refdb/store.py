@@ -59,10 +59,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.sql import ColumnElement
 
-from gateway.errors import InvalidRecord, InvalidRequest, RefdbUnavailable, UnknownDataset, UnknownPush, VersionChanged
+from gateway.errors import InvalidRecord, InvalidRequest, UnknownDataset, UnknownPush, VersionChanged
 from gateway.store import snapshot
 
 from .bulk import DriverIntegrityError, bulk_insert

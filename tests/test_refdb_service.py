@@ -4,7 +4,6 @@ WSDL, zeep, the bmrgw client, faults for bad input, the send/receive log."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path

@@ -24,7 +24,8 @@ from gateway.logs.journal import LogRecord
 from gateway.relay.breaker import Breaker, Circuits, State
 from gateway.relay.limits import Gate, RateLimiter
 from gateway.security.passwords import hash_password
-from routing.config import BreakerSettings, LimitSettings, UrlEndpoint, parse_config
+from routing.config import UrlEndpoint, parse_config
+from routing.settings import BreakerSettings, LimitSettings
 from routing.table import RouteTable
 
 from .conftest import GatewayFactory, RecordingBackend, free_port, message, soap11_headers, start_app

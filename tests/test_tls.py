@@ -15,7 +15,7 @@ import pytest
 from gateway.logs.journal import LogFilter
 from gateway.security.pki import Issued, issue
 from gateway.security.tls import server_context
-from routing.config import TlsSettings
+from routing.settings import TlsSettings
 
 from .certs import DevPki, dev_pki  # noqa: F401  (fixture)
 from .conftest import BMRGW, GatewayFactory, RecordingBackend, free_port, message, soap11_headers, write_yaml

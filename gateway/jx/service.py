@@ -33,7 +33,8 @@ from gateway.logs.clock import Clock, Now
 from gateway.logs.journal import Journal, JournalUnavailable, LogRecord
 from gateway.security.auth import client_of
 from gateway.security.message import MessageSecurity
-from routing.config import Client, GatewaySettings, JxSettings
+from routing.config import Client
+from routing.settings import GatewaySettings, JxSettings
 
 from ..errors import (
     ClientFault,

@@ -68,7 +68,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from gateway.logs.journal import LogRecord
-from routing.config import JxSettings
+from routing.settings import JxSettings
 
 from ..errors import DocumentStoreError, DuplicateMessageId, UnknownDocument
 from .files import fsync_dir

@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from gateway.errors import ConfigError
-from routing.config import NtpSettings
+from routing.settings import NtpSettings
 
 __all__ = ["Clock", "Now", "Reading", "Sample", "Server", "query", "evaluate", "parse_server"]
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 
-from routing.config import BreakerSettings
+from routing.settings import BreakerSettings
 
 __all__ = ["State", "Breaker", "Circuits"]
 

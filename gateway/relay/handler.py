@@ -60,7 +60,8 @@ from gateway.parser import SCAN_WHOLE, EnvelopeHead, HeadScanner, scan_head
 from gateway.security.auth import client_of
 from gateway.security.message import MessageSecurity
 from gateway.soap import fault_content_type, gateway_fault, version_for
-from routing.config import Client, GatewaySettings
+from routing.config import Client
+from routing.settings import GatewaySettings
 from routing.table import Route, RouteTable
 from routing.watch import LiveTable
 

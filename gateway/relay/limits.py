@@ -30,7 +30,7 @@ from gateway.errors import EndpointBusy, GatewayBusy, GatewayError, TooManyReque
 from gateway.ns import SoapVersion
 from gateway.security.auth import client_of
 from gateway.soap import fault_content_type, gateway_fault
-from routing.config import LimitSettings
+from routing.settings import LimitSettings
 
 __all__ = ["Gate", "RateLimiter", "rate_middleware", "ListenSite"]
 

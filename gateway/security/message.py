@@ -30,7 +30,8 @@ from gateway.logs.clock import Clock
 from gateway.ns import CT_SOAP11, CT_SOAP12
 from gateway.parser import parse
 from gateway.store import Store
-from routing.config import Client, GatewaySettings
+from routing.config import Client
+from routing.settings import GatewaySettings
 from routing.table import Route
 
 from .replay import ReplayGuard

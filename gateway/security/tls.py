@@ -13,7 +13,7 @@ from __future__ import annotations
 import ssl
 
 from gateway.errors import ConfigError
-from routing.config import TlsSettings
+from routing.settings import TlsSettings
 
 __all__ = ["server_context", "TLS12_CIPHERS"]
 

@@ -22,7 +22,6 @@ import asyncio
 import logging
 import signal
 import socket
-from pathlib import Path
 
 from aiohttp import web
 

@@ -1,0 +1,305 @@
+"""The gateway's own settings: the ``gateway:`` section of endpoints.yaml (SPEC.md "endpoints.yaml").
+
+Parsed once into frozen keyword-only dataclasses, like the endpoint table in
+:mod:`routing.config`, which holds these as :attr:`Config.gateway`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+from gateway.ns import ROUTING
+
+from . import fields as read
+from .fields import MAX_TIMEOUT
+
+__all__ = ["GatewaySettings", "Listen", "NtpSettings", "LogSettings", "JxSettings", "TlsSettings", "WssSettings",
+           "LimitSettings", "BreakerSettings", "gateway_settings"]
+
+@dataclass(frozen=True, kw_only=True)
+class Listen:
+    host: str = "127.0.0.1"
+    """Address the gateway listens on."""
+    port: int = 8080
+    """TCP port the gateway listens on."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NtpSettings:
+    servers: tuple[str, ...] = ()
+    """NTP servers, ``host`` or ``host:port``."""
+    interval: float = 64.0
+    """Seconds between NTP queries."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogSettings:
+    enabled: bool = True
+    """Write the send/receive log. The standard requires it; only benchmarks turn it off."""
+    retention_days: int | None = None
+    """Archive records older than this many days, once a day; ``None`` keeps them in the store."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class JxSettings:
+    """The JX polling relay (``gateway.jx``, SPEC.md capability (E))."""
+
+    lease_seconds: float = 300.0
+    """How long a handed-out document is reserved for its poller before it is handed out again."""
+    max_deliveries: int = 10
+    """Hand-outs without a confirm after which a document is parked as a dead letter."""
+    retention_days: int | None = 30
+    """Delete confirmed documents this many days after their confirm; ``None`` keeps them."""
+    max_document_bytes: int = 1024 * 1024 * 1024
+    """Largest document accepted by PutDocument (decoded bytes)."""
+    blobs: str = "auto"
+    """Where document bytes live: ``files`` (under ``data_dir``), ``database``, or ``auto``
+    (files on SQLite, the database on PostgreSQL, so nodes share only the database)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsSettings:
+    cert: str
+    """PEM server certificate (chain), absolute path."""
+    key: str
+    """PEM private key of the server certificate, absolute path."""
+    client_ca: str | None = None
+    """PEM CA bundle; when set, every caller must present a certificate it issued (mutual TLS)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WssSettings:
+    clock_skew: float = 300.0
+    """Seconds a signed message's wsu:Timestamp may differ from the gateway's NTP time."""
+    max_ttl: float = 3600.0
+    """Longest Timestamp lifetime (Created to Expires) accepted from clients."""
+    sign_ttl: float = 300.0
+    """Lifetime of the Timestamps the gateway adds when it signs."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewaySettings:
+    name: str = "bmrgw"
+    """This gateway's name, used in the HTTP Via header and the logs."""
+    listen: Listen = field(default_factory=Listen)
+    """Where ``bmrgw serve`` listens."""
+    db: str = "sqlite:///var/bmrgw.db"
+    """SQLAlchemy URL of the store; relative SQLite paths are relative to the config file."""
+    data_dir: str = "var"
+    """Directory for local files; relative to the config file."""
+    max_message_bytes: int = 10 * 1024 * 1024
+    """Largest request body accepted for relay."""
+    max_header_bytes: int = 64 * 1024
+    """How far into a message the gateway reads to find the routing header."""
+    client_timeout: float = 60.0
+    """Seconds a caller may pause while sending its request before it is refused."""
+    routing_header: str = f"{{{ROUTING}}}Routing"
+    """Clark-notation QName of the routing header block."""
+    fallback_peer: str | None = None
+    """Peer that receives messages for names not held locally (DC-to-DC routing)."""
+    ntp: NtpSettings = field(default_factory=NtpSettings)
+    """Time synchronisation."""
+    logs: LogSettings = field(default_factory=LogSettings)
+    """The send/receive log."""
+    tls: TlsSettings | None = None
+    """Serve HTTPS (and require client certificates) instead of plain HTTP."""
+    limits: LimitSettings = field(default_factory=lambda: LimitSettings())
+    """Connection and request-rate limits (resilience)."""
+    breaker: BreakerSettings = field(default_factory=lambda: BreakerSettings())
+    """When a URL's circuit opens and how long it stays open."""
+    drain_timeout: float = 30.0
+    """Seconds a stopping gateway lets requests in flight finish before it cuts them off."""
+    wss: WssSettings = field(default_factory=lambda: WssSettings())
+    """WS-Security time limits (signature verification and signing)."""
+    jx: JxSettings = field(default_factory=JxSettings)
+    """The JX polling relay."""
+    max_attachment_bytes: int = 2 * 1024 * 1024 * 1024
+    """Largest multipart/related (SwA, MTOM) request body relayed; its root part stays under the envelope limits."""
+
+
+# -- resilience: failover URLs, breaker, limits (README "Resilience") ------------------
+
+_RESILIENCE_KEYS = ("limits", "breaker", "drain_timeout")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LimitSettings:
+    max_connections: int | None = None
+    """Open client connections per gateway process; more are answered 503 GatewayBusy. ``None``: no limit."""
+    client_rate: float | None = None
+    """Requests per second one client (or, in open mode, one remote address) may send; ``None``: no limit."""
+    client_burst: int | None = None
+    """Requests a client may send at once above its rate; default twice the rate (at least 1)."""
+
+    @property
+    def burst(self) -> float:
+        if self.client_burst is not None:
+            return float(self.client_burst)
+        return max(1.0, 2 * (self.client_rate or 0))
+
+
+@dataclass(frozen=True, kw_only=True)
+class BreakerSettings:
+    failures: int = 5
+    """Consecutive connection failures or timeouts of one URL that open its circuit."""
+    backoff: float = 5.0
+    """Seconds an open circuit waits before it lets one probe through (half-open)."""
+    max_backoff: float = 60.0
+    """The wait doubles after each failed probe, up to this many seconds."""
+
+
+def _resilience(g: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``limits``, ``breaker`` and ``drain_timeout`` keys of ``gateway``."""
+    return {
+        "limits": _limits(read.mapping(read.section(g, "limits"), "gateway.limits")),
+        "breaker": _breaker(read.mapping(read.section(g, "breaker"), "gateway.breaker")),
+        "drain_timeout": read.number(g.get("drain_timeout", GatewaySettings.drain_timeout), "gateway.drain_timeout",
+                                 low=0, high=MAX_TIMEOUT),
+    }
+
+
+def _limits(m: Mapping[str, Any]) -> LimitSettings:
+    path = "gateway.limits"
+    read.known(m, path, {"max_connections", "client_rate", "client_burst"})
+    conns, rate, burst = m.get("max_connections"), m.get("client_rate"), m.get("client_burst")
+    if burst is not None and rate is None:
+        raise ConfigError(f"{path}.client_burst: only applies together with client_rate")
+    return LimitSettings(
+        max_connections=None if conns is None else read.integer(conns, f"{path}.max_connections", low=1, high=1_000_000),
+        client_rate=None if rate is None else read.number(rate, f"{path}.client_rate", low=0.001, high=1e6),
+        client_burst=None if burst is None else read.integer(burst, f"{path}.client_burst", low=1, high=1_000_000),
+    )
+
+
+def _breaker(m: Mapping[str, Any]) -> BreakerSettings:
+    path, d = "gateway.breaker", BreakerSettings()
+    read.known(m, path, {"failures", "backoff", "max_backoff"})
+    backoff = read.number(m.get("backoff", d.backoff), f"{path}.backoff", low=0.01, high=MAX_TIMEOUT)
+    top = read.number(m.get("max_backoff", max(d.max_backoff, backoff)), f"{path}.max_backoff", low=backoff,
+                  high=MAX_TIMEOUT)
+    return BreakerSettings(failures=read.integer(m.get("failures", d.failures), f"{path}.failures", low=1, high=10_000),
+                           backoff=backoff, max_backoff=top)
+
+
+
+def gateway_settings(raw: Any, db: str | None, peers: frozenset[str], base: Path) -> GatewaySettings:
+    """Validate the ``gateway`` section; ``peers`` are the names a ``fallback_peer`` may take."""
+    g = read.mapping(raw, "gateway")
+    allowed = {"name", "listen", "tls", "db", "data_dir", "max_message_bytes",
+               "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp", "logs", "wss", "jx",
+               "max_attachment_bytes", *_RESILIENCE_KEYS}
+    read.known(g, "gateway", allowed)
+    defaults = GatewaySettings()
+    fallback = g.get("fallback_peer")
+    if fallback is not None and fallback not in peers:
+        raise ConfigError(f"gateway.fallback_peer: no peer named {fallback!r} under peers")
+    return GatewaySettings(
+        name=read.name(g.get("name", defaults.name), "gateway.name"),
+        listen=_listen(read.section(g, "listen")),
+        db=db or read.string(g.get("db", defaults.db), "gateway.db"),
+        data_dir=read.string(g.get("data_dir", defaults.data_dir), "gateway.data_dir"),
+        max_message_bytes=read.integer(g.get("max_message_bytes", defaults.max_message_bytes),
+                               "gateway.max_message_bytes", low=1024),
+        max_header_bytes=read.integer(g.get("max_header_bytes", defaults.max_header_bytes),
+                              "gateway.max_header_bytes", low=1024, high=16 * 1024 * 1024),
+        client_timeout=read.number(g.get("client_timeout", defaults.client_timeout), "gateway.client_timeout",
+                               low=0.01, high=MAX_TIMEOUT),
+        routing_header=_qname(g.get("routing_header", defaults.routing_header)),
+        fallback_peer=fallback,
+        ntp=_ntp(read.section(g, "ntp")),
+        logs=_logs(read.section(g, "logs")),
+        tls=_tls(g["tls"], base) if g.get("tls") is not None else None,
+        **_resilience(g),
+        wss=_wss_settings(read.section(g, "wss")),
+        jx=_jx(read.section(g, "jx")),
+        max_attachment_bytes=read.integer(g.get("max_attachment_bytes", defaults.max_attachment_bytes),
+                                  "gateway.max_attachment_bytes", low=1024),
+    )
+
+
+def _tls(raw: Any, base: Path) -> TlsSettings:
+    m = read.mapping(raw, "gateway.tls")
+    read.known(m, "gateway.tls", {"cert", "key", "client_ca"})
+    for key in ("cert", "key"):
+        if key not in m:
+            raise ConfigError(f"gateway.tls: needs {key} (a PEM file)")
+    client_ca = m.get("client_ca")
+    return TlsSettings(
+        cert=read.file(m["cert"], "gateway.tls.cert", base),
+        key=read.file(m["key"], "gateway.tls.key", base),
+        client_ca=None if client_ca is None else read.file(client_ca, "gateway.tls.client_ca", base),
+    )
+
+
+def _listen(raw: Any) -> Listen:
+    m = read.mapping(raw, "gateway.listen")
+    read.known(m, "gateway.listen", {"host", "port"})
+    return Listen(
+        host=read.string(m.get("host", Listen.host), "gateway.listen.host"),
+        port=read.integer(m.get("port", Listen.port), "gateway.listen.port", low=0, high=65535),
+    )
+
+
+def _ntp(raw: Any) -> NtpSettings:
+    m = read.mapping(raw, "gateway.ntp")
+    read.known(m, "gateway.ntp", {"servers", "interval"})
+    servers = m.get("servers") or []
+    if not isinstance(servers, list) or not all(isinstance(s, str) and s for s in servers):
+        raise ConfigError("gateway.ntp.servers: must be a list of host or host:port strings")
+    interval = read.number(m.get("interval", NtpSettings.interval), "gateway.ntp.interval", low=1, high=86400)
+    return NtpSettings(servers=tuple(servers), interval=interval)
+
+
+def _wss_settings(raw: Any) -> WssSettings:
+    m = read.mapping(raw, "gateway.wss")
+    read.known(m, "gateway.wss", {"clock_skew", "max_ttl", "sign_ttl"})
+    d = WssSettings()
+    return WssSettings(
+        clock_skew=read.number(m.get("clock_skew", d.clock_skew), "gateway.wss.clock_skew", low=0, high=86400),
+        max_ttl=read.number(m.get("max_ttl", d.max_ttl), "gateway.wss.max_ttl", low=1, high=7 * 86400),
+        sign_ttl=read.number(m.get("sign_ttl", d.sign_ttl), "gateway.wss.sign_ttl", low=1, high=86400),
+    )
+
+
+def _logs(raw: Any) -> LogSettings:
+    m = read.mapping(raw, "gateway.logs")
+    read.known(m, "gateway.logs", {"enabled", "retention_days"})
+    enabled = m.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"gateway.logs.enabled: must be true or false, not {enabled!r}")
+    days = m.get("retention_days")
+    return LogSettings(enabled=enabled, retention_days=None if days is None else
+                       read.integer(days, "gateway.logs.retention_days", low=1, high=36500))
+
+
+def _jx(raw: Any) -> JxSettings:
+    m = read.mapping(raw, "gateway.jx")
+    read.known(m, "gateway.jx", {"lease_seconds", "max_deliveries", "retention_days", "max_document_bytes", "blobs"})
+    d = JxSettings()
+    days = m.get("retention_days", d.retention_days)
+    blobs = m.get("blobs", d.blobs)
+    if blobs not in ("auto", "files", "database"):
+        raise ConfigError(f"gateway.jx.blobs: must be auto, files or database, not {blobs!r}")
+    return JxSettings(
+        lease_seconds=read.number(m.get("lease_seconds", d.lease_seconds), "gateway.jx.lease_seconds",
+                              low=0.1, high=86400),
+        max_deliveries=read.integer(m.get("max_deliveries", d.max_deliveries), "gateway.jx.max_deliveries",
+                            low=1, high=1000),
+        retention_days=None if days is None else read.integer(days, "gateway.jx.retention_days", low=1, high=36500),
+        max_document_bytes=read.integer(m.get("max_document_bytes", d.max_document_bytes),
+                                "gateway.jx.max_document_bytes", low=1024),
+        blobs=blobs,
+    )
+
+
+
+def _qname(value: Any) -> str:
+    text = read.string(value, "gateway.routing_header")
+    if not re.fullmatch(r"\{[^{}\s]+\}[A-Za-z_][\w.-]*", text):
+        raise ConfigError("gateway.routing_header: must be a QName in Clark notation, like {urn:bmrgw:routing:1}Routing")
+    return text
