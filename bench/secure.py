@@ -3,7 +3,7 @@
 The secured gateway (``bmrgw-wss``) has one client that must sign
 (``clients.*.wss.verify``, identified by HTTP Basic) and signs what it
 forwards to the demo backend (``endpoints.demo.wss.sign``), with keys made by
-``gateway.pki``.  Replay defence is on, so every request carries a message
+``gateway.security.pki``.  Replay defence is on, so every request carries a message
 signed afresh: the bodies are signed before the load starts (in worker
 processes, not while measuring) and ``post_many.lua`` sends each once.  The
 plain relay (the ``bmrgw`` target, log on in both) takes the same 1 KiB Echo

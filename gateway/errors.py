@@ -44,6 +44,26 @@ HTTP status of the fault response::
     ServerFault
     └── RefdbUnavailable(RuntimeError)              503   the reference DB store failed
 
+    Send/receive log, stores (gateway/logs/, gateway/store.py):
+    ServerFault
+    ├── JournalUnavailable(RuntimeError)            503   the log store cannot take or give records
+    ├── WriterError(RuntimeError)                   503   the writer process could not commit a batch
+    ├── ReplayStoreUnavailable(RuntimeError)        503   the replay records cannot be read or written
+    └── StoreUnavailable(RuntimeError)              503   the store cannot be reached
+    GatewayError
+    └── ArchiveUnreadable(ValueError)                     a log archive file is missing or malformed
+
+    Command-line programs (their errors end a command with a message, never a traceback):
+    GatewayError
+    └── CommandError
+        ├── PollError                               ``bmrgw poll`` cannot go on
+        ├── SendError                               ``bmrgw send`` did not complete (carries its exit code)
+        ├── RemoteFault                             a gateway answered a refdb request with a fault
+        └── FileError(ValueError)                   a records file cannot be read (``bmrgw refdb push``)
+
+Private signals that never leave their module (a poll round's ``Stopped``,
+refdb's ``BadValue`` turned into ``InvalidRecord``) are not part of the tree.
+
 Errors carry structured fields (``destination``, ``endpoint``, ``detail``)
 so that the log and the SOAP fault render them without parsing messages.
 """
@@ -89,6 +109,16 @@ __all__ = [
     "ChecksumMismatch",
     "ZipBomb",
     "StorageFailed",
+    "JournalUnavailable",
+    "WriterError",
+    "ReplayStoreUnavailable",
+    "StoreUnavailable",
+    "ArchiveUnreadable",
+    "CommandError",
+    "PollError",
+    "SendError",
+    "RemoteFault",
+    "FileError",
 ]
 
 
@@ -349,3 +379,80 @@ class GatewayBusy(ServerFault, RuntimeError):
 
     code = "GatewayBusy"
     http_status = 503
+
+
+# -- the send/receive log and the stores ---------------------------------------
+
+class JournalUnavailable(ServerFault, RuntimeError):
+    """Raised when the log store cannot take or give records (queue full, store down)."""
+
+    code = "LogUnavailable"
+    http_status = 503
+
+
+class WriterError(ServerFault, RuntimeError):
+    """Raised when the writer process could not commit a batch; ``transient`` says whether to retry."""
+
+    code = "LogUnavailable"
+
+    def __init__(self, reason: str, *, transient: bool) -> None:
+        super().__init__(reason)
+        self.transient = transient
+
+
+class ReplayStoreUnavailable(ServerFault, RuntimeError):
+    """Raised when the replay records cannot be read or written (store down)."""
+
+    code = "StoreUnavailable"
+    http_status = 503
+
+
+class StoreUnavailable(ServerFault, RuntimeError):
+    """Raised when the store cannot be reached; carries the reason for /healthz."""
+
+    code = "StoreUnavailable"
+    http_status = 503
+
+
+class ArchiveUnreadable(GatewayError, ValueError):
+    """Raised when a log archive file is missing or not a well-formed archive."""
+
+    code = "ArchiveUnreadable"
+
+
+# -- command-line programs -------------------------------------------------------
+
+class CommandError(GatewayError):
+    """Base of the errors that end a command-line program (``bmrgw poll``, ``send``, ``refdb``)."""
+
+
+class PollError(CommandError):
+    """Raised when the poll client cannot go on (bad options, gateway unreachable with --once)."""
+
+    code = "PollError"
+
+
+class SendError(CommandError):
+    """Raised when a send did not complete, with the exit code it maps to."""
+
+    code = "SendError"
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+class RemoteFault(CommandError):
+    """Raised when the gateway answers a refdb request with a SOAP fault (or not at all)."""
+
+    def __init__(self, reason: str, *, code: str = "", http_status: int = 0,
+                 attributes: dict[str, str] | None = None) -> None:
+        super().__init__(reason, detail=code or None)
+        self.remote_code = code
+        self.status = http_status
+        self.attributes = attributes or {}
+
+
+class FileError(CommandError, ValueError):
+    """Raised for a file that cannot be read as records; the message names the file and line."""

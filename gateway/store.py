@@ -17,18 +17,17 @@ from sqlalchemy import Connection, Engine, Table, create_engine, event, insert, 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
+from gateway.errors import StoreUnavailable
 from routing.config import Config
 
 from .errors import ConfigError
 
-__all__ = ["Store", "database_url", "StoreUnavailable", "insert_rows", "snapshot", "sqlite_datetime", "DRIVERS"]
+__all__ = ["Store", "database_url", "insert_rows", "snapshot", "sqlite_datetime", "DRIVERS"]
 
 #: The dialects whose drivers :func:`insert_rows` hands rows to directly.
 DRIVERS = ("postgresql", "sqlite")
 
 
-class StoreUnavailable(Exception):
-    """Raised when the store cannot be reached; carries the reason for /healthz."""
 
 
 @contextlib.contextmanager

@@ -3,7 +3,7 @@
 The dataset's ``owner`` client pushes (Upsert, BeginPush, Commit, Abort,
 Delete); its ``readers`` query (Query, Changes) — and so does the owner,
 who holds the data anyway.  Any other authenticated client gets
-``Forbidden``.  The caller is the client that :mod:`gateway.auth` identified
+``Forbidden``.  The caller is the client that :mod:`gateway.security.auth` identified
 before the handler ran (HTTP Basic or the client certificate); without a
 ``clients`` section (open mode, development only) everyone may do everything.
 """

@@ -35,14 +35,14 @@ from xml.sax.saxutils import escape
 
 from lxml import etree
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, RemoteFault
 from gateway.ns import FAULT, REFDB, SOAP11_ENV
 from gateway.parser import parse
 
 from .store import PushResult
 from .wire import Fields, q
 
-__all__ = ["RefdbClient", "RemoteFault", "QueryPage", "ChangesPage", "DEFAULT_BATCH"]
+__all__ = ["RefdbClient", "QueryPage", "ChangesPage", "DEFAULT_BATCH"]
 
 DEFAULT_BATCH = 5000
 #: Largest answer accepted (a page holds at most 10,000 records).
@@ -50,15 +50,6 @@ MAX_ANSWER = 256 * 1024 * 1024
 _COUNTS = ("version", "received", "inserted", "updated", "deleted", "unchanged")
 
 
-class RemoteFault(GatewayError):
-    """Raised when the gateway answers a refdb request with a SOAP fault (or not at all)."""
-
-    def __init__(self, reason: str, *, code: str = "", http_status: int = 0,
-                 attributes: dict[str, str] | None = None) -> None:
-        super().__init__(reason, detail=code or None)
-        self.remote_code = code
-        self.status = http_status
-        self.attributes = attributes or {}
 
 
 @dataclass(frozen=True, kw_only=True)

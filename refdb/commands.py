@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, FileError, RemoteFault
 from routing.config import load_config
 
-from .client import DEFAULT_BATCH, RefdbClient, RemoteFault
-from .files import FileError, Progress, read_records
+from .client import DEFAULT_BATCH, RefdbClient
+from .files import Progress, read_records
 from .store import PushResult
 from .wire import Fields
 

@@ -132,8 +132,8 @@ def _dataset(name: str, raw: Any) -> Dataset:
                           f"in words joined by single '_', at most {MAX_DATASET_NAME})")
     m = read.mapping(raw, path)
     read.known(m, path, {"owner", "readers", "key", "columns"})
-    declared = read.mapping(m.get("columns"), f"{path}.columns")
-    columns = tuple(_column(f"{path}.columns", n, t) for n, t in declared.items())
+    listed = read.mapping(m.get("columns"), f"{path}.columns")
+    columns = tuple(_column(f"{path}.columns", n, t) for n, t in listed.items())
     if not columns:
         raise ConfigError(f"{path}.columns: declare at least one column")
     key = _names(m.get("key"), f"{path}.key")

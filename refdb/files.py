@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from gateway.errors import FileError
+
 from .wire import Fields
 
-__all__ = ["FileError", "read_records", "Progress"]
+__all__ = ["read_records", "Progress"]
 
 
-class FileError(ValueError):
-    """A file that cannot be read as records; the message names the file and line."""
 
 
 class Progress:

@@ -4,7 +4,7 @@ It lives in the refdb package, not in gateway/, because everything it does
 is refdb's — the wire format, the datasets, the store — and the gateway needs
 only one call (:func:`add_refdb`) to mount it; the gateway's shared pieces
 (store engine, NTP clock, send/receive log, live config) are handed in as
-the app keys that hold them, so this module does not import gateway.app.
+the app keys that hold them, so this module does not import gateway.serve.app.
 
 One request: the body streams through :class:`~refdb.wire.RequestReader` in
 a worker thread (parsing, type validation and staging never block the event
@@ -25,9 +25,9 @@ at most ``gateway.max_message_bytes``; big pushes come in batches anyway),
 verified, and only then parsed.
 
 Logging.  A push or delete writes its send/receive log record inside its own
-commit (:meth:`gateway.journal.Journal.write_in`), so the change and its
+commit (:meth:`gateway.logs.journal.Journal.write_in`), so the change and its
 record commit or vanish together; every other operation, and every fault,
-is recorded through :meth:`gateway.journal.Journal.record`.
+is recorded through :meth:`gateway.logs.journal.Journal.record`.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from gateway.errors import (
     GatewayError,
     InvalidRecord,
     InvalidRequest,
+    JournalUnavailable,
     MalformedMessage,
     MessageTooLarge,
     RefdbUnavailable,
@@ -60,7 +61,8 @@ from gateway.errors import (
 )
 from gateway.ids import new_message_id
 from gateway.logs.clock import Clock
-from gateway.logs.journal import Journal, JournalUnavailable, LogRecord
+from gateway.logs.journal import Journal
+from gateway.logs.records import LogRecord
 from gateway.ns import SoapVersion
 from gateway.security.message import MessageSecurity
 from gateway.soap import gateway_fault, version_for

@@ -1,4 +1,4 @@
-"""Real certificates for TLS and WS-Security tests, made once per session by gateway.pki.
+"""Real certificates for TLS and WS-Security tests, made once per session by gateway.security.pki.
 
 Import the fixture into a test module (``from tests.certs import dev_pki``)
 to get a :class:`DevPki`: a CA with good, expired and wrong-host server

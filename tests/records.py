@@ -6,7 +6,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine
 
-from gateway.logs.journal import LogFilter, LogRecord, read
+from gateway.logs.tables import LogFilter, read
+from gateway.logs.records import LogRecord
 
 
 def records(db: Path, where: LogFilter = LogFilter()) -> list[LogRecord]:

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from lxml import etree
 
-from gateway.logs.journal import LogFilter
+from gateway.logs.tables import LogFilter
 from gateway.security.passwords import hash_password, verify_password
 from routing.config import subject_key
 

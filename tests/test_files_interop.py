@@ -98,7 +98,7 @@ async def _logged_requests(db: Path) -> list[Any]:
 def _all_requests(db: Path) -> list[Any]:
     from sqlalchemy import create_engine
 
-    from gateway.logs.journal import LogFilter, read
+    from gateway.logs.tables import LogFilter, read
     engine = create_engine(f"sqlite:///{db}")
     try:
         return [r for r in read(engine, LogFilter()) if r.direction == "request"]

@@ -17,28 +17,24 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, insert, select, text, update
 
-from gateway.logs.chain import chain_hash, verify
+from gateway.logs.records import chain_hash
+from gateway.logs.chain import verify
 from gateway.logs.clock import Now
-from gateway.logs.journal import (
-    FIELDS,
-    GENESIS,
+from gateway.logs.records import FIELDS, GENESIS, LogRecord, RelayExchange, pack, unpack_entries
+from gateway.logs.tables import (
     TABLES,
-    Journal,
-    JournalUnavailable,
     LogFilter,
-    LogRecord,
-    RelayExchange,
     append,
     ensure_schema,
     head_seqs,
     log_tables,
-    pack,
     read,
     read_chain,
     read_new,
     to_row,
-    unpack_entries,
 )
+from gateway.logs.journal import Journal
+from gateway.errors import JournalUnavailable
 from gateway.store import Store
 
 from .pg import pg_schema

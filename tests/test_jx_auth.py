@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 from sqlalchemy import create_engine
 
-from gateway.logs.journal import LogFilter, read
+from gateway.logs.tables import LogFilter, read
 from gateway.security.passwords import hash_password
 from gateway.security.wss import Signer, sign_envelope
 

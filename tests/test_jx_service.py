@@ -13,7 +13,7 @@ import pytest
 from lxml import etree
 from sqlalchemy import create_engine
 
-from gateway.logs.journal import LogFilter, read
+from gateway.logs.tables import LogFilter, read
 from gateway.ns import JX
 from routing.config import parse_config
 

@@ -18,7 +18,8 @@ from sqlalchemy import delete
 from gateway.cli import config_option
 from gateway.errors import ConfigError
 from gateway.logs.commands import add_logs_command, add_time_command, follow, parse_time
-from gateway.logs.journal import FIELDS, TABLES, LogFilter, ensure_schema, head_seqs
+from gateway.logs.records import FIELDS
+from gateway.logs.tables import TABLES, LogFilter, ensure_schema, head_seqs
 from gateway.store import Store
 
 from .sntp import SntpResponder

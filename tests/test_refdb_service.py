@@ -16,10 +16,12 @@ from aiohttp import web
 from lxml import etree
 from sqlalchemy import Engine
 
-from gateway.logs.journal import LogFilter, LogRecord, read
+from gateway.logs.tables import LogFilter, read
+from gateway.logs.records import LogRecord
 from gateway.ns import FAULT, REFDB, SOAP11_ENV, SOAP12_ENV
 from gateway.serve.app import JOURNAL, STORE, AppOptions, make_app
-from refdb.client import RefdbClient, RemoteFault
+from refdb.client import RefdbClient
+from gateway.errors import RemoteFault
 from refdb.files import read_records
 from routing.config import parse_config
 

@@ -13,7 +13,8 @@ import pytest
 from gateway.errors import ConfigError, InvalidRecord, MalformedMessage, MessageTooLarge
 from gateway.ns import REFDB, SOAP11_ENV, SoapVersion
 from refdb.config import Column, ColumnType, parse_refdb
-from refdb.files import FileError, read_records
+from gateway.errors import FileError
+from refdb.files import read_records
 from refdb.values import BadValue, Converter, FieldError, format_value, parse_value
 from refdb.wire import RequestReader
 from routing.config import parse_config

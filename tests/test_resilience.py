@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from gateway.errors import ConfigError, EndpointBusy, TooManyRequests
-from gateway.logs.journal import LogRecord
+from gateway.logs.records import LogRecord
 from gateway.relay.breaker import Breaker, Circuits, State
 from gateway.relay.limits import Gate, RateLimiter
 from gateway.security.passwords import hash_password

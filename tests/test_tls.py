@@ -1,4 +1,4 @@
-"""Inbound TLS and mutual TLS with real certificates made by gateway.pki."""
+"""Inbound TLS and mutual TLS with real certificates made by gateway.security.pki."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.logs.journal import LogFilter
+from gateway.logs.tables import LogFilter
 from gateway.security.pki import Issued, issue
 from gateway.security.tls import server_context
 from routing.settings import TlsSettings

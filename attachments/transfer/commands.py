@@ -11,10 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeAlias
 
+from gateway.errors import SendError
 from gateway.ns import SoapVersion
 
 from .receiver import ReceiveOptions, make_receiver_app
-from .sender import EXIT_CODES, SendError, SendOptions, describe, send_file
+from .sender import EXIT_CODES, SendOptions, describe, send_file
 
 __all__ = ["add_file_commands"]
 

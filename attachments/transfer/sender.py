@@ -34,12 +34,20 @@ from attachments.mime import closing, new_boundary, part_head, related_content_t
 from attachments.names import safe_file_name
 from attachments.parts import FileInfo, Manifest, PartInfo, file_id_for
 from attachments.zipstream import ZipWriter
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, SendError
 from gateway.ns import FAULT, FILE, H_SOAPACTION, SoapVersion
 from gateway.parser import parse
 
-__all__ = ["SendOptions", "SendError", "SendResult", "send_file", "EXIT_CODES", "prepare", "Prepared", "Progress",
-           "part_message"]
+__all__ = [
+    "SendOptions",
+    "SendResult",
+    "send_file",
+    "EXIT_CODES",
+    "prepare",
+    "Prepared",
+    "Progress",
+    "part_message",
+]
 
 #: Exit codes of ``bmrgw send``, for scripts.
 EXIT_CODES = {
@@ -56,13 +64,6 @@ _ATTACHMENT_ID = "part@bmrgw"
 _ROOT_ID = "<root@bmrgw>"
 
 
-class SendError(Exception):
-    """Why a send did not complete, with the exit code it maps to."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.message = message
-        self.exit_code = exit_code
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,7 +18,8 @@ from typing import Any
 
 from gateway.logs.clock import Clock
 from gateway.logs.commands import parse_time
-from gateway.logs.journal import LogRecord, append, ensure_schema
+from gateway.logs.records import LogRecord
+from gateway.logs.tables import append, ensure_schema
 from routing.config import JX_ID_PATTERN, Config, load_config
 
 from ..errors import ConfigError, GatewayError, UnknownDocument

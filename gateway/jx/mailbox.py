@@ -16,7 +16,7 @@ from collections.abc import AsyncIterable
 from lxml import etree
 
 from gateway.logs.clock import Clock
-from gateway.logs.journal import LogRecord
+from gateway.logs.records import LogRecord
 from routing.table import Route
 
 from ..ns import ROUTING, SoapVersion

@@ -39,7 +39,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ..errors import GatewayError
+from gateway.errors import PollError
+
 from ..ns import JX
 from .files import fsync_dir, write_atomically
 
@@ -54,10 +55,6 @@ _SENT, _FAILED = "sent", "failed"
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
 
-class PollError(GatewayError):
-    """Raised when the poll client cannot go on (bad options, gateway unreachable with --once)."""
-
-    code = "PollError"
 
 
 @dataclass(frozen=True, kw_only=True)

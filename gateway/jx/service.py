@@ -29,8 +29,10 @@ from aiohttp import web
 from lxml import etree
 
 import schemas
+from gateway.errors import JournalUnavailable
 from gateway.logs.clock import Clock, Now
-from gateway.logs.journal import Journal, JournalUnavailable, LogRecord
+from gateway.logs.journal import Journal
+from gateway.logs.records import LogRecord
 from gateway.security.auth import client_of
 from gateway.security.message import MessageSecurity
 from routing.config import Client

@@ -67,7 +67,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from gateway.logs.journal import LogRecord
+from gateway.logs.records import LogRecord
 from routing.settings import JxSettings
 
 from ..errors import DocumentStoreError, DuplicateMessageId, UnknownDocument
@@ -81,7 +81,7 @@ STATES = ("ready", "confirmed", "dead")
 #: Bytes per database blob part and per chunk read from a blob.
 PART = 1024 * 1024
 
-#: Writes a log record inside the store's transaction (:meth:`gateway.journal.Journal.write_in`).
+#: Writes a log record inside the store's transaction (:meth:`gateway.logs.journal.Journal.write_in`).
 LogWriter = Callable[[Connection, LogRecord], object]
 
 

@@ -29,10 +29,8 @@ and notices an altered, truncated or missing archive.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import itertools
 import json
-import operator
 import os
 import secrets
 from collections.abc import Iterable, Iterator
@@ -44,78 +42,27 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, or_, select, update
 
 from gateway.durable import fsync_dir
+from gateway.errors import ArchiveUnreadable, JournalUnavailable
 from gateway.store import snapshot
 
-from .journal import (
-    ATTRIBUTES,
-    FIELDS,
-    GENESIS,
-    TABLES,
-    TS_FORMAT,
-    Head,
-    JournalUnavailable,
-    LogRecord,
-    LogTables,
-    has_log,
-    heads,
-    made,
-    read_chain,
-    translated,
-)
+from .records import GENESIS, LogRecord, chain_hash
+from .tables import TABLES, Head, LogTables, has_log, heads, read_chain, translated
 
-__all__ = [
-    "canonical",
-    "chain_hash",
-    "seal",
-    "verify",
-    "archive",
-    "Problem",
-    "Report",
-    "ArchiveResult",
-    "ARCHIVE_FORMAT",
-]
+__all__ = ["verify", "archive", "Problem", "Report", "ArchiveResult", "ARCHIVE_FORMAT"]
 
 ARCHIVE_FORMAT = "bmrgw-log-archive/1"
 
 
-def canonical(record: LogRecord) -> bytes:
-    """The bytes that are hashed: sorted, compact JSON of the record without its chain hashes."""
-    return _canonical(record.__dict__)
 
 
-#: The hashed fields' JSON names in sorted order, which is the order the canonical form writes them.
-_HASHED = tuple(sorted(name for name in FIELDS if name not in ("prev_hash", "hash")))
-_HASHED_VALUES = operator.itemgetter(*(ATTRIBUTES[name] for name in _HASHED))
-_TS = _HASHED.index("ts")
-#: One encoder for every record, without sort_keys: the keys already come in sorted order.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def _canonical(values: dict[str, Any]) -> bytes:
-    """Canonical bytes of a record's attribute values (its ``__dict__``); same JSON as sorting
-    :meth:`LogRecord.to_json`'s keys, without building that dict first."""
-    hashed = list(_HASHED_VALUES(values))
-    hashed[_TS] = hashed[_TS].strftime(TS_FORMAT)
-    return _ENCODER.encode(dict(zip(_HASHED, hashed))).encode("utf-8")
 
 
-def chain_hash(prev_hash: str, record: LogRecord) -> str:
-    """``sha256(prev_hash || canonical(record))`` in hex; ``prev_hash`` enters as its 32 bytes."""
-    return _digest(prev_hash, record.__dict__)
 
 
-def _digest(prev_hash: str, values: dict[str, Any]) -> str:
-    return hashlib.sha256(bytes.fromhex(prev_hash) + _canonical(values)).hexdigest()
 
 
-def seal(entry: LogRecord, *, node: str, seq: int, prev_hash: str) -> LogRecord:
-    """``entry`` as record ``seq`` of ``node``'s chain, after the record whose hash is ``prev_hash``.
-
-    ``node`` must be valid text (:func:`gateway.journal.append` checks it once per batch); the
-    rest of ``entry`` was normalised when it was made."""
-    values = {**entry.__dict__, "node": node, "seq": seq, "prev_hash": prev_hash}
-    values["hash"] = _digest(prev_hash, values)
-    return made(values)
 
 
 # -- verification --------------------------------------------------------------
@@ -296,8 +243,6 @@ class Anchor:
     """The file holding this chain's records before these."""
 
 
-class ArchiveUnreadable(Exception):
-    """An archive file is missing or not a well-formed archive."""
 
 
 def _header(path: Path) -> dict[str, Any]:

@@ -31,7 +31,8 @@ from routing.config import Config, load_config
 
 from .chain import Report, archive, verify
 from .clock import Sample, combined_offset, parse_server, query_all
-from .journal import FIELDS, LogFilter, LogRecord, head_seqs, read, read_new
+from .records import FIELDS, LogRecord
+from .tables import LogFilter, head_seqs, read, read_new
 
 __all__ = ["add_logs_command", "add_time_command", "parse_time", "follow"]
 

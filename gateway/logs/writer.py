@@ -8,7 +8,7 @@ thread they hold the GIL the event loop needs, and the measured cost was
 own they run on the other core; the gateway only packs each record into a
 tuple and sends a batch over a socket.  A relayed exchange, the hot path,
 is not even made into records on the gateway's side: it travels as one
-tuple (:class:`gateway.journal.RelayExchange`) and the child builds its
+tuple (:class:`gateway.logs.journal.RelayExchange`) and the child builds its
 request and response records, validation included.
 
 Priority.  The child runs at the lowest CPU priority (``SCHED_IDLE``), so on
@@ -55,12 +55,16 @@ import socket
 import struct
 from typing import IO, Any
 
-from gateway.errors import ServerFault
+from gateway.errors import WriterError
+from gateway.store import Store
 
-__all__ = ["WriterProcess", "WriterError"]
+from .records import unpack_entries
+from .tables import TABLES, append, log_tables, reason, transient
+
+__all__ = ["WriterProcess"]
 
 _CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["gateway.logs.writer", "gateway.logs.journal", "gateway.logs.chain", "gateway.store"])
+_CONTEXT.set_forkserver_preload(["gateway.logs.writer"])  # imports the tables, records and store it needs
 _STOP_TIMEOUT = 5.0
 _LENGTH = struct.Struct("!Q")
 #: Seconds a batch's reply may take before the child is given normal priority.
@@ -70,14 +74,6 @@ _CAP_SYS_NICE = 23  # bit in /proc/self/status CapEff
 log = logging.getLogger(__name__)
 
 
-class WriterError(ServerFault, RuntimeError):
-    """Raised when the writer process could not commit a batch; ``transient`` says whether to retry."""
-
-    code = "LogUnavailable"
-
-    def __init__(self, reason: str, *, transient: bool) -> None:
-        super().__init__(reason)
-        self.transient = transient
 
 
 class WriterProcess:
@@ -232,10 +228,6 @@ def _read_frame(stream: IO[bytes]) -> Any | None:
 
 def _main(sock: socket.socket, url: str, node: str, table: str, idle: bool) -> None:
     """The child: commit each batch it receives, answer, exit when the socket closes."""
-    from gateway.store import Store
-
-    from .journal import TABLES, _reason, _transient, append, log_tables, unpack_entries
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     if idle:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
@@ -255,7 +247,7 @@ def _main(sock: socket.socket, url: str, node: str, table: str, idle: bool) -> N
                     with store.engine.begin() as connection:
                         append(connection, records, node=node, tables=tables)
                 except Exception as exc:  # every failure goes back to the parent, which decides
-                    sock.sendall(_frame(("error", _transient(exc), _reason(exc))))
+                    sock.sendall(_frame(("error", transient(exc), reason(exc))))
                 else:
                     sock.sendall(_frame(("ok", len(records))))
         except OSError:

@@ -1,6 +1,6 @@
 """Circuit breakers, one per upstream URL (README "Resilience").
 
-A URL's circuit is *closed* while it works.  After ``gateway.breaker.failures``
+A URL's circuit is *closed* while it works.  After ``gateway.relay.breaker.failures``
 consecutive failures — connections refused, reset or timed out, never an
 answer the endpoint gave, whatever its status — it *opens*: requests fail
 fast (or fail over to the next URL) without touching the network.  After the
@@ -8,7 +8,7 @@ back-off it is *half-open*: exactly one request goes through as a probe; its
 success closes the circuit, its failure opens it again for twice as long (up
 to ``max_backoff``).
 
-State is in memory, per gateway process; :mod:`gateway.control` publishes it
+State is in memory, per gateway process; :mod:`gateway.serve.control` publishes it
 to the store for ``bmrgw endpoints list`` and applies ``bmrgw endpoints reset``.
 Breakers are keyed by URL, so a new URL for an endpoint starts closed, and
 :meth:`Circuits.keep` drops the breakers of URLs that left the table.

@@ -45,6 +45,7 @@ from gateway.errors import (
     EndpointUnavailable,
     Forbidden,
     GatewayError,
+    JournalUnavailable,
     MalformedMessage,
     MessageTooLarge,
     RequestTimeout,
@@ -53,7 +54,8 @@ from gateway.errors import (
 )
 from gateway.ids import new_message_id
 from gateway.logs.clock import Clock, Reading
-from gateway.logs.journal import Journal, JournalUnavailable, RelayExchange, describe, text_problem
+from gateway.logs.journal import Journal
+from gateway.logs.records import RelayExchange, describe, text_problem
 from gateway.metrics import Metrics
 from gateway.ns import H_MESSAGE_ID, H_SOAPACTION, H_VIA, SoapVersion
 from gateway.parser import SCAN_WHOLE, EnvelopeHead, HeadScanner, scan_head

@@ -1,12 +1,12 @@
 """Failover, circuit breakers and per-endpoint limits around the upstream seam (README "Resilience").
 
-:class:`Resilient` wraps the relay's :class:`~gateway.upstream.Upstream`, so the
+:class:`Resilient` wraps the relay's :class:`~gateway.relay.upstream.Upstream`, so the
 relay still makes one ``post`` per message.  For each message it
 
 1. takes a slot of the endpoint's :class:`~gateway.limits.Gate` (``max_concurrent``),
    held until the answer has been relayed (the upstream connection is released);
 2. tries the endpoint's URLs (``urls: [...]``) in order, skipping those whose
-   :class:`~gateway.breaker.Breaker` is open;
+   :class:`~gateway.relay.breaker.Breaker` is open;
 3. moves on to the next URL **only** when the connection could not be made —
    refused, unreachable, TLS handshake failed, connect timeout — because then
    no byte of the request left the gateway.  A failure after that (reset,
@@ -141,7 +141,7 @@ class Resilience:
 
 
 class Resilient:
-    """An :class:`~gateway.upstream.Upstream` with failover, breakers and endpoint gates."""
+    """An :class:`~gateway.relay.upstream.Upstream` with failover, breakers and endpoint gates."""
 
     def __init__(self, inner: Upstream, resilience: Resilience) -> None:
         self._inner = inner

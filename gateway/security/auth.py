@@ -11,7 +11,7 @@ A client is identified by
 
 - its TLS client certificate (mutual TLS), matched on ``cert_subject``;
 - HTTP Basic, matched on ``basic.user`` and checked against the scrypt
-  ``basic.password_hash`` (see :mod:`gateway.passwords`);
+  ``basic.password_hash`` (see :mod:`gateway.security.passwords`);
 - both, when its entry names both: then both must match.
 
 A successful Basic check is remembered for a few minutes (keyed by a keyed

@@ -3,7 +3,7 @@
 A message needs this step when its client has ``clients.*.wss.verify`` or
 its route has ``endpoints.*.wss.sign``.  The relay then reads it whole
 (bounded by ``gateway.max_message_bytes``) and hands it here; the pure work
-is :mod:`gateway.wss`, the state (certificates loaded once per file
+is :mod:`gateway.security.wss`, the state (certificates loaded once per file
 version, signing keys, the replay records) is here.
 
 Only plain SOAP envelopes can be signed or verified: a multipart body

@@ -18,9 +18,9 @@ from datetime import datetime
 from sqlalchemy import Column, Engine, Float, MetaData, String, Table, bindparam, delete, insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from gateway.errors import GatewayError, Replay, ServerFault
+from gateway.errors import GatewayError, Replay, ReplayStoreUnavailable
 
-__all__ = ["ReplayGuard", "ReplayStoreUnavailable", "REPLAY_TABLE"]
+__all__ = ["ReplayGuard", "REPLAY_TABLE"]
 
 _METADATA = MetaData()
 REPLAY_TABLE = Table(
@@ -37,11 +37,6 @@ _INSERT = insert(REPLAY_TABLE)
 _PURGE = delete(REPLAY_TABLE).where(REPLAY_TABLE.c.keep_until < bindparam("now"))
 
 
-class ReplayStoreUnavailable(ServerFault, RuntimeError):
-    """Raised when the replay records cannot be read or written (store down)."""
-
-    code = "StoreUnavailable"
-    http_status = 503
 
 
 @dataclass(eq=False)

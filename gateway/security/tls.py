@@ -5,7 +5,7 @@ authentication by client certificate.  TLS 1.2 is the oldest version
 offered, with forward-secret AEAD cipher suites only; TLS 1.3 suites are
 OpenSSL's defaults, all strong.  With ``gateway.tls.client_ca`` every
 caller must present a certificate that CA issued, valid now, before a byte
-of HTTP is read; :mod:`gateway.auth` then maps its subject to a client.
+of HTTP is read; :mod:`gateway.security.auth` then maps its subject to a client.
 """
 
 from __future__ import annotations

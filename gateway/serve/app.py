@@ -17,12 +17,13 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, JournalUnavailable, StoreUnavailable
 from gateway.jx import JX_MAILBOX, add_jx
 from gateway.logs.chain import archive
 from gateway.logs.clock import Clock
 from gateway.logs.commands import archive_dir
-from gateway.logs.journal import Journal, JournalUnavailable, LogRecord
+from gateway.logs.journal import Journal
+from gateway.logs.records import LogRecord
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.ns import H_MESSAGE_ID, SoapVersion
 from gateway.relay.handler import SERVER, Relay
@@ -31,7 +32,7 @@ from gateway.relay.upstream import HttpUpstream, Upstream
 from gateway.security.auth import auth_middleware
 from gateway.security.message import MessageSecurity, message_security
 from gateway.soap import fault_content_type, gateway_fault, version_for
-from gateway.store import Store, StoreUnavailable, database_url
+from gateway.store import Store, database_url
 from refdb.service import add_refdb
 from routing.config import Config, load_config
 from routing.watch import LiveTable, watch
