@@ -1,6 +1,6 @@
 """Circuit breakers, one per upstream URL (README "Resilience").
 
-A URL's circuit is *closed* while it works.  After ``gateway.relay.breaker.failures``
+A URL's circuit is *closed* while it works.  After ``gateway.breaker.failures``
 consecutive failures — connections refused, reset or timed out, never an
 answer the endpoint gave, whatever its status — it *opens*: requests fail
 fast (or fail over to the next URL) without touching the network.  After the
