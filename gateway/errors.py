@@ -331,7 +331,6 @@ class DocumentStoreError(ServerFault, RuntimeError):
     code = "StoreUnavailable"
 
 
-
 class UnsafeFileName(ClientFault, ValueError):
     """Raised when a transferred file's name is a path, hidden, reserved or has control characters."""
 

@@ -28,8 +28,6 @@ __all__ = ["Store", "database_url", "insert_rows", "snapshot", "sqlite_datetime"
 DRIVERS = ("postgresql", "sqlite")
 
 
-
-
 @contextlib.contextmanager
 def snapshot(engine: Engine) -> Iterator[Connection]:
     """A connection whose statements all read one snapshot of the database, while writers go on:

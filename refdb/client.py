@@ -50,8 +50,6 @@ MAX_ANSWER = 256 * 1024 * 1024
 _COUNTS = ("version", "received", "inserted", "updated", "deleted", "unchanged")
 
 
-
-
 @dataclass(frozen=True, kw_only=True)
 class QueryPage:
     version: int

@@ -21,8 +21,6 @@ from .wire import Fields
 __all__ = ["read_records", "Progress"]
 
 
-
-
 class Progress:
     """How far through the file the reader is, in bytes and records (for the progress bar)."""
 

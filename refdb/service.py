@@ -46,7 +46,6 @@ from aiohttp import web
 from lxml import etree
 from sqlalchemy import Connection
 
-import schemas
 from gateway.errors import (
     ConfigError,
     GatewayError,
@@ -70,54 +69,21 @@ from gateway.store import Store
 from routing.config import Config
 from routing.watch import LiveTable
 
+from . import params
 from .access import Caller, caller_of, check_push, check_query
-from .config import Dataset, RefdbSettings
+from .config import RefdbSettings
 from .schema import ensure_schema
-from .store import MAX_LIMIT, OPERATORS, Filter, PushResult, RefStore
-from .values import BadValue, Converter, FieldError, format_value, parse_value
+from .store import PushResult, RefStore
+from .values import Converter, FieldError, format_value
 from .wire import Fields, RequestReader, add_records, element, envelope
 
-__all__ = ["add_refdb", "RefdbService", "BATCH_ROWS"]
+__all__ = ["RefdbService", "BATCH_ROWS"]
 
 log = logging.getLogger("bmrgw.refdb")
 
 #: Records staged per database transaction while a request streams in.
 BATCH_ROWS = 5000
-DEFAULT_LIMIT = 1000
 _CHUNK = 256 * 1024
-
-
-
-def add_refdb(app: web.Application, *, live: web.AppKey[LiveTable], store: web.AppKey[Store],
-              clock: web.AppKey[Clock], journal: web.AppKey[Journal],
-              security: web.AppKey[MessageSecurity]) -> None:
-    """Mount ``/refdb`` on the gateway app; tables are created or migrated when it starts.
-
-    ``security`` is looked up per request (it is set up after this service starts).
-    """
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        service = RefdbService(live=app[live], engine_store=app[store], clock=app[clock],
-                               journal=app.get(journal), security=lambda: app[security])
-        await service.start()
-        app[SERVICE] = service
-        yield
-
-    app.cleanup_ctx.append(ctx)
-    app.router.add_post("/refdb", _post)
-    app.router.add_get("/refdb", _wsdl)
-
-
-async def _post(request: web.Request) -> web.Response:
-    service: RefdbService = request.app[SERVICE]
-    return await service.handle(request)
-
-
-async def _wsdl(request: web.Request) -> web.Response:
-    if "wsdl" not in request.query:
-        raise web.HTTPNotFound(text="GET /refdb?wsdl for the service description; POST SOAP requests\n")
-    location = str(request.url.with_query(None)).encode()
-    body = schemas.read("refdb.wsdl").replace(b"http://127.0.0.1:8080/refdb", location)
-    return web.Response(body=body, content_type="text/xml", charset="utf-8")
 
 
 @dataclass(eq=False)
@@ -270,9 +236,6 @@ class RefdbService:
             log.error("send/receive log unavailable (%s); refdb operation not logged: %s", exc.reason, record.to_json())
 
 
-SERVICE = web.AppKey("refdb_service", RefdbService)
-
-
 def _internal(exc: Exception) -> GatewayError:
     """A bug or an unforeseen failure: logged with its traceback, answered as a Server fault."""
     log.exception("refdb: unexpected failure")
@@ -400,13 +363,13 @@ class Call:
             self._push, self._base = push_id, push.received
             self.outcome.message_id = push_id
         else:
-            dataset = _required(scalars, "dataset")
+            dataset = params.required(scalars, "dataset")
         tables = self.store.dataset(dataset)
         self.outcome.dataset = dataset
         check_push(self.caller, tables.dataset)
         self._converter = Converter(tables.dataset, self.store.driver)
         if operation == "Upsert" and self._push is None:
-            self._push = self.store.begin_push(dataset, _mode(scalars), self.caller.name)
+            self._push = self.store.begin_push(dataset, params.mode(scalars), self.caller.name)
             self._own_push = True
             self.outcome.message_id = self._push
 
@@ -443,14 +406,14 @@ class Call:
             return
         result = self.store.commit(self._push, self._on_commit)
         self._own_push = False
-        _result(out, result)
+        params.add_result(out, result)
 
     def _op_beginpush(self, reader: RequestReader, out: etree._Element) -> None:
         scalars = reader.scalars
-        dataset = self.store.dataset(_required(scalars, "dataset")).dataset
+        dataset = self.store.dataset(params.required(scalars, "dataset")).dataset
         self.outcome.dataset = dataset.name
         check_push(self.caller, dataset)
-        push_id = self.store.begin_push(dataset.name, _mode(scalars), self.caller.name)
+        push_id = self.store.begin_push(dataset.name, params.mode(scalars), self.caller.name)
         self.outcome.message_id = push_id
         element(out, "dataset", dataset.name)
         element(out, "pushId", push_id)
@@ -458,7 +421,7 @@ class Call:
     def _op_commit(self, reader: RequestReader, out: etree._Element) -> None:
         scalars = reader.scalars
         push_id = self._owned_push(scalars)
-        _result(out, self.store.commit(push_id, self._on_commit))
+        params.add_result(out, self.store.commit(push_id, self._on_commit))
 
     def _op_abort(self, reader: RequestReader, out: etree._Element) -> None:
         scalars = reader.scalars
@@ -467,7 +430,7 @@ class Call:
         element(out, "pushId", push_id)
 
     def _owned_push(self, scalars: Mapping[str, str]) -> str:
-        push_id = _required(scalars, "pushId")
+        push_id = params.required(scalars, "pushId")
         self.outcome.message_id = push_id
         dataset = self.store.open_push(push_id).dataset
         self.outcome.dataset = dataset
@@ -480,14 +443,14 @@ class Call:
             self._prepare("Delete", scalars)
         assert self.outcome.dataset is not None
         self.outcome.message_id = new_message_id()
-        _result(out, self.store.delete(self.outcome.dataset, self._keys, self._on_commit))
+        params.add_result(out, self.store.delete(self.outcome.dataset, self._keys, self._on_commit))
 
     def _op_query(self, reader: RequestReader, out: etree._Element) -> None:
         scalars = reader.scalars
         tables = self._readable(scalars)
-        filters = [_filter(tables.dataset, f, n) for n, f in enumerate(reader.filters, 1)]
-        page = self.store.query(tables.dataset.name, filters, offset=_int(scalars, "offset", 0),
-                                limit=_limit(scalars), version=_optional_int(scalars, "version"))
+        filters = [params.filter_of(tables.dataset, f, n) for n, f in enumerate(reader.filters, 1)]
+        page = self.store.query(tables.dataset.name, filters, offset=params.integer(scalars, "offset", 0),
+                                limit=params.limit(scalars), version=params.optional_integer(scalars, "version"))
         element(out, "dataset", tables.dataset.name)
         element(out, "version", page.version)
         element(out, "more", page.more)
@@ -498,9 +461,9 @@ class Call:
     def _op_changes(self, reader: RequestReader, out: etree._Element) -> None:
         scalars = reader.scalars
         tables = self._readable(scalars)
-        since = _int(scalars, "sinceVersion", None)
-        page = self.store.changes(tables.dataset.name, since, offset=_int(scalars, "offset", 0),
-                                  limit=_limit(scalars), version=_optional_int(scalars, "version"))
+        since = params.integer(scalars, "sinceVersion", None)
+        page = self.store.changes(tables.dataset.name, since, offset=params.integer(scalars, "offset", 0),
+                                  limit=params.limit(scalars), version=params.optional_integer(scalars, "version"))
         columns = tables.dataset.columns
         keys = [c for c in columns if c.name in tables.dataset.key]
         element(out, "dataset", tables.dataset.name)
@@ -512,7 +475,7 @@ class Call:
                     ([(c.name, format_value(row._mapping[c.name], c)) for c in keys] for row in page.deletes))
 
     def _readable(self, scalars: Mapping[str, str]) -> Any:
-        tables = self.store.dataset(_required(scalars, "dataset"))
+        tables = self.store.dataset(params.required(scalars, "dataset"))
         self.outcome.dataset = tables.dataset.name
         check_query(self.caller, tables.dataset)
         return tables
@@ -521,63 +484,3 @@ class Call:
         self._write_log(connection, result, self.outcome, self.caller.name)
 
 
-def _result(out: etree._Element, result: PushResult) -> None:
-    for name in ("dataset", "version", "received", "inserted", "updated", "deleted", "unchanged"):
-        element(out, name, getattr(result, name))
-
-
-def _required(scalars: Mapping[str, str], name: str) -> str:
-    value = scalars.get(name)
-    if not value:
-        raise InvalidRequest(f"the request has no {name}", detail=name)
-    return value
-
-
-def _mode(scalars: Mapping[str, str]) -> str:
-    mode = scalars.get("mode") or "diff"
-    if mode not in ("full", "diff"):
-        raise InvalidRequest(f"mode must be full or diff, not {mode!r}", detail="mode")
-    return mode
-
-
-def _int(scalars: Mapping[str, str], name: str, default: int | None) -> int:
-    text = scalars.get(name)
-    if not text:
-        if default is None:
-            raise InvalidRequest(f"the request has no {name}", detail=name)
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be an integer, not {text!r}", detail=name) from None
-    if value < 0:
-        raise InvalidRequest(f"{name} must not be negative", detail=name)
-    return value
-
-
-def _optional_int(scalars: Mapping[str, str], name: str) -> int | None:
-    return _int(scalars, name, None) if scalars.get(name) else None
-
-
-def _limit(scalars: Mapping[str, str]) -> int:
-    limit = _int(scalars, "limit", DEFAULT_LIMIT)
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidRequest(f"limit must be between 1 and {MAX_LIMIT}, not {limit}", detail="limit")
-    return limit
-
-
-def _filter(dataset: Dataset, attributes: Mapping[str, str], number: int) -> Filter:
-    name = attributes.get("name") or ""
-    op = (attributes.get("op") or "eq").strip()
-    column = dataset.column(name)
-    if column is None:
-        raise InvalidRequest(f"filter {number}: {dataset.name} has no column {name!r}", detail=name)
-    if op not in OPERATORS:
-        raise InvalidRequest(f"filter {number}: op must be one of {', '.join(OPERATORS)}, not {op!r}", detail=op)
-    try:
-        typed = parse_value(attributes.get("value"), column)
-    except BadValue as exc:
-        raise InvalidRequest(f"filter {number} on {name}: {exc}", detail=name) from None
-    if typed is None and op not in ("eq", "ne"):
-        raise InvalidRequest(f"filter {number} on {name}: {op} needs a value", detail=name)
-    return Filter(column=name, op=op, value=typed)

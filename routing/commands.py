@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.errors import UnknownDestination
 
-from .config import Config, Endpoint, MailboxEndpoint, Outbound, PeerEndpoint, UrlEndpoint, load_config
+from .config import Config, Endpoint, MailboxEndpoint, PeerEndpoint, UrlEndpoint, load_config
 from .edit import Outcome, Target, delete_endpoint, edit_file, insert_endpoint, update_endpoint
+from .outbound import Outbound
 from .table import RouteTable
 
 __all__ = ["add_endpoints_command"]

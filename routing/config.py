@@ -13,8 +13,6 @@ by accident.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,8 +20,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from yarl import URL
@@ -33,6 +29,7 @@ from refdb.config import RefdbSettings, parse_refdb
 
 from . import fields as read
 from .fields import MAX_TIMEOUT, NAME_PATTERN
+from .outbound import OUTBOUND_KEYS, Outbound, outbound_from
 from .settings import GatewaySettings, gateway_settings
 
 _ENDPOINT_LIMIT_KEYS = ("max_concurrent", "queue_timeout")
@@ -48,9 +45,6 @@ __all__ = [
     "Peer",
     "BasicLogin",
     "Client",
-    "Outbound",
-    "BasicCredentials",
-    "WssSign",
     "load_config",
     "parse_text",
     "parse_config",
@@ -65,47 +59,6 @@ DEFAULT_QUEUE_TIMEOUT = 5.0
 _NOT_YET = "is not supported by this version of bmrgw yet"
 #: How ``bmrgw hash-password`` hashes start (see gateway/passwords.py).
 HASH_PREFIX = "$scrypt$"
-
-
-@dataclass(frozen=True, kw_only=True)
-class BasicCredentials:
-    user: str
-    """HTTP Basic user name sent to the upstream."""
-    password: str = field(repr=False)
-    """The password, read at config load from ``password_env`` or ``password_file``."""
-    source: str
-    """Where the password came from (for messages; never the password itself)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class WssSign:
-    key: Path
-    """PEM private key that signs outgoing messages."""
-    cert: Path
-    """PEM certificate of that key, sent as the BinarySecurityToken."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Outbound:
-    """How the gateway talks to one upstream (endpoint or peer): TLS trust, client identity.
-
-    Equal values share one TLS context in the upstream seam; ``fingerprint``
-    covers the files' contents, so a reload after a certificate was replaced
-    builds a fresh context.
-    """
-
-    ca: Path | None = None
-    """Trust anchor(s) for an https upstream; ``None`` trusts the system's CAs."""
-    cert: Path | None = None
-    """Client certificate presented to the upstream (mutual TLS)."""
-    key: Path | None = None
-    """Private key of ``cert``."""
-    basic: BasicCredentials | None = None
-    """HTTP Basic credentials sent to the upstream."""
-    wss_sign: WssSign | None = None
-    """Sign outgoing messages with WS-Security (endpoints only)."""
-    fingerprint: str = ""
-    """SHA-256 over the contents of the files above, as loaded."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -286,7 +239,7 @@ def endpoint_from(name: str, raw: Any, peers: Mapping[str, Peer], base: Path | N
     """Validate one ``endpoints.<name>`` entry; relative file names resolve against ``base``."""
     path = f"endpoints.{name}"
     m = read.mapping(raw, path)
-    read.known(m, path, {"url", "urls", "via", "mailbox", "timeout", *_OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS})
+    read.known(m, path, {"url", "urls", "via", "mailbox", "timeout", *OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS})
     kinds = [k for k in ("url", "urls", "via", "mailbox") if k in m]
     if len(kinds) != 1:
         raise ConfigError(f"{path}: needs exactly one of url or via (or urls, a failover list; or mailbox: ID "
@@ -294,7 +247,7 @@ def endpoint_from(name: str, raw: Any, peers: Mapping[str, Peer], base: Path | N
     if "mailbox" in m:
         return _mailbox(name, m, path)
     if "via" in m:
-        for key in ("timeout", *_OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS):
+        for key in ("timeout", *OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS):
             if key in m:
                 raise ConfigError(f"{path}.{key}: set the {key} on the peer, not on a via endpoint")
         via = read.string(m["via"], f"{path}.via")
@@ -302,7 +255,7 @@ def endpoint_from(name: str, raw: Any, peers: Mapping[str, Peer], base: Path | N
             raise ConfigError(f"{path}.via: no peer named {via!r} under peers")
         return PeerEndpoint(name=name, via=via)
     urls = _urls(m, path)
-    outbound = _outbound(m, path, urls[0], base or Path.cwd(), signing=True)
+    outbound = outbound_from(m, path, urls[0], base or Path.cwd(), signing=True)
     if len({URL(u).scheme for u in urls}) > 1 and outbound != Outbound():
         raise ConfigError(f"{path}.urls: mix of http and https URLs with ca/cert/key/basic/wss set")
     return UrlEndpoint(
@@ -320,7 +273,7 @@ JX_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 def _mailbox(name: str, m: Mapping[str, Any], path: str) -> MailboxEndpoint:
-    for key in ("timeout", *_OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS):
+    for key in ("timeout", *OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS):
         if key in m:
             raise ConfigError(f"{path}.{key}: a mailbox endpoint stores messages; it has no {key}")
     mailbox = m["mailbox"]
@@ -414,7 +367,7 @@ def _peers(raw: Any, base: Path) -> Mapping[str, Peer]:
     for name, value in read.mapping(raw, "peers").items():
         path = f"peers.{name}"
         m = read.mapping(value, path)
-        read.known(m, path, {"url", "urls", "timeout", *_OUTBOUND_KEYS, *_ENDPOINT_LIMIT_KEYS})
+        read.known(m, path, {"url", "urls", "timeout", *OUTBOUND_KEYS, *_ENDPOINT_LIMIT_KEYS})
         if ("url" in m) == ("urls" in m):
             raise ConfigError(f"{path}: needs a url (or urls, a failover list)")
         urls = _urls(m, path)
@@ -422,7 +375,7 @@ def _peers(raw: Any, base: Path) -> Mapping[str, Peer]:
             name=name,
             url=urls[0],
             timeout=read.number(m.get("timeout", DEFAULT_TIMEOUT), f"{path}.timeout", low=0.001, high=MAX_TIMEOUT),
-            outbound=_outbound(m, path, urls[0], base, signing=False),
+            outbound=outbound_from(m, path, urls[0], base, signing=False),
             **_endpoint_limits(m, path),
             urls=urls if "urls" in m else (),
         )
@@ -430,94 +383,6 @@ def _peers(raw: Any, base: Path) -> Mapping[str, Peer]:
 
 
 # -- outbound security (endpoints.* and peers.*: ca, cert, key, basic, wss) ----------
-
-_OUTBOUND_KEYS = ("ca", "cert", "key", "basic")
-
-
-def _outbound(m: Mapping[str, Any], path: str, url: str, base: Path, *, signing: bool) -> Outbound:
-    """The ``ca``/``cert``/``key``/``basic`` (and for endpoints ``wss``) keys of one upstream."""
-    if not any(k in m for k in (*_OUTBOUND_KEYS, "wss")):
-        return Outbound()
-    digest = hashlib.sha256()
-    tls = {k: _pem_file(m[k], f"{path}.{k}", base, digest) for k in ("ca", "cert", "key") if k in m}
-    if tls and URL(url).scheme != "https":
-        raise ConfigError(f"{path}: {', '.join(sorted(tls))} only apply to an https:// url")
-    if ("cert" in tls) != ("key" in tls):
-        raise ConfigError(f"{path}: a client certificate needs both cert and key")
-    _check_pem(tls, path)
-    wss = _wss_sign(m["wss"], f"{path}.wss", base, digest) if "wss" in m else None
-    basic = _basic(m["basic"], f"{path}.basic", base) if "basic" in m else None
-    return Outbound(ca=tls.get("ca"), cert=tls.get("cert"), key=tls.get("key"), basic=basic,
-                    wss_sign=wss, fingerprint=digest.hexdigest())
-
-
-def _pem_file(value: Any, path: str, base: Path, digest: Any) -> Path:
-    file = Path(read.file(value, path, base))
-    try:
-        digest.update(file.read_bytes())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read {file}: {exc.strerror or exc}") from exc
-    return file
-
-
-def _check_pem(files: Mapping[str, Path], path: str) -> None:
-    """Refuse files that are not what their key says, so the mistake shows at load, not at first use."""
-    loaded: dict[str, Any] = {}
-    for key, file in files.items():
-        data = file.read_bytes()
-        try:
-            if key == "key":
-                loaded[key] = load_pem_private_key(data, password=None)
-            else:
-                loaded[key] = x509.load_pem_x509_certificates(data)[0]
-        except (ValueError, TypeError) as exc:
-            what = "an unencrypted PEM private key" if key == "key" else "PEM certificate(s)"
-            raise ConfigError(f"{path}.{key}: {file} does not hold {what}: {exc}") from exc
-    if "cert" in loaded and "key" in loaded and loaded["cert"].public_key() != loaded["key"].public_key():
-        raise ConfigError(f"{path}: key {files['key']} does not belong to cert {files['cert']}")
-
-
-def _wss_sign(raw: Any, path: str, base: Path, digest: Any) -> WssSign:
-    m = read.mapping(raw, path)
-    read.known(m, path, {"sign"})
-    sign = read.mapping(m.get("sign"), f"{path}.sign")
-    read.known(sign, f"{path}.sign", {"key", "cert"})
-    files = {k: _pem_file(sign.get(k), f"{path}.sign.{k}", base, digest) for k in ("key", "cert")}
-    _check_pem(files, f"{path}.sign")
-    return WssSign(key=files["key"], cert=files["cert"])
-
-
-def _basic(raw: Any, path: str, base: Path) -> BasicCredentials:
-    m = read.mapping(raw, path)
-    if "password" in m:
-        raise ConfigError(f"{path}.password: a plain password does not belong in endpoints.yaml; "
-                          "use password_env (an environment variable) or password_file")
-    read.known(m, path, {"user", "password_env", "password_file"})
-    user = read.string(m.get("user"), f"{path}.user")
-    if ":" in user:
-        raise ConfigError(f"{path}.user: HTTP Basic user names cannot contain ':'")
-    if ("password_env" in m) == ("password_file" in m):
-        raise ConfigError(f"{path}: needs exactly one of password_env or password_file")
-    if "password_env" in m:
-        var = read.string(m["password_env"], f"{path}.password_env")
-        password = os.environ.get(var)
-        if not password:
-            raise ConfigError(f"{path}.password_env: environment variable {var} is not set or empty")
-        return BasicCredentials(user=user, password=password, source=f"environment variable {var}")
-    return BasicCredentials(user=user, password=_password_file(m["password_file"], path, base),
-                            source=f"file {m['password_file']}")
-
-
-def _password_file(value: Any, path: str, base: Path) -> str:
-    file = Path(read.file(value, f"{path}.password_file", base))
-    try:
-        # One line; the trailing newline an editor adds is not part of the password.
-        password = file.read_text(encoding="utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}.password_file: cannot read {file}: {exc}") from exc
-    if not password:
-        raise ConfigError(f"{path}.password_file: {file} is empty")
-    return password
 
 
 def _urls(m: Mapping[str, Any], path: str) -> tuple[str, ...]:

@@ -36,14 +36,15 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import CommentMark, YAMLError
+from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import ScalarString
 from ruamel.yaml.tokens import CommentToken
 
 from gateway.durable import fsync_dir
 from gateway.errors import ConfigError, GatewayError
 
+from . import comments
 from .config import NAME_PATTERN, Config, parse_text
 
 __all__ = [
@@ -282,7 +283,7 @@ def insert_endpoint(doc: CommentedMap, name: str, target: Target) -> None:
         raise ConfigError(f"an endpoint named {name!r} exists already; change it with 'bmrgw endpoints set'")
     entry = _new_entry(target, flow=target.via is not None or _flow_entries(table))
     if isinstance(table, CommentedMap) and table:
-        _append(table, name, entry)
+        comments.append(table, name, entry)
     else:
         _start_table(doc, name, entry)
 
@@ -294,12 +295,12 @@ def update_endpoint(doc: CommentedMap, name: str, target: Target) -> None:
         raise ConfigError(f"endpoint {name!r} takes a url or a via peer, not both")
     if target.url is not None:
         if "urls" in entry:  # one --url replaces a failover list
-            _delete(entry, "urls")
+            comments.delete(entry, "urls")
         _put(entry, "url", target.url, instead_of="via")
     if target.via is not None:
         _put(entry, "via", target.via, instead_of="url")
         if "timeout" in entry:  # a via endpoint uses its peer's timeout
-            _delete(entry, "timeout")
+            comments.delete(entry, "timeout")
     if target.timeout is not None:
         _put(entry, "timeout", _plain_number(target.timeout))
 
@@ -309,13 +310,13 @@ def delete_endpoint(doc: CommentedMap, name: str) -> None:
     _entry(doc, name)
     table = doc["endpoints"]
     if list(table)[0] != name:
-        _delete(table, name)
+        comments.delete(table, name)
         return
-    _, rest = _split(_tail(table, name).text())
-    _drop_comments_above_first(doc)
-    _delete(table, name)
+    _, rest = comments.split(comments.tail(table, name).text())
+    comments.drop_comments_above_first(doc)
+    comments.delete(table, name)
     if not table:
-        _leave_empty(doc, rest)
+        comments.leave_empty(doc, rest)
 
 
 def _entry(doc: CommentedMap, name: str) -> CommentedMap:
@@ -346,7 +347,7 @@ def _flow_entries(table: Any) -> bool:
     """Whether the table's last entry is written ``{url: …}``, so a new one should be too."""
     if not isinstance(table, CommentedMap) or not table:
         return False
-    last = table[_last_key(table)]
+    last = table[comments.last_key(table)]
     return isinstance(last, CommentedMap) and bool(last.fa.flow_style())
 
 
@@ -355,12 +356,12 @@ def _start_table(doc: CommentedMap, name: str, entry: CommentedMap) -> None:
     table = CommentedMap()
     table[name] = entry
     if "endpoints" not in doc:
-        _append(doc, "endpoints", table)
+        comments.append(doc, "endpoints", table)
         return
     # After "endpoints: {}" or a null "endpoints:" the slot holds what follows
     # the table; with entries it holds what sits above the first entry.
-    slot = _Slot(doc.ca.items, "endpoints", 2)
-    own, rest = _split(slot.text())
+    slot = comments.Slot(doc.ca.items, "endpoints", 2)
+    own, rest = comments.split(slot.text())
     inside, after = _indented_head(rest)
     above_first = _indented_tokens_below(doc)
     doc["endpoints"] = table
@@ -368,7 +369,7 @@ def _start_table(doc: CommentedMap, name: str, entry: CommentedMap) -> None:
     if above_first:
         doc.ca.items["endpoints"][3] = above_first
     if after:
-        _tail(table, name).set("\n" + after)
+        comments.tail(table, name).set("\n" + after)
 
 
 def _indented_head(lines: str) -> tuple[str, str]:
@@ -406,7 +407,7 @@ def _put(entry: CommentedMap, key: str, value: Any, *, instead_of: str | None = 
     elif instead_of is not None and instead_of in entry:
         _rename(entry, instead_of, key, value)
     else:
-        _append(entry, key, value)
+        comments.append(entry, key, value)
 
 
 def _rename(m: CommentedMap, old: str, new: str, value: Any) -> None:
@@ -429,139 +430,3 @@ def _plain_number(value: float) -> int | float:
     return int(value) if float(value).is_integer() else value
 
 
-# -- keeping comments with what they describe ---------------------------------------
-#
-# ruamel.yaml hangs the blank and comment lines that follow an entry on the
-# "tail" slot of the entry's last scalar (ca.items[key][2] in a mapping, [0]
-# in a sequence).  The first line of that text ends the entry's own line (an
-# end of line comment, or just the newline); the lines after it describe what
-# comes next.  So when the last entry changes, those lines move to the new
-# last entry, and a removed entry takes the comment block directly above it
-# (the end of the previous entry's tail) but leaves the lines below it.  The
-# lines between "endpoints:" and the first entry live in the slots of the
-# "endpoints" key itself.
-
-
-@dataclass(frozen=True)
-class _Slot:
-    """One comment position of ruamel's comment attribute: ``items[key][index]``."""
-
-    items: dict[Any, list[Any]]
-    key: Any
-    index: int
-
-    def text(self) -> str:
-        token = (self.items.get(self.key) or [None] * 4)[self.index]
-        return str(token.value) if token is not None else ""
-
-    def set(self, text: str) -> None:
-        entry = self.items.setdefault(self.key, [None, None, None, None])
-        token = entry[self.index]
-        if not text or text == "\n":
-            entry[self.index] = None
-        elif token is None:
-            entry[self.index] = CommentToken(text, CommentMark(0), None)
-        else:
-            token.value = text  # keeps the column of an end of line comment
-
-
-def _tail(node: CommentedMap | CommentedSeq, key: Any) -> _Slot:
-    """The slot holding the lines that follow entry ``key`` of a block collection."""
-    value = node[key]
-    if isinstance(value, (CommentedMap, CommentedSeq)) and value and not value.fa.flow_style():
-        return _tail(value, _last_key(value))
-    return _Slot(node.ca.items, key, 0 if isinstance(node, CommentedSeq) else 2)
-
-
-def _last_key(node: CommentedMap | CommentedSeq) -> Any:
-    return len(node) - 1 if isinstance(node, CommentedSeq) else list(node)[-1]
-
-
-def _split(tail: str) -> tuple[str, str]:
-    """A tail's own line ending (with its end of line comment) and the lines after it."""
-    if not tail:
-        return "\n", ""
-    end = tail.find("\n") + 1 or len(tail)
-    return tail[:end], tail[end:]
-
-
-def _joined(above: str, below: str) -> str:
-    """The lines around a removed entry: ``above`` less the comment block that
-    described the entry and the blank lines over it, then ``below``."""
-    kept = above.splitlines(keepends=True)
-    while kept and kept[-1].lstrip().startswith("#"):
-        kept.pop()
-    while kept and not kept[-1].strip():
-        kept.pop()
-    return "".join(kept) + below
-
-
-def _append(m: CommentedMap, key: str, value: Any) -> None:
-    """Add ``key`` last in ``m``; the lines that followed the old last entry follow the new one."""
-    rest = ""
-    if m:
-        last = _tail(m, _last_key(m))
-        own, rest = _split(last.text())
-        if rest:
-            last.set(own)
-    m[key] = value
-    if rest:
-        _tail(m, key).set("\n" + rest)
-
-
-def _delete(m: CommentedMap, key: str) -> None:
-    """Remove ``key`` and the comments directly above it; keep the lines after it."""
-    keys = list(m)
-    position = keys.index(key)
-    _, rest = _split(_tail(m, key).text())
-    if position > 0:
-        before = _tail(m, keys[position - 1])
-        own, lines = _split(before.text())
-        before.set(own + _joined(lines, rest))
-    elif rest.strip() and len(keys) > 1:
-        _above(m, keys[1], rest.lstrip("\n"))  # the new first entry opens the mapping
-    del m[key]
-    m.ca.items.pop(key, None)
-
-
-def _above(m: CommentedMap, key: str, lines: str) -> None:
-    """Put ``lines`` (blank or comment lines) just above ``key`` of ``m``."""
-    entry = m.ca.items.setdefault(key, [None, None, None, None])
-    entry[1] = [CommentToken(lines, CommentMark(0), None), *(entry[1] or [])]
-
-
-def _leave_empty(doc: CommentedMap, rest: str) -> None:
-    """Leave ``endpoints:`` empty (null), followed by what followed its last entry.
-
-    Not ``endpoints: {}``: ruamel prints the comments after a key before a
-    flow value, which would put them in front of the ``{}``.
-    """
-    doc["endpoints"] = None
-    header = _Slot(doc.ca.items, "endpoints", 2)
-    entry = doc.ca.items.get("endpoints") or [None] * 4
-    lines = "".join(" " * t.column + str(t.value) for t in entry[3] or [])
-    entry[3] = None
-    header.set(_split(header.text())[0] + lines + rest)
-
-
-def _drop_comments_above_first(doc: CommentedMap) -> None:
-    """Drop the comment block between ``endpoints:`` and its first entry.
-
-    ruamel keeps it in the ``endpoints`` key's slots: after an end of line
-    comment on that line as one text, otherwise as one token per line.
-    """
-    header = doc.ca.items.get("endpoints")
-    if not header:
-        return
-    if header[2] is not None:
-        slot = _Slot(doc.ca.items, "endpoints", 2)
-        own, lines = _split(slot.text())
-        slot.set(own + _joined(lines, ""))
-    while header[3] and _lone_comment(header[3][-1]):
-        header[3].pop()
-
-
-def _lone_comment(token: CommentToken) -> bool:
-    """A comment line with no blank line between it and what follows."""
-    value = str(token.value)
-    return value.lstrip().startswith("#") and value.count("\n") <= 1

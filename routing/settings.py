@@ -186,7 +186,6 @@ def _breaker(m: Mapping[str, Any]) -> BreakerSettings:
                            backoff=backoff, max_backoff=top)
 
 
-
 def gateway_settings(raw: Any, db: str | None, peers: frozenset[str], base: Path) -> GatewaySettings:
     """Validate the ``gateway`` section; ``peers`` are the names a ``fallback_peer`` may take."""
     g = read.mapping(raw, "gateway")
@@ -295,7 +294,6 @@ def _jx(raw: Any) -> JxSettings:
                                 "gateway.jx.max_document_bytes", low=1024),
         blobs=blobs,
     )
-
 
 
 def _qname(value: Any) -> str:

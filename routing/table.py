@@ -13,7 +13,8 @@ from urllib.parse import quote
 
 from gateway.errors import UnknownDestination
 
-from .config import Config, MailboxEndpoint, Outbound, Peer, PeerEndpoint, UrlEndpoint
+from .config import Config, MailboxEndpoint, Peer, PeerEndpoint, UrlEndpoint
+from .outbound import Outbound
 
 __all__ = ["Route", "RouteTable"]
 

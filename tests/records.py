@@ -6,8 +6,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine
 
-from gateway.logs.tables import LogFilter, read
 from gateway.logs.records import LogRecord
+from gateway.logs.tables import LogFilter, read
 
 
 def records(db: Path, where: LogFilter = LogFilter()) -> list[LogRecord]:

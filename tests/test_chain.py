@@ -14,10 +14,9 @@ import pytest
 from sqlalchemy import Engine, delete, insert, update
 
 from gateway.logs.chain import ARCHIVE_FORMAT, Report, archive, verify
-from gateway.logs.records import canonical, chain_hash, seal
-from gateway.logs.records import GENESIS, LogRecord
-from gateway.logs.tables import TABLES, heads, read_chain, to_row
 from gateway.logs.journal import Journal
+from gateway.logs.records import GENESIS, LogRecord, canonical, chain_hash, seal
+from gateway.logs.tables import TABLES, heads, read_chain, to_row
 
 from .test_journal import T0, assert_chain, chain, count, entry, store, write  # noqa: F401  (store: fixture)
 

@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 
 from attachments.transfer.receiver import ReceiveOptions, make_receiver_app
-from gateway.errors import SendError
 from attachments.transfer.sender import SendOptions, send_file
+from gateway.errors import SendError
 
 from .certs import DevPki, dev_pki  # noqa: F401  (fixture)
 from .conftest import GatewayFactory, start_app

@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, insert, select, text, update
 
-from gateway.logs.records import chain_hash
+from gateway.errors import JournalUnavailable
 from gateway.logs.chain import verify
 from gateway.logs.clock import Now
-from gateway.logs.records import FIELDS, GENESIS, LogRecord, RelayExchange, pack, unpack_entries
+from gateway.logs.journal import Journal
+from gateway.logs.records import FIELDS, GENESIS, LogRecord, RelayExchange, chain_hash, pack, unpack_entries
 from gateway.logs.tables import (
     TABLES,
     LogFilter,
@@ -33,8 +34,6 @@ from gateway.logs.tables import (
     read_new,
     to_row,
 )
-from gateway.logs.journal import Journal
-from gateway.errors import JournalUnavailable
 from gateway.store import Store
 
 from .pg import pg_schema

@@ -233,7 +233,7 @@ def test_tls_settings_on_a_via_endpoint_are_refused(dev_pki: DevPki) -> None:
 
 def test_tls_context_is_tls12_or_newer(dev_pki: DevPki) -> None:
     from gateway.relay.upstream import tls_context
-    from routing.config import Outbound
+    from routing.outbound import Outbound
     ctx = tls_context(Outbound(ca=dev_pki.ca.cert))
     assert ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
     assert ctx.verify_mode is ssl.CERT_REQUIRED and ctx.check_hostname

@@ -11,12 +11,12 @@ from typing import Any, TypeVar
 
 import pytest
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, RemoteFault
+from gateway.keys import JOURNAL, STORE
 from gateway.logs.tables import LogFilter, read
 from gateway.security.passwords import hash_password
-from gateway.serve.app import JOURNAL, STORE, AppOptions, make_app
+from gateway.serve.app import AppOptions, make_app
 from refdb.client import RefdbClient
-from gateway.errors import RemoteFault
 from routing.config import parse_config
 
 from .certs import DevPki, dev_pki  # noqa: F401  (fixture)

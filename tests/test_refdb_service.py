@@ -16,12 +16,13 @@ from aiohttp import web
 from lxml import etree
 from sqlalchemy import Engine
 
-from gateway.logs.tables import LogFilter, read
-from gateway.logs.records import LogRecord
-from gateway.ns import FAULT, REFDB, SOAP11_ENV, SOAP12_ENV
-from gateway.serve.app import JOURNAL, STORE, AppOptions, make_app
-from refdb.client import RefdbClient
 from gateway.errors import RemoteFault
+from gateway.keys import JOURNAL, STORE
+from gateway.logs.records import LogRecord
+from gateway.logs.tables import LogFilter, read
+from gateway.ns import FAULT, REFDB, SOAP11_ENV, SOAP12_ENV
+from gateway.serve.app import AppOptions, make_app
+from refdb.client import RefdbClient
 from refdb.files import read_records
 from routing.config import parse_config
 

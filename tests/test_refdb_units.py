@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import ConfigError, InvalidRecord, MalformedMessage, MessageTooLarge
+from gateway.errors import ConfigError, FileError, InvalidRecord, MalformedMessage, MessageTooLarge
 from gateway.ns import REFDB, SOAP11_ENV, SoapVersion
 from refdb.config import Column, ColumnType, parse_refdb
-from gateway.errors import FileError
 from refdb.files import read_records
 from refdb.values import BadValue, Converter, FieldError, format_value, parse_value
 from refdb.wire import RequestReader

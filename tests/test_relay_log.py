@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import create_engine
 
 from gateway.logs.chain import verify
-from gateway.logs.tables import LogFilter, read
 from gateway.logs.records import LogRecord
+from gateway.logs.tables import LogFilter, read
 
 from .conftest import GatewayFactory, RecordingBackend, free_port, message, sha256, soap11_headers
 from .sntp import SntpResponder
@@ -180,9 +180,9 @@ async def test_full_log_queue_holds_callers_back_then_refuses(tmp_path: Path) ->
 
     import pytest
 
+    from gateway.errors import JournalUnavailable
     from gateway.logs.clock import Clock
     from gateway.logs.journal import Journal
-    from gateway.errors import JournalUnavailable
     from gateway.store import Store
 
     db = tmp_path / "stuck.db"

@@ -307,7 +307,8 @@ async def test_other_handlers_verify_through_the_app_key(dev_pki: DevPki, tmp_pa
     from aiohttp import web
 
     from gateway.errors import InvalidSignature, UnsupportedMediaType
-    from gateway.serve.app import SECURITY, make_app
+    from gateway.keys import SECURITY
+    from gateway.serve.app import make_app
     from routing.config import Client, parse_config
 
     config = parse_config(secured_config(tmp_path, dev_pki, "http://127.0.0.1:1/x"))

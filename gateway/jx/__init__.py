@@ -18,9 +18,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy import create_engine
 
-from gateway.logs.clock import Clock
+from gateway.keys import CLOCK, JOURNAL, METRICS, NODE, SECURITY
 from gateway.logs.journal import Journal
-from gateway.security.message import MessageSecurity
 from routing.config import Config
 
 from ..errors import DocumentStoreError
@@ -38,10 +37,6 @@ JX_MAILBOX = web.AppKey("jx_mailbox", Mailbox)
 
 _DAY_MS = 86_400_000
 
-#: Gives the clock, the send/receive log (None when logging is off), the metrics registry and the
-#: WS-Security checker (set up after this module's context, hence a getter) of a running app.
-Resources = Callable[[web.Application],
-                     tuple[Clock, Journal | None, CollectorRegistry, Callable[[], MessageSecurity | None]]]
 #: Seconds between refreshes of the mailbox gauges (a query, not per scrape).
 _GAUGE_INTERVAL = 10.0
 
@@ -63,21 +58,22 @@ def open_store(config: Config, *, journal: Journal | None = None, node: str | No
                          node=node or config.gateway.name, log=writer)
 
 
-def add_jx(app: web.Application, config: Config, resources: Resources, *, node: str | None = None) -> None:
-    """Serve ``/jx`` and provide the mailbox seam; call after the log and before the relay are set up."""
-    app.cleanup_ctx.append(_jx_ctx(config, resources, node or config.gateway.name))
+def add_jx(app: web.Application, config: Config) -> None:
+    """Serve ``/jx`` and provide the mailbox seam (:data:`JX_MAILBOX`) from the shared keys of
+    :mod:`gateway.keys`; call after the log and message security and before the relay are set up."""
+    app.cleanup_ctx.append(_jx_ctx(config))
     app.router.add_post("/jx", _post)
     app.router.add_get("/jx", _get)
 
 
-def _jx_ctx(config: Config, resources: Resources, node: str) -> Callable[[web.Application], AsyncIterator[None]]:
+def _jx_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        clock, journal, registry, security = resources(app)
-        store = open_store(config, journal=journal, node=node)
+        clock, journal, registry = app[CLOCK], app.get(JOURNAL), app[METRICS].registry
+        store = open_store(config, journal=journal, node=app[NODE])
         try:  # closed also when the gateway does not start
             await asyncio.to_thread(store.open)
             app[JX_SERVICE] = JxService(store=store, settings=config.gateway, clock=clock, journal=journal,
-                                        security=security)
+                                        security=lambda: app.get(SECURITY))
             app[JX_MAILBOX] = Mailbox(store, clock, max_bytes=config.gateway.jx.max_document_bytes)
             tasks = [asyncio.create_task(_gauges(store, registry))]
             if config.gateway.jx.retention_days:

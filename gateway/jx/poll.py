@@ -55,8 +55,6 @@ _SENT, _FAILED = "sent", "failed"
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
 
-
-
 @dataclass(frozen=True, kw_only=True)
 class PollOptions:
     server: str

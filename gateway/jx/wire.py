@@ -405,7 +405,6 @@ class RequestReader:
 # -- responses -----------------------------------------------------------------
 
 
-
 def response_envelope(namespace: str, operation: str, header: MessageHeader,
                       values: list[tuple[str, str]]) -> bytes:
     """``<OpResponse>`` with ``values`` (name, text) in order, and the MessageHeader, as UTF-8 bytes."""

@@ -53,18 +53,6 @@ __all__ = ["verify", "archive", "Problem", "Report", "ArchiveResult", "ARCHIVE_F
 ARCHIVE_FORMAT = "bmrgw-log-archive/1"
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 # -- verification --------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,8 +229,6 @@ class Anchor:
     """Hash of the last archived record."""
     prev_archive: str | None
     """The file holding this chain's records before these."""
-
-
 
 
 def _header(path: Path) -> dict[str, Any]:

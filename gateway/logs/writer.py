@@ -74,8 +74,6 @@ _CAP_SYS_NICE = 23  # bit in /proc/self/status CapEff
 log = logging.getLogger(__name__)
 
 
-
-
 class WriterProcess:
     """One writer process for one node's chain, driven from the event loop."""
 

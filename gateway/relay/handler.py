@@ -28,11 +28,9 @@ bytes as they passed.  A :class:`Trace` collects those facts on the way.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import aiohttp
@@ -51,11 +49,12 @@ from gateway.errors import (
     RequestTimeout,
     RoutingLoop,
     UnsupportedMediaType,
+    UpstreamError,
 )
 from gateway.ids import new_message_id
-from gateway.logs.clock import Clock, Reading
+from gateway.logs.clock import Clock
 from gateway.logs.journal import Journal
-from gateway.logs.records import RelayExchange, describe, text_problem
+from gateway.logs.records import describe
 from gateway.metrics import Metrics
 from gateway.ns import H_MESSAGE_ID, H_SOAPACTION, H_VIA, SoapVersion
 from gateway.parser import SCAN_WHOLE, EnvelopeHead, HeadScanner, scan_head
@@ -68,7 +67,8 @@ from routing.table import Route, RouteTable
 from routing.watch import LiveTable
 
 from .resilience import may_have_sent, sent_to
-from .upstream import Upstream, translate
+from .trace import Exchange, Trace, check_loggable
+from .upstream import Reply, Upstream
 
 __all__ = ["Relay", "Deposit", "MAX_HOPS", "SMALL_BODY"]
 
@@ -93,74 +93,6 @@ _DROP_RESPONSE = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Connection", "TE", "Trailer",
     "Transfer-Encoding", "Upgrade", "Content-Length", "Date", "Server",
 ))
-
-
-@dataclass(frozen=True, kw_only=True)
-class Exchange:
-    """What the relay learned about one request before forwarding it."""
-
-    route: Route
-    message_id: str
-    via: str
-
-
-@dataclass(eq=False)
-class Trace:
-    """What one exchange did, collected as it happens, for the metrics and the log."""
-
-    arrived: Reading
-    started: float
-    message_id: str | None = None
-    client: str | None = None
-    """The authenticated client's name (``clients`` in endpoints.yaml)."""
-    sender: str | None = None
-    destination: str | None = None
-    endpoint: str | None = None
-    """The URL the message went to."""
-    label: str = "-"
-    """Metrics label: a name from the route table, never raw client input."""
-    request_bytes: int = 0
-    request_digest: hashlib._Hash = field(default_factory=hashlib.sha256)
-    forwarded: bool = False
-    forwarded_bytes: int | None = None
-    """Size of the body sent upstream when the gateway changed it (WS-Security signing)."""
-    answered: float | None = None
-    """perf_counter() when the endpoint's answer began."""
-    response_in: int = 0
-    response_out: int = 0
-    response_digest: hashlib._Hash = field(default_factory=hashlib.sha256)
-    http_status: int | None = None
-    fault_code: str | None = None
-    status: str = "ok"
-
-    def took_request(self, chunk: bytes) -> None:
-        self.request_bytes += len(chunk)
-        self.request_digest.update(chunk)
-
-    def sent_response(self, chunk: bytes, *, relayed: bool = True) -> None:
-        self.response_out += len(chunk)
-        if relayed:
-            self.response_in += len(chunk)
-        self.response_digest.update(chunk)
-
-    def exchange(self, ended: Reading) -> RelayExchange:
-        """What the log keeps of this exchange (its request and its response record)."""
-        now = time.perf_counter()
-        return RelayExchange._make((  # _make is tuple.__new__: no Python frame for 23 arguments
-            *self.arrived, *ended, "ok" if self.forwarded else self.status, self.status, self.message_id,
-            self.sender, self.destination, self.endpoint, self.client,
-            self.request_bytes, (self.forwarded_bytes or self.request_bytes) if self.forwarded else 0,
-            self.request_digest.hexdigest(), 1000 * ((self.answered or now) - self.started),
-            self.response_in, self.response_out, self.response_digest.hexdigest(), 1000 * (now - self.started),
-            self.http_status, self.fault_code))
-
-
-def _check_loggable(what: str, field: str, value: str | None, trace: Trace) -> None:
-    """Refuse a name the client chose that the log record could not hold (the fault is logged without it)."""
-    if value is not None and (problem := text_problem(field, value)):
-        if field == "message_id":
-            trace.message_id = new_message_id()  # the fault and its records carry a fresh one
-        raise MalformedMessage(f"{what} {problem}")
 
 
 def passed_gateways(via: str) -> list[str]:
@@ -273,7 +205,7 @@ class Relay:
         version = _caller_version(request)
         try:
             trace.message_id = request.headers.get(H_MESSAGE_ID)
-            _check_loggable(f"header {H_MESSAGE_ID}", "message_id", trace.message_id, trace)
+            check_loggable(f"header {H_MESSAGE_ID}", "message_id", trace.message_id, trace)
             if self._journal is not None:
                 await self._journal.admit()
             exchange, body = await self._prepare(request, table, trace)
@@ -315,15 +247,15 @@ class Relay:
         if request.content_length is not None and request.content_length > limit:
             raise MessageTooLarge(f"message of {request.content_length} bytes exceeds the limit of {limit}")
         head, body = await self._read_head(request, settings, trace, framer, limit)
-        _check_loggable("the MessageId", "message_id", head.message_id, trace)
+        check_loggable("the MessageId", "message_id", head.message_id, trace)
         trace.message_id = head.message_id or trace.message_id or new_message_id()
-        _check_loggable("the sender (From)", "from_ap", head.sender, trace)
+        check_loggable("the sender (From)", "from_ap", head.sender, trace)
         trace.sender = head.sender
         if version is not None and head.version is not version:
             raise MalformedMessage(f"Content-Type {request.content_type} announces SOAP {version.value} "
                                    f"but the Envelope is SOAP {head.version.value}")
         destination = destination_of(head, request.match_info.get("ap"))
-        _check_loggable("the destination", "to_ap", destination, trace)
+        check_loggable("the destination", "to_ap", destination, trace)
         trace.destination = destination
         authorise(client_of(request), destination)
         route = table.resolve(destination, passed=passed)
@@ -502,24 +434,21 @@ def _scan(scanner: HeadScanner, whole: bytes) -> EnvelopeHead:
     return scanner.finish()
 
 
-def _reply_headers(reply: aiohttp.ClientResponse, exchange: Exchange) -> CIMultiDict[str]:
+def _reply_headers(reply: Reply, exchange: Exchange) -> CIMultiDict[str]:
     headers = CIMultiDict((k, v) for k, v in reply.headers.items() if k.lower() not in _DROP_RESPONSE)
     headers[H_MESSAGE_ID] = exchange.message_id
     headers["Server"] = SERVER
     return headers
 
 
-async def _respond(request: web.Request, reply: aiohttp.ClientResponse, exchange: Exchange,
+async def _respond(request: web.Request, reply: Reply, exchange: Exchange,
                    trace: Trace) -> web.StreamResponse:
     """Pass the upstream's answer back unchanged (status, headers, body)."""
     headers = _reply_headers(reply, exchange)
     trace.http_status = reply.status
     trace.status = "ok" if reply.status < 300 else "fault"
     if reply.content_length is not None and reply.content_length <= SMALL_BODY:
-        try:
-            body = await reply.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise translate(exc, exchange.route) from exc
+        body = await reply.read()
         trace.sent_response(body)
         return web.Response(status=reply.status, reason=reply.reason, body=body, headers=headers)
     response = web.StreamResponse(status=reply.status, reason=reply.reason, headers=headers)
@@ -527,10 +456,10 @@ async def _respond(request: web.Request, reply: aiohttp.ClientResponse, exchange
         response.content_length = reply.content_length
     await response.prepare(request)
     try:
-        async for chunk in reply.content.iter_any():
+        async for chunk in reply.chunks():
             trace.sent_response(chunk)
             await response.write(chunk)
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (UpstreamError, aiohttp.ClientError, TimeoutError) as exc:
         # The status line is already sent: the only honest signal left is to
         # cut the connection so the caller sees an incomplete answer.
         log.warning("%s broke off its answer to message %s: %s", exchange.route.endpoint, exchange.message_id, exc)

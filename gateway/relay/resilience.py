@@ -26,7 +26,6 @@ from collections.abc import AsyncIterable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -38,9 +37,9 @@ from routing.watch import LiveTable
 
 from .breaker import Breaker, Circuits, State
 from .limits import Gate, RateLimiter
-from .upstream import Upstream
+from .upstream import Reply, Upstream, never_sent
 
-__all__ = ["Resilience", "Resilient", "sent_to", "may_have_sent", "never_sent", "urls_of", "CIRCUIT_OPEN"]
+__all__ = ["Resilience", "Resilient", "sent_to", "may_have_sent", "urls_of", "CIRCUIT_OPEN"]
 
 log = logging.getLogger("bmrgw.resilience")
 
@@ -148,7 +147,7 @@ class Resilient:
         self._res = resilience
 
     async def post(self, route: Route, headers: Mapping[str, str],
-                   body: bytes | AsyncIterable[bytes]) -> aiohttp.ClientResponse:
+                   body: bytes | AsyncIterable[bytes]) -> Reply:
         _SENT_TO.set(None)
         plan = self._res.plan(route)
         if plan.gate is not None:
@@ -160,11 +159,11 @@ class Resilient:
                 plan.gate.release()
             raise
         if plan.gate is not None:
-            _release_with(reply, plan.gate.release)
+            reply.when_released(plan.gate.release)
         return reply
 
     async def _try_each(self, route: Route, plan: Plan, headers: Mapping[str, str],
-                        body: bytes | AsyncIterable[bytes]) -> aiohttp.ClientResponse:
+                        body: bytes | AsyncIterable[bytes]) -> Reply:
         error: UpstreamError | None = None
         failed_url = ""
         for url, key in _candidates(route, plan):
@@ -184,7 +183,7 @@ class Resilient:
         raise error
 
     async def _attempt(self, route: Route, url: str, breaker: Breaker, headers: Mapping[str, str],
-                       body: bytes | AsyncIterable[bytes]) -> aiohttp.ClientResponse | UpstreamError:
+                       body: bytes | AsyncIterable[bytes]) -> Reply | UpstreamError:
         """Post to ``url``; returns the error when retrying elsewhere is safe, raises it when not."""
         try:
             reply = await self._inner.post(route if url == route.url else dataclasses.replace(route, url=url),
@@ -218,12 +217,6 @@ def _candidates(route: Route, plan: Plan) -> Iterator[tuple[str, str]]:
             yield key.rstrip("/") + tail, key
 
 
-def never_sent(error: UpstreamError) -> bool:
-    """Whether the failure happened before any byte of the request left: only then is a retry safe."""
-    cause = error.__cause__
-    return isinstance(cause, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
-
-
 def may_have_sent(error: GatewayError) -> bool:
     """Whether any byte of the request may have left for an upstream (for the log's request record)."""
     if isinstance(error, EndpointBusy) or error.detail == CIRCUIT_OPEN:
@@ -236,15 +229,6 @@ def _open_error(route: Route, breaker: Breaker) -> EndpointUnavailable:
         f"{route.endpoint} is not tried: the circuit of {breaker.url} is open after {breaker.failures} "
         f"failures ({breaker.last_error}); next probe in {breaker.seconds_left():.1f} s",
         destination=route.destination, endpoint=route.endpoint, detail=CIRCUIT_OPEN)
-
-
-def _release_with(reply: aiohttp.ClientResponse, release: Callable[[], None]) -> None:
-    """Call ``release`` once the answer's connection is given back (body read, released or closed)."""
-    connection = reply.connection
-    if connection is None:  # the whole answer is in already
-        release()
-        return
-    connection.add_callback(release)
 
 
 class ResilienceCollector(Collector):

@@ -1,4 +1,8 @@
-"""The relay's one seam to upstreams: POST a body to a route, get a streaming reply.
+"""The relay's one seam to upstreams: POST a body to a route, get a streaming :class:`Reply`.
+
+:class:`Upstream` is one method returning the gateway's own :class:`Reply`
+(status, headers, a body read whole or in chunks), so the relay never sees an
+aiohttp type and a test can swap the upstream (``AppOptions.upstream``).
 
 aiohttp's client errors are translated here, and only here, into
 :class:`~gateway.errors.EndpointUnavailable` and
@@ -24,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,10 +36,10 @@ import aiohttp
 from yarl import URL
 
 from gateway.errors import EndpointTimeout, EndpointUnavailable, UpstreamError
-from routing.config import Outbound
+from routing.outbound import Outbound
 from routing.table import Route
 
-__all__ = ["Upstream", "HttpUpstream", "translate", "tls_context"]
+__all__ = ["Upstream", "Reply", "HttpUpstream", "HttpReply", "translate", "never_sent", "tls_context"]
 
 #: Distinct outbound settings kept before the cache starts afresh (reloads add new ones).
 _MAX_HOPS_CACHED = 4096
@@ -44,12 +48,36 @@ _MAX_HOPS_CACHED = 4096
 _UNPACED = 64 * 1024
 
 
+class Reply(Protocol):
+    """An upstream's answer, once its headers arrived; reading its body raises only gateway errors."""
+
+    status: int
+    reason: str | None
+    headers: Mapping[str, str]
+    content_length: int | None
+    """Declared body length, or ``None`` when the body is chunked or ends with the connection."""
+
+    async def read(self) -> bytes:
+        """The whole body (:class:`~gateway.errors.UpstreamError` when it breaks off)."""
+        ...
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives (:class:`~gateway.errors.UpstreamError` when it breaks off)."""
+        ...
+
+    def release(self) -> None:
+        """Give the connection back (reading the rest) or close it; the reply is done."""
+        ...
+
+    def when_released(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, when the connection is given back or closed."""
+        ...
+
+
 class Upstream(Protocol):
     """Sends one request to a route and returns the reply once its headers arrived."""
 
-    async def post(
-        self, route: Route, headers: Mapping[str, str], body: bytes | AsyncIterable[bytes]
-    ) -> aiohttp.ClientResponse: ...
+    async def post(self, route: Route, headers: Mapping[str, str], body: bytes | AsyncIterable[bytes]) -> Reply: ...
 
     async def close(self) -> None: ...
 
@@ -75,6 +103,48 @@ def translate(exc: BaseException, route: Route) -> UpstreamError:
     if isinstance(exc, aiohttp.ClientResponseError):
         return EndpointUnavailable(f"{route.endpoint} sent an invalid HTTP response: {exc.message}", **where)
     return EndpointUnavailable(f"connection to {route.endpoint} failed: {exc}{_hint(route)}", **where)
+
+
+def never_sent(error: UpstreamError) -> bool:
+    """Whether the failure happened before any byte of the request left: only then is a retry safe."""
+    return isinstance(error.__cause__, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
+
+
+class HttpReply:
+    """The :class:`Reply` of :class:`HttpUpstream`: an aiohttp response whose errors are translated here."""
+
+    __slots__ = ("status", "reason", "headers", "content_length", "_response", "_route")
+
+    def __init__(self, response: aiohttp.ClientResponse, route: Route) -> None:
+        self.status = response.status
+        self.reason = response.reason
+        self.headers: Mapping[str, str] = response.headers
+        self.content_length = response.content_length
+        self._response = response
+        self._route = route
+
+    async def read(self) -> bytes:
+        try:
+            return await self._response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise translate(exc, self._route) from exc
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise translate(exc, self._route) from exc
+
+    def release(self) -> None:
+        self._response.release()
+
+    def when_released(self, callback: Callable[[], None]) -> None:
+        connection = self._response.connection
+        if connection is None:  # the whole answer is in already
+            callback()
+        else:
+            connection.add_callback(callback)
 
 
 def _hint(route: Route) -> str:
@@ -144,7 +214,10 @@ class HttpUpstream:
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._hops: dict[Outbound, _Hop] = {}
 
-    async def post(
+    async def post(self, route: Route, headers: Mapping[str, str], body: bytes | AsyncIterable[bytes]) -> Reply:
+        return HttpReply(await self._send(route, headers, body), route)
+
+    async def _send(
         self, route: Route, headers: Mapping[str, str], body: bytes | AsyncIterable[bytes]
     ) -> aiohttp.ClientResponse:
         url = self._urls.get(route.url) or self._urls.setdefault(route.url, URL(route.url))

@@ -37,8 +37,6 @@ _INSERT = insert(REPLAY_TABLE)
 _PURGE = delete(REPLAY_TABLE).where(REPLAY_TABLE.c.keep_until < bindparam("now"))
 
 
-
-
 @dataclass(eq=False)
 class _Waiting:
     """One signature waiting for the next group commit."""

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from gateway.errors import GatewayError, JournalUnavailable, StoreUnavailable
 from gateway.jx import JX_MAILBOX, add_jx
+from gateway.keys import CLOCK, JOURNAL, LIVE, METRICS, NODE, SECURITY, STORE
 from gateway.logs.chain import archive
 from gateway.logs.clock import Clock
 from gateway.logs.commands import archive_dir
@@ -30,27 +31,20 @@ from gateway.relay.handler import SERVER, Relay
 from gateway.relay.resilience import RESILIENCE, Resilient
 from gateway.relay.upstream import HttpUpstream, Upstream
 from gateway.security.auth import auth_middleware
-from gateway.security.message import MessageSecurity, message_security
+from gateway.security.message import message_security
 from gateway.soap import fault_content_type, gateway_fault, version_for
 from gateway.store import Store, database_url
-from refdb.service import add_refdb
+from refdb.routes import add_refdb
 from routing.config import Config, load_config
 from routing.watch import LiveTable, watch
 
 from . import control, heap
 
-__all__ = ["make_app", "reloaded", "AppOptions", "LIVE", "METRICS", "STORE", "CLOCK", "JOURNAL", "SECURITY"]
+__all__ = ["make_app", "reloaded", "AppOptions", "RELAY"]
 
 log = logging.getLogger("bmrgw")
 
-LIVE = web.AppKey("live", LiveTable)
-METRICS = web.AppKey("metrics", Metrics)
-STORE = web.AppKey("store", Store)
-CLOCK = web.AppKey("clock", Clock)
-JOURNAL = web.AppKey("journal", Journal)
 RELAY = web.AppKey("relay", Relay)
-#: WS-Security verify/sign and the replay records, for every handler that takes SOAP from clients.
-SECURITY = web.AppKey("security", MessageSecurity)
 
 _DAY = 86400.0
 
@@ -76,15 +70,14 @@ def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Applicat
     app.middlewares.append(auth_middleware(lambda: app[LIVE].current.config.clients, fault_response,
                                            _log_refusal(app)))
     app[METRICS] = Metrics()
+    app[NODE] = options.node or config.gateway.name
     app.cleanup_ctx.append(_store_ctx(config))
-    app.cleanup_ctx.append(_log_ctx(config, options.node or config.gateway.name))
-    add_jx(app, config, lambda a: (a[CLOCK], a.get(JOURNAL), a[METRICS].registry, lambda: a.get(SECURITY)),
-           node=options.node or config.gateway.name)
-    add_refdb(app, live=LIVE, store=STORE, clock=CLOCK, journal=JOURNAL,  # before the relay: may refuse to start
-              security=SECURITY)
+    app.cleanup_ctx.append(_log_ctx(config))
+    app.cleanup_ctx.append(_security_ctx)
+    add_jx(app, config)
+    add_refdb(app)  # before the relay: may refuse to start
     app.cleanup_ctx.append(_relay_ctx(options))
-    control.install(app, app[LIVE], node=options.node or config.gateway.name, store=lambda a: a[STORE],
-                    metrics=app[METRICS].registry, fault=fault_response, refused=_log_refusal(app, "limit"))
+    control.install(app, fault=fault_response, refused=_log_refusal(app, "limit"))
     if options.watch_config and config.source is not None:
         app.cleanup_ctx.append(_watch_ctx(config, options))
     app.router.add_post("/soap", _relay)
@@ -102,14 +95,14 @@ def _store_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[None
     return ctx
 
 
-def _log_ctx(config: Config, node: str) -> Callable[[web.Application], AsyncIterator[None]]:
+def _log_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:
     """NTP time and the send/receive log; the log is flushed when the gateway stops."""
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         app[CLOCK] = clock = Clock.from_settings(config.gateway.ntp)
         await clock.start()
         retention: asyncio.Task[None] | None = None
         if config.gateway.logs.enabled:
-            app[JOURNAL] = journal = Journal(app[STORE].engine, node=node)
+            app[JOURNAL] = journal = Journal(app[STORE].engine, node=app[NODE])
             await journal.start()
             if config.gateway.logs.retention_days:
                 retention = asyncio.create_task(_retain(app[STORE], config))
@@ -139,16 +132,21 @@ async def _retain(store: Store, config: Config) -> None:
         await asyncio.sleep(_DAY)
 
 
+async def _security_ctx(app: web.Application) -> AsyncIterator[None]:
+    """WS-Security and the replay records, shared by the relay, JX and refdb."""
+    app[SECURITY] = await message_security(app[STORE].engine, app[CLOCK])
+    yield
+    app[SECURITY].close()
+
+
 def _relay_ctx(options: AppOptions) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         upstream = Resilient(options.upstream(), app[RESILIENCE])
-        app[SECURITY] = await message_security(app[STORE].engine, app[CLOCK])
         app[RELAY] = Relay(table=app[LIVE], upstream=upstream, metrics=app[METRICS],
                            clock=app[CLOCK], journal=app.get(JOURNAL), security=app[SECURITY],
                            deposit=app.get(JX_MAILBOX))
         yield
         await upstream.close()
-        app[SECURITY].close()
     return ctx
 
 

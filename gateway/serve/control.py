@@ -26,18 +26,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 from sqlalchemy import Column, Engine, Float, Integer, MetaData, String, Table, delete, func, insert, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.errors import ConfigError, UnknownDestination
+from gateway.keys import LIVE, METRICS, NODE, STORE
 from gateway.relay.breaker import Breaker, State
 from gateway.relay.limits import Fault, Refused, rate_middleware
 from gateway.relay.resilience import RESILIENCE, Resilience, ResilienceCollector, urls_of
 from gateway.store import Store, database_url
 from routing.config import Config
-from routing.watch import LiveTable
 
 __all__ = ["Publisher", "CircuitRow", "read_circuits", "request_reset", "install", "reset", "circuit_lines",
            "circuit_listing", "STALE_SECONDS"]
@@ -166,31 +165,29 @@ class Publisher:
             connection.execute(delete(STATE).where(STATE.c.node == self.node))
 
 
-def install(app: web.Application, live: LiveTable, *, node: str, store: Callable[[web.Application], Store],
-            metrics: CollectorRegistry, fault: Fault, refused: Refused) -> None:
+def install(app: web.Application, *, fault: Fault, refused: Refused) -> None:
     """Wire resilience into ``app``: state, the rate-limit middleware, metrics, the store publisher.
 
     Call after the authentication middleware (the rate limit counts per
     authenticated client) and after the store's cleanup_ctx.
     """
+    live = app[LIVE]
     res = app[RESILIENCE] = Resilience(live)
     app.middlewares.append(rate_middleware(res.limiter, lambda: live.current.config.gateway.limits, fault, refused))
-    metrics.register(ResilienceCollector(res))
-    app.cleanup_ctx.append(_control_ctx(node, store))
+    app[METRICS].registry.register(ResilienceCollector(res))
+    app.cleanup_ctx.append(_control_ctx)
 
 
-def _control_ctx(node: str, store: Callable[[web.Application], Store]) -> Any:
+async def _control_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: run the publisher while the app runs; withdraw this process's rows at the end."""
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        publisher = Publisher(store(app).engine, node, app[RESILIENCE])
-        task = asyncio.create_task(publisher.run(), name="circuit-control")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, SQLAlchemyError):
-            await task
-        with contextlib.suppress(SQLAlchemyError):
-            await asyncio.to_thread(publisher.withdraw)
-    return ctx
+    publisher = Publisher(app[STORE].engine, app[NODE], app[RESILIENCE])
+    task = asyncio.create_task(publisher.run(), name="circuit-control")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, SQLAlchemyError):
+        await task
+    with contextlib.suppress(SQLAlchemyError):
+        await asyncio.to_thread(publisher.withdraw)
 
 
 # -- the CLI's side ------------------------------------------------------------------

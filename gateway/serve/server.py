@@ -26,13 +26,14 @@ import socket
 from aiohttp import web
 
 from gateway.errors import ConfigError
+from gateway.keys import LIVE
 from gateway.relay.limits import ListenSite, busy_answer
 from gateway.relay.resilience import RESILIENCE
 from gateway.security.tls import server_context
 from routing.config import Config, load_config
 
 from . import heap
-from .app import LIVE, AppOptions, make_app, reloaded
+from .app import AppOptions, make_app, reloaded
 from .options import ServeOptions
 from .workers import supervise
 

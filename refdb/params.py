@@ -1,0 +1,87 @@
+"""The scalar parameters of a refdb request (SPEC.md capability (F)): read, checked, and turned into filters.
+
+Each helper raises :class:`~gateway.errors.InvalidRequest` naming the
+parameter, so the client's fault says what to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from lxml import etree
+
+from gateway.errors import (
+    InvalidRequest,
+)
+
+from .config import Dataset
+from .store import MAX_LIMIT, OPERATORS, Filter, PushResult
+from .values import BadValue, parse_value
+from .wire import element
+
+__all__ = ["DEFAULT_LIMIT", "add_result", "required", "mode", "integer", "optional_integer", "limit", "filter_of"]
+
+
+DEFAULT_LIMIT = 1000
+
+
+def add_result(out: etree._Element, result: PushResult) -> None:
+    for name in ("dataset", "version", "received", "inserted", "updated", "deleted", "unchanged"):
+        element(out, name, getattr(result, name))
+
+
+def required(scalars: Mapping[str, str], name: str) -> str:
+    value = scalars.get(name)
+    if not value:
+        raise InvalidRequest(f"the request has no {name}", detail=name)
+    return value
+
+
+def mode(scalars: Mapping[str, str]) -> str:
+    mode = scalars.get("mode") or "diff"
+    if mode not in ("full", "diff"):
+        raise InvalidRequest(f"mode must be full or diff, not {mode!r}", detail="mode")
+    return mode
+
+
+def integer(scalars: Mapping[str, str], name: str, default: int | None) -> int:
+    text = scalars.get(name)
+    if not text:
+        if default is None:
+            raise InvalidRequest(f"the request has no {name}", detail=name)
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an integer, not {text!r}", detail=name) from None
+    if value < 0:
+        raise InvalidRequest(f"{name} must not be negative", detail=name)
+    return value
+
+
+def optional_integer(scalars: Mapping[str, str], name: str) -> int | None:
+    return integer(scalars, name, None) if scalars.get(name) else None
+
+
+def limit(scalars: Mapping[str, str]) -> int:
+    limit = integer(scalars, "limit", DEFAULT_LIMIT)
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidRequest(f"limit must be between 1 and {MAX_LIMIT}, not {limit}", detail="limit")
+    return limit
+
+
+def filter_of(dataset: Dataset, attributes: Mapping[str, str], number: int) -> Filter:
+    name = attributes.get("name") or ""
+    op = (attributes.get("op") or "eq").strip()
+    column = dataset.column(name)
+    if column is None:
+        raise InvalidRequest(f"filter {number}: {dataset.name} has no column {name!r}", detail=name)
+    if op not in OPERATORS:
+        raise InvalidRequest(f"filter {number}: op must be one of {', '.join(OPERATORS)}, not {op!r}", detail=op)
+    try:
+        typed = parse_value(attributes.get("value"), column)
+    except BadValue as exc:
+        raise InvalidRequest(f"filter {number} on {name}: {exc}", detail=name) from None
+    if typed is None and op not in ("eq", "ne"):
+        raise InvalidRequest(f"filter {number} on {name}: {op} needs a value", detail=name)
+    return Filter(column=name, op=op, value=typed)
