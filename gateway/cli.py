@@ -18,6 +18,7 @@ from attachments.transfer.commands import add_file_commands
 from gateway.logs.commands import add_logs_command, add_time_command
 from gateway.security.message import add_wss_command
 from gateway.security.pki import add_pki_command
+from gateway.terminal import add_db_option, db_url
 from refdb.commands import add_refdb_command
 from routing.commands import add_endpoints_command
 
@@ -97,7 +98,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--host", help="listen address (default: gateway.listen.host, else 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default: gateway.listen.port, else 8080)")
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="local files (default: gateway.data_dir, else ./var)")
-    p.add_argument("--db", metavar="URL", help="store URL, e.g. postgresql://host/db (default: $BMRGW_DB_URL, else gateway.db)")
+    add_db_option(p)
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run N gateway processes on the same port (SO_REUSEPORT), sharing the store; "
@@ -116,7 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = ServeOptions(
         config=args.config, host=args.host, port=args.port, data_dir=args.data_dir,
-        db=args.db or os.environ.get("BMRGW_DB_URL") or None,
+        db=db_url(args),
         workers=max(1, args.workers), worker=args.worker, log_level=args.log_level, node=args.node,
     )
     return serve(options)

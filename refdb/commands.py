@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.errors import ConfigError, FileError, RemoteFault
+from gateway.terminal import Progress as Display
+from gateway.terminal import count
 from routing.config import load_config
 
 from .client import DEFAULT_BATCH, RefdbClient
@@ -195,33 +197,22 @@ def _report(result: PushResult, seconds: float) -> str:
 
 
 class _Bar:
-    """A progress bar of the records sent, on stderr (a line per 10 % when stderr is not a terminal)."""
+    """The push's progress display: records sent of the file's records, estimated from how many the
+    reader has read in how many bytes (exact once it reached the end), since it reads a batch ahead."""
 
-    def __init__(self, progress: Progress, *, enabled: bool) -> None:
-        self.progress = progress
-        self.enabled = enabled
-        self.tty = sys.stderr.isatty()
+    def __init__(self, reading: Progress, *, enabled: bool) -> None:
+        self.reading = reading
         self.started = time.monotonic()
-        self._shown = -1
+        self.display = Display(0, unit=count("records"), enabled=enabled, estimated=True)
 
     def update(self, records: int) -> None:
-        """``records`` sent: their share of the file's records, estimated from how many the reader
-        has read in how many bytes (exact once it reached the end), since it reads a batch ahead."""
-        if not self.enabled:
-            return
-        read, done, total = self.progress.records, self.progress.done, self.progress.total
-        percent = min(100, 100 * records * done // (read * total)) if read and total else 100
-        if self.tty:
-            filled = percent // 5
-            print(f"\r[{'#' * filled}{'.' * (20 - filled)}] {percent:3d}% {records:,} records",
-                  end="", file=sys.stderr, flush=True)
-        elif percent // 10 > self._shown:
-            self._shown = percent // 10
-            print(f"{percent}% {records:,} records", file=sys.stderr, flush=True)
+        read, done, total = self.reading.records, self.reading.done, self.reading.total
+        estimate = read * total / done if read and done else records
+        self.display.estimated = done < total
+        self.display.update(records, max(estimate, records))
 
     def end(self) -> None:
-        if self.enabled and self.tty:
-            print(file=sys.stderr)
+        self.display.close()
 
 
 def _query(args: argparse.Namespace) -> int:

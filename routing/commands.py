@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import UnknownDestination
+from gateway.terminal import ConfigOption, table
 
 from .config import Config, Endpoint, MailboxEndpoint, PeerEndpoint, UrlEndpoint, load_config
 from .edit import Outcome, Target, delete_endpoint, edit_file, insert_endpoint, update_endpoint
@@ -25,7 +25,6 @@ from .table import RouteTable
 
 __all__ = ["add_endpoints_command"]
 
-ConfigOption = Callable[[argparse.ArgumentParser], None]
 
 if TYPE_CHECKING:  # generic only in typeshed, not at run time
     Actions = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -188,7 +187,7 @@ def _list(args: argparse.Namespace) -> int:
         circuits, error = control.circuit_listing(config)
         print(json.dumps({**_listing(config), "circuits": circuits, "circuits_error": error}, indent=2))
     else:
-        print("\n".join([*_list_lines(config), "", *control.circuit_lines(config, _table)]))
+        print("\n".join([*_list_lines(config), "", *control.circuit_lines(config)]))
     return 0
 
 
@@ -221,8 +220,8 @@ def _list_lines(config: Config) -> list[str]:
     routes = RouteTable(config)
     endpoints = [_endpoint_row(ep, routes) for ep in config.endpoints.values()]
     peers = [[p.name, " ".join(p.failover), _seconds(p.timeout)] for p in config.peers.values()]
-    lines = _table(["NAME", "KIND", "TARGET", "TIMEOUT"], endpoints) if endpoints else ["no endpoints"]
-    lines += [""] + (_table(["PEER", "URL", "TIMEOUT"], peers) if peers else ["no peers"])
+    lines = table(["NAME", "KIND", "TARGET", "TIMEOUT"], endpoints) if endpoints else ["no endpoints"]
+    lines += [""] + (table(["PEER", "URL", "TIMEOUT"], peers) if peers else ["no peers"])
     fallback = config.gateway.fallback_peer
     lines += ["", f"fallback peer: {fallback} (names not listed above go there)" if fallback
               else "fallback peer: none (names not listed above are refused: UnknownDestination)"]
@@ -346,12 +345,6 @@ def _describe(config: Config, name: str) -> str:
 
 
 # -- formatting --------------------------------------------------------------------
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """Left-aligned columns two spaces apart, with no trailing blanks."""
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
 
 
 def _seconds(value: float) -> str:

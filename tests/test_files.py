@@ -20,7 +20,7 @@ from attachments.message import read_part_reply
 from attachments.parts import FileInfo, plan
 from attachments.staging import STAGING_DIR
 from attachments.transfer.receiver import ReceiveOptions, make_receiver_app
-from attachments.transfer.sender import Progress, SendOptions, part_message, send_file
+from attachments.transfer.sender import SendOptions, part_message, send_file
 from attachments.zipstream import ZipWriter
 from gateway.ns import SoapVersion
 
@@ -180,17 +180,6 @@ async def test_truncated_part_is_not_recorded(site: Site, http: aiohttp.ClientSe
 async def test_receiver_serves_its_wsdl(site: Site, http: aiohttp.ClientSession) -> None:
     async with http.get(f"{site.receiver}/files?wsdl") as resp:
         assert resp.status == 200 and b'targetNamespace="urn:bmrgw:file:1"' in await resp.read()
-
-
-def test_progress_line_shows_bytes_rate_and_eta() -> None:
-    out = io.StringIO()
-    progress = Progress(10 * 1024 * 1024, stream=out, enabled=True)
-    progress.add(5 * 1024 * 1024)
-    line = progress.line(elapsed=2.0)
-    assert "5.0 MiB / 10.0 MiB" in line and "50.0%" in line and "2.5 MiB/s" in line and "ETA 0:02" in line
-    quiet = io.StringIO()
-    Progress(100, stream=quiet).add(100)
-    assert quiet.getvalue() == "", "no progress bar when the stream is not a terminal"
 
 
 # -- the CLI ---------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +33,7 @@ def test_push_csv_then_query_in_every_format(served: GatewayProcess) -> None:
     assert pushed.returncode == 0, pushed.stderr
     assert "residents: version 1 (full): 4 records sent" in pushed.stdout
     assert "4 inserted, 0 updated, 0 deleted, 0 unchanged" in pushed.stdout
-    assert "100%" in pushed.stderr  # the progress lines (stderr is not a terminal here)
+    assert "4 records / 4 records 100.0%" in pushed.stderr  # the progress lines (stderr is not a terminal)
 
     as_json = bmrgw("refdb", "query", "--config", str(served.config), "--dataset", "residents",
                     "--where", "birth>=1960-01-01", "--where", "active=false", "--format", "json")
@@ -75,8 +76,9 @@ def test_progress_counts_records_sent_and_a_closed_pipe_ends_quietly(served: Gat
     data.write_text("person_id,name\n" + "".join(f"P{n:05d},name {n}\n" for n in range(20_000)))
     pushed = bmrgw("refdb", "push", "--server", served.url, "--dataset", "residents", str(data), "--batch", "2000")
     assert pushed.returncode == 0, pushed.stderr
-    lines = [line.split("% ") for line in pushed.stderr.splitlines()]
-    shown = [(int(percent), int(records.split()[0].replace(",", ""))) for percent, records in lines]
+    found = [re.match(r"([\d,]+) records / ~?[\d,]+ records +([\d.]+)%", line) for line in pushed.stderr.splitlines()]
+    assert all(found), pushed.stderr
+    shown = [(float(m.group(2)), int(m.group(1).replace(",", ""))) for m in found if m]
     # The reader runs a batch ahead of what is sent: the bar follows what is sent, so it reaches
     # 100 % with the last batch, not before.
     assert shown[-1] == (100, 20_000) and all(p < 100 for p, _ in shown[:-1]), shown

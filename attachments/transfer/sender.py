@@ -18,14 +18,12 @@ import hashlib
 import ssl
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TextIO
 
 import aiohttp
 
@@ -37,6 +35,7 @@ from attachments.zipstream import ZipWriter
 from gateway.errors import GatewayError, SendError
 from gateway.ns import FAULT, FILE, H_SOAPACTION, SoapVersion
 from gateway.parser import parse
+from gateway.terminal import Progress
 
 __all__ = [
     "SendOptions",
@@ -45,7 +44,6 @@ __all__ = [
     "EXIT_CODES",
     "prepare",
     "Prepared",
-    "Progress",
     "part_message",
 ]
 
@@ -175,46 +173,6 @@ def _zip_into(path: Path, target: Path) -> None:
         out.write(writer.finish())
 
 
-class Progress:
-    """A one-line progress bar (bytes, rate, ETA) on a terminal; silent otherwise."""
-
-    def __init__(self, total: int, *, stream: TextIO = sys.stderr, enabled: bool | None = None) -> None:
-        self.total = total
-        self.done = 0
-        self._stream = stream
-        self._enabled = stream.isatty() if enabled is None else enabled
-        self._started = time.monotonic()
-        self._shown = 0.0
-
-    def add(self, count: int) -> None:
-        self.done += count
-        now = time.monotonic()
-        if self._enabled and (now - self._shown >= 0.2 or self.done >= self.total):
-            self._shown = now
-            self._stream.write("\r" + self.line(now - self._started) + "\x1b[K")
-            self._stream.flush()
-
-    def line(self, elapsed: float) -> str:
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else None
-        percent = 100 * self.done / self.total if self.total else 100.0
-        left = f"{int(eta) // 60}:{int(eta) % 60:02d}" if eta is not None else "--:--"
-        return f"{_human(self.done)} / {_human(self.total)} {percent:5.1f}%  {_human(rate)}/s  ETA {left} "
-
-    def close(self) -> None:
-        if self._enabled:
-            self._stream.write("\n")
-            self._stream.flush()
-
-
-def _human(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} GiB"
-
-
 class _Client:
     """The HTTP side: one session, requests to the gateway, faults turned into SendErrors."""
 
@@ -295,7 +253,7 @@ async def _send(client: _Client, prepared: Prepared, options: SendOptions,
     todo = [p for p in prepared.manifest.parts if p.part_no not in status.parts
             and (options.only_parts is None or p.part_no in options.only_parts)]
     published, sent_bytes = status.published, 0
-    progress = progress or Progress(sum(p.size for p in todo))
+    progress = progress or Progress(sum(p.size for p in todo), enabled=sys.stderr.isatty())
     try:
         for part in todo:
             reply = await _put(client, prepared, part, options, progress)

@@ -20,6 +20,7 @@ from gateway.logs.clock import Clock
 from gateway.logs.commands import parse_time
 from gateway.logs.records import LogRecord
 from gateway.logs.tables import append, ensure_schema
+from gateway.terminal import ConfigOption, add_db_option, db_url, table
 from routing.config import JX_ID_PATTERN, Config, load_config
 
 from ..errors import ConfigError, GatewayError, UnknownDocument
@@ -31,7 +32,6 @@ from .wire import Spool, SpoolWriter
 
 __all__ = ["add_jx_command"]
 
-ConfigOption = Callable[[argparse.ArgumentParser], None]
 _STATES = ("ready", "leased", "confirmed", "dead", "all")
 
 
@@ -52,7 +52,7 @@ def add_jx_command(commands: Any, config_option: ConfigOption) -> None:
 
 def _common(parser: argparse.ArgumentParser, config_option: ConfigOption) -> None:
     config_option(parser)
-    parser.add_argument("--db", metavar="URL", help="store URL (default: $BMRGW_DB_URL, else gateway.db)")
+    add_db_option(parser)
 
 
 def _add_list(actions: Any, config_option: ConfigOption) -> None:
@@ -126,7 +126,7 @@ def _with_store(command: Callable[[argparse.Namespace, Config, DocumentStore], i
     afterwards (the commands also run inside other programs and tests)."""
     @functools.wraps(command)
     def run(args: argparse.Namespace) -> int:
-        config = load_config(args.config, db=args.db or os.environ.get("BMRGW_DB_URL") or None)
+        config = load_config(args.config, db=db_url(args))
         store = open_store(config, journal=None)
         try:
             store.open()
@@ -162,9 +162,7 @@ def _print_table(documents: Sequence[Document], at: int) -> None:
     header = ["MESSAGE ID", "SENDER", "RECEIVER", "FORMAT", "BYTES", "STATE", "HANDED OUT", "CREATED"]
     rows = [[d.message_id, d.sender_id, d.receiver_id, d.format_type, str(d.size), d.shown_state(at),
              str(d.deliveries), (d.to_json()["created"] or "")[:19]] for d in documents]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print("\n".join(table(header, rows)))
 
 
 @_with_store

@@ -19,7 +19,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,6 +27,7 @@ from typing import Any, TextIO
 from sqlalchemy import Engine
 
 from gateway.store import Store, database_url
+from gateway.terminal import ConfigOption, add_db_option, db_url, display_width, pad, table
 from routing.config import Config, load_config
 
 from .chain import Report, archive, verify
@@ -36,7 +37,6 @@ from .tables import LogFilter, head_seqs, read, read_new
 
 __all__ = ["add_logs_command", "add_time_command", "parse_time", "follow"]
 
-ConfigOption = Callable[[argparse.ArgumentParser], None]
 
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -125,7 +125,7 @@ def add_time_command(commands: Any, config_option: ConfigOption) -> None:
 
 def _store_options(parser: argparse.ArgumentParser, config_option: ConfigOption, *, sub: bool = False) -> None:
     config_option(parser)
-    parser.add_argument("--db", metavar="URL", help="store URL (default: $BMRGW_DB_URL, else gateway.db)")
+    add_db_option(parser)
     if sub:
         # argparse copies a sub-command's defaults over values given before its name
         # (`bmrgw logs --config X verify`); suppressed defaults keep those values.
@@ -141,7 +141,7 @@ def _positive(text: str) -> int:
 
 
 def _open(args: argparse.Namespace) -> tuple[Config, Store]:
-    config = load_config(args.config, db=args.db or os.environ.get("BMRGW_DB_URL") or None)
+    config = load_config(args.config, db=db_url(args))
     return config, Store(database_url(config))
 
 
@@ -288,7 +288,7 @@ class _Table(_Output):
         parts = []
         for cell, width, (_h, _m, right) in zip(cells, self.widths, _COLUMNS, strict=True):
             text = _fit(cell, width) if width else cell
-            padded = text.rjust(width) if right else text.ljust(width)
+            padded = pad(text, width, right=right)
             parts.append(self._paint(padded, cell, header))
         self.stream.write("  ".join(parts).rstrip() + "\n")
 
@@ -305,13 +305,18 @@ def _widths(rows: list[list[str]]) -> list[int]:
         if minimum == 0:  # the last column is never padded or cut
             widths.append(0)
             continue
-        longest = max((len(row[i]) for row in rows), default=0)
+        longest = max((display_width(row[i]) for row in rows), default=0)
         widths.append(max(minimum, len(header), min(longest, max(_MAX_WIDTH, minimum))))
     return widths
 
 
 def _fit(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+    """``text`` cut to ``width`` display columns, ending in an ellipsis when cut."""
+    if display_width(text) <= width:
+        return text
+    while text and display_width(text) > width - 1:
+        text = text[:-1]
+    return text + "…"
 
 
 # -- bmrgw logs verify / archive -----------------------------------------------
@@ -377,9 +382,7 @@ def _print_samples(samples: list[Sample]) -> None:
         rows.append([s.server, "-" if s.offset is None else f"{s.offset:+.6f} s",
                      "-" if s.delay is None else f"{s.delay * 1000:.2f} ms",
                      "-" if s.stratum is None else str(s.stratum), "ok" if s.ok else (s.error or "refused")])
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+    print("\n".join(table(rows[0], rows[1:])))
     offset = combined_offset(samples)
     good = sum(s.ok for s in samples)
     if offset is None:

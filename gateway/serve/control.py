@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from gateway.relay.breaker import Breaker, State
 from gateway.relay.limits import Fault, Refused, rate_middleware
 from gateway.relay.resilience import RESILIENCE, Resilience, ResilienceCollector, urls_of
 from gateway.store import Store, database_url
+from gateway.terminal import table
 from routing.config import Config
 
 __all__ = ["Publisher", "CircuitRow", "read_circuits", "request_reset", "install", "reset", "circuit_lines",
@@ -258,7 +259,7 @@ def circuit_listing(config: Config) -> tuple[list[dict[str, Any]], str | None]:
              "last_error": r.last_error} for r in rows], None
 
 
-def circuit_lines(config: Config, table: Callable[[Sequence[str], Sequence[Sequence[str]]], list[str]]) -> list[str]:
+def circuit_lines(config: Config) -> list[str]:
     rows, error = circuit_listing(config)
     if error is not None:
         return [f"circuits: unknown, the store does not answer ({error})"]
