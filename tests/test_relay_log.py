@@ -77,6 +77,11 @@ async def test_gateway_fault_is_logged_in_both_directions(
     (b"msg-0001", b"m" * 300, "MessageId"),                                 # longer than the indexed column
     (b"<r:From>juki</r:From>", b"<r:From>" + b"s" * 3000 + b"</r:From>", "sender"),
     (b"<r:To>demo</r:To>", b"<r:To>" + b"d" * 3000 + b"</r:To>", "destination"),
+    # An id travels on in the X-Message-Id header: one that cannot be a header value is refused.
+    (b"msg-0001", b"msg&#13;&#10;X-Injected: 1", "MessageId"),
+    (b"msg-0001", b"msg\x7f0001", "MessageId"),
+    (b"msg-0001", b"msg&#9;0001", "MessageId"),
+    (b"msg-0001", "msg\u202e0001".encode(), "MessageId"),
 ])
 async def test_names_the_log_cannot_hold_are_refused_and_the_fault_logged(
         gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, tmp_path: Path,
