@@ -449,7 +449,7 @@ class Call:
         scalars = reader.scalars
         tables = self._readable(scalars)
         filters = [params.filter_of(tables.dataset, f, n) for n, f in enumerate(reader.filters, 1)]
-        page = self.store.query(tables.dataset.name, filters, offset=params.integer(scalars, "offset", 0),
+        page = self.store.query(tables.dataset.name, filters, offset=params.offset(scalars),
                                 limit=params.limit(scalars), version=params.optional_integer(scalars, "version"))
         element(out, "dataset", tables.dataset.name)
         element(out, "version", page.version)
@@ -462,7 +462,7 @@ class Call:
         scalars = reader.scalars
         tables = self._readable(scalars)
         since = params.integer(scalars, "sinceVersion", None)
-        page = self.store.changes(tables.dataset.name, since, offset=params.integer(scalars, "offset", 0),
+        page = self.store.changes(tables.dataset.name, since, offset=params.offset(scalars),
                                   limit=params.limit(scalars), version=params.optional_integer(scalars, "version"))
         columns = tables.dataset.columns
         keys = [c for c in columns if c.name in tables.dataset.key]

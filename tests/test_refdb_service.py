@@ -292,13 +292,25 @@ async def test_a_refused_push_cannot_be_committed_afterwards(gw: Gateway) -> Non
      "text/xml", 400, "InvalidRequest"),
     (soap("Commit", "<r:pushId>no-such-push</r:pushId>")[0], "text/xml", 404, "UnknownPush"),
     (soap("Query", "<r:dataset>residents</r:dataset>")[0], "application/json", 415, "MalformedMessage"),
+    (soap("Query", "<r:dataset>residents</r:dataset><r:offset>99999999999999999999</r:offset>")[0],
+     "text/xml", 400, "InvalidRequest"),
+    (soap("Query", f"<r:dataset>residents</r:dataset><r:offset>{2**31}</r:offset>")[0], "text/xml", 400, "InvalidRequest"),
+    (soap("Query", f"<r:dataset>residents</r:dataset><r:version>{2**63}</r:version>")[0],
+     "text/xml", 400, "InvalidRequest"),
+    (soap("Changes", f"<r:dataset>residents</r:dataset><r:sinceVersion>{10**30}</r:sinceVersion>")[0],
+     "text/xml", 400, "InvalidRequest"),
+    (soap("Changes", f"<r:dataset>residents</r:dataset><r:sinceVersion>0</r:sinceVersion><r:offset>{10**30}</r:offset>")[0],
+     "text/xml", 400, "InvalidRequest"),
 ], ids=["not-xml", "dtd", "unknown-operation", "unknown-dataset", "no-dataset", "limit-too-big",
-        "filter-bad-value", "bad-mode", "unknown-push", "not-soap-content-type"])
+        "filter-bad-value", "bad-mode", "unknown-push", "not-soap-content-type", "offset-huge", "offset-2**31",
+        "version-2**63", "since-version-huge", "changes-offset-huge"])
 async def test_bad_requests_get_soap_faults(gw: Gateway, http: aiohttp.ClientSession, body: bytes,
                                             content_type: str, status: int, code: str) -> None:
     got, root = await post(http, gw, body, {"Content-Type": content_type})
     assert (got, fault_code(root)) == (status, code)
     assert root.find(f"{{{SOAP11_ENV}}}Body/{{{SOAP11_ENV}}}Fault/faultcode").text == "soap:Client"
+    [record] = await gw.log()
+    assert (record.status, record.fault_code, record.http_status) == ("fault", code, status)
 
 
 async def test_soap12_requests_get_soap12_answers_and_faults(gw: Gateway, http: aiohttp.ClientSession) -> None:
