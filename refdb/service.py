@@ -48,6 +48,7 @@ from sqlalchemy import Connection
 
 from gateway.errors import (
     ConfigError,
+    GatewayBusy,
     GatewayError,
     InvalidRecord,
     InvalidRequest,
@@ -112,6 +113,8 @@ class RefdbService:
         self._settings: RefdbSettings | None = None
         self._store: RefStore | None = None
         self._lock = asyncio.Lock()
+        self._turns = asyncio.Semaphore(live.current.config.refdb.max_concurrent)
+        self._turns_size = live.current.config.refdb.max_concurrent
 
     async def start(self) -> None:
         """Create or migrate the declared datasets; a destructive change stops the gateway with a ConfigError."""
@@ -143,12 +146,15 @@ class RefdbService:
         outcome = Outcome(arrived=self._clock.now())
         version = version_for(request.content_type) or SoapVersion.V11
         call: Call | None = None
+        turns: asyncio.Semaphore | None = None
         # One thread per request: its lxml parser and answer tree stay in that thread (lxml is not
-        # safe across threads), and parsing never blocks the event loop.
+        # safe across threads), and parsing never blocks the event loop. A request has a thread only
+        # while it holds one of refdb.max_concurrent turns, so a flood of slow callers cannot pile them up.
         worker = ThreadPoolExecutor(1, thread_name_prefix="refdb")
         try:
             if version_for(request.content_type) is None:
                 raise UnsupportedMediaType(f"Content-Type {request.content_type!r} is not SOAP")
+            turns = await self._turn(config.refdb)
             store = await self._current(config)
             call = Call(store=store, caller=caller_of(request), outcome=outcome,
                         write_log=self._log_in_commit)
@@ -165,7 +171,23 @@ class RefdbService:
             await self._log(outcome, call, answer)
         finally:
             worker.shutdown(wait=False)
+            if turns is not None:
+                turns.release()
         return web.Response(body=answer, status=status, content_type=version.content_type, charset="utf-8")
+
+    async def _turn(self, settings: RefdbSettings) -> asyncio.Semaphore:
+        """Wait for one of ``max_concurrent`` turns (the semaphore to release); GatewayBusy after ``queue_timeout``."""
+        if self._turns_size != settings.max_concurrent:  # a reload changed it: requests holding the old one keep it
+            self._turns, self._turns_size = asyncio.Semaphore(settings.max_concurrent), settings.max_concurrent
+        turns = self._turns
+        try:
+            async with asyncio.timeout(settings.queue_timeout):
+                await turns.acquire()
+        except TimeoutError:
+            raise GatewayBusy(f"the reference DB is working on {settings.max_concurrent} requests and none ended "
+                              f"within {settings.queue_timeout:g} s; try again later",
+                              detail="refdb.max_concurrent") from None
+        return turns
 
     async def _body(self, request: web.Request, call: Call, config: Config) -> AsyncIterator[bytes]:
         """The body in chunks: streamed, or — for a client that must sign (``wss.verify``) — read
