@@ -18,10 +18,11 @@ import re
 import time
 import uuid
 
-__all__ = ["new_message_id", "id_problem"]
+__all__ = ["new_message_id", "id_problem", "UNSAFE_CHARACTERS"]
 
-#: C0 and C1 controls, DEL, and the bidi formatting characters (overrides, isolates, marks).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: C0 and C1 controls, DEL, and the bidi formatting characters (overrides, isolates, marks): what a
+#: name a client chose must not carry into a header, nor raw onto a terminal (``bmrgw logs``).
+UNSAFE_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 _VERSION = 0x7 << 76
 _VARIANT = 0b10 << 62
@@ -37,7 +38,7 @@ def new_message_id() -> str:
 
 def id_problem(value: str) -> str | None:
     """Why ``value`` cannot be a message id that goes on in a header, or None if it can."""
-    found = _UNSAFE.search(value)
+    found = UNSAFE_CHARACTERS.search(value)
     if found is None:
         return None
     return f"must not contain control or bidi characters (found U+{ord(found.group()):04X})"
