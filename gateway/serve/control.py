@@ -35,7 +35,7 @@ from gateway.keys import LIVE, METRICS, NODE, STORE
 from gateway.relay.breaker import Breaker, State
 from gateway.relay.limits import Fault, Refused, rate_middleware
 from gateway.relay.resilience import RESILIENCE, Resilience, ResilienceCollector, urls_of
-from gateway.store import Store, database_url
+from gateway.store import Store, create_tables, database_url
 from routing.config import Config
 
 __all__ = ["Publisher", "CircuitRow", "read_circuits", "request_reset", "install", "reset", "circuit_lines",
@@ -82,7 +82,7 @@ class CircuitRow:
 
 
 def ensure_tables(engine: Engine) -> None:
-    _meta.create_all(engine, checkfirst=True)
+    create_tables(engine, _meta)
 
 
 def _row(node: str, breaker: Breaker, now: float) -> dict[str, Any]:
