@@ -48,7 +48,6 @@ from sqlalchemy import Connection
 
 from gateway.errors import (
     ConfigError,
-    GatewayBusy,
     GatewayError,
     InvalidRecord,
     InvalidRequest,
@@ -75,6 +74,7 @@ from .access import Caller, caller_of, check_push, check_query
 from .config import RefdbSettings
 from .schema import ensure_schema
 from .store import PushResult, RefStore
+from .turns import Turns
 from .values import Converter, FieldError, format_value
 from .wire import Fields, RequestReader, add_records, element, envelope
 
@@ -113,8 +113,7 @@ class RefdbService:
         self._settings: RefdbSettings | None = None
         self._store: RefStore | None = None
         self._lock = asyncio.Lock()
-        self._turns = asyncio.Semaphore(live.current.config.refdb.max_concurrent)
-        self._turns_size = live.current.config.refdb.max_concurrent
+        self._turns = Turns(live.current.config.refdb)
 
     async def start(self) -> None:
         """Create or migrate the declared datasets; a destructive change stops the gateway with a ConfigError."""
@@ -154,7 +153,7 @@ class RefdbService:
         try:
             if version_for(request.content_type) is None:
                 raise UnsupportedMediaType(f"Content-Type {request.content_type!r} is not SOAP")
-            turns = await self._turn(config.refdb)
+            turns = await self._turns.take(config.refdb)
             store = await self._current(config)
             call = Call(store=store, caller=caller_of(request), outcome=outcome,
                         write_log=self._log_in_commit)
@@ -174,20 +173,6 @@ class RefdbService:
             if turns is not None:
                 turns.release()
         return web.Response(body=answer, status=status, content_type=version.content_type, charset="utf-8")
-
-    async def _turn(self, settings: RefdbSettings) -> asyncio.Semaphore:
-        """Wait for one of ``max_concurrent`` turns (the semaphore to release); GatewayBusy after ``queue_timeout``."""
-        if self._turns_size != settings.max_concurrent:  # a reload changed it: requests holding the old one keep it
-            self._turns, self._turns_size = asyncio.Semaphore(settings.max_concurrent), settings.max_concurrent
-        turns = self._turns
-        try:
-            async with asyncio.timeout(settings.queue_timeout):
-                await turns.acquire()
-        except TimeoutError:
-            raise GatewayBusy(f"the reference DB is working on {settings.max_concurrent} requests and none ended "
-                              f"within {settings.queue_timeout:g} s; try again later",
-                              detail="refdb.max_concurrent") from None
-        return turns
 
     async def _body(self, request: web.Request, call: Call, config: Config) -> AsyncIterator[bytes]:
         """The body in chunks: streamed, or — for a client that must sign (``wss.verify``) — read
