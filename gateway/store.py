@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event, insert, text
+from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, insert, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
@@ -22,10 +22,13 @@ from routing.config import Config
 
 from .errors import ConfigError
 
-__all__ = ["Store", "database_url", "insert_rows", "snapshot", "sqlite_datetime", "DRIVERS"]
+__all__ = ["Store", "database_url", "insert_rows", "snapshot", "sqlite_datetime", "DRIVERS", "create_tables",
+           "lock_schema"]
 
 #: The dialects whose drivers :func:`insert_rows` hands rows to directly.
 DRIVERS = ("postgresql", "sqlite")
+#: Passes of :func:`create_tables` (more than one only where no schema lock exists: SQLite).
+_CREATE_TRIES = 3
 
 
 @contextlib.contextmanager
@@ -43,6 +46,33 @@ def snapshot(engine: Engine) -> Iterator[Connection]:
             yield connection
         finally:
             connection.rollback()
+
+
+def lock_schema(connection: Connection) -> None:
+    """Hold off other nodes' schema changes in this database schema until ``connection``'s transaction ends.
+
+    ``checkfirst`` cannot make creation safe: two PostgreSQL nodes that both
+    find a table missing both create it, and one fails on the catalog's
+    unique index of row types (``pg_type_typname_nsp_index``).  A
+    transaction-level advisory lock keyed on the schema makes the second
+    wait, then find the tables.  SQLite needs none (see :func:`create_tables`).
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('bmrgw schema ' || current_schema()))"))
+
+
+def create_tables(engine: Engine, metadata: MetaData) -> None:
+    """Create ``metadata``'s missing tables; safe when other nodes create the same ones at the same moment."""
+    for attempt in range(_CREATE_TRIES):
+        try:
+            with engine.begin() as connection:
+                lock_schema(connection)
+                metadata.create_all(connection)
+            return
+        except SQLAlchemyError:
+            # SQLite runs each CREATE on its own: a process that lost the race finds the table on the next pass.
+            if attempt == _CREATE_TRIES - 1 or engine.dialect.name == "postgresql":
+                raise
 
 
 def database_url(config: Config) -> str:

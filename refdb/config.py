@@ -4,6 +4,8 @@
 
     refdb:
       read_role: refdb_reader          # optional, PostgreSQL: granted SELECT on every view
+      max_concurrent: 8                # requests worked on at once (one thread each)
+      queue_timeout: 5                 # seconds a request waits for a turn, then GatewayBusy
       datasets:
         residents:
           owner: cityhall-a-app        # the client that pushes
@@ -103,6 +105,10 @@ class RefdbSettings:
     """Dataset name → declaration."""
     read_role: str | None = None
     """PostgreSQL role granted SELECT on every ``refdb_<dataset>`` view (created by the DBA)."""
+    max_concurrent: int = 8
+    """Requests ``/refdb`` works on at once, each in its own thread; the rest wait for a turn."""
+    queue_timeout: float = 5.0
+    """Seconds a request waits for a turn before it is answered ``GatewayBusy`` (503)."""
 
 
 def parse_refdb(raw: Any, *, clients: frozenset[str] = frozenset()) -> RefdbSettings:
@@ -112,7 +118,7 @@ def parse_refdb(raw: Any, *, clients: frozenset[str] = frozenset()) -> RefdbSett
     """
 
     m = read.mapping({} if raw is None else raw, "refdb")
-    read.known(m, "refdb", {"datasets", "read_role"})
+    read.known(m, "refdb", {"datasets", "read_role", "max_concurrent", "queue_timeout"})
     role = m.get("read_role")
     if role is not None and not (isinstance(role, str) and COLUMN_NAME.fullmatch(role)):
         raise ConfigError(f"refdb.read_role: {role!r} must be a PostgreSQL role name (lower-case letters, digits, _)")
@@ -121,7 +127,10 @@ def parse_refdb(raw: Any, *, clients: frozenset[str] = frozenset()) -> RefdbSett
     if clients:
         for dataset in datasets.values():
             _known_clients(dataset, clients)
-    return RefdbSettings(datasets=MappingProxyType(datasets), read_role=role)
+    return RefdbSettings(
+        datasets=MappingProxyType(datasets), read_role=role,
+        max_concurrent=read.integer(m.get("max_concurrent", 8), "refdb.max_concurrent", low=1, high=1024),
+        queue_timeout=read.number(m.get("queue_timeout", 5.0), "refdb.queue_timeout", low=0, high=read.MAX_TIMEOUT))
 
 
 def _dataset(name: str, raw: Any) -> Dataset:

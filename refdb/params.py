@@ -19,10 +19,16 @@ from .store import MAX_LIMIT, OPERATORS, Filter, PushResult
 from .values import BadValue, parse_value
 from .wire import element
 
-__all__ = ["DEFAULT_LIMIT", "add_result", "required", "mode", "integer", "optional_integer", "limit", "filter_of"]
+__all__ = ["DEFAULT_LIMIT", "MAX_OFFSET", "add_result", "required", "mode", "integer", "optional_integer", "limit",
+           "offset", "filter_of"]
 
 
 DEFAULT_LIMIT = 1000
+#: Highest ``offset`` a Query or Changes may name: far past any page a dataset has, and an INTEGER
+#: everywhere (a bigger one failed in the database and was answered as a 503).
+MAX_OFFSET = 2**31 - 1
+#: Versions are BIGINT columns.
+MAX_VERSION = 2**63 - 1
 
 
 def add_result(out: etree._Element, result: PushResult) -> None:
@@ -44,7 +50,7 @@ def mode(scalars: Mapping[str, str]) -> str:
     return mode
 
 
-def integer(scalars: Mapping[str, str], name: str, default: int | None) -> int:
+def integer(scalars: Mapping[str, str], name: str, default: int | None, high: int = MAX_VERSION) -> int:
     text = scalars.get(name)
     if not text:
         if default is None:
@@ -54,9 +60,13 @@ def integer(scalars: Mapping[str, str], name: str, default: int | None) -> int:
         value = int(text)
     except ValueError:
         raise InvalidRequest(f"{name} must be an integer, not {text!r}", detail=name) from None
-    if value < 0:
-        raise InvalidRequest(f"{name} must not be negative", detail=name)
+    if not 0 <= value <= high:
+        raise InvalidRequest(f"{name} must be between 0 and {high}, not {text}", detail=name)
     return value
+
+
+def offset(scalars: Mapping[str, str]) -> int:
+    return integer(scalars, "offset", 0, MAX_OFFSET)
 
 
 def optional_integer(scalars: Mapping[str, str], name: str) -> int | None:

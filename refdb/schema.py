@@ -55,6 +55,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.types import TypeEngine
 
 from gateway.errors import ConfigError, RefdbUnavailable
+from gateway.store import create_tables, lock_schema
 
 from .config import Column, ColumnType, Dataset, RefdbSettings
 
@@ -153,10 +154,7 @@ def _ordered(dataset: Dataset, order: list[str] | None) -> list[str]:
 def ensure_schema(engine: Engine, settings: RefdbSettings) -> dict[str, DatasetTables]:
     """Create or migrate every declared dataset; returns their tables by name."""
     with translated("cannot create the reference DB tables"):
-        try:
-            META.create_all(engine)
-        except SQLAlchemyError:
-            META.create_all(engine)  # another node created them at the same moment
+        create_tables(engine, META)
         found: dict[str, DatasetTables] = {}
         for dataset in settings.datasets.values():
             try:
@@ -168,6 +166,7 @@ def ensure_schema(engine: Engine, settings: RefdbSettings) -> dict[str, DatasetT
 
 def _ensure_dataset(engine: Engine, dataset: Dataset, read_role: str | None) -> DatasetTables:
     with engine.begin() as connection:
+        lock_schema(connection)  # a node declaring the same dataset now waits, then migrates what this one stored
         stored = connection.execute(
             select(DATASETS).where(DATASETS.c.name == dataset.name).with_for_update()).first()
         if stored is None:

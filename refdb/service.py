@@ -74,6 +74,7 @@ from .access import Caller, caller_of, check_push, check_query
 from .config import RefdbSettings
 from .schema import ensure_schema
 from .store import PushResult, RefStore
+from .turns import Turns
 from .values import Converter, FieldError, format_value
 from .wire import Fields, RequestReader, add_records, element, envelope
 
@@ -112,6 +113,7 @@ class RefdbService:
         self._settings: RefdbSettings | None = None
         self._store: RefStore | None = None
         self._lock = asyncio.Lock()
+        self._turns = Turns(live.current.config.refdb)
 
     async def start(self) -> None:
         """Create or migrate the declared datasets; a destructive change stops the gateway with a ConfigError."""
@@ -143,12 +145,15 @@ class RefdbService:
         outcome = Outcome(arrived=self._clock.now())
         version = version_for(request.content_type) or SoapVersion.V11
         call: Call | None = None
+        turns: asyncio.Semaphore | None = None
         # One thread per request: its lxml parser and answer tree stay in that thread (lxml is not
-        # safe across threads), and parsing never blocks the event loop.
+        # safe across threads), and parsing never blocks the event loop. A request has a thread only
+        # while it holds one of refdb.max_concurrent turns, so a flood of slow callers cannot pile them up.
         worker = ThreadPoolExecutor(1, thread_name_prefix="refdb")
         try:
             if version_for(request.content_type) is None:
                 raise UnsupportedMediaType(f"Content-Type {request.content_type!r} is not SOAP")
+            turns = await self._turns.take(config.refdb)
             store = await self._current(config)
             call = Call(store=store, caller=caller_of(request), outcome=outcome,
                         write_log=self._log_in_commit)
@@ -165,6 +170,8 @@ class RefdbService:
             await self._log(outcome, call, answer)
         finally:
             worker.shutdown(wait=False)
+            if turns is not None:
+                turns.release()
         return web.Response(body=answer, status=status, content_type=version.content_type, charset="utf-8")
 
     async def _body(self, request: web.Request, call: Call, config: Config) -> AsyncIterator[bytes]:
@@ -449,7 +456,7 @@ class Call:
         scalars = reader.scalars
         tables = self._readable(scalars)
         filters = [params.filter_of(tables.dataset, f, n) for n, f in enumerate(reader.filters, 1)]
-        page = self.store.query(tables.dataset.name, filters, offset=params.integer(scalars, "offset", 0),
+        page = self.store.query(tables.dataset.name, filters, offset=params.offset(scalars),
                                 limit=params.limit(scalars), version=params.optional_integer(scalars, "version"))
         element(out, "dataset", tables.dataset.name)
         element(out, "version", page.version)
@@ -462,7 +469,7 @@ class Call:
         scalars = reader.scalars
         tables = self._readable(scalars)
         since = params.integer(scalars, "sinceVersion", None)
-        page = self.store.changes(tables.dataset.name, since, offset=params.integer(scalars, "offset", 0),
+        page = self.store.changes(tables.dataset.name, since, offset=params.offset(scalars),
                                   limit=params.limit(scalars), version=params.optional_integer(scalars, "version"))
         columns = tables.dataset.columns
         keys = [c for c in columns if c.name in tables.dataset.key]

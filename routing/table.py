@@ -11,9 +11,10 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from gateway.errors import UnknownDestination
+from gateway.errors import MalformedMessage, UnknownDestination
 
 from .config import Config, MailboxEndpoint, Peer, PeerEndpoint, UrlEndpoint
+from .fields import NAME_PATTERN
 from .outbound import Outbound
 
 __all__ = ["Route", "RouteTable"]
@@ -64,10 +65,18 @@ class RouteTable:
         self._fallback = config.peers[fallback] if fallback else None
 
     def resolve(self, destination: str, *, passed: Collection[str] = ()) -> Route:
-        """The route for ``destination``; ``passed`` names the gateways already in Via."""
+        """The route for ``destination``; ``passed`` names the gateways already in Via.
+
+        A destination that is not a name (``..``, ``a/b``) is MalformedMessage, before any URL is built.
+        """
         route = self._routes.get(destination)
         if route is not None:
             return route
+        if not NAME_PATTERN.fullmatch(destination):
+            # Configured names all fit the pattern; anything else would only reach a peer's URL,
+            # where '..' or '/' would post to another path of the peer.
+            raise MalformedMessage(f"the destination {destination!r} is not a valid name (letters, digits, "
+                                   "'.', '_', '-', starting with a letter or digit; at most 64)")
         fallback = self._fallback
         if fallback is None:
             raise UnknownDestination(f"no endpoint for {destination!r}", destination=destination)

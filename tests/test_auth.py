@@ -6,6 +6,7 @@ import asyncio
 import base64
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,20 @@ import pytest
 from lxml import etree
 
 from gateway.logs.tables import LogFilter
+from gateway.security.auth import cleartext_basic_warning
 from gateway.security.passwords import hash_password, verify_password
-from routing.config import subject_key
+from routing.config import parse_config, subject_key
 
-from .conftest import BMRGW, GatewayFactory, RecordingBackend, message, soap11_headers, soap12_headers
+from .certs import DevPki, dev_pki  # noqa: F401  (the session fixture)
+from .conftest import (
+    BMRGW,
+    GatewayFactory,
+    GatewayProcess,
+    RecordingBackend,
+    message,
+    soap11_headers,
+    soap12_headers,
+)
 from .records import records
 
 PASSWORD = "correct horse battery staple"
@@ -160,3 +171,30 @@ async def _wait_records(db: Path, where: LogFilter, count: int) -> list[Any]:
             assert len(found) == count, found
             return found
         await asyncio.sleep(0.05)
+
+
+# -- Basic passwords over plain HTTP -------------------------------------------
+
+def _stderr_after_stop(gp: GatewayProcess) -> str:
+    gp.proc.terminate()
+    gp.proc.wait(timeout=10)
+    assert gp.proc.stderr is not None
+    return gp.proc.stderr.read().decode()
+
+
+def test_basic_logins_without_tls_are_warned_about_at_startup(
+        tmp_path: Path, backend: RecordingBackend, gateway_process: Callable[..., GatewayProcess]) -> None:
+    config = _config(tmp_path, backend.url)
+    del config["gateway"]["db"]  # each process gets its own
+    err = _stderr_after_stop(gateway_process(config, name="plain"))
+    warning = next(line for line in err.splitlines() if "WARNING" in line and "gateway.tls" in line)
+    assert "all-app, juki-app" in warning and "clear text" in warning
+    quiet = _stderr_after_stop(gateway_process({"endpoints": {"demo": {"url": backend.url}}}, name="open"))
+    assert "clear text" not in quiet
+
+
+def test_basic_logins_over_tls_are_not_warned_about(tmp_path: Path, dev_pki: DevPki) -> None:
+    config = _config(tmp_path, "http://127.0.0.1:9/")
+    assert cleartext_basic_warning(parse_config(config)) is not None
+    config["gateway"]["tls"] = {"cert": str(dev_pki.server.cert), "key": str(dev_pki.server.key)}
+    assert cleartext_basic_warning(parse_config(config)) is None

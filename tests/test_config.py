@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import ConfigError, UnknownDestination
+from gateway.errors import ConfigError, MalformedMessage, UnknownDestination
 from routing.config import PeerEndpoint, UrlEndpoint, load_config, parse_config
 from routing.table import RouteTable
 
@@ -119,6 +119,12 @@ def test_unknown_without_fallback_and_fallback_that_already_passed() -> None:
         RouteTable(parse_config(no_fallback)).resolve("zei")
     with pytest.raises(UnknownDestination, match="does not know it either"):
         RouteTable(parse_config(BASE)).resolve("zei", passed=["dc-west"])
+
+
+@pytest.mark.parametrize("destination", ["..", ".", "", "a/b", "../x", "-a", "a" * 65, "a\\b"])
+def test_a_destination_that_is_not_a_name_never_becomes_a_fallback_url(destination: str) -> None:
+    with pytest.raises(MalformedMessage, match="not a valid name"):
+        RouteTable(parse_config(BASE)).resolve(destination)
 
 
 def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:

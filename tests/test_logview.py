@@ -6,6 +6,7 @@ import argparse
 import csv
 import io
 import json
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -261,3 +262,41 @@ def test_time_without_a_usable_server_exits_1(tmp_path: Path, capsys: pytest.Cap
 def test_time_without_servers_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run("time", "--config", str(write_config(tmp_path / "endpoints.yaml"))) == 1
     assert "no NTP servers configured" in capsys.readouterr().out
+
+
+# -- names a client chose never reach the terminal raw ---------------------------
+
+HOSTILE = {"message_id": "m-\x1b[2J\x1b]0;owned\x07", "from_ap": "juki\r\nfake line", "to_ap": "kaigo\u202egnp.exe",
+           "client": "app\x7f\x9b31m\u2066\u200f\u061c", "endpoint": "http://x/\t\x08"}
+UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+@pytest.fixture
+def hostile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv("BMRGW_DB_URL", raising=False)
+    path = write_config(tmp_path / "endpoints.yaml")
+    store = Store(f"sqlite:///{tmp_path}/log.db")
+    ensure_schema(store.engine)
+    write(store.engine, "dc-east", [entry(0, ts=NOW, **HOSTILE)])
+    store.close()
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+def test_control_and_bidi_characters_are_printed_as_visible_escapes(
+        hostile: Path, capsys: pytest.CaptureFixture[str], fmt: str) -> None:
+    assert run("logs", "--config", str(hostile), "--format", fmt) == 0
+    out = capsys.readouterr().out
+    assert UNSAFE.search(out) is None, repr(out)
+    assert len(out.splitlines()) == (1 if fmt == "json" else 2)  # the CR LF in a name starts no new line
+    if fmt == "json":  # JSON stays exact: its \u escapes decode to the stored names
+        record = json.loads(out)
+        assert (record["message_id"], record["from"], record["to"], record["client"], record["endpoint"]) == (
+            HOSTILE["message_id"], HOSTILE["from_ap"], HOSTILE["to_ap"], HOSTILE["client"], HOSTILE["endpoint"])
+        assert "\\u202e" in out and "\\u001b" in out
+        return
+    shown = ["m-\\x1b[2J\\x1b]0;owned\\x07", "juki\\r\\nfake line", "kaigo\\u202egnp.exe"]
+    if fmt == "csv":  # the table has no client and endpoint columns
+        shown += ["app\\x7f\\x9b31m\\u2066\\u200f\\u061c", "http://x/\\t\\x08"]
+    for text in shown:
+        assert text in out

@@ -4,6 +4,7 @@ WSDL, zeep, the bmrgw client, faults for bad input, the send/receive log."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +58,9 @@ class Gateway:
         return list(read(self.engine, LogFilter(kind="refdb", **filters)))
 
 
-async def start_gateway(url: str, tmp_path: Path, **gateway: Any) -> tuple[web.AppRunner, Gateway]:
-    config = {"gateway": {"name": "dc-test", "db": url, **gateway}, "refdb": refdb_section()}
+async def start_gateway(url: str, tmp_path: Path, *, refdb: dict[str, Any] | None = None,
+                        **gateway: Any) -> tuple[web.AppRunner, Gateway]:
+    config = {"gateway": {"name": "dc-test", "db": url, **gateway}, "refdb": refdb or refdb_section()}
     app = make_app(parse_config(config, source=tmp_path / "endpoints.yaml"), AppOptions(watch_config=False))
     runner, base = await start_app(app)
     return runner, Gateway(url=base, app=app)
@@ -292,13 +294,25 @@ async def test_a_refused_push_cannot_be_committed_afterwards(gw: Gateway) -> Non
      "text/xml", 400, "InvalidRequest"),
     (soap("Commit", "<r:pushId>no-such-push</r:pushId>")[0], "text/xml", 404, "UnknownPush"),
     (soap("Query", "<r:dataset>residents</r:dataset>")[0], "application/json", 415, "MalformedMessage"),
+    (soap("Query", "<r:dataset>residents</r:dataset><r:offset>99999999999999999999</r:offset>")[0],
+     "text/xml", 400, "InvalidRequest"),
+    (soap("Query", f"<r:dataset>residents</r:dataset><r:offset>{2**31}</r:offset>")[0], "text/xml", 400, "InvalidRequest"),
+    (soap("Query", f"<r:dataset>residents</r:dataset><r:version>{2**63}</r:version>")[0],
+     "text/xml", 400, "InvalidRequest"),
+    (soap("Changes", f"<r:dataset>residents</r:dataset><r:sinceVersion>{10**30}</r:sinceVersion>")[0],
+     "text/xml", 400, "InvalidRequest"),
+    (soap("Changes", f"<r:dataset>residents</r:dataset><r:sinceVersion>0</r:sinceVersion><r:offset>{10**30}</r:offset>")[0],
+     "text/xml", 400, "InvalidRequest"),
 ], ids=["not-xml", "dtd", "unknown-operation", "unknown-dataset", "no-dataset", "limit-too-big",
-        "filter-bad-value", "bad-mode", "unknown-push", "not-soap-content-type"])
+        "filter-bad-value", "bad-mode", "unknown-push", "not-soap-content-type", "offset-huge", "offset-2**31",
+        "version-2**63", "since-version-huge", "changes-offset-huge"])
 async def test_bad_requests_get_soap_faults(gw: Gateway, http: aiohttp.ClientSession, body: bytes,
                                             content_type: str, status: int, code: str) -> None:
     got, root = await post(http, gw, body, {"Content-Type": content_type})
     assert (got, fault_code(root)) == (status, code)
     assert root.find(f"{{{SOAP11_ENV}}}Body/{{{SOAP11_ENV}}}Fault/faultcode").text == "soap:Client"
+    [record] = await gw.log()
+    assert (record.status, record.fault_code, record.http_status) == ("fault", code, status)
 
 
 async def test_soap12_requests_get_soap12_answers_and_faults(gw: Gateway, http: aiohttp.ClientSession) -> None:
@@ -389,3 +403,44 @@ async def test_text_round_trips_exactly(gw: Gateway) -> None:
     await gw.client(lambda c: c.push("residents", records, mode="full"))
     got = await gw.client(lambda c: [r["name"] for r in c.query_all("residents")])
     assert got == names
+
+
+# -- bounded work: a flood of slow requests holds neither threads nor the loop -------
+
+async def test_slow_requests_hold_at_most_max_concurrent_threads_and_the_rest_are_busy(tmp_path: Path) -> None:
+    runner, gw = await start_gateway(f"sqlite:///{tmp_path}/busy.db", tmp_path,
+                                     refdb={**refdb_section(), "max_concurrent": 4, "queue_timeout": 1})
+    body, headers = soap("Query", "<r:dataset>residents</r:dataset>")
+    before = threading.active_count()
+    peak = before
+    running = True
+
+    async def watch() -> None:
+        nonlocal peak
+        while running:
+            peak = max(peak, threading.active_count())
+            await asyncio.sleep(0.01)
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield body[:40]
+        await asyncio.sleep(2)  # a caller on a slow line: the request occupies its worker meanwhile
+        yield body[40:]
+
+    async def one(http: aiohttp.ClientSession) -> tuple[int, str | None]:
+        async with http.post(f"{gw.url}/refdb", data=slow(), headers=headers) as response:
+            return response.status, fault_code(etree.fromstring(await response.read()))
+
+    watcher = asyncio.create_task(watch())
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            answers = await asyncio.gather(*(one(http) for _ in range(200)))
+    finally:
+        running = False
+        await watcher
+        records = await gw.log()
+        await runner.cleanup()
+    served = answers.count((200, None))
+    busy = answers.count((503, "GatewayBusy"))
+    assert served + busy == 200 and served >= 4 and busy > 0
+    assert peak - before <= 4 + 6  # the request workers, and the loop's default executor
+    assert sorted(r.fault_code or "-" for r in records) == sorted(["GatewayBusy"] * busy + ["-"] * served)

@@ -49,8 +49,10 @@ def _declared(**changes: Any) -> dict[str, Any]:
     (_declared(owner=None), "owner: must be a non-empty string"),
     (_declared(colour="red"), "unknown key 'colour'"),
     ({"datasets": {}, "read_role": "Robert'); DROP"}, "must be a PostgreSQL role name"),
+    ({"max_concurrent": 0}, "refdb.max_concurrent: must be an integer between 1 and 1024"),
+    ({"queue_timeout": -1}, "refdb.queue_timeout: must be a number between 0 and 3600"),
 ], ids=["upper-case", "double-underscore", "unknown-type", "reserved-column", "decimal-too-wide",
-        "key-not-a-column", "no-key", "no-owner", "unknown-key", "bad-role"])
+        "key-not-a-column", "no-key", "no-owner", "unknown-key", "bad-role", "no-turns", "negative-queue"])
 def test_invalid_declarations_are_refused_with_their_path(section: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config({"refdb": section})
@@ -60,6 +62,7 @@ def test_invalid_declarations_are_refused_with_their_path(section: dict[str, Any
 def test_no_refdb_section_means_no_datasets() -> None:
     assert dict(parse_config({}).refdb.datasets) == {}
     assert dict(parse_refdb(None).datasets) == {}
+    assert (parse_refdb(None).max_concurrent, parse_refdb(None).queue_timeout) == (8, 5.0)
 
 
 # -- values --------------------------------------------------------------------

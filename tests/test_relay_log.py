@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yarl
 from sqlalchemy import create_engine
 
 from gateway.logs.chain import verify
@@ -77,6 +78,11 @@ async def test_gateway_fault_is_logged_in_both_directions(
     (b"msg-0001", b"m" * 300, "MessageId"),                                 # longer than the indexed column
     (b"<r:From>juki</r:From>", b"<r:From>" + b"s" * 3000 + b"</r:From>", "sender"),
     (b"<r:To>demo</r:To>", b"<r:To>" + b"d" * 3000 + b"</r:To>", "destination"),
+    # An id travels on in the X-Message-Id header: one that cannot be a header value is refused.
+    (b"msg-0001", b"msg&#13;&#10;X-Injected: 1", "MessageId"),
+    (b"msg-0001", b"msg\x7f0001", "MessageId"),
+    (b"msg-0001", b"msg&#9;0001", "MessageId"),
+    (b"msg-0001", "msg\u202e0001".encode(), "MessageId"),
 ])
 async def test_names_the_log_cannot_hold_are_refused_and_the_fault_logged(
         gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, tmp_path: Path,
@@ -208,3 +214,30 @@ async def test_full_log_queue_holds_callers_back_then_refuses(tmp_path: Path) ->
         await journal.close()
         store.close()
     assert journal.status()["written"] == 3 and journal.status()["dropped"] == 0
+
+
+@pytest.mark.parametrize(("destination", "path"), [
+    ("..", "/soap"), (".", "/soap"), ("a/../..", "/soap"), ("-x", "/soap"), ("a b", "/soap"),
+    ("..", "/soap/%2E%2E"), ("../x", "/soap/..%2Fx"),
+])
+async def test_a_destination_that_is_not_a_name_is_refused_before_any_url_is_built(
+        gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, tmp_path: Path,
+        destination: str, path: str) -> None:
+    # With a fallback peer every unknown name goes to <peer>/<name>: '..' would climb the peer's path.
+    gw = await gateway({"gateway": {"name": "gw-log", "db": f"sqlite:///{tmp_path}/log.db", "fallback_peer": "dc-west"},
+                        "endpoints": {"demo": {"url": backend.url}},
+                        "peers": {"dc-west": {"url": f"{backend.url}/gw/soap"}}})
+    body = message("valid/soap11-routing-header.xml")
+    if path == "/soap":
+        body = body.replace(b"<r:To>demo</r:To>", f"<r:To>{destination}</r:To>".encode())
+    else:
+        body = message("valid/soap11-no-header.xml")
+    url = yarl.URL(gw + path, encoded=True)
+    async with http.post(url, data=body, headers=soap11_headers()) as resp:
+        fault = await resp.text()
+        message_id = resp.headers["X-Message-Id"]
+    assert resp.status == 400 and "MalformedMessage" in fault and "not a valid name" in fault
+    assert backend.seen == []
+    request, response = await _logged(tmp_path / "log.db", message_id)
+    assert (request.status, response.fault_code, response.http_status) == ("fault", "MalformedMessage", 400)
+    assert request.endpoint is None

@@ -68,6 +68,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from gateway.logs.records import LogRecord
+from gateway.store import create_tables
 from routing.settings import JxSettings
 
 from ..errors import DocumentStoreError, DuplicateMessageId, UnknownDocument
@@ -271,10 +272,7 @@ class DocumentStore:
     def open(self) -> None:
         """Create tables and folders; remove spool files a crash left behind (never served)."""
         with translated("cannot create the JX tables"):
-            try:
-                self.tables.metadata.create_all(self.engine)
-            except SQLAlchemyError:
-                self.tables.metadata.create_all(self.engine)  # lost a creation race with another node
+            create_tables(self.engine, self.tables.metadata)
             self.blob_dir.mkdir(parents=True, exist_ok=True)
             self.spool_dir.mkdir(parents=True, exist_ok=True)
             for stale in self.spool_dir.glob("*.part"):

@@ -2,7 +2,10 @@
 
 ``bmrgw logs`` shows records as an aligned table (colours only on a
 terminal), as JSON lines with exactly SPEC.md's field names, or as CSV;
-``--follow`` keeps printing new records.  ``bmrgw logs verify`` checks every
+``--follow`` keeps printing new records.  Names in records were chosen by
+clients, so control and bidi characters in them are printed as visible
+escapes (``\\x1b``, ``\\u202e``): in JSON as ``\\u`` escapes that decode to
+the stored value, in the table and CSV as Python-style escapes.  ``bmrgw logs verify`` checks every
 hash chain and exits 1 on any tampering; ``bmrgw logs archive`` moves old
 records to compressed archive files.  ``bmrgw time`` asks the configured NTP
 servers once and shows what the gateway's clock would make of them.
@@ -26,6 +29,7 @@ from typing import Any, TextIO
 
 from sqlalchemy import Engine
 
+from gateway.ids import UNSAFE_CHARACTERS
 from gateway.store import Store, database_url
 from gateway.terminal import ConfigOption, add_db_option, db_url, display_width, pad, table
 from routing.config import Config, load_config
@@ -41,6 +45,20 @@ __all__ = ["add_logs_command", "add_time_command", "parse_time", "follow"]
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 ARCHIVE_SUBDIR = "log-archive"
+
+
+def visible(text: str) -> str:
+    """``text`` with control and bidi characters as escapes (``\\r``, ``\\x1b``, ``\\u202e``), safe on a terminal."""
+    return UNSAFE_CHARACTERS.sub(_escape, text)
+
+
+def _escape(found: re.Match[str]) -> str:
+    char = found.group()
+    code = ord(char)
+    return _SHORT.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
 def parse_time(text: str, *, now: datetime | None = None) -> datetime:
@@ -225,7 +243,9 @@ class _Output:
 
 class _Json(_Output):
     def one(self, record: LogRecord) -> None:
-        self.stream.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+        # json escapes C0 controls itself; DEL, C1 and bidi characters can only stand inside strings.
+        line = json.dumps(record.to_json(), ensure_ascii=False)
+        self.stream.write(UNSAFE_CHARACTERS.sub(lambda found: f"\\u{ord(found.group()):04x}", line) + "\n")
 
 
 class _Csv(_Output):
@@ -236,7 +256,8 @@ class _Csv(_Output):
 
     def one(self, record: LogRecord) -> None:
         data = record.to_json()
-        self.csv.writerow(["" if data[name] is None else data[name] for name in FIELDS])
+        self.csv.writerow(["" if data[name] is None else visible(data[name]) if isinstance(data[name], str)
+                           else data[name] for name in FIELDS])
 
 
 # -- the terminal table --------------------------------------------------------
@@ -253,6 +274,10 @@ _SAMPLE = 200
 
 
 def _cells(record: LogRecord) -> list[str]:
+    return [visible(cell) for cell in _texts(record)]
+
+
+def _texts(record: LogRecord) -> list[str]:
     return [
         record.ts.strftime("%Y-%m-%d %H:%M:%S.%f")[:23], "yes" if record.ntp_synced else "NO",
         record.node, record.kind, "req" if record.direction == "request" else "resp",
@@ -334,11 +359,11 @@ def _verify(args: argparse.Namespace) -> int:
 def _print_report(report: Report) -> None:
     for summary in report.chains.values():
         total = summary.archived + summary.stored
-        print(f"chain {summary.node}: {total} records up to seq {summary.last_seq} "
+        print(f"chain {visible(summary.node)}: {total} records up to seq {summary.last_seq} "
               f"({summary.archived} archived, {summary.stored} in the database), "
               f"head {summary.last_hash[:16]}…")
     for problem in report.problems:
-        print(f"TAMPERED {problem}")
+        print(f"TAMPERED {visible(str(problem))}")
     if report.ok:
         print(f"OK: {len(report.chains)} chain(s) verified, no tampering found")
     else:

@@ -42,7 +42,7 @@ from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError
 from sqlalchemy.sql import ColumnElement
 
 from gateway.errors import JournalUnavailable, WriterError
-from gateway.store import insert_rows, sqlite_datetime
+from gateway.store import create_tables, insert_rows, sqlite_datetime
 
 from .records import COLUMNS, GENESIS, LogRecord, check_text, column_values, seal, stored
 
@@ -163,10 +163,7 @@ class Head:
 def ensure_schema(engine: Engine, tables: LogTables = TABLES) -> None:
     """Create the tables if missing (safe when another node does it at the same moment)."""
     with translated("cannot create the send/receive log tables"):
-        try:
-            tables.metadata.create_all(engine)
-        except SQLAlchemyError:
-            tables.metadata.create_all(engine)  # lost a creation race: the second pass finds them
+        create_tables(engine, tables.metadata)
 
 
 def has_log(connection: Connection, tables: LogTables = TABLES) -> bool:

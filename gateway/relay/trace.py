@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from gateway.errors import (
     MalformedMessage,
 )
-from gateway.ids import new_message_id
+from gateway.ids import id_problem, new_message_id
 from gateway.logs.clock import Reading
 from gateway.logs.records import RelayExchange, text_problem
 from routing.table import Route
@@ -84,7 +84,10 @@ class Trace:
 
 def check_loggable(what: str, field: str, value: str | None, trace: Trace) -> None:
     """Refuse a name the client chose that the log record could not hold (the fault is logged without it)."""
-    if value is not None and (problem := text_problem(field, value)):
+    if value is None:
+        return
+    problem = text_problem(field, value) or (id_problem(value) if field == "message_id" else None)
+    if problem:
         if field == "message_id":
             trace.message_id = new_message_id()  # the fault and its records carry a fresh one
         raise MalformedMessage(f"{what} {problem}")

@@ -37,11 +37,12 @@ from aiohttp import web
 from cryptography import x509
 
 from gateway.errors import GatewayError, Unauthorized
-from routing.config import Client, subject_key
+from routing.config import Client, Config, subject_key
 
 from .passwords import hash_password, verify_password
 
-__all__ = ["client_of", "auth_middleware", "Authenticator", "certificate_subject", "PROTECTED_PREFIXES"]
+__all__ = ["client_of", "auth_middleware", "Authenticator", "certificate_subject", "PROTECTED_PREFIXES",
+           "cleartext_basic_warning"]
 
 #: Paths whose POSTs need an identified client when ``clients`` is configured.
 PROTECTED_PREFIXES = ("/soap", "/jx", "/refdb")
@@ -215,3 +216,13 @@ def _claimed(request: web.Request) -> str | None:
         return f"user:{login.user[:64]}"
     subject = certificate_subject(request)
     return f"cert:{subject[:200]}" if subject else None
+
+
+def cleartext_basic_warning(config: Config) -> str | None:
+    """The startup warning when clients log in with Basic passwords but the gateway listens without TLS."""
+    names = sorted(name for name, client in config.clients.items() if client.basic is not None)
+    if not names or config.gateway.tls is not None:
+        return None
+    return (f"clients {', '.join(names)} log in with HTTP Basic passwords but gateway.tls is not set: the "
+            "passwords cross the network in clear text (set gateway.tls, or make sure a TLS-terminating "
+            "proxy is the only way in)")

@@ -19,6 +19,7 @@ from sqlalchemy import Column, Engine, Float, MetaData, String, Table, bindparam
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from gateway.errors import GatewayError, Replay, ReplayStoreUnavailable
+from gateway.store import create_tables
 
 __all__ = ["ReplayGuard", "REPLAY_TABLE"]
 
@@ -64,7 +65,7 @@ class ReplayGuard:
         self._writer: asyncio.Task[None] | None = None
 
     def ensure_schema(self) -> None:
-        _METADATA.create_all(self._engine)
+        create_tables(self._engine, _METADATA)
 
     async def remember(self, digest: str, *, keep_until: datetime, now: datetime) -> None:
         """Record ``digest``; raises :class:`Replay` when any node recorded it before."""

@@ -35,7 +35,7 @@ from gateway.keys import LIVE, METRICS, NODE, STORE
 from gateway.relay.breaker import Breaker, State
 from gateway.relay.limits import Fault, Refused, rate_middleware
 from gateway.relay.resilience import RESILIENCE, Resilience, ResilienceCollector, urls_of
-from gateway.store import Store, database_url
+from gateway.store import Store, create_tables, database_url
 from gateway.terminal import table
 from routing.config import Config
 
@@ -83,7 +83,7 @@ class CircuitRow:
 
 
 def ensure_tables(engine: Engine) -> None:
-    _meta.create_all(engine, checkfirst=True)
+    create_tables(engine, _meta)
 
 
 def _row(node: str, breaker: Breaker, now: float) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from gateway.errors import ConfigError
 from gateway.keys import LIVE
 from gateway.relay.limits import ListenSite, busy_answer
 from gateway.relay.resilience import RESILIENCE
+from gateway.security.auth import cleartext_basic_warning
 from gateway.security.tls import server_context
 from routing.config import Config, load_config
 
@@ -75,6 +76,8 @@ def serve(options: ServeOptions) -> int:
     port = options.port if options.port is not None else config.gateway.listen.port
     data_dir = options.data_dir or config.resolve_path(config.gateway.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    if options.worker is None and (cleartext := cleartext_basic_warning(config)):  # once, not per worker
+        log.warning("%s", cleartext)
     if options.workers > 1 and options.worker is None:
         return supervise(options, config, host=host, port=port)
     sock = listen_socket(host, port, reuse_port=options.worker is not None)
