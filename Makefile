@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/bmrgw serve --config endpoints.yaml
 
-test: $(STAMP)
+# The suite, after mypy --strict over the product and the tests (a type error fails the run too).
+test: typecheck
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 typecheck: $(STAMP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import socket
@@ -91,8 +92,8 @@ async def start_app(app: web.Application, port: int = 0,
     site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
     await site.start()
     server = site._server
-    assert server is not None and server.sockets  # type: ignore[union-attr]
-    bound = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    assert isinstance(server, asyncio.base_events.Server) and server.sockets
+    bound = server.sockets[0].getsockname()[1]
     return runner, f"{'https' if ssl_context else 'http'}://127.0.0.1:{bound}"
 
 

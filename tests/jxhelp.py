@@ -55,7 +55,8 @@ class Answer:
         return {"jx": namespace or JX, "s": SOAP11_ENV}
 
     def text(self, path: str) -> str | None:
-        return self.root.findtext(path, namespaces=self.namespaces)
+        found: str | None = self.root.findtext(path, namespaces=self.namespaces)
+        return found
 
     @property
     def result(self) -> bool | None:

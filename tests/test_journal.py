@@ -181,7 +181,8 @@ async def test_a_late_writer_is_boosted_to_normal_priority_and_yields_again_when
 
     async with sqlite_journal(tmp_path, linger=0) as (journal, _, blocker):
         assert journal._writer.yields  # root, or RLIMIT_NICE/CAP_SYS_NICE: the tests run where it can
-        pid = journal._writer._process.pid  # type: ignore[union-attr]
+        assert journal._writer._process is not None and journal._writer._process.pid is not None
+        pid = journal._writer._process.pid
         assert os.sched_getscheduler(pid) == os.SCHED_IDLE
         blocker.execute("BEGIN EXCLUSIVE")  # the batch cannot commit: its reply is late
         await journal.record(entry(0))
@@ -202,7 +203,8 @@ async def test_a_writer_that_could_not_be_boosted_back_never_yields(store: Store
     try:
         await journal.record(entry(0))
         await journal.flush()
-        assert os.sched_getscheduler(journal._writer._process.pid) == os.SCHED_OTHER  # type: ignore[union-attr]
+        assert journal._writer._process is not None and journal._writer._process.pid is not None
+        assert os.sched_getscheduler(journal._writer._process.pid) == os.SCHED_OTHER
     finally:
         await journal.close()
 
@@ -454,7 +456,7 @@ async def test_a_killed_writer_process_is_replaced_and_nothing_is_lost(store: St
     await journal.flush()
     process = journal._writer._process
     assert process is not None and process.is_alive()
-    assert process.pid != os.getpid()  # sealing and inserting run in another interpreter
+    assert process.pid is not None and process.pid != os.getpid()  # sealing and inserting run in another interpreter
     assert os.sched_getscheduler(process.pid) == os.SCHED_IDLE  # ... that never takes a core from the relay
     process.kill()
     process.join()

@@ -34,7 +34,7 @@ def test_ca_is_a_self_signed_ca(dev_pki: DevPki) -> None:
     ca = load(dev_pki.ca)
     ca.verify_directly_issued_by(ca)
     bc = ext(ca, x509.BasicConstraints)
-    assert bc.critical and bc.value.ca is True
+    assert bc.critical and isinstance(bc.value, x509.BasicConstraints) and bc.value.ca is True
     ku = ext(ca, x509.KeyUsage).value
     assert isinstance(ku, x509.KeyUsage) and ku.key_cert_sign and ku.crl_sign
 

@@ -107,8 +107,10 @@ def test_converter_names_the_field_and_fills_absent_columns_with_null() -> None:
     converter = Converter(parse_refdb(refdb_section()).datasets["residents"])
     row = dict(zip(converter.names, converter.row({"person_id": "P1", "fee": "3"})))
     assert row["fee"] == Decimal("3.00") and row["name"] is None and len(row) == len(RESIDENTS["columns"])
-    for fields, field in (({"person_id": "P1", "birth": "x"}, "birth"), ({"person_id": None}, "person_id"),
-                          ({"person_id": "P1", "shoe": "42"}, "shoe")):
+    cases: list[tuple[dict[str, str | None], str]] = [
+        ({"person_id": "P1", "birth": "x"}, "birth"), ({"person_id": None}, "person_id"),
+        ({"person_id": "P1", "shoe": "42"}, "shoe")]
+    for fields, field in cases:
         with pytest.raises(FieldError) as caught:
             converter.row(fields)
         assert caught.value.field == field
@@ -153,7 +155,9 @@ def test_records_leaving_null_columns_out_still_convert_a_column_at_a_time(drive
         {"person_id": "P1", "fee": "1.5", "birth": "2024-02-29"}, {"person_id": "P2", "name": "x"},
         {"person_id": "P3", "fee": None, "household": "7"}, {"person_id": "P4", "fee": "2", "active": "true"}]
     assert converter._by_column(records) == [converter.row(r) for r in records]
-    for bad, field in (({"person_id": "P5", "shoe": "42"}, "shoe"), ({"fee": "1"}, "person_id")):
+    bad_records: list[tuple[dict[str, str | None], str]] = [
+        ({"person_id": "P5", "shoe": "42"}, "shoe"), ({"fee": "1"}, "person_id")]
+    for bad, field in bad_records:
         with pytest.raises(FieldError) as caught:
             converter.rows([*records, bad])
         assert (caught.value.record, caught.value.field) == (4, field)

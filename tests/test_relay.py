@@ -224,8 +224,11 @@ async def test_an_endpoint_that_stops_reading_the_request_times_out(
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited: the window closes early
     listener.bind(("127.0.0.1", 0))
     accepted: list[_Deaf] = []
-    deaf = await asyncio.get_running_loop().create_server(lambda: accepted.append(_Deaf()) or accepted[-1],
-                                                          sock=listener)
+    def deaf_protocol() -> _Deaf:
+        accepted.append(_Deaf())
+        return accepted[-1]
+
+    deaf = await asyncio.get_running_loop().create_server(deaf_protocol, sock=listener)
     url = f"http://127.0.0.1:{listener.getsockname()[1]}/deaf"
     head, tail = message("valid/soap11-routing-header.xml").split(b"</d:text>")
 

@@ -126,7 +126,7 @@ async def test_client_with_certificate_and_password_needs_both(
 
 def test_serve_listens_with_tls_and_refuses_a_bad_key(tmp_path: Path, dev_pki: DevPki) -> None:
     port = free_port()
-    config = {"gateway": {"name": "gw-tls", "listen": {"host": "127.0.0.1", "port": port},
+    config: dict[str, Any] = {"gateway": {"name": "gw-tls", "listen": {"host": "127.0.0.1", "port": port},
                           "db": f"sqlite:///{tmp_path}/serve.db", "data_dir": str(tmp_path / "var"),
                           "tls": {"cert": str(dev_pki.server.cert), "key": str(dev_pki.client.key)}}}
     path = tmp_path / "tls.yaml"

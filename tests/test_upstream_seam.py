@@ -30,9 +30,10 @@ class MemoryReply:
 
     def __init__(self, body: bytes, *, chunk: int = 1 << 20, fail_after: int | None = None,
                  declared: int | None = None) -> None:
-        self.status, self.reason = 200, "OK"
+        self.status = 200
+        self.reason: str | None = "OK"
         self.headers: Mapping[str, str] = {"Content-Type": "text/xml; charset=utf-8"}
-        self.content_length = declared if declared is not None else len(body)
+        self.content_length: int | None = declared if declared is not None else len(body)
         self._parts = [body[i:i + chunk] for i in range(0, len(body), chunk)]
         self._fail_after = fail_after
         self.released: list[Callable[[], None]] = []

@@ -257,7 +257,7 @@ async def test_zeep_signed_requests_are_accepted(
     import zeep
     from zeep.wsse.signature import BinarySignature
 
-    class RequestSignature(BinarySignature):  # type: ignore[misc]
+    class RequestSignature(BinarySignature):
         def apply(self, envelope: Any, headers: Any) -> Any:
             _timestamp(envelope)
             return super().apply(envelope, headers)
@@ -271,8 +271,8 @@ async def test_zeep_signed_requests_are_accepted(
         session = requests.Session()
         session.auth = ("juki", "pw")
         signature = RequestSignature(str(dev_pki.signing.key), str(dev_pki.signing.cert),
-                                     signature_method=xmlsec.Transform.RSA_SHA256,
-                                     digest_method=xmlsec.Transform.SHA256)
+                                     signature_method=xmlsec.Transform.RSA_SHA256,  # type: ignore[attr-defined]
+                                     digest_method=xmlsec.Transform.SHA256)  # type: ignore[attr-defined]
         client = zeep.Client(f"{demo_url}?wsdl", transport=zeep.Transport(session=session),
                              wsse=signature)
         service = client.create_service("{urn:bmrgw:demo:1}DemoSoap11", f"{base}/soap/demo")
