@@ -23,7 +23,7 @@ from routing.config import Config
 from .errors import ConfigError
 
 __all__ = ["Store", "database_url", "insert_rows", "snapshot", "sqlite_datetime", "DRIVERS", "create_tables",
-           "lock_schema"]
+           "lock_schema", "db_reason"]
 
 #: The dialects whose drivers :func:`insert_rows` hands rows to directly.
 DRIVERS = ("postgresql", "sqlite")
@@ -119,7 +119,7 @@ class Store:
             with self.engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
         except SQLAlchemyError as exc:
-            raise StoreUnavailable(str(exc.__cause__ or exc).splitlines()[0]) from exc
+            raise StoreUnavailable(db_reason(exc)) from exc
 
     def close(self) -> None:
         self.engine.dispose()
@@ -169,3 +169,11 @@ def insert_rows(connection: Connection, table: Table, names: Sequence[str], rows
         raise DBAPIError.instance(sql, None, exc, driver.Error) from exc
     finally:
         cursor.close()
+
+
+def db_reason(exc: BaseException) -> str:
+    """The first line of what the database driver said, without SQLAlchemy's SQL and parameters
+    (one line: the CLI, ``/healthz`` and the log show it as is)."""
+    inner = exc.orig if isinstance(exc, DBAPIError) else (exc.__cause__ or exc)
+    text = str(inner).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

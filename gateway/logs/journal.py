@@ -50,9 +50,10 @@ from sqlalchemy import (
 )
 
 from gateway.errors import JournalUnavailable
+from gateway.store import db_reason
 
 from .records import Entry, LogRecord, describe, pack
-from .tables import TABLES, LogTables, append, ensure_schema, reason, transient
+from .tables import TABLES, LogTables, append, ensure_schema, transient
 from .writer import WriterProcess
 
 __all__ = ["Journal"]
@@ -215,7 +216,7 @@ class Journal:
             try:
                 written = await self._writer.commit([pack(entry) for entry in batch])
             except Exception as exc:  # the writer must survive anything one batch can cause
-                self.last_error = reason(exc)
+                self.last_error = db_reason(exc)
                 if not transient(exc):
                     await self._isolate(batch)
                     return

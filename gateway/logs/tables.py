@@ -42,7 +42,7 @@ from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError
 from sqlalchemy.sql import ColumnElement
 
 from gateway.errors import JournalUnavailable, WriterError
-from gateway.store import create_tables, insert_rows, sqlite_datetime
+from gateway.store import create_tables, db_reason, insert_rows, sqlite_datetime
 
 from .records import COLUMNS, GENESIS, LogRecord, check_text, column_values, seal, stored
 
@@ -63,7 +63,7 @@ __all__ = [
     "heads",
     "head_seqs",
     "translated",
-    "reason",
+    
     "transient",
 ]
 
@@ -74,13 +74,9 @@ def translated(what: str) -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as exc:
-        raise JournalUnavailable(f"{what}: {reason(exc)}") from exc
+        raise JournalUnavailable(f"{what}: {db_reason(exc)}") from exc
 
 
-def reason(exc: BaseException) -> str:
-    """The first line of the driver's message, without SQLAlchemy's SQL and parameters."""
-    text = str(exc.orig if isinstance(exc, DBAPIError) else exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def transient(exc: Exception) -> bool:

@@ -56,10 +56,10 @@ import struct
 from typing import IO, Any
 
 from gateway.errors import WriterError
-from gateway.store import Store
+from gateway.store import Store, db_reason
 
 from .records import unpack_entries
-from .tables import TABLES, append, log_tables, reason, transient
+from .tables import TABLES, append, log_tables, transient
 
 __all__ = ["WriterProcess"]
 
@@ -245,7 +245,7 @@ def _main(sock: socket.socket, url: str, node: str, table: str, idle: bool) -> N
                     with store.engine.begin() as connection:
                         append(connection, records, node=node, tables=tables)
                 except Exception as exc:  # every failure goes back to the parent, which decides
-                    sock.sendall(_frame(("error", transient(exc), reason(exc))))
+                    sock.sendall(_frame(("error", transient(exc), db_reason(exc))))
                 else:
                     sock.sendall(_frame(("ok", len(records))))
         except OSError:

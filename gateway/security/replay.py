@@ -19,7 +19,7 @@ from sqlalchemy import Column, Engine, Float, MetaData, String, Table, bindparam
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from gateway.errors import GatewayError, Replay, ReplayStoreUnavailable
-from gateway.store import create_tables
+from gateway.store import create_tables, db_reason
 
 __all__ = ["ReplayGuard", "REPLAY_TABLE"]
 
@@ -129,7 +129,7 @@ class ReplayGuard:
 
 
 def _unavailable(exc: SQLAlchemyError) -> ReplayStoreUnavailable:
-    return ReplayStoreUnavailable(f"the replay records are unavailable: {str(exc.__cause__ or exc).splitlines()[0]}")
+    return ReplayStoreUnavailable(f"the replay records are unavailable: {db_reason(exc)}")
 
 
 def _settle(outcome: asyncio.Future[None], result: GatewayError | None) -> None:

@@ -35,7 +35,7 @@ from gateway.keys import LIVE, METRICS, NODE, STORE
 from gateway.relay.breaker import Breaker, State
 from gateway.relay.limits import Fault, Refused, rate_middleware
 from gateway.relay.resilience import RESILIENCE, Resilience, ResilienceCollector, urls_of
-from gateway.store import Store, create_tables, database_url
+from gateway.store import Store, create_tables, database_url, db_reason
 from gateway.terminal import table
 from routing.config import Config
 
@@ -132,7 +132,7 @@ class Publisher:
             self.dirty = True
             if not self._warned:
                 log.error("circuit state: the store is unavailable, resets wait for it: %s",
-                          str(exc).splitlines()[0])
+                          db_reason(exc))
                 self._warned = True
 
     def _snapshot(self) -> list[dict[str, Any]]:
@@ -251,7 +251,7 @@ def circuit_listing(config: Config) -> tuple[list[dict[str, Any]], str | None]:
         finally:
             store.close()
     except (SQLAlchemyError, ConfigError) as exc:
-        return [], str(getattr(exc, "reason", None) or str(exc).splitlines()[0])
+        return [], exc.reason if isinstance(exc, ConfigError) else db_reason(exc)
     names = owners(config)
     now = time.time()
     return [{"names": names.get(r.url, []), "url": r.url, "state": r.state, "node": r.node,
