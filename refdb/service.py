@@ -47,6 +47,7 @@ from lxml import etree
 from sqlalchemy import Connection
 
 import schemas
+from gateway.disk import FreeSpace, storage_folders
 from gateway.errors import (
     ConfigError,
     GatewayError,
@@ -146,6 +147,7 @@ class RefdbService:
         self._settings: RefdbSettings | None = None
         self._store: RefStore | None = None
         self._lock = asyncio.Lock()
+        self._space = FreeSpace(storage_folders(live.current.config))
 
     async def start(self) -> None:
         """Create or migrate the declared datasets; a destructive change stops the gateway with a ConfigError."""
@@ -185,7 +187,7 @@ class RefdbService:
                 raise UnsupportedMediaType(f"Content-Type {request.content_type!r} is not SOAP")
             store = await self._current(config)
             call = Call(store=store, caller=caller_of(request), outcome=outcome,
-                        write_log=self._log_in_commit)
+                        write_log=self._log_in_commit, check_disk=self._disk_check(config))
             answer = await self._run(self._body(request, call, config), call, worker, config)
             status = 200
         except Exception as unexpected:  # every failure a caller meets is a SOAP fault, never a bare 500
@@ -200,6 +202,10 @@ class RefdbService:
         finally:
             worker.shutdown(wait=False)
         return web.Response(body=answer, status=status, content_type=version.content_type, charset="utf-8")
+
+    def _disk_check(self, config: Config) -> Callable[[], None]:
+        """``gateway.min_free_bytes``: what a push stores is refused on a full data disk (InsufficientStorage)."""
+        return lambda: self._space.check(config.gateway.min_free_bytes, what="store refdb records")
 
     async def _body(self, request: web.Request, call: Call, config: Config) -> AsyncIterator[bytes]:
         """The body in chunks: streamed, or — for a client that must sign (``wss.verify``) — read
@@ -313,8 +319,10 @@ WriteLog = Callable[[Connection, PushResult, Outcome, "str | None"], None]
 class Call:
     """One refdb operation, run in a worker thread: streamed items first, then :meth:`finish`."""
 
-    def __init__(self, *, store: RefStore, caller: Caller, outcome: Outcome, write_log: WriteLog) -> None:
+    def __init__(self, *, store: RefStore, caller: Caller, outcome: Outcome, write_log: WriteLog,
+                 check_disk: Callable[[], None] = lambda: None) -> None:
         self.store = store
+        self.check_disk = check_disk
         self.caller = caller
         self.outcome = outcome
         self.operation: str | None = None
@@ -405,6 +413,8 @@ class Call:
         self.outcome.dataset = dataset
         check_push(self.caller, tables.dataset)
         self._converter = Converter(tables.dataset, self.store.driver)
+        if operation == "Upsert":
+            self.check_disk()  # before the first record is staged
         if operation == "Upsert" and self._push is None:
             self._push = self.store.begin_push(dataset, _mode(scalars), self.caller.name)
             self._own_push = True
@@ -450,6 +460,7 @@ class Call:
         dataset = self.store.dataset(_required(scalars, "dataset")).dataset
         self.outcome.dataset = dataset.name
         check_push(self.caller, dataset)
+        self.check_disk()
         push_id = self.store.begin_push(dataset.name, _mode(scalars), self.caller.name)
         self.outcome.message_id = push_id
         element(out, "dataset", dataset.name)
@@ -458,6 +469,7 @@ class Call:
     def _op_commit(self, reader: RequestReader, out: etree._Element) -> None:
         scalars = reader.scalars
         push_id = self._owned_push(scalars)
+        self.check_disk()  # the push stays open: it can be committed once there is room again
         _result(out, self.store.commit(push_id, self._on_commit))
 
     def _op_abort(self, reader: RequestReader, out: etree._Element) -> None:

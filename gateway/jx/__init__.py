@@ -23,6 +23,7 @@ from gateway.logs.journal import Journal
 from gateway.security.message import MessageSecurity
 from routing.config import Config
 
+from ..disk import FreeSpace, storage_folders
 from ..errors import DocumentStoreError
 from ..store import database_url
 from .mailbox import Mailbox
@@ -60,7 +61,8 @@ def open_store(config: Config, *, journal: Journal | None = None, node: str | No
     durable = prepare_engine(create_engine(url), durable=True) if engine.dialect.name == "sqlite" else engine
     writer = journal.write_in if journal is not None else None
     return DocumentStore(engine, durable=durable, root=jx_root(config), settings=config.gateway.jx,
-                         node=node or config.gateway.name, log=writer)
+                         node=node or config.gateway.name, log=writer, space=FreeSpace(storage_folders(config)),
+                         min_free_bytes=config.gateway.min_free_bytes)
 
 
 def add_jx(app: web.Application, config: Config, resources: Resources, *, node: str | None = None) -> None:

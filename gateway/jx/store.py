@@ -27,6 +27,14 @@ lease is free, under a row lock (``FOR UPDATE SKIP LOCKED`` on PostgreSQL;
 within a lease.  Unconfirmed documents are handed out again after the lease;
 one handed out ``max_deliveries`` times without a confirm is parked as a dead
 letter so it never blocks the queue.
+
+Quotas.  A receiver id holds at most ``max_pending_documents`` waiting (ready
+or leased) documents of at most ``max_pending_bytes`` together; a put beyond
+is :class:`QuotaExceeded`, checked in the put's transaction (exact on SQLite,
+whose writers are serialised; on PostgreSQL concurrent puts for one receiver
+may overshoot by their number).  Dead letters and confirmed documents do not
+count.  A put is refused with :class:`InsufficientStorage` before its bytes
+move when the data disk is below ``gateway.min_free_bytes``.
 """
 
 from __future__ import annotations
@@ -70,7 +78,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from gateway.logs.records import LogRecord
 from routing.settings import JxSettings
 
-from ..errors import DocumentStoreError, DuplicateMessageId, UnknownDocument
+from ..disk import FreeSpace
+from ..errors import DocumentStoreError, DuplicateMessageId, QuotaExceeded, UnknownDocument
 from .files import fsync_dir
 from .wire import Spool
 
@@ -254,7 +263,8 @@ class DocumentStore:
     """Put, lease, confirm and manage JX documents (synchronous: call from a worker thread)."""
 
     def __init__(self, engine: Engine, *, root: Path, settings: JxSettings, node: str,
-                 log: LogWriter | None = None, durable: Engine | None = None) -> None:
+                 log: LogWriter | None = None, durable: Engine | None = None,
+                 space: FreeSpace | None = None, min_free_bytes: int = 0) -> None:
         self.engine = engine
         self.durable = durable or engine
         """Engine for puts: on SQLite a pool of its own with ``synchronous=FULL``."""
@@ -265,6 +275,9 @@ class DocumentStore:
         self.blob_dir = root / "blobs"
         self.spool_dir = root / "tmp" / _safe_node(node)
         self.tables = TABLES
+        self.space = space
+        """The data disk's free space (``None``: not checked, as for read-only commands)."""
+        self.min_free_bytes = min_free_bytes
 
     # -- set-up ----------------------------------------------------------------
 
@@ -293,8 +306,14 @@ class DocumentStore:
         The spool file is consumed either way.
         """
         try:
+            self.check_disk()
             try:
                 self._insert(new, spool, record)
+            except QuotaExceeded:
+                existing = self.find(new.message_id)  # a document sent again is no new one
+                if existing is None:
+                    raise
+                return self._duplicate(existing, new, spool)
             except IntegrityError:
                 existing = self.find(new.message_id)  # stored before, or by a concurrent put that won
                 if existing is None:
@@ -303,6 +322,27 @@ class DocumentStore:
             return True
         finally:
             spool.discard()
+
+    def check_disk(self) -> None:
+        """Refuse to store when the data disk is below ``gateway.min_free_bytes`` (InsufficientStorage)."""
+        if self.space is not None:
+            self.space.check(self.min_free_bytes, what="store a JX document")
+
+    def check_room(self, receiver_id: str) -> None:
+        """Before a document is read: refuse when the disk or ``receiver_id``'s quota is already full."""
+        self.check_disk()
+        with translated("cannot read the JX documents"), self.engine.connect() as c:
+            self._check_quota(c, receiver_id, 0)
+
+    def _check_quota(self, c: Connection, receiver_id: str, size: int) -> None:
+        t = self.tables.document
+        count, total = c.execute(select(func.count(), func.coalesce(func.sum(t.c.size), 0)).where(
+            t.c.receiver_id == receiver_id, t.c.state == "ready")).one()
+        most, most_bytes = self.settings.max_pending_documents, self.settings.max_pending_bytes
+        if count + 1 > most or int(total) + size > most_bytes:
+            raise QuotaExceeded(f"receiver {receiver_id[:64]!r} has {count} documents of {int(total)} bytes waiting; "
+                                f"its quota is {most} documents of {most_bytes} bytes "
+                                "(gateway.jx.max_pending_documents, max_pending_bytes)", detail=receiver_id[:256])
 
     def _duplicate(self, existing: Document, new: NewDocument, spool: Spool) -> bool:
         if existing.same_content(new, spool):
@@ -315,6 +355,7 @@ class DocumentStore:
         name = None if self.in_database else self._file_blob(spool)
         try:
             with self.durable.begin() as c:
+                self._check_quota(c, new.receiver_id, spool.size)
                 seq = c.execute(insert(self.tables.document).values(
                     message_id=new.message_id, sender_id=new.sender_id, receiver_id=new.receiver_id,
                     format_type=new.format_type, document_type=new.document_type,
@@ -324,9 +365,9 @@ class DocumentStore:
                 if self.in_database:
                     self._database_blob(c, seq, spool)
                 self._log(c, record)
-        except IntegrityError:
+        except (IntegrityError, QuotaExceeded):
             self._drop_file(name)
-            raise  # the messageId is taken: put() decides whether that is the same document
+            raise  # put() decides whether that is the same document sent again
         except BaseException as exc:
             self._drop_file(name)
             with translated("cannot store the document"):
