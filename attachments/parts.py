@@ -61,7 +61,7 @@ class FileInfo:
     """Bytes in every part but the last."""
     part_count: int
 
-    def check(self, *, max_file_bytes: int) -> FileInfo:
+    def check(self, *, max_file_bytes: int, max_parts: int | None = None) -> FileInfo:
         """This info if it is self-consistent and within the limits; raises a ClientFault otherwise."""
         safe_file_name(self.file_name)
         if not FILE_ID.fullmatch(self.file_id):
@@ -75,6 +75,8 @@ class FileInfo:
         if self.file_size > max_file_bytes or self.stream_size > max_file_bytes:
             raise MessageTooLarge(f"the file of {max(self.file_size, self.stream_size)} bytes exceeds the "
                                   f"receiver's limit of {max_file_bytes}")
+        if max_parts is not None and self.part_count > max_parts:
+            raise MessageTooLarge(f"the file is sent in {self.part_count} parts; the receiver takes at most {max_parts}")
         if self.compression == "none" and self.stream_size != self.file_size:
             raise MalformedMessage("an uncompressed file must have streamSize equal to fileSize")
         if self.part_count != part_count(self.stream_size, self.part_size):

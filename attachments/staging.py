@@ -100,12 +100,14 @@ class PartWriter:
 class Staging:
     """The staging folder of a receiving directory."""
 
-    def __init__(self, directory: Path, *, max_file_bytes: int, max_ratio: float = 200.0) -> None:
+    def __init__(self, directory: Path, *, max_file_bytes: int, max_ratio: float = 200.0,
+                 max_parts: int | None = None) -> None:
         self.directory = directory
         self.root = directory / STAGING_DIR
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_file_bytes = max_file_bytes
         self.max_ratio = max_ratio
+        self.max_parts = max_parts
         # fileId -> (bytes hashed in order so far, their SHA-256): in memory only;
         # after a restart or out-of-order parts the stream is read once more instead.
         self._running: dict[str, tuple[int, hashlib._Hash]] = {}
@@ -127,9 +129,13 @@ class Staging:
         have = frozenset(int(p.name) for p in parts.iterdir() if p.name.isdigit()) if parts.exists() else frozenset()
         return FileStatus(file_id=file_id, parts=have, part_count=info.part_count if info else None)
 
+    def started(self, file_id: str) -> bool:
+        """Whether a transfer of ``file_id`` is staged (begun, or finished and still remembered)."""
+        return self._info(file_id) is not None
+
     def begin(self, info: FileInfo) -> None:
         """Start or continue a transfer; its description must not change between parts."""
-        info.check(max_file_bytes=self.max_file_bytes)
+        info.check(max_file_bytes=self.max_file_bytes, max_parts=self.max_parts)
         known = self._info(info.file_id)
         if known is None:
             folder = self._folder(info.file_id)

@@ -24,6 +24,7 @@ HTTP status of the fault response::
     │   ├── ChecksumMismatch(ValueError)            400  (file transfer)
     │   ├── ZipBomb(ValueError)                     413  (file transfer)
     │   └── TooManyRequests(RuntimeError)           429  over gateway.limits.client_rate
+    │       └── LoginThrottled                      429  too many failed logins from the address
     └── ServerFault                                 the gateway or its upstream failed
         ├── RoutingLoop(RuntimeError)               500
         ├── UpstreamError
@@ -32,7 +33,10 @@ HTTP status of the fault response::
         │   └── EndpointBusy(TimeoutError)          503  endpoint at max_concurrent past queue_timeout
         ├── DocumentStoreError(RuntimeError)        500  JX: the document store failed
         ├── StorageFailed(OSError)                  500  (file transfer: the receiver's disk)
+        ├── QuotaExceeded(RuntimeError)             507  JX: a receiver's pending documents are at their quota
+        ├── InsufficientStorage(RuntimeError)       503  the data disk is below gateway.min_free_bytes
         └── GatewayBusy(RuntimeError)               503  gateway.limits.max_connections reached
+            └── LoginBusy                           503  the password-check pool is full
 
     Reference DB (refdb/, SPEC.md capability F):
     ClientFault
@@ -119,6 +123,10 @@ __all__ = [
     "SendError",
     "RemoteFault",
     "FileError",
+    "LoginThrottled",
+    "LoginBusy",
+    "QuotaExceeded",
+    "InsufficientStorage",
 ]
 
 
@@ -455,3 +463,37 @@ class RemoteFault(CommandError):
 
 class FileError(CommandError, ValueError):
     """Raised for a file that cannot be read as records; the message names the file and line."""
+
+
+# -- hostile input (issue 17): logins, quotas, disk space ------------------------------
+
+
+class LoginThrottled(TooManyRequests):
+    """Raised when an address failed so many password checks lately that its next one is not even tried yet."""
+
+    def __init__(self, reason: str, *, retry_after: float) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class LoginBusy(GatewayBusy):
+    """Raised when the password-check pool already holds as many checks as it may queue (a login flood)."""
+
+
+class QuotaExceeded(ServerFault, RuntimeError):
+    """Raised when a JX receiver id already has ``gateway.jx.max_pending_documents`` or ``max_pending_bytes`` waiting.
+
+    A Server fault: the message itself is fine and succeeds once the receiver has polled (SOAP 1.2
+    ``Receiver``).  HTTP 507 (RFC 4918: the server cannot store the representation; temporary), as
+    WebDAV servers answer a full quota; ``/jx`` answers it with 500 like every JX fault.
+    """
+
+    code = "QuotaExceeded"
+    http_status = 507
+
+
+class InsufficientStorage(ServerFault, RuntimeError):
+    """Raised when storing would leave the data disk with less than ``gateway.min_free_bytes`` free."""
+
+    code = "InsufficientStorage"
+    http_status = 503

@@ -41,21 +41,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import aiohttp
 from aiohttp import web
 from lxml import etree
 from sqlalchemy import Connection
 
+from gateway.disk import FreeSpace, storage_folders
 from gateway.errors import (
     ConfigError,
     GatewayError,
     InvalidRecord,
     InvalidRequest,
     JournalUnavailable,
-    MalformedMessage,
     MessageTooLarge,
     RefdbUnavailable,
-    RequestTimeout,
     UnsupportedMediaType,
 )
 from gateway.ids import new_message_id
@@ -84,7 +82,6 @@ log = logging.getLogger("bmrgw.refdb")
 
 #: Records staged per database transaction while a request streams in.
 BATCH_ROWS = 5000
-_CHUNK = 256 * 1024
 
 
 @dataclass(eq=False)
@@ -114,6 +111,7 @@ class RefdbService:
         self._store: RefStore | None = None
         self._lock = asyncio.Lock()
         self._turns = Turns(live.current.config.refdb)
+        self._space = FreeSpace(storage_folders(live.current.config))
 
     async def start(self) -> None:
         """Create or migrate the declared datasets; a destructive change stops the gateway with a ConfigError."""
@@ -156,7 +154,7 @@ class RefdbService:
             turns = await self._turns.take(config.refdb)
             store = await self._current(config)
             call = Call(store=store, caller=caller_of(request), outcome=outcome,
-                        write_log=self._log_in_commit)
+                        write_log=self._log_in_commit, check_disk=self._disk_check(config))
             answer = await self._run(self._body(request, call, config), call, worker, config)
             status = 200
         except Exception as unexpected:  # every failure a caller meets is a SOAP fault, never a bare 500
@@ -174,17 +172,21 @@ class RefdbService:
                 turns.release()
         return web.Response(body=answer, status=status, content_type=version.content_type, charset="utf-8")
 
+    def _disk_check(self, config: Config) -> Callable[[], None]:
+        """``gateway.min_free_bytes``: what a push stores is refused on a full data disk (InsufficientStorage)."""
+        return lambda: self._space.check(config.gateway.min_free_bytes, what="store refdb records")
+
     async def _body(self, request: web.Request, call: Call, config: Config) -> AsyncIterator[bytes]:
         """The body in chunks: streamed, or — for a client that must sign (``wss.verify``) — read
         whole (at most ``gateway.max_message_bytes``) and verified first."""
         timeout = config.gateway.client_timeout
         client = call.caller.client
         if client is None or client.wss_verify is None:
-            while chunk := await _gather(request, timeout):
+            while chunk := await params.gather(request, timeout):
                 yield chunk
             return
         pieces, size = [], 0
-        while chunk := await _gather(request, timeout):
+        while chunk := await params.gather(request, timeout):
             size += len(chunk)
             if size > config.gateway.max_message_bytes:
                 raise MessageTooLarge(f"a signed request may be at most {config.gateway.max_message_bytes} bytes",
@@ -193,8 +195,8 @@ class RefdbService:
         whole = b"".join(pieces)
         await self._security().verify_client(whole, content_type=request.content_type, client=client,
                                              settings=config.gateway)
-        for start in range(0, len(whole), _CHUNK):
-            yield whole[start:start + _CHUNK]
+        for start in range(0, len(whole), params.CHUNK):
+            yield whole[start:start + params.CHUNK]
 
     @staticmethod
     async def _run(body: AsyncIterator[bytes], call: Call, worker: ThreadPoolExecutor, config: Config) -> bytes:
@@ -250,29 +252,6 @@ def _internal(exc: Exception) -> GatewayError:
 T = TypeVar("T")
 
 
-async def _gather(request: web.Request, timeout: float) -> bytes:
-    """The next ``_CHUNK`` bytes of the body (fewer only at its end; empty when it has ended).
-
-    TCP delivers a big body in pieces of a few KiB; handing each to the worker
-    thread would cost a thread switch per piece, which dominates on a busy host.
-    """
-    pieces: list[bytes] = []
-    size = 0
-    while size < _CHUNK:
-        try:
-            async with asyncio.timeout(timeout):
-                piece = await request.content.read(_CHUNK - size)
-        except TimeoutError as exc:
-            raise RequestTimeout(f"the caller sent nothing for {timeout:g} s") from exc
-        except (aiohttp.ClientPayloadError, ConnectionResetError) as exc:
-            raise MalformedMessage(f"the request body is incomplete: {exc}") from exc
-        if not piece:
-            break
-        pieces.append(piece)
-        size += len(piece)
-    return b"".join(pieces)
-
-
 async def _in(worker: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
 
@@ -283,8 +262,10 @@ WriteLog = Callable[[Connection, PushResult, Outcome, "str | None"], None]
 class Call:
     """One refdb operation, run in a worker thread: streamed items first, then :meth:`finish`."""
 
-    def __init__(self, *, store: RefStore, caller: Caller, outcome: Outcome, write_log: WriteLog) -> None:
+    def __init__(self, *, store: RefStore, caller: Caller, outcome: Outcome, write_log: WriteLog,
+                 check_disk: Callable[[], None] = lambda: None) -> None:
         self.store = store
+        self.check_disk = check_disk
         self.caller = caller
         self.outcome = outcome
         self.operation: str | None = None
@@ -375,6 +356,8 @@ class Call:
         self.outcome.dataset = dataset
         check_push(self.caller, tables.dataset)
         self._converter = Converter(tables.dataset, self.store.driver)
+        if operation == "Upsert":
+            self.check_disk()  # before the first record is staged
         if operation == "Upsert" and self._push is None:
             self._push = self.store.begin_push(dataset, params.mode(scalars), self.caller.name)
             self._own_push = True
@@ -420,6 +403,7 @@ class Call:
         dataset = self.store.dataset(params.required(scalars, "dataset")).dataset
         self.outcome.dataset = dataset.name
         check_push(self.caller, dataset)
+        self.check_disk()
         push_id = self.store.begin_push(dataset.name, params.mode(scalars), self.caller.name)
         self.outcome.message_id = push_id
         element(out, "dataset", dataset.name)
@@ -428,6 +412,7 @@ class Call:
     def _op_commit(self, reader: RequestReader, out: etree._Element) -> None:
         scalars = reader.scalars
         push_id = self._owned_push(scalars)
+        self.check_disk()  # the push stays open: it can be committed once there is room again
         params.add_result(out, self.store.commit(push_id, self._on_commit))
 
     def _op_abort(self, reader: RequestReader, out: etree._Element) -> None:

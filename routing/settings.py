@@ -60,6 +60,10 @@ class JxSettings:
     blobs: str = "auto"
     """Where document bytes live: ``files`` (under ``data_dir``), ``database``, or ``auto``
     (files on SQLite, the database on PostgreSQL, so nodes share only the database)."""
+    max_pending_documents: int = 10000
+    """Documents waiting (ready or leased) for one receiver id; beyond, puts and deposits are ``QuotaExceeded``."""
+    max_pending_bytes: int = 10 * 1024 ** 3
+    """Bytes of the documents waiting for one receiver id; beyond, puts and deposits are ``QuotaExceeded``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,6 +124,8 @@ class GatewaySettings:
     """The JX polling relay."""
     max_attachment_bytes: int = 2 * 1024 * 1024 * 1024
     """Largest multipart/related (SwA, MTOM) request body relayed; its root part stays under the envelope limits."""
+    min_free_bytes: int = 1024 ** 3
+    """Free space the data disk keeps: below it, anything that would store data is ``InsufficientStorage``."""
 
 
 # -- resilience: failover URLs, breaker, limits (README "Resilience") ------------------
@@ -191,7 +197,7 @@ def gateway_settings(raw: Any, db: str | None, peers: frozenset[str], base: Path
     g = read.mapping(raw, "gateway")
     allowed = {"name", "listen", "tls", "db", "data_dir", "max_message_bytes",
                "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp", "logs", "wss", "jx",
-               "max_attachment_bytes", *_RESILIENCE_KEYS}
+               "max_attachment_bytes", "min_free_bytes", *_RESILIENCE_KEYS}
     read.known(g, "gateway", allowed)
     defaults = GatewaySettings()
     fallback = g.get("fallback_peer")
@@ -218,6 +224,7 @@ def gateway_settings(raw: Any, db: str | None, peers: frozenset[str], base: Path
         jx=_jx(read.section(g, "jx")),
         max_attachment_bytes=read.integer(g.get("max_attachment_bytes", defaults.max_attachment_bytes),
                                   "gateway.max_attachment_bytes", low=1024),
+        min_free_bytes=read.integer(g.get("min_free_bytes", defaults.min_free_bytes), "gateway.min_free_bytes", low=0),
     )
 
 
@@ -278,7 +285,8 @@ def _logs(raw: Any) -> LogSettings:
 
 def _jx(raw: Any) -> JxSettings:
     m = read.mapping(raw, "gateway.jx")
-    read.known(m, "gateway.jx", {"lease_seconds", "max_deliveries", "retention_days", "max_document_bytes", "blobs"})
+    read.known(m, "gateway.jx", {"lease_seconds", "max_deliveries", "retention_days", "max_document_bytes", "blobs",
+                                 "max_pending_documents", "max_pending_bytes"})
     d = JxSettings()
     days = m.get("retention_days", d.retention_days)
     blobs = m.get("blobs", d.blobs)
@@ -293,6 +301,10 @@ def _jx(raw: Any) -> JxSettings:
         max_document_bytes=read.integer(m.get("max_document_bytes", d.max_document_bytes),
                                 "gateway.jx.max_document_bytes", low=1024),
         blobs=blobs,
+        max_pending_documents=read.integer(m.get("max_pending_documents", d.max_pending_documents),
+                                           "gateway.jx.max_pending_documents", low=1),
+        max_pending_bytes=read.integer(m.get("max_pending_bytes", d.max_pending_bytes),
+                                       "gateway.jx.max_pending_bytes", low=1),
     )
 
 

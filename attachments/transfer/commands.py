@@ -31,6 +31,10 @@ def _size(text: str) -> int:
     return int(number) * unit
 
 
+def _size_or_zero(text: str) -> int:
+    return 0 if text.strip() == "0" else _size(text)
+
+
 def add_file_commands(commands: Commands, config_option: Callable[[argparse.ArgumentParser], None]) -> None:
     """Register ``send`` and ``receive``."""
     _add_send(commands, config_option)
@@ -96,7 +100,12 @@ def _add_receive(commands: Commands, config_option: Callable[[argparse.ArgumentP
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--dir", type=Path, required=True, metavar="DIR", help="where complete files are published")
     p.add_argument("--max-file-bytes", type=_size, default=ReceiveOptions.max_file_bytes, metavar="BYTES",
-                   help="largest file accepted (default 64G)")
+                   help="largest file accepted, as declared before its first part is staged (default 64G)")
+    p.add_argument("--max-parts", type=int, default=ReceiveOptions.max_parts, metavar="N",
+                   help="most parts a transfer may be declared in (default 10000); refused before anything is staged")
+    p.add_argument("--min-free-bytes", type=_size_or_zero, default=ReceiveOptions.min_free_bytes, metavar="BYTES",
+                   help="free space DIR's disk keeps: a transfer or part that would leave less is refused with "
+                   "503 InsufficientStorage (default 1G; 0: no check)")
     p.add_argument("--max-ratio", type=float, default=ReceiveOptions.max_ratio, metavar="R",
                    help="zip bombs: largest inflated/compressed ratio (default 200)")
     p.add_argument("--keep-partial-days", type=float, default=ReceiveOptions.keep_partial_days, metavar="DAYS",
@@ -113,7 +122,8 @@ def _receive(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = ReceiveOptions(directory=args.dir, max_file_bytes=args.max_file_bytes, max_ratio=args.max_ratio,
-                             keep_partial_days=args.keep_partial_days)
+                             keep_partial_days=args.keep_partial_days, max_parts=args.max_parts,
+                             min_free_bytes=args.min_free_bytes)
     try:
         app = make_receiver_app(options)
     except OSError as exc:

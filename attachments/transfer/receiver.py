@@ -8,6 +8,12 @@ multipart body arrived intact and its size and SHA-256 match.  When the last
 part is recorded the file is verified (and unzipped within the zip-bomb
 limits) and published atomically into the folder.  A re-sent part is
 answered ``duplicate`` without being written again.
+
+Before anything of a transfer is staged, its declaration is held against the
+limits: ``max_file_bytes`` and ``max_parts`` (413 ``MessageTooLarge``), and
+the disk — a new transfer's declared size (and its unzipped size), or a
+further part, must leave ``min_free_bytes`` free, else 503
+``InsufficientStorage``.
 """
 
 from __future__ import annotations
@@ -32,9 +38,17 @@ from attachments.message import (
     status_reply,
 )
 from attachments.mime import Event, MultipartReader, PartData, PartEnd, PartStart, RelatedType, parse_related
-from attachments.parts import PartHasher
+from attachments.parts import FileInfo, PartHasher, PartInfo
 from attachments.staging import PartWriter, Staging
-from gateway.errors import ClientFault, GatewayError, MalformedMessage, MessageTooLarge, StorageFailed
+from gateway.disk import FreeSpace
+from gateway.errors import (
+    ClientFault,
+    GatewayError,
+    InsufficientStorage,
+    MalformedMessage,
+    MessageTooLarge,
+    StorageFailed,
+)
 from gateway.ns import SoapVersion
 from gateway.soap import fault_content_type, gateway_fault, version_for
 from schemas import read as read_schema
@@ -50,6 +64,10 @@ class ReceiveOptions:
     """Where complete files are published."""
     max_file_bytes: int = 64 * 1024 ** 3
     """Largest file (and transmitted stream) accepted."""
+    max_parts: int = 10000
+    """Most parts a transfer may be declared in (64 GiB in the sender's default 64 MiB parts is 1024)."""
+    min_free_bytes: int = 1024 ** 3
+    """Free space the disk of ``directory`` keeps; a part that would leave less is refused."""
     max_ratio: float = 200.0
     """Largest inflate ratio of a zipped file."""
     name: str = "bmrgw-receive"
@@ -65,7 +83,8 @@ class FileReceiver:
         options.directory.mkdir(parents=True, exist_ok=True)
         self._options = options
         self._staging = Staging(options.directory, max_file_bytes=options.max_file_bytes,
-                                max_ratio=options.max_ratio)
+                                max_ratio=options.max_ratio, max_parts=options.max_parts)
+        self._space = FreeSpace([options.directory])
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -89,7 +108,7 @@ class FileReceiver:
 
     async def _fault(self, request: web.Request, error: GatewayError, version: SoapVersion) -> web.Response:
         await _drain(request)
-        status = error.http_status if isinstance(error, ClientFault) else 500
+        status = error.http_status if isinstance(error, (ClientFault, InsufficientStorage)) else 500
         return web.Response(status=status, body=gateway_fault(error, version, gateway=self._options.name),
                             headers={"Content-Type": fault_content_type(version)})
 
@@ -144,9 +163,10 @@ class FileReceiver:
                 del self._locks[file_id]
 
     async def _put(self, put: PutFilePart, events: AsyncIterator[Event]) -> PartReply:
-        info = put.info
-        self._staging.begin(info)
+        info = put.info.check(max_file_bytes=self._options.max_file_bytes, max_parts=self._options.max_parts)
         part = info.part(put.part_no, put.part_sha256)
+        self._check_room(info, part)
+        self._staging.begin(info)
         writer = self._staging.writer(info, part)
         try:
             await _attachment(events, put.content_id, writer or PartHasher(part))
@@ -165,6 +185,15 @@ class FileReceiver:
         state = "complete" if status.published else "stored" if writer is not None else "duplicate"
         return PartReply(file_id=info.file_id, part_no=put.part_no, status=state,
                          parts_received=len(status.parts), published=status.published)
+
+
+    def _check_room(self, info: FileInfo, part: PartInfo) -> None:
+        """A new transfer must fit whole (with its unzipped copy); a further part must fit itself."""
+        if self._staging.started(info.file_id):
+            need = part.size
+        else:
+            need = info.stream_size + (info.file_size if info.compression != "none" else 0)
+        self._space.check(self._options.min_free_bytes, need=need, what=f"receive file {info.file_id}")
 
 
 async def _events(content: aiohttp.StreamReader, reader: MultipartReader) -> AsyncIterator[Event]:

@@ -22,11 +22,13 @@ from gateway.keys import CLOCK, JOURNAL, METRICS, NODE, SECURITY
 from gateway.logs.journal import Journal
 from routing.config import Config
 
+from ..disk import FreeSpace, storage_folders
 from ..errors import DocumentStoreError
 from ..store import database_url
+from .engine import prepare_engine
 from .mailbox import Mailbox
 from .service import JxService
-from .store import DocumentStore, now_ms, prepare_engine
+from .store import DocumentStore, now_ms
 
 __all__ = ["add_jx", "JX_SERVICE", "JX_MAILBOX", "open_store", "jx_root"]
 
@@ -55,7 +57,8 @@ def open_store(config: Config, *, journal: Journal | None = None, node: str | No
     durable = prepare_engine(create_engine(url), durable=True) if engine.dialect.name == "sqlite" else engine
     writer = journal.write_in if journal is not None else None
     return DocumentStore(engine, durable=durable, root=jx_root(config), settings=config.gateway.jx,
-                         node=node or config.gateway.name, log=writer)
+                         node=node or config.gateway.name, log=writer, space=FreeSpace(storage_folders(config)),
+                         min_free_bytes=config.gateway.min_free_bytes)
 
 
 def add_jx(app: web.Application, config: Config) -> None:

@@ -6,6 +6,9 @@ request body byte for byte (SOAP envelope and any attachments) as a JX
 document for receiver ``ID`` — ``formatType`` ``SOAP``, ``documentType`` the
 message's Content-Type (SOAP version, MIME boundary of attachments) — and
 answers the sender ``<r:Accepted xmlns:r="urn:bmrgw:routing:1" messageId="…"/>``.
+A mailbox at its quota (``QuotaExceeded``) or a data disk below
+``gateway.min_free_bytes`` (``InsufficientStorage``) refuses the message
+before it is read.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class Mailbox:
                        content_type: str, version: SoapVersion, body: bytes | AsyncIterable[bytes]) -> bytes:
         """Store ``body`` for ``route.mailbox``; returns the Accepted envelope."""
         assert route.mailbox is not None
+        await asyncio.to_thread(self.store.check_room, route.mailbox)  # before a byte of it is stored
         spool = await self._spool(body)
         new = NewDocument(message_id=message_id, sender_id=sender or "", receiver_id=route.mailbox,
                           format_type=FORMAT_SOAP, document_type=content_type, compress_type="", source="mailbox")

@@ -3,7 +3,9 @@
 ``POST /jx`` takes PutDocument, GetDocument and ConfirmDocument as
 document/literal SOAP 1.1 with the ``MessageHeader`` header block, and
 answers with the operation's response (boolean ``*Result`` and a
-``MessageHeader``) or a SOAP 1.1 fault with HTTP 500.  ``GET /jx?wsdl``
+``MessageHeader``) or a SOAP 1.1 fault with HTTP 500 — 503 for
+``InsufficientStorage`` (SPEC.md: a full data disk is HTTP 503), so that a
+caller's HTTP retry logic comes back later.  ``GET /jx?wsdl``
 serves the 2007 WSDL (``?wsdl=2004`` the 2004 one) with ``soap:address``
 pointing at this gateway as the caller reached it.
 
@@ -42,6 +44,7 @@ from ..errors import (
     ClientFault,
     Forbidden,
     GatewayError,
+    InsufficientStorage,
     MalformedMessage,
     MessageTooLarge,
     RequestTimeout,
@@ -138,6 +141,8 @@ class JxService:
     async def _read(self, request: web.Request, call: Call) -> JxRequest:
         if request.content_type.lower() != "text/xml":
             raise MalformedMessage(f"JX is SOAP 1.1: Content-Type must be text/xml, not {request.content_type!r}")
+        if operation_of_action(request.headers.get(H_SOAPACTION, "")) == "PutDocument":
+            self.store.check_disk()  # before the document is spooled; the put checks again
         limit = self.settings.max_document_bytes * 4 // 3 + 1024 * 1024
         if request.content_length is not None and request.content_length > limit:
             raise MessageTooLarge(f"request of {request.content_length} bytes exceeds the limit of {limit}")
@@ -329,10 +334,11 @@ class JxService:
         body = gateway_fault(error, SoapVersion.V11, gateway=self.gateway)
         status = "fault" if isinstance(error, ClientFault) else "error"
         call.bytes_out = len(body)
+        http_status = error.http_status if isinstance(error, InsufficientStorage) else 500
         await self._log(call.record(self.clock.now(), direction="response" if call.operation == "GetDocument"
-                                    else "request", status=status, fault_code=error.code, http_status=500))
-        return web.Response(status=500, body=body, headers={"Content-Type": fault_content_type(SoapVersion.V11),
-                                                            "Server": _SERVER})
+                                    else "request", status=status, fault_code=error.code, http_status=http_status))
+        return web.Response(status=http_status, body=body,
+                            headers={"Content-Type": fault_content_type(SoapVersion.V11), "Server": _SERVER})
 
     async def _log(self, record: LogRecord) -> None:
         if self.journal is None:

@@ -27,11 +27,18 @@ lease is free, under a row lock (``FOR UPDATE SKIP LOCKED`` on PostgreSQL;
 within a lease.  Unconfirmed documents are handed out again after the lease;
 one handed out ``max_deliveries`` times without a confirm is parked as a dead
 letter so it never blocks the queue.
+
+Quotas.  A receiver id holds at most ``max_pending_documents`` waiting (ready
+or leased) documents of at most ``max_pending_bytes`` together; a put beyond
+is :class:`QuotaExceeded`, checked in the put's transaction (exact on SQLite,
+whose writers are serialised; on PostgreSQL concurrent puts for one receiver
+may overshoot by their number).  Dead letters and confirmed documents do not
+count.  A put is refused with :class:`InsufficientStorage` before its bytes
+move when the data disk is below ``gateway.min_free_bytes``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import uuid
@@ -58,20 +65,21 @@ from sqlalchemy import (
     and_,
     case,
     delete,
-    event,
     func,
     insert,
     or_,
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
 from gateway.logs.records import LogRecord
 from gateway.store import create_tables
 from routing.settings import JxSettings
 
-from ..errors import DocumentStoreError, DuplicateMessageId, UnknownDocument
+from ..disk import FreeSpace
+from ..errors import DocumentStoreError, DuplicateMessageId, QuotaExceeded, UnknownDocument
+from .engine import blobs_in_database, relaxed, translated
 from .files import fsync_dir
 from .wire import Spool
 
@@ -201,61 +209,12 @@ class Document:
                                         new.format_type, new.document_type, new.compress_type)
 
 
-def blobs_in_database(setting: str, dialect: str) -> bool:
-    """Whether document bytes go to ``jx_blob`` (``gateway.jx.blobs``; ``auto``: on PostgreSQL)."""
-    return setting == "database" or (setting == "auto" and dialect == "postgresql")
-
-
-@contextlib.contextmanager
-def translated(what: str) -> Iterator[None]:
-    """SQLAlchemy and file-system errors become :class:`DocumentStoreError` (one line)."""
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        raise DocumentStoreError(f"{what}: {text[0] if text else type(exc).__name__}") from exc
-    except OSError as exc:
-        raise DocumentStoreError(f"{what}: {exc.strerror or exc}") from exc
-
-
-def _sqlite_pragmas(synchronous: str) -> Callable[[Any, Any], None]:
-    def connect(dbapi_connection: Any, _record: Any) -> None:
-        # FULL: fsync at each commit, not at checkpoints. And let SQLAlchemy's
-        # BEGIN below be the only transaction control.
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.close()
-        dbapi_connection.isolation_level = None
-    return connect
-
-
-def _sqlite_begin_immediate(connection: Connection) -> None:
-    # Take the write lock up front: a lease reads then writes, and a deferred
-    # transaction could not upgrade its stale read snapshot under concurrency.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def prepare_engine(engine: Engine, *, durable: bool) -> Engine:
-    """Set up an engine of the JX store (SQLite: BEGIN IMMEDIATE; FULL sync when ``durable``)."""
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas("FULL" if durable else "NORMAL"))
-        event.listen(engine, "begin", _sqlite_begin_immediate)
-    return engine
-
-
-def _relaxed(c: Connection) -> None:
-    """This transaction need not wait for the disk (see the module docstring)."""
-    if c.dialect.name == "postgresql":
-        c.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-
-
 class DocumentStore:
     """Put, lease, confirm and manage JX documents (synchronous: call from a worker thread)."""
 
     def __init__(self, engine: Engine, *, root: Path, settings: JxSettings, node: str,
-                 log: LogWriter | None = None, durable: Engine | None = None) -> None:
+                 log: LogWriter | None = None, durable: Engine | None = None,
+                 space: FreeSpace | None = None, min_free_bytes: int = 0) -> None:
         self.engine = engine
         self.durable = durable or engine
         """Engine for puts: on SQLite a pool of its own with ``synchronous=FULL``."""
@@ -266,6 +225,9 @@ class DocumentStore:
         self.blob_dir = root / "blobs"
         self.spool_dir = root / "tmp" / _safe_node(node)
         self.tables = TABLES
+        self.space = space
+        """The data disk's free space (``None``: not checked, as for read-only commands)."""
+        self.min_free_bytes = min_free_bytes
 
     # -- set-up ----------------------------------------------------------------
 
@@ -291,8 +253,14 @@ class DocumentStore:
         The spool file is consumed either way.
         """
         try:
+            self.check_disk()
             try:
                 self._insert(new, spool, record)
+            except QuotaExceeded:
+                existing = self.find(new.message_id)  # a document sent again is no new one
+                if existing is None:
+                    raise
+                return self._duplicate(existing, new, spool)
             except IntegrityError:
                 existing = self.find(new.message_id)  # stored before, or by a concurrent put that won
                 if existing is None:
@@ -301,6 +269,27 @@ class DocumentStore:
             return True
         finally:
             spool.discard()
+
+    def check_disk(self) -> None:
+        """Refuse to store when the data disk is below ``gateway.min_free_bytes`` (InsufficientStorage)."""
+        if self.space is not None:
+            self.space.check(self.min_free_bytes, what="store a JX document")
+
+    def check_room(self, receiver_id: str) -> None:
+        """Before a document is read: refuse when the disk or ``receiver_id``'s quota is already full."""
+        self.check_disk()
+        with translated("cannot read the JX documents"), self.engine.connect() as c:
+            self._check_quota(c, receiver_id, 0)
+
+    def _check_quota(self, c: Connection, receiver_id: str, size: int) -> None:
+        t = self.tables.document
+        count, total = c.execute(select(func.count(), func.coalesce(func.sum(t.c.size), 0)).where(
+            t.c.receiver_id == receiver_id, t.c.state == "ready")).one()
+        most, most_bytes = self.settings.max_pending_documents, self.settings.max_pending_bytes
+        if count + 1 > most or int(total) + size > most_bytes:
+            raise QuotaExceeded(f"receiver {receiver_id[:64]!r} has {count} documents of {int(total)} bytes waiting; "
+                                f"its quota is {most} documents of {most_bytes} bytes "
+                                "(gateway.jx.max_pending_documents, max_pending_bytes)", detail=receiver_id[:256])
 
     def _duplicate(self, existing: Document, new: NewDocument, spool: Spool) -> bool:
         if existing.same_content(new, spool):
@@ -313,6 +302,7 @@ class DocumentStore:
         name = None if self.in_database else self._file_blob(spool)
         try:
             with self.durable.begin() as c:
+                self._check_quota(c, new.receiver_id, spool.size)
                 seq = c.execute(insert(self.tables.document).values(
                     message_id=new.message_id, sender_id=new.sender_id, receiver_id=new.receiver_id,
                     format_type=new.format_type, document_type=new.document_type,
@@ -322,9 +312,9 @@ class DocumentStore:
                 if self.in_database:
                     self._database_blob(c, seq, spool)
                 self._log(c, record)
-        except IntegrityError:
+        except (IntegrityError, QuotaExceeded):
             self._drop_file(name)
-            raise  # the messageId is taken: put() decides whether that is the same document
+            raise  # put() decides whether that is the same document sent again
         except BaseException as exc:
             self._drop_file(name)
             with translated("cannot store the document"):
@@ -360,7 +350,7 @@ class DocumentStore:
         """Hand out the oldest deliverable document of ``receiver_id`` under a new lease, if any."""
         t = self.tables.document
         with translated("cannot hand out a document"), self.engine.begin() as c:
-            _relaxed(c)
+            relaxed(c)
             while True:
                 now = now_ms()
                 wanted = [t.c.receiver_id == receiver_id, t.c.state == "ready",
@@ -418,7 +408,7 @@ class DocumentStore:
         """
         t = self.tables.document
         with translated("cannot confirm the document"), self.engine.begin() as c:
-            _relaxed(c)
+            relaxed(c)
             row = c.execute(select(t).where(t.c.message_id == message_id).with_for_update()).first()
             if row is None or row.receiver_id != receiver_id or (sender_id and row.sender_id != sender_id):
                 raise UnknownDocument(f"no document {message_id!r} from {sender_id!r} to {receiver_id!r}",

@@ -14,10 +14,27 @@ A client is identified by
   ``basic.password_hash`` (see :mod:`gateway.security.passwords`);
 - both, when its entry names both: then both must match.
 
-A successful Basic check is remembered for a few minutes (keyed by a keyed
-hash of the header, never the password itself), so a busy client does not
-pay 50 ms of scrypt per request.  Failures from one address are slowed
-down: after a few, each refusal waits longer, up to :data:`MAX_DELAY`.
+A password check costs ~50 ms of scrypt, so checks are kept from slowing
+anyone else down (SPEC.md "Hostile input never stalls the gateway"):
+
+- they run in a small thread pool of their own (:class:`PasswordChecks`),
+  never in the default executor that the JX store and others use; when
+  :data:`CHECK_QUEUE` checks already wait, the next login is refused at once
+  (503 ``GatewayBusy``, :class:`LoginBusy`) instead of queueing;
+- a per-address throttle applies *before* the hash: after
+  :data:`FREE_FAILURES` failed checks (counting checks still running), each
+  further check from that address is held back 0.5, 1, 2, … up to
+  :data:`MAX_DELAY` seconds, and one that would wait longer is refused at
+  once unchecked (429 ``TooManyRequests``, :class:`LoginThrottled`).  Only
+  :data:`FAILURE_WINDOW` seconds without a failure forget them — a valid
+  login does not;
+- a successful check is remembered for :data:`CACHE_SECONDS` (keyed by an
+  HMAC, under a per-process random key, of the address and the header —
+  never the password itself), so a busy client does not pay scrypt per
+  request, and its verified logins pass without meeting the throttle.  A
+  user who failed from an address meets the throttle there even with a
+  remembered login: guessing its password must never be faster than the
+  throttle allows.
 """
 
 from __future__ import annotations
@@ -27,22 +44,25 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from cryptography import x509
 
-from gateway.errors import GatewayError, Unauthorized
+from gateway.errors import GatewayError, LoginBusy, LoginThrottled, Unauthorized
 from routing.config import Client, Config, subject_key
 
 from .passwords import hash_password, verify_password
 
-__all__ = ["client_of", "auth_middleware", "Authenticator", "certificate_subject", "PROTECTED_PREFIXES",
-           "cleartext_basic_warning"]
+__all__ = ["client_of", "auth_middleware", "install_auth", "Authenticator", "PasswordChecks", "certificate_subject",
+           "PROTECTED_PREFIXES", "cleartext_basic_warning"]
 
 #: Paths whose POSTs need an identified client when ``clients`` is configured.
 PROTECTED_PREFIXES = ("/soap", "/jx", "/refdb")
@@ -50,16 +70,21 @@ PROTECTED_PREFIXES = ("/soap", "/jx", "/refdb")
 FREE_FAILURES = 3
 #: The longest a refusal is held back, in seconds.
 MAX_DELAY = 8.0
-#: Seconds a failure counts against its address.
+#: Seconds without a failure after which an address's failures are forgotten.
 FAILURE_WINDOW = 300.0
 #: Seconds a verified Basic login is remembered.
 CACHE_SECONDS = 300.0
+#: Threads that run password checks: half the CPUs, so hashing never takes all of them.
+CHECK_WORKERS = max(1, (os.cpu_count() or 2) // 2)
+#: Password checks that may wait for a thread; more are refused at once (LoginBusy).
+CHECK_QUEUE = 16
 _CACHE_SIZE = 4096
 _TRACKED_ADDRESSES = 10000
+_TRACKED_USERS = 32  # per address; beyond, every user of that address is treated as guessed at
 _CHALLENGE = 'Basic realm="bmrgw", charset="UTF-8"'
 _KEY = web.RequestKey("client", Client)
 
-Refused = Callable[[web.Request, Unauthorized, str | None], Awaitable[None]]
+Refused = Callable[[web.Request, GatewayError, str | None], Awaitable[None]]
 
 
 def client_of(request: web.Request) -> Client | None:
@@ -96,39 +121,127 @@ def _basic_login(header: str) -> _Login | None:
     return _Login(user, password)
 
 
+class PasswordChecks:
+    """scrypt checks in a small bounded pool of their own, so no other work ever waits behind them."""
+
+    def __init__(self, *, workers: int = CHECK_WORKERS, queue: int = CHECK_QUEUE) -> None:
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="password")
+        self._room = workers + queue
+        self._taken = 0
+        self._lock = threading.Lock()  # released from the pool's threads
+
+    async def verify(self, password: str, stored: str) -> bool:
+        """Whether ``password`` matches ``stored``; raises :class:`LoginBusy` when the pool is full."""
+        with self._lock:
+            if self._taken >= self._room:
+                raise LoginBusy(f"{self._room} password checks are already running or waiting; try again")
+            self._taken += 1
+        try:
+            future = self._pool.submit(verify_password, password, stored)
+        except BaseException:
+            self._release()
+            raise
+        # Released when the check ends, even if its caller went away meanwhile: the bound holds threads' work.
+        future.add_done_callback(self._release)
+        return await asyncio.wrap_future(future)
+
+    def _release(self, _future: Future[bool] | None = None) -> None:
+        with self._lock:
+            self._taken -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(eq=False)
+class _Address:
+    failures: int = 0
+    last_failure: float = 0.0
+    checking: int = 0
+    """Checks admitted and not finished: they count as failures until they end."""
+    next_start: float = 0.0
+    """When the last held-back check was let through (the next one waits after it)."""
+    users: set[str] = field(default_factory=set)
+    everyone: bool = False
+
+
 class _Throttle:
-    """Counts recent failures per address and says how long to hold the next refusal."""
+    """Failed password checks per address, and when the next check from there may start."""
 
     def __init__(self) -> None:
-        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._addresses: OrderedDict[str, _Address] = OrderedDict()
 
-    def failed(self, address: str) -> float:
+    def _entry(self, address: str, now: float) -> _Address:
+        entry = self._addresses.pop(address, None) or _Address()
+        if entry.failures and now - entry.last_failure > FAILURE_WINDOW:
+            entry.failures, entry.users, entry.everyone = 0, set(), False
+        self._addresses[address] = entry
+        while len(self._addresses) > _TRACKED_ADDRESSES:
+            self._addresses.popitem(last=False)
+        return entry
+
+    def suspect(self, address: str, user: str) -> bool:
+        """Whether ``user`` failed a check from ``address`` lately (its remembered login must not skip the throttle)."""
+        entry = self._addresses.get(address)
+        return entry is not None and entry.failures > 0 and (entry.everyone or user in entry.users)
+
+    def admit(self, address: str) -> float:
+        """Let one check from ``address`` start; returns the seconds to hold it first.
+
+        Raises :class:`LoginThrottled` when it would have to wait longer than MAX_DELAY.
+        """
         now = time.monotonic()
-        count, since = self._failures.pop(address, (0, now))
-        if now - since > FAILURE_WINDOW:
-            count, since = 0, now
-        count += 1
-        self._failures[address] = (count, since)
-        while len(self._failures) > _TRACKED_ADDRESSES:
-            self._failures.popitem(last=False)
-        return 0.0 if count <= FREE_FAILURES else min(MAX_DELAY, 0.5 * 2 ** (count - FREE_FAILURES - 1))
+        entry = self._entry(address, now)
+        pending = entry.failures + entry.checking
+        if pending < FREE_FAILURES:
+            entry.checking += 1
+            return 0.0
+        start = max(now, entry.next_start) + min(MAX_DELAY, 0.5 * 2.0 ** (pending - FREE_FAILURES))
+        if start - now > MAX_DELAY:
+            retry = max(1, math.ceil(entry.next_start - now))
+            raise LoginThrottled(f"too many failed logins from {address}: password not checked, "
+                                 f"try again in {retry} s", retry_after=retry)
+        entry.checking += 1
+        entry.next_start = start
+        return start - now
 
-    def succeeded(self, address: str) -> None:
-        self._failures.pop(address, None)
+    def done(self, address: str, user: str, *, failed: bool) -> None:
+        """A check admitted by :meth:`admit` ended (``failed``: it ran and did not match)."""
+        entry = self._entry(address, time.monotonic())
+        entry.checking = max(0, entry.checking - 1)
+        if not failed:
+            return  # a valid login resets nothing: it is no evidence the address stopped guessing
+        entry.failures += 1
+        entry.last_failure = time.monotonic()
+        if len(entry.users) < _TRACKED_USERS:
+            entry.users.add(user[:64])
+        else:
+            entry.everyone = True
+
+
+@dataclass(frozen=True)
+class _Remembered:
+    client: Client
+    until: float
 
 
 class Authenticator:
     """Identifies the caller of one request against the configured clients."""
 
-    def __init__(self) -> None:
+    def __init__(self, checks: PasswordChecks | None = None) -> None:
         self._secret = os.urandom(32)
-        self._verified: OrderedDict[bytes, tuple[Client, float]] = OrderedDict()
+        self._verified: OrderedDict[bytes, _Remembered] = OrderedDict()
         self.throttle = _Throttle()
+        self.checks = checks or PasswordChecks()
         # Unknown users cost a full hash check too, so timing does not tell which users exist.
         self._decoy = hash_password(base64.b64encode(os.urandom(18)).decode())
 
+    def close(self) -> None:
+        self.checks.close()
+
     async def identify(self, request: web.Request, clients: Mapping[str, Client]) -> Client:
-        """The client making ``request``; raises :class:`Unauthorized` with the reason."""
+        """The client making ``request``; raises :class:`Unauthorized` with the reason
+        (:class:`LoginThrottled` or :class:`LoginBusy` when its password was not checked)."""
         subject = certificate_subject(request)
         by_cert = _by_subject(clients, subject) if subject else None
         if subject and by_cert is None:
@@ -141,26 +254,41 @@ class Authenticator:
             if by_cert.basic is not None:
                 raise Unauthorized(f"client {by_cert.name!r} must also log in with HTTP Basic")
             return by_cert
-        client = await self._check_basic(header or "", login, clients)
+        client = await self._check_basic(request.remote or "-", header or "", login, clients)
         if client.cert_subject is not None and by_cert is not client:
             raise Unauthorized(f"client {client.name!r} must also present its client certificate")
         return client
 
-    async def _check_basic(self, header: str, login: _Login, clients: Mapping[str, Client]) -> Client:
+    async def _check_basic(self, address: str, header: str, login: _Login, clients: Mapping[str, Client]) -> Client:
         client = next((c for c in clients.values() if c.basic and c.basic.user == login.user), None)
-        if client is None or client.basic is None:
-            await asyncio.to_thread(verify_password, login.password, self._decoy)
-            raise Unauthorized(f"unknown user {login.user[:64]!r} or wrong password")
-        key = hmac.digest(self._secret, header.encode("utf-8", "surrogateescape"), hashlib.sha256)
-        cached = self._verified.get(key)
-        if cached is not None and cached[0] == client and cached[1] > time.monotonic():
+        key = hmac.digest(self._secret, f"{address}\0{header}".encode("utf-8", "surrogateescape"), hashlib.sha256)
+        if client is not None and self._remembered(key, client) and not self.throttle.suspect(address, login.user):
             return client
-        if not await asyncio.to_thread(verify_password, login.password, client.basic.password_hash):
-            raise Unauthorized(f"unknown user {login.user[:64]!r} or wrong password")
-        self._verified[key] = (client, time.monotonic() + CACHE_SECONDS)
+        hold = self.throttle.admit(address)
+        failed = False
+        try:
+            if hold:
+                await asyncio.sleep(hold)
+            if client is not None and self._remembered(key, client):
+                return client
+            stored = client.basic.password_hash if client is not None and client.basic is not None else self._decoy
+            matched = await self.checks.verify(login.password, stored)
+            if client is None or not matched:
+                failed = True
+                raise Unauthorized(f"unknown user {login.user[:64]!r} or wrong password")
+        finally:
+            self.throttle.done(address, login.user, failed=failed)
+        self._remember(key, client)
+        return client
+
+    def _remembered(self, key: bytes, client: Client) -> bool:
+        found = self._verified.get(key)
+        return found is not None and found.client == client and found.until > time.monotonic()
+
+    def _remember(self, key: bytes, client: Client) -> None:
+        self._verified[key] = _Remembered(client, time.monotonic() + CACHE_SECONDS)
         while len(self._verified) > _CACHE_SIZE:
             self._verified.popitem(last=False)
-        return client
 
 
 def _by_subject(clients: Mapping[str, Client], subject: str) -> Client | None:
@@ -177,13 +305,14 @@ def auth_middleware(
     clients: Callable[[], Mapping[str, Client]],
     answer: Callable[[web.Request, GatewayError], web.Response],
     refused: Refused,
+    authenticator: Authenticator | None = None,
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Authenticate protected requests before their handler runs.
 
     ``clients`` gives the clients in force (they follow config reloads);
     ``answer`` renders a refusal as a SOAP fault; ``refused`` records it.
     """
-    authenticator = Authenticator()
+    checker = authenticator or Authenticator()
 
     @web.middleware
     async def middleware(request: web.Request,
@@ -191,19 +320,36 @@ def auth_middleware(
         configured = clients()
         if not configured or not _protected(request):
             return await handler(request)
-        address = request.remote or "-"
         try:
-            request[_KEY] = await authenticator.identify(request, configured)
-        except Unauthorized as exc:
-            await asyncio.sleep(authenticator.throttle.failed(address))
+            request[_KEY] = await checker.identify(request, configured)
+        except (Unauthorized, LoginThrottled, LoginBusy) as exc:
             await refused(request, exc, _claimed(request))
-            response = answer(request, exc)
-            response.headers["WWW-Authenticate"] = _CHALLENGE
-            return response
-        authenticator.throttle.succeeded(address)
+            return _refusal(answer(request, exc), exc)
         return await handler(request)
 
     return middleware
+
+
+def install_auth(app: web.Application, clients: Callable[[], Mapping[str, Client]],
+                 answer: Callable[[web.Request, GatewayError], web.Response], refused: Refused) -> None:
+    """Add :func:`auth_middleware` to ``app``; its password-check pool ends with the app."""
+    authenticator = Authenticator()
+
+    async def close(_app: web.Application) -> None:
+        authenticator.close()
+
+    app.middlewares.append(auth_middleware(clients, answer, refused, authenticator))
+    app.on_cleanup.append(close)
+
+
+def _refusal(response: web.Response, error: GatewayError) -> web.Response:
+    if isinstance(error, LoginThrottled):
+        response.headers["Retry-After"] = str(math.ceil(error.retry_after))
+    elif isinstance(error, LoginBusy):
+        response.headers["Retry-After"] = "1"
+    else:
+        response.headers["WWW-Authenticate"] = _CHALLENGE
+    return response
 
 
 def _claimed(request: web.Request) -> str | None:

@@ -30,7 +30,7 @@ from gateway.ns import H_MESSAGE_ID, SoapVersion
 from gateway.relay.handler import SERVER, Relay
 from gateway.relay.resilience import RESILIENCE, Resilient
 from gateway.relay.upstream import HttpUpstream, Upstream
-from gateway.security.auth import auth_middleware
+from gateway.security.auth import install_auth
 from gateway.security.message import message_security
 from gateway.soap import fault_content_type, gateway_fault, version_for
 from gateway.store import Store, database_url
@@ -67,8 +67,7 @@ def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Applicat
     """The gateway application for ``config``."""
     app = web.Application(client_max_size=1024 * 1024, handler_args={"max_field_size": 16384})
     app[LIVE] = LiveTable(config)
-    app.middlewares.append(auth_middleware(lambda: app[LIVE].current.config.clients, fault_response,
-                                           _log_refusal(app)))
+    install_auth(app, lambda: app[LIVE].current.config.clients, fault_response, _log_refusal(app))
     app[METRICS] = Metrics()
     app[NODE] = options.node or config.gateway.name
     app.cleanup_ctx.append(_store_ctx(config))

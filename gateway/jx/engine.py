@@ -1,0 +1,73 @@
+"""The JX store's database engines: SQLite pragmas and write locks, relaxed commits, error translation.
+
+SQLAlchemy and file-system errors become :class:`~gateway.errors.DocumentStoreError`
+here (:func:`translated`), once for the whole JX package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    event,
+)
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.store import db_reason
+
+from ..errors import DocumentStoreError
+
+__all__ = ["blobs_in_database", "translated", "prepare_engine", "relaxed"]
+
+
+def blobs_in_database(setting: str, dialect: str) -> bool:
+    """Whether document bytes go to ``jx_blob`` (``gateway.jx.blobs``; ``auto``: on PostgreSQL)."""
+    return setting == "database" or (setting == "auto" and dialect == "postgresql")
+
+
+@contextlib.contextmanager
+def translated(what: str) -> Iterator[None]:
+    """SQLAlchemy and file-system errors become :class:`DocumentStoreError` (one line)."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise DocumentStoreError(f"{what}: {db_reason(exc)}") from exc
+    except OSError as exc:
+        raise DocumentStoreError(f"{what}: {exc.strerror or exc}") from exc
+
+
+def _sqlite_pragmas(synchronous: str) -> Callable[[Any, Any], None]:
+    def connect(dbapi_connection: Any, _record: Any) -> None:
+        # FULL: fsync at each commit, not at checkpoints. And let SQLAlchemy's
+        # BEGIN below be the only transaction control.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+        dbapi_connection.isolation_level = None
+    return connect
+
+
+def _sqlite_begin_immediate(connection: Connection) -> None:
+    # Take the write lock up front: a lease reads then writes, and a deferred
+    # transaction could not upgrade its stale read snapshot under concurrency.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def prepare_engine(engine: Engine, *, durable: bool) -> Engine:
+    """Set up an engine of the JX store (SQLite: BEGIN IMMEDIATE; FULL sync when ``durable``)."""
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas("FULL" if durable else "NORMAL"))
+        event.listen(engine, "begin", _sqlite_begin_immediate)
+    return engine
+
+
+def relaxed(c: Connection) -> None:
+    """This transaction need not wait for the disk (see the module docstring)."""
+    if c.dialect.name == "postgresql":
+        c.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
