@@ -101,6 +101,9 @@ _SPACE = re.compile(r"[ \t\r\n]*")
 _ENCODING = re.compile(r"""\s+encoding\s*=\s*["']([^"']*)["']""")
 _UTF16 = frozenset({"utf-16", "utf-16-le", "utf-16-be"})
 _UTF8 = frozenset({"utf-8", "utf-8-sig"})
+#: The usual prolog, in bytes: an optional XML declaration, whitespace, then a start tag (not "<\0": UTF-16/32).
+_PLAIN = re.compile(rb"(<\?xml[ \t\r\n][^<>]*\?>)?[ \t\r\n]*<[^!?\x00]")
+_PLAIN_ENCODING = re.compile(rb"""\s+encoding\s*=\s*["']([^"']*)["']""")
 
 
 class PrologGuard:
@@ -131,6 +134,8 @@ class PrologGuard:
     @classmethod
     def check(cls, data: bytes, encoding: str | None = None) -> None:
         """Refuses a whole document in memory if its prolog holds a DTD or an encoding it cannot vouch for."""
+        if encoding is None and _plain(data):
+            return
         guard = cls(encoding)
         if not guard._take(data[:_FIRST], final=len(data) <= _FIRST):
             guard._take(data[_FIRST:], final=True)
@@ -155,6 +160,9 @@ class PrologGuard:
 
     def _take(self, chunk: bytes, *, final: bool) -> bool:
         """Reads ``chunk``; True once the prolog is known to be harmless (or the document ended)."""
+        if self._decoder is None and not self._first and self._override is None and _plain(chunk):
+            self._done = True
+            return True
         if self._decoder is None:
             self._first += chunk
             if len(self._first) < 4 and not final:
@@ -238,6 +246,19 @@ class PrologGuard:
             agrees = _ascii_compatible(encoding)
         if not agrees:
             raise MalformedMessage(f"unsupported encoding: {encoding} over bytes in {self._family}")
+
+
+def _plain(first: bytes) -> bool:
+    """Whether ``first`` starts with the usual prolog in an ASCII-compatible encoding: the relay's fast path."""
+    plain = _PLAIN.match(first)
+    return plain is not None and (plain.group(1) is None or _plain_declaration(plain.group(1)))
+
+
+@functools.lru_cache(maxsize=64)
+def _plain_declaration(declaration: bytes) -> bool:
+    """Whether an XML declaration names no encoding or an ASCII-compatible one (senders repeat theirs)."""
+    declared = _PLAIN_ENCODING.search(declaration)
+    return declared is None or _ascii_compatible(_codec(declared.group(1).decode("latin-1")))
 
 
 @functools.lru_cache(maxsize=64)
