@@ -120,7 +120,10 @@ def body_of(envelope: bytes) -> tuple[SoapVersion, etree._Element]:
     root = parse(envelope, max_bytes=MAX_ENVELOPE_BYTES)
     for version in SoapVersion:
         if root.tag == f"{{{version.envelope_ns}}}Envelope":
-            body = root.find(f"{{{version.envelope_ns}}}Body")
+            bodies = root.findall(f"{{{version.envelope_ns}}}Body")
+            if len(bodies) > 1:
+                raise MalformedMessage("the SOAP Envelope has more than one Body")
+            body = bodies[0] if bodies else None
             child = next((c for c in body if isinstance(c.tag, str)), None) if body is not None else None
             if child is None:
                 raise MalformedMessage("the SOAP Body is empty")

@@ -4,6 +4,21 @@ No DTDs (SOAP forbids them; a DOCTYPE is refused outright), no entity
 expansion, no network access, libxml2's limits with ``huge_tree`` off
 (nesting depth 256, 10 MB per text node), and our own size limits on top.
 
+Implements SPEC "Version 2" → "Hostile input never stalls the gateway":
+no parser here opens a file, a device or a URL a message names.  Two locks,
+both on every parser made here:
+
+- :class:`PrologGuard` reads the bytes before the root element *before*
+  libxml2 does, and refuses a DOCTYPE (or any other declaration) there, so
+  libxml2 never sees one.  It also refuses encodings in which it could not
+  read the prolog as libxml2 will (UTF-32, EBCDIC, UTF-7, ISO-2022, UTF-16
+  without a byte order mark) and bytes that contradict their declaration.
+- a deny-all resolver: should libxml2 still want a DTD, entity or XInclude,
+  the load is refused before any file is opened.
+
+Both answer ``DTDs are not allowed in messages``, whether or not a named
+file exists.
+
 :class:`HeadScanner` is the relay's incremental form: it is fed the first
 chunks of a request and stops as soon as the SOAP Header has ended (or the
 Body has begun), so only the bytes needed to find the routing key are parsed.
@@ -11,7 +26,9 @@ Body has begun), so only the bytes needed to find the routing key are parsed.
 
 from __future__ import annotations
 
+import codecs
 import functools
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +38,8 @@ from lxml import etree
 from .errors import MalformedMessage, MessageTooLarge
 from .ns import AP_URN_PREFIX, SOAP11_ENV, SOAP12_ENV, WSA, WSA_2004, SoapVersion
 
-__all__ = ["parse", "scan_head", "HeadScanner", "EnvelopeHead", "PARSER_OPTIONS", "SCAN_WHOLE"]
+__all__ = ["parse", "scan_head", "HeadScanner", "EnvelopeHead", "PrologGuard", "hardened_parser", "PARSER_OPTIONS",
+           "SCAN_WHOLE"]
 
 PARSER_OPTIONS: dict[str, Any] = dict(
     resolve_entities=False,
@@ -37,21 +55,236 @@ _WSA_TO = (f"{{{WSA}}}To", f"{{{WSA_2004}}}To")
 _SOAP_TAGS = (f"{{{SOAP11_ENV}}}*", f"{{{SOAP12_ENV}}}*")
 
 
+_NO_DTD = "DTDs are not allowed in messages"
+
+
+class _DenyAll(etree.Resolver):  # type: ignore[misc]  # lxml's stubs leave Resolver untyped
+    """Resolves nothing: libxml2 gets no DTD, entity or XInclude a message names, and opens no file for it."""
+
+    def resolve(self, system_url: str | None, public_id: str | None, context: object) -> None:
+        raise MalformedMessage(_NO_DTD)
+
+
+_DENY_ALL = _DenyAll()
+
+
+def hardened_parser(**options: Any) -> etree.XMLParser:
+    """An lxml parser with :data:`PARSER_OPTIONS` and the deny-all resolver (``options``: target, encoding)."""
+    parser = etree.XMLParser(**PARSER_OPTIONS, **options)
+    parser.resolvers.add(_DENY_ALL)
+    return parser
+
+
 def _refuse_dtd(element: etree._Element) -> None:
     if element.getroottree().docinfo.doctype:
-        raise MalformedMessage("DTDs are not allowed in messages")
+        raise MalformedMessage(_NO_DTD)
 
 
 def parse(data: bytes, *, max_bytes: int) -> etree._Element:
     """Parse a whole document of at most ``max_bytes`` with the hardened parser."""
     if len(data) > max_bytes:
         raise MessageTooLarge(f"document of {len(data)} bytes exceeds the limit of {max_bytes}")
+    PrologGuard.check(data)
     try:
-        root = etree.fromstring(data, etree.XMLParser(**PARSER_OPTIONS))
+        root = etree.fromstring(data, hardened_parser())
     except etree.XMLSyntaxError as exc:
         raise MalformedMessage(f"not well-formed XML: {exc}") from exc
     _refuse_dtd(root)
     return root
+
+
+#: Longest prolog (XML declaration, comments, processing instructions) held back before the root element.
+MAX_PROLOG = 64 * 1024
+#: :meth:`PrologGuard.check` looks at this much first: any real prolog ends within it.
+_FIRST = 4096
+_SPACE = re.compile(r"[ \t\r\n]*")
+_ENCODING = re.compile(r"""\s+encoding\s*=\s*["']([^"']*)["']""")
+_UTF16 = frozenset({"utf-16", "utf-16-le", "utf-16-be"})
+_UTF8 = frozenset({"utf-8", "utf-8-sig"})
+#: The usual prolog, in bytes: an optional XML declaration, whitespace, then a start tag (not "<\0": UTF-16/32).
+_PLAIN = re.compile(rb"(<\?xml[ \t\r\n][^<>]*\?>)?[ \t\r\n]*<[^!?\x00]")
+_PLAIN_ENCODING = re.compile(rb"""\s+encoding\s*=\s*["']([^"']*)["']""")
+
+
+class PrologGuard:
+    """Reads a document's prolog before libxml2 does and refuses a DOCTYPE in it.
+
+    A DTD can only come before the root element; once the root's start tag is
+    seen, nothing libxml2 could load is left.  :meth:`feed` returns the bytes
+    to hand on to the parser: nothing while the prolog is still open, then
+    everything held back, then each chunk as it is.  The prolog is read in the
+    document's encoding, which must be one this reading agrees with libxml2 on:
+    ASCII-compatible (UTF-8, Shift_JIS, ISO-8859-*, …) or UTF-16 with a byte
+    order mark, and the one the document (and ``encoding``, an override such as
+    an HTTP charset) declares.
+    """
+
+    def __init__(self, encoding: str | None = None) -> None:
+        self._override = _codec(encoding) if encoding is not None else None
+        self._held = bytearray()
+        self._first = b""  # the first bytes, until they tell the encoding
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._family = ""
+        self._text = ""
+        self._pos = 0  # start of the first prolog item not yet complete
+        self._search = 0  # where the search for that item's end goes on
+        self._declared = False  # the encoding declaration (or its absence) was checked
+        self._done = False
+
+    @classmethod
+    def check(cls, data: bytes, encoding: str | None = None) -> None:
+        """Refuses a whole document in memory if its prolog holds a DTD or an encoding it cannot vouch for."""
+        if encoding is None and _plain(data):
+            return
+        guard = cls(encoding)
+        if not guard._take(data[:_FIRST], final=len(data) <= _FIRST):
+            guard._take(data[_FIRST:], final=True)
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes the parser may have now (see the class docstring)."""
+        if self._done:
+            return chunk
+        self._held += chunk
+        if not self._take(chunk, final=False):
+            if len(self._held) > MAX_PROLOG:
+                raise MalformedMessage(f"not well-formed XML: no root element within the first {MAX_PROLOG} bytes")
+            return b""
+        return self.close()
+
+    def close(self) -> bytes:
+        """The document has ended: whatever is still held back (the parser then says what is wrong with it)."""
+        if not self._done:
+            self._take(b"", final=True)
+        held, self._held = bytes(self._held), bytearray()
+        return held
+
+    def _take(self, chunk: bytes, *, final: bool) -> bool:
+        """Reads ``chunk``; True once the prolog is known to be harmless (or the document ended)."""
+        if self._decoder is None and not self._first and self._override is None and _plain(chunk):
+            self._done = True
+            return True
+        if self._decoder is None:
+            self._first += chunk
+            if len(self._first) < 4 and not final:
+                return False
+            chunk = self._start(self._first)
+        try:
+            assert self._decoder is not None
+            self._text += self._decoder.decode(chunk, final)
+        except UnicodeDecodeError as exc:
+            raise MalformedMessage(f"not well-formed XML: not {self._family}: {exc.reason}") from exc
+        self._done = self._walk() or final
+        if self._done:
+            self._text = ""
+        return self._done
+
+    def _start(self, first: bytes) -> bytes:
+        """Picks the decoder by the first bytes (XML 1.0 appendix F); returns the bytes to decode."""
+        if first.startswith(b"\xef\xbb\xbf"):
+            self._family, first = "UTF-8", first[3:]
+        elif first[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
+            raise MalformedMessage("unsupported encoding: UTF-32")
+        elif first[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            self._family = "UTF-16"
+        elif b"\0" in first[:4]:
+            raise MalformedMessage("unsupported encoding: UTF-16 without a byte order mark, or UTF-32")
+        else:
+            self._family = "ASCII"
+        self._decoder = codecs.getincrementaldecoder("utf-16" if self._family == "UTF-16" else "latin-1")()
+        return first
+
+    def _walk(self) -> bool:
+        """Skips whole prolog items; True at the root element, False while an item is incomplete."""
+        text, pos = self._text, self._pos
+        while True:
+            pos = _SPACE.match(text, pos).end()  # type: ignore[union-attr]  # [ \t\r\n]* always matches
+            if pos != self._pos:
+                self._pos, self._search = pos, 0
+            if text.startswith("<?", pos):
+                end = self._end_of(text, pos, "?>")
+            elif text.startswith("<!--", pos):
+                end = self._end_of(text, pos, "-->")
+            elif text.startswith("<!", pos):
+                raise MalformedMessage(_NO_DTD)  # a DOCTYPE, or another declaration only a DTD may hold
+            elif len(text) - pos < 4 and "<!--".startswith(text[pos:]):
+                return False  # "", "<", "<!", "<!-": too early to tell
+            elif text[pos] != "<":
+                raise MalformedMessage("not well-formed XML: text before the root element")
+            else:
+                self._declaration(None)
+                return True
+            if end < 0:
+                return False
+            if not self._declared:
+                self._declaration(text[pos:end] if pos == 0 and text.startswith("<?xml", 0) else None)
+            pos = end
+
+    def _end_of(self, text: str, pos: int, closing: str) -> int:
+        """Where the item at ``pos`` ends, or -1; the next search starts where this one stopped."""
+        start = max(pos + 2, self._search)
+        end = text.find(closing, start)
+        if end < 0:
+            self._search = max(start, len(text) - len(closing) + 1)
+            return -1
+        return end + len(closing)
+
+    def _declaration(self, declaration: str | None) -> None:
+        """Checks the encoding a document declares (``declaration`` is its XML declaration, if any)."""
+        if self._declared:
+            return
+        self._declared = True
+        found = _ENCODING.search(declaration) if declaration is not None else None
+        declared = _codec(found.group(1)) if found is not None else None
+        encoding = self._override or declared
+        if encoding is None:
+            return
+        if self._family == "UTF-16":
+            agrees = encoding in _UTF16
+        elif self._family == "UTF-8":
+            agrees = encoding in _UTF8
+        else:
+            agrees = _ascii_compatible(encoding)
+        if not agrees:
+            raise MalformedMessage(f"unsupported encoding: {encoding} over bytes in {self._family}")
+
+
+def _plain(first: bytes) -> bool:
+    """Whether ``first`` starts with the usual prolog in an ASCII-compatible encoding: the relay's fast path."""
+    plain = _PLAIN.match(first)
+    return plain is not None and (plain.group(1) is None or _plain_declaration(plain.group(1)))
+
+
+@functools.lru_cache(maxsize=64)
+def _plain_declaration(declaration: bytes) -> bool:
+    """Whether an XML declaration names no encoding or an ASCII-compatible one (senders repeat theirs)."""
+    declared = _PLAIN_ENCODING.search(declaration)
+    return declared is None or _ascii_compatible(_codec(declared.group(1).decode("latin-1")))
+
+
+@functools.lru_cache(maxsize=64)
+def _codec(name: str) -> str:
+    """Python's name for the encoding ``name``; an unknown one is the client's error."""
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        raise MalformedMessage(f"unsupported encoding: {name[:40]!r}") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _ascii_compatible(codec: str) -> bool:
+    """Whether ``codec`` reads every ASCII byte as that ASCII character, whatever came before.
+
+    Then the prolog means the same to the guard as to libxml2.  Not so for
+    EBCDIC, UTF-7 (``+ADw-`` is ``<``), UTF-16/32, or ISO-2022 (escape
+    sequences switch the meaning of later bytes).
+    """
+    if codec.startswith(("iso2022", "hz")):  # stateful: they pass plain ASCII through until an escape
+        return False
+    ascii = bytes(range(128))
+    try:
+        return ascii.decode(codec) == ascii.decode("ascii")
+    except (UnicodeDecodeError, LookupError):
+        return False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +308,7 @@ def scan_head(data: bytes, *, routing_header: str) -> EnvelopeHead:
     cheaper than the incremental scanner, and reads no more bytes than its
     first slice would.  The relay uses it up to ``SCAN_WHOLE`` bytes.
     """
+    PrologGuard.check(data)
     try:
         root = etree.fromstring(data, _whole_parser())
     except etree.XMLSyntaxError as exc:
@@ -86,6 +320,8 @@ def scan_head(data: bytes, *, routing_header: str) -> EnvelopeHead:
     if body is None or body.tag != f"{{{version.envelope_ns}}}Body":
         what = body.tag if body is not None else "no Body"
         raise MalformedMessage(f"the SOAP Envelope must hold an optional Header and a Body, found {what}")
+    if len(children) > (header is not None) + 1:  # WS-I BP R1011; a second Body would reach the endpoint
+        raise MalformedMessage(f"the SOAP Envelope holds {children[-1].tag} after its Body")
     return _head(version, header, routing_header) if header is not None else EnvelopeHead(version=version)
 
 
@@ -107,13 +343,17 @@ class HeadScanner:
         self._max_bytes = max_bytes
         self._seen = 0
         self._version: SoapVersion | None = None
+        self._guard = PrologGuard()
         self._parser = etree.XMLPullParser(events=("start", "end"), tag=_SOAP_TAGS, **PARSER_OPTIONS)
+        self._parser.resolvers.add(_DENY_ALL)
 
     def feed(self, chunk: bytes) -> EnvelopeHead | None:
         """Feed the next bytes; returns the head once it is complete."""
         self._seen += len(chunk)
         try:
-            self._parser.feed(chunk)
+            chunk = self._guard.feed(chunk)
+            if chunk:
+                self._parser.feed(chunk)
             head = self._events()
         except etree.XMLSyntaxError as exc:
             raise MalformedMessage(f"not well-formed XML: {exc}") from exc
@@ -127,6 +367,9 @@ class HeadScanner:
     def finish(self) -> EnvelopeHead:
         """Called at the end of the body when the head was not complete yet."""
         try:
+            rest = self._guard.close()
+            if rest:
+                self._parser.feed(rest)
             root = self._parser.close()
             head = self._events()
         except etree.XMLSyntaxError as exc:
@@ -205,7 +448,7 @@ def _whole_parser() -> etree.XMLParser:
     # lxml parsers may be reused, but only by one thread at a time.
     parser: etree.XMLParser | None = getattr(_local, "parser", None)
     if parser is None:
-        parser = _local.parser = etree.XMLParser(**PARSER_OPTIONS)
+        parser = _local.parser = hardened_parser()
     return parser
 
 

@@ -41,7 +41,7 @@ from lxml import etree
 
 from gateway.errors import InvalidRecord, MalformedMessage, MessageTooLarge
 from gateway.ns import REFDB, SOAP11_ENV, SOAP12_ENV, SoapVersion
-from gateway.parser import PARSER_OPTIONS
+from gateway.parser import PrologGuard, hardened_parser
 
 __all__ = ["OPERATIONS", "RequestReader", "Fields", "envelope", "element", "add_records", "q"]
 
@@ -90,7 +90,8 @@ class RequestReader:
         self._on_item = on_item
         self._max_bytes = max_bytes
         self._seen = 0
-        self._parser = etree.XMLParser(target=self, **PARSER_OPTIONS)
+        self._guard = PrologGuard()
+        self._parser = hardened_parser(target=self)
         self._stack: list[str] = []
         self._text: list[str] | None = None
         self._fields: Fields | None = None
@@ -110,13 +111,18 @@ class RequestReader:
                                   detail="gateway.max_message_bytes")
         self._amp = self._amp or b"&" in chunk
         try:
-            self._parser.feed(chunk)
+            chunk = self._guard.feed(chunk)
+            if chunk:
+                self._parser.feed(chunk)
         except etree.XMLSyntaxError as exc:
             raise MalformedMessage(f"not well-formed XML: {exc}") from exc
 
     def finish(self) -> None:
         """The body has ended: check that it held an operation."""
         try:
+            rest = self._guard.close()
+            if rest:
+                self._parser.feed(rest)
             self._parser.close()
         except etree.XMLSyntaxError as exc:
             raise MalformedMessage(f"not well-formed XML: {exc}") from exc

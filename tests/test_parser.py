@@ -21,6 +21,10 @@ EXPECTED = {
     "soap11-shift-jis.xml": EnvelopeHead(version=SoapVersion.V11, to="demo", sender="介護"),
 }
 INVALID = sorted(p.name for p in (DATA / "invalid").iterdir())
+#: Wrong only from the Body's start tag on, where the scanner stops reading by design (see
+#: test_scanner_stops_at_the_end_of_the_header); scan_head, which reads small envelopes whole, refuses them.
+PAST_THE_HEAD = {"body-before-header.xml", "two-bodies-second-empty.xml", "two-bodies-soap11.xml",
+                 "two-bodies-soap12.xml", "xinclude-in-place-of-the-body.xml"}
 
 
 def scan(data: bytes, step: int, max_bytes: int = 64 * 1024) -> EnvelopeHead:
@@ -42,7 +46,7 @@ def test_head_of_valid_messages(name: str, step: int) -> None:
     assert scan(message(f"valid/{name}"), step) == EXPECTED[name]
 
 
-@pytest.mark.parametrize("name", INVALID)
+@pytest.mark.parametrize("name", sorted(set(INVALID) - PAST_THE_HEAD))
 @pytest.mark.parametrize("step", [1, 100_000])
 def test_invalid_messages_are_malformed(name: str, step: int) -> None:
     with pytest.raises(MalformedMessage):

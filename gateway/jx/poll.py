@@ -39,9 +39,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from gateway.errors import PollError
+from gateway.errors import MalformedMessage, PollError
 
 from ..ns import JX
+from ..parser import PrologGuard
 from .files import fsync_dir, write_atomically
 
 __all__ = ["PollOptions", "Poller", "add_poll_command", "safe_name"]
@@ -254,12 +255,38 @@ class Poller:
                 session.cert = (str(o.cert), str(o.key)) if o.key is not None else str(o.cert)
             if o.ca is not None:
                 session.verify = str(o.ca)
-            transport = zeep.transports.Transport(  # type: ignore[no-untyped-call]
-                session=session, timeout=30, operation_timeout=o.timeout)
+            transport = _guarded_transport(session=session, timeout=30, operation_timeout=o.timeout)
             wsdl = str(resources.files("schemas").joinpath("jx2007.wsdl"))
-            client = zeep.Client(wsdl, transport=transport)  # type: ignore[no-untyped-call]
+            settings = zeep.Settings(forbid_dtd=True, forbid_entities=True, forbid_external=True)
+            client = zeep.Client(wsdl, transport=transport, settings=settings)  # type: ignore[no-untyped-call]
             self._service = client.create_service(_BINDING, o.server)  # type: ignore[no-untyped-call]
         return self._service
+
+
+def _guarded_transport(**options: Any) -> Any:
+    """zeep's transport, but an answer reaches zeep's parser only once :class:`PrologGuard` has read it.
+
+    zeep refuses a DTD only after parsing it, and its resolver leaves ``file:``
+    URLs to libxml2: ``forbid_dtd`` alone does not stop a DOCTYPE naming
+    ``/dev/zero`` from hanging the client.  A JX answer is plain XML, never
+    multipart.
+    """
+    import zeep.exceptions
+    import zeep.transports
+
+    class Guarded(zeep.transports.Transport):
+        def post_xml(self, address: str, envelope: Any, headers: dict[str, str]) -> Any:
+            response = super().post_xml(address, envelope, headers)  # type: ignore[no-untyped-call]
+            try:
+                if response.headers.get("Content-Type", "").lower().startswith("multipart/"):
+                    raise MalformedMessage("a JX answer is not multipart")
+                PrologGuard.check(response.content)
+            except MalformedMessage as exc:
+                raise zeep.exceptions.TransportError(  # type: ignore[no-untyped-call]
+                    f"refused answer: {exc}", status_code=response.status_code) from exc
+            return response
+
+    return Guarded(**options)  # type: ignore[no-untyped-call]
 
 
 class Stopped(Exception):

@@ -32,7 +32,7 @@ from lxml import etree
 from ..errors import MalformedMessage, MessageTooLarge
 from ..ids import new_message_id
 from ..ns import JX, SOAP11_ENV
-from ..parser import PARSER_OPTIONS
+from ..parser import PrologGuard, hardened_parser
 
 __all__ = [
     "OPERATIONS",
@@ -348,13 +348,16 @@ class RequestReader:
 
     def __init__(self, spool_dir: Path, *, max_document_bytes: int, encoding: str | None = None,
                  durable: bool = True, understood: frozenset[str] = frozenset()) -> None:
+        self._guard = PrologGuard(encoding)  # first: an unknown charset is the client's MalformedMessage
         self._target = _Target(spool_dir=spool_dir, limit=max_document_bytes, durable=durable,
                                understood=understood)
-        self._parser = etree.XMLParser(target=self._target, encoding=encoding, **PARSER_OPTIONS)
+        self._parser = hardened_parser(target=self._target, encoding=encoding)
 
     def feed(self, chunk: bytes) -> None:
         try:
-            self._parser.feed(chunk)
+            chunk = self._guard.feed(chunk)
+            if chunk:
+                self._parser.feed(chunk)
         except etree.XMLSyntaxError as exc:
             self.abort()
             raise MalformedMessage(f"not well-formed XML: {exc}") from exc
@@ -367,10 +370,16 @@ class RequestReader:
 
     def finish(self) -> JxRequest:
         try:
+            rest = self._guard.close()
+            if rest:
+                self._parser.feed(rest)
             self._parser.close()
         except etree.XMLSyntaxError as exc:
             self.abort()
             raise MalformedMessage(f"not well-formed XML: {exc}") from exc
+        except MalformedMessage:
+            self.abort()
+            raise
         target = self._target
         try:
             return self._request(target)

@@ -41,7 +41,7 @@ from signxml.verifier import SignatureConfiguration, XMLVerifier
 
 from gateway.errors import ConfigError, Expired, GatewayError, InvalidSignature, MalformedMessage
 from gateway.ns import DSIG, EXC_C14N, RSA_SHA256, SHA256, WSS_BASE64, WSS_X509V3, WSSE, WSU, SoapVersion
-from gateway.parser import parse
+from gateway.parser import hardened_parser, parse
 
 __all__ = ["Signer", "Verified", "TimePolicy", "sign_envelope", "sign_root", "verify_envelope", "verify_root",
            "load_certificate"]
@@ -383,7 +383,9 @@ def _verify_other(root: etree._Element, env: str, cert: x509.Certificate, now: d
         signature_methods=_METHODS, digest_algorithms=_DIGESTS, verification_time=now,
     )
     try:
-        results = XMLVerifier().verify(root, x509_cert=cert, id_attribute="Id", expect_config=config)
+        # signxml re-parses copies of the (already parsed, DTD-free) tree: with our parser, not its own.
+        results = XMLVerifier().verify(root, x509_cert=cert, id_attribute="Id", expect_config=config,
+                                       parser=hardened_parser())
     except SignXMLException as exc:
         raise InvalidSignature(f"the signature does not verify: {exc}") from exc
     assert isinstance(results, list)
