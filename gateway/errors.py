@@ -23,6 +23,7 @@ HTTP status of the fault response::
     │   ├── UnsafeFileName(ValueError)              400  (file transfer)
     │   ├── ChecksumMismatch(ValueError)            400  (file transfer)
     │   ├── ZipBomb(ValueError)                     413  (file transfer)
+    │   ├── SenderMismatch(PermissionError)         409  (file transfer: another sender's file)
     │   └── TooManyRequests(RuntimeError)           429  over gateway.limits.client_rate
     └── ServerFault                                 the gateway or its upstream failed
         ├── RoutingLoop(RuntimeError)               500
@@ -108,6 +109,7 @@ __all__ = [
     "UnsafeFileName",
     "ChecksumMismatch",
     "ZipBomb",
+    "SenderMismatch",
     "StorageFailed",
     "JournalUnavailable",
     "WriterError",
@@ -341,6 +343,13 @@ class ChecksumMismatch(ClientFault, ValueError):
     """Raised when a file part or a reassembled file does not match its declared SHA-256 or size."""
 
     code = "ChecksumMismatch"
+
+
+class SenderMismatch(ClientFault, PermissionError):
+    """Raised when a file transfer would replace, or add to, a file another sender published or started."""
+
+    code = "SenderMismatch"
+    http_status = 409
 
 
 class ZipBomb(ClientFault, ValueError):

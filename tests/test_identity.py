@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,10 @@ def login(user: str) -> dict[str, str]:
 
 
 def from_(sender: str | None, to: str = "demo") -> bytes:
-    """The routing-header test message with ``r:From`` set to ``sender`` (or left out) and ``r:To`` to ``to``."""
+    """The routing-header test message with ``r:From`` set to ``sender`` (or left out), ``r:To`` to ``to``
+    and a fresh MessageId."""
     body = message("valid/soap11-routing-header.xml").replace(b"<r:To>demo</r:To>", f"<r:To>{to}</r:To>".encode())
+    body = body.replace(b"msg-0001", f"msg-{uuid.uuid4().hex}".encode())
     if sender is None:
         return body.replace(b"<r:From>juki</r:From>", b"")
     return body.replace(b"<r:From>juki</r:From>", f"<r:From>{sender}</r:From>".encode())
@@ -121,7 +124,7 @@ async def test_from_must_be_a_sender_the_client_may_claim(
     assert len(backend.seen) == 3
 
     refused = await wait_records(tmp_path / "identity.db", LogFilter(status="fault"), 4)
-    assert {(r.from_ap, r.client, r.fault_code) for r in refused} == {
+    assert {(r.from_ap, r.client, r.fault_code) for r in refused if r.direction == "response"} == {
         ("zei-app", "juki-app", "Forbidden"), ("batch", "batch", "Forbidden")}
 
 
@@ -191,8 +194,8 @@ async def test_mailbox_deposit_sender_must_be_claimable(gateway: GatewayFactory,
     assert status == 200 and b"Accepted" in body, "its own name"
     assert await _poll(http, url) == ["DC", "other-app"], "nothing stored under a faked sender"
 
-    refused = await wait_records(tmp_path / "identity-jx.db", LogFilter(status="fault"), 2)
-    assert {(r.from_ap, r.client, r.fault_code) for r in refused} == {
+    refused = await wait_records(tmp_path / "identity-jx.db", LogFilter(status="fault"), 4)
+    assert {(r.from_ap, r.client, r.fault_code) for r in refused if r.direction == "response"} == {
         ("1310002", "other-app", "Forbidden"), ("DC", "other-app", "Forbidden")}
 
 
@@ -230,7 +233,7 @@ async def test_a_transfer_never_replaces_a_file_another_sender_published(
     assert "SenderMismatch" in refused.value.message and "kyufu.csv" in refused.value.message
     assert (folder / "kyufu.csv").read_bytes() == original.read_bytes()
 
-    # The same content from the other sender has the same transfer id: still not theirs.
+    # The same content from the other sender has the same transfer id: still not theirs, not even to ask about.
     with pytest.raises(SendError) as same:
         await send_file(SendOptions(**{**juki.__dict__, "user": "zei"}))
     assert "SenderMismatch" in same.value.message
@@ -240,21 +243,34 @@ async def test_a_transfer_never_replaces_a_file_another_sender_published(
     assert (folder / "kyufu.csv").read_bytes() == update.read_bytes(), "its own sender may replace it"
 
 
-async def test_the_sender_named_in_from_owns_the_file(
+async def test_the_sender_is_the_client_together_with_its_from(
         gateway: GatewayFactory, receiver: tuple[str, Path], tmp_path: Path) -> None:
     url, folder = receiver
-    gw = await gateway({"clients": {"app-1": {**login("app-1"), "allow": ["files"], "senders": ["juki"]},
-                                    "app-2": {**login("app-2"), "allow": ["files"], "senders": ["juki"]},
-                                    "zei-app": {**login("zei"), "allow": ["files"], "senders": ["zei"]}},
+    gw = await gateway({"clients": {"batch": {**login("batch"), "allow": ["files"], "senders": ["juki", "zei"]},
+                                    "other": {**login("other"), "allow": ["files"], "senders": ["juki"]}},
                         "endpoints": {"files": {"url": url}}})
     first = _file(tmp_path, "one", b"1\n")
-    options = SendOptions(path=first, to="files", gateway=gw, part_size=1024, user="app-1", password=PASSWORD,
+    options = SendOptions(path=first, to="files", gateway=gw, part_size=1024, user="batch", password=PASSWORD,
                           sender="juki")
     assert (await send_file(options)).published == "kyufu.csv"
     second = _file(tmp_path, "two", b"2\n")
-    assert (await send_file(SendOptions(**{**options.__dict__, "path": second, "user": "app-2"}))).published
-    assert (folder / "kyufu.csv").read_bytes() == b"2\n", "two clients of one sender AP share its files"
-    with pytest.raises(SendError) as refused:
-        await send_file(SendOptions(**{**options.__dict__, "path": first, "user": "zei", "sender": "zei"}))
-    assert "SenderMismatch" in refused.value.message
+    # Behind a peer gateway one client carries many senders: r:From tells them apart.
+    with pytest.raises(SendError) as as_zei:
+        await send_file(SendOptions(**{**options.__dict__, "path": second, "sender": "zei"}))
+    assert "SenderMismatch" in as_zei.value.message
+    with pytest.raises(SendError) as other_client:
+        await send_file(SendOptions(**{**options.__dict__, "path": second, "user": "other"}))
+    assert "SenderMismatch" in other_client.value.message
+    assert (folder / "kyufu.csv").read_bytes() == b"1\n"
+    assert (await send_file(SendOptions(**{**options.__dict__, "path": second}))).published == "kyufu.csv"
     assert (folder / "kyufu.csv").read_bytes() == b"2\n"
+
+
+async def test_a_file_put_there_by_hand_is_not_replaced(receiver: tuple[str, Path], tmp_path: Path) -> None:
+    url, folder = receiver
+    (folder / "kyufu.csv").write_bytes(b"local\n")
+    with pytest.raises(SendError) as refused:
+        await send_file(SendOptions(path=_file(tmp_path, "juki", b"1\n"), to="files", gateway=url,
+                                    part_size=1024, sender="juki"))
+    assert "SenderMismatch" in refused.value.message
+    assert (folder / "kyufu.csv").read_bytes() == b"local\n"
