@@ -42,7 +42,7 @@ def basic(user: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{PASSWORD}".encode()).decode()}
 
 
-def login(user: str) -> dict[str, str]:
+def login(user: str) -> dict[str, Any]:
     return {"basic": {"user": user, "password_hash": HASH}}
 
 
@@ -163,7 +163,7 @@ def _jx_config(tmp_path: Path) -> dict[str, Any]:
 
 async def _poll(http: aiohttp.ClientSession, url: str) -> list[str]:
     """Get and confirm every document waiting for 1310001; their senderIds in order."""
-    senders = []
+    senders: list[str] = []
     while True:
         async with http.post(f"{url}/jx", data=envelope("GetDocument", [("receiverId", "1310001")]),
                              headers={**action("GetDocument"), **basic("cityhall-a")}) as resp:
