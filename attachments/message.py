@@ -22,7 +22,7 @@ from gateway.parser import parse
 from .parts import FileInfo
 
 __all__ = ["PutFilePart", "FileStatusReply", "PartReply", "put_file_part", "get_file_status", "read_request",
-           "part_reply", "status_reply", "read_part_reply", "read_status_reply", "MAX_ENVELOPE_BYTES"]
+           "routed_request", "part_reply", "status_reply", "read_part_reply", "read_status_reply", "MAX_ENVELOPE_BYTES"]
 
 #: File-transfer envelopes are small; anything bigger is not one of ours.
 MAX_ENVELOPE_BYTES = 64 * 1024
@@ -117,7 +117,10 @@ def status_reply(reply: FileStatusReply, version: SoapVersion) -> bytes:
 
 def body_of(envelope: bytes) -> tuple[SoapVersion, etree._Element]:
     """The SOAP version and the first Body child of an envelope."""
-    root = parse(envelope, max_bytes=MAX_ENVELOPE_BYTES)
+    return _body(parse(envelope, max_bytes=MAX_ENVELOPE_BYTES))
+
+
+def _body(root: etree._Element) -> tuple[SoapVersion, etree._Element]:
     for version in SoapVersion:
         if root.tag == f"{{{version.envelope_ns}}}Envelope":
             bodies = root.findall(f"{{{version.envelope_ns}}}Body")
@@ -168,11 +171,20 @@ def read_put(element: etree._Element) -> PutFilePart:
 
 def read_request(envelope: bytes) -> tuple[SoapVersion, PutFilePart | str]:
     """A PutFilePart, or the fileId of a GetFileStatus."""
-    version, element = body_of(envelope)
+    version, operation, _ = routed_request(envelope)
+    return version, operation
+
+
+def routed_request(envelope: bytes) -> tuple[SoapVersion, PutFilePart | str, str | None]:
+    """Like :func:`read_request`, with the sender the routing header names (``r:From``), if any."""
+    root = parse(envelope, max_bytes=MAX_ENVELOPE_BYTES)
+    version, element = _body(root)
+    sender = root.findtext(f"{{{version.envelope_ns}}}Header/{{{ROUTING}}}Routing/{{{ROUTING}}}From")
+    sender = sender.strip() or None if sender is not None else None
     if element.tag == _F + "PutFilePart":
-        return version, read_put(element)
+        return version, read_put(element), sender
     if element.tag == _F + "GetFileStatus":
-        return version, _text(element, "fileId") or ""
+        return version, _text(element, "fileId") or "", sender
     raise MalformedMessage(f"{element.tag} is not an operation of {FILE} (PutFilePart, GetFileStatus)")
 
 

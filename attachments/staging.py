@@ -3,9 +3,11 @@
 Layout under the receiver's folder ``DIR``::
 
     DIR/.bmrgw-partial/<fileId>/info.json    the FileInfo of the transfer
+    DIR/.bmrgw-partial/<fileId>/sender.json  who started it (see :class:`Sender`)
     DIR/.bmrgw-partial/<fileId>/data         the transmitted stream, parts written at their offsets
     DIR/.bmrgw-partial/<fileId>/parts/<n>    a verified part (written after its data was fsync'ed)
     DIR/.bmrgw-partial/<fileId>/published    the transfer is complete (its name, for duplicates)
+    DIR/.bmrgw-partial/.senders/<name>       who published the file ``DIR/<name>``
 
 A part is hashed while it is written and recorded only when its size and
 SHA-256 match; a re-sent part that is already recorded is drained without
@@ -13,6 +15,12 @@ writing.  When the last part is recorded, the stream is verified (and
 unzipped with zip-bomb limits) into a temporary file in the staging folder,
 fsync'ed, and renamed into ``DIR`` — so ``DIR`` only ever shows complete,
 verified files.  Nothing here knows about HTTP or SOAP.
+
+A transfer is bound to its sender: parts of a transfer another sender
+started are refused, and so is a transfer whose file would replace
+``DIR/<name>`` when that file was published by another sender — or by no
+sender this receiver knows of (a file put there by hand) — with
+:class:`~gateway.errors.SenderMismatch`.  A sender replaces its own files.
 """
 
 from __future__ import annotations
@@ -21,20 +29,23 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from gateway.durable import fsync_dir
-from gateway.errors import ChecksumMismatch, MalformedMessage
+from gateway.errors import ChecksumMismatch, MalformedMessage, SenderMismatch
 
 from .parts import FILE_ID, FileInfo, PartHasher, PartInfo
 from .zipstream import ZipLimits, ZipReader
 
-__all__ = ["Staging", "PartWriter", "FileStatus", "STAGING_DIR"]
+__all__ = ["Staging", "PartWriter", "FileStatus", "Sender", "STAGING_DIR"]
 
 STAGING_DIR = ".bmrgw-partial"
+#: Under STAGING_DIR: who published each file (a dot name: never a fileId).
+_SENDERS = ".senders"
 _CHUNK = 1 << 20
 
 
@@ -47,6 +58,35 @@ class FileStatus:
     part_count: int | None
     published: str | None = None
     """The published file name once the transfer is complete."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sender:
+    """Who sends a transfer, as the receiver learns it.
+
+    ``client`` is the client the gateway authenticated (its ``X-Bmrgw-Client``
+    header), ``name`` the sender business AP of the routing header
+    (``r:From``), which the gateway checked against that client's
+    ``senders``.  Both together are the sender: with a peer gateway in
+    between the client is that gateway, and ``name`` tells its senders apart.
+    """
+
+    client: str | None = None
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The sender for a fault message."""
+        parts = [f"client {self.client}" if self.client else "", f"From {self.name}" if self.name else ""]
+        return ", ".join(p for p in parts if p) or "an unnamed sender"
+
+    def to_json(self) -> str:
+        return json.dumps({"client": self.client, "name": self.name})
+
+    @classmethod
+    def from_json(cls, text: str) -> Sender:
+        data = json.loads(text)
+        return cls(client=data.get("client"), name=data.get("name"))
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -105,6 +145,11 @@ class Staging:
         self.directory = directory
         self.root = directory / STAGING_DIR
         self.root.mkdir(parents=True, exist_ok=True)
+        self.senders = self.root / _SENDERS
+        self.senders.mkdir(exist_ok=True)
+        # Checking a name's sender and renaming the file into DIR is one step:
+        # publishes of different transfers run in threads at the same time.
+        self._names = threading.Lock()
         self.max_file_bytes = max_file_bytes
         self.max_ratio = max_ratio
         self.max_parts = max_parts
@@ -133,17 +178,47 @@ class Staging:
         """Whether a transfer of ``file_id`` is staged (begun, or finished and still remembered)."""
         return self._info(file_id) is not None
 
-    def begin(self, info: FileInfo) -> None:
-        """Start or continue a transfer; its description must not change between parts."""
+    def begin(self, info: FileInfo, sender: Sender = Sender()) -> None:
+        """Start or continue a transfer of ``sender``; its description must not change between parts."""
         info.check(max_file_bytes=self.max_file_bytes, max_parts=self.max_parts)
         known = self._info(info.file_id)
         if known is None:
+            self._check_name(info.file_name, sender)  # before a byte is stored
             folder = self._folder(info.file_id)
             (folder / "parts").mkdir(parents=True, exist_ok=True)
+            _write_atomically(folder / "sender.json", sender.to_json())
             _write_atomically(folder / "info.json", json.dumps(asdict(info)))
-        elif known != info:
+            return
+        self.check_sender(info.file_id, sender)
+        if known != info:
             raise MalformedMessage(f"fileId {info.file_id} was started with a different name, size, checksum, "
                                    "compression or part size")
+
+    def sender_of(self, file_id: str) -> Sender:
+        """Who started a transfer (an unnamed sender for transfers staged before senders were recorded)."""
+        try:
+            return Sender.from_json((self._folder(file_id) / "sender.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return Sender()
+
+    def check_sender(self, file_id: str, sender: Sender) -> None:
+        """Refuse ``sender`` a transfer another sender started (no transfer yet: nothing to refuse)."""
+        if self._info(file_id) is not None and self.sender_of(file_id) != sender:
+            raise SenderMismatch(f"transfer {file_id} was started by another sender; {sender.label} may not "
+                                 "continue it or ask for it", detail=file_id)
+
+    def publisher(self, file_name: str) -> Sender | None:
+        """Who published ``DIR/<file_name>``; ``None`` when no sender this receiver knows of did."""
+        try:
+            return Sender.from_json((self.senders / file_name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+
+    def _check_name(self, file_name: str, sender: Sender) -> None:
+        """Refuse a transfer whose file would replace a file another sender published."""
+        if (self.directory / file_name).exists() and self.publisher(file_name) != sender:
+            raise SenderMismatch(f"{file_name} was published by another sender; a transfer from {sender.label} "
+                                 "may not replace it", detail=file_name)
 
     def writer(self, info: FileInfo, part: PartInfo) -> PartWriter | None:
         """A writer for a part not yet recorded; None for a duplicate (drain it, answer as before)."""
@@ -166,24 +241,35 @@ class Staging:
         if info is None:
             raise MalformedMessage(f"no transfer {file_id}")
         target = self.directory / info.file_name
-        if (folder / "published").exists() or self._published_before_crash(info, folder / "data", target):
+        sender = self.sender_of(file_id)
+        if (folder / "published").exists() or self._published_before_crash(info, folder / "data", target, sender):
             return target
         try:
             verified = self._verify(info, folder / "data", folder / "file.tmp", self._running.pop(file_id, None))
+            self._replace(verified, info.file_name, sender)
         except BaseException:
-            # A stream that fails verification is useless: drop it so a resend starts clean.
+            # A stream that fails verification, or that may not be published, is useless:
+            # drop it so a resend starts clean.
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        os.replace(verified, target)
-        fsync_dir(self.directory)
         _write_atomically(folder / "published", info.file_name)
         (folder / "data").unlink(missing_ok=True)
         shutil.rmtree(folder / "parts", ignore_errors=True)
         return target
 
-    def _published_before_crash(self, info: FileInfo, data: Path, target: Path) -> bool:
+    def _replace(self, verified: Path, file_name: str, sender: Sender) -> None:
+        """Rename the verified file into DIR as ``sender``'s (its sender is recorded first)."""
+        with self._names:
+            self._check_name(file_name, sender)  # another sender may have published the name meanwhile
+            _write_atomically(self.senders / file_name, sender.to_json())
+            os.replace(verified, self.directory / file_name)
+            fsync_dir(self.directory)
+
+    def _published_before_crash(self, info: FileInfo, data: Path, target: Path, sender: Sender) -> bool:
         """An uncompressed stream is renamed into place; a crash before the marker leaves only the file."""
         if info.compression != "none" or data.exists() or not target.exists():
+            return False
+        if self.publisher(info.file_name) != sender:
             return False
         digest, size = hashlib.sha256(), 0
         for chunk in _read(target):
@@ -228,6 +314,8 @@ class Staging:
         now = time.time() if now is None else now
         gone = []
         for folder in self.root.iterdir():
+            if folder.name.startswith("."):
+                continue  # the publishers of files still in DIR: kept as long as the receiver
             if folder.is_dir() and now - _last_change(folder) > max_age:
                 shutil.rmtree(folder, ignore_errors=True)
                 self._running.pop(folder.name, None)

@@ -140,6 +140,7 @@ clients:
   bench-app:
     basic: {{user: {_USER}, password_hash: "{hash_password(_PASSWORD)}"}}
     allow: ["*"]
+    senders: [bench]  # the r:From of bench/envelope.py
     wss: {{verify: "{client.cert}"}}
 endpoints:
   {DESTINATION}:

@@ -23,6 +23,7 @@ HTTP status of the fault response::
     │   ├── UnsafeFileName(ValueError)              400  (file transfer)
     │   ├── ChecksumMismatch(ValueError)            400  (file transfer)
     │   ├── ZipBomb(ValueError)                     413  (file transfer)
+    │   ├── SenderMismatch(PermissionError)         409  (file transfer: another sender's file)
     │   └── TooManyRequests(RuntimeError)           429  over gateway.limits.client_rate
     │       └── LoginThrottled                      429  too many failed logins from the address
     └── ServerFault                                 the gateway or its upstream failed
@@ -77,56 +78,15 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
-    "GatewayError",
-    "ConfigError",
-    "ClientFault",
-    "MalformedMessage",
-    "UnsupportedMediaType",
-    "MessageTooLarge",
-    "RequestTimeout",
-    "UnknownDestination",
-    "Unauthorized",
-    "Forbidden",
-    "InvalidSignature",
-    "Expired",
-    "Replay",
-    "ServerFault",
-    "RoutingLoop",
-    "UpstreamError",
-    "EndpointUnavailable",
-    "EndpointTimeout",
-    "TooManyRequests",
-    "EndpointBusy",
-    "GatewayBusy",
-    "UnknownDataset",
-    "UnknownPush",
-    "InvalidRecord",
-    "InvalidRequest",
-    "VersionChanged",
-    "RefdbUnavailable",
-    "DuplicateMessageId",
-    "UnknownDocument",
-    "DocumentStoreError",
-
-
-    "UnsafeFileName",
-    "ChecksumMismatch",
-    "ZipBomb",
-    "StorageFailed",
-    "JournalUnavailable",
-    "WriterError",
-    "ReplayStoreUnavailable",
-    "StoreUnavailable",
-    "ArchiveUnreadable",
-    "CommandError",
-    "PollError",
-    "SendError",
-    "RemoteFault",
-    "FileError",
-    "LoginThrottled",
-    "LoginBusy",
-    "QuotaExceeded",
-    "InsufficientStorage",
+    "GatewayError", "ConfigError", "ClientFault", "MalformedMessage", "UnsupportedMediaType", "MessageTooLarge",
+    "RequestTimeout", "UnknownDestination", "Unauthorized", "Forbidden", "InvalidSignature", "Expired",
+    "Replay", "ServerFault", "RoutingLoop", "UpstreamError", "EndpointUnavailable", "EndpointTimeout",
+    "TooManyRequests", "EndpointBusy", "GatewayBusy", "UnknownDataset", "UnknownPush", "InvalidRecord",
+    "InvalidRequest", "VersionChanged", "RefdbUnavailable", "DuplicateMessageId", "UnknownDocument",
+    "DocumentStoreError", "UnsafeFileName", "ChecksumMismatch", "ZipBomb", "SenderMismatch", "StorageFailed",
+    "JournalUnavailable", "WriterError", "ReplayStoreUnavailable", "StoreUnavailable", "ArchiveUnreadable",
+    "CommandError", "PollError", "SendError", "RemoteFault", "FileError", "LoginThrottled", "LoginBusy",
+    "QuotaExceeded", "InsufficientStorage",
 ]
 
 
@@ -349,6 +309,13 @@ class ChecksumMismatch(ClientFault, ValueError):
     """Raised when a file part or a reassembled file does not match its declared SHA-256 or size."""
 
     code = "ChecksumMismatch"
+
+
+class SenderMismatch(ClientFault, PermissionError):
+    """Raised when a file transfer would replace, or add to, a file another sender published or started."""
+
+    code = "SenderMismatch"
+    http_status = 409
 
 
 class ZipBomb(ClientFault, ValueError):

@@ -22,6 +22,8 @@ CT_SOAP12 = "application/soap+xml"
 H_SOAPACTION = "SOAPAction"
 H_MESSAGE_ID = "X-Message-Id"
 H_VIA = "Via"
+#: The authenticated client's name, as the relay tells the endpoint (a caller's own is never forwarded).
+H_CLIENT = "X-Bmrgw-Client"
 
 
 class SoapVersion(enum.Enum):

@@ -149,7 +149,9 @@ class Client:
     jx_receive: frozenset[str] = frozenset()
     """JX receiver ids it may poll for (GetDocument, ConfirmDocument)."""
     jx_send: frozenset[str] = frozenset()
-    """JX sender ids it may put documents as (PutDocument)."""
+    """JX sender ids it may put documents as (PutDocument, and the sender of a mailbox deposit)."""
+    senders: frozenset[str] | None = None
+    """Business-AP names it may name as the sender (``r:From``); ``*`` for all. ``None``: its own name."""
     wss_verify: str | None = None
     """PEM certificate its WS-Security signatures must verify with (absolute path), if required."""
 
@@ -161,6 +163,12 @@ class Client:
 
     def may_send_jx(self, sender_id: str) -> bool:
         return "*" in self.jx_send or sender_id in self.jx_send
+
+    def may_claim(self, sender: str) -> bool:
+        """Whether a message of this client may name ``sender`` as its sender (``r:From``)."""
+        if self.senders is None:
+            return sender == self.name
+        return "*" in self.senders or sender in self.senders
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -309,7 +317,7 @@ def _clients(raw: Any, base: Path) -> Mapping[str, Client]:
 def _client(name: str, raw: Any, base: Path) -> Client:
     path = f"clients.{name}"
     m = read.mapping(raw, path)
-    read.known(m, path, {"basic", "cert_subject", "allow", "jx", "wss"})
+    read.known(m, path, {"basic", "cert_subject", "allow", "senders", "jx", "wss"})
     if "basic" not in m and "cert_subject" not in m:
         raise ConfigError(f"{path}: needs basic or cert_subject (or both) to identify the client")
     jx = read.mapping(read.section(m, "jx"), f"{path}.jx")
@@ -326,6 +334,7 @@ def _client(name: str, raw: Any, base: Path) -> Client:
         basic=_basic_login(m["basic"], f"{path}.basic") if "basic" in m else None,
         cert_subject=subject,
         allow=read.names(m.get("allow", []), f"{path}.allow", wildcard=True),
+        senders=read.names(m["senders"], f"{path}.senders", wildcard=True) if "senders" in m else None,
         jx_receive=read.names(jx.get("receive", []), f"{path}.jx.receive", wildcard=True),
         jx_send=read.names(jx.get("send", []), f"{path}.jx.send", wildcard=True),
         wss_verify=read.file(wss["verify"], f"{path}.wss.verify", base) if "verify" in wss else None,

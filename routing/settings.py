@@ -35,6 +35,8 @@ class NtpSettings:
     """NTP servers, ``host`` or ``host:port``."""
     interval: float = 64.0
     """Seconds between NTP queries."""
+    max_step: float = 1.0
+    """Seconds: after the first sync a larger correction needs most of ``servers`` to agree on it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -253,12 +255,13 @@ def _listen(raw: Any) -> Listen:
 
 def _ntp(raw: Any) -> NtpSettings:
     m = read.mapping(raw, "gateway.ntp")
-    read.known(m, "gateway.ntp", {"servers", "interval"})
+    read.known(m, "gateway.ntp", {"servers", "interval", "max_step"})
     servers = m.get("servers") or []
     if not isinstance(servers, list) or not all(isinstance(s, str) and s for s in servers):
         raise ConfigError("gateway.ntp.servers: must be a list of host or host:port strings")
     interval = read.number(m.get("interval", NtpSettings.interval), "gateway.ntp.interval", low=1, high=86400)
-    return NtpSettings(servers=tuple(servers), interval=interval)
+    max_step = read.number(m.get("max_step", NtpSettings.max_step), "gateway.ntp.max_step", low=0.001, high=86400)
+    return NtpSettings(servers=tuple(servers), interval=interval, max_step=max_step)
 
 
 def _wss_settings(raw: Any) -> WssSettings:

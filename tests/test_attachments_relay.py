@@ -120,6 +120,7 @@ async def test_multipart_where_ws_security_is_required_is_refused_unread(
         dev_pki: DevPki) -> None:
     config = secured_config(tmp_path, dev_pki, backend.url, sign=True)  # the endpoint wants signed messages
     config["endpoints"]["files"] = config["endpoints"].pop("demo")
+    config["clients"]["zei-app"]["senders"] = ["juki"]  # the message's r:From
     gw = await gateway(config)
     content_type, body = mime_file(MIME / "valid" / "swa-soap11.mime")
     async with http.post(f"{gw}/soap", data=_trickle(body, 4096),

@@ -45,7 +45,8 @@ def _config(tmp_path: Path, url: str) -> dict[str, Any]:
     return {
         "gateway": {"name": "gw-auth", "db": f"sqlite:///{tmp_path}/auth.db"},
         "clients": {
-            "juki-app": {"basic": {"user": "juki", "password_hash": HASH}, "allow": ["demo"]},
+            "juki-app": {"basic": {"user": "juki", "password_hash": HASH}, "allow": ["demo"],
+                         "senders": ["juki"]},  # the r:From of the test messages
             "all-app": {"basic": {"user": "all", "password_hash": HASH}, "allow": ["*"]},
         },
         "endpoints": {"demo": {"url": url}, "zei": {"url": url}},

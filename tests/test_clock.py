@@ -68,7 +68,8 @@ def test_no_servers_means_offset_zero_and_not_synced() -> None:
     now = clock.now()
     assert (now.offset, now.synced) == (0.0, False)
     assert abs(now.ts.timestamp() - time.time()) < 0.05
-    assert clock.status() == {"synced": False, "offset": 0.0, "interval": 64, "servers": []}
+    assert clock.status() == {"synced": False, "offset": 0.0, "interval": 64, "max_step": 1.0, "warning": None,
+                              "servers": []}
 
 
 @pytest.mark.parametrize(("stratum", "leap", "reason"), [

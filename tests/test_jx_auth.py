@@ -96,6 +96,7 @@ async def test_mailbox_deposit_needs_the_destination_in_allow(gateway: GatewayFa
                                                               http: aiohttp.ClientSession) -> None:
     url = await gateway(_config(tmp_path))
     body = message("valid/soap11-routing-header.xml").replace(b"<r:To>demo</r:To>", b"<r:To>cityhall</r:To>")
+    body = body.replace(b"<r:From>juki</r:From>", b"<r:From>DC</r:From>")  # dc-app's JX id (jx.send)
     async with http.post(f"{url}/soap", data=body, headers={**soap11_headers(), **_basic("cityhall-a")}) as resp:
         assert resp.status == 403  # cityhall-a's allow list is empty
     async with http.post(f"{url}/soap", data=body, headers={**soap11_headers(), **_basic("dc-app")}) as resp:

@@ -35,6 +35,11 @@ HUGE = 1 << 60
 FAULT = "{urn:bmrgw:fault:1}Error"
 
 
+
+def staged(folder: Path) -> list[str]:
+    """Transfers staged under ``folder`` (the ``.senders`` register of who published what is not one)."""
+    return sorted(p.name for p in (folder / STAGING_DIR).iterdir() if p.name != ".senders")
+
 def _config(tmp_path: Path, *, min_free: int | None = None, **jx: Any) -> dict[str, Any]:
     gateway: dict[str, Any] = {"name": "dc-quota", "data_dir": str(tmp_path / "var"),
                                "db": f"sqlite:///{tmp_path}/quota.db", "jx": jx}
@@ -148,7 +153,7 @@ async def test_receive_refuses_declared_sizes_and_part_counts_before_staging(
         assert await _post_part(http, url, tiny_parts, b"\0") == (413, "MessageTooLarge")
         too_big = _declared("too-big", 100 << 40, 1 << 30)  # 100 TiB: beyond --max-file-bytes
         assert await _post_part(http, url, too_big, os.urandom(16)) == (413, "MessageTooLarge")
-        assert sorted(p.name for p in (folder / STAGING_DIR).iterdir()) == [], "nothing was staged"
+        assert staged(folder) == [], "nothing was staged"
     finally:
         await runner.cleanup()
 
@@ -162,7 +167,7 @@ async def test_receive_refuses_a_transfer_the_disk_cannot_hold(tmp_path: Path, h
     try:
         beyond = _declared("beyond-disk", 1 << 30, 64 << 20)  # within the limits, not within the disk
         assert await _post_part(http, url, beyond, os.urandom(16)) == (503, "InsufficientStorage")
-        assert list((folder / STAGING_DIR).iterdir()) == [], "nothing was staged"
+        assert staged(folder) == [], "nothing was staged"
         data = b"fits"
         small = FileInfo(file_id="fits", file_name="fits.txt", file_size=len(data),
                          file_sha256=hashlib.sha256(data).hexdigest(), compression="none", stream_size=len(data),
@@ -183,7 +188,7 @@ async def test_receive_on_a_full_disk_refuses_parts_and_stages_nothing(tmp_path:
                         file_sha256=hashlib.sha256(data).hexdigest(), compression="none", stream_size=len(data),
                         part_size=1024, part_count=1)
         assert await _post_part(http, url, info, data) == (503, "InsufficientStorage")
-        assert list((folder / STAGING_DIR).iterdir()) == [] and not (folder / "small.txt").exists()
+        assert staged(folder) == [] and not (folder / "small.txt").exists()
     finally:
         await runner.cleanup()
 

@@ -82,7 +82,7 @@ async def test_https_relay_and_an_untrusting_client(
 
 async def test_mutual_tls_identifies_the_client_by_subject(
         gateway: GatewayFactory, backend: RecordingBackend, tmp_path: Path, dev_pki: DevPki) -> None:
-    clients = {"client-app": {"cert_subject": dev_pki.client.subject, "allow": ["demo"]}}
+    clients = {"client-app": {"cert_subject": dev_pki.client.subject, "allow": ["demo"], "senders": ["juki"]}}
     gw = await gateway(_config(tmp_path, dev_pki, backend.url, mutual=True, clients=clients))
     status, _ = await _post(gw, client_context(dev_pki, dev_pki.client))
     assert status == 200
@@ -92,7 +92,7 @@ async def test_mutual_tls_identifies_the_client_by_subject(
 @pytest.mark.parametrize("which", ["none", "other_client", "client_expired"])
 async def test_mutual_tls_refuses_missing_foreign_and_expired_certificates(
         gateway: GatewayFactory, backend: RecordingBackend, tmp_path: Path, dev_pki: DevPki, which: str) -> None:
-    clients = {"client-app": {"cert_subject": dev_pki.client.subject, "allow": ["*"]}}
+    clients = {"client-app": {"cert_subject": dev_pki.client.subject, "allow": ["*"], "senders": ["juki"]}}
     gw = await gateway(_config(tmp_path, dev_pki, backend.url, mutual=True, clients=clients))
     cert = None if which == "none" else getattr(dev_pki, which)
     with pytest.raises(aiohttp.ClientError):
@@ -103,7 +103,7 @@ async def test_mutual_tls_refuses_missing_foreign_and_expired_certificates(
 async def test_certificate_of_an_unknown_subject_is_unauthorized(
         gateway: GatewayFactory, backend: RecordingBackend, tmp_path: Path, dev_pki: DevPki) -> None:
     stranger = issue(dev_pki.ca, "client", "stranger")
-    clients = {"client-app": {"cert_subject": dev_pki.client.subject, "allow": ["*"]}}
+    clients = {"client-app": {"cert_subject": dev_pki.client.subject, "allow": ["*"], "senders": ["juki"]}}
     gw = await gateway(_config(tmp_path, dev_pki, backend.url, mutual=True, clients=clients))
     status, body = await _post(gw, client_context(dev_pki, stranger))
     assert (status, _fault_code(body)) == (401, "Unauthorized")
@@ -113,7 +113,7 @@ async def test_certificate_of_an_unknown_subject_is_unauthorized(
 
 async def test_client_with_certificate_and_password_needs_both(
         gateway: GatewayFactory, backend: RecordingBackend, tmp_path: Path, dev_pki: DevPki) -> None:
-    clients = {"client-app": {"cert_subject": dev_pki.client.subject, "allow": ["*"],
+    clients = {"client-app": {"cert_subject": dev_pki.client.subject, "allow": ["*"], "senders": ["juki"],
                               "basic": {"user": "juki", "password_hash": HASH}}}
     gw = await gateway(_config(tmp_path, dev_pki, backend.url, mutual=True, clients=clients))
     with_cert = client_context(dev_pki, dev_pki.client)

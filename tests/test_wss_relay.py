@@ -37,9 +37,9 @@ def secured_config(tmp_path: Path, pki: DevPki, url: str, *, sign: bool = False)
     return {
         "gateway": {"name": "gw-wss", "db": f"sqlite:///{tmp_path}/wss.db"},
         "clients": {
-            "juki-app": {"basic": {"user": "juki", "password_hash": HASH}, "allow": ["*"],
+            "juki-app": {"basic": {"user": "juki", "password_hash": HASH}, "allow": ["*"], "senders": ["juki"],
                          "wss": {"verify": str(pki.signing.cert)}},
-            "zei-app": {"basic": {"user": "zei", "password_hash": HASH}, "allow": ["*"]},
+            "zei-app": {"basic": {"user": "zei", "password_hash": HASH}, "allow": ["*"], "senders": ["juki"]},
         },
         "endpoints": {"demo": demo},
     }

@@ -14,6 +14,14 @@ limits: ``max_file_bytes`` and ``max_parts`` (413 ``MessageTooLarge``), and
 the disk — a new transfer's declared size (and its unzipped size), or a
 further part, must leave ``min_free_bytes`` free, else 503
 ``InsufficientStorage``.
+
+A transfer belongs to its sender: the client the gateway authenticated
+(``X-Bmrgw-Client``, which the gateway sets and never takes from a caller)
+together with the business AP the routing header names (``r:From``, which
+the gateway checked against that client's ``senders``).  A transfer that
+would replace a file another sender published is refused
+(``SenderMismatch``, :mod:`attachments.staging`).  The receiver must
+therefore be reachable only through the gateway.
 """
 
 from __future__ import annotations
@@ -34,12 +42,12 @@ from attachments.message import (
     PartReply,
     PutFilePart,
     part_reply,
-    read_request,
+    routed_request,
     status_reply,
 )
 from attachments.mime import Event, MultipartReader, PartData, PartEnd, PartStart, RelatedType, parse_related
 from attachments.parts import FileInfo, PartHasher, PartInfo
-from attachments.staging import PartWriter, Staging
+from attachments.staging import PartWriter, Sender, Staging
 from gateway.disk import FreeSpace
 from gateway.errors import (
     ClientFault,
@@ -49,7 +57,7 @@ from gateway.errors import (
     MessageTooLarge,
     StorageFailed,
 )
-from gateway.ns import SoapVersion
+from gateway.ns import H_CLIENT, SoapVersion
 from gateway.soap import fault_content_type, gateway_fault, version_for
 from schemas import read as read_schema
 
@@ -97,13 +105,13 @@ class FileReceiver:
             else:
                 version = version_for(request.content_type) or version
                 version, body = await self._plain(request)
+        except GatewayError as exc:  # first: some are OSErrors too (SenderMismatch is a PermissionError)
+            log.warning("refused: %s: %s", exc.code, exc.reason)
+            return await self._fault(request, exc, version)
         except OSError as exc:
             log.error("cannot store into %s: %s", self._options.directory, exc)
             return await self._fault(request, StorageFailed(f"the receiver cannot store the file: "
                                                             f"{exc.strerror or exc}"), version)
-        except GatewayError as exc:
-            log.warning("refused: %s: %s", exc.code, exc.reason)
-            return await self._fault(request, exc, version)
         return web.Response(body=body, content_type=version.content_type, charset="utf-8")
 
     async def _fault(self, request: web.Request, error: GatewayError, version: SoapVersion) -> web.Response:
@@ -124,12 +132,14 @@ class FileReceiver:
     async def _plain(self, request: web.Request) -> tuple[SoapVersion, bytes]:
         if request.content_length is not None and request.content_length > MAX_ENVELOPE_BYTES:
             raise MessageTooLarge(f"a file-transfer envelope is at most {MAX_ENVELOPE_BYTES} bytes")
-        version, operation = read_request(await _envelope(request.content))
+        version, operation, sender = routed_request(await _envelope(request.content))
         if isinstance(operation, PutFilePart):
             raise MalformedMessage("PutFilePart needs its part as an attachment (multipart/related SwA or MTOM)")
-        return version, status_reply(await self._status(operation), version)
+        return version, status_reply(await self._status(operation, _sender(request, sender)), version)
 
-    async def _status(self, file_id: str) -> FileStatusReply:
+    async def _status(self, file_id: str, sender: Sender) -> FileStatusReply:
+        """What the receiver has of a transfer; another sender's transfer is not for this one to see."""
+        self._staging.check_sender(file_id, sender)
         status = self._staging.status(file_id)
         if status.published is None and status.part_count and len(status.parts) == status.part_count:
             # Every part is here but the receiver stopped before publishing: finish now.
@@ -141,12 +151,12 @@ class FileReceiver:
 
     async def _multipart(self, request: web.Request, related: RelatedType) -> tuple[SoapVersion, bytes]:
         events = _events(request.content, MultipartReader(related.boundary))
-        version, operation = read_request(await _root(events, related))
+        version, operation, sender = routed_request(await _root(events, related))
         if not isinstance(operation, PutFilePart):
             await _rest(events)
-            return version, status_reply(await self._status(operation), version)
+            return version, status_reply(await self._status(operation, _sender(request, sender)), version)
         async with self._lock(operation.info.file_id):
-            reply = await self._put(operation, events)
+            reply = await self._put(operation, events, _sender(request, sender))
         log.info("file %s (%s) part %d/%d: %s", reply.file_id, operation.info.file_name, reply.part_no,
                  operation.info.part_count, reply.status)
         return version, part_reply(reply, version)
@@ -162,11 +172,11 @@ class FileReceiver:
             if not lock.locked() and self._locks.get(file_id) is lock:
                 del self._locks[file_id]
 
-    async def _put(self, put: PutFilePart, events: AsyncIterator[Event]) -> PartReply:
+    async def _put(self, put: PutFilePart, events: AsyncIterator[Event], sender: Sender) -> PartReply:
         info = put.info.check(max_file_bytes=self._options.max_file_bytes, max_parts=self._options.max_parts)
         part = info.part(put.part_no, put.part_sha256)
         self._check_room(info, part)
-        self._staging.begin(info)
+        self._staging.begin(info, sender)
         writer = self._staging.writer(info, part)
         try:
             await _attachment(events, put.content_id, writer or PartHasher(part))
@@ -194,6 +204,11 @@ class FileReceiver:
         else:
             need = info.stream_size + (info.file_size if info.compression != "none" else 0)
         self._space.check(self._options.min_free_bytes, need=need, what=f"receive file {info.file_id}")
+
+
+def _sender(request: web.Request, routed_from: str | None) -> Sender:
+    """Who sends: the client the gateway authenticated and the r:From it checked."""
+    return Sender(client=request.headers.get(H_CLIENT), name=routed_from)
 
 
 async def _events(content: aiohttp.StreamReader, reader: MultipartReader) -> AsyncIterator[Event]:

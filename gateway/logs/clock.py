@@ -16,6 +16,18 @@ spoofed packet), or a round-trip delay that is negative or above one second.
 offset of the good answers, and says whether time is *synced*: a good answer
 arrived within the last four intervals.  Without servers the offset is 0 and
 time is never synced; the log records say so (``ntp_synced: false``).
+
+Time cannot be moved by one server (SPEC.md Version 2, "Time"): after the
+first sync, a correction of the gateway's time larger than
+``gateway.ntp.max_step`` is applied only when most of the configured servers
+— and at least two — agree on it within ``max_step`` (:func:`agreed_offset`).
+Until then the old offset stays in force, time is not synced and
+:meth:`Clock.status` carries a warning (``/healthz``), also logged.  The
+correction is measured on the gateway's time against the monotonic clock, so
+the operating system stepping the system clock (and the NTP offset moving
+the other way) is not a step of the gateway's time.  Every log record keeps
+both readings: ``ts`` is the corrected time and ``ts - ntp_offset`` the
+system clock's.
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ from typing import Any, NamedTuple
 from gateway.errors import ConfigError
 from routing.settings import NtpSettings
 
-__all__ = ["Clock", "Now", "Reading", "Sample", "Server", "query", "evaluate", "parse_server"]
+__all__ = ["Clock", "Now", "Reading", "Sample", "Server", "query", "evaluate", "parse_server", "agreed_offset"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +58,8 @@ NTP_EPOCH_DELTA = 2_208_988_800
 #: A time is synced while its last good answer is at most this many intervals old.
 SYNC_INTERVALS = 4
 DEFAULT_TIMEOUT = 2.0
+#: Seconds: a larger correction of the gateway's time needs most servers to agree (``gateway.ntp.max_step``).
+DEFAULT_MAX_STEP = 1.0
 MAX_DELAY = 1.0
 #: Clock granularity allowance: a round trip a few microseconds "negative" is rounding, not a lie.
 DELAY_TOLERANCE = 0.001
@@ -256,6 +270,26 @@ def combined_offset(samples: Sequence[Sample]) -> float | None:
     return statistics.median(good) if good else None
 
 
+def agreed_offset(samples: Sequence[Sample], *, configured: int, tolerance: float) -> float | None:
+    """The median offset of the largest group of good answers within ``tolerance`` of one another,
+    when that group is most of the ``configured`` servers (silent and refused ones count against it)
+    and at least two of them: one source can never vouch for a step.  ``None`` otherwise."""
+    good = sorted(s.offset for s in samples if s.ok and s.offset is not None)
+    best: list[float] = []
+    for centre in good:
+        group = [offset for offset in good if abs(offset - centre) <= tolerance]
+        if len(group) > len(best):
+            best = group
+    if len(best) < 2 or 2 * len(best) <= configured:
+        return None
+    return statistics.median(best)
+
+
+def _base() -> float:
+    """System time minus monotonic time: it changes only when the system clock is stepped."""
+    return time.time() - time.monotonic()
+
+
 # -- the clock -----------------------------------------------------------------
 
 class Clock:
@@ -268,13 +302,19 @@ class Clock:
     """
 
     def __init__(self, servers: Sequence[str] = (), interval: float = 64.0, *,
-                 timeout: float = DEFAULT_TIMEOUT, max_delay: float = MAX_DELAY) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, max_delay: float = MAX_DELAY,
+                 max_step: float = DEFAULT_MAX_STEP) -> None:
         self.servers = tuple(parse_server(s) for s in servers)
         self.interval = interval
         self.timeout = timeout
         self.max_delay = max_delay
+        self.max_step = max_step
         self._offset = 0.0
         self._good_at: float | None = None  # monotonic time of the last good round
+        # The gateway's time minus the monotonic clock when the offset was adopted
+        # (None before the first sync): what a step is measured against.
+        self._anchor: float | None = None
+        self._warning: str | None = None
         self._last: dict[str, Sample] = {}
         self._last_good: dict[str, Sample] = {}
         self._task: asyncio.Task[None] | None = None
@@ -282,7 +322,7 @@ class Clock:
     @classmethod
     def from_settings(cls, ntp: NtpSettings) -> Clock:
         """The clock of ``gateway.ntp``."""
-        return cls(ntp.servers, ntp.interval)
+        return cls(ntp.servers, ntp.interval, max_step=ntp.max_step)
 
     @property
     def offset(self) -> float:
@@ -290,8 +330,8 @@ class Clock:
 
     @property
     def synced(self) -> bool:
-        """A good answer arrived within the last four intervals."""
-        if self._good_at is None:
+        """A good answer arrived within the last four intervals, and no step waits for a majority."""
+        if self._good_at is None or self._warning is not None:
             return False
         return time.monotonic() - self._good_at <= SYNC_INTERVALS * self.interval
 
@@ -318,9 +358,26 @@ class Clock:
             else:
                 log.warning("NTP server %s refused: %s", sample.server, sample.error)
         offset = combined_offset(samples)
-        if offset is not None:
-            self._offset = offset
-            self._good_at = time.monotonic()
+        if offset is None:
+            return
+        base = _base()
+        if self._anchor is not None and abs(step := base + offset - self._anchor) > self.max_step:
+            agreed = agreed_offset(samples, configured=len(self.servers), tolerance=self.max_step)
+            if agreed is None:
+                self._refuse(step)
+                return
+            log.warning("NTP: stepping the time by %+.3f s: most of the %d servers agree on it",
+                        base + agreed - self._anchor, len(self.servers))
+            offset = agreed
+        self._offset, self._anchor, self._warning = offset, base + offset, None
+        self._good_at = time.monotonic()
+
+    def _refuse(self, step: float) -> None:
+        """Keep the offset in force; say loudly that time is not synced while the step waits."""
+        self._warning = (f"NTP servers answer a step of {step:+.3f} s, more than gateway.ntp.max_step "
+                         f"({self.max_step:g} s), and most of the {len(self.servers)} configured servers do not "
+                         "agree on it: the step is not applied and time is not synced")
+        log.warning("%s", self._warning)
 
     async def start(self) -> None:
         """Run the polling loop as a task of the current event loop (no-op without servers)."""
@@ -350,6 +407,8 @@ class Clock:
             "synced": self.synced,
             "offset": self._offset,
             "interval": self.interval,
+            "max_step": self.max_step,
+            "warning": self._warning,
             "servers": [self._server_status(s.label) for s in self.servers],
         }
 

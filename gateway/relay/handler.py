@@ -5,10 +5,12 @@ One request, start to finish:
 1. check the hop list in ``Via`` (RoutingLoop) and the declared size;
 2. read just enough of the body for :class:`~gateway.parser.HeadScanner` to
    find the routing key (routing header, ``wsa:To``, or the path);
-3. resolve the destination in the live :class:`~routing.table.RouteTable`;
+3. resolve the destination in the live :class:`~routing.table.RouteTable`
+   and check that the client may reach it and may claim the sender the
+   message names (SPEC.md "Who a message says it is from");
 4. POST the body byte for byte — the bytes already read, then the rest as it
-   arrives — with its Content-Type and SOAPAction, our ``Via`` hop and
-   ``X-Message-Id``;
+   arrives — with its Content-Type and SOAPAction, our ``Via`` hop,
+   ``X-Message-Id`` and the authenticated client's name in ``X-Bmrgw-Client``;
 5. stream the answer back unchanged: status, content type, body, faults.
 
 SwA and MTOM requests (``multipart/related``) take the same path: the
@@ -56,7 +58,7 @@ from gateway.logs.clock import Clock
 from gateway.logs.journal import Journal
 from gateway.logs.records import describe
 from gateway.metrics import Metrics
-from gateway.ns import H_MESSAGE_ID, H_SOAPACTION, H_VIA, SoapVersion
+from gateway.ns import H_CLIENT, H_MESSAGE_ID, H_SOAPACTION, H_VIA, SoapVersion
 from gateway.parser import SCAN_WHOLE, EnvelopeHead, HeadScanner, scan_head
 from gateway.security.auth import client_of
 from gateway.security.message import MessageSecurity
@@ -85,7 +87,8 @@ SERVER = "bmrgw"
 _SCAN_SLICE = 8192
 
 # End-to-end request headers that travel to the endpoint; everything else
-# (Authorization, Cookie, hop-by-hop headers) stays at the gateway.
+# (Authorization, Cookie, hop-by-hop headers, a caller's own X-Bmrgw-Client)
+# stays at the gateway.
 _FORWARD_REQUEST = ("Content-Type", H_SOAPACTION, "Content-Length", "Accept", "Accept-Encoding",
                     "Accept-Language", "User-Agent")
 # Response headers the gateway sets itself or that describe one hop only.
@@ -130,6 +133,22 @@ def authorise(client: Client | None, destination: str) -> None:
     """Refuse a destination the client's ``allow`` list does not name (open mode allows all)."""
     if client is not None and not client.may_reach(destination):
         raise Forbidden(f"client {client.name!r} may not send to {destination!r}", destination=destination)
+
+
+def authorise_sender(client: Client | None, sender: str | None, route: Route) -> None:
+    """Refuse a sender (``r:From``) the client may not claim.
+
+    A client claims the names of its ``senders`` list (by default its own
+    name); a mailbox deposit's sender becomes the stored JX document's
+    ``senderId``, so there a JX id of its ``jx.send`` list counts too.
+    """
+    if client is None or sender is None:
+        return
+    if client.may_claim(sender) or (route.mailbox is not None and client.may_send_jx(sender)):
+        return
+    raise Forbidden(f"client {client.name!r} may not send as {sender!r} (clients.{client.name}.senders"
+                    f"{' or jx.send' if route.mailbox is not None else ''})",
+                    destination=route.destination, detail=sender)
 
 
 class RequestBody:
@@ -260,6 +279,7 @@ class Relay:
         authorise(client_of(request), destination)
         route = table.resolve(destination, passed=passed)
         trace.endpoint, trace.label = route.url, route.endpoint
+        authorise_sender(client_of(request), head.sender, route)
         hop = f"{request.version.major}.{request.version.minor} {settings.name}"
         exchange = Exchange(route=route, message_id=trace.message_id,
                             via=f"{incoming_via}, {hop}" if incoming_via else hop)
@@ -333,6 +353,8 @@ class Relay:
             headers["Content-Length"] = str(len(body))  # a signed body is longer than what arrived
         headers[H_VIA] = exchange.via
         headers[H_MESSAGE_ID] = exchange.message_id
+        if trace.client is not None:
+            headers[H_CLIENT] = trace.client
         trace.forwarded = True
         try:
             reply = await self._upstream.post(exchange.route, headers, body)
