@@ -92,16 +92,21 @@ def serve(options: ServeOptions) -> int:
 
 async def _run(app: web.Application, config: Config, sock: socket.socket, options: ServeOptions) -> None:
     tls = config.gateway.tls
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.gateway.drain_timeout)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.gateway.drain_timeout,
+                           keepalive_timeout=config.gateway.keepalive_timeout)
     await runner.setup()
     live, res = app[LIVE], app[RESILIENCE]
 
-    def answer(limit: int) -> bytes:
+    def answer(limit: int, address: str | None) -> bytes:
         res.connections_refused += 1
-        return busy_answer(live.current.config.gateway.name, limit)
+        return busy_answer(live.current.config.gateway.name, limit, address)
+
+    def timed_out() -> None:
+        res.connections_timed_out += 1
 
     site = ListenSite(runner, sock, ssl_context=server_context(tls) if tls is not None else None,
-                      limit=lambda: live.current.config.gateway.limits.max_connections, answer=answer)
+                      limits=lambda: live.current.config.gateway.limits, answer=answer,
+                      header_timeout=config.gateway.header_timeout, timed_out=timed_out)
     await site.start()
     heap.settle()
     _announce(config, site.name, options)
