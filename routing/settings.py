@@ -119,6 +119,9 @@ class GatewaySettings:
     keep-alive follow-up from its first byte; otherwise the connection is closed without an answer."""
     keepalive_timeout: float = 30.0
     """Seconds a keep-alive connection may stay idle after an answer before the gateway closes it."""
+    watchdog_timeout: float = 30.0
+    """With ``--workers``: seconds a worker's event loop may stay silent before the supervisor kills it
+    (SIGKILL) and starts it again."""
     wss: WssSettings = field(default_factory=lambda: WssSettings())
     """WS-Security time limits (signature verification and signing)."""
     jx: JxSettings = field(default_factory=JxSettings)
@@ -129,7 +132,7 @@ class GatewaySettings:
 
 # -- resilience: failover URLs, breaker, limits (README "Resilience") ------------------
 
-_RESILIENCE_KEYS = ("limits", "breaker", "drain_timeout", "header_timeout", "keepalive_timeout")
+_RESILIENCE_KEYS = ("limits", "breaker", "drain_timeout", "header_timeout", "keepalive_timeout", "watchdog_timeout")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,6 +176,9 @@ def _resilience(g: Mapping[str, Any]) -> dict[str, Any]:
                                       low=0.1, high=MAX_TIMEOUT),
         "keepalive_timeout": read.number(g.get("keepalive_timeout", d.keepalive_timeout),
                                          "gateway.keepalive_timeout", low=0.1, high=MAX_TIMEOUT),
+        # Workers beat every 0.5 s: a shorter watchdog would kill a loop that is merely busy.
+        "watchdog_timeout": read.number(g.get("watchdog_timeout", d.watchdog_timeout), "gateway.watchdog_timeout",
+                                        low=2, high=MAX_TIMEOUT),
     }
 
 

@@ -157,6 +157,7 @@ def test_rate_limiter_token_bucket_per_caller() -> None:
     ({"gateway": {"drain_timeout": -1}}, "gateway.drain_timeout"),
     ({"gateway": {"header_timeout": 0}}, "gateway.header_timeout: must be a number between 0.1 and 3600"),
     ({"gateway": {"keepalive_timeout": "long"}}, "gateway.keepalive_timeout: must be a number"),
+    ({"gateway": {"watchdog_timeout": 1}}, "gateway.watchdog_timeout: must be a number between 2 and 3600"),
     ({"gateway": {"limits": {"max_connections_per_address": 0}}}, "gateway.limits.max_connections_per_address"),
 ])
 def test_invalid_resilience_settings_name_the_key(config: dict[str, Any], message: str) -> None:
@@ -177,7 +178,7 @@ def test_resilience_settings_parse_with_defaults() -> None:
     assert config.gateway.limits.burst == 6 and config.gateway.drain_timeout == 5
     assert config.gateway.breaker == BreakerSettings()
     g = config.gateway
-    assert (g.header_timeout, g.keepalive_timeout) == (10.0, 30.0)
+    assert (g.header_timeout, g.keepalive_timeout, g.watchdog_timeout) == (10.0, 30.0, 30.0)
     assert g.limits.max_connections_per_address is None
 
 
