@@ -107,6 +107,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="this host's name in the send/receive log, when several hosts with the same "
                    "gateway.name share one store (default: gateway.name; workers add .w1, .w2, ...)")
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor in its workers
+    p.add_argument("--heartbeat-fd", type=int, help=argparse.SUPPRESS)  # likewise: the watchdog's pipe
     p.set_defaults(run=_serve)
 
 
@@ -119,6 +120,7 @@ def _serve(args: argparse.Namespace) -> int:
         config=args.config, host=args.host, port=args.port, data_dir=args.data_dir,
         db=db_url(args),
         workers=max(1, args.workers), worker=args.worker, log_level=args.log_level, node=args.node,
+        heartbeat=args.heartbeat_fd,
     )
     return serve(options)
 

@@ -120,6 +120,14 @@ class GatewaySettings:
     """When a URL's circuit opens and how long it stays open."""
     drain_timeout: float = 30.0
     """Seconds a stopping gateway lets requests in flight finish before it cuts them off."""
+    header_timeout: float = 10.0
+    """Seconds a connection has for its first request's complete headers (TLS handshake included), and a
+    keep-alive follow-up from its first byte; otherwise the connection is closed without an answer."""
+    keepalive_timeout: float = 30.0
+    """Seconds a keep-alive connection may stay idle after an answer before the gateway closes it."""
+    watchdog_timeout: float = 30.0
+    """With ``--workers``: seconds a worker's event loop may stay silent before the supervisor kills it
+    (SIGKILL) and starts it again."""
     wss: WssSettings = field(default_factory=lambda: WssSettings())
     """WS-Security time limits (signature verification and signing)."""
     jx: JxSettings = field(default_factory=JxSettings)
@@ -132,13 +140,16 @@ class GatewaySettings:
 
 # -- resilience: failover URLs, breaker, limits (README "Resilience") ------------------
 
-_RESILIENCE_KEYS = ("limits", "breaker", "drain_timeout")
+_RESILIENCE_KEYS = ("limits", "breaker", "drain_timeout", "header_timeout", "keepalive_timeout", "watchdog_timeout")
 
 
 @dataclass(frozen=True, kw_only=True)
 class LimitSettings:
     max_connections: int | None = None
     """Open client connections per gateway process; more are answered 503 GatewayBusy. ``None``: no limit."""
+    max_connections_per_address: int | None = None
+    """Open connections per remote address (IPv6: per /64) and process; more are answered 503 GatewayBusy.
+    ``None``: no cap — behind a load balancer every caller has the balancer's address."""
     client_rate: float | None = None
     """Requests per second one client (or, in open mode, one remote address) may send; ``None``: no limit."""
     client_burst: int | None = None
@@ -162,23 +173,34 @@ class BreakerSettings:
 
 
 def _resilience(g: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``limits``, ``breaker`` and ``drain_timeout`` keys of ``gateway``."""
+    """The ``limits``, ``breaker`` and timeout keys of ``gateway``."""
+    d = GatewaySettings
     return {
         "limits": _limits(read.mapping(read.section(g, "limits"), "gateway.limits")),
         "breaker": _breaker(read.mapping(read.section(g, "breaker"), "gateway.breaker")),
-        "drain_timeout": read.number(g.get("drain_timeout", GatewaySettings.drain_timeout), "gateway.drain_timeout",
+        "drain_timeout": read.number(g.get("drain_timeout", d.drain_timeout), "gateway.drain_timeout",
                                  low=0, high=MAX_TIMEOUT),
+        "header_timeout": read.number(g.get("header_timeout", d.header_timeout), "gateway.header_timeout",
+                                      low=0.1, high=MAX_TIMEOUT),
+        "keepalive_timeout": read.number(g.get("keepalive_timeout", d.keepalive_timeout),
+                                         "gateway.keepalive_timeout", low=0.1, high=MAX_TIMEOUT),
+        # Workers beat every 0.5 s: a shorter watchdog would kill a loop that is merely busy.
+        "watchdog_timeout": read.number(g.get("watchdog_timeout", d.watchdog_timeout), "gateway.watchdog_timeout",
+                                        low=2, high=MAX_TIMEOUT),
     }
 
 
 def _limits(m: Mapping[str, Any]) -> LimitSettings:
     path = "gateway.limits"
-    read.known(m, path, {"max_connections", "client_rate", "client_burst"})
+    read.known(m, path, {"max_connections", "max_connections_per_address", "client_rate", "client_burst"})
     conns, rate, burst = m.get("max_connections"), m.get("client_rate"), m.get("client_burst")
+    per_address = m.get("max_connections_per_address")
     if burst is not None and rate is None:
         raise ConfigError(f"{path}.client_burst: only applies together with client_rate")
     return LimitSettings(
         max_connections=None if conns is None else read.integer(conns, f"{path}.max_connections", low=1, high=1_000_000),
+        max_connections_per_address=None if per_address is None else read.integer(
+            per_address, f"{path}.max_connections_per_address", low=1, high=1_000_000),
         client_rate=None if rate is None else read.number(rate, f"{path}.client_rate", low=0.001, high=1e6),
         client_burst=None if burst is None else read.integer(burst, f"{path}.client_burst", low=1, high=1_000_000),
     )

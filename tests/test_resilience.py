@@ -155,6 +155,10 @@ def test_rate_limiter_token_bucket_per_caller() -> None:
     ({"gateway": {"limits": {"max_connections": "many"}}}, "gateway.limits.max_connections"),
     ({"gateway": {"limits": {"rate": 5}}}, "gateway.limits: unknown key 'rate'"),
     ({"gateway": {"drain_timeout": -1}}, "gateway.drain_timeout"),
+    ({"gateway": {"header_timeout": 0}}, "gateway.header_timeout: must be a number between 0.1 and 3600"),
+    ({"gateway": {"keepalive_timeout": "long"}}, "gateway.keepalive_timeout: must be a number"),
+    ({"gateway": {"watchdog_timeout": 1}}, "gateway.watchdog_timeout: must be a number between 2 and 3600"),
+    ({"gateway": {"limits": {"max_connections_per_address": 0}}}, "gateway.limits.max_connections_per_address"),
 ])
 def test_invalid_resilience_settings_name_the_key(config: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -173,6 +177,9 @@ def test_resilience_settings_parse_with_defaults() -> None:
     assert (b.failover, b.max_concurrent) == (("http://h/b",), None)
     assert config.gateway.limits.burst == 6 and config.gateway.drain_timeout == 5
     assert config.gateway.breaker == BreakerSettings()
+    g = config.gateway
+    assert (g.header_timeout, g.keepalive_timeout, g.watchdog_timeout) == (10.0, 30.0, 30.0)
+    assert g.limits.max_connections_per_address is None
 
 
 def test_endpoints_set_url_replaces_a_failover_list(tmp_path: Path) -> None:

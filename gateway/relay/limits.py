@@ -9,7 +9,10 @@
   ``client_burst``; over it, :class:`~gateway.errors.TooManyRequests` (429)
   with ``Retry-After``.
 * :class:`ListenSite` — a listening socket that answers connections beyond
-  ``gateway.limits.max_connections`` with 503 ``GatewayBusy`` and closes them.
+  ``gateway.limits.max_connections`` (or ``max_connections_per_address``) with
+  503 ``GatewayBusy`` and closes them, and closes a connection that has not sent
+  its request headers within ``gateway.header_timeout`` (SPEC.md "Version 2" →
+  "Hostile input never stalls the gateway").
 
 All limits are per gateway process (``--workers N`` multiplies them by N).
 """
@@ -17,6 +20,7 @@ All limits are per gateway process (``--workers N`` multiplies them by N).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import math
 import socket
 import ssl
@@ -32,7 +36,7 @@ from gateway.security.auth import client_of
 from gateway.soap import fault_content_type, gateway_fault
 from routing.settings import LimitSettings
 
-__all__ = ["Gate", "RateLimiter", "rate_middleware", "ListenSite"]
+__all__ = ["Gate", "RateLimiter", "rate_middleware", "ListenSite", "busy_answer", "address_of"]
 
 #: Seconds a refused connection stays open for the caller to read its 503.
 _LINGER = 2.0
@@ -145,7 +149,7 @@ def rate_middleware(limiter: RateLimiter, settings: Callable[[], LimitSettings],
 
 
 class _Refusal(asyncio.Protocol):
-    """Answers one connection over the limit with 503 GatewayBusy, then closes it.
+    """Answers one connection over a limit with 503 GatewayBusy, then closes it.
 
     What the caller sends is read and dropped until it closes (or for
     :data:`_LINGER` s): closing with unread bytes would reset the connection,
@@ -167,24 +171,141 @@ class _Refusal(asyncio.Protocol):
         return False  # close our side too
 
 
-def busy_answer(gateway: str, limit: int) -> bytes:
-    """The raw HTTP 503 a connection over ``max_connections`` gets."""
-    error = GatewayBusy(f"gateway {gateway} already holds {limit} connections; try again shortly")
+def busy_answer(gateway: str, limit: int, address: str | None = None) -> bytes:
+    """The raw HTTP 503 a connection over ``max_connections`` (or, with ``address``, over
+    ``max_connections_per_address``) gets."""
+    held = f"{limit} connections" if address is None else f"{limit} connections from {address}"
+    error = GatewayBusy(f"gateway {gateway} already holds {held}; try again shortly")
     body = gateway_fault(error, SoapVersion.V11, gateway=gateway)
     head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {fault_content_type(SoapVersion.V11)}\r\n"
             f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\nServer: bmrgw\r\n\r\n")
     return head.encode("ascii") + body
 
 
+def address_of(peer: Any) -> str:
+    """The remote address a per-address cap counts: IPv4 as it is, IPv6 by its /64 (one host is
+    usually given a whole /64, so counting single IPv6 addresses would cap nobody)."""
+    try:
+        ip = ipaddress.ip_address(peer[0])
+    except (TypeError, IndexError, ValueError):
+        return "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def _between_requests(handler: web.RequestHandler) -> bool:
+    """Whether aiohttp's handler waits for the next request of its connection (the test aiohttp's
+    own keep-alive timer makes, RequestHandler._process_keepalive: nothing public tells it)."""
+    waiter = handler._waiter
+    return waiter is not None and not waiter.done()
+
+
+class _Guarded(asyncio.Protocol):
+    """One client connection: aiohttp's request handler behind the header clock and the per-address cap.
+
+    The header clock starts when the connection is accepted — before a TLS
+    handshake, which it includes — and stops when aiohttp has parsed a whole
+    request head.  After an answer it starts again at the first byte of the
+    next request.  Bytes arriving never move it, so headers trickled a byte
+    at a time are cut off like silence.  An expired connection is aborted
+    without an answer (nginx does the same): whoever sends nothing reads nothing.
+    An idle keep-alive connection is aiohttp's to close (``keepalive_timeout``).
+    """
+
+    def __init__(self, site: ListenSite, timeout: float) -> None:
+        self._site = site
+        self._timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        self._clock: asyncio.TimerHandle | None = self._loop.call_later(timeout, self._expire)
+        self._expired = False
+        self._transport: asyncio.Transport | None = None
+        self._inner: asyncio.Protocol | None = None
+        self._handler: web.RequestHandler | None = None
+        self._address: str | None = None
+        self._heads = 0
+        """Request heads aiohttp had parsed when the clock last stopped."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = stream = cast(asyncio.Transport, transport)
+        if self._expired:  # the TLS handshake alone took the whole header timeout
+            stream.abort()
+            return
+        address = address_of(stream.get_extra_info("peername"))
+        refusal = self._site.admit(address)
+        if refusal is not None:
+            self._stop()
+            self._inner = _Refusal(refusal)
+        else:
+            self._address = address
+            self._inner = self._handler = self._site.handler()
+        self._inner.connection_made(stream)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is None:
+            return
+        self._inner.data_received(data)
+        handler = self._handler
+        if handler is None:
+            return
+        if handler._request_count != self._heads:  # aiohttp parsed a whole request head
+            self._heads = handler._request_count
+            self._stop()
+        elif self._clock is None and _between_requests(handler):  # the first bytes of a follow-up
+            self._clock = self._loop.call_later(self._timeout, self._expire)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop()
+        if self._address is not None:
+            self._site.release(self._address)
+            self._address = None
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+    def _stop(self) -> None:
+        if self._clock is not None:
+            self._clock.cancel()
+            self._clock = None
+
+    def _expire(self) -> None:
+        self._clock = None
+        self._expired = True
+        handler = self._handler
+        if self._transport is None or handler is None:
+            return  # still in the TLS handshake: ssl_handshake_timeout ends it, or connection_made will
+        if handler._request_count == self._heads:
+            self._site.timed_out()
+            self._transport.abort()  # not close(): a TLS peer that ignores close_notify would hold it on
+
+
 class ListenSite(web.BaseSite):
-    """Serves the runner on a ready socket; connections beyond ``limit()`` are refused politely."""
+    """Serves the runner on a ready socket: connections beyond ``limits().max_connections`` or
+    ``max_connections_per_address`` are refused politely, and each must send its request headers
+    within ``header_timeout`` seconds (see :class:`_Guarded`)."""
 
     def __init__(self, runner: web.BaseRunner, sock: socket.socket, *, ssl_context: ssl.SSLContext | None,
-                 limit: Callable[[], int | None], answer: Callable[[int], bytes]) -> None:
+                 limits: Callable[[], LimitSettings], answer: Callable[[int, str | None], bytes],
+                 header_timeout: float, timed_out: Callable[[], None] = lambda: None) -> None:
         super().__init__(runner, ssl_context=ssl_context)
         self._sock = sock
-        self._limit = limit
+        self._limits = limits
         self._answer = answer
+        self._header_timeout = header_timeout
+        self.timed_out = timed_out
+        self._per_address: dict[str, int] = {}
         self.refused = 0
 
     @property
@@ -192,18 +313,43 @@ class ListenSite(web.BaseSite):
         host, port = self._sock.getsockname()[:2]
         return f"{'https' if self._ssl_context else 'http'}://{host}:{port}"
 
+    def handler(self) -> web.RequestHandler:
+        """A new aiohttp request handler of the runner's server."""
+        server = self._runner.server
+        assert server is not None
+        return server()
+
+    def admit(self, address: str) -> bytes | None:
+        """Count a connection from ``address``; or, when it is over its cap, the answer that refuses it."""
+        held = self._per_address.get(address, 0)
+        cap = self._limits().max_connections_per_address
+        if cap is not None and held >= cap:
+            self.refused += 1
+            return self._answer(cap, address)
+        self._per_address[address] = held + 1
+        return None
+
+    def release(self, address: str) -> None:
+        held = self._per_address.pop(address) - 1
+        if held:
+            self._per_address[address] = held
+
     async def start(self) -> None:
         await super().start()
         server = self._runner.server
         assert server is not None
 
         def protocol() -> asyncio.BaseProtocol:
-            limit = self._limit()
+            limit = self._limits().max_connections
             if limit is not None and len(server.connections) >= limit:
                 self.refused += 1
-                return _Refusal(self._answer(limit))
-            return server()
+                return _Refusal(self._answer(limit, None))
+            return _Guarded(self, self._header_timeout)
 
         loop = asyncio.get_running_loop()
+        # Under TLS the handshake is part of the header phase; and a peer that will not answer our
+        # close_notify gets no longer than that either (asyncio's defaults are 60 and 30 s).
+        tls = self._header_timeout if self._ssl_context is not None else None
         self._server = await loop.create_server(protocol, sock=self._sock, ssl=self._ssl_context,
-                                                backlog=self._backlog)
+                                                backlog=self._backlog, ssl_handshake_timeout=tls,
+                                                ssl_shutdown_timeout=tls)

@@ -88,6 +88,7 @@ class Resilience:
         self.limiter = RateLimiter()
         self.failovers = 0
         self.connections_refused = 0
+        self.connections_timed_out = 0
         self.changed: Callable[[], None] = lambda: None
         """Called when a circuit changes state (the store publisher listens)."""
         self._gates: dict[_Key, Gate] = {}
@@ -259,7 +260,11 @@ class ResilienceCollector(Collector):
         yield CounterMetricFamily("bmrgw_rate_limited", "Requests refused with 429 TooManyRequests.",
                                   value=res.limiter.refused)
         yield CounterMetricFamily("bmrgw_connections_refused", "Connections answered 503 GatewayBusy "
-                                  "(gateway.limits.max_connections).", value=res.connections_refused)
+                                  "(gateway.limits.max_connections, max_connections_per_address).",
+                                  value=res.connections_refused)
+        yield CounterMetricFamily("bmrgw_connections_timed_out", "Connections closed because their request "
+                                  "headers did not arrive within gateway.header_timeout.",
+                                  value=res.connections_timed_out)
 
 
 RESILIENCE = web.AppKey("resilience", Resilience)

@@ -24,6 +24,8 @@ class ServeOptions:
     """Worker processes sharing the port; 1 serves in this process."""
     worker: int | None = None
     """Set in a worker process started by the supervisor: its number, 1…N."""
+    heartbeat: int | None = None
+    """Set in a worker process: the pipe (file descriptor) its event loop beats on for the supervisor's watchdog."""
     log_level: str = "INFO"
     """Passed on to worker processes."""
     node: str | None = None

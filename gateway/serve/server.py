@@ -36,7 +36,7 @@ from routing.config import Config, load_config
 from . import heap
 from .app import AppOptions, make_app, reloaded
 from .options import ServeOptions
-from .workers import supervise
+from .workers import heartbeat, supervise
 
 __all__ = ["ServeOptions", "serve", "install_event_loop", "listen_socket"]
 
@@ -92,18 +92,25 @@ def serve(options: ServeOptions) -> int:
 
 async def _run(app: web.Application, config: Config, sock: socket.socket, options: ServeOptions) -> None:
     tls = config.gateway.tls
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.gateway.drain_timeout)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.gateway.drain_timeout,
+                           keepalive_timeout=config.gateway.keepalive_timeout)
     await runner.setup()
     live, res = app[LIVE], app[RESILIENCE]
 
-    def answer(limit: int) -> bytes:
+    def answer(limit: int, address: str | None) -> bytes:
         res.connections_refused += 1
-        return busy_answer(live.current.config.gateway.name, limit)
+        return busy_answer(live.current.config.gateway.name, limit, address)
+
+    def timed_out() -> None:
+        res.connections_timed_out += 1
 
     site = ListenSite(runner, sock, ssl_context=server_context(tls) if tls is not None else None,
-                      limit=lambda: live.current.config.gateway.limits.max_connections, answer=answer)
+                      limits=lambda: live.current.config.gateway.limits, answer=answer,
+                      header_timeout=config.gateway.header_timeout, timed_out=timed_out)
     await site.start()
     heap.settle()
+    # A worker's beats come from this loop, so they stop when it hangs (the supervisor's watchdog).
+    beating = asyncio.create_task(heartbeat(options.heartbeat)) if options.heartbeat is not None else None
     _announce(config, site.name, options)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -114,6 +121,8 @@ async def _run(app: web.Application, config: Config, sock: socket.socket, option
     drain = config.gateway.drain_timeout
     log.info("stopping: no new connections; requests in flight get up to %g s to finish", drain)
     await runner.cleanup()
+    if beating is not None:
+        beating.cancel()
     log.info("stopped; the send/receive log is flushed")
 
 

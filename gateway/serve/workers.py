@@ -11,10 +11,19 @@ while, after a doubling pause (up to 30 s) if it keeps dying young.  Exit
 status 2 from a worker (invalid config, port taken) stops everything: a
 restart could not fix it.  SIGTERM/SIGINT are passed on and waited for (each
 worker drains); SIGHUP is passed on (each worker reloads).
+
+The watchdog: each worker's event loop writes a byte to a pipe every
+:data:`_BEAT` seconds (:func:`heartbeat`).  A worker that has beaten once and
+then stays silent for ``gateway.watchdog_timeout`` seconds has a loop that no
+longer runs — stuck in a parse, a deadlock, stopped — and is killed with
+SIGKILL (SIGTERM would wait for that same loop), then started again like a
+worker that died.  Start-up is not timed: a worker is watched from its first beat.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -29,7 +38,7 @@ from routing.config import Config
 
 from .options import ServeOptions
 
-__all__ = ["supervise"]
+__all__ = ["supervise", "heartbeat"]
 
 log = logging.getLogger("bmrgw.workers")
 
@@ -38,6 +47,8 @@ _SETTLED = 10.0
 """A worker that ran this long before dying is restarted without a pause."""
 _MAX_PAUSE = 30.0
 _EXTRA_STOP_SECONDS = 15.0
+_BEAT = 0.5
+"""Seconds between a worker's heartbeats."""
 
 
 @dataclass(eq=False)
@@ -49,13 +60,50 @@ class _Worker:
     pause: float = 0.0
     due: float = 0.0
     restarts: int = field(default=0)
+    beats: int | None = None
+    """Read end of the worker's heartbeat pipe."""
+    last_beat: float | None = None
+    """When the worker last beat; ``None`` until its first beat."""
 
     def start(self) -> None:
+        self.close_pipe()
+        self.beats, pipe = os.pipe()
+        os.set_blocking(self.beats, False)
         # Born ignoring SIGHUP: a reload passed on while it still starts must not kill it
         # (it reads the config fresh anyway); its event loop installs the real handler.
-        self.proc = subprocess.Popen(self.argv, preexec_fn=_ignore_hup)
-        self.started = time.monotonic()
+        try:
+            self.proc = subprocess.Popen([*self.argv, "--heartbeat-fd", str(pipe)], preexec_fn=_ignore_hup,
+                                         pass_fds=(pipe,))
+        finally:
+            os.close(pipe)
+        self.started, self.last_beat = time.monotonic(), None
         log.info("worker %d started (pid %d)", self.number, self.proc.pid)
+
+    def heard(self, now: float) -> None:
+        """Take the beats that arrived since the last look."""
+        assert self.beats is not None
+        with contextlib.suppress(BlockingIOError):
+            if os.read(self.beats, 4096):
+                self.last_beat = now
+
+    def close_pipe(self) -> None:
+        if self.beats is not None:
+            os.close(self.beats)
+            self.beats = None
+
+
+async def heartbeat(pipe: int) -> None:
+    """In a worker: beat on the supervisor's pipe while this event loop runs (see the module docstring)."""
+    os.set_blocking(pipe, False)
+    try:
+        while True:
+            with contextlib.suppress(BlockingIOError):  # the pipe is full: the supervisor is behind, not us
+                os.write(pipe, b".")
+            await asyncio.sleep(_BEAT)
+    except BrokenPipeError:
+        log.error("the supervisor is gone; no more heartbeats")
+    finally:
+        os.close(pipe)
 
 
 def _ignore_hup() -> None:
@@ -99,20 +147,35 @@ def supervise(options: ServeOptions, config: Config, *, host: str, port: int) ->
         worker.start()
     print(f"bmrgw {config.gateway.name}: {len(workers)} workers on {host}:{port} (supervisor pid {os.getpid()})",
           flush=True)
-    status = _watch(workers, signals)
+    status = _watch(workers, signals, config.gateway.watchdog_timeout)
     return _stop_all(workers, config.gateway.drain_timeout + _EXTRA_STOP_SECONDS) or status
 
 
-def _watch(workers: list[_Worker], signals: _Signals) -> int:
+def _watch(workers: list[_Worker], signals: _Signals, watchdog: float) -> int:
     while not signals.stop:
         time.sleep(_TICK)
         if signals.hup:
             signals.hup = False
             _send(workers, signal.SIGHUP)
         for worker in workers:
+            _check_beats(worker, watchdog)
             if _revive(worker) == 2:
                 return 2
     return 0
+
+
+def _check_beats(worker: _Worker, watchdog: float) -> None:
+    """Kill ``worker`` if its event loop has been silent for ``watchdog`` seconds; _revive restarts it."""
+    if worker.proc is None or worker.beats is None:
+        return
+    now = time.monotonic()
+    worker.heard(now)
+    if worker.last_beat is None or now - worker.last_beat <= watchdog or worker.proc.poll() is not None:
+        return
+    log.error("worker %d (pid %d) did not answer for %.1f s (gateway.watchdog_timeout %g s); killing it",
+              worker.number, worker.proc.pid, now - worker.last_beat, watchdog)
+    worker.proc.kill()
+    worker.proc.wait()
 
 
 def _revive(worker: _Worker) -> int | None:
@@ -132,6 +195,7 @@ def _revive(worker: _Worker) -> int | None:
     ran = now - worker.started
     worker.pause = 0.0 if ran >= _SETTLED else min(_MAX_PAUSE, max(0.5, worker.pause * 2))
     worker.due, worker.proc = now + worker.pause, None
+    worker.close_pipe()
     worker.restarts += 1
     log.error("worker %d exited with status %s after %.1f s; starting it again in %g s", worker.number, code, ran,
               worker.pause)
