@@ -203,7 +203,7 @@ def test_a_routing_header_outside_the_signature_is_refused(dev_pki: DevPki) -> N
 
 
 def test_wsa_to_naming_the_destination_must_be_signed(dev_pki: DevPki) -> None:
-    root = etree.fromstring(xsw.signed(*xsw.fixed_signer(), envelope=xsw.WSA_ENVELOPE))
+    root = xsw.signed(*xsw.fixed_signer(), envelope=xsw.WSA_ENVELOPE)
     verify_envelope(etree.tostring(root), xsw.fixed_signer()[1], now=xsw.SIGNED_AT, policy=POLICY, max_bytes=LIMIT)
     unsigned = xsw.signed(*xsw.fixed_signer(), envelope=xsw.WSA_ENVELOPE, cover=("body", "timestamp"))
     with pytest.raises(InvalidSignature, match="does not cover the wsa:To"):
@@ -231,10 +231,13 @@ async def test_edited_destination_is_refused_and_not_relayed(
 # -- finding 9: weak keys -----------------------------------------------------------------------
 
 def test_rsa_1024_signatures_are_refused(dev_pki: DevPki, tmp_path: Path) -> None:
-    weak = signing_with(dev_pki.ca, "rsa-1024", rsa.generate_private_key(public_exponent=65537, key_size=1024),
-                        tmp_path)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    weak = signing_with(dev_pki.ca, "rsa-1024", key, tmp_path)
+    signed = etree.tostring(xsw.signed(key, cert_of(weak), envelope=FOR_CAPTURE.decode(), at=NOW))
     with pytest.raises(InvalidSignature, match="RSA key of 1024 bits.*at least 2048"):
-        verify(sign(FOR_CAPTURE, weak), weak)
+        verify(signed, weak)
+    with pytest.raises(ConfigError, match="RSA key of 1024 bits"):  # nor does the gateway sign with one
+        sign(FOR_CAPTURE, weak)
 
 
 @needs_xmlsec1

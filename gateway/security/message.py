@@ -103,7 +103,8 @@ class MessageSecurity:
             return body
         signer = self._signer(sign.key, sign.cert, route.outbound.fingerprint)
         now = self._clock.now().ts
-        return await _run(len(body), lambda: sign_root(root, signer, now=now, ttl=settings.wss.sign_ttl))
+        return await _run(len(body), lambda: sign_root(root, signer, now=now, ttl=settings.wss.sign_ttl,
+                                                       routing_header=settings.routing_header))
 
     async def verify_client(self, body: bytes, *, content_type: str, client: Client | None,
                             settings: GatewaySettings) -> None:
@@ -119,7 +120,8 @@ class MessageSecurity:
                       settings: GatewaySettings) -> None:
         now = self._clock.now().ts
         policy = TimePolicy(clock_skew=settings.wss.clock_skew, max_ttl=settings.wss.max_ttl)
-        verified = await _run(size, lambda: verify_root(root, cert, now=now, policy=policy))
+        verified = await _run(size, lambda: verify_root(root, cert, now=now, policy=policy,
+                                                          routing_header=settings.routing_header))
         await self._guard.remember(verified.digest, keep_until=verified.keep_until, now=now)
 
     def _certificate(self, path: str) -> x509.Certificate:

@@ -99,8 +99,8 @@ def _b64(data: bytes) -> str:
 
 
 def signed(key: rsa.RSAPrivateKey, cert: x509.Certificate, *, envelope: str = ENVELOPE,
-           cover: tuple[str, ...] = ("body", "timestamp", "routing")) -> etree._Element:
-    """``envelope`` with a Security header signed over the parts named in ``cover``."""
+           cover: tuple[str, ...] = ("body", "timestamp", "routing"), at: dt.datetime = SIGNED_AT) -> etree._Element:
+    """``envelope`` with a Security header signed at ``at`` over the parts named in ``cover``."""
     root = etree.fromstring(envelope.encode())
     header, body = root[0], root[1]
     security = etree.Element(f"{{{WSSE}}}Security", nsmap={"wsse": WSSE, "wsu": WSU})
@@ -111,8 +111,8 @@ def signed(key: rsa.RSAPrivateKey, cert: x509.Certificate, *, envelope: str = EN
     token.text = _b64(cert.public_bytes(serialization.Encoding.DER))
     stamp = etree.SubElement(security, f"{{{WSU}}}Timestamp")
     stamp.set(ID, "ts-1")
-    etree.SubElement(stamp, f"{{{WSU}}}Created").text = SIGNED_AT.strftime("%Y-%m-%dT%H:%M:%SZ")
-    expires = SIGNED_AT + dt.timedelta(seconds=300)
+    etree.SubElement(stamp, f"{{{WSU}}}Created").text = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    expires = at + dt.timedelta(seconds=300)
     etree.SubElement(stamp, f"{{{WSU}}}Expires").text = expires.strftime("%Y-%m-%dT%H:%M:%SZ")
     body.set(ID, "body-1")
     parts = {"body": body, "timestamp": stamp}
