@@ -170,9 +170,10 @@ def add_wss_command(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "one the way it verifies for clients.*.wss.verify (signature, Timestamp; no replay record).",
     )
     actions = p.add_subparsers(title="actions", metavar="ACTION")
-    sign = actions.add_parser("sign", help="print FILE (or stdin) signed: Timestamp + signature over Body",
+    sign = actions.add_parser("sign", help="print FILE (or stdin) signed: Timestamp + signature over Body and routing header",
                               description="Print the envelope in FILE (or stdin) with a wsse:Security header: "
-                              "the certificate, a wsu:Timestamp and an RSA-SHA256 signature over Body and Timestamp.")
+                              "the certificate, a wsu:Timestamp and an RSA- or ECDSA-SHA256 signature over Body, "
+                              "Timestamp and the routing header / wsa:To when present.")
     sign.add_argument("file", nargs="?", type=Path, help="the envelope (default: stdin)")
     sign.add_argument("--key", type=Path, required=True, help="PEM private key (e.g. from bmrgw pki)")
     sign.add_argument("--cert", type=Path, required=True, help="PEM certificate of that key")
@@ -180,7 +181,8 @@ def add_wss_command(commands: argparse._SubParsersAction[argparse.ArgumentParser
     sign.set_defaults(run=_sign)
     verify = actions.add_parser("verify", help="check the WS-Security signature of FILE (or stdin)",
                                 description="Check that the envelope in FILE (or stdin) is signed by --cert over "
-                                "its Body and Timestamp, and that the Timestamp is current. Exit 0 if so, 1 if not.")
+                                "its Body, Timestamp and routing header / wsa:To (when present), and that the "
+                                "Timestamp is current. Exit 0 if so, 1 if not.")
     verify.add_argument("file", nargs="?", type=Path, help="the envelope (default: stdin)")
     verify.add_argument("--cert", type=Path, required=True, help="PEM certificate the signature must verify with")
     verify.add_argument("--clock-skew", type=float, default=300.0, help="seconds of clock difference (default 300)")
@@ -229,6 +231,6 @@ def _verify_command(args: argparse.Namespace) -> int:
     except GatewayError as exc:
         print(f"not valid ({exc.code}): {exc.reason}", file=sys.stderr)
         return 1
-    print(f"valid: signed by {cert.subject.rfc4514_string()} over Body and Timestamp, created "
+    print(f"valid: signed by {cert.subject.rfc4514_string()} over Body, Timestamp and destination headers, created "
           f"{verified.created.isoformat()}")
     return 0
