@@ -149,7 +149,9 @@ def signed(key: rsa.RSAPrivateKey, cert: x509.Certificate, *, envelope: str = EN
 
 def _parts(root: etree._Element) -> tuple[etree._Element, etree._Element, etree._Element]:
     header, body = root[0], root[1]
-    return header, body, header.find(f"{{{WSSE}}}Security")  # type: ignore[return-value]
+    security = header.find(f"{{{WSSE}}}Security")
+    assert security is not None
+    return header, body, security
 
 
 def _forged_body(root: etree._Element, *, keep_id: bool) -> etree._Element:
