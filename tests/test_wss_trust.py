@@ -142,7 +142,7 @@ async def test_the_actor_trick_is_not_accepted_again_on_any_node(
     gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, dev_pki: DevPki,
     tmp_path: Path,
 ) -> None:
-    signed = sign(FOR_CAPTURE, dev_pki.signing)
+    signed = sign(FOR_CAPTURE, dev_pki.signing, now=dt.datetime.now(dt.timezone.utc))  # NOW is import time
     with pg_schema() as url:
         node_a = await gateway(wss_config(tmp_path, dev_pki.signing.cert, backend.url, db=url))
         node_b = await gateway(wss_config(tmp_path, dev_pki.signing.cert, backend.url, db=url, name="gw-b"))
@@ -220,11 +220,12 @@ async def test_edited_destination_is_refused_and_not_relayed(
     tmp_path: Path,
 ) -> None:
     base = await gateway(wss_config(tmp_path, dev_pki.signing.cert, backend.url))
-    edited = sign(FOR_CAPTURE, dev_pki.signing).replace(b"<r:To>capture</r:To>", b"<r:To>demo</r:To>")
+    now = dt.datetime.now(dt.timezone.utc)  # the gateway's clock, not the module's import time
+    edited = sign(FOR_CAPTURE, dev_pki.signing, now=now).replace(b"<r:To>capture</r:To>", b"<r:To>demo</r:To>")
     status, answer = await post(http, base, edited)
     assert (status, fault_of(answer)[2]) == (400, "InvalidSignature"), answer
     assert backend.seen == []
-    assert (await post(http, base, sign(FOR_CAPTURE, dev_pki.signing)))[0] == 200
+    assert (await post(http, base, sign(FOR_CAPTURE, dev_pki.signing, now=now)))[0] == 200
     assert [seen.path for seen in backend.seen] == ["/capture"]
 
 
