@@ -20,11 +20,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from cryptography import x509
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from yarl import URL
 
 from gateway.errors import ConfigError
+from gateway.security.dsig import weak_key
 from refdb.config import RefdbSettings, parse_refdb
 
 from . import fields as read
@@ -337,8 +339,21 @@ def _client(name: str, raw: Any, base: Path) -> Client:
         senders=read.names(m["senders"], f"{path}.senders", wildcard=True) if "senders" in m else None,
         jx_receive=read.names(jx.get("receive", []), f"{path}.jx.receive", wildcard=True),
         jx_send=read.names(jx.get("send", []), f"{path}.jx.send", wildcard=True),
-        wss_verify=read.file(wss["verify"], f"{path}.wss.verify", base) if "verify" in wss else None,
+        wss_verify=_verify_cert(wss["verify"], f"{path}.wss.verify", base) if "verify" in wss else None,
     )
+
+
+def _verify_cert(value: Any, path: str, base: Path) -> str:
+    """A PEM certificate file strong enough to sign with (RSA-2048 / P-256 at least)."""
+    file = read.file(value, path, base)
+    try:
+        cert = x509.load_pem_x509_certificate(Path(file).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: {file} does not hold a PEM certificate: {exc}") from exc
+    weak = weak_key(cert.public_key())
+    if weak is not None:
+        raise ConfigError(f"{path}: {file} ({cert.subject.rfc4514_string()}) has {weak}")
+    return file
 
 
 def _basic_login(raw: Any, path: str) -> BasicLogin:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from yarl import URL
 
 from gateway.errors import ConfigError
+from gateway.security.dsig import weak_key
 
 from . import fields as read
 
@@ -111,6 +112,13 @@ def _check_pem(files: Mapping[str, Path], path: str) -> None:
         raise ConfigError(f"{path}: key {files['key']} does not belong to cert {files['cert']}")
 
 
+def _check_strength(cert: Path, path: str) -> None:
+    """A WS-Security signing key below RSA-2048 / P-256 is refused (issue 18, finding 9)."""
+    weak = weak_key(x509.load_pem_x509_certificates(cert.read_bytes())[0].public_key())
+    if weak is not None:
+        raise ConfigError(f"{path}: {cert} has {weak}")
+
+
 def _wss_sign(raw: Any, path: str, base: Path, digest: Any) -> WssSign:
     m = read.mapping(raw, path)
     read.known(m, path, {"sign"})
@@ -118,6 +126,7 @@ def _wss_sign(raw: Any, path: str, base: Path, digest: Any) -> WssSign:
     read.known(sign, f"{path}.sign", {"key", "cert"})
     files = {k: _pem_file(sign.get(k), f"{path}.sign.{k}", base, digest) for k in ("key", "cert")}
     _check_pem(files, f"{path}.sign")
+    _check_strength(files["cert"], f"{path}.sign")
     return WssSign(key=files["key"], cert=files["cert"])
 
 

@@ -76,6 +76,9 @@ class TlsSettings:
     """PEM private key of the server certificate, absolute path."""
     client_ca: str | None = None
     """PEM CA bundle; when set, every caller must present a certificate it issued (mutual TLS)."""
+    crl: str | None = None
+    """PEM (one or more) or DER certificate revocation list(s) of the client_ca CAs, absolute path; a
+    client certificate they revoke is refused at the handshake.  Read again on SIGHUP."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -254,15 +257,18 @@ def gateway_settings(raw: Any, db: str | None, peers: frozenset[str], base: Path
 
 def _tls(raw: Any, base: Path) -> TlsSettings:
     m = read.mapping(raw, "gateway.tls")
-    read.known(m, "gateway.tls", {"cert", "key", "client_ca"})
+    read.known(m, "gateway.tls", {"cert", "key", "client_ca", "crl"})
     for key in ("cert", "key"):
         if key not in m:
             raise ConfigError(f"gateway.tls: needs {key} (a PEM file)")
-    client_ca = m.get("client_ca")
+    client_ca, crl = m.get("client_ca"), m.get("crl")
+    if crl is not None and client_ca is None:
+        raise ConfigError("gateway.tls.crl: needs client_ca (a CRL says which client certificates are revoked)")
     return TlsSettings(
         cert=read.file(m["cert"], "gateway.tls.cert", base),
         key=read.file(m["key"], "gateway.tls.key", base),
         client_ca=None if client_ca is None else read.file(client_ca, "gateway.tls.client_ca", base),
+        crl=None if crl is None else read.file(crl, "gateway.tls.crl", base),
     )
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
 from gateway.security.pki import Issued, issue, make_ca
@@ -101,6 +102,34 @@ def _self_signed(folder: Path) -> Issued:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return Issued(cert=folder / "self-signed.pem", key=folder / "self-signed-key.pem",
                   subject="CN=localhost", not_after=cert.not_valid_after_utc)
+
+
+def signing_with(ca: Issued, name: str, key: CertificateIssuerPrivateKeyTypes, folder: Path) -> Issued:
+    """A WS-Security signing certificate for ``key`` (any type or size: EC, RSA-1024), issued by ``ca``."""
+    ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+    assert isinstance(ca_key, rsa.RSAPrivateKey)
+    ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=True, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / f"{name}-key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return Issued(cert=folder / f"{name}.pem", key=folder / f"{name}-key.pem", subject=f"CN={name}",
+                  not_after=cert.not_valid_after_utc)
+
+
+def ec_signing(ca: Issued, name: str, folder: Path, curve: ec.EllipticCurve | None = None) -> Issued:
+    """An ECDSA signing certificate (P-256 unless ``curve`` says otherwise)."""
+    return signing_with(ca, name, ec.generate_private_key(curve or ec.SECP256R1()), folder)
 
 
 _shared: list[DevPki] = []

@@ -20,7 +20,7 @@ EXPECTED = {
     "soap11-no-header.xml": EnvelopeHead(version=SoapVersion.V11),
     "soap11-shift-jis.xml": EnvelopeHead(version=SoapVersion.V11, to="demo", sender="介護"),
 }
-INVALID = sorted(p.name for p in (DATA / "invalid").iterdir())
+INVALID = sorted(p.name for p in (DATA / "invalid").iterdir() if p.is_file())  # invalid/wss/: test_wss_trust.py
 #: Wrong only from the Body's start tag on, where the scanner stops reading by design (see
 #: test_scanner_stops_at_the_end_of_the_header); scan_head, which reads small envelopes whole, refuses them.
 PAST_THE_HEAD = {"body-before-header.xml", "two-bodies-second-empty.xml", "two-bodies-soap11.xml",
@@ -37,7 +37,7 @@ def scan(data: bytes, step: int, max_bytes: int = 64 * 1024) -> EnvelopeHead:
 
 
 def test_every_valid_file_has_an_expectation() -> None:
-    assert sorted(EXPECTED) == sorted(p.name for p in (DATA / "valid").iterdir())
+    assert sorted(EXPECTED) == sorted(p.name for p in (DATA / "valid").iterdir() if p.is_file())
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

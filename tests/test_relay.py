@@ -256,7 +256,7 @@ async def test_an_endpoint_that_stops_reading_the_request_times_out(
         assert b"took none of the request for 0.5 s" in answer, answer.decode()
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (DATA / "invalid").iterdir()))
+@pytest.mark.parametrize("name", sorted(p.name for p in (DATA / "invalid").iterdir() if p.is_file()))
 async def test_malformed_messages(gateway: GatewayFactory, backend: RecordingBackend,
                                   http: aiohttp.ClientSession, name: str) -> None:
     gw = await gateway(config_for(backend.url))

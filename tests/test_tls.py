@@ -156,3 +156,93 @@ def _https_health(url: str, context: ssl.SSLContext, proc: subprocess.Popen[byte
         except OSError:
             time.sleep(0.1)
     raise AssertionError(f"{url} did not answer")
+
+
+# -- revocation: gateway.tls.crl (issue 18, finding 9) ---------------------------------------------
+
+def write_crl(path: Path, ca: Issued, revoked: list[Issued], *, updated_ago: float = 60, der: bool = False) -> Path:
+    """A CRL of ``ca`` revoking ``revoked``, last updated ``updated_ago`` seconds ago, valid a day."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+    assert isinstance(ca_key, rsa.RSAPrivateKey)
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject)
+               .last_update(now - dt.timedelta(seconds=updated_ago)).next_update(now + dt.timedelta(days=1)))
+    for issued in revoked:
+        serial = x509.load_pem_x509_certificate(issued.cert.read_bytes()).serial_number
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now - dt.timedelta(hours=1)).build())
+    crl = builder.sign(ca_key, hashes.SHA256())
+    path.write_bytes(crl.public_bytes(serialization.Encoding.DER if der else serialization.Encoding.PEM))
+    return path
+
+
+@pytest.mark.parametrize("der", [False, True], ids=["pem", "der"])
+async def test_a_revoked_client_certificate_is_refused_at_the_handshake(
+        gateway: GatewayFactory, backend: RecordingBackend, tmp_path: Path, dev_pki: DevPki, der: bool) -> None:
+    revoked = issue(dev_pki.ca, "client", "revoked", folder=tmp_path)
+    config = _config(tmp_path, dev_pki, backend.url, mutual=True,
+                     clients={"ok": {"cert_subject": dev_pki.client.subject, "allow": ["*"], "senders": ["juki"]},
+                              "gone": {"cert_subject": revoked.subject, "allow": ["*"], "senders": ["juki"]}})
+    config["gateway"]["tls"]["crl"] = str(write_crl(tmp_path / "ca.crl", dev_pki.ca, [revoked], der=der))
+    gw = await gateway(config)
+    with pytest.raises(aiohttp.ClientError):
+        await _post(gw, client_context(dev_pki, revoked))
+    assert (await _post(gw, client_context(dev_pki, dev_pki.client)))[0] == 200
+    assert len(backend.seen) == 1
+
+
+def test_crl_settings_are_checked_when_loaded(tmp_path: Path, dev_pki: DevPki) -> None:
+    from gateway.errors import ConfigError
+    from routing.config import parse_config
+    garbage = tmp_path / "garbage.crl"
+    garbage.write_bytes(b"not a CRL")
+    foreign = write_crl(tmp_path / "other.crl", dev_pki.other_ca, [])
+    cases = {
+        "needs client_ca": {**_tls(dev_pki, mutual=False), "crl": str(foreign)},
+        "not a CRL": {**_tls(dev_pki, mutual=True), "crl": str(garbage)},
+        "not issued by a CA of client_ca": {**_tls(dev_pki, mutual=True), "crl": str(foreign)},
+    }
+    for problem, tls in cases.items():
+        with pytest.raises(ConfigError, match=f"gateway.tls.crl.*{problem}"):
+            server_context(parse_config({"gateway": {"tls": tls}}).gateway.tls)  # type: ignore[arg-type]
+
+
+def test_sighup_reloads_the_crl(tmp_path: Path, dev_pki: DevPki) -> None:
+    import os
+    import signal
+    port = free_port()
+    later = issue(dev_pki.ca, "client", "revoked-later", folder=tmp_path)
+    crl = write_crl(tmp_path / "ca.crl", dev_pki.ca, [], updated_ago=3600)
+    config = {"gateway": {"name": "gw-crl", "listen": {"host": "127.0.0.1", "port": port},
+                          "db": f"sqlite:///{tmp_path}/serve.db", "data_dir": str(tmp_path / "var"),
+                          "tls": {**_tls(dev_pki, mutual=True), "crl": str(crl)}}}
+    path = tmp_path / "crl.yaml"
+    write_yaml(path, config)
+    proc = subprocess.Popen([*BMRGW, "serve", "--config", str(path), "--log-level", "WARNING"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"https://127.0.0.1:{port}/healthz"
+    try:
+        assert _https_health(url, client_context(dev_pki, later), proc) == 200
+        write_crl(crl, dev_pki.ca, [later], updated_ago=60, der=True)  # newer, and now DER
+        os.kill(proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2, context=client_context(dev_pki, later)):
+                    time.sleep(0.2)  # still accepted: the reload has not happened yet
+            except OSError:
+                break
+        else:
+            raise AssertionError("the revoked certificate was still accepted 15 s after SIGHUP")
+        assert _https_health(url, client_context(dev_pki, dev_pki.client), proc) == 200
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert b"CRL" in err and b"reloaded" in err

@@ -16,7 +16,7 @@ from lxml import etree
 from signxml.verifier import SignatureConfiguration, XMLVerifier
 
 from gateway.errors import Expired, InvalidSignature, MalformedMessage
-from gateway.ns import DSIG, SOAP11_ENV, SOAP12_ENV, WSSE, WSU
+from gateway.ns import DSIG, ROUTING, SOAP11_ENV, SOAP12_ENV, WSSE, WSU
 from gateway.security.wss import Signer, TimePolicy, Verified, sign_envelope, verify_envelope
 
 from .certs import DevPki, dev_pki  # noqa: F401  (fixture)
@@ -88,8 +88,9 @@ def test_signature_layout(dev_pki: DevPki) -> None:
     assert stamp.findtext(f"{{{WSU}}}Expires") == expires.strftime("%Y-%m-%dT%H:%M:%S.000Z")
     uris = [r.get("URI") for r in security.iterfind(f".//{{{DSIG}}}Reference")]
     body = signed.find(f"{{{SOAP11_ENV}}}Body")
-    assert body is not None
-    assert uris == [f"#{body.get(f'{{{WSU}}}Id')}", f"#{stamp.get(f'{{{WSU}}}Id')}"]
+    routing = header.find(f"{{{ROUTING}}}Routing")  # it names the destination: signed too
+    assert body is not None and routing is not None
+    assert uris == [f"#{body.get(f'{{{WSU}}}Id')}", f"#{stamp.get(f'{{{WSU}}}Id')}", f"#{routing.get(f'{{{WSU}}}Id')}"]
 
 
 def test_a_second_signature_replaces_the_first_security_header(dev_pki: DevPki) -> None:
@@ -104,7 +105,8 @@ def test_xmlsec1_verifies_what_the_gateway_signs(dev_pki: DevPki, name: str) -> 
     signed = sign(message(name), dev_pki)
     done = xmlsec_verify(signed, dev_pki.signing)
     assert done.returncode == 0, done.stderr.decode()
-    assert b"SignedInfo References (ok/all): 2/2" in done.stderr
+    parts = 2 if name == "valid/soap11-no-header.xml" else 3  # Body, Timestamp (and the routing header)
+    assert f"SignedInfo References (ok/all): {parts}/{parts}".encode() in done.stderr
 
 
 @needs_xmlsec1
@@ -117,11 +119,11 @@ def test_xmlsec1_rejects_a_tampered_gateway_signature(dev_pki: DevPki) -> None:
 
 def test_signxml_verifies_what_the_gateway_signs(dev_pki: DevPki) -> None:
     signed = etree.fromstring(sign(message("valid/soap11-routing-header.xml"), dev_pki))
-    config = SignatureConfiguration(location=f"./{{{SOAP11_ENV}}}Header/{{{WSSE}}}Security/", expect_references=2)
+    config = SignatureConfiguration(location=f"./{{{SOAP11_ENV}}}Header/{{{WSSE}}}Security/", expect_references=3)
     results = XMLVerifier().verify(signed, x509_cert=cert(dev_pki.signing), id_attribute="Id",
                                    expect_config=config)
     assert isinstance(results, list)
-    assert {etree.QName(r.signed_xml).localname for r in results if r.signed_xml is not None} == {"Body", "Timestamp"}
+    assert {etree.QName(r.signed_xml).localname for r in results if r.signed_xml is not None} == {"Body", "Timestamp", "Routing"}
 
 
 # -- what other stacks sign ------------------------------------------------------------

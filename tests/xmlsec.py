@@ -20,17 +20,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
-from gateway.ns import DSIG, EXC_C14N, RSA_SHA256, SHA256, SOAP11_ENV, WSS_BASE64, WSS_X509V3, WSSE, WSU
+from gateway.ns import DSIG, EXC_C14N, ROUTING, RSA_SHA256, SHA256, SOAP11_ENV, WSS_BASE64, WSS_X509V3, WSSE, WSU
 from gateway.security.pki import Issued
 
 XMLSEC1 = shutil.which("xmlsec1")
 # Under CI (which installs it, see .ci/run) a missing xmlsec1 fails the tests instead of skipping them.
 needs_xmlsec1 = pytest.mark.skipif(XMLSEC1 is None and not os.environ.get("CI"),
                                    reason="xmlsec1 is not installed (apt-get install xmlsec1)")
-ID_ARGS = ["--id-attr:Id", "Body", "--id-attr:Id", f"{WSU}:Timestamp", "--id-attr:Id", f"{WSSE}:BinarySecurityToken"]
+ID_ARGS = ["--id-attr:Id", "Body", "--id-attr:Id", f"{WSU}:Timestamp", "--id-attr:Id", f"{WSSE}:BinarySecurityToken",
+           "--id-attr:Id", f"{ROUTING}:Routing"]
 INCLUSIVE_C14N = "http://www.w3.org/TR/2001/REC-xml-c14n-20010315"
 RSA_SHA1 = "http://www.w3.org/2000/09/xmldsig#rsa-sha1"
 SHA1 = "http://www.w3.org/2000/09/xmldsig#sha1"
+ECDSA_SHA256 = "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256"
 
 
 def _run(args: list[str], data: bytes) -> subprocess.CompletedProcess[bytes]:
@@ -56,8 +58,13 @@ def xmlsec_sign(template: bytes, signer: Issued) -> bytes:
 
 def template(envelope: bytes, signer: Issued, *, created: dt.datetime, expires: dt.datetime | None,
              c14n: str = EXC_C14N, method: str = RSA_SHA256, digest: str = SHA256,
-             sign_body: bool = True) -> bytes:
-    """A SOAP 1.1 envelope with a wsse:Security header whose signature xmlsec1 fills in."""
+             sign_body: bool = True, sign_routing: bool = True) -> bytes:
+    """A SOAP 1.1 envelope with a wsse:Security header whose signature xmlsec1 fills in.
+
+    A client that names its destination in the routing header signs that header
+    too (SPEC.md "WS-Security verification"), as WS-Security stacks sign the
+    WS-Addressing headers they route on; ``sign_routing=False`` leaves it out.
+    """
     root = etree.fromstring(envelope)
     header = root.find(f"{{{SOAP11_ENV}}}Header")
     if header is None:
@@ -82,7 +89,12 @@ def template(envelope: bytes, signer: Issued, *, created: dt.datetime, expires: 
     info = etree.SubElement(signature, f"{{{DSIG}}}SignedInfo")
     etree.SubElement(info, f"{{{DSIG}}}CanonicalizationMethod", Algorithm=c14n)
     etree.SubElement(info, f"{{{DSIG}}}SignatureMethod", Algorithm=method)
-    for uri in (["#body-1"] if sign_body else []) + ["#ts-1"]:
+    routing = header.find(f"{{{ROUTING}}}Routing")
+    if routing is not None:
+        routing.set(f"{{{WSU}}}Id", "routing-1")
+    uris = (["#body-1"] if sign_body else []) + ["#ts-1"] + (["#routing-1"] if routing is not None and sign_routing
+                                                             else [])
+    for uri in uris:
         ref = etree.SubElement(info, f"{{{DSIG}}}Reference", URI=uri)
         etree.SubElement(etree.SubElement(ref, f"{{{DSIG}}}Transforms"), f"{{{DSIG}}}Transform", Algorithm=c14n)
         etree.SubElement(ref, f"{{{DSIG}}}DigestMethod", Algorithm=digest)

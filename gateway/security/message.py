@@ -103,7 +103,8 @@ class MessageSecurity:
             return body
         signer = self._signer(sign.key, sign.cert, route.outbound.fingerprint)
         now = self._clock.now().ts
-        return await _run(len(body), lambda: sign_root(root, signer, now=now, ttl=settings.wss.sign_ttl))
+        return await _run(len(body), lambda: sign_root(root, signer, now=now, ttl=settings.wss.sign_ttl,
+                                                       routing_header=settings.routing_header))
 
     async def verify_client(self, body: bytes, *, content_type: str, client: Client | None,
                             settings: GatewaySettings) -> None:
@@ -119,7 +120,8 @@ class MessageSecurity:
                       settings: GatewaySettings) -> None:
         now = self._clock.now().ts
         policy = TimePolicy(clock_skew=settings.wss.clock_skew, max_ttl=settings.wss.max_ttl)
-        verified = await _run(size, lambda: verify_root(root, cert, now=now, policy=policy))
+        verified = await _run(size, lambda: verify_root(root, cert, now=now, policy=policy,
+                                                          routing_header=settings.routing_header))
         await self._guard.remember(verified.digest, keep_until=verified.keep_until, now=now)
 
     def _certificate(self, path: str) -> x509.Certificate:
@@ -168,9 +170,10 @@ def add_wss_command(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "one the way it verifies for clients.*.wss.verify (signature, Timestamp; no replay record).",
     )
     actions = p.add_subparsers(title="actions", metavar="ACTION")
-    sign = actions.add_parser("sign", help="print FILE (or stdin) signed: Timestamp + signature over Body",
+    sign = actions.add_parser("sign", help="print FILE (or stdin) signed: Timestamp + signature over Body and routing header",
                               description="Print the envelope in FILE (or stdin) with a wsse:Security header: "
-                              "the certificate, a wsu:Timestamp and an RSA-SHA256 signature over Body and Timestamp.")
+                              "the certificate, a wsu:Timestamp and an RSA- or ECDSA-SHA256 signature over Body, "
+                              "Timestamp and the routing header / wsa:To when present.")
     sign.add_argument("file", nargs="?", type=Path, help="the envelope (default: stdin)")
     sign.add_argument("--key", type=Path, required=True, help="PEM private key (e.g. from bmrgw pki)")
     sign.add_argument("--cert", type=Path, required=True, help="PEM certificate of that key")
@@ -178,7 +181,8 @@ def add_wss_command(commands: argparse._SubParsersAction[argparse.ArgumentParser
     sign.set_defaults(run=_sign)
     verify = actions.add_parser("verify", help="check the WS-Security signature of FILE (or stdin)",
                                 description="Check that the envelope in FILE (or stdin) is signed by --cert over "
-                                "its Body and Timestamp, and that the Timestamp is current. Exit 0 if so, 1 if not.")
+                                "its Body, Timestamp and routing header / wsa:To (when present), and that the "
+                                "Timestamp is current. Exit 0 if so, 1 if not.")
     verify.add_argument("file", nargs="?", type=Path, help="the envelope (default: stdin)")
     verify.add_argument("--cert", type=Path, required=True, help="PEM certificate the signature must verify with")
     verify.add_argument("--clock-skew", type=float, default=300.0, help="seconds of clock difference (default 300)")
@@ -227,6 +231,6 @@ def _verify_command(args: argparse.Namespace) -> int:
     except GatewayError as exc:
         print(f"not valid ({exc.code}): {exc.reason}", file=sys.stderr)
         return 1
-    print(f"valid: signed by {cert.subject.rfc4514_string()} over Body and Timestamp, created "
+    print(f"valid: signed by {cert.subject.rfc4514_string()} over Body, Timestamp and destination headers, created "
           f"{verified.created.isoformat()}")
     return 0

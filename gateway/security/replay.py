@@ -1,4 +1,9 @@
-"""Replay defence for WS-Security: each accepted signature is remembered until it could no longer pass.
+"""Replay defence for WS-Security: each accepted signed message is remembered until it could no longer pass.
+
+The key is :attr:`gateway.security.wss.Verified.digest`, a hash of what was
+signed (the references' digest values), not of the signature's bytes: the
+same signed content with a re-encoded signature (ECDSA's ``n - s``, another
+base64 spelling) is the same message.
 
 The record lives in the store (table ``wss_replay``), so several gateway
 nodes on one PostgreSQL agree: the PRIMARY KEY insert decides which node
@@ -26,7 +31,7 @@ __all__ = ["ReplayGuard", "REPLAY_TABLE"]
 _METADATA = MetaData()
 REPLAY_TABLE = Table(
     "wss_replay", _METADATA,
-    Column("digest", String(64), primary_key=True, comment="SHA-256 of the SignatureValue"),
+    Column("digest", String(64), primary_key=True, comment="SHA-256 of the signed digest values"),
     Column("keep_until", Float, nullable=False, index=True, comment="Unix time after which it may go"),
 )
 
@@ -113,8 +118,8 @@ class ReplayGuard:
         try:
             self._write([(digest, keep_until)], now)
         except IntegrityError as exc:
-            raise Replay("this signed message was already accepted once (same signature value): "
-                         "a replay is refused") from exc
+            raise Replay("this signed message was already accepted once (the same signed content, however its "
+                         "signature is encoded): a replay is refused") from exc
         except SQLAlchemyError as exc:
             raise _unavailable(exc) from exc
 

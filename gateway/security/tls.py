@@ -6,16 +6,36 @@ offered, with forward-secret AEAD cipher suites only; TLS 1.3 suites are
 OpenSSL's defaults, all strong.  With ``gateway.tls.client_ca`` every
 caller must present a certificate that CA issued, valid now, before a byte
 of HTTP is read; :mod:`gateway.security.auth` then maps its subject to a client.
+
+With ``gateway.tls.crl`` OpenSSL also checks each client certificate against
+the certificate revocation list of its CA (``VERIFY_CRL_CHECK_LEAF``): a
+revoked one is cut off during the handshake.  The file (PEM, one or more
+CRLs, or DER) is checked when loaded — each CRL must be signed by a CA of
+``client_ca`` — and :func:`reload_crl` (SIGHUP) adds a new version to the
+running context.  OpenSSL uses the CRL with the latest ``lastUpdate`` for a
+CA, so a reissued CRL takes over for new handshakes; an expired CRL makes
+every handshake from that CA fail (fail closed), as RFC 5280 wants.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import ssl
+import tempfile
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.errors import ConfigError
 from routing.settings import TlsSettings
 
-__all__ = ["server_context", "TLS12_CIPHERS"]
+__all__ = ["server_context", "reload_crl", "TLS12_CIPHERS"]
+
+log = logging.getLogger(__name__)
+_PEM_CRL_END = b"-----END X509 CRL-----"
 
 #: TLS 1.2 suites: ECDHE/DHE key exchange (forward secrecy) with AES-GCM or ChaCha20-Poly1305.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS:!RC4:!3DES"
@@ -37,7 +57,61 @@ def server_context(tls: TlsSettings) -> ssl.SSLContext:
             context.load_verify_locations(cafile=tls.client_ca)
         except (ssl.SSLError, OSError) as exc:
             raise ConfigError(f"gateway.tls.client_ca: cannot load {tls.client_ca}: {_why(exc)}") from exc
+    if tls.crl is not None:
+        reload_crl(context, tls)
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return context
+
+
+def reload_crl(context: ssl.SSLContext, tls: TlsSettings) -> int:
+    """Read ``gateway.tls.crl`` again into ``context``; the number of CRLs read.
+
+    :class:`ConfigError` (and ``context`` unchanged) when the file cannot be read, is not
+    a CRL, or holds one that no CA of ``client_ca`` signed.
+    """
+    assert tls.crl is not None and tls.client_ca is not None
+    crls = _checked_crls(Path(tls.crl), Path(tls.client_ca))
+    pem = b"".join(crl.public_bytes(serialization.Encoding.PEM) for crl in crls)
+    # The ssl module loads CRLs from files only (cadata takes certificates), and only PEM.
+    with tempfile.NamedTemporaryFile(suffix=".pem") as file:
+        file.write(pem)
+        file.flush()
+        try:
+            context.load_verify_locations(cafile=file.name)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"gateway.tls.crl: cannot load {tls.crl}: {_why(exc)}") from exc
+    now = dt.datetime.now(dt.timezone.utc)
+    for crl in crls:
+        if crl.next_update_utc is not None and crl.next_update_utc < now:
+            log.warning("gateway.tls.crl: the CRL of %s expired at %s: clients of that CA are refused until a "
+                        "current one is loaded (SIGHUP)", crl.issuer.rfc4514_string(), crl.next_update_utc)
+    return len(crls)
+
+
+def _checked_crls(path: Path, client_ca: Path) -> list[x509.CertificateRevocationList]:
+    try:
+        data = path.read_bytes()
+        cas = x509.load_pem_x509_certificates(client_ca.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"gateway.tls.crl: cannot read {path} or client_ca: {_why(exc)}") from exc
+    try:
+        if _PEM_CRL_END in data:
+            crls = [x509.load_pem_x509_crl(block + _PEM_CRL_END) for block in data.split(_PEM_CRL_END)[:-1]]
+        else:
+            crls = [x509.load_der_x509_crl(data)]
+    except ValueError as exc:
+        raise ConfigError(f"gateway.tls.crl: {path} is not a CRL (PEM or DER): {exc}") from exc
+    for crl in crls:
+        if not any(_issued(crl, ca) for ca in cas):
+            raise ConfigError(f"gateway.tls.crl: the CRL of {crl.issuer.rfc4514_string()} in {path} is not issued "
+                              f"by a CA of client_ca ({client_ca})")
+    return crls
+
+
+def _issued(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    key = ca.public_key()
+    return (ca.subject == crl.issuer and isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey))
+            and crl.is_signature_valid(key))
 
 
 def _why(exc: BaseException) -> str:

@@ -1,23 +1,31 @@
 """WS-Security for SOAP envelopes: sign and verify (OASIS WSS 1.0, X.509 Token Profile).
 
-Capability (B) of SPEC.md, message level.  Pure transforms over bytes:
+Capability (B) of SPEC.md, message level; "Version 2" → "WS-Security
+verification".  Pure transforms over bytes:
 
 * :func:`sign_envelope` adds a ``wsse:Security`` header holding the signer's
   certificate (``wsse:BinarySecurityToken``), a ``wsu:Timestamp`` and an
-  XML-DSig signature (RSA-SHA256, exclusive C14N) over the Body and the
-  Timestamp; it replaces any Security header already addressed to the
-  ultimate receiver (a message carries one per receiver).
-* :func:`verify_envelope` requires such a header, checks the signature with
-  the certificate configured for the caller, checks that it covers the
-  actual Body and the Timestamp (no signature wrapping), and checks the
-  Timestamp against the clock.  The caller records
-  :attr:`Verified.digest` to refuse replays.
+  XML-DSig signature (RSA- or ECDSA-SHA256, exclusive C14N) over the Body,
+  the Timestamp and the header blocks that name the destination (routing
+  header, ``wsa:To``); it replaces any Security header already addressed to
+  the receiver (a message carries one per receiver).
+* :func:`verify_envelope` takes the one Security header addressed to this
+  gateway (no actor/role, ``next``, or SOAP 1.2's ultimate receiver; a second
+  one is refused, a header for another actor is ignored), checks its one
+  signature with the certificate configured for the caller, checks that the
+  elements the signature covers *are* the Body, that header's Timestamp and
+  the destination header blocks the relay routes on (by identity after
+  resolving each reference, so no signature wrapping), and checks the
+  Timestamp against the clock.  :attr:`Verified.digest`, the replay key, is
+  a hash of the signed digests: re-encoding a signature (base64 spelling,
+  ECDSA's ``n - s``) does not make a new message.
 
-Signatures of the WS-I Basic Security Profile shape (exclusive C14N, RSA with
-SHA-2) — what we sign and what WS-Security stacks send — are signed and checked
-here directly with lxml's C14N and cryptography: signxml's general verifier
-re-parses the document per reference, which cost more than the whole relay.
-Any other XML-DSig shape is verified by signxml.  SHA-1 is refused either way.
+Signatures of the WS-I Basic Security Profile shape (exclusive C14N, RSA or
+ECDSA with SHA-2) are checked here directly with lxml's C14N and
+cryptography; signxml's general verifier re-parses the document per
+reference, which costs more than the whole relay.  Any other XML-DSig shape is
+verified by signxml, pinned to the same Signature element.  SHA-1 and keys
+below RSA-2048 / P-256 are refused either way.
 """
 
 from __future__ import annotations
@@ -27,53 +35,52 @@ import datetime as dt
 import hashlib
 import hmac
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature as BadSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from lxml import etree
-from signxml.algorithms import DigestAlgorithm, SignatureMethod
 from signxml.exceptions import SignXMLException
 from signxml.verifier import SignatureConfiguration, XMLVerifier
 
 from gateway.errors import ConfigError, Expired, GatewayError, InvalidSignature, MalformedMessage
-from gateway.ns import DSIG, EXC_C14N, RSA_SHA256, SHA256, WSS_BASE64, WSS_X509V3, WSSE, WSU, SoapVersion
+from gateway.ns import DSIG, EXC_C14N, SHA256, WSS_BASE64, WSS_X509V3, WSSE, WSU
 from gateway.parser import hardened_parser, parse
 
-__all__ = ["Signer", "Verified", "TimePolicy", "sign_envelope", "sign_root", "verify_envelope", "verify_root",
-           "load_certificate"]
+from .dsig import (
+    DEFAULT_ROUTING_HEADER,
+    DIGEST_METHODS,
+    ID,
+    NS,
+    SECURITY,
+    SIGNATURE,
+    SIGNXML_DIGESTS,
+    SIGNXML_METHODS,
+    TIMESTAMP,
+    TOKEN,
+    b64,
+    c14n,
+    destination_headers,
+    envelope_ns,
+    envelope_parts,
+    header_of,
+    ids,
+    method_for,
+    security_headers,
+    sign_value,
+    verify_value,
+    weak_key,
+)
 
-_ID = f"{{{WSU}}}Id"
-_SECURITY = f"{{{WSSE}}}Security"
-_TIMESTAMP = f"{{{WSU}}}Timestamp"
-_TOKEN = f"{{{WSSE}}}BinarySecurityToken"
-_SIGNATURE = f"{{{DSIG}}}Signature"
-_NS = {"ds": DSIG, "wsse": WSSE, "wsu": WSU}
-_ENVELOPES = {f"{{{v.envelope_ns}}}Envelope": v.envelope_ns for v in SoapVersion}
-#: Digests and signatures we accept from others; the same strength we use ourselves.
-_METHODS = frozenset(m for m in SignatureMethod if m.name.startswith(("RSA_SHA", "ECDSA_SHA"))
-                     and "SHA1" not in m.name)
-_DIGESTS = frozenset(d for d in DigestAlgorithm if d.name.startswith("SHA") and d.name != "SHA1")
-_RSA_METHODS: dict[str | None, type[hashes.HashAlgorithm]] = {
-    RSA_SHA256: hashes.SHA256,
-    SignatureMethod.RSA_SHA384.value: hashes.SHA384,
-    SignatureMethod.RSA_SHA512.value: hashes.SHA512,
-}
-_DIGEST_METHODS: dict[str | None, type[hashes.HashAlgorithm]] = {
-    SHA256: hashes.SHA256,
-    DigestAlgorithm.SHA384.value: hashes.SHA384,
-    DigestAlgorithm.SHA512.value: hashes.SHA512,
-}
-#: Elements whose Id attribute (any namespace: wsu:Id, Id) has the value $uri.
-_BY_ID = etree.XPath("//*[@*[local-name() = 'Id'] = $uri]")
+__all__ = ["Signer", "Verified", "TimePolicy", "sign_envelope", "sign_root", "verify_envelope", "verify_root",
+           "load_certificate", "DEFAULT_ROUTING_HEADER"]
 
 
 @dataclass(frozen=True)
 class Signer:
-    """A signing key and its certificate, loaded once."""
+    """A signing key and its certificate, loaded once; keys below RSA-2048 / P-256 are refused."""
 
     key: PrivateKeyTypes
     cert: x509.Certificate
@@ -81,6 +88,10 @@ class Signer:
     """The certificate as BinarySecurityToken text (base64 DER)."""
 
     def __post_init__(self) -> None:
+        weak = weak_key(self.cert.public_key())
+        if weak is not None:
+            raise ConfigError(f"the WS-Security signing certificate {self.cert.subject.rfc4514_string()} has {weak}")
+        method_for(self.key)  # an RSA or EC key, or ConfigError now rather than at the first message
         der = self.cert.public_bytes(serialization.Encoding.DER)
         object.__setattr__(self, "token", base64.b64encode(der).decode("ascii"))
 
@@ -105,7 +116,7 @@ class Verified:
     """What a valid signature told us."""
 
     digest: str
-    """SHA-256 of the decoded SignatureValue: the key of the replay record."""
+    """The replay key: SHA-256 over the signed references' digest values, in SignedInfo order."""
     created: dt.datetime
     keep_until: dt.datetime
     """Until when a replay of this signature could still pass the time checks."""
@@ -117,74 +128,65 @@ def load_certificate(pem: bytes) -> x509.Certificate:
 
 # -- signing -------------------------------------------------------------------------
 
-def sign_envelope(data: bytes, signer: Signer, *, now: dt.datetime, ttl: float, max_bytes: int) -> bytes:
-    """``data`` with a fresh Timestamp and a signature over Body and Timestamp, in its own encoding."""
-    return sign_root(parse(data, max_bytes=max_bytes), signer, now=now, ttl=ttl)
+def sign_envelope(data: bytes, signer: Signer, *, now: dt.datetime, ttl: float, max_bytes: int,
+                  routing_header: str = DEFAULT_ROUTING_HEADER) -> bytes:
+    """``data`` with a fresh Timestamp and a signature over Body, Timestamp and destination headers."""
+    return sign_root(parse(data, max_bytes=max_bytes), signer, now=now, ttl=ttl, routing_header=routing_header)
 
 
-def sign_root(root: etree._Element, signer: Signer, *, now: dt.datetime, ttl: float) -> bytes:
+def sign_root(root: etree._Element, signer: Signer, *, now: dt.datetime, ttl: float,
+              routing_header: str = DEFAULT_ROUTING_HEADER) -> bytes:
     """:func:`sign_envelope` of an envelope already parsed (it is changed in place)."""
-    env = _envelope_ns(root)
-    body = _ensure_id(_body(root, env), "id")
-    header = _header(root, env, create=True)
+    env = envelope_ns(root)
+    body = _ensure_id(envelope_parts(root, env)[1], "id")
+    header = header_of(root, env, create=True)
     assert header is not None
-    for old in _default_security(header, env):
+    for old in security_headers(header, env):
         header.remove(old)
+    destinations = [_ensure_id(block, "to") for block, _ in destination_headers(header, routing_header)]
     security = _security_header(header, env)
     token_id = _token(security, signer)
     timestamp = _timestamp(security, now, ttl)
-    signature = etree.SubElement(security, _SIGNATURE, nsmap={"ds": DSIG})
-    info = _signed_info(signature, [body, timestamp])
-    value = _sign_bytes(signer.key, _c14n(info))
+    signature = etree.SubElement(security, SIGNATURE, nsmap={"ds": DSIG})
+    info = _signed_info(signature, method_for(signer.key), [body, timestamp, *destinations])
+    value = sign_value(signer.key, c14n(info))
     etree.SubElement(signature, f"{{{DSIG}}}SignatureValue").text = base64.b64encode(value).decode("ascii")
     signature.append(_key_info(token_id))
     encoding = root.getroottree().docinfo.encoding or "utf-8"
     return bytes(etree.tostring(root, encoding=encoding, xml_declaration=True))
 
 
-def _signed_info(signature: etree._Element, targets: list[etree._Element]) -> etree._Element:
+def _signed_info(signature: etree._Element, method: str, targets: list[etree._Element]) -> etree._Element:
     """SignedInfo with one exclusive-C14N, SHA-256 Reference per target (WS-I BSP profile)."""
     info = etree.SubElement(signature, f"{{{DSIG}}}SignedInfo")
     etree.SubElement(info, f"{{{DSIG}}}CanonicalizationMethod", Algorithm=EXC_C14N)
-    etree.SubElement(info, f"{{{DSIG}}}SignatureMethod", Algorithm=RSA_SHA256)
+    etree.SubElement(info, f"{{{DSIG}}}SignatureMethod", Algorithm=method)
     for target in targets:
-        ref = etree.SubElement(info, f"{{{DSIG}}}Reference", URI=f"#{target.get(_ID)}")
+        ref = etree.SubElement(info, f"{{{DSIG}}}Reference", URI=f"#{target.get(ID)}")
         etree.SubElement(etree.SubElement(ref, f"{{{DSIG}}}Transforms"), f"{{{DSIG}}}Transform", Algorithm=EXC_C14N)
         etree.SubElement(ref, f"{{{DSIG}}}DigestMethod", Algorithm=SHA256)
-        digest = hashlib.sha256(_c14n(target)).digest()
+        digest = hashlib.sha256(c14n(target)).digest()
         etree.SubElement(ref, f"{{{DSIG}}}DigestValue").text = base64.b64encode(digest).decode("ascii")
     return info
 
 
-def _sign_bytes(key: PrivateKeyTypes, data: bytes) -> bytes:
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ConfigError("WS-Security signing needs an RSA key")
-    return bytes(key.sign(data, padding.PKCS1v15(), hashes.SHA256()))
-
-
-def _c14n(element: etree._Element, prefixes: list[str] | None = None) -> bytes:
-    """Exclusive XML canonicalization 1.0 without comments of ``element``'s subtree."""
-    return bytes(etree.tostring(element, method="c14n", exclusive=True, with_comments=False,
-                                inclusive_ns_prefixes=prefixes))
-
-
 def _security_header(header: etree._Element, env: str) -> etree._Element:
-    security = etree.Element(_SECURITY, nsmap={"wsse": WSSE, "wsu": WSU})
+    security = etree.Element(SECURITY, nsmap={"wsse": WSSE, "wsu": WSU})
     security.set(f"{{{env}}}mustUnderstand", "1")
     header.insert(0, security)
     return security
 
 
 def _token(security: etree._Element, signer: Signer) -> str:
-    token = etree.SubElement(security, _TOKEN, EncodingType=WSS_BASE64, ValueType=WSS_X509V3)
-    token.set(_ID, f"X509-{uuid.uuid4().hex}")
+    token = etree.SubElement(security, TOKEN, EncodingType=WSS_BASE64, ValueType=WSS_X509V3)
+    token.set(ID, f"X509-{uuid.uuid4().hex}")
     token.text = signer.token
-    return token.get(_ID) or ""
+    return token.get(ID) or ""
 
 
 def _timestamp(security: etree._Element, now: dt.datetime, ttl: float) -> etree._Element:
-    stamp = etree.SubElement(security, _TIMESTAMP)
-    stamp.set(_ID, f"TS-{uuid.uuid4().hex}")
+    stamp = etree.SubElement(security, TIMESTAMP)
+    stamp.set(ID, f"TS-{uuid.uuid4().hex}")
     etree.SubElement(stamp, f"{{{WSU}}}Created").text = _xsd_time(now)
     etree.SubElement(stamp, f"{{{WSU}}}Expires").text = _xsd_time(now + dt.timedelta(seconds=ttl))
     return stamp
@@ -201,7 +203,7 @@ def _key_info(token_id: str) -> etree._Element:
 
 def _ensure_id(element: etree._Element, prefix: str) -> etree._Element:
     """``element`` with a wsu:Id, declared with the ``wsu`` prefix (a copy in place when one is added)."""
-    if element.get(_ID):
+    if element.get(ID):
         return element
     parent = element.getparent()
     assert parent is not None
@@ -211,7 +213,7 @@ def _ensure_id(element: etree._Element, prefix: str) -> etree._Element:
     own = {p: uri for p, uri in element.nsmap.items() if parent.nsmap.get(p) != uri}
     nsmap = {**own, "wsu": WSU} if own.get("wsu", WSU) == WSU else own
     fresh = etree.SubElement(parent, element.tag, attrib=dict(element.attrib), nsmap=nsmap)
-    fresh.set(_ID, f"{prefix}-{uuid.uuid4().hex}")
+    fresh.set(ID, f"{prefix}-{uuid.uuid4().hex}")
     fresh.text, fresh.tail = element.text, element.tail
     fresh.extend(list(element))
     parent.replace(element, fresh)
@@ -225,48 +227,43 @@ def _xsd_time(moment: dt.datetime) -> str:
 # -- verifying -----------------------------------------------------------------------
 
 def verify_envelope(data: bytes, cert: x509.Certificate, *, now: dt.datetime, policy: TimePolicy,
-                    max_bytes: int) -> Verified:
+                    max_bytes: int, routing_header: str = DEFAULT_ROUTING_HEADER) -> Verified:
     """Check the WS-Security header of ``data`` against ``cert`` and the clock; raise on any problem."""
-    return verify_root(parse(data, max_bytes=max_bytes), cert, now=now, policy=policy)
+    return verify_root(parse(data, max_bytes=max_bytes), cert, now=now, policy=policy,
+                       routing_header=routing_header)
 
 
-def verify_root(root: etree._Element, cert: x509.Certificate, *, now: dt.datetime,
-                policy: TimePolicy) -> Verified:
+def verify_root(root: etree._Element, cert: x509.Certificate, *, now: dt.datetime, policy: TimePolicy,
+                routing_header: str = DEFAULT_ROUTING_HEADER) -> Verified:
     """:func:`verify_envelope` of an envelope already parsed (it is not changed)."""
-    env = _envelope_ns(root)
-    security = _the_security_header(root, env)
-    timestamp = _one(security, _TIMESTAMP, "wsu:Timestamp")
-    signature = _one(security, _SIGNATURE, "ds:Signature")
-    if len(root.findall(f"{{{env}}}Body")) != 1:
-        raise MalformedMessage("the Envelope must have exactly one Body")
-    _check_token(security, cert)
+    env = envelope_ns(root)
+    header, body = envelope_parts(root, env)
+    security = _the_security_header(header, env)
+    timestamp = _one(security, TIMESTAMP, "wsu:Timestamp")
+    signature = _one(security, SIGNATURE, "ds:Signature")
+    _check_keys(security, cert)
     try:
-        _check_signature(root, env, cert, now, signature, timestamp)
+        covered, replay_key = _check_signature(root, env, cert, now, signature, security)
     except GatewayError:
         raise
     except (ValueError, TypeError, etree.LxmlError) as exc:  # malformed signature parts (lengths, encodings)
         raise InvalidSignature(f"the signature cannot be checked: {exc}") from exc
+    needed = [(body, "the soap:Body"), (timestamp, "the wsu:Timestamp"), *destination_headers(header, routing_header)]
+    _require_covered(covered, needed)
     created, keep_until = check_time(timestamp, now, policy)
-    # The replay key is the decoded value: base64 has several spellings of the same bytes.
-    value = _b64(signature.findtext("ds:SignatureValue", namespaces=_NS), "SignatureValue")
-    return Verified(digest=hashlib.sha256(value).hexdigest(), created=created, keep_until=keep_until)
+    return Verified(digest=replay_key, created=created, keep_until=keep_until)
 
 
-def _b64(text: str | None, what: str) -> bytes:
-    try:
-        return base64.b64decode("".join((text or "").split()), validate=True)
-    except ValueError as exc:
-        raise InvalidSignature(f"the {what} is not base64: {exc}") from exc
-
-
-def _the_security_header(root: etree._Element, env: str) -> etree._Element:
-    header = _header(root, env, create=False)
-    found = _default_security(header, env) if header is not None else []
-    if not found:
-        raise InvalidSignature("the message must be signed: it has no wsse:Security header")
-    if len(found) > 1:
-        raise InvalidSignature("the message has more than one wsse:Security header for this receiver")
-    return found[0]
+def _the_security_header(header: etree._Element | None, env: str) -> etree._Element:
+    found = security_headers(header, env)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise InvalidSignature("the message has more than one wsse:Security header for this gateway (no actor/role, "
+                               "next or ultimate receiver): which one counts would be ambiguous")
+    others = header is not None and header.find(SECURITY) is not None
+    raise InvalidSignature("the message must be signed: it has no wsse:Security header"
+                           + (" for this gateway, only for other actors/roles" if others else ""))
 
 
 def _one(security: etree._Element, tag: str, what: str) -> etree._Element:
@@ -276,60 +273,79 @@ def _one(security: etree._Element, tag: str, what: str) -> etree._Element:
     return found[0]
 
 
-def _check_token(security: etree._Element, cert: x509.Certificate) -> None:
-    """A clear message when the sender signed with another certificate than the one configured."""
-    for token in security.findall(_TOKEN):
+def _check_keys(security: etree._Element, cert: x509.Certificate) -> None:
+    """Weak keys, and a clear message when the sender signed with another certificate than the configured one."""
+    weak = weak_key(cert.public_key())
+    if weak is not None:
+        raise InvalidSignature(f"the configured signing certificate {cert.subject.rfc4514_string()} has {weak}")
+    for token in security.findall(TOKEN):
         try:
-            sent = x509.load_der_x509_certificate(_b64(token.text, "BinarySecurityToken"))
+            sent = x509.load_der_x509_certificate(b64(token.text, "BinarySecurityToken"))
         except ValueError as exc:
             raise InvalidSignature(f"the BinarySecurityToken is not an X.509 certificate: {exc}") from exc
+        weak = weak_key(sent.public_key())
+        if weak is not None:
+            raise InvalidSignature(f"the message is signed with {sent.subject.rfc4514_string()}, which has {weak}")
         if sent != cert:
             raise InvalidSignature(f"signed with certificate {sent.subject.rfc4514_string()}, but this client's "
                                    f"messages must be signed with {cert.subject.rfc4514_string()}")
 
 
 def _check_signature(root: etree._Element, env: str, cert: x509.Certificate, now: dt.datetime,
-                     signature: etree._Element, timestamp: etree._Element) -> None:
+                     signature: etree._Element, security: etree._Element) -> tuple[list[etree._Element], str]:
+    """The elements ``signature`` covers, once it verifies, and the replay key."""
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
         raise InvalidSignature(f"the signing certificate {cert.subject.rfc4514_string()} is not valid now "
                                f"(valid {_xsd_time(cert.not_valid_before_utc)} to {_xsd_time(cert.not_valid_after_utc)})")
-    signed = _verify_profile(root, signature, cert)
-    if signed is None:
-        signed = _verify_other(root, env, cert, now)
-    # Reference URIs resolve to exactly one element (ambiguous ones are refused),
-    # so a URI equal to the real Body's Id means the real Body was signed.
-    for element, what in ((_body(root, env), "the soap:Body"), (timestamp, "the wsu:Timestamp")):
-        if f"#{_id_of(element)}" not in signed:
+    info = signature.find("ds:SignedInfo", namespaces=NS)
+    if info is None:
+        raise InvalidSignature("the ds:Signature has no SignedInfo")
+    by_id = ids(root)
+    covered = _verify_profile(by_id, info, signature, cert)
+    if covered is None:
+        _verify_other(root, env, cert, now, security)
+        covered = [_resolve(by_id, ref.get("URI") or "") for ref in info.iterfind("ds:Reference", namespaces=NS)]
+    return covered, _replay_key(info)
+
+
+def _require_covered(covered: list[etree._Element], needed: Iterable[tuple[etree._Element, str]]) -> None:
+    # By identity: a reference that resolves to a look-alike (a moved or duplicated element,
+    # another header block with the same name) does not cover the one the gateway uses.
+    for element, what in needed:
+        if not any(element is signed for signed in covered):
             raise InvalidSignature(f"the signature does not cover {what}")
 
 
-def _verify_profile(root: etree._Element, signature: etree._Element, cert: x509.Certificate) -> set[str] | None:
-    """Verify a signature of the WS-I Basic Security Profile shape (exclusive C14N, RSA, SHA-2).
+def _replay_key(info: etree._Element) -> str:
+    """SHA-256 over the decoded DigestValues of SignedInfo: what was signed, however the signature is spelled."""
+    key = hashlib.sha256()
+    for value in info.iterfind("ds:Reference/ds:DigestValue", namespaces=NS):
+        digest = b64(value.text, "DigestValue")
+        key.update(len(digest).to_bytes(2, "big") + digest)
+    return key.hexdigest()
 
-    Returns the reference URIs it covers, or ``None`` when the signature uses
+
+def _verify_profile(by_id: dict[str, list[etree._Element]], info: etree._Element, signature: etree._Element,
+                    cert: x509.Certificate) -> list[etree._Element] | None:
+    """Verify a signature of the WS-I Basic Security Profile shape (exclusive C14N, RSA or ECDSA, SHA-2).
+
+    Returns the elements it covers, or ``None`` when the signature uses
     another shape, which :func:`_verify_other` (signxml) then handles.
     """
-    info = signature.find("ds:SignedInfo", namespaces=_NS)
-    if info is None:
-        raise InvalidSignature("the ds:Signature has no SignedInfo")
-    c14n = info.find("ds:CanonicalizationMethod", namespaces=_NS)
-    method = _algorithm(info.find("ds:SignatureMethod", namespaces=_NS))
-    prefixes = _exc_c14n_prefixes(c14n)
-    public = cert.public_key()
-    if prefixes is None or method not in _RSA_METHODS or not isinstance(public, rsa.RSAPublicKey):
+    prefixes = _exc_c14n_prefixes(info.find("ds:CanonicalizationMethod", namespaces=NS))
+    method = _algorithm(info.find("ds:SignatureMethod", namespaces=NS))
+    if prefixes is None:
         return None
-    references = [_profile_reference(ref) for ref in info.iterfind("ds:Reference", namespaces=_NS)]
+    references = [_profile_reference(ref) for ref in info.iterfind("ds:Reference", namespaces=NS)]
     if not references or any(r is None for r in references):
         return None
-    value = _b64(signature.findtext("ds:SignatureValue", namespaces=_NS), "SignatureValue")
+    value = b64(signature.findtext("ds:SignatureValue", namespaces=NS), "SignatureValue")
     try:
-        public.verify(value, _c14n(info, prefixes), padding.PKCS1v15(), _RSA_METHODS[method]())
-    except BadSignature as exc:
+        if not verify_value(cert.public_key(), method, value, c14n(info, prefixes)):
+            return None
+    except InvalidSignature as exc:
         raise InvalidSignature(f"the signature value does not verify with {cert.subject.rfc4514_string()}") from exc
-    for reference in references:
-        assert reference is not None
-        _check_digest(root, reference)
-    return {r.uri for r in references if r is not None}
+    return [_check_digest(by_id, reference) for reference in references if reference is not None]
 
 
 @dataclass(frozen=True)
@@ -342,13 +358,13 @@ class _Reference:
 
 def _profile_reference(ref: etree._Element) -> _Reference | None:
     uri = ref.get("URI") or ""
-    transforms = ref.findall("ds:Transforms/ds:Transform", namespaces=_NS)
-    algorithm = _algorithm(ref.find("ds:DigestMethod", namespaces=_NS))
+    transforms = ref.findall("ds:Transforms/ds:Transform", namespaces=NS)
+    algorithm = _algorithm(ref.find("ds:DigestMethod", namespaces=NS))
     prefixes = _exc_c14n_prefixes(transforms[0]) if len(transforms) == 1 else None
-    if not uri.startswith("#") or prefixes is None or algorithm not in _DIGEST_METHODS:
+    if not uri.startswith("#") or prefixes is None or algorithm not in DIGEST_METHODS:
         return None
-    value = _b64(ref.findtext("ds:DigestValue", namespaces=_NS), "DigestValue")
-    return _Reference(uri=uri, prefixes=prefixes, digest=_DIGEST_METHODS[algorithm], value=value)
+    value = b64(ref.findtext("ds:DigestValue", namespaces=NS), "DigestValue")
+    return _Reference(uri=uri, prefixes=prefixes, digest=DIGEST_METHODS[algorithm], value=value)
 
 
 def _algorithm(method: etree._Element | None) -> str | None:
@@ -364,40 +380,44 @@ def _exc_c14n_prefixes(method: etree._Element | None) -> list[str] | None:
     return None if "#default" in prefixes else prefixes
 
 
-def _check_digest(root: etree._Element, reference: _Reference) -> None:
-    found = _BY_ID(root, uri=reference.uri[1:])
+def _resolve(by_id: dict[str, list[etree._Element]], uri: str) -> etree._Element:
+    found = by_id.get(uri[1:], []) if uri.startswith("#") else []
     if len(found) != 1:
-        raise InvalidSignature(f"reference {reference.uri} names {len(found)} elements, not exactly one")
-    target = found[0]
-    assert isinstance(target, etree._Element)
+        raise InvalidSignature(f"reference {uri!r} names {len(found)} elements, not exactly one")
+    return found[0]
+
+
+def _check_digest(by_id: dict[str, list[etree._Element]], reference: _Reference) -> etree._Element:
+    target = _resolve(by_id, reference.uri)
     digest = hashes.Hash(reference.digest())
-    digest.update(_c14n(target, reference.prefixes))
+    digest.update(c14n(target, reference.prefixes))
     if not hmac.compare_digest(digest.finalize(), reference.value):
         raise InvalidSignature(f"the content signed as {reference.uri} was changed after signing (digest mismatch)")
+    return target
 
 
-def _verify_other(root: etree._Element, env: str, cert: x509.Certificate, now: dt.datetime) -> set[str]:
-    """Any other XML-DSig shape, verified by signxml (SHA-1 still refused)."""
+def _verify_other(root: etree._Element, env: str, cert: x509.Certificate, now: dt.datetime,
+                  security: etree._Element) -> None:
+    """Any other XML-DSig shape, verified by signxml (SHA-1 still refused).
+
+    signxml takes the first Signature under its ``location``: the location names
+    our Security header by its position among the Header's Security blocks, so
+    it checks the very signature :func:`verify_root` chose, not one addressed
+    to another actor that happens to come first (issue 18, finding 1).
+    """
+    header = security.getparent()
+    assert header is not None
+    position = header.findall(SECURITY).index(security) + 1
     config = SignatureConfiguration(
-        location=f"./{{{env}}}Header/{{{WSSE}}}Security/", expect_references=True,
-        signature_methods=_METHODS, digest_algorithms=_DIGESTS, verification_time=now,
+        location=f"./{{{env}}}Header/{{{WSSE}}}Security[{position}]/", expect_references=True,
+        signature_methods=SIGNXML_METHODS, digest_algorithms=SIGNXML_DIGESTS, verification_time=now,
     )
     try:
         # signxml re-parses copies of the (already parsed, DTD-free) tree: with our parser, not its own.
-        results = XMLVerifier().verify(root, x509_cert=cert, id_attribute="Id", expect_config=config,
-                                       parser=hardened_parser())
+        XMLVerifier().verify(root, x509_cert=cert, id_attribute="Id", expect_config=config,
+                             parser=hardened_parser())
     except SignXMLException as exc:
         raise InvalidSignature(f"the signature does not verify: {exc}") from exc
-    assert isinstance(results, list)
-    return {str(ref.get("URI")) for ref in results[0].signature_xml.iterfind("ds:SignedInfo/ds:Reference",
-                                                                              namespaces=_NS)}
-
-
-def _id_of(element: etree._Element) -> str | None:
-    for name, value in element.attrib.items():
-        if etree.QName(name).localname == "Id":
-            return str(value)
-    return None
 
 
 def check_time(timestamp: etree._Element, now: dt.datetime, policy: TimePolicy) -> tuple[dt.datetime, dt.datetime]:
@@ -422,7 +442,7 @@ def check_time(timestamp: etree._Element, now: dt.datetime, policy: TimePolicy) 
 
 
 def _xsd_datetime(timestamp: etree._Element, name: str, *, required: bool) -> dt.datetime | None:
-    text = timestamp.findtext(f"wsu:{name}", namespaces=_NS)
+    text = timestamp.findtext(f"wsu:{name}", namespaces=NS)
     if text is None:
         if required:
             raise Expired(f"the Timestamp has no {name}")
@@ -434,36 +454,3 @@ def _xsd_datetime(timestamp: etree._Element, name: str, *, required: bool) -> dt
     if value.tzinfo is None:
         raise MalformedMessage(f"wsu:{name} {text!r} has no time zone (WS-Security times are UTC)")
     return value
-
-
-# -- envelope structure ----------------------------------------------------------------
-
-def _envelope_ns(root: etree._Element) -> str:
-    env = _ENVELOPES.get(root.tag)
-    if env is None:
-        raise MalformedMessage("the root element is not a SOAP Envelope")
-    return env
-
-
-def _header(root: etree._Element, env: str, *, create: bool) -> etree._Element | None:
-    first = root[0] if len(root) else None
-    if first is not None and first.tag == f"{{{env}}}Header":
-        return first
-    if not create:
-        return None
-    header = etree.Element(f"{{{env}}}Header")
-    root.insert(0, header)
-    return header
-
-
-def _body(root: etree._Element, env: str) -> etree._Element:
-    body = root.find(f"{{{env}}}Body")
-    if body is None:
-        raise MalformedMessage("the Envelope has no Body")
-    return body
-
-
-def _default_security(header: etree._Element, env: str) -> list[etree._Element]:
-    """Security headers for the ultimate receiver (no actor / role)."""
-    actor = "actor" if env == SoapVersion.V11.envelope_ns else "role"
-    return [h for h in header.iterchildren(_SECURITY) if h.get(f"{{{env}}}{actor}") is None]
