@@ -24,6 +24,8 @@ H_MESSAGE_ID = "X-Message-Id"
 H_VIA = "Via"
 #: The authenticated client's name, as the relay tells the endpoint (a caller's own is never forwarded).
 H_CLIENT = "X-Bmrgw-Client"
+#: On a GetDocument answer from bmrgw: the SHA-256 (hex) of the document, for the client to verify.
+H_JX_SHA256 = "X-JX-Document-SHA256"
 
 
 class SoapVersion(enum.Enum):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import os
 import signal
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import pytest
 from gateway.jx.poll import safe_name
 
 from .conftest import BMRGW, GatewayFactory, GatewayProcess
-from .jxhelp import get, put
+from .jxhelp import action, get, put, put_envelope
 
 StartGateway = Callable[..., GatewayProcess]
 
@@ -91,6 +93,99 @@ async def test_redelivered_document_is_not_written_twice(gateway: GatewayFactory
     assert not (out / "once-only").exists()  # remembered across runs by messageId
     assert "received before" in text
     assert (await get(http, url)).result is False  # and confirmed again
+
+
+async def test_8_000_000_byte_document_is_received_byte_exact(gateway: GatewayFactory, tmp_path: Path,
+                                                            http: aiohttp.ClientSession) -> None:
+    # Issue 21: over ~7.5 MB the zeep client died on "Text node too long", said "unreachable",
+    # counted the document as received and exited 0 -- the document was never written.
+    url = await gateway(config(tmp_path))
+    data = os.urandom(8_000_000)
+    assert (await put(http, url, "big-8m", data)).result is True
+    out = tmp_path / "in"
+    code, text = await poll("--server", f"{url}/jx", "--receiver-id", "1310001", "--out", out, "--once")
+    assert code == 0, text
+    assert hashlib.sha256((out / "big-8m").read_bytes()).digest() == hashlib.sha256(data).digest()
+    assert sorted(p.name for p in out.iterdir()) == [".bmrgw-poll", "big-8m"]  # no temporary file left
+    assert (await get(http, url)).result is False  # confirmed
+
+
+MIB = 1024 * 1024
+
+
+def _block(n: int) -> bytes:
+    return hashlib.sha256(n.to_bytes(8, "big")).digest() * (MIB // 32)
+
+
+async def _put_body(message_id: str, size: int) -> AsyncIterator[bytes]:
+    head, tail = put_envelope(message_id, b"").split(b"<jx:data></jx:data>")
+    yield head + b"<jx:data>"
+    carry = b""  # base64 in whole quartets: what is not a multiple of 3 bytes goes on to the next block
+    for n in range(size // MIB):
+        data = carry + _block(n)
+        usable = len(data) - len(data) % 3
+        yield base64.b64encode(data[:usable])
+        carry = data[usable:]
+    yield base64.b64encode(carry) + b"</jx:data>" + tail
+
+
+def poll_measured(*args: str | Path, timeout: float) -> tuple[int, str, int]:
+    """Run ``bmrgw poll``; its exit code, output and peak RSS in KiB (VmHWM, sampled every 20 ms).
+
+    Not ``ru_maxrss``: at exec the kernel folds the forking pytest's own peak into it.
+    """
+    with tempfile.TemporaryFile() as output:
+        proc = subprocess.Popen([*BMRGW, "poll", *map(str, args)], stdout=output, stderr=subprocess.STDOUT)
+        peak, deadline = 0, time.monotonic() + timeout
+        while proc.poll() is None:
+            assert time.monotonic() < deadline, "bmrgw poll did not finish in time"
+            peak = max(peak, _vm_hwm(proc.pid))
+            time.sleep(0.02)
+        output.seek(0)
+        return proc.returncode, output.read().decode(), peak
+
+
+def _vm_hwm(pid: int) -> int:
+    """VmHWM of ``pid`` once it runs ``bmrgw poll`` (before its exec, /proc shows the forking pytest)."""
+    try:
+        if b"gateway.cli" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return 0
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+
+
+HUGE = pytest.mark.skipif(not os.environ.get("BMRGW_POLL_1GIB"), reason="1 GiB: set BMRGW_POLL_1GIB=1 to run")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("size", [200 * MIB, pytest.param(1024 * MIB, marks=HUGE)], ids=["200MiB", "1GiB"])
+async def test_large_document_is_streamed_to_disk_with_bounded_memory(
+        size: int, gateway_process: StartGateway, tmp_path: Path) -> None:
+    gw = gateway_process({"gateway": {"max_message_bytes": MIB}}, name="dc-big")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1800)) as http:
+        async with http.post(f"{gw.url}/jx", data=_put_body("big", size), headers=action("PutDocument")) as resp:
+            assert resp.status == 200, await resp.text()
+    expected = hashlib.sha256()
+    for n in range(size // MIB):
+        expected.update(_block(n))
+    out = tmp_path / "in"
+    started = time.monotonic()
+    code, text, peak = await asyncio.to_thread(
+        poll_measured, "--server", f"{gw.url}/jx", "--receiver-id", "1310001", "--out", out, "--once", timeout=1500)
+    elapsed = time.monotonic() - started
+    assert code == 0, text
+    got = hashlib.sha256()
+    with (out / "big").open("rb") as fh:
+        while block := fh.read(MIB):
+            got.update(block)
+    assert got.hexdigest() == expected.hexdigest()
+    print(f"bmrgw poll: {size // MIB} MiB in {elapsed:.1f} s ({size / MIB / elapsed:.0f} MiB/s), "
+          f"peak RSS {peak // 1024} MiB")
+    assert 0 < peak < 150 * 1024, f"bmrgw poll peaked at {peak // 1024} MiB receiving {size // MIB} MiB"
+    assert "round done: 1 received" in text
 
 
 async def test_once_against_a_dead_gateway_exits_1(tmp_path: Path) -> None:

@@ -18,8 +18,11 @@ It sleeps ``--interval`` seconds (±20 % jitter, so many city halls do not
 poll in step) between rounds, and backs off (up to a minute) while the
 gateway is unreachable.  ``--once`` does one round and exits.
 
-The SOAP client is zeep, built from the shipped ``jx2007.wsdl``; no WSDL is
-fetched from the server.
+GetDocument is read as it streams in (:mod:`gateway.jx.fetch`): the document
+goes to a hidden temporary file in ``--out`` base64-decoded as it arrives,
+is verified, and only then renamed — memory stays flat whatever its size.
+PutDocument and ConfirmDocument go through zeep, built from the shipped
+``jx2007.wsdl``; no WSDL is fetched from the server.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from types import FrameType
@@ -43,6 +45,8 @@ from gateway.errors import MalformedMessage, PollError
 
 from ..ns import JX
 from ..parser import PrologGuard
+from .failure import Kind, RoundFailure
+from .fetch import Fetched, get_document, message_header
 from .files import fsync_dir, write_atomically
 
 __all__ = ["PollOptions", "Poller", "add_poll_command", "safe_name"]
@@ -105,6 +109,7 @@ class Poller:
         self.received = self.state / "received"
         self.stopping = False
         self._service: Any = None
+        self._http: Any = None
 
     # -- the loop ------------------------------------------------------------------
 
@@ -148,40 +153,47 @@ class Poller:
             folder.mkdir(parents=True, exist_ok=True)
         if self.options.outbox is not None:
             (self.options.outbox / _SENT).mkdir(parents=True, exist_ok=True)
-        for stale in self.options.out.glob(".*.part"):
+        for stale in self.options.out.glob(".*.part"):  # a document half-received when we last stopped
             stale.unlink(missing_ok=True)
 
     # -- receiving -----------------------------------------------------------------
 
     def drain(self) -> int:
-        import zeep.exceptions
-
         count = 0
         while not self.stopping:
+            header = message_header(self.options.sender_id or self.options.receiver_id)
             try:
-                answer = self._call("GetDocument", receiverId=self.options.receiver_id)
-            except zeep.exceptions.Fault as fault:  # refused (wrong password, not our id): retrying cannot help
-                raise PollError(f"the gateway refused GetDocument for {self.options.receiver_id}: "
-                                f"{fault.message}") from fault
-            body = answer["body"]
-            if not body["GetDocumentResult"]:
+                fetched = get_document(self._session(), self.options.server, self.options.receiver_id, header,
+                                       folder=self.options.out, timeout=self.options.timeout)
+            except RoundFailure as exc:
+                if exc.kind is Kind.NETWORK:
+                    raise _Unreachable(exc.reason) from exc
+                raise
+            if fetched is None:
                 return count
-            self._receive(body)
+            self._receive(fetched)
             count += 1
         return count
 
-    def _receive(self, body: Any) -> None:
-        message_id = str(body["messageId"] or "")
-        data: bytes = body["data"] or b""
+    def _receive(self, fetched: Fetched) -> None:
+        """Move the verified document to its name, record it, and only then confirm it."""
+        message_id, spool = fetched.field("messageId"), fetched.spool
         marker = self.received / hashlib.sha256(message_id.encode("utf-8")).hexdigest()
         if marker.exists():
+            spool.discard()
             log.info("document %s was received before; confirming again", message_id)
         else:
             path = self.options.out / safe_name(message_id)
-            write_atomically(path, [data])
+            try:
+                os.replace(spool.path, path)
+            except BaseException:
+                spool.discard()
+                raise
+            fsync_dir(path.parent)
             write_atomically(marker, [message_id.encode("utf-8")])
-            log.info("received %s (%d bytes, from %s) -> %s", message_id, len(data), body["senderId"], path)
-        answer = self._confirm(message_id, str(body["senderId"] or ""))
+            log.info("received %s (%d bytes, from %s) -> %s", message_id, spool.size, fetched.field("senderId"),
+                     path)
+        answer = self._confirm(message_id, fetched.field("senderId"))
         log.info("confirmed %s%s", message_id, "" if answer else " (it was confirmed already)")
 
     def _confirm(self, message_id: str, sender_id: str) -> bool:
@@ -234,18 +246,16 @@ class Poller:
         import zeep.exceptions
 
         service = self._client()
-        header = {"From": self.options.sender_id or self.options.receiver_id, "To": "bmrgw",
-                  "MessageId": str(uuid.uuid4()), "Timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        header = message_header(self.options.sender_id or self.options.receiver_id)
         try:
             return getattr(service, operation)(**values, _soapheaders={"MessageHeader": header})
         except (requests.ConnectionError, requests.Timeout, zeep.exceptions.TransportError) as exc:
             raise _Unreachable(f"{operation}: {_short(exc)}") from exc
 
-    def _client(self) -> Any:
-        if self._service is None:
+    def _session(self) -> Any:
+        """One HTTP session (credentials, client certificate, CA) for zeep and the streamed GetDocument."""
+        if self._http is None:
             import requests
-            import zeep
-            import zeep.transports
 
             session = requests.Session()
             o = self.options
@@ -255,11 +265,18 @@ class Poller:
                 session.cert = (str(o.cert), str(o.key)) if o.key is not None else str(o.cert)
             if o.ca is not None:
                 session.verify = str(o.ca)
-            transport = _guarded_transport(session=session, timeout=30, operation_timeout=o.timeout)
+            self._http = session
+        return self._http
+
+    def _client(self) -> Any:
+        if self._service is None:
+            import zeep
+
+            transport = _guarded_transport(session=self._session(), timeout=30, operation_timeout=self.options.timeout)
             wsdl = str(resources.files("schemas").joinpath("jx2007.wsdl"))
             settings = zeep.Settings(forbid_dtd=True, forbid_entities=True, forbid_external=True)
             client = zeep.Client(wsdl, transport=transport, settings=settings)  # type: ignore[no-untyped-call]
-            self._service = client.create_service(_BINDING, o.server)  # type: ignore[no-untyped-call]
+            self._service = client.create_service(_BINDING, self.options.server)  # type: ignore[no-untyped-call]
         return self._service
 
 

@@ -50,7 +50,7 @@ from ..errors import (
     RequestTimeout,
     ServerFault,
 )
-from ..ns import H_SOAPACTION, WSSE, SoapVersion
+from ..ns import H_JX_SHA256, H_SOAPACTION, WSSE, SoapVersion
 from ..parser import parse
 from ..soap import fault_content_type, gateway_fault
 from .store import Document, DocumentStore, NewDocument
@@ -270,7 +270,8 @@ class JxService:
         header = jx.header.answer(gateway=self.gateway, format_type=document.format_type,
                                   document_type=document.document_type)
         before, after = split_at_data(jx.namespace, header, True, document.message_id, fields)
-        response = web.StreamResponse(headers={"Content-Type": "text/xml; charset=utf-8", "Server": _SERVER})
+        response = web.StreamResponse(headers={"Content-Type": "text/xml; charset=utf-8", "Server": _SERVER,
+                                               H_JX_SHA256: document.sha256})
         response.content_length = len(before) + 4 * ((document.size + 2) // 3) + len(after)
         try:
             await response.prepare(request)

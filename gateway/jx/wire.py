@@ -148,9 +148,9 @@ class SpoolWriter:
     the database need no fsync of their own); :meth:`abort` removes it.
     """
 
-    def __init__(self, directory: Path, *, limit: int, durable: bool = True) -> None:
+    def __init__(self, directory: Path, *, limit: int, durable: bool = True, prefix: str = "doc-") -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=directory, prefix="doc-", suffix=".part")
+        fd, name = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".part")
         self.path = Path(name)
         self._file: BinaryIO = os.fdopen(fd, "wb")
         self._limit = limit
@@ -186,8 +186,8 @@ class Base64Spool(SpoolWriter):
     that is not base64 is refused.
     """
 
-    def __init__(self, directory: Path, *, limit: int, durable: bool = True) -> None:
-        super().__init__(directory, limit=limit, durable=durable)
+    def __init__(self, directory: Path, *, limit: int, durable: bool = True, prefix: str = "doc-") -> None:
+        super().__init__(directory, limit=limit, durable=durable, prefix=prefix)
         self._pending = ""
 
     def write_text(self, text: str) -> None:
