@@ -51,11 +51,13 @@ class RoundFailure(PollError):
 
     code = "PollFailure"
 
-    def __init__(self, kind: Kind, reason: str, *, fatal: bool = False) -> None:
+    def __init__(self, kind: Kind, reason: str, *, fatal: bool = False, status: int | None = None) -> None:
         super().__init__(reason)
         self.kind = kind
         self.fatal = fatal
         """Retrying cannot help (the gateway refused our credentials or id): the client stops."""
+        self.status = status
+        """The HTTP status, for :attr:`Kind.HTTP`."""
 
 
 def fit(text: str, width: int = WIDTH) -> str:

@@ -95,7 +95,7 @@ def _read_answer(response: Any, folder: Path) -> Fetched | None:
     status, content_type = response.status_code, response.headers.get("Content-Type", "")
     if status not in (200, 500, 503) or not content_type.lower().startswith("text/xml"):
         raise RoundFailure(Kind.HTTP, f"GetDocument: HTTP {status} {fit(response.reason or '', 40)}".rstrip()
-                           + (f" ({fit(content_type, 40)})" if content_type else ""))
+                           + (f" ({fit(content_type, 40)})" if content_type else ""), status=status)
     reader = AnswerReader(folder, expected_sha256=response.headers.get(H_JX_SHA256))
     try:
         for chunk in response.iter_content(_CHUNK):
@@ -106,7 +106,7 @@ def _read_answer(response: Any, folder: Path) -> Fetched | None:
         raise
     if status != 200 and fetched is not None:
         fetched.spool.discard()
-        raise RoundFailure(Kind.HTTP, f"GetDocument: HTTP {status} with a document")
+        raise RoundFailure(Kind.HTTP, f"GetDocument: HTTP {status} with a document", status=status)
     return fetched
 
 
@@ -132,7 +132,7 @@ class _Target:
         self.path.append(tag)
         self.text = []
         if depth == 0 and tag != _ENVELOPE:
-            raise MalformedMessage(f"the answer's root is {_local(tag)}, not a SOAP 1.1 Envelope")
+            raise MalformedMessage(f"the answer's root {fit(tag, 60)} is not a SOAP 1.1 Envelope")
         if depth == 2 and self.path[1] == _BODY:
             self._operation(tag, attrib)
         elif depth == 3 and self.operation == "GetDocumentResponse" and tag == f"{{{self.namespace}}}data":
@@ -246,7 +246,7 @@ class AnswerReader:
 def _fault(fault: dict[str, str]) -> RoundFailure:
     code = fault.get("code") or fault.get("faultcode", "")
     reason = fault.get("faultstring", "") or "no reason given"
-    return RoundFailure(Kind.FAULT, f"the gateway answered with a fault: {fit(code, 40)}: {fit(reason)}",
+    return RoundFailure(Kind.FAULT, f"GetDocument: the gateway answered with a fault: {fit(code, 40)}: {fit(reason)}",
                         fatal=code in _FATAL_CODES)
 
 

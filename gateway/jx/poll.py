@@ -15,8 +15,14 @@ Each round it
    a lost answer is recognised by the gateway as the same document.
 
 It sleeps ``--interval`` seconds (±20 % jitter, so many city halls do not
-poll in step) between rounds, and backs off (up to a minute) while the
-gateway is unreachable.  ``--once`` does one round and exits.
+poll in step) between rounds.  Every failure (:mod:`gateway.jx.failure`:
+network, HTTP, fault, parse, disk full, permission) is logged as what it is
+and counted in the round's summary line; after a failed round the pause is at
+least 1, 2, 4 … seconds (up to a minute), so nothing is retried in a tight
+loop.  A document that could not be stored is not confirmed: the gateway
+hands it out again after its lease.  ``--once`` does one round and exits 0,
+or 1 if anything failed.  A refusal of our credentials or id stops the client
+(exit 1): asking again cannot help.
 
 GetDocument is read as it streams in (:mod:`gateway.jx.fetch`): the document
 goes to a hidden temporary file in ``--out`` base64-decoded as it arrives,
@@ -32,30 +38,28 @@ import logging
 import os
 import random
 import signal
+import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
-from importlib import resources
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from gateway.errors import MalformedMessage, PollError
+from gateway.errors import PollError
 
-from ..ns import JX
-from ..parser import PrologGuard
-from .failure import Kind, RoundFailure
-from .fetch import Fetched, get_document, message_header
+from .client import Credentials, JxClient
+from .failure import Kind, RoundFailure, storage_failure
+from .fetch import Fetched
 from .files import fsync_dir, write_atomically
 
 __all__ = ["PollOptions", "Poller", "add_poll_command", "safe_name"]
 
 log = logging.getLogger("bmrgw.poll")
 
-_BINDING = f"{{{JX}}}JXMSTransferSoap"
 _MAX_BACKOFF = 60.0
-_ONCE_ATTEMPTS = 3
 _SENT, _FAILED = "sent", "failed"
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
@@ -83,12 +87,9 @@ class PollOptions:
     state: Path | None = None
     """Where received messageIds are recorded (default: ``<out>/.bmrgw-poll``)."""
     timeout: float = 300.0
-    """Seconds one SOAP call may take."""
-    user: str | None = None
-    password: str | None = None
-    cert: Path | None = None
-    key: Path | None = None
-    ca: Path | None = None
+    """Seconds one SOAP call may wait for the gateway (between two pieces of a streamed answer)."""
+    credentials: Credentials = Credentials()
+    """HTTP Basic user and password, client certificate, CA."""
 
 
 def safe_name(message_id: str) -> str:
@@ -97,6 +98,30 @@ def safe_name(message_id: str) -> str:
     if cleaned == message_id and cleaned:
         return cleaned
     return f"{cleaned or 'document'}-{hashlib.sha256(message_id.encode('utf-8')).hexdigest()[:16]}"
+
+
+@dataclass(eq=False)
+class Tally:
+    """What one round did: the summary line, and whether ``--once`` exits 1."""
+
+    received: int = 0
+    sent: int = 0
+    failures: Counter[Kind] = field(default_factory=Counter)
+
+    def fail(self, failure: RoundFailure) -> None:
+        self.failures[failure.kind] += 1
+        log.error("%s failure: %s", failure.kind.value, failure.reason)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+    def summary(self) -> str:
+        line = f"round done: {self.received} received, {self.sent} sent"
+        if self.failed:
+            kinds = ", ".join(f"{n} {kind.value}" for kind, n in self.failures.most_common())
+            line += f", {self.failed} failed ({kinds})"
+        return line
 
 
 class Poller:
@@ -108,45 +133,56 @@ class Poller:
         self.state = options.state or options.out / ".bmrgw-poll"
         self.received = self.state / "received"
         self.stopping = False
-        self._service: Any = None
-        self._http: Any = None
+        self.sender = options.sender_id or options.receiver_id
+        self.client = JxClient(options.server, sender=self.sender, timeout=options.timeout,
+                               credentials=options.credentials)
 
     # -- the loop ------------------------------------------------------------------
 
     def run(self) -> int:
-        self._prepare()
+        """Rounds until stopped; with ``once`` one round: 0 if nothing failed, else 1."""
         try:
+            self._prepare()
             return self._loop()
         except Stopped:
             log.info("stopped")
             return 0
+        except OSError as exc:
+            raise storage_failure(exc, f"cannot prepare {exc.filename or 'the folders'}") from exc
 
     def _loop(self) -> int:
-        failures = 0
+        failed_rounds = 0
         while not self.stopping:
-            try:
-                got, sent = self.round()
-            except _Unreachable as exc:
-                failures += 1
-                if self.options.once and failures >= _ONCE_ATTEMPTS:
-                    raise PollError(f"gateway unreachable after {failures} attempts: {exc}") from exc
-                delay = min(_MAX_BACKOFF, 2.0 ** (failures - 1)) * random.uniform(0.5, 1.0)
-                log.warning("gateway unreachable (%s); retrying in %.1f s", exc, delay)
-                self.sleep(delay)
-                continue
-            failures = 0
-            if got or sent:
-                log.info("round done: %d received, %d sent", got, sent)
+            tally = self.round()
+            if tally.received or tally.sent or tally.failed:
+                (log.warning if tally.failed else log.info)("%s", tally.summary())
             if self.options.once:
-                return 0
-            self.sleep(self.options.interval * random.uniform(0.8, 1.2))
+                return 1 if tally.failed else 0
+            failed_rounds = failed_rounds + 1 if tally.failed else 0
+            self.sleep(self._pause(failed_rounds))
         return 0
 
-    def round(self) -> tuple[int, int]:
-        """Drain the mailbox, then upload the outbox; returns (received, sent)."""
-        got = self.drain()
-        sent = self.upload() if self.options.outbox is not None else 0
-        return got, sent
+    def _pause(self, failed_rounds: int) -> float:
+        """The interval ±20 %; after failed rounds at least 1, 2, 4 … s (up to a minute), never a tight loop."""
+        if not failed_rounds:
+            return self.options.interval * random.uniform(0.8, 1.2)
+        backoff = min(_MAX_BACKOFF, 2.0 ** (failed_rounds - 1))
+        delay = max(self.options.interval, backoff) * random.uniform(0.5, 1.0)
+        log.info("after %d failed round%s: next round in %.1f s", failed_rounds, "s" if failed_rounds > 1 else "",
+                 delay)
+        return delay
+
+    def round(self) -> Tally:
+        """Drain the mailbox, then upload the outbox; a fatal failure (refused credentials) ends the client."""
+        tally = Tally()
+        for step in (self.drain, self.upload):
+            try:
+                step(tally)
+            except RoundFailure as failure:
+                tally.fail(failure)
+                if failure.fatal:
+                    raise PollError(f"{failure.reason}; stopping (retrying cannot help)") from failure
+        return tally
 
     def _prepare(self) -> None:
         for folder in (self.options.out, self.received):
@@ -158,165 +194,96 @@ class Poller:
 
     # -- receiving -----------------------------------------------------------------
 
-    def drain(self) -> int:
-        count = 0
+    def drain(self, tally: Tally) -> None:
+        """GetDocument until the mailbox is empty; the first failure ends the drain (raised)."""
         while not self.stopping:
-            header = message_header(self.options.sender_id or self.options.receiver_id)
-            try:
-                fetched = get_document(self._session(), self.options.server, self.options.receiver_id, header,
-                                       folder=self.options.out, timeout=self.options.timeout)
-            except RoundFailure as exc:
-                if exc.kind is Kind.NETWORK:
-                    raise _Unreachable(exc.reason) from exc
-                raise
+            _check_writable(self.options.out)  # before a document is taken out of the mailbox
+            fetched = self.client.get_document(self.options.receiver_id, self.options.out)
             if fetched is None:
-                return count
-            self._receive(fetched)
-            count += 1
-        return count
+                return
+            self._store(fetched)
+            tally.received += 1
+            self._confirm(fetched)
 
-    def _receive(self, fetched: Fetched) -> None:
-        """Move the verified document to its name, record it, and only then confirm it."""
+    def _store(self, fetched: Fetched) -> None:
+        """Move the verified document to its name and record it (not confirmed if this fails)."""
         message_id, spool = fetched.field("messageId"), fetched.spool
         marker = self.received / hashlib.sha256(message_id.encode("utf-8")).hexdigest()
         if marker.exists():
             spool.discard()
             log.info("document %s was received before; confirming again", message_id)
-        else:
-            path = self.options.out / safe_name(message_id)
-            try:
-                os.replace(spool.path, path)
-            except BaseException:
-                spool.discard()
-                raise
+            return
+        path = self.options.out / safe_name(message_id)
+        try:
+            os.replace(spool.path, path)
             fsync_dir(path.parent)
             write_atomically(marker, [message_id.encode("utf-8")])
-            log.info("received %s (%d bytes, from %s) -> %s", message_id, spool.size, fetched.field("senderId"),
-                     path)
-        answer = self._confirm(message_id, fetched.field("senderId"))
+        except OSError as exc:
+            spool.discard()
+            raise storage_failure(exc, f"cannot store {message_id} in {path.parent}") from exc
+        log.info("received %s (%d bytes, from %s) -> %s", message_id, spool.size, fetched.field("senderId"), path)
+
+    def _confirm(self, fetched: Fetched) -> None:
+        message_id = fetched.field("messageId")
+        answer = self.client.confirm_document(message_id, fetched.field("senderId"), self.options.receiver_id)
         log.info("confirmed %s%s", message_id, "" if answer else " (it was confirmed already)")
-
-    def _confirm(self, message_id: str, sender_id: str) -> bool:
-        import zeep.exceptions
-
-        try:
-            answer = self._call("ConfirmDocument", messageId=message_id, senderId=sender_id,
-                                receiverId=self.options.receiver_id)
-        except zeep.exceptions.Fault as fault:
-            log.error("the gateway refused to confirm %s: %s", message_id, fault.message)
-            return False
-        return bool(answer["body"]["ConfirmDocumentResult"])
 
     # -- sending -------------------------------------------------------------------
 
-    def upload(self) -> int:
-        import zeep.exceptions
-
-        assert self.options.outbox is not None
-        count = 0
+    def upload(self, tally: Tally) -> None:
+        """PutDocument each ready file; a fault moves it to failed/ and the round goes on, other failures end it."""
+        if self.options.outbox is None:
+            return
         for path in _ready_files(self.options.outbox):
-            data = path.read_bytes()
-            message_id = self._outbox_id(path.name, data)
             try:
-                answer = self._call("PutDocument", messageId=message_id, data=data,
-                                    senderId=self.options.sender_id or self.options.receiver_id,
-                                    receiverId=self.options.send_to, formatType=self.options.format_type,
-                                    documentType=path.name, compressType="")
-            except zeep.exceptions.Fault as fault:
-                log.error("the gateway refused %s (%s); moved to %s/", path.name, fault.message, _FAILED)
-                _move(path, self.options.outbox / _FAILED)
+                data = path.read_bytes()
+            except OSError as exc:
+                tally.fail(storage_failure(exc, f"cannot read {path}"))
                 continue
-            if answer["body"]["PutDocumentResult"]:
-                _move(path, self.options.outbox / _SENT)
-                log.info("sent %s as %s (%d bytes) to %s", path.name, message_id, len(data), self.options.send_to)
-                count += 1
-            else:
-                log.warning("the gateway did not accept %s; it stays in the outbox", path.name)
-        return count
+            try:
+                accepted = self._put(path.name, data)
+            except RoundFailure as failure:
+                if failure.kind is not Kind.FAULT or failure.fatal:
+                    raise
+                tally.fail(failure)
+                _move(path, self.options.outbox / _FAILED)
+                log.error("%s moved to %s/", path.name, _FAILED)
+                continue
+            if not accepted:
+                raise RoundFailure(Kind.FAULT, f"the gateway answered false to {path.name}; it stays in the outbox")
+            _move(path, self.options.outbox / _SENT)
+            tally.sent += 1
+
+    def _put(self, name: str, data: bytes) -> bool:
+        message_id = self._outbox_id(name, data)
+        accepted = self.client.put_document(messageId=message_id, data=data, senderId=self.sender,
+                                            receiverId=self.options.send_to, formatType=self.options.format_type,
+                                            documentType=name, compressType="")
+        if accepted:
+            log.info("sent %s as %s (%d bytes) to %s", name, message_id, len(data), self.options.send_to)
+        return accepted
 
     def _outbox_id(self, name: str, data: bytes) -> str:
-        sender = self.options.sender_id or self.options.receiver_id
         digest = hashlib.sha256(data).hexdigest()
-        return f"{sender}-{uuid.uuid5(uuid.NAMESPACE_URL, f'{sender}/{name}/{digest}')}"
-
-    # -- SOAP ------------------------------------------------------------------------
-
-    def _call(self, operation: str, **values: Any) -> Any:
-        import requests
-        import zeep.exceptions
-
-        service = self._client()
-        header = message_header(self.options.sender_id or self.options.receiver_id)
-        try:
-            return getattr(service, operation)(**values, _soapheaders={"MessageHeader": header})
-        except (requests.ConnectionError, requests.Timeout, zeep.exceptions.TransportError) as exc:
-            raise _Unreachable(f"{operation}: {_short(exc)}") from exc
-
-    def _session(self) -> Any:
-        """One HTTP session (credentials, client certificate, CA) for zeep and the streamed GetDocument."""
-        if self._http is None:
-            import requests
-
-            session = requests.Session()
-            o = self.options
-            if o.user is not None:
-                session.auth = (o.user, o.password or "")
-            if o.cert is not None:
-                session.cert = (str(o.cert), str(o.key)) if o.key is not None else str(o.cert)
-            if o.ca is not None:
-                session.verify = str(o.ca)
-            self._http = session
-        return self._http
-
-    def _client(self) -> Any:
-        if self._service is None:
-            import zeep
-
-            transport = _guarded_transport(session=self._session(), timeout=30, operation_timeout=self.options.timeout)
-            wsdl = str(resources.files("schemas").joinpath("jx2007.wsdl"))
-            settings = zeep.Settings(forbid_dtd=True, forbid_entities=True, forbid_external=True)
-            client = zeep.Client(wsdl, transport=transport, settings=settings)  # type: ignore[no-untyped-call]
-            self._service = client.create_service(_BINDING, self.options.server)  # type: ignore[no-untyped-call]
-        return self._service
-
-
-def _guarded_transport(**options: Any) -> Any:
-    """zeep's transport, but an answer reaches zeep's parser only once :class:`PrologGuard` has read it.
-
-    zeep refuses a DTD only after parsing it, and its resolver leaves ``file:``
-    URLs to libxml2: ``forbid_dtd`` alone does not stop a DOCTYPE naming
-    ``/dev/zero`` from hanging the client.  A JX answer is plain XML, never
-    multipart.
-    """
-    import zeep.exceptions
-    import zeep.transports
-
-    class Guarded(zeep.transports.Transport):
-        def post_xml(self, address: str, envelope: Any, headers: dict[str, str]) -> Any:
-            response = super().post_xml(address, envelope, headers)  # type: ignore[no-untyped-call]
-            try:
-                if response.headers.get("Content-Type", "").lower().startswith("multipart/"):
-                    raise MalformedMessage("a JX answer is not multipart")
-                PrologGuard.check(response.content)
-            except MalformedMessage as exc:
-                raise zeep.exceptions.TransportError(  # type: ignore[no-untyped-call]
-                    f"refused answer: {exc}", status_code=response.status_code) from exc
-            return response
-
-    return Guarded(**options)  # type: ignore[no-untyped-call]
+        return f"{self.sender}-{uuid.uuid5(uuid.NAMESPACE_URL, f'{self.sender}/{name}/{digest}')}"
 
 
 class Stopped(Exception):
     """Raised by the SIGTERM handler: every step is safe to break off (atomic writes, idempotent puts)."""
 
 
-class _Unreachable(Exception):
-    """The gateway did not answer (connection refused, timeout, an HTTP error that is not a fault)."""
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+def _check_writable(folder: Path) -> None:
+    """A small write into ``folder``: a full disk or a read-only folder is found before a document is leased."""
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".bmrgw-probe-", suffix=".part")
+        try:
+            os.write(fd, bytes(4096))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(name)
+    except OSError as exc:
+        raise storage_failure(exc, f"cannot write to {folder}") from exc
 
 
 def _ready_files(outbox: Path) -> list[Path]:
@@ -327,14 +294,17 @@ def _ready_files(outbox: Path) -> list[Path]:
 
 
 def _move(path: Path, folder: Path) -> None:
-    folder.mkdir(exist_ok=True)
-    target = folder / path.name
-    n = 1
-    while target.exists():
-        target = folder / f"{path.name}.{n}"
-        n += 1
-    os.replace(path, target)
-    fsync_dir(folder)
+    try:
+        folder.mkdir(exist_ok=True)
+        target = folder / path.name
+        n = 1
+        while target.exists():
+            target = folder / f"{path.name}.{n}"
+            n += 1
+        os.replace(path, target)
+        fsync_dir(folder)
+    except OSError as exc:
+        raise storage_failure(exc, f"cannot move {path.name} to {folder}") from exc
 
 
 # -- the command ---------------------------------------------------------------------
@@ -357,7 +327,8 @@ def add_poll_command(commands: Any, config_option: Callable[[Any], None]) -> Non
     p.add_argument("--format-type", default="FILE", metavar="T", help="formatType of uploads (default: FILE)")
     p.add_argument("--interval", type=_seconds, default=30.0, metavar="SECONDS",
                    help="seconds between polls, ±20%% jitter (default: 30)")
-    p.add_argument("--once", action="store_true", help="one round (drain, upload), then exit 0")
+    p.add_argument("--once", action="store_true",
+                   help="one round (drain, upload), then exit: 0 if nothing failed, 1 if anything did")
     p.add_argument("--state", type=Path, metavar="DIR", help="received-id records (default: OUT/.bmrgw-poll)")
     p.add_argument("--user", help="HTTP Basic user")
     p.add_argument("--password", help="HTTP Basic password (default: $BMRGW_PASSWORD)")
@@ -387,9 +358,9 @@ def _poll(args: Any) -> int:
     options = PollOptions(
         server=args.server, receiver_id=args.receiver_id, out=args.out, outbox=args.outbox,
         sender_id=args.sender_id, send_to=args.send_to, format_type=args.format_type, interval=args.interval,
-        once=args.once, state=args.state, user=args.user,
-        password=args.password if args.password is not None else os.environ.get("BMRGW_PASSWORD"),
-        cert=args.cert, key=args.key, ca=args.ca,
+        once=args.once, state=args.state, credentials=Credentials(
+            user=args.user, password=args.password if args.password is not None else os.environ.get("BMRGW_PASSWORD"),
+            cert=args.cert, key=args.key, ca=args.ca),
     )
     def stop(signum: int, frame: FrameType | None) -> None:
         raise Stopped
