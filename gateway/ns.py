@@ -55,6 +55,9 @@ SHA256 = "http://www.w3.org/2001/04/xmlenc#sha256"
 
 #: JX protocol (JX手順) namespace of jx2004.wsdl and jx2007.wsdl; SOAPAction is ``<JX>/<Op>``.
 JX = "http://www.dsri.jp/edi-bp/2004/jedicos-xml/client-server"
+#: The 2007 edition's namespace as some WSDL copies spell it, without the hyphen of ``jedicos-xml``;
+#: accepted on requests (and answered in), never published.
+JX_HYPHENLESS = "http://www.dsri.jp/edi-bp/2004/jedicosxml/client-server"
 # File transfer (capability D): the PutFilePart / GetFileStatus service, and MTOM's XOP.
 FILE = "urn:bmrgw:file:1"
 XOP = "http://www.w3.org/2004/08/xop/include"

@@ -14,7 +14,7 @@ from lxml import etree
 from sqlalchemy import create_engine
 
 from gateway.logs.tables import LogFilter, read
-from gateway.ns import JX
+from gateway.ns import JX, JX_HYPHENLESS
 from routing.config import parse_config
 
 from .conftest import GatewayFactory, message, soap11_headers, soap12_headers
@@ -67,7 +67,7 @@ async def test_sample_puts_are_stored_and_handed_out(name: str, gateway: Gateway
     body = (DATA / "valid" / f"{name}.xml").read_bytes()
     answer = await call(http, url, "PutDocument", body)
     assert answer.status == 200 and answer.result is True
-    namespace = JX.replace("-", "") if "hyphenless" in name else JX
+    namespace = JX_HYPHENLESS if "hyphenless" in name else JX
     assert answer.root.find(f".//{{{namespace}}}PutDocumentResult") is not None
     got = await get(http, url)
     assert got.result is True and got.data == "こんにちは、JX手順".encode()

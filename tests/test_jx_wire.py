@@ -18,7 +18,7 @@ from gateway.jx.wire import (
     response_envelope,
     split_at_data,
 )
-from gateway.ns import JX
+from gateway.ns import JX, JX_HYPHENLESS
 
 DATA = Path(__file__).parent / "data" / "jx"
 VALID = sorted((DATA / "valid").glob("*.xml"))
@@ -66,7 +66,7 @@ def test_content_type_charset_overrides_a_missing_declaration(tmp_path: Path) ->
 
 def test_hyphenless_namespace_is_kept_for_the_answer(tmp_path: Path) -> None:
     request = read((DATA / "valid" / "put-hyphenless-namespace.xml").read_bytes(), tmp_path)
-    assert request.namespace == JX.replace("-", "")
+    assert request.namespace == JX_HYPHENLESS
 
 
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
@@ -97,7 +97,7 @@ def test_large_document_text_beyond_libxml2_node_limit(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("action", "op"), [
     (f'"{JX}/PutDocument"', "PutDocument"),
     (f"{JX}/GetDocument", "GetDocument"),
-    (f'"{JX.replace("-", "")}/ConfirmDocument"', "ConfirmDocument"),
+    (f'"{JX_HYPHENLESS}/ConfirmDocument"', "ConfirmDocument"),
     ('"urn:other/GetDocument"', None),
     (f'"{JX}/DeleteDocument"', None),
 ])

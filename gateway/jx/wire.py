@@ -10,8 +10,9 @@ can be base64-encoded chunk by chunk between the two halves.
 
 Both editions share one namespace; the 2007 edition adds the optional
 ``OptionalFormatType``/``OptionalDocumentType`` header fields.  Some 2007
-clients send the namespace without its hyphens; requests in that variant are
-accepted and answered in it.
+clients are generated from WSDL copies whose namespace lost the hyphen of
+``jedicos-xml`` (:data:`~gateway.ns.JX_HYPHENLESS`); requests in that variant
+are accepted and answered in it.  The WSDL we publish keeps the strict one.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from lxml import etree
 
 from ..errors import MalformedMessage, MessageTooLarge
 from ..ids import new_message_id
-from ..ns import JX, SOAP11_ENV
+from ..ns import JX, JX_HYPHENLESS, SOAP11_ENV
 from ..parser import PrologGuard, hardened_parser
 
 __all__ = [
@@ -65,7 +66,8 @@ _ENVELOPE = f"{{{SOAP11_ENV}}}Envelope"
 _HEADER = f"{{{SOAP11_ENV}}}Header"
 _BODY = f"{{{SOAP11_ENV}}}Body"
 _MUST_UNDERSTAND = f"{{{SOAP11_ENV}}}mustUnderstand"
-_HYPHENLESS = JX.replace("-", "")
+#: Request namespaces accepted: the published one and the 2007 edition's variant some WSDL copies carry.
+_ACCEPTED = frozenset({JX, JX_HYPHENLESS})
 
 
 _DECLARED = re.compile(rb"""^\s*<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
@@ -81,8 +83,8 @@ def request_encoding(first_bytes: bytes, charset: str | None) -> str | None:
 
 
 def jx_namespace(namespace: str | None) -> bool:
-    """Whether ``namespace`` is the JX namespace, as published or without its hyphens."""
-    return namespace is not None and (namespace == JX or namespace == _HYPHENLESS)
+    """Whether ``namespace`` is the JX namespace, as published or as the hyphen-less ``…/jedicosxml/…`` variant."""
+    return namespace in _ACCEPTED
 
 
 def operation_of_action(action: str) -> str | None:
