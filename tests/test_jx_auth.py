@@ -125,7 +125,8 @@ async def test_poll_with_a_wrong_password_stops_with_a_clear_error(gateway: Gate
         stderr=asyncio.subprocess.STDOUT)
     text, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1
-    assert "refused GetDocument" in text.decode() and "Traceback" not in text.decode()
+    assert "fault failure: GetDocument: the gateway answered with a fault: Unauthorized" in text.decode()
+    assert "retrying cannot help" in text.decode() and "Traceback" not in text.decode()
 
 
 async def test_a_client_with_wss_verify_must_sign_its_jx_requests(gateway: GatewayFactory, tmp_path: Path,

@@ -93,20 +93,28 @@ def get_document(session: Any, server: str, receiver_id: str, header: dict[str, 
 
 def _read_answer(response: Any, folder: Path) -> Fetched | None:
     status, content_type = response.status_code, response.headers.get("Content-Type", "")
-    if status not in (200, 500, 503) or not content_type.lower().startswith("text/xml"):
-        raise RoundFailure(Kind.HTTP, f"GetDocument: HTTP {status} {fit(response.reason or '', 40)}".rstrip()
-                           + (f" ({fit(content_type, 40)})" if content_type else ""), status=status)
+    http_failure = f"GetDocument: HTTP {status} {fit(response.reason or '', 40)}".rstrip() + \
+        (f" ({fit(content_type, 40)})" if content_type else "")
+    if not content_type.lower().startswith("text/xml"):
+        raise RoundFailure(Kind.HTTP, http_failure, status=status)
     reader = AnswerReader(folder, expected_sha256=response.headers.get(H_JX_SHA256))
     try:
         for chunk in response.iter_content(_CHUNK):
             reader.feed(chunk)
         fetched = reader.finish()
+    except RoundFailure as failure:  # a fault is a fault whatever its status (bmrgw: 500, 503, 401)
+        reader.abort()
+        if status != 200 and failure.kind is Kind.PARSE:
+            raise RoundFailure(Kind.HTTP, http_failure, status=status) from failure
+        failure.status = status
+        raise
     except BaseException:
         reader.abort()
         raise
-    if status != 200 and fetched is not None:
-        fetched.spool.discard()
-        raise RoundFailure(Kind.HTTP, f"GetDocument: HTTP {status} with a document", status=status)
+    if status != 200:
+        if fetched is not None:
+            fetched.spool.discard()
+        raise RoundFailure(Kind.HTTP, http_failure, status=status)
     return fetched
 
 
