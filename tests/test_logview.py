@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 from sqlalchemy import delete
 
-from gateway.cli import config_option
+from gateway.cli import config_option, main
 from gateway.errors import ConfigError
 from gateway.logs.commands import add_logs_command, add_time_command, follow, parse_time
 from gateway.logs.records import FIELDS
 from gateway.logs.tables import TABLES, LogFilter, ensure_schema, head_seqs
 from gateway.store import Store
 
+from .pg import pg_schema
 from .sntp import SntpResponder
 from .test_journal import entry, write
 
@@ -234,8 +235,85 @@ def test_archive_needs_before_or_days(config: Path, capsys: pytest.CaptureFixtur
 
 def test_db_option_overrides_the_config(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     other = tmp_path / "other.db"
+    ensure_schema(Store(f"sqlite:///{other}").engine)
     assert run("logs", "--config", str(config), "--db", f"sqlite:///{other}", "--format", "json") == 0
-    assert capsys.readouterr().out == "" and other.exists()
+    assert capsys.readouterr().out == ""
+
+
+# -- read-only commands on a store that is not there (issue 18, finding 6) ------------
+
+def tree(root: Path) -> set[Path]:
+    return set(root.rglob("*"))
+
+
+@pytest.mark.parametrize("argv", [["logs"], ["logs", "verify"], ["logs", "--format", "json"]],
+                         ids=["show", "verify", "show-json"])
+def test_read_only_commands_on_a_mistyped_store_fail_and_create_nothing(
+        config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    before = tree(tmp_path)
+    typo = tmp_path / "typo" / "bmrgw.db"
+    assert main([*argv, "--config", str(config), "--db", f"sqlite:///{typo}"]) != 0
+    err = capsys.readouterr().err
+    assert str(typo) in err and "does not exist" in err
+    assert tree(tmp_path) == before  # no folder, no database file
+
+
+def test_jx_list_on_a_mistyped_store_fails_and_creates_nothing(
+        config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = tree(tmp_path)
+    typo = tmp_path / "typo" / "bmrgw.db"
+    assert main(["jx", "list", "--config", str(config), "--db", f"sqlite:///{typo}"]) != 0
+    assert "does not exist" in capsys.readouterr().err
+    assert tree(tmp_path) == before
+
+
+def test_read_only_commands_leave_an_existing_store_as_it_was(config: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    data_dir = config.parent / "var"
+    assert run("logs", "--config", str(config)) == 0
+    assert run("logs", "verify", "--config", str(config)) == 0
+    assert main(["jx", "list", "--config", str(config)]) != 0  # the store holds no JX tables
+    assert not data_dir.exists()  # no archive folder, no JX folders, no checkpoint file
+    with Store(f"sqlite:///{config.parent}/log.db").engine.connect() as connection:
+        assert not any(name.startswith("jx") for name in connection.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type = 'table'").scalars())
+
+
+def test_verify_on_a_store_without_a_log_fails(config: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.db"
+    Store(f"sqlite:///{empty}").ping()  # a database file with no tables
+    assert run("logs", "verify", "--config", str(config), "--db", f"sqlite:///{empty}") == 1
+    assert "holds no send/receive log" in capsys.readouterr().out
+    ensure_schema(Store(f"sqlite:///{empty}").engine)  # the tables, but not one chain
+    assert run("logs", "verify", "--config", str(config), "--db", f"sqlite:///{empty}") == 1
+    assert "holds no send/receive log" in capsys.readouterr().out
+
+
+def test_verify_on_a_postgresql_schema_without_a_log_fails(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pg_schema() as url:
+        assert run("logs", "verify", "--config", str(config), "--db", url) == 1
+    assert "holds no send/receive log" in capsys.readouterr().out
+
+
+# -- reading archived records --------------------------------------------------
+
+def test_logs_reads_archived_records_when_the_time_range_reaches_them(
+        config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("logs", "--config", str(config), "--format", "json") == 0
+    everything = json_lines(capsys.readouterr().out)
+    assert run("logs", "archive", "--config", str(config), "--before", "1h") == 0
+    capsys.readouterr()
+    assert run("logs", "--config", str(config), "--format", "json") == 0
+    assert json_lines(capsys.readouterr().out) == everything  # 4 archived + 3 in the database, in time order
+    assert run("logs", "--config", str(config), "--format", "json", "--message-id", "m-1") == 0
+    assert [r["seq"] for r in json_lines(capsys.readouterr().out)] == [1, 1, 2, 2]
+    assert run("logs", "--config", str(config), "--format", "json", "--since", "1h") == 0
+    assert {r["message_id"] for r in json_lines(capsys.readouterr().out)} == {"m-3", "m-4"}
+    assert run("logs", "--config", str(config), "--format", "json", "--no-archives") == 0
+    assert len(json_lines(capsys.readouterr().out)) == 3
+    assert run("logs", "--config", str(config), "--format", "json", "--limit", "5") == 0
+    assert json_lines(capsys.readouterr().out) == everything[-5:]
 
 
 # -- bmrgw time ----------------------------------------------------------------
