@@ -17,13 +17,13 @@ from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
-from gateway.errors import StoreUnavailable
+from gateway.errors import StoreMissing, StoreUnavailable
 from routing.config import Config
 
 from .errors import ConfigError
 
-__all__ = ["Store", "database_url", "insert_rows", "snapshot", "sqlite_datetime", "DRIVERS", "create_tables",
-           "lock_schema", "db_reason"]
+__all__ = ["Store", "database_url", "existing_url", "insert_rows", "snapshot", "sqlite_datetime", "DRIVERS",
+           "create_tables", "lock_schema", "db_reason"]
 
 #: The dialects whose drivers :func:`insert_rows` hands rows to directly.
 DRIVERS = ("postgresql", "sqlite")
@@ -90,10 +90,38 @@ def database_url(config: Config) -> str:
     return url.render_as_string(hide_password=False)
 
 
+def existing_url(config: Config, *, read_only: bool = True) -> str:
+    """``gateway.db`` for commands that must not create a store: a SQLite file must exist
+    (:class:`StoreMissing` otherwise), and is opened read-only (``mode=ro``) when ``read_only``.
+
+    :func:`database_url` creates the folder of a SQLite file, and SQLite creates a missing file
+    on connect: a mistyped ``--db`` would come back as an empty, "clean" store.
+    """
+    try:
+        url = make_url(config.gateway.db)
+    except ArgumentError as exc:
+        raise ConfigError(f"gateway.db: {config.gateway.db!r} is not a database URL") from exc
+    if url.get_backend_name() != "sqlite":
+        return database_url(config)
+    if url.database in (None, "", ":memory:"):
+        raise StoreMissing(f"{config.gateway.db} is an in-memory database: there is no store to read")
+    path = config.resolve_path(url.database)
+    if not path.is_file():
+        raise StoreMissing(f"the store {path} does not exist (gateway.db or --db)")
+    if read_only:
+        url = url.set(database=f"file:{path}", query={**url.query, "mode": "ro", "uri": "true"})
+    else:
+        url = url.set(database=str(path))
+    return url.render_as_string(hide_password=False)
+
+
 def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
     # WAL lets readers run beside the writer; NORMAL sync is durable at each WAL checkpoint.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError:  # a read-only connection (mode=ro) of a store not in WAL mode yet
+        pass
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()

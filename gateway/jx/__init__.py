@@ -48,11 +48,13 @@ def jx_root(config: Config) -> Path:
     return config.resolve_path(config.gateway.data_dir) / "jx"
 
 
-def open_store(config: Config, *, journal: Journal | None = None, node: str | None = None) -> DocumentStore:
-    """The document store of ``config`` on an engine of its own (created tables, clean spool)."""
+def open_store(config: Config, *, journal: Journal | None = None, node: str | None = None,
+               url: str | None = None) -> DocumentStore:
+    """The document store of ``config`` (or of ``url``) on an engine of its own; :meth:`DocumentStore.open`
+    creates its tables and folders."""
     # No pre-ping: it costs a round trip per call, and a dropped connection is
     # invalidated by the pool on its first error anyway (the caller gets a fault and retries).
-    url = database_url(config)
+    url = url or database_url(config)
     engine = prepare_engine(create_engine(url), durable=False)
     durable = prepare_engine(create_engine(url), durable=True) if engine.dialect.name == "sqlite" else engine
     writer = journal.write_in if journal is not None else None

@@ -16,6 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import inspect
+
 from gateway.logs.clock import Clock
 from gateway.logs.commands import parse_time
 from gateway.logs.records import LogRecord
@@ -23,8 +25,9 @@ from gateway.logs.tables import append, ensure_schema
 from gateway.terminal import ConfigOption, add_db_option, db_url, table
 from routing.config import JX_ID_PATTERN, Config, load_config
 
-from ..errors import ConfigError, GatewayError, UnknownDocument
+from ..errors import ConfigError, DocumentStoreError, GatewayError, UnknownDocument
 from ..ids import new_message_id
+from ..store import existing_url
 from . import open_store
 from .files import write_atomically
 from .store import Document, DocumentStore, NewDocument, now_ms
@@ -137,9 +140,28 @@ def _with_store(command: Callable[[argparse.Namespace, Config, DocumentStore], i
     return run
 
 
+def _reading_store(command: Callable[[argparse.Namespace, Config, DocumentStore], int]) -> Command:
+    """``command`` run on the existing document store: a read-only command creates no store, table
+    or folder (a mistyped ``--db`` is an error, not an empty mailbox)."""
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        config = load_config(args.config, db=db_url(args))
+        store = open_store(config, journal=None, url=existing_url(config, read_only=False))
+        try:
+            with store.engine.connect() as connection:
+                if not inspect(connection).has_table(store.tables.document.name):
+                    raise DocumentStoreError(f"the store {store.engine.url.render_as_string()} holds no JX "
+                                             "documents (no JX tables): is gateway.db or --db right?")
+            return command(args, config, store)
+        finally:
+            store.close()
+
+    return run
+
+
 # -- list / show -----------------------------------------------------------------
 
-@_with_store
+@_reading_store
 def _list(args: argparse.Namespace, _config: Config, store: DocumentStore) -> int:
     wanted = "dead" if args.dead else (args.state or "waiting")
     stored_states = {"waiting": ("ready",), "ready": ("ready",), "leased": ("ready",), "all": ("ready", "confirmed", "dead")}
@@ -165,7 +187,7 @@ def _print_table(documents: Sequence[Document], at: int) -> None:
     print("\n".join(table(header, rows)))
 
 
-@_with_store
+@_reading_store
 def _show(args: argparse.Namespace, _config: Config, store: DocumentStore) -> int:
     document = _find(store, args.message_id)
     facts = document.to_json()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import csv
 import itertools
 import json
@@ -30,11 +31,11 @@ from typing import Any, TextIO
 from sqlalchemy import Engine
 
 from gateway.ids import UNSAFE_CHARACTERS
-from gateway.store import Store, database_url
+from gateway.store import Store, existing_url
 from gateway.terminal import ConfigOption, add_db_option, db_url, display_width, pad, table
 from routing.config import Config, load_config
 
-from .chain import Report, archive, verify
+from .chain import Report, archive, read_archives, verify
 from .clock import Sample, combined_offset, parse_server, query_all
 from .records import FIELDS, LogRecord
 from .tables import LogFilter, head_seqs, read, read_new
@@ -96,6 +97,10 @@ def add_logs_command(commands: Any, config_option: ConfigOption) -> None:
     p.add_argument("--limit", type=_positive, metavar="N", help="only the newest N matching records")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new records (Ctrl-C ends)")
+    p.add_argument("--archive-dir", type=Path, metavar="DIR",
+                   help=f"where archives are (default: DATA_DIR/{ARCHIVE_SUBDIR}); records archived "
+                   "there are shown when the time range reaches them")
+    p.add_argument("--no-archives", action="store_true", help="only records still in the database")
     p.set_defaults(run=_show)
     actions = p.add_subparsers(title="actions", metavar="ACTION")
     _add_verify(actions, config_option)
@@ -109,7 +114,7 @@ def _add_verify(actions: Any, config_option: ConfigOption) -> None:
         "report altered, deleted or inserted records. Exit 0 when clean, 1 on any problem.",
     )
     _store_options(v, config_option, sub=True)
-    v.add_argument("--archive-dir", type=Path, metavar="DIR",
+    v.add_argument("--archive-dir", type=Path, metavar="DIR", default=argparse.SUPPRESS,
                    help=f"where archives are (default: DATA_DIR/{ARCHIVE_SUBDIR})")
     v.set_defaults(run=_verify)
 
@@ -124,7 +129,7 @@ def _add_archive(actions: Any, config_option: ConfigOption) -> None:
     when = a.add_mutually_exclusive_group(required=True)
     when.add_argument("--before", type=parse_time, metavar="T", help="archive records older than T")
     when.add_argument("--days", type=_positive, metavar="N", help="keep the last N days in the database")
-    a.add_argument("--archive-dir", type=Path, metavar="DIR",
+    a.add_argument("--archive-dir", type=Path, metavar="DIR", default=argparse.SUPPRESS,
                    help=f"where archives go (default: DATA_DIR/{ARCHIVE_SUBDIR})")
     a.set_defaults(run=_archive)
 
@@ -158,9 +163,10 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def _open(args: argparse.Namespace) -> tuple[Config, Store]:
+def _open(args: argparse.Namespace, *, read_only: bool = True) -> tuple[Config, Store]:
+    """The config and its existing store (never created: :func:`gateway.store.existing_url`)."""
     config = load_config(args.config, db=db_url(args))
-    return config, Store(database_url(config))
+    return config, Store(existing_url(config, read_only=read_only))
 
 
 def archive_dir(config: Config) -> Path:
@@ -169,7 +175,7 @@ def archive_dir(config: Config) -> Path:
 
 
 def _archive_dir(args: argparse.Namespace, config: Config) -> Path:
-    given: Path | None = args.archive_dir
+    given: Path | None = getattr(args, "archive_dir", None)
     return given if given is not None else archive_dir(config)
 
 
@@ -184,12 +190,13 @@ def _show(args: argparse.Namespace) -> int:
     if args.follow and args.until is not None:
         print("bmrgw logs: --until and --follow exclude each other", file=sys.stderr)
         return 2
-    _config, store = _open(args)
+    config, store = _open(args)
     try:
         filters = _filters(args)
         positions = head_seqs(store.engine) if args.follow else {}
         out = _Output.create(args.format, sys.stdout)
-        if out.write(read(store.engine, filters, limit=args.limit)) == 0 and not args.follow:
+        archives = None if args.no_archives else _archive_dir(args, config)
+        if out.write(_records(store.engine, filters, archives, args.limit)) == 0 and not args.follow:
             print("no matching log records", file=sys.stderr)
         if args.follow:
             for node, seq in out.last_seq.items():  # printed records may be newer than the heads read
@@ -199,6 +206,22 @@ def _show(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def _records(engine: Engine, filters: LogFilter, archives: Path | None, limit: int | None) -> Iterator[LogRecord]:
+    """Archived records (when the time range reaches them), then the database's: each archive
+    holds a prefix of every chain, older than anything left in the database."""
+    if archives is None:
+        yield from read(engine, filters, limit=limit)
+        return
+    if limit is None:
+        yield from read_archives(archives, filters)
+        yield from read(engine, filters)
+        return
+    newest = list(read(engine, filters, limit=limit))
+    if len(newest) < limit:
+        yield from collections.deque(read_archives(archives, filters), maxlen=limit - len(newest))
+    yield from newest
 
 
 def follow(engine: Engine, filters: LogFilter, positions: Mapping[str, int], *,
@@ -352,11 +375,15 @@ def _verify(args: argparse.Namespace) -> int:
         report = verify(store.engine, _archive_dir(args, config))
     finally:
         store.close()
-    _print_report(report)
+    _print_report(report, store.display_url)
     return 0 if report.ok else 1
 
 
-def _print_report(report: Report) -> None:
+def _print_report(report: Report, where: str) -> None:
+    if report.empty:
+        print(f"FAILED: {where} holds no send/receive log (no log tables or not one chain): "
+              "is gateway.db or --db right?")
+        return
     for summary in report.chains.values():
         total = summary.archived + summary.stored
         print(f"chain {visible(summary.node)}: {total} records up to seq {summary.last_seq} "
@@ -373,7 +400,7 @@ def _print_report(report: Report) -> None:
 
 def _archive(args: argparse.Namespace) -> int:
     before = args.before if args.before is not None else datetime.now(UTC) - timedelta(days=args.days)
-    config, store = _open(args)
+    config, store = _open(args, read_only=False)
     try:
         result = archive(store.engine, _archive_dir(args, config), before)
     finally:

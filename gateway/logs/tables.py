@@ -265,6 +265,22 @@ class LogFilter:
         return found
 
 
+    def matches(self, record: LogRecord) -> bool:
+        """Whether ``record`` passes every condition (for records read from archive files)."""
+        if self.since is not None and record.ts < _aware_utc(self.since):
+            return False
+        if self.until is not None and record.ts >= _aware_utc(self.until):
+            return False
+        if self.ap is not None and self.ap not in (record.from_ap, record.to_ap):
+            return False
+        return all(getattr(self, name) in (None, getattr(record, name))
+                   for name in ("message_id", "status", "kind", "node"))
+
+
+def _aware_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def _naive_utc(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
 
