@@ -235,7 +235,9 @@ def test_archive_needs_before_or_days(config: Path, capsys: pytest.CaptureFixtur
 
 def test_db_option_overrides_the_config(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     other = tmp_path / "other.db"
-    ensure_schema(Store(f"sqlite:///{other}").engine)
+    made = Store(f"sqlite:///{other}")
+    ensure_schema(made.engine)
+    made.close()
     assert run("logs", "--config", str(config), "--db", f"sqlite:///{other}", "--format", "json") == 0
     assert capsys.readouterr().out == ""
 
@@ -274,19 +276,22 @@ def test_read_only_commands_leave_an_existing_store_as_it_was(config: Path, tmp_
     assert run("logs", "verify", "--config", str(config)) == 0
     assert main(["jx", "list", "--config", str(config)]) != 0  # the store holds no JX tables
     assert not data_dir.exists()  # no archive folder, no JX folders, no checkpoint file
-    with Store(f"sqlite:///{config.parent}/log.db").engine.connect() as connection:
+    store = Store(f"sqlite:///{config.parent}/log.db")
+    with store.engine.connect() as connection:
         assert not any(name.startswith("jx") for name in connection.exec_driver_sql(
             "SELECT name FROM sqlite_master WHERE type = 'table'").scalars())
+    store.close()
 
 
 def test_verify_on_a_store_without_a_log_fails(config: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    empty = tmp_path / "empty.db"
-    Store(f"sqlite:///{empty}").ping()  # a database file with no tables
-    assert run("logs", "verify", "--config", str(config), "--db", f"sqlite:///{empty}") == 1
+    empty = Store(f"sqlite:///{tmp_path}/empty.db")
+    empty.ping()  # a database file with no tables
+    assert run("logs", "verify", "--config", str(config), "--db", empty.url) == 1
     assert "holds no send/receive log" in capsys.readouterr().out
-    ensure_schema(Store(f"sqlite:///{empty}").engine)  # the tables, but not one chain
-    assert run("logs", "verify", "--config", str(config), "--db", f"sqlite:///{empty}") == 1
+    ensure_schema(empty.engine)  # the tables, but not one chain
+    empty.close()
+    assert run("logs", "verify", "--config", str(config), "--db", empty.url) == 1
     assert "holds no send/receive log" in capsys.readouterr().out
 
 
@@ -309,7 +314,7 @@ def test_logs_reads_archived_records_when_the_time_range_reaches_them(
     assert run("logs", "--config", str(config), "--format", "json", "--message-id", "m-1") == 0
     assert [(r["node"], r["seq"]) for r in json_lines(capsys.readouterr().out)] == [
         ("dc-east", 1), ("dc-east", 2), ("dc-west", 1), ("dc-west", 2)]
-    assert run("logs", "--config", str(config), "--format", "json", "--since", "1h") == 0
+    assert run("logs", "--config", str(config), "--format", "json", "--since", "30m") == 0
     assert {r["message_id"] for r in json_lines(capsys.readouterr().out)} == {"m-3", "m-4"}
     assert run("logs", "--config", str(config), "--format", "json", "--no-archives") == 0
     assert len(json_lines(capsys.readouterr().out)) == 3
