@@ -115,6 +115,10 @@ class GatewaySettings:
     """Time synchronisation."""
     logs: LogSettings = field(default_factory=LogSettings)
     """The send/receive log."""
+    log_key: str | None = None
+    """Secret key file (``bmrgw logs keygen``), absolute path: keys the log's chain links and checkpoints."""
+    log_checkpoints: str | None = None
+    """Where the chain heads are checkpointed (with a key); ``None``: ``{data_dir}/log-checkpoints.jsonl``."""
     tls: TlsSettings | None = None
     """Serve HTTPS (and require client certificates) instead of plain HTTP."""
     limits: LimitSettings = field(default_factory=lambda: LimitSettings())
@@ -224,7 +228,7 @@ def gateway_settings(raw: Any, db: str | None, peers: frozenset[str], base: Path
     g = read.mapping(raw, "gateway")
     allowed = {"name", "listen", "tls", "db", "data_dir", "max_message_bytes",
                "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp", "logs", "wss", "jx",
-               "max_attachment_bytes", "min_free_bytes", *_RESILIENCE_KEYS}
+               "max_attachment_bytes", "min_free_bytes", "log_key", "log_checkpoints", *_RESILIENCE_KEYS}
     read.known(g, "gateway", allowed)
     defaults = GatewaySettings()
     fallback = g.get("fallback_peer")
@@ -245,6 +249,9 @@ def gateway_settings(raw: Any, db: str | None, peers: frozenset[str], base: Path
         fallback_peer=fallback,
         ntp=_ntp(read.section(g, "ntp")),
         logs=_logs(read.section(g, "logs")),
+        log_key=None if g.get("log_key") is None else read.file(g["log_key"], "gateway.log_key", base),
+        log_checkpoints=None if g.get("log_checkpoints") is None else _path(g["log_checkpoints"],
+                                                                           "gateway.log_checkpoints", base),
         tls=_tls(g["tls"], base) if g.get("tls") is not None else None,
         **_resilience(g),
         wss=_wss_settings(read.section(g, "wss")),
@@ -253,6 +260,12 @@ def gateway_settings(raw: Any, db: str | None, peers: frozenset[str], base: Path
                                   "gateway.max_attachment_bytes", low=1024),
         min_free_bytes=read.integer(g.get("min_free_bytes", defaults.min_free_bytes), "gateway.min_free_bytes", low=0),
     )
+
+
+def _path(value: Any, path: str, base: Path) -> str:
+    """A file the gateway writes, made absolute against the config's folder."""
+    text = read.string(value, path)
+    return text if Path(text).is_absolute() else str(base / text)
 
 
 def _tls(raw: Any, base: Path) -> TlsSettings:

@@ -14,9 +14,12 @@ record of a chain has ``prev_hash`` = 64 zeros and seq 1.
 names each problem: a record whose contents no longer match its hash
 (*altered*), a gap in the seqs or missing newest records (*deleted*), a
 record the chain does not account for (*inserted*), and archive files that
-are missing or do not match their anchors.  It cannot catch an attacker who
-rewrites a chain from the first changed record to the head with recomputed
-hashes; publishing :func:`verify`'s head hashes elsewhere closes that gap.
+are missing or do not match their anchors.  A plain chain cannot catch an
+attacker who rewrites it from the first changed record to the head with
+recomputed hashes; with the log key (:mod:`gateway.logs.key`) links are
+HMACs he cannot recompute (*unkeyed* names links not made with the key), and
+the checkpoints of every chain's head, kept off the database host, show a
+cut-back chain (*deleted*) or a dropped one (*missing*).
 
 :func:`archive` moves records older than a date (a prefix of each chain) to
 a gzip JSON-lines file.  Its first line carries each chain's anchors — the
@@ -33,7 +36,7 @@ import itertools
 import json
 import os
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +48,7 @@ from gateway.durable import fsync_dir
 from gateway.errors import ArchiveUnreadable, JournalUnavailable
 from gateway.store import snapshot
 
+from .key import Checkpoint
 from .records import GENESIS, LogRecord, chain_hash
 from .tables import TABLES, Head, LogFilter, LogTables, has_log, heads, read_chain, translated
 
@@ -61,7 +65,8 @@ class Problem:
 
     node: str
     kind: str
-    """``altered``, ``deleted``, ``inserted`` or ``archive``."""
+    """``altered``, ``deleted``, ``inserted``, ``archive``, ``unkeyed`` (not written with the log key),
+    ``missing`` (a checkpointed chain is gone) or ``checkpoint`` (a checkpoint line does not pass)."""
     first: int | None
     """First seq concerned (``None`` when unknown)."""
     last: int | None
@@ -101,15 +106,26 @@ class Report:
 
 
 class _Walk:
-    """Follows one chain record by record, remembering the last good link."""
+    """Follows one chain record by record, remembering the last good link.
 
-    def __init__(self, node: str, report: Report, head: Head) -> None:
+    With a ``key``, a link must be keyed (:func:`chain_hash`); plain links pass only as the
+    prefix a chain had before the key was configured, so a chain rebuilt without the key — all
+    plain, or plain after keyed — is reported ``unkeyed``.  ``marks`` are the chain's
+    checkpoints by seq: each must still be on the chain, and the chain must reach the last.
+    """
+
+    def __init__(self, node: str, report: Report, head: Head, *, key: bytes | None = None,
+                 marks: Mapping[int, Checkpoint] | None = None) -> None:
         self.node = node
         self.report = report
         self.head = head
+        self.key = key
+        self.marks = marks or {}
         self.seq, self.hash = 0, GENESIS
         self.summary = report.chains.setdefault(node, ChainSummary(node))
         self._altered_last = False
+        self._keyed_seen = False
+        self._unkeyed_from: int | None = None
 
     def problem(self, kind: str, first: int | None, last: int | None, detail: str) -> None:
         self.report.problems.append(Problem(node=self.node, kind=kind, first=first, last=last, detail=detail))
@@ -127,8 +143,14 @@ class _Walk:
             self._step(self._pick(seq, candidates, where), where)
         return count
 
+    def _link(self, record: LogRecord) -> str | None:
+        """``keyed`` or ``plain``: which link the record's hash is; None when it is neither."""
+        if self.key is not None and chain_hash(record.prev_hash, record, self.key) == record.hash:
+            return "keyed"
+        return "plain" if chain_hash(record.prev_hash, record) == record.hash else None
+
     def _pick(self, seq: int, candidates: list[LogRecord], where: str) -> LogRecord:
-        keep = next((r for r in candidates if r.prev_hash == self.hash and chain_hash(r.prev_hash, r) == r.hash),
+        keep = next((r for r in candidates if r.prev_hash == self.hash and self._link(r) is not None),
                     candidates[0])
         for extra in candidates:
             if extra is not keep:
@@ -147,20 +169,49 @@ class _Walk:
             self.problem("deleted", self.seq + 1, record.seq - 1, f"missing before seq {record.seq} in {where}")
         self._check_links(record, where)
         self.seq, self.hash = record.seq, record.hash
+        mark = self.marks.get(record.seq)
+        if mark is not None and mark.hash != record.hash:
+            self.problem("altered", record.seq, record.seq,
+                         f"not the record checkpointed at {mark.time} (its hash was {mark.hash[:16]}…), in {where}")
 
     def _check_links(self, record: LogRecord, where: str) -> None:
-        altered = chain_hash(record.prev_hash, record) != record.hash
+        link = self._link(record)
+        altered = link is None
+        self._check_key(record, link)
         if altered:
-            self.problem("altered", record.seq, record.seq, f"contents do not match the record's hash, in {where}")
+            hint = "" if self.key is not None else " (or keyed: verify with gateway.log_key)"
+            self.problem("altered", record.seq, record.seq,
+                         f"contents do not match the record's hash{hint}, in {where}")
         elif record.seq == self.seq + 1 and record.prev_hash != self.hash and not self._altered_last:
             # The previous record was changed and re-hashed: its successor still names the old hash.
             self.problem("altered", self.seq, self.seq,
                          f"its hash is not the prev_hash of seq {record.seq} (re-hashed after a change), in {where}")
         self._altered_last = altered
 
+    def _check_key(self, record: LogRecord, link: str | None) -> None:
+        if self.key is None:
+            return
+        if link == "keyed":
+            self._keyed_seen = True
+            self._end_unkeyed()
+        elif link == "plain" and self._keyed_seen and self._unkeyed_from is None:
+            self._unkeyed_from = record.seq
+
+    def _end_unkeyed(self) -> None:
+        if self._unkeyed_from is not None:
+            self.problem("unkeyed", self._unkeyed_from, self.seq,
+                         "plain links after keyed ones: not written with the log key")
+            self._unkeyed_from = None
+
     def finish(self) -> None:
-        """Compare the end of the walk with the chain head."""
+        """Compare the end of the walk with the chain head and the last checkpoint."""
         self.summary.last_seq, self.summary.last_hash = self.seq, self.hash
+        self._end_unkeyed()
+        if self.key is not None and not self._keyed_seen and self.seq:
+            self.problem("unkeyed", 1, self.seq, "no record of this chain was written with the log key")
+        if self.marks and self.seq < (last := max(self.marks)):
+            self.problem("deleted", self.seq + 1, last,
+                         f"the chain ends before its checkpoint of seq {last} at {self.marks[last].time}")
         if self.seq < self.head.seq:
             self.problem("deleted", self.seq + 1, self.head.seq,
                          f"newest records missing (the chain head is seq {self.head.seq})")
@@ -168,8 +219,14 @@ class _Walk:
             self.problem("altered", self.seq, self.seq, "the last record does not match the chain head's hash")
 
 
-def verify(engine: Engine, archive_dir: Path | None, *, tables: LogTables = TABLES) -> Report:
+def verify(engine: Engine, archive_dir: Path | None, *, tables: LogTables = TABLES, key: bytes | None = None,
+           checkpoints: Mapping[str, Sequence[Checkpoint]] | None = None) -> Report:
     """Walk every chain through its archives and the database; see :class:`Report`.
+
+    With ``key``, every chain must be keyed (see :class:`_Walk`).  With ``checkpoints`` (by node,
+    already MAC-checked: :func:`gateway.logs.key.read_checkpoints`), each checkpointed record must
+    be on its chain, each chain must reach its last checkpoint, and a checkpointed node whose chain
+    is gone is reported ``missing``.
 
     The whole walk reads one snapshot of the database, so records that a
     running gateway appends meanwhile are not mistaken for insertions, nor
@@ -177,20 +234,32 @@ def verify(engine: Engine, archive_dir: Path | None, *, tables: LogTables = TABL
     is written before its commit); each chain is walked up to its head.
     """
     report = Report()
+    marks = {node: {c.seq: c for c in found} for node, found in (checkpoints or {}).items()}
     with translated("cannot verify the send/receive log"), snapshot(engine) as connection:  # one for the walk
-        if not has_log(connection, tables):
-            report.empty = True
-            return report
-        for node, head in sorted(heads(connection, tables).items()):
-            _verify_chain(connection, tables, report, head, archive_dir)
-        _report_strays(connection, tables, report)
-    report.empty = not report.chains
+        found = heads(connection, tables) if has_log(connection, tables) else {}
+        for node, head in sorted(found.items()):
+            _verify_chain(connection, tables, report, _Walk(node, report, head, key=key, marks=marks.get(node)),
+                          archive_dir)
+        if found:
+            _report_strays(connection, tables, report)
+    _report_missing(report, marks, found)
+    report.empty = not found and not marks
     return report
 
 
-def _verify_chain(connection: Connection, tables: LogTables, report: Report, head: Head,
+def _report_missing(report: Report, marks: Mapping[str, Mapping[int, Checkpoint]], found: Mapping[str, Head]) -> None:
+    """Checkpointed chains that have no head in the store: dropped, records and head row alike."""
+    for node in sorted(set(marks) - set(found)):
+        last = marks[node][max(marks[node])]
+        report.chains.setdefault(node, ChainSummary(node))
+        report.problems.append(Problem(node=node, kind="missing", first=1, last=last.seq,
+                                       detail=f"the chain is not in the store (checkpointed up to seq {last.seq} "
+                                       f"at {last.time})"))
+
+
+def _verify_chain(connection: Connection, tables: LogTables, report: Report, walk: _Walk,
                   archive_dir: Path | None) -> None:
-    walk = _Walk(head.node, report, head)
+    head = walk.head
     if head.archived_seq:
         _walk_archives(walk, head, archive_dir)
     records = read_chain(connection, head.node, tables=tables, upto=head.seq)

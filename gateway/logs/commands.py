@@ -35,12 +35,14 @@ from gateway.store import Store, existing_url
 from gateway.terminal import ConfigOption, add_db_option, db_url, display_width, pad, table
 from routing.config import Config, load_config
 
-from .chain import Report, archive, read_archives, verify
+from .chain import Problem, Report, archive, read_archives, verify
 from .clock import Sample, combined_offset, parse_server, query_all
+from .key import CHECKPOINTS, Checkpoint, load_key, read_checkpoints, write_key
 from .records import FIELDS, LogRecord
 from .tables import LogFilter, head_seqs, read, read_new
 
-__all__ = ["add_logs_command", "add_time_command", "parse_time", "follow"]
+__all__ = ["add_logs_command", "add_time_command", "parse_time", "follow", "archive_dir", "log_key",
+           "checkpoints_path"]
 
 
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
@@ -105,6 +107,7 @@ def add_logs_command(commands: Any, config_option: ConfigOption) -> None:
     actions = p.add_subparsers(title="actions", metavar="ACTION")
     _add_verify(actions, config_option)
     _add_archive(actions, config_option)
+    _add_keygen(actions)
 
 
 def _add_verify(actions: Any, config_option: ConfigOption) -> None:
@@ -116,7 +119,20 @@ def _add_verify(actions: Any, config_option: ConfigOption) -> None:
     _store_options(v, config_option, sub=True)
     v.add_argument("--archive-dir", type=Path, metavar="DIR", default=argparse.SUPPRESS,
                    help=f"where archives are (default: DATA_DIR/{ARCHIVE_SUBDIR})")
+    v.add_argument("--checkpoints", type=Path, metavar="FILE",
+                   help="the checkpoint file, e.g. the copy shipped off the database host "
+                   f"(default: gateway.log_checkpoints, else DATA_DIR/{CHECKPOINTS})")
     v.set_defaults(run=_verify)
+
+
+def _add_keygen(actions: Any) -> None:
+    k = actions.add_parser(
+        "keygen", help="write a new log key (gateway.log_key)",
+        description="Write 32 random bytes, base64, to PATH (mode 0600) for gateway.log_key. "
+        "Refuses to overwrite an existing file: a lost key makes the chains it keyed unverifiable.",
+    )
+    k.add_argument("path", type=Path, metavar="PATH")
+    k.set_defaults(run=_keygen)
 
 
 def _add_archive(actions: Any, config_option: ConfigOption) -> None:
@@ -172,6 +188,18 @@ def _open(args: argparse.Namespace, *, read_only: bool = True) -> tuple[Config, 
 def archive_dir(config: Config) -> Path:
     """Where archived log records go unless told otherwise: ``<data_dir>/log-archive``."""
     return config.resolve_path(config.gateway.data_dir) / ARCHIVE_SUBDIR
+
+
+def log_key(config: Config) -> bytes | None:
+    """The key of ``gateway.log_key``, or None when there is none."""
+    return None if config.gateway.log_key is None else load_key(config.gateway.log_key)
+
+
+def checkpoints_path(config: Config) -> Path:
+    """``gateway.log_checkpoints``, by default ``<data_dir>/log-checkpoints.jsonl``."""
+    if config.gateway.log_checkpoints is not None:
+        return Path(config.gateway.log_checkpoints)
+    return config.resolve_path(config.gateway.data_dir) / CHECKPOINTS
 
 
 def _archive_dir(args: argparse.Namespace, config: Config) -> Path:
@@ -371,12 +399,45 @@ def _fit(text: str, width: int) -> str:
 
 def _verify(args: argparse.Namespace) -> int:
     config, store = _open(args)
+    key = log_key(config)
+    path: Path = args.checkpoints or checkpoints_path(config)
+    marks, bad = _checkpoints(key, path)
     try:
-        report = verify(store.engine, _archive_dir(args, config))
+        report = verify(store.engine, _archive_dir(args, config), key=key, checkpoints=marks)
     finally:
         store.close()
+    report.problems.extend(Problem(node="-", kind="checkpoint", first=None, last=None, detail=b) for b in bad)
+    if key is None:
+        print("note: no gateway.log_key: links are checked as plain SHA-256 and checkpoints are not read; "
+              "someone who can write the database can rewrite a plain chain unnoticed")
     _print_report(report, store.display_url)
     return 0 if report.ok else 1
+
+
+def _checkpoints(key: bytes | None, path: Path) -> tuple[dict[str, list[Checkpoint]], list[str]]:
+    """The checkpoints (with the key) and the lines or file that fail; a missing file fails:
+    the gateway creates it when it starts with a key."""
+    if key is None:
+        return {}, []
+    if not path.is_file():
+        return {}, [f"{path} is missing: the gateway writes it whenever it runs with gateway.log_key"]
+    return read_checkpoints(path, key)
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    path: Path = args.path
+    try:
+        write_key(path)
+    except FileExistsError:
+        print(f"bmrgw logs keygen: {path} exists; not overwritten (a lost key makes its chains unverifiable)",
+              file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"bmrgw logs keygen: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"wrote a new log key to {path} (mode 0600); set gateway.log_key: {path} and keep a copy "
+          "where the database's owner cannot read it")
+    return 0
 
 
 def _print_report(report: Report, where: str) -> None:

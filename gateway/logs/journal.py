@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -52,8 +53,9 @@ from sqlalchemy import (
 from gateway.errors import JournalUnavailable
 from gateway.store import db_reason
 
+from .key import append_checkpoint, create_checkpoints
 from .records import Entry, LogRecord, describe, pack
-from .tables import TABLES, LogTables, append, ensure_schema, transient
+from .tables import TABLES, LogTables, append, ensure_schema, head_of, transient
 from .writer import WriterProcess
 
 __all__ = ["Journal"]
@@ -74,6 +76,8 @@ log = logging.getLogger(__name__)
 
 #: How often a caller held back by a full log queue looks again (only under overload).
 _ADMIT_POLL = 0.005
+#: Seconds between checkpoints of the chain head (SPEC.md: at least every 10 s while writing).
+CHECKPOINT_INTERVAL = 5.0
 
 
 class Journal:
@@ -89,7 +93,10 @@ class Journal:
 
     def __init__(self, engine: Engine, node: str, *, tables: LogTables = TABLES,
                  queue_size: int = 10_000, batch_size: int = 500, linger: float = 0.05,
-                 max_wait: float = 2.0) -> None:
+                 max_wait: float = 2.0, key: bytes | None = None, checkpoints: Path | None = None,
+                 checkpoint_interval: float = CHECKPOINT_INTERVAL) -> None:
+        if checkpoints is not None and key is None:
+            raise ValueError("checkpoints are MACed with the log key: give the key too")
         self.engine = engine
         self.node = node
         self.tables = tables
@@ -104,7 +111,15 @@ class Journal:
         self._queue: asyncio.Queue[Entry] = asyncio.Queue(queue_size)
         if engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
             raise ValueError("the send/receive log needs a database file or server, not an in-memory SQLite")
-        self._writer = WriterProcess(engine.url.render_as_string(hide_password=False), node, tables.log.name)
+        self._writer = WriterProcess(engine.url.render_as_string(hide_password=False), node, tables.log.name, key)
+        self._key = key
+        self._checkpoints = checkpoints
+        self._checkpoint_interval = checkpoint_interval
+        self._head: tuple[int, str] | None = None
+        """The chain's head after the writer's last commit."""
+        self._checkpointed: tuple[int, str] | None = None
+        self._written_in = False
+        self._checkpointing: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._inflight: list[Entry] = []
         self._closed = False
@@ -114,6 +129,11 @@ class Journal:
         await asyncio.to_thread(ensure_schema, self.engine, self.tables)
         await self._writer.start()
         self._task = asyncio.create_task(self._run(), name=f"journal-{self.node}")
+        if self._checkpoints is not None:
+            await asyncio.to_thread(create_checkpoints, self._checkpoints)
+            self._written_in = True  # checkpoint the head the chain has now (after a restart)
+            await self._checkpoint()
+            self._checkpointing = asyncio.create_task(self._checkpoint_loop(), name=f"checkpoints-{self.node}")
 
     async def record(self, entry: Entry) -> None:
         """Queue ``entry``; returns at once unless the queue is full (then waits up to ``max_wait``)."""
@@ -159,7 +179,8 @@ class Journal:
         Call it last before committing: it holds this chain's head lock until
         the caller's transaction ends.
         """
-        return append(connection, [entry], node=self.node, tables=self.tables)[0]
+        self._written_in = True  # the next checkpoint reads the head from the store
+        return append(connection, [entry], node=self.node, tables=self.tables, key=self._key)[0]
 
     async def flush(self) -> None:
         """Wait until every record queued so far is committed (or given up)."""
@@ -183,6 +204,37 @@ class Journal:
                 await self._task
         self._give_up("the journal was closed before it was started")
         await self._writer.stop()
+        if self._checkpointing is not None:
+            self._checkpointing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointing
+            await self._checkpoint()
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._checkpoint_interval)
+            await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
+        """Append the chain's head to the checkpoint file if it moved since the last checkpoint."""
+        assert self._checkpoints is not None and self._key is not None
+        head = self._head
+        try:
+            if self._written_in:  # records appended in callers' transactions: the store knows the head
+                self._written_in = False
+                stored = await asyncio.to_thread(head_of, self.engine, self.node, self.tables)
+                if stored is not None and (head is None or stored[0] > head[0]):
+                    head = stored
+            if head is None or head == self._checkpointed or head[0] == 0:
+                return
+            if self._checkpointed is not None and head[0] < self._checkpointed[0]:
+                log.error("send/receive log: the chain head of %s moved back from seq %d to %d: "
+                          "records were deleted outside the gateway", self.node, self._checkpointed[0], head[0])
+                return
+            await asyncio.to_thread(append_checkpoint, self._checkpoints, self._key, self.node, *head)
+            self._checkpointed = head
+        except (OSError, JournalUnavailable) as exc:
+            log.error("send/receive log: cannot write a checkpoint to %s: %s", self._checkpoints, exc)
 
     def status(self) -> dict[str, Any]:
         """JSON-ready snapshot for ``/healthz`` and metrics."""
@@ -214,7 +266,7 @@ class Journal:
         backoff = 0.05
         while True:
             try:
-                written = await self._writer.commit([pack(entry) for entry in batch])
+                written, seq, last = await self._writer.commit([pack(entry) for entry in batch])
             except Exception as exc:  # the writer must survive anything one batch can cause
                 self.last_error = db_reason(exc)
                 if not transient(exc):
@@ -224,6 +276,8 @@ class Journal:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             else:
+                if seq:
+                    self._head = (seq, last)
                 self.written += written
                 self.batches += 1
                 self.last_error = None

@@ -10,6 +10,7 @@ Pure: no database, no I/O.  :mod:`gateway.logs.tables` stores these records,
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
 import operator
@@ -369,20 +370,29 @@ def _canonical(values: dict[str, Any]) -> bytes:
     return _ENCODER.encode(dict(zip(_HASHED, hashed))).encode("utf-8")
 
 
-def chain_hash(prev_hash: str, record: LogRecord) -> str:
-    """``sha256(prev_hash || canonical(record))`` in hex; ``prev_hash`` enters as its 32 bytes."""
-    return _digest(prev_hash, record.__dict__)
+def chain_hash(prev_hash: str, record: LogRecord, key: bytes | None = None) -> str:
+    """The record's link in hex: ``sha256(prev_hash || canonical(record))`` (a plain link), or with
+    a log key ``HMAC-SHA256(key, prev_hash || canonical(record))`` (a keyed link, which only the key's
+    holder can compute); ``prev_hash`` enters as its 32 bytes.
+
+    Which of the two a stored record has is told by recomputing: a keyed link never matches the
+    plain hash of the same bytes, nor the other way round (:mod:`gateway.logs.chain`)."""
+    return _digest(prev_hash, record.__dict__, key)
 
 
-def _digest(prev_hash: str, values: dict[str, Any]) -> str:
-    return hashlib.sha256(bytes.fromhex(prev_hash) + _canonical(values)).hexdigest()
+def _digest(prev_hash: str, values: dict[str, Any], key: bytes | None = None) -> str:
+    message = bytes.fromhex(prev_hash) + _canonical(values)
+    if key is None:
+        return hashlib.sha256(message).hexdigest()
+    return hmac.digest(key, message, "sha256").hex()
 
 
-def seal(entry: LogRecord, *, node: str, seq: int, prev_hash: str) -> LogRecord:
-    """``entry`` as record ``seq`` of ``node``'s chain, after the record whose hash is ``prev_hash``.
+def seal(entry: LogRecord, *, node: str, seq: int, prev_hash: str, key: bytes | None = None) -> LogRecord:
+    """``entry`` as record ``seq`` of ``node``'s chain, after the record whose hash is ``prev_hash``
+    (a keyed link when ``key`` is given, see :func:`chain_hash`).
 
     ``node`` must be valid text (:func:`gateway.logs.journal.append` checks it once per batch); the
     rest of ``entry`` was normalised when it was made."""
     values = {**entry.__dict__, "node": node, "seq": seq, "prev_hash": prev_hash}
-    values["hash"] = _digest(prev_hash, values)
+    values["hash"] = _digest(prev_hash, values, key)
     return made(values)

@@ -61,6 +61,7 @@ __all__ = [
     "read_chain",
     "read_new",
     "heads",
+    "head_of",
     "head_seqs",
     "translated",
     
@@ -185,14 +186,15 @@ def from_row(row: Row[Any]) -> LogRecord:
 
 
 def append(connection: Connection, entries: Sequence[LogRecord], *, node: str,
-           tables: LogTables = TABLES) -> list[LogRecord]:
-    """Chain ``entries`` onto ``node``'s chain inside the caller's transaction; returns them sealed."""
+           tables: LogTables = TABLES, key: bytes | None = None) -> list[LogRecord]:
+    """Chain ``entries`` onto ``node``'s chain inside the caller's transaction (keyed links with
+    ``key``); returns them sealed."""
     check_text("node", node)
     seq, prev = _lock_head(connection, tables, node)
     sealed: list[LogRecord] = []
     for entry in entries:
         seq += 1
-        record = seal(entry, node=node, seq=seq, prev_hash=prev)
+        record = seal(entry, node=node, seq=seq, prev_hash=prev, key=key)
         prev = record.hash
         sealed.append(record)
     if sealed:
@@ -311,6 +313,14 @@ def read_chain(connection: Connection, node: str, *, tables: LogTables = TABLES,
         stmt = stmt.where(t.c.seq <= upto)
     for row in connection.execute(stmt.order_by(t.c.seq, t.c.id).execution_options(yield_per=1000)):
         yield from_row(row)
+
+
+def head_of(engine: Engine, node: str, tables: LogTables = TABLES) -> tuple[int, str] | None:
+    """``node``'s chain head (seq, hash), or None when it has none yet."""
+    with translated("cannot read the send/receive log"), engine.connect() as connection:
+        row = connection.execute(select(tables.head.c.seq, tables.head.c.hash)
+                                 .where(tables.head.c.node == node)).first()
+    return None if row is None else (int(row.seq), str(row.hash))
 
 
 def heads(connection: Connection, tables: LogTables = TABLES) -> dict[str, Head]:

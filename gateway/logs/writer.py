@@ -34,7 +34,7 @@ Protocol: frames of an 8-byte big-endian length and a ``marshal`` dump
 (plain tuples of str, int, float, bool and None: a quarter of pickle's cost
 to the event loop, and nothing on this private socket pair needs more).  The
 parent sends one batch (a list of packed records) and awaits one reply —
-``("ok", count)`` once the batch is committed, or ``("error", transient,
+``("ok", count, seq, hash)`` (the chain's head) once the batch is committed, or ``("error", transient,
 reason)``.  The child owns its own engine on the same store URL.  It exits
 when the socket closes, so a gateway killed with -9 does not leave it
 behind; a child that dies is started again for the next try.  Processes come
@@ -77,8 +77,8 @@ log = logging.getLogger(__name__)
 class WriterProcess:
     """One writer process for one node's chain, driven from the event loop."""
 
-    def __init__(self, url: str, node: str, table: str) -> None:
-        self._args = (url, node, table)
+    def __init__(self, url: str, node: str, table: str, key: bytes | None = None) -> None:
+        self._args = (url, node, table, key)
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
         self._lock = asyncio.Lock()  # one batch at a time: replies are matched to requests by order
@@ -91,8 +91,9 @@ class WriterProcess:
         async with self._lock:
             await self._ensure()
 
-    async def commit(self, packed: list[tuple[Any, ...]]) -> int:
-        """Commit one batch of packed entries; returns how many records were written."""
+    async def commit(self, packed: list[tuple[Any, ...]]) -> tuple[int, int, str]:
+        """Commit one batch of packed entries; returns how many records were written and the
+        chain's head after them (seq, hash)."""
         async with self._lock:
             reader, writer = await self._ensure()
             try:
@@ -107,7 +108,7 @@ class WriterProcess:
                 await asyncio.shield(self._reap())  # the reply would answer the next batch otherwise
                 raise
         if reply[0] == "ok":
-            return int(reply[1])
+            return int(reply[1]), int(reply[2]), str(reply[3])
         raise WriterError(str(reply[2]), transient=bool(reply[1]))
 
     async def stop(self) -> None:
@@ -224,7 +225,7 @@ def _read_frame(stream: IO[bytes]) -> Any | None:
     return marshal.loads(data) if len(data) == length else None
 
 
-def _main(sock: socket.socket, url: str, node: str, table: str, idle: bool) -> None:
+def _main(sock: socket.socket, url: str, node: str, table: str, key: bytes | None, idle: bool) -> None:
     """The child: commit each batch it receives, answer, exit when the socket closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     if idle:
@@ -243,11 +244,12 @@ def _main(sock: socket.socket, url: str, node: str, table: str, idle: bool) -> N
                 try:
                     records = unpack_entries(packed)
                     with store.engine.begin() as connection:
-                        append(connection, records, node=node, tables=tables)
+                        sealed = append(connection, records, node=node, tables=tables, key=key)
                 except Exception as exc:  # every failure goes back to the parent, which decides
                     sock.sendall(_frame(("error", transient(exc), db_reason(exc))))
                 else:
-                    sock.sendall(_frame(("ok", len(records))))
+                    last = (sealed[-1].seq, sealed[-1].hash) if sealed else (0, "")
+                    sock.sendall(_frame(("ok", len(records), *last)))
         except OSError:
             return  # the parent went away mid-reply
         finally:

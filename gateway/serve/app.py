@@ -22,7 +22,7 @@ from gateway.jx import JX_MAILBOX, add_jx
 from gateway.keys import CLOCK, JOURNAL, LIVE, METRICS, NODE, SECURITY, STORE
 from gateway.logs.chain import archive
 from gateway.logs.clock import Clock
-from gateway.logs.commands import archive_dir
+from gateway.logs.commands import archive_dir, checkpoints_path, log_key
 from gateway.logs.journal import Journal
 from gateway.logs.records import LogRecord
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -101,7 +101,12 @@ def _log_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[None]]
         await clock.start()
         retention: asyncio.Task[None] | None = None
         if config.gateway.logs.enabled:
-            app[JOURNAL] = journal = Journal(app[STORE].engine, node=app[NODE])
+            key = log_key(config)
+            if key is None:
+                log.warning("no gateway.log_key: the send/receive log's chains are plain SHA-256, which "
+                            "the database's owner can recompute, and no checkpoints are written")
+            app[JOURNAL] = journal = Journal(app[STORE].engine, node=app[NODE], key=key,
+                                             checkpoints=None if key is None else checkpoints_path(config))
             await journal.start()
             if config.gateway.logs.retention_days:
                 retention = asyncio.create_task(_retain(app[STORE], config))
