@@ -43,7 +43,7 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from sqlalchemy import (
     Connection,
@@ -58,7 +58,7 @@ from .records import Entry, LogRecord, describe, pack
 from .tables import TABLES, LogTables, append, ensure_schema, head_of, transient
 from .writer import WriterProcess
 
-__all__ = ["Journal"]
+__all__ = ["Journal", "Durable", "CHECKPOINT_INTERVAL"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,10 @@ log = logging.getLogger(__name__)
 
 
 # -- the group-commit writer ---------------------------------------------------
+
+#: Becomes True once an entry is committed, False if it never will be (:meth:`Journal.record`).
+Durable = asyncio.Future[bool]
+_Item = tuple[Entry, "Durable | None"]
 
 #: How often a caller held back by a full log queue looks again (only under overload).
 _ADMIT_POLL = 0.005
@@ -108,7 +112,10 @@ class Journal:
         self.dropped = 0
         self.waits = 0
         self.last_error: str | None = None
-        self._queue: asyncio.Queue[Entry] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
+        self._waiting = 0
+        """Queued entries someone awaits durability of: no linger while there are any."""
+        self._hurry = asyncio.Event()
         if engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
             raise ValueError("the send/receive log needs a database file or server, not an in-memory SQLite")
         self._writer = WriterProcess(engine.url.render_as_string(hide_password=False), node, tables.log.name, key)
@@ -121,7 +128,7 @@ class Journal:
         self._written_in = False
         self._checkpointing: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._inflight: list[Entry] = []
+        self._inflight: list[_Item] = []
         self._closed = False
 
     async def start(self) -> None:
@@ -135,22 +142,39 @@ class Journal:
             await self._checkpoint()
             self._checkpointing = asyncio.create_task(self._checkpoint_loop(), name=f"checkpoints-{self.node}")
 
-    async def record(self, entry: Entry) -> None:
-        """Queue ``entry``; returns at once unless the queue is full (then waits up to ``max_wait``)."""
+    @overload
+    async def record(self, entry: Entry) -> None: ...
+    @overload
+    async def record(self, entry: Entry, *, durable: Literal[True]) -> Durable: ...
+
+    async def record(self, entry: Entry, *, durable: bool = False) -> Durable | None:
+        """Queue ``entry``; returns at once unless the queue is full (then waits up to ``max_wait``).
+
+        With ``durable``, returns a future that turns ``True`` once the entry is committed (or
+        ``False`` if it never will be: refused by the store, or given up at shutdown).  The writer
+        does not let a batch linger while someone waits for one of its entries: a caller holds an
+        answer back for it (:mod:`gateway.relay.handler`), and the batch forms anyway from what
+        arrives during the commit before it.
+        """
         if self._closed:
             raise JournalUnavailable("the send/receive log is closed")
+        done: Durable | None = asyncio.get_running_loop().create_future() if durable else None
+        item = (entry, done)
         try:
-            self._queue.put_nowait(entry)
-            return
+            self._queue.put_nowait(item)
         except asyncio.QueueFull:
             self.waits += 1
-        try:
-            async with asyncio.timeout(self.max_wait):
-                await self._queue.put(entry)
-        except TimeoutError:
-            raise JournalUnavailable(
-                f"the send/receive log is {self._queue.maxsize} records behind"
-                f" ({self.last_error or 'the store is slow'})") from None
+            try:
+                async with asyncio.timeout(self.max_wait):
+                    await self._queue.put(item)
+            except TimeoutError:
+                raise JournalUnavailable(
+                    f"the send/receive log is {self._queue.maxsize} records behind"
+                    f" ({self.last_error or 'the store is slow'})") from None
+        if done is not None:
+            self._waiting += 1
+            self._hurry.set()
+        return done
 
     async def admit(self) -> None:
         """Return once the log can take an exchange's records; raise :class:`JournalUnavailable` if it cannot.
@@ -195,13 +219,14 @@ class Journal:
             try:
                 await asyncio.wait_for(self._queue.join(), timeout)
             except TimeoutError:
-                for entry in self._inflight:
+                for entry, _done in self._inflight:
                     log.error("send/receive log: commit unfinished at shutdown, maybe not logged: %s",
                               describe(entry))
                 self._give_up(f"store unavailable at shutdown ({self.last_error})")
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._settle(self._inflight, False)
         self._give_up("the journal was closed before it was started")
         await self._writer.stop()
         if self._checkpointing is not None:
@@ -249,9 +274,13 @@ class Journal:
         while True:
             batch = self._inflight = [await self._queue.get()]
             # Let a batch gather (per-batch costs dominate small batches) for ``linger`` from when the
-            # previous one was taken: records that waited for its commit need not wait a linger more.
+            # previous one was taken: records that waited for its commit need not wait a linger more,
+            # nor any batch someone awaits (it gathers during the commit before it).
             if (rest := self.linger - (loop.time() - taken)) > 0 and self._queue.qsize() + 1 < self.batch_size:
-                await asyncio.sleep(rest)
+                self._hurry.clear()
+                if not self._waiting:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._hurry.wait(), rest)
             taken = loop.time()
             while len(batch) < self.batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
@@ -262,11 +291,11 @@ class Journal:
                 for _ in batch:
                     self._queue.task_done()
 
-    async def _commit(self, batch: list[Entry]) -> None:
+    async def _commit(self, batch: list[_Item]) -> None:
         backoff = 0.05
         while True:
             try:
-                written, seq, last = await self._writer.commit([pack(entry) for entry in batch])
+                written, seq, last = await self._writer.commit([pack(entry) for entry, _done in batch])
             except Exception as exc:  # the writer must survive anything one batch can cause
                 self.last_error = db_reason(exc)
                 if not transient(exc):
@@ -281,9 +310,16 @@ class Journal:
                 self.written += written
                 self.batches += 1
                 self.last_error = None
+                self._settle(batch, True)
                 return
 
-    async def _isolate(self, batch: list[Entry]) -> None:
+    def _settle(self, items: list[_Item], durable: bool) -> None:
+        for _entry, done in items:
+            if done is not None and not done.done():
+                done.set_result(durable)
+                self._waiting -= 1
+
+    async def _isolate(self, batch: list[_Item]) -> None:
         # A record the database refuses must not block the ones behind it: split until it is alone.
         if len(batch) > 1:
             half = len(batch) // 2
@@ -291,14 +327,16 @@ class Journal:
             await self._commit(batch[half:])
             return
         self.dropped += 1
+        self._settle(batch, False)
         log.error("send/receive log: record refused by the store (%s), not logged: %s",
-                  self.last_error, describe(batch[0]))
+                  self.last_error, describe(batch[0][0]))
 
     def _give_up(self, why: str) -> None:
         # Last resort: the records go to the process log rather than vanish.
         while not self._queue.empty():
-            entry = self._queue.get_nowait()
+            entry, done = item = self._queue.get_nowait()
             self._queue.task_done()
+            self._settle([item], False)
             self.dropped += 1
             log.error("send/receive log: %s, not logged: %s", why, describe(entry))
 

@@ -25,6 +25,10 @@ which is faster; anything bigger streams, so memory does not grow with size.
 Every exchange leaves two records in the send/receive log (capability G):
 one for the request, one for the response, with sizes and SHA-256 of the
 bytes as they passed.  A :class:`Trace` collects those facts on the way.
+No answer is complete before its records are durable (SPEC.md Version 2):
+an answer in memory is sent once the journal's group commit holds them, a
+streamed one holds back its last chunk until then; after a ``kill -9`` every
+exchange whose whole answer reached the caller is in the log.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 import aiohttp
@@ -80,6 +84,8 @@ log = logging.getLogger("bmrgw.relay")
 MAX_HOPS = 8
 #: Bodies up to this size are read whole instead of streamed.
 SMALL_BODY = 256 * 1024
+#: Seconds an answer waits for its exchange's records to be durable before the connection is cut.
+DURABLE_WAIT = 10.0
 
 #: Our Server header: the product, not the versions of the libraries under it.
 SERVER = "bmrgw"
@@ -236,25 +242,46 @@ class Relay:
                 response = await self._forward(request, exchange, body, trace)
         except (ConnectionResetError, asyncio.CancelledError):  # cancelled: cut off at the drain timeout
             trace.status = "error"
-            await self._finish(trace)
+            await self._finish(request, trace, answering=False)
             raise
         except GatewayError as exc:
             response = self._fault(exc, version, table.config.gateway.name, trace)
-        await self._finish(trace)
+        await self._finish(request, trace)  # an answer in memory leaves once its records are durable
         return response
 
-    async def _finish(self, trace: Trace) -> None:
+    async def _finish(self, request: web.Request, trace: Trace, *, answering: bool = True) -> None:
         self._metrics.observe(trace.label, trace.status, time.perf_counter() - trace.started)
+        if not trace.logged:
+            await self._log(request, trace, answering=answering)
+
+    async def _log(self, request: web.Request, trace: Trace, *, answering: bool = True) -> None:
+        """Log the exchange; when ``answering``, return only once its records are durable.
+
+        No answer leaves without its records (SPEC.md Version 2): if they cannot be made
+        durable, the connection is cut instead (ConnectionResetError), so the caller sees
+        no complete answer.
+        """
+        trace.logged = True
         if self._journal is None:
             return
         if trace.message_id is None:
             trace.message_id = new_message_id()
         exchange = trace.exchange(self._clock.read())
         try:
-            await self._journal.record(exchange)
-        except JournalUnavailable as exc:
-            # The answer is given already: never hide the exchange, say it loudly.
-            log.error("send/receive log unavailable (%s); exchange not logged: %s", exc.reason, describe(exchange))
+            if not answering:
+                await self._journal.record(exchange)
+                return
+            durable = await self._journal.record(exchange, durable=True)
+            async with asyncio.timeout(DURABLE_WAIT):
+                committed = await asyncio.shield(durable)
+        except (JournalUnavailable, TimeoutError) as exc:
+            reason = exc.reason if isinstance(exc, JournalUnavailable) else f"not durable within {DURABLE_WAIT:g} s"
+            log.error("send/receive log unavailable (%s); exchange not logged: %s", reason, describe(exchange))
+            committed = False
+        if answering and not committed:
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionResetError("the exchange's log records are not durable: answer withheld")
 
     async def _prepare(self, request: web.Request, table: RouteTable,
                        trace: Trace) -> tuple[Exchange, bytes | RequestBody]:
@@ -370,7 +397,7 @@ class Relay:
             if isinstance(body, RequestBody) and body.error is not None:
                 trace.forwarded = False
                 raise body.error
-            return await _respond(request, reply, exchange, trace)
+            return await _respond(request, reply, exchange, trace, lambda: self._log(request, trace))
         finally:
             reply.release()
 
@@ -463,9 +490,15 @@ def _reply_headers(reply: Reply, exchange: Exchange) -> CIMultiDict[str]:
     return headers
 
 
-async def _respond(request: web.Request, reply: Reply, exchange: Exchange,
-                   trace: Trace) -> web.StreamResponse:
-    """Pass the upstream's answer back unchanged (status, headers, body)."""
+async def _respond(request: web.Request, reply: Reply, exchange: Exchange, trace: Trace,
+                   durable: Callable[[], Awaitable[None]]) -> web.StreamResponse:
+    """Pass the upstream's answer back unchanged (status, headers, body).
+
+    A streamed answer's last chunk is held back until ``durable`` returns (the exchange's
+    records are committed): the caller never has the whole answer of an unlogged exchange.
+    An answer small enough to be read whole is returned, and the handler awaits the same before
+    aiohttp sends it.
+    """
     headers = _reply_headers(reply, exchange)
     trace.http_status = reply.status
     trace.status = "ok" if reply.status < 300 else "fault"
@@ -477,10 +510,13 @@ async def _respond(request: web.Request, reply: Reply, exchange: Exchange,
     if reply.content_length is not None:
         response.content_length = reply.content_length
     await response.prepare(request)
+    held: bytes | None = None
     try:
         async for chunk in reply.chunks():
             trace.sent_response(chunk)
-            await response.write(chunk)
+            if held is not None:
+                await response.write(held)
+            held = chunk
     except (UpstreamError, aiohttp.ClientError, TimeoutError) as exc:
         # The status line is already sent: the only honest signal left is to
         # cut the connection so the caller sees an incomplete answer.
@@ -488,5 +524,8 @@ async def _respond(request: web.Request, reply: Reply, exchange: Exchange,
         if request.transport is not None:
             request.transport.abort()
         raise ConnectionResetError("upstream broke off its answer") from exc
+    await durable()
+    if held is not None:
+        await response.write(held)
     await response.write_eof()
     return response

@@ -58,6 +58,8 @@ class Trace:
     response_digest: hashlib._Hash = field(default_factory=hashlib.sha256)
     http_status: int | None = None
     fault_code: str | None = None
+    logged: bool = False
+    """The exchange's records were handed to the log (before the last bytes of a streamed answer)."""
     status: str = "ok"
 
     def took_request(self, chunk: bytes) -> None:
