@@ -295,7 +295,8 @@ class Journal:
         backoff = 0.05
         while True:
             try:
-                written, seq, last = await self._writer.commit([pack(entry) for entry, _done in batch])
+                written, seq, last = await self._writer.commit([pack(entry) for entry, _done in batch],
+                                                               urgent=any(done is not None for _e, done in batch))
             except Exception as exc:  # the writer must survive anything one batch can cause
                 self.last_error = db_reason(exc)
                 if not transient(exc):

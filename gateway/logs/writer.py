@@ -23,7 +23,10 @@ the catch-up needs the CPU, not the batches after it (staying boosted for
 the time under the bench's load, bench/PROFILE.md).  Leaving ``SCHED_IDLE``
 needs ``RLIMIT_NICE`` ≥ 20 or CAP_SYS_NICE (sched(7)); where the gateway has
 neither (a systemd unit without ``LimitNICE=20``, a container without the
-capability) the child simply stays at normal priority.
+capability) the child simply stays at normal priority.  A batch that answers
+wait for (:meth:`gateway.logs.journal.Journal.record` with ``durable``) is
+urgent: the child runs it at normal priority from the start, since every
+caller's answer waits for its commit.
 
 The gateway's side is asyncio: a batch is written to the socket and the
 reply awaited on the event loop itself.  No thread waits on the child, so no
@@ -91,15 +94,18 @@ class WriterProcess:
         async with self._lock:
             await self._ensure()
 
-    async def commit(self, packed: list[tuple[Any, ...]]) -> tuple[int, int, str]:
+    async def commit(self, packed: list[tuple[Any, ...]], *, urgent: bool = False) -> tuple[int, int, str]:
         """Commit one batch of packed entries; returns how many records were written and the
-        chain's head after them (seq, hash)."""
+        chain's head after them (seq, hash).  An ``urgent`` batch (answers wait for it) runs at
+        normal priority: an idle-priority writer would make every answer wait for idle CPU."""
         async with self._lock:
             reader, writer = await self._ensure()
+            if urgent:
+                self._prioritise(boost=True, why="answers wait for this batch")
             try:
                 writer.write(_frame(packed))
                 await writer.drain()
-                reply = await self._reply(reader)
+                reply = await self._reply(reader, urgent)
             except (ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
                 await self._reap()
                 raise WriterError(f"the log writer process stopped ({exc or type(exc).__name__})",
@@ -116,7 +122,7 @@ class WriterProcess:
         async with self._lock:
             await self._reap(_STOP_TIMEOUT)
 
-    async def _reply(self, reader: asyncio.StreamReader) -> Any:
+    async def _reply(self, reader: asyncio.StreamReader, urgent: bool = False) -> Any:
         """The child's reply; boosts the child if it is late, lets it yield again once it is prompt."""
         receiving = asyncio.ensure_future(_receive(reader))
         try:
@@ -127,11 +133,11 @@ class WriterProcess:
                 return await receiving
         finally:
             receiving.cancel()  # no-op once done; stops the read if the commit itself was cancelled
-        if self.boosted:
+        if self.boosted and not urgent:
             self._prioritise(boost=False)
         return reply
 
-    def _prioritise(self, *, boost: bool) -> None:
+    def _prioritise(self, *, boost: bool, why: str | None = None) -> None:
         if not self.yields or self._process is None or self._process.pid is None or boost == self.boosted:
             return
         policy = os.SCHED_OTHER if boost else os.SCHED_IDLE
@@ -141,8 +147,10 @@ class WriterProcess:
             log.debug("send/receive log: cannot change the writer's priority: %s", exc)
             return
         self.boosted = boost
-        if boost:
+        if boost and why is None:
             log.info("send/receive log: the writer was late (> %g s); running it at normal priority", _PATIENCE)
+        elif boost:
+            log.debug("send/receive log: running the writer at normal priority: %s", why)
 
     async def _ensure(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """The streams to a running child, started (and connected to the store) if need be."""
