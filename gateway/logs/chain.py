@@ -50,9 +50,9 @@ from gateway.store import snapshot
 
 from .key import Checkpoint
 from .records import GENESIS, LogRecord, chain_hash
-from .tables import TABLES, Head, LogFilter, LogTables, has_log, heads, read_chain, translated
+from .tables import TABLES, Head, LogTables, has_log, heads, read_chain, translated
 
-__all__ = ["verify", "archive", "read_archives", "Problem", "Report", "ArchiveResult", "ARCHIVE_FORMAT"]
+__all__ = ["verify", "archive", "archive_header", "Problem", "Report", "ArchiveResult", "ARCHIVE_FORMAT"]
 
 ARCHIVE_FORMAT = "bmrgw-log-archive/1"
 
@@ -304,7 +304,7 @@ class Anchor:
     """The file holding this chain's records before these."""
 
 
-def _header(path: Path) -> dict[str, Any]:
+def archive_header(path: Path) -> dict[str, Any]:
     try:
         with gzip.open(path, "rt", encoding="utf-8") as fh:
             header = json.loads(fh.readline())
@@ -317,7 +317,7 @@ def _header(path: Path) -> dict[str, Any]:
 
 def _anchor(path: Path, node: str) -> Anchor:
     try:
-        return Anchor(**_header(path)["chains"][node])
+        return Anchor(**archive_header(path)["chains"][node])
     except (KeyError, TypeError) as exc:
         raise ArchiveUnreadable(f"{path.name}: no anchor for chain {node}") from exc
 
@@ -381,43 +381,6 @@ def _walk_archive(walk: _Walk, path: Path, anchor: Anchor) -> None:
     if (walk.seq, walk.hash) != (anchor.last_seq, anchor.hash):
         walk.problem("archive", anchor.first_seq, anchor.last_seq,
                      f"{where}: closing anchor does not match its records")
-
-
-def read_archives(directory: Path, filters: LogFilter = LogFilter(), *,
-                  tables: LogTables = TABLES) -> Iterator[LogRecord]:
-    """Matching records of the archive files in ``directory``, file by file (oldest file first),
-    each file's by time; files whose records are all older than ``filters.since`` are not opened
-    past their first line.  A missing directory holds no archives (it is not created)."""
-    for path in sorted(directory.glob(f"{tables.log.name}-*.jsonl.gz")):
-        if filters.since is not None and not _may_reach(path, filters.since):
-            continue
-        found = [record for record in _all_archived(path) if filters.matches(record)]
-        found.sort(key=lambda r: (r.ts, r.node, r.seq))
-        yield from found
-
-
-def _may_reach(path: Path, since: datetime) -> bool:
-    """Whether the archive may hold a record at or after ``since`` (every record in it is older
-    than its ``before``: an archive run moves only records older than that)."""
-    try:
-        before = datetime.fromisoformat(str(_header(path).get("before")))
-    except ValueError:
-        return True  # read it: better a slow answer than a record left out
-    return _utc(before) > _utc(since)
-
-
-def _utc(value: datetime) -> datetime:
-    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _all_archived(path: Path) -> Iterator[LogRecord]:
-    try:
-        with gzip.open(path, "rt", encoding="utf-8") as fh:
-            fh.readline()
-            for line in fh:
-                yield LogRecord.from_json(json.loads(line))
-    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ArchiveUnreadable(f"{path.name}: {exc}") from exc
 
 
 # -- archiving -----------------------------------------------------------------

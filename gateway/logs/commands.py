@@ -35,7 +35,8 @@ from gateway.store import Store, existing_url
 from gateway.terminal import ConfigOption, add_db_option, db_url, display_width, pad, table
 from routing.config import Config, load_config
 
-from .chain import Problem, Report, archive, read_archives, verify
+from .archives import read_archives
+from .chain import Problem, Report, archive, verify
 from .clock import Sample, combined_offset, parse_server, query_all
 from .key import CHECKPOINTS, Checkpoint, load_key, read_checkpoints, write_key
 from .records import FIELDS, LogRecord

@@ -26,9 +26,7 @@ Every exchange leaves two records in the send/receive log (capability G):
 one for the request, one for the response, with sizes and SHA-256 of the
 bytes as they passed.  A :class:`Trace` collects those facts on the way.
 No answer is complete before its records are durable (SPEC.md Version 2):
-an answer in memory is sent once the journal's group commit holds them, a
-streamed one holds back its last chunk until then; after a ``kill -9`` every
-exchange whose whole answer reached the caller is in the log.
+a streamed answer holds back its last chunk until the group commit holds them.
 """
 
 from __future__ import annotations
@@ -255,12 +253,8 @@ class Relay:
             await self._log(request, trace, answering=answering)
 
     async def _log(self, request: web.Request, trace: Trace, *, answering: bool = True) -> None:
-        """Log the exchange; when ``answering``, return only once its records are durable.
-
-        No answer leaves without its records (SPEC.md Version 2): if they cannot be made
-        durable, the connection is cut instead (ConnectionResetError), so the caller sees
-        no complete answer.
-        """
+        """Log the exchange; when ``answering``, return once its records are durable, or cut the
+        connection (ConnectionResetError) if they cannot be: no complete answer without them."""
         trace.logged = True
         if self._journal is None:
             return
@@ -492,13 +486,8 @@ def _reply_headers(reply: Reply, exchange: Exchange) -> CIMultiDict[str]:
 
 async def _respond(request: web.Request, reply: Reply, exchange: Exchange, trace: Trace,
                    durable: Callable[[], Awaitable[None]]) -> web.StreamResponse:
-    """Pass the upstream's answer back unchanged (status, headers, body).
-
-    A streamed answer's last chunk is held back until ``durable`` returns (the exchange's
-    records are committed): the caller never has the whole answer of an unlogged exchange.
-    An answer small enough to be read whole is returned, and the handler awaits the same before
-    aiohttp sends it.
-    """
+    """Pass the upstream's answer back unchanged (status, headers, body); a streamed answer's last
+    chunk waits for ``durable`` (an answer read whole is returned: the handler waits before sending)."""
     headers = _reply_headers(reply, exchange)
     trace.http_status = reply.status
     trace.status = "ok" if reply.status < 300 else "fault"
