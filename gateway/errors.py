@@ -56,8 +56,7 @@ HTTP status of the fault response::
     ├── ReplayStoreUnavailable(RuntimeError)        503   the replay records cannot be read or written
     └── StoreUnavailable(RuntimeError)              503   the store cannot be reached
     GatewayError
-    ├── ArchiveUnreadable(ValueError)                     a log archive file is missing or malformed
-    └── StoreMissing(FileNotFoundError)                   a read-only command names a store that is not there
+    └── ArchiveUnreadable(ValueError)                     a log archive file is missing or malformed
 
     Command-line programs (their errors end a command with a message, never a traceback):
     GatewayError
@@ -85,7 +84,7 @@ __all__ = [
     "TooManyRequests", "EndpointBusy", "GatewayBusy", "UnknownDataset", "UnknownPush", "InvalidRecord",
     "InvalidRequest", "VersionChanged", "RefdbUnavailable", "DuplicateMessageId", "UnknownDocument",
     "DocumentStoreError", "UnsafeFileName", "ChecksumMismatch", "ZipBomb", "SenderMismatch", "StorageFailed",
-    "JournalUnavailable", "WriterError", "ReplayStoreUnavailable", "StoreUnavailable", "ArchiveUnreadable", "StoreMissing",
+    "JournalUnavailable", "WriterError", "ReplayStoreUnavailable", "StoreUnavailable", "ArchiveUnreadable",
     "CommandError", "PollError", "SendError", "RemoteFault", "FileError", "LoginThrottled", "LoginBusy",
     "QuotaExceeded", "InsufficientStorage",
 ]
@@ -393,12 +392,6 @@ class ArchiveUnreadable(GatewayError, ValueError):
     """Raised when a log archive file is missing or not a well-formed archive."""
 
     code = "ArchiveUnreadable"
-
-
-class StoreMissing(GatewayError, FileNotFoundError):
-    """Raised when a read-only command names a SQLite store that does not exist (it never creates one)."""
-
-    code = "StoreMissing"
 
 
 # -- command-line programs -------------------------------------------------------

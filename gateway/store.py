@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
-from gateway.errors import StoreMissing, StoreUnavailable
+from gateway.errors import StoreUnavailable
 from routing.config import Config
 
 from .errors import ConfigError
@@ -92,7 +92,7 @@ def database_url(config: Config) -> str:
 
 def existing_url(config: Config, *, read_only: bool = True) -> str:
     """``gateway.db`` for commands that must not create a store: a SQLite file must exist
-    (:class:`StoreMissing` otherwise), and is opened read-only (``mode=ro``) when ``read_only``.
+    (:class:`StoreUnavailable` otherwise), and is opened read-only (``mode=ro``) when ``read_only``.
 
     :func:`database_url` creates the folder of a SQLite file, and SQLite creates a missing file
     on connect: a mistyped ``--db`` would come back as an empty, "clean" store.
@@ -104,10 +104,10 @@ def existing_url(config: Config, *, read_only: bool = True) -> str:
     if url.get_backend_name() != "sqlite":
         return database_url(config)
     if url.database in (None, "", ":memory:"):
-        raise StoreMissing(f"{config.gateway.db} is an in-memory database: there is no store to read")
+        raise StoreUnavailable(f"{config.gateway.db} is an in-memory database: there is no store to read")
     path = config.resolve_path(url.database)
     if not path.is_file():
-        raise StoreMissing(f"the store {path} does not exist (gateway.db or --db)")
+        raise StoreUnavailable(f"the store {path} does not exist (gateway.db or --db)")
     if read_only:
         url = url.set(database=f"file:{path}", query={**url.query, "mode": "ro", "uri": "true"})
     else:

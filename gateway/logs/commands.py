@@ -38,12 +38,11 @@ from routing.config import Config, load_config
 from .archives import read_archives
 from .chain import Problem, Report, archive, verify
 from .clock import Sample, combined_offset, parse_server, query_all
-from .key import CHECKPOINTS, Checkpoint, load_key, read_checkpoints, write_key
+from .key import CHECKPOINTS, Checkpoint, checkpoints_path, log_key, read_checkpoints, write_key
 from .records import FIELDS, LogRecord
 from .tables import LogFilter, head_seqs, read, read_new
 
-__all__ = ["add_logs_command", "add_time_command", "parse_time", "follow", "archive_dir", "log_key",
-           "checkpoints_path"]
+__all__ = ["add_logs_command", "add_time_command", "parse_time", "follow", "archive_dir"]
 
 
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
@@ -189,18 +188,6 @@ def _open(args: argparse.Namespace, *, read_only: bool = True) -> tuple[Config, 
 def archive_dir(config: Config) -> Path:
     """Where archived log records go unless told otherwise: ``<data_dir>/log-archive``."""
     return config.resolve_path(config.gateway.data_dir) / ARCHIVE_SUBDIR
-
-
-def log_key(config: Config) -> bytes | None:
-    """The key of ``gateway.log_key``, or None when there is none."""
-    return None if config.gateway.log_key is None else load_key(config.gateway.log_key)
-
-
-def checkpoints_path(config: Config) -> Path:
-    """``gateway.log_checkpoints``, by default ``<data_dir>/log-checkpoints.jsonl``."""
-    if config.gateway.log_checkpoints is not None:
-        return Path(config.gateway.log_checkpoints)
-    return config.resolve_path(config.gateway.data_dir) / CHECKPOINTS
 
 
 def _archive_dir(args: argparse.Namespace, config: Config) -> Path:

@@ -31,17 +31,33 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.errors import ConfigError
 
+if TYPE_CHECKING:
+    from routing.config import Config
+
 __all__ = ["KEY_BYTES", "CHECKPOINTS", "Checkpoint", "load_key", "write_key", "append_checkpoint",
-           "create_checkpoints", "read_checkpoints"]
+           "create_checkpoints", "read_checkpoints", "log_key", "checkpoints_path"]
 
 KEY_BYTES = 32
 #: Default checkpoint file, under ``gateway.data_dir``.
 CHECKPOINTS = "log-checkpoints.jsonl"
 #: Domain separation: a checkpoint's MAC can never pass for a chain link, nor the other way round.
 _CHECKPOINT_MAC = b"bmrgw-log-checkpoint/1\n"
+
+
+def log_key(config: Config) -> bytes | None:
+    """The key of ``gateway.log_key``, or None when there is none."""
+    return None if config.gateway.log_key is None else load_key(config.gateway.log_key)
+
+
+def checkpoints_path(config: Config) -> Path:
+    """``gateway.log_checkpoints``, by default ``<data_dir>/log-checkpoints.jsonl``."""
+    if config.gateway.log_checkpoints is not None:
+        return Path(config.gateway.log_checkpoints)
+    return config.resolve_path(config.gateway.data_dir) / CHECKPOINTS
 
 
 def load_key(path: str | Path) -> bytes:
