@@ -256,3 +256,21 @@ async def test_a_gateway_with_a_key_writes_keyed_links_and_checkpoints(
         assert not verify(store.engine, None).ok  # keyed links are no plain SHA-256
     finally:
         store.close()
+
+
+def test_jx_put_from_the_command_line_appends_keyed_links(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BMRGW_DB_URL", raising=False)
+    assert main(["logs", "keygen", str(tmp_path / "log.key")]) == 0
+    config = tmp_path / "endpoints.yaml"
+    config.write_text(f"gateway:\n  name: dc-cli\n  db: sqlite:///{tmp_path}/jx.db\n  data_dir: {tmp_path}/var\n"
+                      "  log_key: log.key\n", encoding="utf-8")
+    document = tmp_path / "doc.txt"
+    document.write_bytes(b"to the city hall")
+    assert main(["jx", "put", str(document), "--to", "1310001", "--config", str(config)]) == 0
+    store = Store(f"sqlite:///{tmp_path}/jx.db")
+    try:
+        report = verify(store.engine, None, key=load_key(tmp_path / "log.key"))
+        assert report.ok and report.chains["dc-cli"].last_seq == 1
+    finally:
+        store.close()

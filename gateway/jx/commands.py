@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import inspect
 
 from gateway.logs.clock import Clock
+from gateway.logs.key import log_key
 from gateway.logs.commands import parse_time
 from gateway.logs.records import LogRecord
 from gateway.logs.tables import append, ensure_schema
@@ -272,5 +273,6 @@ def _cli_log(store: DocumentStore, config: Config) -> Callable[[Any, LogRecord],
     if not config.gateway.logs.enabled:
         return lambda connection, record: None
     ensure_schema(store.engine)
-    return lambda connection, record: append(connection, [record], node=config.gateway.name)
+    key = log_key(config)  # the chain is keyed: a plain link from here would read as a forgery
+    return lambda connection, record: append(connection, [record], node=config.gateway.name, key=key)
 
