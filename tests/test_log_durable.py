@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import random
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,10 +20,13 @@ import aiohttp
 import pytest
 from sqlalchemy import create_engine
 
+from gateway.logs.journal import Journal
 from gateway.logs.tables import LogFilter, read
+from gateway.store import Store
 
 from .conftest import GatewayProcess, RecordingBackend, message, soap11_headers
 from .pg import pg_schema
+from .test_journal import chain, entry, store  # noqa: F401  (store: fixture)
 
 CALLERS = 200
 ROUNDS = 5
@@ -87,3 +91,20 @@ async def test_kill_9_leaves_every_answered_exchange_in_the_log(
         assert not missing, f"round {round_}: {len(missing)} of {len(answered)} answered exchanges not logged"
         totals.append(len(answered))
     print(f"answered before kill -9, per round: {totals}")
+
+
+async def test_a_durable_future_turns_true_only_once_the_record_is_committed(store: Store) -> None:
+    journal = Journal(store.engine, "dc-east", linger=5.0)  # a linger no waiting caller may pay
+    await journal.start()
+    try:
+        started = time.monotonic()
+        done = await journal.record(entry(0), durable=True)
+        assert await asyncio.wait_for(done, 2.0) is True
+        assert time.monotonic() - started < 2.0
+        assert [r.message_id for r in chain(store.engine, "dc-east")] == ["m-0"]
+        poisoned = entry(1)
+        object.__setattr__(poisoned, "bytes_in", 2**70)  # the store refuses it
+        refused = await journal.record(poisoned, durable=True)
+        assert await asyncio.wait_for(refused, 5.0) is False
+    finally:
+        await journal.close()

@@ -226,7 +226,6 @@ class Journal:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            self._settle(self._inflight, False)
         self._give_up("the journal was closed before it was started")
         await self._writer.stop()
         if self._checkpointing is not None:
@@ -287,6 +286,7 @@ class Journal:
             try:
                 await self._commit(batch)
             finally:
+                self._settle(batch, False)  # only what is still open: cancelled at shutdown mid-commit
                 self._inflight = []
                 for _ in batch:
                     self._queue.task_done()
