@@ -57,7 +57,7 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     path = write_config(tmp_path / "endpoints.yaml")
     store = Store(f"sqlite:///{tmp_path}/log.db")
     ensure_schema(store.engine)
-    at = NOW - timedelta(hours=3)
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)  # not import time: --since 1h is now
     write(store.engine, "dc-east", [
         entry(0, ts=at, message_id="m-1"),
         entry(1, ts=at + timedelta(minutes=1), message_id="m-1", direction="response"),
