@@ -34,12 +34,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from typing import Protocol
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 
 from attachments.mime import CT_RELATED, RootExtractor, parse_related
 from gateway.errors import (
@@ -53,7 +52,6 @@ from gateway.errors import (
     RequestTimeout,
     RoutingLoop,
     UnsupportedMediaType,
-    UpstreamError,
 )
 from gateway.ids import new_message_id
 from gateway.logs.clock import Clock
@@ -71,22 +69,19 @@ from routing.table import Route, RouteTable
 from routing.watch import LiveTable
 
 from .resilience import may_have_sent, sent_to
+from .answer import SERVER, SMALL_BODY, respond
 from .trace import Exchange, Trace, check_loggable
-from .upstream import Reply, Upstream
+from .upstream import Upstream
 
-__all__ = ["Relay", "Deposit", "MAX_HOPS", "SMALL_BODY"]
+__all__ = ["Relay", "Deposit", "MAX_HOPS", "SMALL_BODY", "SERVER"]
 
 log = logging.getLogger("bmrgw.relay")
 
 #: A message that already passed more gateways than this is refused as a loop.
 MAX_HOPS = 8
-#: Bodies up to this size are read whole instead of streamed.
-SMALL_BODY = 256 * 1024
 #: Seconds an answer waits for its exchange's records to be durable before the connection is cut.
 DURABLE_WAIT = 10.0
 
-#: Our Server header: the product, not the versions of the libraries under it.
-SERVER = "bmrgw"
 #: Bodies in memory are parsed in slices of this size, stopping after the Header.
 _SCAN_SLICE = 8192
 
@@ -95,11 +90,6 @@ _SCAN_SLICE = 8192
 # stays at the gateway.
 _FORWARD_REQUEST = ("Content-Type", H_SOAPACTION, "Content-Length", "Accept", "Accept-Encoding",
                     "Accept-Language", "User-Agent")
-# Response headers the gateway sets itself or that describe one hop only.
-_DROP_RESPONSE = frozenset(h.lower() for h in (
-    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Connection", "TE", "Trailer",
-    "Transfer-Encoding", "Upgrade", "Content-Length", "Date", "Server",
-))
 
 
 def passed_gateways(via: str) -> list[str]:
@@ -391,7 +381,7 @@ class Relay:
             if isinstance(body, RequestBody) and body.error is not None:
                 trace.forwarded = False
                 raise body.error
-            return await _respond(request, reply, exchange, trace, lambda: self._log(request, trace))
+            return await respond(request, reply, exchange, trace, lambda: self._log(request, trace))
         finally:
             reply.release()
 
@@ -475,46 +465,3 @@ def _scan(scanner: HeadScanner, whole: bytes) -> EnvelopeHead:
         if head is not None:
             return head
     return scanner.finish()
-
-
-def _reply_headers(reply: Reply, exchange: Exchange) -> CIMultiDict[str]:
-    headers = CIMultiDict((k, v) for k, v in reply.headers.items() if k.lower() not in _DROP_RESPONSE)
-    headers[H_MESSAGE_ID] = exchange.message_id
-    headers["Server"] = SERVER
-    return headers
-
-
-async def _respond(request: web.Request, reply: Reply, exchange: Exchange, trace: Trace,
-                   durable: Callable[[], Awaitable[None]]) -> web.StreamResponse:
-    """Pass the upstream's answer back unchanged (status, headers, body); a streamed answer's last
-    chunk waits for ``durable`` (an answer read whole is returned: the handler waits before sending)."""
-    headers = _reply_headers(reply, exchange)
-    trace.http_status = reply.status
-    trace.status = "ok" if reply.status < 300 else "fault"
-    if reply.content_length is not None and reply.content_length <= SMALL_BODY:
-        body = await reply.read()
-        trace.sent_response(body)
-        return web.Response(status=reply.status, reason=reply.reason, body=body, headers=headers)
-    response = web.StreamResponse(status=reply.status, reason=reply.reason, headers=headers)
-    if reply.content_length is not None:
-        response.content_length = reply.content_length
-    await response.prepare(request)
-    held: bytes | None = None
-    try:
-        async for chunk in reply.chunks():
-            trace.sent_response(chunk)
-            if held is not None:
-                await response.write(held)
-            held = chunk
-    except (UpstreamError, aiohttp.ClientError, TimeoutError) as exc:
-        # The status line is already sent: the only honest signal left is to
-        # cut the connection so the caller sees an incomplete answer.
-        log.warning("%s broke off its answer to message %s: %s", exchange.route.endpoint, exchange.message_id, exc)
-        if request.transport is not None:
-            request.transport.abort()
-        raise ConnectionResetError("upstream broke off its answer") from exc
-    await durable()
-    if held is not None:
-        await response.write(held)
-    await response.write_eof()
-    return response

@@ -1,0 +1,79 @@
+"""Passing an endpoint's answer back to the caller (the relay's last step, :mod:`gateway.relay.handler`).
+
+Status, headers (less the hop-by-hop ones) and body unchanged; a small answer is
+read whole, a bigger one streams, and its last chunk waits until the exchange's
+log records are durable (SPEC.md Version 2, "no answered exchange without its
+record").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.errors import UpstreamError
+from gateway.ns import H_MESSAGE_ID
+
+from .trace import Exchange, Trace
+from .upstream import Reply
+
+__all__ = ["respond", "SERVER", "SMALL_BODY"]
+
+log = logging.getLogger("bmrgw.relay")
+
+#: Bodies up to this size are read whole instead of streamed.
+SMALL_BODY = 256 * 1024
+#: Our Server header: the product, not the versions of the libraries under it.
+SERVER = "bmrgw"
+# Response headers the gateway sets itself or that describe one hop only.
+_DROP_RESPONSE = frozenset(h.lower() for h in (
+    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Connection", "TE", "Trailer",
+    "Transfer-Encoding", "Upgrade", "Content-Length", "Date", "Server",
+))
+
+
+def _reply_headers(reply: Reply, exchange: Exchange) -> CIMultiDict[str]:
+    headers = CIMultiDict((k, v) for k, v in reply.headers.items() if k.lower() not in _DROP_RESPONSE)
+    headers[H_MESSAGE_ID] = exchange.message_id
+    headers["Server"] = SERVER
+    return headers
+
+
+async def respond(request: web.Request, reply: Reply, exchange: Exchange, trace: Trace,
+                   durable: Callable[[], Awaitable[None]]) -> web.StreamResponse:
+    """Pass the upstream's answer back unchanged (status, headers, body); a streamed answer's last
+    chunk waits for ``durable`` (an answer read whole is returned: the handler waits before sending)."""
+    headers = _reply_headers(reply, exchange)
+    trace.http_status = reply.status
+    trace.status = "ok" if reply.status < 300 else "fault"
+    if reply.content_length is not None and reply.content_length <= SMALL_BODY:
+        body = await reply.read()
+        trace.sent_response(body)
+        return web.Response(status=reply.status, reason=reply.reason, body=body, headers=headers)
+    response = web.StreamResponse(status=reply.status, reason=reply.reason, headers=headers)
+    if reply.content_length is not None:
+        response.content_length = reply.content_length
+    await response.prepare(request)
+    held: bytes | None = None
+    try:
+        async for chunk in reply.chunks():
+            trace.sent_response(chunk)
+            if held is not None:
+                await response.write(held)
+            held = chunk
+    except (UpstreamError, aiohttp.ClientError, TimeoutError) as exc:
+        # The status line is already sent: the only honest signal left is to
+        # cut the connection so the caller sees an incomplete answer.
+        log.warning("%s broke off its answer to message %s: %s", exchange.route.endpoint, exchange.message_id, exc)
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("upstream broke off its answer") from exc
+    await durable()
+    if held is not None:
+        await response.write(held)
+    await response.write_eof()
+    return response
