@@ -36,7 +36,7 @@ RAW = _HERE / "out" / "results.json"
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = Settings(duration=args.duration, warmup=args.warmup, targets=args.targets, file_mib=args.file_mib,
-                        soak=args.soak_duration)
+                        soak=args.soak_duration, attack=args.attack_duration)
     chosen = [s for s in SCENARIOS if not args.only or s.name in args.only]
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="size of the file in the file-transfer scenario (default: 1024)")
     p.add_argument("--soak-duration", type=int, default=600, metavar="S",
                    help="seconds the soak scenario runs (default: 600; e.g. 30 for a smoke run)")
+    p.add_argument("--attack-duration", type=int, default=60, metavar="S",
+                   help="seconds the attack scenario attacks, after its quiet phase (default: 60)")
     p.add_argument("--no-write", action="store_true", help="print only; do not write bench/RESULTS.md")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (configs, server logs)")
     p.add_argument("--bmrgw", type=Path, metavar="PATH", help="the bmrgw executable (default: the venv's)")

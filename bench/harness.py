@@ -36,6 +36,8 @@ class Settings:
     file_mib: int = 1024
     #: Seconds the soak scenario runs.
     soak: float = 600.0
+    #: Seconds the attack scenario attacks (after its quiet phase).
+    attack: float = 60.0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,6 +7,7 @@ Section`` (see ``harness.Scenario``) and append an instance here.
 
 from __future__ import annotations
 
+from .attack import Attack
 from .files import FileTransfer
 from .harness import Scenario
 from .jx import JxCycles
@@ -55,4 +56,5 @@ SCENARIOS: tuple[Scenario, ...] = (
     Workers(),
     Isolation(),
     Soak(),
+    Attack(),
 )
