@@ -84,6 +84,21 @@ _ROLES = ("honest", "dtd", "idle", "flood", "quota")
 _MIB = 1024
 
 
+#: What an attacker left out (``BMRGW_BENCH_ATTACKERS``) reports: nothing.
+_NOT_RUN: dict[str, Any] = {"answers": {}, "latencies_ms": [], "paths": {}, "lifetimes_s": [], "peak_open": 0,
+                            "opened": 0, "cpu_s": 0.0, "wall_s": 1.0, "not_run": True}
+
+
+def _chosen_attackers() -> list[str]:
+    """All attackers, or (to find out which one hurts, never for a recorded verdict: the checks then
+    say INVALID) only those named in ``BMRGW_BENCH_ATTACKERS``, e.g. ``flood,dtd``."""
+    named = [r for r in os.environ.get("BMRGW_BENCH_ATTACKERS", "").split(",") if r]
+    unknown = sorted(set(named) - set(_ROLES[1:]))
+    if unknown:
+        raise BenchError(f"BMRGW_BENCH_ATTACKERS: unknown attacker {', '.join(unknown)}; of: {', '.join(_ROLES[1:])}")
+    return [r for r in _ROLES[1:] if not named or r in named]
+
+
 def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
@@ -129,11 +144,13 @@ class Attack:
             procs = {"honest": _spawn(bench, exits, "honest", {**spec, "start": start, "end": honest_end})}
             watch = _Watch(server)
             watch.until(attack_at - 1.5, mark={start + self.warmup: "quiet", attack_at: "attack"})
-            for role in _ROLES[1:]:
+            chosen = _chosen_attackers()
+            for role in chosen:
                 procs[role] = _spawn(bench, exits, role, {**spec, "start": attack_at, "end": attack_end})
-            bench.log(f"attack: attackers started ({', '.join(_ROLES[1:])})")
+            bench.log(f"attack: attackers started ({', '.join(chosen)})")
             watch.until(honest_end + 0.5, mark={attack_at: "attack", attack_end: "end"})
             results = {role: p.finish(timeout=60) for role, p in procs.items()}
+            results.update({role: _NOT_RUN for role in _ROLES if role not in results})
             if server.process.poll() is not None:
                 raise BenchError(f"the gateway died during the attack:\n{server.log_tail()}")
             watch.sample()
@@ -157,6 +174,7 @@ gateway:
   db: "sqlite:///{data}/bmrgw.db"
   data_dir: "{data}"
   limits: {{max_connections: 2000}}
+  logs: {{enabled: {"false" if os.environ.get("BMRGW_BENCH_ATTACK_NOLOG") else "true"}}}
   jx: {{max_pending_documents: {self.quota_documents}}}
 clients:
   honest:
@@ -257,6 +275,9 @@ refdb:
     def _attack_problems(self, results: dict[str, dict[str, Any]]) -> list[str]:
         """Reasons the attack was weaker than designed (a verdict on it would be worth nothing)."""
         problems = []
+        left_out = [role for role in _ROLES[1:] if results[role].get("not_run")]
+        if left_out:
+            return [f"attackers left out (BMRGW_BENCH_ATTACKERS): {', '.join(left_out)}"]
         idle = results["idle"]
         if idle["peak_open"] < 0.9 * self.idle_sockets:
             problems.append(f"only {idle['peak_open']} idle sockets were open at once")
