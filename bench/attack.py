@@ -247,7 +247,8 @@ refdb:
             "worker) are not counted. A failure is anything but HTTP 200 with an EchoResponse.",
             f"p99 under attack ÷ quiet: {ratio:.2f} × (target < {self.p99_ratio_limit:g} ×)." if ratio else
             "no p99 ratio: no quiet samples",
-            "Gateway: `bmrgw serve --workers 2`, log on, header_timeout 10 s and keepalive_timeout 30 s "
+            f"Gateway: `bmrgw serve --workers 2`, log {'off' if os.environ.get('BMRGW_BENCH_ATTACK_NOLOG') else 'on'}, "
+            "header_timeout 10 s and keepalive_timeout 30 s "
             "(defaults), max_connections 2000, no per-address cap (the default), "
             f"jx.max_pending_documents {self.quota_documents}; demo backend answering at once.",
             "CPU (% of one core) — gateway, all processes: "
@@ -275,9 +276,12 @@ refdb:
     def _attack_problems(self, results: dict[str, dict[str, Any]]) -> list[str]:
         """Reasons the attack was weaker than designed (a verdict on it would be worth nothing)."""
         problems = []
+        if os.environ.get("BMRGW_BENCH_ATTACK_NOLOG"):
+            problems.append("send/receive log off (BMRGW_BENCH_ATTACK_NOLOG)")
         left_out = [role for role in _ROLES[1:] if results[role].get("not_run")]
         if left_out:
-            return [f"attackers left out (BMRGW_BENCH_ATTACKERS): {', '.join(left_out)}"]
+            problems.append(f"attackers left out (BMRGW_BENCH_ATTACKERS): {', '.join(left_out)}")
+            return problems
         idle = results["idle"]
         if idle["peak_open"] < 0.9 * self.idle_sockets:
             problems.append(f"only {idle['peak_open']} idle sockets were open at once")
