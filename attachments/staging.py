@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gateway.durable import fsync_dir
+from gateway.durable import fsync_dir, private_dir, private_open
 from gateway.errors import ChecksumMismatch, MalformedMessage, SenderMismatch
 
 from .parts import FILE_ID, FileInfo, PartHasher, PartInfo
@@ -47,6 +47,8 @@ STAGING_DIR = ".bmrgw-partial"
 #: Under STAGING_DIR: who published each file (a dot name: never a fileId).
 _SENDERS = ".senders"
 _CHUNK = 1 << 20
+#: Flags of a file written afresh.
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,7 +93,7 @@ class Sender:
 
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    with os.fdopen(private_open(tmp, _NEW), "w", encoding="utf-8") as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
@@ -110,7 +112,7 @@ class PartWriter:
         self._hasher = PartHasher(part)
         self.part = part
         self.stream = stream
-        self._fd = os.open(folder / "data", os.O_WRONLY | os.O_CREAT, 0o666)
+        self._fd = private_open(folder / "data", os.O_WRONLY | os.O_CREAT)
         self._at = part.offset
 
     def write(self, data: bytes | memoryview) -> None:
@@ -144,9 +146,9 @@ class Staging:
                  max_parts: int | None = None) -> None:
         self.directory = directory
         self.root = directory / STAGING_DIR
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         self.senders = self.root / _SENDERS
-        self.senders.mkdir(exist_ok=True)
+        private_dir(self.senders)
         # Checking a name's sender and renaming the file into DIR is one step:
         # publishes of different transfers run in threads at the same time.
         self._names = threading.Lock()
@@ -185,7 +187,7 @@ class Staging:
         if known is None:
             self._check_name(info.file_name, sender)  # before a byte is stored
             folder = self._folder(info.file_id)
-            (folder / "parts").mkdir(parents=True, exist_ok=True)
+            private_dir(folder / "parts")
             _write_atomically(folder / "sender.json", sender.to_json())
             _write_atomically(folder / "info.json", json.dumps(asdict(info)))
             return
@@ -296,7 +298,7 @@ class Staging:
             _check_file(info, digest.hexdigest(), size)
             return data
         reader = ZipReader(ZipLimits(max_bytes=info.file_size, max_ratio=self.max_ratio))
-        with tmp.open("wb") as out:
+        with os.fdopen(private_open(tmp, _NEW), "wb") as out:
             for chunk in _read(data):
                 for piece in reader.feed(chunk):
                     digest.update(piece)

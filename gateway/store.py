@@ -11,6 +11,7 @@ import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, insert, text
@@ -20,10 +21,11 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from gateway.errors import StoreUnavailable
 from routing.config import Config
 
+from .durable import private_dir, private_file
 from .errors import ConfigError
 
 __all__ = ["Store", "database_url", "existing_url", "insert_rows", "snapshot", "sqlite_datetime", "DRIVERS",
-           "create_tables", "lock_schema", "db_reason"]
+           "create_tables", "lock_schema", "db_reason", "private_sqlite"]
 
 #: The dialects whose drivers :func:`insert_rows` hands rows to directly.
 DRIVERS = ("postgresql", "sqlite")
@@ -85,7 +87,7 @@ def database_url(config: Config) -> str:
         url = url.set(drivername="postgresql+psycopg")
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         path = config.resolve_path(url.database)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite(path)
         url = url.set(database=str(path))
     return url.render_as_string(hide_password=False)
 
@@ -115,6 +117,13 @@ def existing_url(config: Config, *, read_only: bool = True) -> str:
     return url.render_as_string(hide_password=False)
 
 
+def private_sqlite(path: Path) -> None:
+    """Create a SQLite database file 0600 in a 0700 folder before SQLite does (with the umask's mode);
+    SQLite gives its ``-wal`` and ``-shm`` files the mode of the database file."""
+    private_dir(path.parent)
+    private_file(path)
+
+
 def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
     # WAL lets readers run beside the writer; NORMAL sync is durable at each WAL checkpoint.
     cursor = dbapi_connection.cursor()
@@ -133,6 +142,10 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        database = self.engine.url.database
+        if self.engine.dialect.name == "sqlite" and database not in (None, "", ":memory:") \
+                and Path(database).parent.is_dir():  # a missing folder stays an error of the store's (no ping)
+            private_file(Path(database))
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
 

@@ -126,7 +126,7 @@ def lock_path(path: str | Path) -> Path:
 def _locked(real: Path) -> Iterator[None]:
     lock = lock_path(real)
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise GatewayError(f"cannot open the lock file {lock}: {exc.strerror or exc}") from exc
     try:

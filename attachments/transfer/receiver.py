@@ -49,6 +49,7 @@ from attachments.mime import Event, MultipartReader, PartData, PartEnd, PartStar
 from attachments.parts import FileInfo, PartHasher, PartInfo
 from attachments.staging import PartWriter, Sender, Staging
 from gateway.disk import FreeSpace
+from gateway.durable import private_dir
 from gateway.errors import (
     ClientFault,
     GatewayError,
@@ -88,7 +89,7 @@ class FileReceiver:
     """The request handler: one staging folder, one lock per transfer."""
 
     def __init__(self, options: ReceiveOptions) -> None:
-        options.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(options.directory)
         self._options = options
         self._staging = Staging(options.directory, max_file_bytes=options.max_file_bytes,
                                 max_ratio=options.max_ratio, max_parts=options.max_parts)

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..durable import fsync_dir
+from ..durable import fsync_dir, private_open
 
 __all__ = ["fsync_dir", "write_atomically"]
 
@@ -15,7 +15,7 @@ def write_atomically(path: Path, chunks: Iterable[bytes]) -> None:
     """Write ``path`` so that it exists complete or not at all: hidden temp file, fsync, rename, folder fsync."""
     tmp = path.with_name(f".{path.name}.part")
     try:
-        with tmp.open("wb") as fh:
+        with os.fdopen(private_open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as fh:
             for chunk in chunks:
                 fh.write(chunk)
             fh.flush()

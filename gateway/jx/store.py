@@ -78,6 +78,7 @@ from gateway.store import create_tables
 from routing.settings import JxSettings
 
 from ..disk import FreeSpace
+from ..durable import private_dir
 from ..errors import DocumentStoreError, DuplicateMessageId, QuotaExceeded, UnknownDocument
 from .engine import blobs_in_database, relaxed, translated
 from .files import fsync_dir
@@ -235,8 +236,8 @@ class DocumentStore:
         """Create tables and folders; remove spool files a crash left behind (never served)."""
         with translated("cannot create the JX tables"):
             create_tables(self.engine, self.tables.metadata)
-            self.blob_dir.mkdir(parents=True, exist_ok=True)
-            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.blob_dir)
+            private_dir(self.spool_dir)
             for stale in self.spool_dir.glob("*.part"):
                 stale.unlink(missing_ok=True)
 

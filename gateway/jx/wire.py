@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 
 from lxml import etree
 
+from ..durable import private_dir
 from ..errors import MalformedMessage, MessageTooLarge
 from ..ids import new_message_id
 from ..ns import JX, JX_HYPHENLESS, SOAP11_ENV
@@ -151,7 +152,7 @@ class SpoolWriter:
     """
 
     def __init__(self, directory: Path, *, limit: int, durable: bool = True, prefix: str = "doc-") -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory)
         fd, name = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".part")
         self.path = Path(name)
         self._file: BinaryIO = os.fdopen(fd, "wb")

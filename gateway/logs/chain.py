@@ -44,7 +44,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, or_, select, update
 
-from gateway.durable import fsync_dir
+from gateway.durable import fsync_dir, private_dir, private_open
 from gateway.errors import ArchiveUnreadable, JournalUnavailable
 from gateway.store import snapshot
 
@@ -55,6 +55,7 @@ from .tables import TABLES, Head, LogTables, has_log, heads, read_chain, transla
 __all__ = ["verify", "archive", "archive_header", "Problem", "Report", "ArchiveResult", "ARCHIVE_FORMAT"]
 
 ARCHIVE_FORMAT = "bmrgw-log-archive/1"
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 
 
 # -- verification --------------------------------------------------------------
@@ -449,7 +450,7 @@ def _cut(connection: Connection, tables: LogTables, head: Head, before: datetime
 
 def _write_archive(engine: Engine, directory: Path, tables: LogTables, cuts: dict[str, _Cut],
                    before: datetime) -> tuple[Path, dict[str, Anchor]]:
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     created = datetime.now(UTC)
     path = directory / f"{tables.log.name}-{created:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}.jsonl.gz"
     anchors = {node: _anchor_of(cut) for node, cut in cuts.items()}
@@ -457,7 +458,7 @@ def _write_archive(engine: Engine, directory: Path, tables: LogTables, cuts: dic
               "table": tables.log.name, "chains": {n: asdict(a) for n, a in anchors.items()}}
     partial = path.with_name(f".{path.name}.partial")
     try:
-        with engine.connect() as connection, open(partial, "wb") as raw:
+        with engine.connect() as connection, os.fdopen(private_open(partial, _NEW), "wb") as raw:
             with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
                 gz.write(_line(header))
                 for node, cut in cuts.items():

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import ssl
 
 from aiohttp import web
 
+from gateway.durable import private_dir
 from gateway.errors import ConfigError
 from gateway.keys import LIVE
 from gateway.relay.limits import ListenSite, busy_answer
@@ -72,13 +74,16 @@ def listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
 
 
 def serve(options: ServeOptions) -> int:
+    # Files the gateway creates get explicit private modes; this umask also covers those made for it
+    # by libraries (SQLite's temporary files) and by the worker processes, which inherit it.
+    os.umask(0o077)
     # Until the event loop handles SIGHUP, a reload request is moot (the config is read now), not fatal.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = load_config(options.config, db=options.db)
     host = options.host or config.gateway.listen.host
     port = options.port if options.port is not None else config.gateway.listen.port
     data_dir = options.data_dir or config.resolve_path(config.gateway.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     if options.worker is None and (cleartext := cleartext_basic_warning(config)):  # once, not per worker
         log.warning("%s", cleartext)
     if options.workers > 1 and options.worker is None:
