@@ -3,13 +3,13 @@
 ::
 
     refdb:
-      read_role: refdb_reader          # optional, PostgreSQL: granted SELECT on every view
       max_concurrent: 8                # requests worked on at once (one thread each)
       queue_timeout: 5                 # seconds a request waits for a turn, then GatewayBusy
       datasets:
         residents:
           owner: cityhall-a-app        # the client that pushes
           readers: [kaigo-app]         # clients that query
+          sql_readers: [kaigo_reader]  # PostgreSQL roles that may SELECT the view refdb_residents
           key: [person_id]
           columns: {person_id: string, name: string, birth: date, fee: "decimal(12,2)"}
 
@@ -40,6 +40,8 @@ DATASET_NAME = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 COLUMN_NAME = re.compile(r"[a-z][a-z0-9_]*")
 MAX_DATASET_NAME = 40
 MAX_COLUMN_NAME = 60
+#: PostgreSQL truncates identifiers beyond 63 bytes.
+MAX_ROLE_NAME = 63
 _DECIMAL = re.compile(r"decimal(?:\((\d+),\s*(\d+)\))?")
 #: Beyond 15 significant digits SQLite's NUMERIC affinity would round through a double.
 MAX_DECIMAL_PRECISION = 15
@@ -87,6 +89,8 @@ class Dataset:
     """Key columns, in order: they identify a record and order query results."""
     columns: tuple[Column, ...]
     """All columns in declaration order (keys included)."""
+    sql_readers: frozenset[str] = frozenset()
+    """PostgreSQL roles granted SELECT on this dataset's view, and on no other (created by the DBA)."""
 
     @property
     def view(self) -> str:
@@ -103,8 +107,6 @@ class Dataset:
 class RefdbSettings:
     datasets: Mapping[str, Dataset] = field(default_factory=lambda: MappingProxyType({}))
     """Dataset name → declaration."""
-    read_role: str | None = None
-    """PostgreSQL role granted SELECT on every ``refdb_<dataset>`` view (created by the DBA)."""
     max_concurrent: int = 8
     """Requests ``/refdb`` works on at once, each in its own thread; the rest wait for a turn."""
     queue_timeout: float = 5.0
@@ -118,17 +120,18 @@ def parse_refdb(raw: Any, *, clients: frozenset[str] = frozenset()) -> RefdbSett
     """
 
     m = read.mapping({} if raw is None else raw, "refdb")
-    read.known(m, "refdb", {"datasets", "read_role", "max_concurrent", "queue_timeout"})
-    role = m.get("read_role")
-    if role is not None and not (isinstance(role, str) and COLUMN_NAME.fullmatch(role)):
-        raise ConfigError(f"refdb.read_role: {role!r} must be a PostgreSQL role name (lower-case letters, digits, _)")
+    if "read_role" in m:
+        raise ConfigError("refdb.read_role: a role granted SELECT on every dataset's view reads datasets its "
+                          "client may not query; name the roles of each dataset in "
+                          "refdb.datasets.NAME.sql_readers instead")
+    read.known(m, "refdb", {"datasets", "max_concurrent", "queue_timeout"})
     datasets = {name: _dataset(name, value) for name, value in
                 read.mapping(m.get("datasets") or {}, "refdb.datasets").items()}
     if clients:
         for dataset in datasets.values():
             _known_clients(dataset, clients)
     return RefdbSettings(
-        datasets=MappingProxyType(datasets), read_role=role,
+        datasets=MappingProxyType(datasets),
         max_concurrent=read.integer(m.get("max_concurrent", 8), "refdb.max_concurrent", low=1, high=1024),
         queue_timeout=read.number(m.get("queue_timeout", 5.0), "refdb.queue_timeout", low=0, high=read.MAX_TIMEOUT))
 
@@ -140,7 +143,7 @@ def _dataset(name: str, raw: Any) -> Dataset:
         raise ConfigError(f"{path}: {name!r} is not a valid dataset name (lower-case letters and digits "
                           f"in words joined by single '_', at most {MAX_DATASET_NAME})")
     m = read.mapping(raw, path)
-    read.known(m, path, {"owner", "readers", "key", "columns"})
+    read.known(m, path, {"owner", "readers", "sql_readers", "key", "columns"})
     listed = read.mapping(m.get("columns"), f"{path}.columns")
     columns = tuple(_column(f"{path}.columns", n, t) for n, t in listed.items())
     if not columns:
@@ -154,7 +157,16 @@ def _dataset(name: str, raw: Any) -> Dataset:
             raise ConfigError(f"{path}.key: {k!r} is not one of the columns")
     readers = _names(m.get("readers", []), f"{path}.readers")
     return Dataset(name=name, owner=_text(m.get("owner"), f"{path}.owner"), readers=frozenset(readers),
-                   key=key, columns=columns)
+                   key=key, columns=columns, sql_readers=_roles(m.get("sql_readers", []), f"{path}.sql_readers"))
+
+
+def _roles(raw: Any, path: str) -> frozenset[str]:
+    roles = _names(raw, path) if raw else ()
+    for role in roles:
+        if not COLUMN_NAME.fullmatch(role) or len(role) > MAX_ROLE_NAME:
+            raise ConfigError(f"{path}: {role!r} must be a PostgreSQL role name "
+                              f"(lower-case letters, digits, _; at most {MAX_ROLE_NAME})")
+    return frozenset(roles)
 
 
 def _known_clients(dataset: Dataset, clients: frozenset[str]) -> None:

@@ -58,6 +58,7 @@ from gateway.errors import ConfigError, RefdbUnavailable
 from gateway.store import create_tables, lock_schema
 
 from .config import Column, ColumnType, Dataset, RefdbSettings
+from .grants import sync_grants
 
 __all__ = ["DatasetTables", "META", "DATASETS", "PUSHES", "tables_for", "ensure_schema", "translated", "utcnow"]
 
@@ -152,19 +153,21 @@ def _ordered(dataset: Dataset, order: list[str] | None) -> list[str]:
 
 
 def ensure_schema(engine: Engine, settings: RefdbSettings) -> dict[str, DatasetTables]:
-    """Create or migrate every declared dataset; returns their tables by name."""
+    """Create or migrate every declared dataset and give its view its sql_readers; returns the tables by name."""
     with translated("cannot create the reference DB tables"):
         create_tables(engine, META)
         found: dict[str, DatasetTables] = {}
         for dataset in settings.datasets.values():
             try:
-                found[dataset.name] = _ensure_dataset(engine, dataset, settings.read_role)
+                found[dataset.name] = _ensure_dataset(engine, dataset)
             except IntegrityError:  # another node declared it first: migrate against what it stored
-                found[dataset.name] = _ensure_dataset(engine, dataset, settings.read_role)
+                found[dataset.name] = _ensure_dataset(engine, dataset)
+        with engine.begin() as connection:
+            sync_grants(connection, settings, connection.execute(select(DATASETS.c.name)).scalars())
         return found
 
 
-def _ensure_dataset(engine: Engine, dataset: Dataset, read_role: str | None) -> DatasetTables:
+def _ensure_dataset(engine: Engine, dataset: Dataset) -> DatasetTables:
     with engine.begin() as connection:
         lock_schema(connection)  # a node declaring the same dataset now waits, then migrates what this one stored
         stored = connection.execute(
@@ -184,9 +187,6 @@ def _ensure_dataset(engine: Engine, dataset: Dataset, read_role: str | None) -> 
             if added:
                 _record(connection, tables, new=False)
         _create_view(connection, tables, replace=stored is not None)
-        if read_role and connection.dialect.name == "postgresql":
-            prep = connection.dialect.identifier_preparer
-            connection.execute(text(f"GRANT SELECT ON {prep.quote(dataset.view)} TO {prep.quote(read_role)}"))
     return tables
 
 
@@ -230,7 +230,7 @@ def _create_view(connection: Connection, tables: DatasetTables, *, replace: bool
     body = str(query.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))
     name = connection.dialect.identifier_preparer.quote(tables.dataset.view)
     if connection.dialect.name == "postgresql":
-        # CREATE OR REPLACE keeps the grants of the read-only role; new columns may only come last.
+        # CREATE OR REPLACE keeps the grants of the sql_readers; new columns may only come last.
         connection.execute(text(f"CREATE OR REPLACE VIEW {name} AS {body}"))
         return
     if replace:

@@ -125,6 +125,14 @@ class RefdbService:
         if settings.datasets:
             log.info("refdb: %d dataset(s) ready: %s", len(tables), ", ".join(sorted(tables)))
 
+    async def refresh(self) -> None:
+        """Apply a reloaded ``refdb`` section now (tables, views, grants), not at the next request:
+        a role removed from ``sql_readers`` must lose its access even if no client calls."""
+        try:
+            await self._current(self._live.current.config)
+        except GatewayError as exc:
+            log.error("refdb: the reloaded datasets could not be applied yet (next request retries): %s", exc.reason)
+
     async def _current(self, config: Config) -> RefStore:
         """The store for the config in force; a reloaded ``refdb`` section is migrated first."""
         if config.refdb != self._settings:

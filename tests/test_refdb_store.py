@@ -172,7 +172,7 @@ def test_read_only_view_shows_live_rows_in_declared_columns(store: RefStore, url
         engine.dispose()
 
 
-def test_postgresql_read_role_may_select_the_views_and_nothing_else() -> None:
+def test_postgresql_sql_reader_may_select_the_view_and_nothing_else() -> None:
     role = f"bmrgw_reader_{uuid.uuid4().hex[:10]}"
     with pg_schema() as url:
         admin = create_engine(url)
@@ -181,7 +181,7 @@ def test_postgresql_read_role_may_select_the_views_and_nothing_else() -> None:
             schema = connection.execute(text("SELECT current_schema()")).scalar_one()
             connection.execute(text(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"'))  # the DBA's step (README)
         try:
-            declared = parse_refdb({"read_role": role, "datasets": {"residents": RESIDENTS}})
+            declared = parse_refdb({"datasets": {"residents": {**RESIDENTS, "sql_readers": [role]}}})
             with refstore(url, declared) as store:
                 push(store, [person(1)])
 

@@ -48,7 +48,7 @@ def _declared(**changes: Any) -> dict[str, Any]:
     (_declared(key=[]), "name at least one key column"),
     (_declared(owner=None), "owner: must be a non-empty string"),
     (_declared(colour="red"), "unknown key 'colour'"),
-    ({"datasets": {}, "read_role": "Robert'); DROP"}, "must be a PostgreSQL role name"),
+    (_declared(sql_readers=["Robert'); DROP"]), "must be a PostgreSQL role name"),
     ({"max_concurrent": 0}, "refdb.max_concurrent: must be an integer between 1 and 1024"),
     ({"queue_timeout": -1}, "refdb.queue_timeout: must be a number between 0 and 3600"),
 ], ids=["upper-case", "double-underscore", "unknown-type", "reserved-column", "decimal-too-wide",

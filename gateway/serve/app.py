@@ -35,6 +35,7 @@ from gateway.security.auth import install_auth
 from gateway.security.message import message_security
 from gateway.soap import fault_content_type, gateway_fault, version_for
 from gateway.store import Store, database_url
+from refdb.routes import SERVICE as REFDB
 from refdb.routes import add_refdb
 from routing.config import Config, load_config
 from routing.watch import LiveTable, watch
@@ -50,6 +51,9 @@ RELAY = web.AppKey("relay", Relay)
 _DAY = 86400.0
 
 _STORE_PING_TIMEOUT = 2.0
+
+#: Tasks started by a reload, held until done (the loop keeps only weak references).
+_BACKGROUND: set[asyncio.Task[None]] = set()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,6 +182,10 @@ def reloaded(app: web.Application, applied: bool) -> None:
     metrics.config_error.set(0 if applied else 1)
     if applied:
         heap.resettle()
+        if REFDB in app:  # grants follow the config at once, not at the next /refdb request
+            task = asyncio.get_running_loop().create_task(app[REFDB].refresh())
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
 
 
 def fault_response(request: web.Request, error: GatewayError) -> web.Response:
