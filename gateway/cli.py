@@ -22,6 +22,7 @@ from gateway.terminal import add_db_option, db_url
 from refdb.commands import add_refdb_command
 from routing.commands import add_endpoints_command
 
+from .crypto.commands import add_keys_command
 from .errors import ConfigError, GatewayError
 from .jx.commands import add_jx_command
 from .jx.poll import add_poll_command
@@ -70,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     add_jx_command(commands, config_option)
     add_poll_command(commands, config_option)
     add_file_commands(commands, config_option)
+    add_keys_command(commands, config_option)
     _add_demo_backend(commands)
     _add_hash_password(commands)
     add_pki_command(commands)

@@ -33,6 +33,8 @@ HTTP status of the fault response::
         │   ├── EndpointTimeout(TimeoutError)       500
         │   └── EndpointBusy(TimeoutError)          503  endpoint at max_concurrent past queue_timeout
         ├── DocumentStoreError(RuntimeError)        500  JX: the document store failed
+        │   └── DocumentCorrupt                     500  stored content fails authentication (tampered)
+        ├── KeyUnavailable(RuntimeError)            500  a data or master key is missing or destroyed
         ├── StorageFailed(OSError)                  500  (file transfer: the receiver's disk)
         ├── QuotaExceeded(RuntimeError)             507  JX: a receiver's pending documents are at their quota
         ├── InsufficientStorage(RuntimeError)       503  the data disk is below gateway.min_free_bytes
@@ -86,7 +88,7 @@ __all__ = [
     "DocumentStoreError", "UnsafeFileName", "ChecksumMismatch", "ZipBomb", "SenderMismatch", "StorageFailed",
     "JournalUnavailable", "WriterError", "ReplayStoreUnavailable", "StoreUnavailable", "ArchiveUnreadable",
     "CommandError", "PollError", "SendError", "RemoteFault", "FileError", "LoginThrottled", "LoginBusy",
-    "QuotaExceeded", "InsufficientStorage",
+    "QuotaExceeded", "InsufficientStorage", "DocumentCorrupt", "KeyUnavailable",
 ]
 
 
@@ -297,6 +299,18 @@ class DocumentStoreError(ServerFault, RuntimeError):
     """Raised when the JX document store (database or blob files) cannot do its work."""
 
     code = "StoreUnavailable"
+
+
+class DocumentCorrupt(DocumentStoreError):
+    """Raised when sealed content fails authentication: altered, reordered, cut short or moved."""
+
+    code = "DocumentCorrupt"
+
+
+class KeyUnavailable(ServerFault, RuntimeError):
+    """Raised when content is sealed under a key this gateway cannot have: destroyed, or another master key."""
+
+    code = "KeyUnavailable"
 
 
 class UnsafeFileName(ClientFault, ValueError):

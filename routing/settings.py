@@ -19,7 +19,7 @@ from . import fields as read
 from .fields import MAX_TIMEOUT
 
 __all__ = ["GatewaySettings", "Listen", "NtpSettings", "LogSettings", "JxSettings", "TlsSettings", "WssSettings",
-           "LimitSettings", "BreakerSettings", "gateway_settings"]
+           "LimitSettings", "BreakerSettings", "EncryptionSettings", "gateway_settings"]
 
 @dataclass(frozen=True, kw_only=True)
 class Listen:
@@ -45,6 +45,14 @@ class LogSettings:
     """Write the send/receive log. The standard requires it; only benchmarks turn it off."""
     retention_days: int | None = None
     """Archive records older than this many days, once a day; ``None`` keeps them in the store."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncryptionSettings:
+    """Content at rest sealed per organisation (``gateway.encryption``, README "Data at rest")."""
+
+    master_key: str
+    """The master key file (``bmrgw keys init PATH``), absolute path; it wraps every organisation's data key."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,6 +151,8 @@ class GatewaySettings:
     """Largest multipart/related (SwA, MTOM) request body relayed; its root part stays under the envelope limits."""
     min_free_bytes: int = 1024 ** 3
     """Free space the data disk keeps: below it, anything that would store data is ``InsufficientStorage``."""
+    encryption: EncryptionSettings | None = None
+    """Seal JX documents, mailbox messages and staged file parts per organisation; ``None``: stored as they are."""
 
 
 # -- resilience: failover URLs, breaker, limits (README "Resilience") ------------------
@@ -228,7 +238,8 @@ def gateway_settings(raw: Any, db: str | None, peers: frozenset[str], base: Path
     g = read.mapping(raw, "gateway")
     allowed = {"name", "listen", "tls", "db", "data_dir", "max_message_bytes",
                "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp", "logs", "wss", "jx",
-               "max_attachment_bytes", "min_free_bytes", "log_key", "log_checkpoints", *_RESILIENCE_KEYS}
+               "max_attachment_bytes", "min_free_bytes", "log_key", "log_checkpoints", "encryption",
+               *_RESILIENCE_KEYS}
     read.known(g, "gateway", allowed)
     defaults = GatewaySettings()
     fallback = g.get("fallback_peer")
@@ -259,6 +270,7 @@ def gateway_settings(raw: Any, db: str | None, peers: frozenset[str], base: Path
         max_attachment_bytes=read.integer(g.get("max_attachment_bytes", defaults.max_attachment_bytes),
                                   "gateway.max_attachment_bytes", low=1024),
         min_free_bytes=read.integer(g.get("min_free_bytes", defaults.min_free_bytes), "gateway.min_free_bytes", low=0),
+        encryption=_encryption(g["encryption"], base) if g.get("encryption") is not None else None,
     )
 
 
@@ -266,6 +278,14 @@ def _path(value: Any, path: str, base: Path) -> str:
     """A file the gateway writes, made absolute against the config's folder."""
     text = read.string(value, path)
     return text if Path(text).is_absolute() else str(base / text)
+
+
+def _encryption(raw: Any, base: Path) -> EncryptionSettings:
+    m = read.mapping(raw, "gateway.encryption")
+    read.known(m, "gateway.encryption", {"master_key"})
+    if "master_key" not in m:
+        raise ConfigError("gateway.encryption: needs master_key (a file written by 'bmrgw keys init PATH')")
+    return EncryptionSettings(master_key=read.file(m["master_key"], "gateway.encryption.master_key", base))
 
 
 def _tls(raw: Any, base: Path) -> TlsSettings:

@@ -22,6 +22,7 @@ from gateway.keys import CLOCK, JOURNAL, METRICS, NODE, SECURITY
 from gateway.logs.journal import Journal
 from routing.config import Config
 
+from ..crypto import vault_for
 from ..disk import FreeSpace, storage_folders
 from ..errors import DocumentStoreError
 from ..store import database_url
@@ -60,7 +61,7 @@ def open_store(config: Config, *, journal: Journal | None = None, node: str | No
     writer = journal.write_in if journal is not None else None
     return DocumentStore(engine, durable=durable, root=jx_root(config), settings=config.gateway.jx,
                          node=node or config.gateway.name, log=writer, space=FreeSpace(storage_folders(config)),
-                         min_free_bytes=config.gateway.min_free_bytes)
+                         min_free_bytes=config.gateway.min_free_bytes, vault=vault_for(config.gateway.encryption, durable))
 
 
 def add_jx(app: web.Application, config: Config) -> None:

@@ -6,9 +6,30 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..crypto import Vault
 from ..durable import fsync_dir, private_open
 
-__all__ = ["fsync_dir", "write_atomically"]
+__all__ = ["fsync_dir", "write_atomically", "place"]
+
+_PIECE = 1024 * 1024
+
+
+def place(vault: Vault, spool: Path, path: Path, org: str, doc: str) -> None:
+    """Put the content of the file ``spool`` at ``path`` (new, 0600, fsynced): renamed as it is, or sealed
+    for ``org`` when ``vault`` encrypts (then the spool stays for its owner to discard)."""
+    if not vault.sealing:
+        os.replace(spool, path)
+        return
+    try:
+        with spool.open("rb") as source, os.fdopen(private_open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL),
+                                                   "wb") as out:
+            for piece in vault.sealed(org, doc, iter(lambda: source.read(_PIECE), b""), _PIECE):
+                out.write(piece)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def write_atomically(path: Path, chunks: Iterable[bytes]) -> None:

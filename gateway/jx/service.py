@@ -23,7 +23,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -270,14 +270,19 @@ class JxService:
         header = jx.header.answer(gateway=self.gateway, format_type=document.format_type,
                                   document_type=document.document_type)
         before, after = split_at_data(jx.namespace, header, True, document.message_id, fields)
+        chunks = self.store.chunks(document, _B64_PIECE)
+        # Read (and, if sealed, authenticate) the first piece before answering: a document whose
+        # bytes fail is refused with a fault, not begun and cut off.
+        first = await asyncio.to_thread(next, chunks, b"")
         response = web.StreamResponse(headers={"Content-Type": "text/xml; charset=utf-8", "Server": _SERVER,
                                                H_JX_SHA256: document.sha256})
         response.content_length = len(before) + 4 * ((document.size + 2) // 3) + len(after)
         try:
             await response.prepare(request)
             await response.write(before)
-            sent = await self._write_data(response, document)
+            sent = await self._write_data(response, document, chunks, first)
         except ConnectionError as exc:  # the poller went away: the lease runs out and it is handed out again
+            chunks.close()
             log.warning("document %s: the poller broke off the answer: %s", document.message_id, exc)
             return response, False
         if sent != document.size:
@@ -289,18 +294,20 @@ class JxService:
         await response.write_eof()
         return response, True
 
-    async def _write_data(self, response: web.StreamResponse, document: Document) -> int:
+    async def _write_data(self, response: web.StreamResponse, document: Document,
+                          chunks: Generator[bytes, None, None], first: bytes) -> int:
         """Write the base64 of the document's bytes; returns how many bytes could be read."""
-        chunks = self.store.chunks(document, _B64_PIECE)
         sent = 0
         carry = b""  # base64 pieces must be whole quartets: only the very last one may carry padding
+        chunk = first
         try:
-            while (chunk := await asyncio.to_thread(next, chunks, b"")):
+            while chunk:
                 sent += len(chunk)
                 chunk = carry + chunk
                 whole = len(chunk) - len(chunk) % 3
                 carry = chunk[whole:]
                 await response.write(base64.b64encode(chunk[:whole]))
+                chunk = await asyncio.to_thread(next, chunks, b"")
             await response.write(base64.b64encode(carry))
         except GatewayError as exc:
             log.error("document %s: %s", document.message_id, exc.reason)

@@ -77,11 +77,12 @@ from gateway.logs.records import LogRecord
 from gateway.store import create_tables
 from routing.settings import JxSettings
 
+from ..crypto import Vault
 from ..disk import FreeSpace
 from ..durable import private_dir
 from ..errors import DocumentStoreError, DuplicateMessageId, QuotaExceeded, UnknownDocument
 from .engine import blobs_in_database, relaxed, translated
-from .files import fsync_dir
+from .files import fsync_dir, place
 from .wire import Spool
 
 __all__ = ["DocumentStore", "Document", "NewDocument", "TABLES", "STATES", "LogWriter", "blobs_in_database"]
@@ -215,8 +216,9 @@ class DocumentStore:
 
     def __init__(self, engine: Engine, *, root: Path, settings: JxSettings, node: str,
                  log: LogWriter | None = None, durable: Engine | None = None,
-                 space: FreeSpace | None = None, min_free_bytes: int = 0) -> None:
+                 space: FreeSpace | None = None, min_free_bytes: int = 0, vault: Vault | None = None) -> None:
         self.engine = engine
+        self.vault = vault or Vault()  # seals bytes for their receiver (gateway.encryption), or passes them
         self.durable = durable or engine
         """Engine for puts: on SQLite a pool of its own with ``synchronous=FULL``."""
         self.settings = settings
@@ -300,7 +302,8 @@ class DocumentStore:
             detail=new.message_id)
 
     def _insert(self, new: NewDocument, spool: Spool, record: LogRecord | None) -> None:
-        name = None if self.in_database else self._file_blob(spool)
+        self.vault.prepare(new.receiver_id)  # a new data key commits before the put's transaction begins
+        name = None if self.in_database else self._file_blob(new, spool)
         try:
             with self.durable.begin() as c:
                 self._check_quota(c, new.receiver_id, spool.size)
@@ -311,7 +314,7 @@ class DocumentStore:
                     source=new.source, state="ready", created_ms=now_ms(), deliveries=0,
                 ).returning(self.tables.document.c.seq)).scalar_one()
                 if self.in_database:
-                    self._database_blob(c, seq, spool)
+                    self._database_blob(c, seq, new, spool)
                 self._log(c, record)
         except (IntegrityError, QuotaExceeded):
             self._drop_file(name)
@@ -325,20 +328,19 @@ class DocumentStore:
         if name is not None:
             (self.blob_dir / name).unlink(missing_ok=True)
 
-    def _file_blob(self, spool: Spool) -> str:
-        """Move the fsynced spool into ``blobs/`` and make the rename durable."""
+    def _file_blob(self, new: NewDocument, spool: Spool) -> str:
+        """Move the fsynced spool into ``blobs/`` (sealed for its receiver if encrypting), durably."""
         name = f"{uuid.uuid4().hex}.doc"
         with translated("cannot store the document"):
-            os.replace(spool.path, self.blob_dir / name)
+            place(self.vault, spool.path, self.blob_dir / name, new.receiver_id, new.message_id)
             fsync_dir(self.blob_dir)
         return name
 
-    def _database_blob(self, c: Connection, seq: int, spool: Spool) -> None:
+    def _database_blob(self, c: Connection, seq: int, new: NewDocument, spool: Spool) -> None:
         with spool.path.open("rb") as fh:
-            part = 0
-            while chunk := fh.read(PART):
-                c.execute(insert(self.tables.blob).values(doc_seq=seq, part=part, data=chunk))
-                part += 1
+            content = iter(lambda: fh.read(PART), b"")
+            for part, data in enumerate(self.vault.sealed(new.receiver_id, new.message_id, content, PART)):
+                c.execute(insert(self.tables.blob).values(doc_seq=seq, part=part, data=data))
 
     def _log(self, c: Connection, record: LogRecord | None) -> None:
         if record is not None and self.log is not None:
@@ -373,21 +375,22 @@ class DocumentStore:
                     last_handout_ms=now).returning(*t.c)).one())
 
     def chunks(self, document: Document, size: int = PART) -> Generator[bytes, None, None]:
-        """The document's bytes in chunks of ``size`` (the last one shorter)."""
+        """The document's bytes (authenticated if sealed: :class:`DocumentCorrupt`) in chunks of about ``size``."""
         if document.blob is not None:
             yield from self._file_chunks(document, size)
         else:
-            yield from self._database_chunks(document)
+            with translated(f"cannot read document {document.message_id!r}"), self.engine.connect() as c:
+                stored = c.execute(select(func.coalesce(func.sum(func.length(self.tables.blob.c.data)), 0))
+                                   .where(self.tables.blob.c.doc_seq == document.seq)).scalar_one()
+            yield from self.vault.opened(document.receiver_id, document.message_id, document.size, int(stored),
+                                         self._database_chunks(document), size)
 
     def _file_chunks(self, document: Document, size: int) -> Iterator[bytes]:
         assert document.blob is not None
         with translated(f"cannot read document {document.message_id!r}"), \
                 (self.blob_dir / document.blob).open("rb") as fh:
-            if os.fstat(fh.fileno()).st_size != document.size:
-                raise DocumentStoreError(f"the bytes of document {document.message_id!r} are not "
-                                         f"{document.size} long: refusing to serve them")
-            while chunk := fh.read(size):
-                yield chunk
+            yield from self.vault.opened(document.receiver_id, document.message_id, document.size,
+                                         os.fstat(fh.fileno()).st_size, iter(lambda: fh.read(size), b""), size)
 
     def _database_chunks(self, document: Document) -> Iterator[bytes]:
         b = self.tables.blob

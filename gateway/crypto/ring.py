@@ -1,0 +1,224 @@
+"""Master key and per-organisation data keys (envelope encryption, SPEC.md "Data at rest, per organisation").
+
+The master key is 32 random bytes in a file of its own (``gateway.encryption.
+master_key``, written by ``bmrgw keys init``, mode 0600), base64 on one line.
+It never encrypts content: it wraps (AES-256-GCM, the organisation and the
+generation as associated data) the data keys, one per organisation — a JX
+receiver id, or the destination business-AP of a file transfer — that live
+wrapped in the table ``crypto_data_key`` of the gateway's store, beside the
+content they seal (:mod:`gateway.crypto.seal`).  A data key is made on first
+use; every node and worker sharing the store shares it (a concurrent first
+use loses the insert race and reads the winner's).  Unwrapped keys are
+cached in memory for the life of the process.
+
+Rows name the master key that wrapped them by a short fingerprint, so a
+rotation (re-wrapping every row under a new master key) can run while
+gateways still hold the old one: a :class:`KeyRing` knows every master key
+it was given and unwraps a row with the one it names.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import binascii
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Engine,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from gateway.durable import fsync_dir, private_open
+from gateway.errors import ConfigError, DocumentCorrupt, KeyUnavailable
+
+from .seal import DataKey
+
+__all__ = ["MasterKey", "KeyRing", "DATA_KEYS", "write_master_key"]
+
+_KEY_BYTES = 32
+_WRAP_AD = b"bmrgw-data-key/1\x00"
+
+METADATA = MetaData()
+DATA_KEYS = Table(
+    "crypto_data_key", METADATA,
+    Column("org", String(256), nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("master_id", String(16), nullable=False),  # fingerprint of the master key that wrapped it
+    Column("wrapped", LargeBinary),  # nonce + AES-GCM(data key); NULL once destroyed
+    Column("created_ms", BigInteger, nullable=False),
+    Column("destroyed_ms", BigInteger),
+    PrimaryKeyConstraint("org", "generation"),
+)
+
+
+@dataclass(frozen=True)
+class MasterKey:
+    """A master key and its fingerprint."""
+
+    secret: bytes
+    id: str
+
+    @classmethod
+    def of(cls, secret: bytes) -> MasterKey:
+        return cls(secret, hashlib.sha256(b"bmrgw-master/1" + secret).hexdigest()[:16])
+
+    @classmethod
+    def load(cls, path: Path) -> MasterKey:
+        """Read a master key file; a missing, unreadable or malformed file is a :class:`ConfigError`."""
+        try:
+            text = path.read_text(encoding="ascii").strip()
+            secret = base64.b64decode(text, validate=True)
+        except (OSError, UnicodeDecodeError, binascii.Error) as exc:
+            raise ConfigError(f"gateway.encryption.master_key: cannot read {str(path)!r}: "
+                              f"{getattr(exc, 'strerror', None) or exc} (bmrgw keys init PATH makes one)") from exc
+        if len(secret) != _KEY_BYTES:
+            raise ConfigError(f"gateway.encryption.master_key: {str(path)!r} does not hold a 256-bit key")
+        return cls.of(secret)
+
+    def wrap(self, key: DataKey) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + AESGCM(self.secret).encrypt(nonce, key.secret, _wrap_ad(key.org, key.generation))
+
+    def unwrap(self, org: str, generation: int, wrapped: bytes) -> DataKey:
+        try:
+            secret = AESGCM(self.secret).decrypt(wrapped[:12], wrapped[12:], _wrap_ad(org, generation))
+        except InvalidTag:
+            raise DocumentCorrupt(f"the data key of {org!r} (generation {generation}) fails authentication "
+                                  "under the master key", detail=org) from None
+        return DataKey(org, generation, secret)
+
+
+def _wrap_ad(org: str, generation: int) -> bytes:
+    return _WRAP_AD + org.encode("utf-8") + b"\x00" + str(generation).encode("ascii")
+
+
+def write_master_key(path: Path) -> MasterKey:
+    """Write a new random master key to ``path`` (0600); an existing file is never overwritten."""
+    key = MasterKey.of(os.urandom(_KEY_BYTES))
+    fd = private_open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(base64.b64encode(key.secret).decode("ascii") + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    fsync_dir(path.parent)
+    return key
+
+
+@contextlib.contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Database errors become :class:`KeyUnavailable` (one line); a lost insert race stays IntegrityError."""
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except SQLAlchemyError as exc:
+        text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise KeyUnavailable(f"{what}: {text[0] if text else type(exc).__name__}") from exc
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class KeyRing:
+    """The data keys of every organisation, wrapped in the store, unwrapped on demand and cached."""
+
+    def __init__(self, engine: Engine, masters: Iterable[MasterKey]) -> None:
+        self.engine = engine
+        self.masters = {master.id: master for master in masters}
+        self.current = next(iter(self.masters.values()))
+        """The master key that wraps new data keys (the first given)."""
+        self._keys: dict[tuple[str, int], DataKey] = {}
+        self._newest: dict[str, DataKey] = {}
+        self._lock = threading.Lock()
+        self._opened = False
+
+    def open(self) -> None:
+        """Create the key table if needed (a lost creation race with another node is retried once)."""
+        if self._opened:
+            return
+        with translated("cannot create the key table"):
+            try:
+                METADATA.create_all(self.engine)
+            except SQLAlchemyError:
+                METADATA.create_all(self.engine)
+        self._opened = True
+
+    def for_sealing(self, org: str) -> DataKey:
+        """The newest data key of ``org``, made now if it has none."""
+        key = self._newest.get(org)
+        if key is None:
+            key = self._load_newest(org) or self._create(org, 1)
+            self._newest[org] = self._keys[(org, key.generation)] = key
+        return key
+
+    def key_of(self, org: str, generation: int) -> DataKey:
+        """The data key that sealed content of ``org`` at ``generation``."""
+        key = self._keys.get((org, generation))
+        if key is None:
+            self.open()
+            with translated("cannot read the data keys"), self.engine.connect() as c:
+                row = c.execute(select(DATA_KEYS).where(DATA_KEYS.c.org == org,
+                                                        DATA_KEYS.c.generation == generation)).first()
+            if row is None:  # content claiming a key its organisation never had was not sealed for it
+                raise DocumentCorrupt(f"content of {org!r} names data key generation {generation}, which "
+                                      f"{org!r} never had: moved from another organisation?", detail=org)
+            if row.wrapped is None:
+                raise KeyUnavailable(f"the data key of {org!r} (generation {generation}) was destroyed: "
+                                     "its content cannot be read", detail=org)
+            key = self._keys[(org, generation)] = self._unwrap(row.org, row.generation, row.master_id, row.wrapped)
+        return key
+
+    def forget(self, org: str | None = None) -> None:
+        """Drop cached keys (of one organisation, or all): the next use reads the table again."""
+        with self._lock:
+            for cached in list(self._keys):
+                if org is None or cached[0] == org:
+                    del self._keys[cached]
+            for name in list(self._newest):
+                if org is None or name == org:
+                    del self._newest[name]
+
+    def _unwrap(self, org: str, generation: int, master_id: str, wrapped: bytes) -> DataKey:
+        master = self.masters.get(master_id)
+        if master is None:
+            raise KeyUnavailable(f"the data key of {org!r} is wrapped by master key {master_id}, which this "
+                                 "gateway does not hold (gateway.encryption.master_key)", detail=org)
+        return master.unwrap(org, generation, bytes(wrapped))
+
+    def _load_newest(self, org: str) -> DataKey | None:
+        t = DATA_KEYS
+        self.open()
+        with translated("cannot read the data keys"), self.engine.connect() as c:
+            newest = c.execute(select(func.max(t.c.generation)).where(t.c.org == org)).scalar()
+        return None if newest is None else self.key_of(org, int(newest))
+
+    def _create(self, org: str, generation: int) -> DataKey:
+        key = DataKey(org, generation, os.urandom(_KEY_BYTES))
+        try:
+            with translated("cannot store a new data key"), self.engine.begin() as c:
+                c.execute(insert(DATA_KEYS).values(org=org, generation=generation, master_id=self.current.id,
+                                                   wrapped=self.current.wrap(key), created_ms=now_ms()))
+        except IntegrityError:  # another worker or node made it first: use theirs
+            return self.key_of(org, generation)
+        return key

@@ -1,0 +1,75 @@
+"""What a store asks of encryption: seal content for an organisation, open it again.
+
+A :class:`Vault` with a :class:`~gateway.crypto.ring.KeyRing` seals everything
+written through it; without one (``gateway.encryption`` absent) it passes
+content through.  Reading tells the two apart by the stored length, which
+the store knows: content stored before encryption was switched on (exactly
+``size`` bytes) is served as it is, sealed content (``sealed_size(size)``)
+is opened and authenticated chunk by chunk, and any other length is refused
+as corrupt — a truncated, padded or mislabelled stream never reaches a
+reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from gateway.errors import DocumentCorrupt, KeyUnavailable
+
+from routing.settings import EncryptionSettings
+
+from .ring import KeyRing, MasterKey
+from .seal import regroup, seal, sealed_size, unseal
+
+__all__ = ["Vault", "vault_for"]
+
+
+def vault_for(settings: EncryptionSettings | None, engine: Engine) -> Vault:
+    """The vault of ``gateway.encryption`` over the store ``engine`` (pass-through when not configured)."""
+    if settings is None:
+        return Vault()
+    return Vault(KeyRing(engine, [MasterKey.load(Path(settings.master_key))]))
+
+
+class Vault:
+    """Seals and opens stored content of organisations (pass-through when ``ring`` is ``None``)."""
+
+    def __init__(self, ring: KeyRing | None = None) -> None:
+        self.ring = ring
+
+    @property
+    def sealing(self) -> bool:
+        return self.ring is not None
+
+    def stored_size(self, size: int) -> int:
+        """How many bytes ``size`` bytes of content take once written through this vault."""
+        return sealed_size(size) if self.ring is not None else size
+
+    def prepare(self, org: str) -> None:
+        """Make sure ``org`` has a data key (outside any transaction that will write sealed content)."""
+        if self.ring is not None:
+            self.ring.for_sealing(org)
+
+    def sealed(self, org: str, doc: str, content: Iterable[bytes], piece: int = 0) -> Iterator[bytes]:
+        """What to store for ``content`` of document ``doc`` of ``org`` (in pieces of at least ``piece`` bytes)."""
+        if self.ring is None:
+            return iter(content)
+        sealed = seal(self.ring.for_sealing(org), doc, content)
+        return regroup(sealed, piece) if piece else sealed
+
+    def opened(self, org: str, doc: str, size: int, stored_size: int, stored: Iterable[bytes],
+               piece: int = 0) -> Iterator[bytes]:
+        """The content of ``size`` bytes that ``stored`` (``stored_size`` bytes) holds, authenticated."""
+        if stored_size == size:
+            return iter(stored)
+        if stored_size != sealed_size(size):
+            raise DocumentCorrupt(f"document {doc!r} of {org!r}: {stored_size} bytes stored for {size} bytes "
+                                  "of content: refusing to serve them", detail=doc)
+        if self.ring is None:
+            raise KeyUnavailable(f"document {doc!r} of {org!r} is encrypted and gateway.encryption is not "
+                                 "configured", detail=doc)
+        content = unseal(self.ring.key_of, org, doc, stored)
+        return regroup(content, piece) if piece else content
