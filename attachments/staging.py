@@ -8,6 +8,13 @@ Layout under the receiver's folder ``DIR``::
     DIR/.bmrgw-partial/<fileId>/parts/<n>    a verified part (written after its data was fsync'ed)
     DIR/.bmrgw-partial/<fileId>/published    the transfer is complete (its name, for duplicates)
     DIR/.bmrgw-partial/.senders/<name>       who published the file ``DIR/<name>``
+    DIR/.bmrgw-partial/<fileId>/sealed/<n>   with encryption: part n sealed for the organisation, instead of data
+
+With a sealing :class:`~gateway.crypto.Vault` (``gateway.encryption`` in the
+receiver's config) no byte of a part rests in plaintext: each part is sealed
+as it streams in (AES-256-GCM under the data key of the organisation — this
+receiving business-AP — with the file id and part number bound into every
+chunk), and publishing opens the parts in order into the verified file.
 
 A part is hashed while it is written and recorded only when its size and
 SHA-256 match; a re-sent part that is already recorded is drained without
@@ -35,6 +42,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from gateway.crypto import Vault
+from gateway.crypto.seal import SealWriter
 from gateway.durable import fsync_dir, private_dir, private_open
 from gateway.errors import ChecksumMismatch, MalformedMessage, SenderMismatch
 
@@ -112,15 +121,24 @@ class PartWriter:
         self._hasher = PartHasher(part)
         self.part = part
         self.stream = stream
-        self._fd = private_open(folder / "data", os.O_WRONLY | os.O_CREAT)
         self._at = part.offset
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        return private_open(self._folder / "data", os.O_WRONLY | os.O_CREAT)
 
     def write(self, data: bytes | memoryview) -> None:
         self._hasher.write(data)
         if self.stream is not None:
             self.stream.update(data)
+        self._put(data)
+
+    def _put(self, data: bytes | memoryview) -> None:
         os.pwrite(self._fd, data, self._at)
         self._at += len(data)
+
+    def _durable(self) -> None:
+        os.fsync(self._fd)
 
     def verify(self) -> None:
         self._hasher.verify()
@@ -129,7 +147,7 @@ class PartWriter:
         """Verify size and SHA-256, make the bytes durable, then record the part."""
         try:
             self._hasher.verify()
-            os.fsync(self._fd)
+            self._durable()
         finally:
             os.close(self._fd)
         part = self._hasher.part
@@ -139,12 +157,49 @@ class PartWriter:
         os.close(self._fd)
 
 
+class SealedPartWriter(PartWriter):
+    """A :class:`PartWriter` that seals the part into ``sealed/<n>`` as it arrives: no plaintext on disk."""
+
+    def __init__(self, folder: Path, part: PartInfo, stream: hashlib._Hash | None, sealer: SealWriter) -> None:
+        private_dir(folder / "sealed")
+        self._path = folder / "sealed" / str(part.part_no)
+        self._sealer = sealer
+        super().__init__(folder, part, stream)
+
+    def _open(self) -> int:
+        fd = private_open(self._path.with_suffix(".tmp"), _NEW)
+        os.write(fd, self._sealer.header)
+        return fd
+
+    def _put(self, data: bytes | memoryview) -> None:
+        for sealed in self._sealer.update(bytes(data)):
+            _write_all(self._fd, sealed)
+
+    def _durable(self) -> None:
+        _write_all(self._fd, self._sealer.finish())
+        os.fsync(self._fd)
+        os.replace(self._path.with_suffix(".tmp"), self._path)
+
+    def abort(self) -> None:
+        super().abort()
+        self._path.with_suffix(".tmp").unlink(missing_ok=True)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class Staging:
     """The staging folder of a receiving directory."""
 
     def __init__(self, directory: Path, *, max_file_bytes: int, max_ratio: float = 200.0,
-                 max_parts: int | None = None) -> None:
+                 max_parts: int | None = None, vault: Vault | None = None, org: str = "") -> None:
         self.directory = directory
+        self.vault = vault or Vault()
+        """Seals staged parts for ``org`` (the receiving business-AP) when it holds a key ring."""
+        self.org = org
         self.root = directory / STAGING_DIR
         private_dir(self.root)
         self.senders = self.root / _SENDERS
@@ -228,7 +283,11 @@ class Staging:
         if status.published is not None or part.part_no in status.parts:
             return None
         done, digest = self._running.get(info.file_id, (0, hashlib.sha256()))
-        return PartWriter(self._folder(info.file_id), part, digest.copy() if done == part.offset else None)
+        stream = digest.copy() if done == part.offset else None
+        if self.vault.sealing:
+            sealer = self.vault.writer(self.org, f"{info.file_id}/{part.part_no}")
+            return SealedPartWriter(self._folder(info.file_id), part, stream, sealer)
+        return PartWriter(self._folder(info.file_id), part, stream)
 
     def commit(self, writer: PartWriter, file_id: str) -> None:
         """Record a written part (see :meth:`PartWriter.commit`) and advance the in-order hash."""
@@ -256,6 +315,7 @@ class Staging:
             raise
         _write_atomically(folder / "published", info.file_name)
         (folder / "data").unlink(missing_ok=True)
+        shutil.rmtree(folder / "sealed", ignore_errors=True)
         shutil.rmtree(folder / "parts", ignore_errors=True)
         return target
 
@@ -284,6 +344,8 @@ class Staging:
 
     def _verify(self, info: FileInfo, data: Path, tmp: Path, running: tuple[int, hashlib._Hash] | None) -> Path:
         """The verified file, ready to be renamed: the stream itself, or its unzipped member in ``tmp``."""
+        if self.vault.sealing:
+            return self._unseal(info, data.parent, tmp)
         data.touch()
         if os.path.getsize(data) != info.stream_size:
             raise ChecksumMismatch(f"the received stream has {os.path.getsize(data)} bytes, not {info.stream_size}")
@@ -309,6 +371,37 @@ class Staging:
             out.flush()
             os.fsync(out.fileno())
         return tmp
+
+    def _unseal(self, info: FileInfo, folder: Path, tmp: Path) -> Path:
+        """The sealed parts opened in order into ``tmp`` (unzipped when zipped), verified."""
+        reader = ZipReader(ZipLimits(max_bytes=info.file_size, max_ratio=self.max_ratio)) \
+            if info.compression != "none" else None
+        digest, size = hashlib.sha256(), 0
+        with os.fdopen(private_open(tmp, _NEW), "wb") as out:
+            for chunk in self._sealed_stream(info, folder):
+                for piece in reader.feed(chunk) if reader is not None else [chunk]:
+                    digest.update(piece)
+                    size += len(piece)
+                    out.write(piece)
+            if reader is not None:
+                reader.close()
+            _check_file(info, digest.hexdigest(), size)
+            out.flush()
+            os.fsync(out.fileno())
+        return tmp
+
+    def _sealed_stream(self, info: FileInfo, folder: Path) -> Iterator[bytes]:
+        """The transmitted stream, part after part, each opened and authenticated."""
+        streamed = 0
+        for number in range(1, info.part_count + 1):
+            part = PartInfo(**json.loads((folder / "parts" / str(number)).read_text(encoding="utf-8")))
+            path = folder / "sealed" / str(number)
+            for chunk in self.vault.opened(self.org, f"{info.file_id}/{number}", part.size, path.stat().st_size,
+                                           _read(path)):
+                streamed += len(chunk)
+                yield chunk
+        if streamed != info.stream_size:
+            raise ChecksumMismatch(f"the received stream has {streamed} bytes, not {info.stream_size}")
 
     def expire(self, max_age: float, *, now: float | None = None) -> list[str]:
         """Forget transfers untouched for ``max_age`` seconds: abandoned partial files, and the

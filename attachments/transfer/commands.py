@@ -11,7 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeAlias
 
-from gateway.errors import SendError
+from gateway.crypto import Vault, vault_for
+from gateway.errors import ConfigError, SendError
+from gateway.store import Store, database_url
+from routing.config import load_config
 from gateway.ns import SoapVersion
 
 from .receiver import ReceiveOptions, make_receiver_app
@@ -99,6 +102,8 @@ def _add_receive(commands: Commands, config_option: Callable[[argparse.ArgumentP
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--dir", type=Path, required=True, metavar="DIR", help="where complete files are published")
+    p.add_argument("--ap", metavar="NAME", help="this business-AP's name: with gateway.encryption in --config, "
+                   "staged parts are sealed under its data key (keys in that config's gateway.db)")
     p.add_argument("--max-file-bytes", type=_size, default=ReceiveOptions.max_file_bytes, metavar="BYTES",
                    help="largest file accepted, as declared before its first part is staged (default 64G)")
     p.add_argument("--max-parts", type=int, default=ReceiveOptions.max_parts, metavar="N",
@@ -115,6 +120,19 @@ def _add_receive(commands: Commands, config_option: Callable[[argparse.ArgumentP
     p.set_defaults(run=_receive)
 
 
+def _vault(args: argparse.Namespace) -> Vault | None:
+    """The sealing vault of ``gateway.encryption`` in --config (when that file exists), keys in its gateway.db."""
+    if not args.config.exists():
+        return None
+    config = load_config(args.config)
+    if config.gateway.encryption is None:
+        return None
+    if not args.ap:
+        raise ConfigError("gateway.encryption is set: bmrgw receive needs --ap NAME, the organisation "
+                          "whose data key seals the staged parts")
+    return vault_for(config.gateway.encryption, Store(database_url(config)).engine)
+
+
 def _receive(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -123,7 +141,7 @@ def _receive(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = ReceiveOptions(directory=args.dir, max_file_bytes=args.max_file_bytes, max_ratio=args.max_ratio,
                              keep_partial_days=args.keep_partial_days, max_parts=args.max_parts,
-                             min_free_bytes=args.min_free_bytes)
+                             min_free_bytes=args.min_free_bytes, vault=_vault(args), org=args.ap or "")
     try:
         app = make_receiver_app(options)
     except OSError as exc:

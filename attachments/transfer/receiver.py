@@ -48,6 +48,7 @@ from attachments.message import (
 from attachments.mime import Event, MultipartReader, PartData, PartEnd, PartStart, RelatedType, parse_related
 from attachments.parts import FileInfo, PartHasher, PartInfo
 from attachments.staging import PartWriter, Sender, Staging
+from gateway.crypto import Vault
 from gateway.disk import FreeSpace
 from gateway.durable import private_dir
 from gateway.errors import (
@@ -83,6 +84,10 @@ class ReceiveOptions:
     """Name in the faults' ``g:Error gateway`` attribute."""
     keep_partial_days: float = 7.0
     """Transfers untouched this long are forgotten (checked at start and hourly)."""
+    vault: Vault | None = None
+    """Seals staged parts (``gateway.encryption`` of the receiver's config); ``None``: stored as they are."""
+    org: str = ""
+    """This receiving business-AP's name: the organisation whose data key seals its staged parts."""
 
 
 class FileReceiver:
@@ -92,7 +97,8 @@ class FileReceiver:
         private_dir(options.directory)
         self._options = options
         self._staging = Staging(options.directory, max_file_bytes=options.max_file_bytes,
-                                max_ratio=options.max_ratio, max_parts=options.max_parts)
+                                max_ratio=options.max_ratio, max_parts=options.max_parts, vault=options.vault,
+                                org=options.org)
         self._space = FreeSpace([options.directory])
         self._locks: dict[str, asyncio.Lock] = {}
 
