@@ -291,3 +291,23 @@ async def test_a_tampered_staged_part_is_refused_and_the_transfer_starts_again(
     finally:
         await runner.cleanup()
         keys.close()
+
+
+@pytest.mark.parametrize("size", [0, 10, CHUNK, 3 * CHUNK + 7])
+def test_a_sealed_spool_holds_no_plaintext_even_while_uploading(tmp_path: Path, size: int) -> None:
+    from gateway.jx.wire import SpoolWriter
+
+    mark = marker()
+    data = (mark * (size // len(mark) + 1))[:size]
+    writer = SpoolWriter(tmp_path / "tmp", limit=1 << 30, sealed=True)
+    writer.write(data[:size // 2])
+    writer._file.flush()
+    assert found_in(mark, tmp_path / "tmp") == [], "mid-upload"
+    writer.write(data[size // 2:])
+    spool = writer.finish()
+    assert found_in(mark, tmp_path / "tmp") == []
+    assert b"".join(spool.chunks(100_000)) == data and spool.size == size
+    plain = SpoolWriter(tmp_path / "plain", limit=1 << 30)
+    plain.write(data)
+    assert size < len(mark) or found_in(mark, tmp_path / "plain"), "the scan sees an unsealed spool"
+    plain.abort()

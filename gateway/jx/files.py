@@ -8,22 +8,22 @@ from pathlib import Path
 
 from ..crypto import Vault
 from ..durable import fsync_dir, private_open
+from .wire import Spool
 
 __all__ = ["fsync_dir", "write_atomically", "place"]
 
 _PIECE = 1024 * 1024
 
 
-def place(vault: Vault, spool: Path, path: Path, org: str, doc: str) -> None:
-    """Put the content of the file ``spool`` at ``path`` (new, 0600, fsynced): renamed as it is, or sealed
+def place(vault: Vault, spool: Spool, path: Path, org: str, doc: str) -> None:
+    """Put the content of ``spool`` at ``path`` (new, 0600, fsynced): renamed as it is, or sealed
     for ``org`` when ``vault`` encrypts (then the spool stays for its owner to discard)."""
-    if not vault.sealing:
-        os.replace(spool, path)
+    if not vault.sealing and spool.key is None:
+        os.replace(spool.path, path)
         return
     try:
-        with spool.open("rb") as source, os.fdopen(private_open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL),
-                                                   "wb") as out:
-            for piece in vault.sealed(org, doc, iter(lambda: source.read(_PIECE), b""), _PIECE):
+        with os.fdopen(private_open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as out:
+            for piece in vault.sealed(org, doc, spool.chunks(_PIECE), _PIECE):
                 out.write(piece)
             out.flush()
             os.fsync(out.fileno())

@@ -66,7 +66,9 @@ class Mailbox:
         return accepted_envelope(version, message_id)
 
     async def _spool(self, body: bytes | AsyncIterable[bytes]) -> Spool:
-        writer = SpoolWriter(self.store.spool_dir, limit=self.max_bytes, durable=not self.store.in_database)
+        sealed = self.store.vault.sealing  # then the sealed blob is fsynced, not the spool
+        writer = SpoolWriter(self.store.spool_dir, limit=self.max_bytes, durable=not (self.store.in_database or sealed),
+                             sealed=sealed)
         try:
             if isinstance(body, bytes):
                 writer.write(body)

@@ -167,9 +167,10 @@ class JxService:
         return jx
 
     def _reader(self, request: web.Request, first: bytes, understood: frozenset[str] = frozenset()) -> RequestReader:
+        sealed = self.store.vault.sealing  # then the sealed blob is fsynced, not the spool
         return RequestReader(self.store.spool_dir, max_document_bytes=self.settings.max_document_bytes,
-                             encoding=request_encoding(first, request.charset), durable=not self.store.in_database,
-                             understood=understood)
+                             encoding=request_encoding(first, request.charset),
+                             durable=not (self.store.in_database or sealed), understood=understood, sealed=sealed)
 
     async def _read_signed(self, request: web.Request, call: Call, client: Client) -> JxRequest:
         """A client with ``wss.verify`` signs its requests: read whole (up to gateway.max_message_bytes), verify, parse."""

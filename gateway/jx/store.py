@@ -332,15 +332,13 @@ class DocumentStore:
         """Move the fsynced spool into ``blobs/`` (sealed for its receiver if encrypting), durably."""
         name = f"{uuid.uuid4().hex}.doc"
         with translated("cannot store the document"):
-            place(self.vault, spool.path, self.blob_dir / name, new.receiver_id, new.message_id)
+            place(self.vault, spool, self.blob_dir / name, new.receiver_id, new.message_id)
             fsync_dir(self.blob_dir)
         return name
 
     def _database_blob(self, c: Connection, seq: int, new: NewDocument, spool: Spool) -> None:
-        with spool.path.open("rb") as fh:
-            content = iter(lambda: fh.read(PART), b"")
-            for part, data in enumerate(self.vault.sealed(new.receiver_id, new.message_id, content, PART)):
-                c.execute(insert(self.tables.blob).values(doc_seq=seq, part=part, data=data))
+        for part, data in enumerate(self.vault.sealed(new.receiver_id, new.message_id, spool.chunks(PART), PART)):
+            c.execute(insert(self.tables.blob).values(doc_seq=seq, part=part, data=data))
 
     def _log(self, c: Connection, record: LogRecord | None) -> None:
         if record is not None and self.log is not None:

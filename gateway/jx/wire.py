@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any, BinaryIO
 
 from lxml import etree
 
+from ..crypto.seal import DataKey, SealWriter, regroup, unseal
 from ..durable import private_dir
 from ..errors import MalformedMessage, MessageTooLarge
 from ..ids import new_message_id
@@ -139,6 +141,18 @@ class Spool:
     path: Path
     size: int
     sha256: str
+    key: DataKey | None = None
+    """The spool's own throw-away key when it was written sealed (in memory only: a crash leaves noise)."""
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        """The document's bytes, in pieces of about ``size``."""
+        with self.path.open("rb") as fh:
+            stored = iter(lambda: fh.read(size), b"")
+            if self.key is None:
+                yield from stored
+            else:
+                key = self.key
+                yield from regroup(unseal(lambda _org, _generation: key, key.org, self.path.name, stored), size)
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -148,14 +162,23 @@ class SpoolWriter:
     """Writes a document's bytes into a temporary file as they arrive, hashing them.
 
     :meth:`finish` fsyncs the file (unless not ``durable``: bytes that go on into
-    the database need no fsync of their own); :meth:`abort` removes it.
+    the database need no fsync of their own); :meth:`abort` removes it.  With
+    ``sealed`` (``gateway.encryption``) the bytes are sealed as they arrive under
+    a random key of this spool's own, so no plaintext rests on disk even while
+    the document is uploaded, before its receiver — whose key seals it for good —
+    is known.
     """
 
-    def __init__(self, directory: Path, *, limit: int, durable: bool = True, prefix: str = "doc-") -> None:
+    def __init__(self, directory: Path, *, limit: int, durable: bool = True, prefix: str = "doc-",
+                 sealed: bool = False) -> None:
         private_dir(directory)
         fd, name = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".part")
         self.path = Path(name)
         self._file: BinaryIO = os.fdopen(fd, "wb")
+        self._key = DataKey("spool", 0, secrets.token_bytes(32)) if sealed else None
+        self._sealer = SealWriter(self._key, self.path.name) if self._key is not None else None
+        if self._sealer is not None:
+            self._file.write(self._sealer.header)
         self._limit = limit
         self._durable = durable
         self._digest = hashlib.sha256()
@@ -167,14 +190,20 @@ class SpoolWriter:
             raise MessageTooLarge(f"document exceeds the limit of {self._limit} bytes",
                                   detail="gateway.jx.max_document_bytes")
         self._digest.update(data)
-        self._file.write(data)
+        if self._sealer is None:
+            self._file.write(data)
+            return
+        for sealed in self._sealer.update(data):
+            self._file.write(sealed)
 
     def finish(self) -> Spool:
+        if self._sealer is not None:
+            self._file.write(self._sealer.finish())
         self._file.flush()
         if self._durable:
             os.fsync(self._file.fileno())
         self._file.close()
-        return Spool(path=self.path, size=self.size, sha256=self._digest.hexdigest())
+        return Spool(path=self.path, size=self.size, sha256=self._digest.hexdigest(), key=self._key)
 
     def abort(self) -> None:
         if not self._file.closed:
@@ -189,8 +218,9 @@ class Base64Spool(SpoolWriter):
     that is not base64 is refused.
     """
 
-    def __init__(self, directory: Path, *, limit: int, durable: bool = True, prefix: str = "doc-") -> None:
-        super().__init__(directory, limit=limit, durable=durable, prefix=prefix)
+    def __init__(self, directory: Path, *, limit: int, durable: bool = True, prefix: str = "doc-",
+                 sealed: bool = False) -> None:
+        super().__init__(directory, limit=limit, durable=durable, prefix=prefix, sealed=sealed)
         self._pending = ""
 
     def write_text(self, text: str) -> None:
@@ -236,6 +266,8 @@ class _Target:
     spool_dir: Path
     limit: int
     durable: bool = True
+    sealed: bool = False
+    """Seal the spooled document under a throw-away key (``gateway.encryption``)."""
     understood: frozenset[str] = frozenset()
     """Header blocks processed before parsing (a verified wsse:Security)."""
     path: list[str] = field(default_factory=list)
@@ -264,7 +296,7 @@ class _Target:
         elif depth == 2 and self.path[1] == _BODY:
             self._operation(tag)
         elif depth == 3 and self.path[1] == _BODY and _local(tag) == "data" and self.operation == "PutDocument":
-            self.spool = Base64Spool(self.spool_dir, limit=self.limit, durable=self.durable)
+            self.spool = Base64Spool(self.spool_dir, limit=self.limit, durable=self.durable, sealed=self.sealed)
         self.text = []
 
     def _envelope_child(self, tag: str) -> None:
@@ -350,9 +382,9 @@ class RequestReader:
     """Feed a JX request's bytes as they arrive; :meth:`finish` returns the :class:`JxRequest`."""
 
     def __init__(self, spool_dir: Path, *, max_document_bytes: int, encoding: str | None = None,
-                 durable: bool = True, understood: frozenset[str] = frozenset()) -> None:
+                 durable: bool = True, understood: frozenset[str] = frozenset(), sealed: bool = False) -> None:
         self._guard = PrologGuard(encoding)  # first: an unknown charset is the client's MalformedMessage
-        self._target = _Target(spool_dir=spool_dir, limit=max_document_bytes, durable=durable,
+        self._target = _Target(spool_dir=spool_dir, limit=max_document_bytes, durable=durable, sealed=sealed,
                                understood=understood)
         self._parser = hardened_parser(target=self._target, encoding=encoding)
 
