@@ -2,7 +2,10 @@
 
 ``init PATH`` writes a new master key (never over an existing file);
 ``status`` lists the organisations with a data key, its generation, age and
-the master key that wraps it.
+the master key that wraps it; ``rotate --new-master PATH`` re-wraps every
+data key under a new master key while gateways run (they re-read the key
+file when they meet the new key); ``destroy --org ID`` erases one
+organisation's data keys (crypto-shredding) and logs it.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ from sqlalchemy import select
 
 from gateway.durable import private_dir
 from gateway.errors import CommandError, ConfigError
+from gateway.logs.clock import Clock
+from gateway.logs.records import LogRecord
+from gateway.logs.tables import append, ensure_schema
 from gateway.store import Store, database_url
-from routing.config import load_config
+from routing.config import Config, load_config
 
-from .ring import DATA_KEYS, KeyRing, MasterKey, write_master_key
+from .ring import DATA_KEYS, KeyRing, MasterKey, write_master_key, write_master_keys
 
 __all__ = ["add_keys_command"]
 
@@ -47,9 +53,33 @@ def add_keys_command(commands: Any, config_option: ConfigOption) -> None:
         "status", help="organisations, their data key generation and age",
         description="List every organisation with a data key: generation, when it was made, and the "
         "master key (fingerprint) that wraps it; the fingerprint of the configured master key comes first.")
-    config_option(status)
-    status.add_argument("--db", metavar="URL", help="store URL (default: $BMRGW_DB_URL, else gateway.db)")
+    _store_options(status, config_option)
     status.set_defaults(run=_status)
+    rotate = actions.add_parser(
+        "rotate", help="re-wrap every data key under a new master key, while the gateway runs",
+        description="Put the key of PATH (from 'bmrgw keys init') first in the configured master key file, "
+        "keeping the earlier keys after it, then re-wrap every data key under it. Running gateways re-read "
+        "the file when they meet the new key, so nothing stops. On several hosts, run with --stage-only "
+        "on every other host first (each host's key file learns the new key), then once without.")
+    _store_options(rotate, config_option)
+    rotate.add_argument("--new-master", type=Path, required=True, metavar="PATH", help="the new master key file")
+    rotate.add_argument("--stage-only", action="store_true",
+                        help="only add the new key to this host's key file; re-wrap nothing")
+    rotate.set_defaults(run=_rotate)
+    destroy = actions.add_parser(
+        "destroy", help="erase an organisation's data keys: its content becomes unreadable (crypto-shredding)",
+        description="Erase every data key of the organisation ID. Everything sealed for it - documents, "
+        "messages, staged parts - can never be read again; running gateways refuse it within 30 s. The "
+        "erasure is written to the send/receive log. Asks for the ID again unless --yes.")
+    _store_options(destroy, config_option)
+    destroy.add_argument("--org", required=True, metavar="ID", help="the organisation (JX receiver id, business-AP)")
+    destroy.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    destroy.set_defaults(run=_destroy)
+
+
+def _store_options(parser: argparse.ArgumentParser, config_option: ConfigOption) -> None:
+    config_option(parser)
+    parser.add_argument("--db", metavar="URL", help="store URL (default: $BMRGW_DB_URL, else gateway.db)")
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -66,11 +96,65 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(args: argparse.Namespace) -> int:
+def _encrypted(args: argparse.Namespace) -> tuple[Config, Path]:
     config = load_config(args.config, db=args.db or os.environ.get("BMRGW_DB_URL") or None)
     if config.gateway.encryption is None:
         raise ConfigError("gateway.encryption is not configured: nothing is sealed")
-    master = MasterKey.load(Path(config.gateway.encryption.master_key))
+    return config, Path(config.gateway.encryption.master_key)
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    config, path = _encrypted(args)
+    known, new = MasterKey.load_all(path), MasterKey.load(args.new_master)
+    if known[0].id != new.id:
+        write_master_keys(path, [new, *(key for key in known if key.id != new.id)])
+    print(f"{path}: master key {new.id} first, {len(known)} earlier key(s) after it")
+    if args.stage_only:
+        return 0
+    store = Store(database_url(config))
+    try:
+        ring = KeyRing(store.engine, [new, *known], path)
+        moved = ring.rewrap(new)
+        moved += ring.rewrap(new)  # keys a gateway made under the old key while the first pass ran
+    finally:
+        store.close()
+    print(f"re-wrapped {moved} data key(s) under master key {new.id}. Keep the earlier keys in {path} "
+          "while database backups wrapped under them may be restored; see 'bmrgw keys status'.")
+    return 0
+
+
+def _destroy(args: argparse.Namespace) -> int:
+    config, path = _encrypted(args)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("bmrgw: keys destroy asks for confirmation: give --yes when not on a terminal", file=sys.stderr)
+            return 2
+        if input(f"type {args.org} to erase its data keys for ever: ").strip() != args.org:
+            print("bmrgw: not confirmed; nothing erased", file=sys.stderr)
+            return 1
+    store = Store(database_url(config))
+    try:
+        ring = KeyRing(store.engine, MasterKey.load_all(path), path)
+        ring.open()
+        if config.gateway.logs.enabled:
+            ensure_schema(store.engine)
+        with store.engine.begin() as c:
+            erased = ring.destroy(c, args.org)
+            if config.gateway.logs.enabled:
+                append(c, [LogRecord.at(Clock().now(), kind="keys", direction="request", status="ok",
+                                        endpoint="keys:destroy", to_ap=args.org,
+                                        client=os.environ.get("USER") or None)], node=config.gateway.name)
+    finally:
+        store.close()
+    print(f"erased {erased} data key(s) of {args.org}: its sealed content can no longer be read. Database "
+          "backups made before now still hold the wrapped keys: rotate the master key and destroy every copy "
+          "of the earlier master key so that those backups cannot yield them either.")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    config, path = _encrypted(args)
+    master = MasterKey.load(path)
     store = Store(database_url(config))
     try:
         KeyRing(store.engine, [master]).open()
@@ -78,7 +162,7 @@ def _status(args: argparse.Namespace) -> int:
             rows = c.execute(select(DATA_KEYS).order_by(DATA_KEYS.c.org, DATA_KEYS.c.generation)).all()
     finally:
         store.close()
-    print(f"master key {master.id} ({config.gateway.encryption.master_key})")
+    print(f"master key {master.id} ({path})")
     now = datetime.now(UTC)
     for row in rows:
         made = datetime.fromtimestamp(row.created_ms / 1000, UTC)

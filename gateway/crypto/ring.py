@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     Engine,
     Integer,
     LargeBinary,
@@ -42,9 +43,11 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    case,
     func,
     insert,
     select,
+    update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -53,9 +56,11 @@ from gateway.errors import ConfigError, DocumentCorrupt, KeyUnavailable
 
 from .seal import DataKey
 
-__all__ = ["MasterKey", "KeyRing", "DATA_KEYS", "write_master_key"]
+__all__ = ["MasterKey", "KeyRing", "DATA_KEYS", "write_master_key", "write_master_keys"]
 
 _KEY_BYTES = 32
+#: Seconds a cached data key is used before the table is asked again (whether it was destroyed).
+RECHECK_SECONDS = 30.0
 _WRAP_AD = b"bmrgw-data-key/1\x00"
 
 METADATA = MetaData()
@@ -84,16 +89,22 @@ class MasterKey:
 
     @classmethod
     def load(cls, path: Path) -> MasterKey:
-        """Read a master key file; a missing, unreadable or malformed file is a :class:`ConfigError`."""
+        """The current (first) key of a master key file."""
+        return cls.load_all(path)[0]
+
+    @classmethod
+    def load_all(cls, path: Path) -> list[MasterKey]:
+        """Every key of a master key file, current first (a file holds earlier keys after a rotation);
+        a missing, unreadable or malformed file is a :class:`ConfigError`."""
         try:
-            text = path.read_text(encoding="ascii").strip()
-            secret = base64.b64decode(text, validate=True)
+            lines = [line.strip() for line in path.read_text(encoding="ascii").splitlines()]
+            secrets = [base64.b64decode(line, validate=True) for line in lines if line and not line.startswith("#")]
         except (OSError, UnicodeDecodeError, binascii.Error) as exc:
             raise ConfigError(f"gateway.encryption.master_key: cannot read {str(path)!r}: "
                               f"{getattr(exc, 'strerror', None) or exc} (bmrgw keys init PATH makes one)") from exc
-        if len(secret) != _KEY_BYTES:
-            raise ConfigError(f"gateway.encryption.master_key: {str(path)!r} does not hold a 256-bit key")
-        return cls.of(secret)
+        if not secrets or any(len(secret) != _KEY_BYTES for secret in secrets):
+            raise ConfigError(f"gateway.encryption.master_key: {str(path)!r} does not hold 256-bit keys only")
+        return [cls.of(secret) for secret in secrets]
 
     def wrap(self, key: DataKey) -> bytes:
         nonce = os.urandom(12)
@@ -115,13 +126,27 @@ def _wrap_ad(org: str, generation: int) -> bytes:
 def write_master_key(path: Path) -> MasterKey:
     """Write a new random master key to ``path`` (0600); an existing file is never overwritten."""
     key = MasterKey.of(os.urandom(_KEY_BYTES))
-    fd = private_open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    _write_keys(path, [key], os.O_EXCL)
+    return key
+
+
+def write_master_keys(path: Path, keys: list[MasterKey]) -> None:
+    """Replace the key file ``path`` by ``keys`` (current first), atomically: readers see the old or the new."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    _write_keys(tmp, keys, os.O_EXCL)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _write_keys(path: Path, keys: list[MasterKey], flags: int) -> None:
+    fd = private_open(path, os.O_WRONLY | os.O_CREAT | flags)
     with os.fdopen(fd, "w", encoding="ascii") as out:
-        out.write(base64.b64encode(key.secret).decode("ascii") + "\n")
+        out.write("".join(base64.b64encode(key.secret).decode("ascii") + "\n" for key in keys))
         out.flush()
         os.fsync(out.fileno())
-    fsync_dir(path.parent)
-    return key
+    if flags & os.O_EXCL and path.name[:1] != ".":
+        fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
@@ -141,15 +166,23 @@ def now_ms() -> int:
 
 
 class KeyRing:
-    """The data keys of every organisation, wrapped in the store, unwrapped on demand and cached."""
+    """The data keys of every organisation, wrapped in the store, unwrapped on demand and cached.
 
-    def __init__(self, engine: Engine, masters: Iterable[MasterKey]) -> None:
+    With ``path`` (the master key file) the ring re-reads that file when it meets a data key
+    wrapped by a master key it does not hold, and before it makes a new data key: a rotation
+    that adds a new master key to the file is followed without a restart.  A cached key is
+    checked against the table again after :data:`RECHECK_SECONDS`, so a destroyed key stops
+    opening content in every running gateway within that time.
+    """
+
+    def __init__(self, engine: Engine, masters: Iterable[MasterKey], path: Path | None = None) -> None:
         self.engine = engine
+        self.path = path
         self.masters = {master.id: master for master in masters}
         self.current = next(iter(self.masters.values()))
-        """The master key that wraps new data keys (the first given)."""
-        self._keys: dict[tuple[str, int], DataKey] = {}
-        self._newest: dict[str, DataKey] = {}
+        """The master key that wraps new data keys (the first given, or the first of the file)."""
+        self._keys: dict[tuple[str, int], tuple[DataKey, float]] = {}
+        self._newest: dict[str, int] = {}
         self._lock = threading.Lock()
         self._opened = False
 
@@ -165,28 +198,33 @@ class KeyRing:
         self._opened = True
 
     def for_sealing(self, org: str) -> DataKey:
-        """The newest data key of ``org``, made now if it has none."""
-        key = self._newest.get(org)
-        if key is None:
-            key = self._load_newest(org) or self._create(org, 1)
-            self._newest[org] = self._keys[(org, key.generation)] = key
+        """The newest live data key of ``org``, made now if it has none (or only destroyed ones)."""
+        generation = self._newest.get(org)
+        if generation is not None:
+            return self.key_of(org, generation)
+        live, newest = self._generations(org)
+        key = self.key_of(org, live) if live is not None else self._create(org, (newest or 0) + 1)
+        self._newest[org] = key.generation
         return key
 
     def key_of(self, org: str, generation: int) -> DataKey:
         """The data key that sealed content of ``org`` at ``generation``."""
-        key = self._keys.get((org, generation))
-        if key is None:
-            self.open()
-            with translated("cannot read the data keys"), self.engine.connect() as c:
-                row = c.execute(select(DATA_KEYS).where(DATA_KEYS.c.org == org,
-                                                        DATA_KEYS.c.generation == generation)).first()
-            if row is None:  # content claiming a key its organisation never had was not sealed for it
-                raise DocumentCorrupt(f"content of {org!r} names data key generation {generation}, which "
-                                      f"{org!r} never had: moved from another organisation?", detail=org)
-            if row.wrapped is None:
-                raise KeyUnavailable(f"the data key of {org!r} (generation {generation}) was destroyed: "
-                                     "its content cannot be read", detail=org)
-            key = self._keys[(org, generation)] = self._unwrap(row.org, row.generation, row.master_id, row.wrapped)
+        cached = self._keys.get((org, generation))
+        if cached is not None and time.monotonic() - cached[1] < RECHECK_SECONDS:
+            return cached[0]
+        self.open()
+        with translated("cannot read the data keys"), self.engine.connect() as c:
+            row = c.execute(select(DATA_KEYS).where(DATA_KEYS.c.org == org,
+                                                    DATA_KEYS.c.generation == generation)).first()
+        if row is None:  # content claiming a key its organisation never had was not sealed for it
+            raise DocumentCorrupt(f"content of {org!r} names data key generation {generation}, which "
+                                  f"{org!r} never had: moved from another organisation?", detail=org)
+        if row.wrapped is None:
+            self.forget(org)
+            raise KeyUnavailable(f"the data key of {org!r} (generation {generation}) was destroyed: "
+                                 "its content cannot be read", detail=org)
+        key = cached[0] if cached is not None else self._unwrap(org, generation, row.master_id, bytes(row.wrapped))
+        self._keys[(org, generation)] = (key, time.monotonic())
         return key
 
     def forget(self, org: str | None = None) -> None:
@@ -194,26 +232,62 @@ class KeyRing:
         with self._lock:
             for cached in list(self._keys):
                 if org is None or cached[0] == org:
-                    del self._keys[cached]
+                    self._keys.pop(cached, None)
             for name in list(self._newest):
                 if org is None or name == org:
-                    del self._newest[name]
+                    self._newest.pop(name, None)
+
+    def rewrap(self, new: MasterKey) -> int:
+        """Wrap every live data key under ``new`` (unwrapped with the master key that wraps it now);
+        returns how many rows changed.  Each row is swapped only if nobody changed it meanwhile."""
+        self.open()
+        t, moved = DATA_KEYS, 0
+        with translated("cannot read the data keys"), self.engine.connect() as c:
+            rows = c.execute(select(t.c.org, t.c.generation, t.c.master_id, t.c.wrapped).where(
+                t.c.wrapped.is_not(None), t.c.master_id != new.id)).all()
+        for row in rows:
+            key = self._unwrap(row.org, row.generation, row.master_id, bytes(row.wrapped))
+            with translated("cannot store a re-wrapped data key"), self.engine.begin() as c:
+                moved += c.execute(update(t).where(t.c.org == row.org, t.c.generation == row.generation,
+                                                   t.c.master_id == row.master_id, t.c.wrapped.is_not(None))
+                                   .values(master_id=new.id, wrapped=new.wrap(key))).rowcount
+        return moved
+
+    def destroy(self, connection: Connection, org: str) -> int:
+        """Erase every data key of ``org`` in ``connection``'s transaction; returns how many were live."""
+        t = DATA_KEYS
+        done = connection.execute(update(t).where(t.c.org == org, t.c.wrapped.is_not(None))
+                                  .values(wrapped=None, destroyed_ms=now_ms())).rowcount
+        self.forget(org)
+        return int(done)
+
+    def _reload(self) -> None:
+        if self.path is None:
+            return
+        found = MasterKey.load_all(self.path)
+        self.masters = {**{key.id: key for key in found}, **self.masters}
+        self.current = found[0]
 
     def _unwrap(self, org: str, generation: int, master_id: str, wrapped: bytes) -> DataKey:
+        if master_id not in self.masters:
+            self._reload()  # a rotation may have added it to the key file since we started
         master = self.masters.get(master_id)
         if master is None:
             raise KeyUnavailable(f"the data key of {org!r} is wrapped by master key {master_id}, which this "
                                  "gateway does not hold (gateway.encryption.master_key)", detail=org)
-        return master.unwrap(org, generation, bytes(wrapped))
+        return master.unwrap(org, generation, wrapped)
 
-    def _load_newest(self, org: str) -> DataKey | None:
+    def _generations(self, org: str) -> tuple[int | None, int | None]:
+        """The newest live generation of ``org`` and the newest of all (destroyed ones too)."""
         t = DATA_KEYS
         self.open()
         with translated("cannot read the data keys"), self.engine.connect() as c:
-            newest = c.execute(select(func.max(t.c.generation)).where(t.c.org == org)).scalar()
-        return None if newest is None else self.key_of(org, int(newest))
+            live, newest = c.execute(select(func.max(case((t.c.wrapped.is_not(None), t.c.generation))),
+                                            func.max(t.c.generation)).where(t.c.org == org)).one()
+        return live, newest
 
     def _create(self, org: str, generation: int) -> DataKey:
+        self._reload()  # wrap under the newest master key of the file
         key = DataKey(org, generation, os.urandom(_KEY_BYTES))
         try:
             with translated("cannot store a new data key"), self.engine.begin() as c:
@@ -221,4 +295,5 @@ class KeyRing:
                                                    wrapped=self.current.wrap(key), created_ms=now_ms()))
         except IntegrityError:  # another worker or node made it first: use theirs
             return self.key_of(org, generation)
+        self._keys[(org, generation)] = (key, time.monotonic())
         return key

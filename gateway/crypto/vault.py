@@ -31,7 +31,8 @@ def vault_for(settings: EncryptionSettings | None, engine: Engine) -> Vault:
     """The vault of ``gateway.encryption`` over the store ``engine`` (pass-through when not configured)."""
     if settings is None:
         return Vault()
-    return Vault(KeyRing(engine, [MasterKey.load(Path(settings.master_key))]))
+    path = Path(settings.master_key)
+    return Vault(KeyRing(engine, MasterKey.load_all(path), path))
 
 
 class Vault:
