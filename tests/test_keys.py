@@ -15,8 +15,8 @@ from sqlalchemy import create_engine, select
 
 from gateway.cli import main
 from gateway.crypto import KeyRing, MasterKey
-from gateway.crypto.errors import KeyUnavailable
 from gateway.crypto.ring import DATA_KEYS, write_master_keys
+from gateway.errors import KeyUnavailable
 from gateway.logs.tables import LogFilter, read
 
 from .conftest import GatewayFactory, write_yaml
