@@ -64,12 +64,16 @@ HTTP status of the fault response::
     GatewayError
     └── CommandError
         ├── PollError                               ``bmrgw poll`` cannot go on
+        │   └── RoundFailure                        one step of a poll round failed, by kind
+        │                                           (defined beside its kinds in gateway/jx/failure.py)
         ├── SendError                               ``bmrgw send`` did not complete (carries its exit code)
         ├── RemoteFault                             a gateway answered a refdb request with a fault
         └── FileError(ValueError)                   a records file cannot be read (``bmrgw refdb push``)
 
-Private signals that never leave their module (a poll round's ``Stopped``,
-refdb's ``BadValue`` turned into ``InvalidRecord``) are not part of the tree.
+Private signals that never leave their package are not part of the tree: a
+poll round's ``Stopped``, refdb's ``BadValue``/``FieldError`` (turned into
+``InvalidRecord``), ``_Slow`` and ``DriverIntegrityError`` (turned into a
+duplicate-key ``InvalidRecord``), and the demo backend's ``_DemoFault``.
 
 Errors carry structured fields (``destination``, ``endpoint``, ``detail``)
 so that the log and the SOAP fault render them without parsing messages.
