@@ -1,8 +1,12 @@
 """The ``bmrgw`` command: one entry point, a sub-command per job (SPEC.md "CLI").
 
-Exit codes: 0 success, 1 the job failed, 2 bad usage or invalid configuration,
+Exit codes: 0 success, 1 the job failed, 2 bad usage, an invalid or missing
+configuration, or a listen address that cannot be taken, 130 interrupted,
 141 the reader of the output went away (``| head``).
-Errors are one line on stderr, never a traceback.
+Errors are one line on stderr, never a traceback: the gateway's own errors
+(:mod:`gateway.errors`) carry their message, and an ``OSError`` that reaches
+:func:`main` (a folder that cannot be made, a file that cannot be written) is
+told by its reason and path.
 """
 
 from __future__ import annotations
@@ -18,34 +22,36 @@ from attachments.transfer.commands import add_file_commands
 from gateway.logs.commands import add_logs_command, add_time_command
 from gateway.security.message import add_wss_command
 from gateway.security.pki import add_pki_command
-from gateway.terminal import add_db_option, db_url
+from gateway.terminal import add_db_option, db_url, port_number
 from refdb.commands import add_refdb_command
 from routing.commands import add_endpoints_command
 
 from .crypto.commands import add_keys_command
-from .errors import ConfigError, GatewayError
+from .errors import CommandError, ConfigError, ConfigUnreadable, GatewayError
 from .jx.commands import add_jx_command
 from .jx.poll import add_poll_command
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
 
 DEFAULT_CONFIG = "endpoints.yaml"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
     try:
         return int(args.run(args) or 0)
+    except ConfigUnreadable as exc:
+        return _fail(exc.reason, 2)
     except ConfigError as exc:
-        print(f"bmrgw: invalid configuration: {exc.reason}", file=sys.stderr)
-        return 2
+        return _fail(f"invalid configuration: {exc.reason}", 2)
+    except CommandError as exc:
+        return _fail(exc.reason, exc.exit_code)
     except GatewayError as exc:
-        print(f"bmrgw: {exc.reason}", file=sys.stderr)
-        return 1
+        return _fail(exc.reason, 1)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -53,9 +59,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout is pointed at /dev/null so that flushing it at exit does not fail once more.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
+    except OSError as exc:
+        return _fail(_os_reason(exc), 1)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _fail(message: str, code: int) -> int:
+    print(f"bmrgw: {message}", file=sys.stderr)
+    return code
+
+
+def _os_reason(exc: OSError) -> str:
+    """``cannot write /proc/nope: No such file or directory`` from an OSError, without its errno prefix."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is None:
+        return reason
+    other = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+    return f"{exc.filename}{other}: {reason}"
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bmrgw",
         description="SOAP integration gateway for local-government clouds: routes SOAP messages "
@@ -98,7 +120,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     config_option(p)
     p.add_argument("--host", help="listen address (default: gateway.listen.host, else 127.0.0.1)")
-    p.add_argument("--port", type=int, help="listen port (default: gateway.listen.port, else 8080)")
+    p.add_argument("--port", type=port_number, help="listen port (default: gateway.listen.port, else 8080)")
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="local files (default: gateway.data_dir, else ./var)")
     add_db_option(p)
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -134,7 +156,7 @@ def _add_demo_backend(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "and 1.2) so the gateway can be tried end to end; its WSDL is at http://HOST:PORT/demo?wsdl.",
     )
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9001)
+    p.add_argument("--port", type=port_number, default=9001)
     p.add_argument("--name", default="demo", help="service name returned by Echo (default: demo)")
     p.add_argument("--delay", type=float, default=0.0, metavar="SECONDS", help="wait before each answer")
     p.set_defaults(run=_demo_backend)
@@ -144,12 +166,12 @@ def _demo_backend(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from gateway.serve.demo import make_demo_app
-    from gateway.serve.server import install_event_loop
+    from gateway.serve.server import install_event_loop, listen_socket
 
+    sock = listen_socket(args.host, args.port, reuse_port=False)  # taken before it is announced
     install_event_loop()
-    print(f"demo business AP on http://{args.host}:{args.port}/demo (WSDL: ?wsdl)", flush=True)
-    web.run_app(make_demo_app(name=args.name, delay=args.delay), host=args.host, port=args.port,
-                access_log=None, print=None)
+    print(f"demo business AP on http://{args.host}:{sock.getsockname()[1]}/demo (WSDL: ?wsdl)", flush=True)
+    web.run_app(make_demo_app(name=args.name, delay=args.delay), sock=sock, access_log=None, print=None)
     return 0
 
 

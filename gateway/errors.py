@@ -7,6 +7,7 @@ HTTP status of the fault response::
 
     GatewayError
     ├── ConfigError(ValueError)                     endpoints.yaml is invalid
+    │   └── ConfigUnreadable(OSError)               … or cannot be read at all
     ├── ClientFault                                 the caller must change something
     │   ├── MalformedMessage(ValueError)            400
     │   ├── UnsupportedMediaType(ValueError)        415
@@ -62,7 +63,8 @@ HTTP status of the fault response::
 
     Command-line programs (their errors end a command with a message, never a traceback):
     GatewayError
-    └── CommandError
+    └── CommandError                                ``exit_code`` 1 (the job failed) or 2 (bad usage)
+        ├── UsageError(ValueError)                  an option, argument or listen address is unusable
         ├── PollError                               ``bmrgw poll`` cannot go on
         │   └── RoundFailure                        one step of a poll round failed, by kind
         │                                           (defined beside its kinds in gateway/jx/failure.py)
@@ -84,15 +86,15 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
-    "GatewayError", "ConfigError", "ClientFault", "MalformedMessage", "UnsupportedMediaType", "MessageTooLarge",
-    "RequestTimeout", "UnknownDestination", "Unauthorized", "Forbidden", "InvalidSignature", "Expired",
-    "Replay", "ServerFault", "RoutingLoop", "UpstreamError", "EndpointUnavailable", "EndpointTimeout",
+    "GatewayError", "ConfigError", "ConfigUnreadable", "ClientFault", "MalformedMessage", "UnsupportedMediaType",
+    "MessageTooLarge", "RequestTimeout", "UnknownDestination", "Unauthorized", "Forbidden", "InvalidSignature",
+    "Expired", "Replay", "ServerFault", "RoutingLoop", "UpstreamError", "EndpointUnavailable", "EndpointTimeout",
     "TooManyRequests", "EndpointBusy", "GatewayBusy", "UnknownDataset", "UnknownPush", "InvalidRecord",
     "InvalidRequest", "VersionChanged", "RefdbUnavailable", "DuplicateMessageId", "UnknownDocument",
     "DocumentStoreError", "UnsafeFileName", "ChecksumMismatch", "ZipBomb", "SenderMismatch", "StorageFailed",
     "JournalUnavailable", "WriterError", "ReplayStoreUnavailable", "StoreUnavailable", "ArchiveUnreadable",
-    "CommandError", "PollError", "SendError", "RemoteFault", "FileError", "LoginThrottled", "LoginBusy",
-    "QuotaExceeded", "InsufficientStorage", "DocumentCorrupt", "KeyUnavailable",
+    "CommandError", "UsageError", "PollError", "SendError", "RemoteFault", "FileError",
+    "LoginThrottled", "LoginBusy", "QuotaExceeded", "InsufficientStorage", "DocumentCorrupt", "KeyUnavailable",
 ]
 
 
@@ -127,6 +129,10 @@ class ConfigError(GatewayError, ValueError):
     """Raised when endpoints.yaml (or an edit of it) is invalid."""
 
     code = "ConfigError"
+
+
+class ConfigUnreadable(ConfigError, OSError):
+    """Raised when the config file cannot be read at all (missing, not permitted): not invalid, absent."""
 
 
 class ClientFault(GatewayError):
@@ -416,6 +422,14 @@ class ArchiveUnreadable(GatewayError, ValueError):
 
 class CommandError(GatewayError):
     """Base of the errors that end a command-line program (``bmrgw poll``, ``send``, ``refdb``)."""
+
+    exit_code: int = 1
+
+
+class UsageError(CommandError, ValueError):
+    """Raised when an option, argument or address is unusable (URL without a scheme, port in use); exit 2."""
+
+    exit_code = 2
 
 
 class PollError(CommandError):

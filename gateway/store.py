@@ -83,6 +83,10 @@ def database_url(config: Config) -> str:
         url = make_url(config.gateway.db)
     except ArgumentError as exc:
         raise ConfigError(f"gateway.db: {config.gateway.db!r} is not a database URL") from exc
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        # Any other dialect would fail later, importing a driver bmrgw never installs.
+        raise ConfigError(f"the store URL {config.gateway.db!r} (--db, $BMRGW_DB_URL or gateway.db) names "
+                          f"{url.get_backend_name()}; bmrgw stores in sqlite:///PATH or postgresql://USER@HOST/DB")
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):

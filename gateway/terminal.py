@@ -10,12 +10,16 @@
   otherwise (so logs of cron jobs show progress too).
 - :func:`add_db_option` and :func:`db_url`: ``--db URL``, else
   ``$BMRGW_DB_URL``, else ``gateway.db`` of the config — read in one place.
+- :func:`http_url` and :func:`port_number` are argparse types, so a
+  URL without a scheme or a port out of range is a usage error (exit 2)
+  before anything starts; :func:`url_problem` is the check the config shares.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 import unicodedata
@@ -23,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 __all__ = ["ConfigOption", "display_width", "pad", "table", "Progress", "human_bytes", "count",
-           "add_db_option", "db_url", "DB_ENV"]
+           "add_db_option", "db_url", "DB_ENV", "http_url", "port_number", "url_problem"]
 
 #: Adds the ``--config`` option to a sub-command's parser (each package's commands take one).
 ConfigOption = Callable[[argparse.ArgumentParser], None]
@@ -136,3 +140,45 @@ def add_db_option(parser: argparse.ArgumentParser, *, what: str = "store URL") -
 def db_url(args: argparse.Namespace) -> str | None:
     """The store URL the command line asks for, or ``None`` for the config's ``gateway.db``."""
     return getattr(args, "db", None) or os.environ.get(DB_ENV) or None
+
+
+#: What a URL's host may hold once yarl has encoded it (IDN hosts become ``xn--``, IPv6 is bracketed).
+_HOST = re.compile(r"[A-Za-z0-9._~%!$&'()*+,;=:\[\]-]+")
+
+
+def url_problem(text: str) -> str | None:
+    """Why ``text`` is not an http:// or https:// URL with a host (``None`` when it is one)."""
+    from yarl import URL  # not at import time: ``bmrgw --help`` stays fast
+
+    if any(ch.isspace() or ord(ch) < 32 for ch in text):
+        return "holds a blank or control character (write a space in a path as %20)"
+    try:
+        url = URL(text)
+        host = url.raw_host
+    except (ValueError, TypeError):
+        return "is not a URL"
+    if url.scheme not in ("http", "https") or not host:
+        return "must be an http:// or https:// URL with a host"
+    if not _HOST.fullmatch(host):
+        return f"has a host name that cannot be one ({host!r})"
+    return None
+
+
+def http_url(text: str) -> str:
+    """argparse type: an http:// or https:// URL, e.g. ``--server http://gw:8080/jx``."""
+    why = url_problem(text)
+    if why is not None:
+        hint = f" (did you mean http://{text}?)" if "://" not in text else ""
+        raise argparse.ArgumentTypeError(f"{text!r} {why}{hint}")
+    return text
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0 (any free one) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: ports are 0 to 65535")
+    return port

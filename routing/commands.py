@@ -125,6 +125,8 @@ def _add_set(actions: Actions, config_option: ConfigOption) -> None:
     config_option(p)
     p.add_argument("name", metavar="NAME", help="the business-AP name to change")
     _target_options(p, required=False)
+    p.add_argument("--no-failover", action="store_true",
+                   help="with one --url: replace a failover list by that URL (refused without it)")
     p.set_defaults(run=lambda args: _set(args, p))
 
 
@@ -167,8 +169,9 @@ def _add_reset(actions: Actions, config_option: ConfigOption) -> None:
 
 def _target_options(p: argparse.ArgumentParser, *, required: bool) -> None:
     kind = p.add_mutually_exclusive_group(required=required)
-    kind.add_argument("--url", metavar="URL",
-                      help="the business AP's SOAP endpoint, an http:// or https:// URL")
+    kind.add_argument("--url", metavar="URL", action="append",
+                      help="the business AP's SOAP endpoint, an http:// or https:// URL; repeat it for a "
+                      "failover list, tried in the order given")
     kind.add_argument("--via", metavar="PEER",
                       help="the peer gateway (a name under 'peers:') that holds this business AP; "
                       "messages go to <peer url>/NAME")
@@ -258,6 +261,8 @@ def _facts(config: Config, name: str) -> dict[str, Any]:
     if isinstance(ep, PeerEndpoint):
         facts["via"] = ep.via
     facts.update(posts_to=route.url, timeout=route.timeout)
+    if isinstance(ep, UrlEndpoint) and len(ep.failover) > 1:
+        facts["fails_over_to"] = list(ep.failover[1:])
     security = _security_facts(route.outbound)
     if security:
         facts["security"] = security
@@ -283,8 +288,9 @@ def _text_facts(facts: dict[str, Any]) -> list[str]:
              ("kind", f"via (held by peer gateway {via})" if via else "url (a business AP's SOAP service)")]
     if via:
         pairs.append(("peer", via))
-    pairs += [("posts to", facts["posts_to"]),
-              ("timeout", _seconds(facts["timeout"]) + (" (the peer's)" if via else ""))]
+    pairs.append(("posts to", facts["posts_to"]))
+    pairs += [("then to", url) for url in facts.get("fails_over_to", [])]
+    pairs.append(("timeout", _seconds(facts["timeout"]) + (" (the peer's)" if via else "")))
     pairs += list(facts.get("security", {}).items())
     width = max(len(key) for key, _ in pairs) + 1
     return [f"{key + ':':<{width}} {value}" for key, value in pairs]
@@ -303,16 +309,22 @@ def _unknown(config: Config, name: str) -> str:
 # -- editing -----------------------------------------------------------------------
 
 
+def _target(args: argparse.Namespace) -> Target:
+    first, *rest = args.url or [None]
+    return Target(url=first, failover=tuple(rest), via=args.via, timeout=args.timeout,
+                  drop_failover=getattr(args, "no_failover", False))
+
+
 def _add(args: argparse.Namespace) -> int:
-    target = Target(url=args.url, via=args.via, timeout=args.timeout)
+    target = _target(args)
     outcome = edit_file(args.config, lambda doc: insert_endpoint(doc, args.name, target))
     print(f"added {args.name} -> {_describe(outcome.after, args.name)}")
     return _written(args.config, outcome)
 
 
 def _set(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    target = Target(url=args.url, via=args.via, timeout=args.timeout)
-    if target == Target():
+    target = _target(args)
+    if target.url is None and target.via is None and target.timeout is None:
         parser.error("nothing to change: give --url, --via or --timeout")
     outcome = edit_file(args.config, lambda doc: update_endpoint(doc, args.name, target))
     before, after = _describe(outcome.before, args.name), _describe(outcome.after, args.name)
@@ -338,7 +350,7 @@ def _written(path: Path, outcome: Outcome) -> int:
 def _describe(config: Config, name: str) -> str:
     ep = config.endpoints[name]
     if isinstance(ep, UrlEndpoint):
-        return f"{ep.url}, timeout {_seconds(ep.timeout)}"
+        return f"{' then '.join(ep.failover)}, timeout {_seconds(ep.timeout)}"
     if isinstance(ep, MailboxEndpoint):
         return f"mailbox {ep.mailbox}"
     return f"via {ep.via} ({RouteTable(config).resolve(name).url})"

@@ -25,7 +25,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from yarl import URL
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ConfigUnreadable
 from gateway.security.dsig import weak_key
 from refdb.config import RefdbSettings, parse_refdb
 
@@ -204,7 +204,8 @@ def load_config(path: str | Path, *, db: str | None = None) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        raise ConfigUnreadable(f"cannot read the config file {path}: {exc.strerror or exc} "
+                               "(name it with --config PATH)") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
     return parse_text(text, source=path.resolve(), db=db)

@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import ScalarString
 from ruamel.yaml.tokens import CommentToken
 
 from gateway.durable import fsync_dir
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, GatewayError, UnknownDestination, UsageError
 
 from . import comments
 from .config import NAME_PATTERN, Config, parse_text
@@ -70,6 +70,10 @@ class Target:
 
     url: str | None = None
     """The business AP's SOAP URL; makes the endpoint a url endpoint."""
+    failover: tuple[str, ...] = ()
+    """URLs to try after ``url``, in order: with any, the endpoint gets a failover list (``urls:``)."""
+    drop_failover: bool = False
+    """Whether a single ``url`` may replace a failover list (else that is refused: it would drop URLs)."""
     via: str | None = None
     """The peer gateway that holds the business AP; makes it a via endpoint."""
     timeout: float | None = None
@@ -294,15 +298,39 @@ def update_endpoint(doc: CommentedMap, name: str, target: Target) -> None:
     if target.url is not None and target.via is not None:
         raise ConfigError(f"endpoint {name!r} takes a url or a via peer, not both")
     if target.url is not None:
-        if "urls" in entry:  # one --url replaces a failover list
-            comments.delete(entry, "urls")
-        _put(entry, "url", target.url, instead_of="via")
+        _set_urls(entry, name, [target.url, *target.failover], drop=target.drop_failover)
     if target.via is not None:
         _put(entry, "via", target.via, instead_of="url")
         if "timeout" in entry:  # a via endpoint uses its peer's timeout
             comments.delete(entry, "timeout")
     if target.timeout is not None:
         _put(entry, "timeout", _plain_number(target.timeout))
+
+
+def _set_urls(entry: CommentedMap, name: str, urls: list[str], *, drop: bool) -> None:
+    listed = entry.get("urls")
+    if isinstance(listed, list) and len(listed) > 1 and len(urls) == 1 and not drop:
+        # One URL over a failover list would silently drop its other URLs.
+        raise UsageError(f"{name} fails over between {', '.join(map(str, listed))}: give the whole new list, "
+                         "one --url per URL in the order to try them, or add --no-failover to keep only "
+                         f"{urls[0]} (nothing written)")
+    if len(urls) == 1:
+        if "urls" in entry:
+            _rename(entry, "urls", "url", urls[0])
+        else:
+            _put(entry, "url", urls[0], instead_of="via")
+        return
+    old = next((key for key in ("urls", "url", "via") if key in entry), None)
+    if old is None:
+        comments.append(entry, "urls", _flow_list(urls))
+    else:
+        _rename(entry, old, "urls", _flow_list(urls))
+
+
+def _flow_list(items: list[str]) -> CommentedSeq:
+    seq = CommentedSeq(items)
+    seq.fa.set_flow_style()
+    return seq
 
 
 def delete_endpoint(doc: CommentedMap, name: str) -> None:
@@ -323,7 +351,8 @@ def _entry(doc: CommentedMap, name: str) -> CommentedMap:
     table = doc.get("endpoints")
     if not isinstance(table, CommentedMap) or name not in table:
         known = ", ".join(table) if isinstance(table, CommentedMap) and table else "none"
-        raise ConfigError(f"no endpoint named {name!r} (endpoints: {known})")
+        raise UnknownDestination(f"no endpoint named {name!r} (endpoints: {known}); nothing written",
+                                 destination=name)
     entry = table[name]
     if not isinstance(entry, CommentedMap):
         raise ConfigError(f"endpoints.{name}: must be a mapping")
@@ -334,6 +363,8 @@ def _new_entry(target: Target, *, flow: bool) -> CommentedMap:
     entry = CommentedMap()
     if target.via is not None:
         entry["via"] = target.via
+    elif target.failover:
+        entry["urls"] = _flow_list([str(target.url), *target.failover])
     else:
         entry["url"] = target.url
     if target.timeout is not None:

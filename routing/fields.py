@@ -13,9 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from yarl import URL
-
 from gateway.errors import ConfigError
+from gateway.terminal import url_problem
 
 __all__ = ["NAME_PATTERN", "MAX_TIMEOUT", "mapping", "section", "known", "string", "name", "integer", "number",
            "url", "file", "names"]
@@ -74,12 +73,9 @@ def number(value: Any, path: str, *, low: float, high: float) -> float:
 
 def url(value: Any, path: str) -> str:
     text = string(value, path)
-    try:
-        url = URL(text)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{path}: {text!r} is not a URL") from exc
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigError(f"{path}: {text!r} must be an http:// or https:// URL with a host")
+    why = url_problem(text)
+    if why is not None:
+        raise ConfigError(f"{path}: {text!r} {why}")
     return text
 
 

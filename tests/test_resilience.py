@@ -182,13 +182,14 @@ def test_resilience_settings_parse_with_defaults() -> None:
     assert g.limits.max_connections_per_address is None
 
 
-def test_endpoints_set_url_replaces_a_failover_list(tmp_path: Path) -> None:
+def test_endpoints_set_url_replaces_a_failover_list_only_when_told(tmp_path: Path) -> None:
     from gateway.cli import main
     from routing.config import load_config
 
     path = tmp_path / "endpoints.yaml"
     path.write_text("endpoints:\n  a:\n    urls: [http://h1/a, http://h2/a]   # two hosts\n    timeout: 5\n")
-    assert main(["endpoints", "set", "a", "--url", "http://h3/a", "--config", str(path)]) == 0
+    assert main(["endpoints", "set", "a", "--url", "http://h3/a", "--config", str(path)]) == 2  # issue 22
+    assert main(["endpoints", "set", "a", "--url", "http://h3/a", "--no-failover", "--config", str(path)]) == 0
     a = load_config(path).endpoints["a"]
     assert isinstance(a, UrlEndpoint) and a.failover == ("http://h3/a",) and a.timeout == 5
 

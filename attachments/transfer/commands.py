@@ -16,6 +16,7 @@ from gateway.errors import ConfigError, SendError
 from gateway.store import Store, database_url
 from routing.config import load_config
 from gateway.ns import SoapVersion
+from gateway.terminal import http_url, port_number
 
 from .receiver import ReceiveOptions, make_receiver_app
 from .sender import EXIT_CODES, SendOptions, describe, send_file
@@ -56,7 +57,7 @@ def _add_send(commands: Commands, config_option: Callable[[argparse.ArgumentPars
     config_option(p)
     p.add_argument("file", type=Path, metavar="FILE")
     p.add_argument("--to", required=True, metavar="AP", help="destination business-AP name (e.g. a 'bmrgw receive')")
-    p.add_argument("--gateway", required=True, metavar="URL", help="the gateway, e.g. http://127.0.0.1:8080/soap")
+    p.add_argument("--gateway", required=True, type=http_url, metavar="URL", help="the gateway, e.g. http://127.0.0.1:8080/soap")
     p.add_argument("--zip", action="store_true", help="compress the file (one-member zip, deflate) before sending")
     p.add_argument("--part-size", type=_size, default=64 * 1024 ** 2, metavar="BYTES",
                    help="bytes per part (suffix K, M, G allowed; default 64M); must be the same to resume")
@@ -99,7 +100,7 @@ def _add_receive(commands: Commands, config_option: Callable[[argparse.ArgumentP
         "(size, SHA-256) and kept under DIR/.bmrgw-partial; a file appears in DIR only when complete "
         "and verified (unzipped when it was sent with --zip). Re-sent parts are answered as duplicates.")
     config_option(p)
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=port_number, required=True)
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--dir", type=Path, required=True, metavar="DIR", help="where complete files are published")
     p.add_argument("--ap", metavar="NAME", help="this business-AP's name: with gateway.encryption in --config, "
@@ -136,7 +137,7 @@ def _vault(args: argparse.Namespace) -> Vault | None:
 def _receive(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from gateway.serve.server import install_event_loop
+    from gateway.serve.server import install_event_loop, listen_socket
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = ReceiveOptions(directory=args.dir, max_file_bytes=args.max_file_bytes, max_ratio=args.max_ratio,
@@ -147,7 +148,9 @@ def _receive(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"bmrgw receive: cannot use {args.dir}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    sock = listen_socket(args.host, args.port, reuse_port=False)  # taken before saying where files come from
     install_event_loop()
-    print(f"bmrgw receive: files into {args.dir} from http://{args.host}:{args.port}/ (WSDL: ?wsdl)", flush=True)
-    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, shutdown_timeout=30)
+    port = sock.getsockname()[1]
+    print(f"bmrgw receive: files into {args.dir} from http://{args.host}:{port}/ (WSDL: ?wsdl)", flush=True)
+    web.run_app(app, sock=sock, access_log=None, print=None, shutdown_timeout=30)
     return 0

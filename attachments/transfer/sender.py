@@ -57,6 +57,8 @@ EXIT_CODES = {
 }
 #: Faults that say "not now" rather than "never": the sender should retry (resume) later.
 _TRANSIENT = frozenset({"EndpointUnavailable", "EndpointTimeout", "LogUnavailable", "RequestTimeout"})
+#: HTTP statuses without a SOAP fault that a later try may not see (a proxy busy or restarting).
+_TRANSIENT_HTTP = frozenset({408, 429, 502, 503, 504})
 _CHUNK = 1024 * 1024
 _ATTACHMENT_ID = "part@bmrgw"
 _ROOT_ID = "<root@bmrgw>"
@@ -193,9 +195,12 @@ class _Client:
             async with self.session.post(self.url, data=body, headers=headers) as response:
                 answer = await response.read()
                 if response.status >= 300:
-                    raise _fault_error(response.status, answer, what)
+                    raise _fault_error(response.status, answer, what, self.url)
                 return answer
         except aiohttp.ClientSSLError as exc:
+            if "WRONG_VERSION_NUMBER" in str(exc).upper().replace(" ", "_"):  # a plain-HTTP answer to a TLS hello
+                raise SendError(f"{what}: {self.url} answers plain HTTP, not TLS; give --gateway as "
+                                f"{self.url.replace('https://', 'http://', 1)}", 2) from exc
             raise SendError(f"{what}: the TLS handshake with {self.url} failed ({exc}); check --ca, --cert and "
                             "--key", 1) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -213,12 +218,15 @@ def _ssl_context(options: SendOptions) -> ssl.SSLContext | bool:
     return context
 
 
-def _fault_error(status: int, answer: bytes, what: str) -> SendError:
+def _fault_error(status: int, answer: bytes, what: str, url: str) -> SendError:
     """The SendError for an error answer: a SOAP fault's code and reason, else the HTTP status."""
     try:
         root = parse(answer, max_bytes=1024 * 1024)
     except GatewayError:
-        return SendError(f"{what}: HTTP {status} without a SOAP fault; run the same command again to resume", 3)
+        if status in _TRANSIENT_HTTP:
+            return SendError(f"{what}: HTTP {status} without a SOAP fault; run the same command again to resume", 3)
+        return SendError(f"{what}: HTTP {status} without a SOAP fault from {url}: is it a bmrgw gateway "
+                         "(http://HOST:PORT or .../soap)?", 1)
     code = next((e.get("code") for e in root.iter(f"{{{FAULT}}}Error")), None) or "Fault"
     reason = next((t.text for t in root.iter("faultstring", "{*}Text") if t.text), None) or f"HTTP {status}"
     return SendError(f"{what}: refused ({code}): {reason}", 3 if code in _TRANSIENT else 1)

@@ -11,6 +11,7 @@ import argparse
 import functools
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -250,6 +251,10 @@ def _put(args: argparse.Namespace, config: Config, store: DocumentStore) -> int:
                           client=os.environ.get("USER") or None)
     stored = store.put(new, spool, record)
     print(f"{'stored' if stored else 'already stored'}: {new.message_id} ({spool.size} bytes) for {new.receiver_id}")
+    if config.clients and not any(c.may_receive_jx(args.to) for c in config.clients.values()):
+        # Open mode (no clients) lets anyone poll; otherwise the document would wait for nobody.
+        print(f"bmrgw: warning: no client in {config.source} may poll for {args.to!r} (clients.NAME.jx.receive); "
+              "the document waits until one may", file=sys.stderr)
     return 0
 
 

@@ -49,6 +49,7 @@ from types import FrameType
 from typing import Any
 
 from gateway.errors import PollError
+from gateway.terminal import http_url
 
 from .client import Credentials, JxClient
 from .failure import Kind, RoundFailure, storage_failure
@@ -318,7 +319,7 @@ def add_poll_command(commands: Any, config_option: Callable[[Any], None]) -> Non
         "in --outbox and move them to OUTBOX/sent/ once the gateway accepted them. Runs until stopped "
         "(Ctrl-C, SIGTERM), or one round with --once.",
     )
-    p.add_argument("--server", required=True, metavar="URL", help="the gateway's JX URL, e.g. http://gw:8080/jx")
+    p.add_argument("--server", required=True, type=http_url, metavar="URL", help="the gateway's JX URL, e.g. http://gw:8080/jx")
     p.add_argument("--receiver-id", required=True, metavar="ID", help="our JX id (documents for it are fetched)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="where received documents go")
     p.add_argument("--outbox", type=Path, metavar="DIR", help="files placed here are uploaded")

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from lxml import etree
 from sqlalchemy import Engine
 
-from gateway.errors import ConfigError, GatewayError, UnsupportedMediaType
+from gateway.errors import ConfigError, GatewayError, UnsupportedMediaType, UsageError
 from gateway.logs.clock import Clock
 from gateway.ns import CT_SOAP11, CT_SOAP12
 from gateway.parser import parse
@@ -215,9 +216,17 @@ def _sign(args: argparse.Namespace) -> int:
         signer = Signer.load(_pem(args.key), _pem(args.cert))
     except ValueError as exc:
         raise ConfigError(f"{args.key} / {args.cert}: not a PEM key and certificate: {exc}") from exc
+    if not _matches(signer):  # else the signature verifies with no certificate, here or at the receiver
+        raise UsageError(f"{args.key} does not match {args.cert}: the certificate holds another public key "
+                         "(give the key it was issued for)")
     now = datetime.now(UTC)
     sys.stdout.buffer.write(sign_envelope(_read(args.file), signer, now=now, ttl=args.ttl, max_bytes=1 << 30))
     return 0
+
+
+def _matches(signer: Signer) -> bool:
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return signer.key.public_key().public_bytes(*spki) == signer.cert.public_key().public_bytes(*spki)
 
 
 def _verify_command(args: argparse.Namespace) -> int:

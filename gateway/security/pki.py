@@ -19,6 +19,7 @@ import argparse
 import datetime as dt
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,13 +214,21 @@ def add_pki_command(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "endpoints.yaml snippet using them. For trying things locally; production uses LGPKI certificates.",
     )
     p.add_argument("--out", type=Path, default=Path("certs"), metavar="DIR", help="folder (default: ./certs)")
-    p.add_argument("--server", action="append", metavar="NAME", help="server certificate NAME (default: server)")
-    p.add_argument("--client", action="append", metavar="NAME", help="client certificate NAME (default: client)")
-    p.add_argument("--signing", action="append", metavar="NAME", help="signing certificate NAME (default: sign)")
+    p.add_argument("--server", action="append", type=_file_name, metavar="NAME", help="server certificate NAME (default: server)")
+    p.add_argument("--client", action="append", type=_file_name, metavar="NAME", help="client certificate NAME (default: client)")
+    p.add_argument("--signing", action="append", type=_file_name, metavar="NAME", help="signing certificate NAME (default: sign)")
     p.add_argument("--host", action="append", metavar="HOST",
                    help="DNS name or IP address for server certificates (default: localhost and 127.0.0.1)")
     p.add_argument("--days", type=int, default=DEFAULT_DAYS, help=f"validity in days (default: {DEFAULT_DAYS})")
     p.set_defaults(run=_pki)
+
+
+def _file_name(name: str) -> str:
+    """argparse type: a certificate NAME becomes NAME.pem in DIR, so it may not hold a path."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise argparse.ArgumentTypeError(f"{name!r}: a certificate name is letters, digits, '.', '_' and '-' "
+                                         "(it becomes NAME.pem in --out DIR)")
+    return name
 
 
 def _pki(args: argparse.Namespace) -> int:

@@ -10,7 +10,10 @@ same endpoints.yaml.
   ``circuit_state`` (one row per process and URL), when one changes and every
   few seconds while any is open; closed circuits have no row.
 * ``bmrgw endpoints reset NAME`` inserts a row into ``circuit_reset``; every
-  process polls that table once a second and closes NAME's circuits.
+  process polls that table once a second, closes NAME's circuits and says so
+  in ``circuit_reset_ack`` — so the CLI can tell "applied" from "no gateway
+  is running" (circuits live in the processes; with none running there is
+  nothing to reset).
 
 Rows not refreshed for :data:`STALE_SECONDS` (a process that died) are ignored.
 """
@@ -30,7 +33,7 @@ from sqlalchemy import Column, Engine, Float, Integer, MetaData, String, Table, 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.errors import ConfigError, UnknownDestination
+from gateway.errors import CommandError, ConfigError, UnknownDestination
 from gateway.keys import LIVE, METRICS, NODE, STORE
 from gateway.relay.breaker import Breaker, State
 from gateway.relay.limits import Fault, Refused, rate_middleware
@@ -66,6 +69,12 @@ RESET = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("name", String(128), nullable=False),
     Column("requested", Float, nullable=False),
+)
+ACK = Table(
+    "circuit_reset_ack", _meta,
+    Column("reset_id", Integer, primary_key=True),
+    Column("node", String(128), primary_key=True),
+    Column("applied", Float, nullable=False),
 )
 
 
@@ -120,9 +129,12 @@ class Publisher:
             if not self._ready:
                 await asyncio.to_thread(self._setup)
                 self._ready = True
-            for name in await asyncio.to_thread(self._new_resets):
+            resets = await asyncio.to_thread(self._new_resets)
+            for _, name in resets:
                 closed = self.res.reset(name)
                 log.warning("operator reset of %s: %d circuit(s) closed", name, closed)
+            if resets:
+                await asyncio.to_thread(self._acknowledge, [reset_id for reset_id, _ in resets])
             rows = self._snapshot()
             if self.dirty or (rows and time.time() - self._written > REFRESH_SECONDS):
                 self.dirty = False
@@ -145,13 +157,18 @@ class Publisher:
             connection.execute(delete(STATE).where(STATE.c.node == self.node))
             self._last_reset = connection.execute(select(func.coalesce(func.max(RESET.c.id), 0))).scalar_one()
 
-    def _new_resets(self) -> list[str]:
+    def _new_resets(self) -> list[tuple[int, str]]:
         with self.engine.connect() as connection:
             rows = connection.execute(select(RESET.c.id, RESET.c.name).where(RESET.c.id > self._last_reset)
                                       .order_by(RESET.c.id)).all()
         if rows:
             self._last_reset = rows[-1].id
-        return [row.name for row in rows]
+        return [(row.id, row.name) for row in rows]
+
+    def _acknowledge(self, reset_ids: Sequence[int]) -> None:
+        now = time.time()
+        with self.engine.begin() as connection:
+            connection.execute(insert(ACK), [{"reset_id": i, "node": self.node, "applied": now} for i in reset_ids])
 
     def _publish(self, rows: Sequence[dict[str, Any]]) -> None:
         with self.engine.begin() as connection:
@@ -218,10 +235,18 @@ def read_circuits(engine: Engine, urls: Sequence[str] | None = None) -> list[Cir
         return [CircuitRow(**row._mapping) for row in connection.execute(query)]
 
 
-def request_reset(engine: Engine, name: str) -> None:
+def request_reset(engine: Engine, name: str) -> int:
+    """Ask every running process to close ``name``'s circuits; the request's id, for :func:`acknowledged`."""
     ensure_tables(engine)
     with engine.begin() as connection:
-        connection.execute(insert(RESET).values(name=name, requested=time.time()))
+        key = connection.execute(insert(RESET).values(name=name, requested=time.time())).inserted_primary_key
+    return int(key[0]) if key is not None else 0
+
+
+def acknowledged(engine: Engine, reset_id: int) -> list[str]:
+    """The processes that applied reset ``reset_id``."""
+    with engine.connect() as connection:
+        return list(connection.scalars(select(ACK.c.node).where(ACK.c.reset_id == reset_id)))
 
 
 # -- bmrgw endpoints list / reset ------------------------------------------------------
@@ -277,19 +302,28 @@ def reset(config: Config, name: str) -> int:
         raise UnknownDestination(f"no url endpoint or peer named {name!r} in {config.source}", destination=name)
     store = open_store(config)
     if store is None:
-        print(f"{name}: no gateway has used this store yet; nothing to reset")
-        return 0
+        raise CommandError(f"{name}: no running gateway: none has used the store of {config.source} yet, "
+                           "so there is no circuit to reset")
     try:
-        request_reset(store.engine, name)
+        reset_id = request_reset(store.engine, name)
         deadline = time.monotonic() + RESET_WAIT
-        while (still := read_circuits(store.engine, urls)) and time.monotonic() < deadline:
+        while True:
+            nodes = acknowledged(store.engine, reset_id)
+            still = read_circuits(store.engine, urls) if nodes else []
+            if (nodes and not still) or time.monotonic() >= deadline:
+                break
             time.sleep(0.2)
+        shown = store.display_url
     finally:
         store.close()
+    if not nodes:
+        raise CommandError(f"{name}: no running gateway took the reset within {RESET_WAIT:g} s (store {shown}); "
+                           "a gateway that starts has every circuit closed")
     if still:
         nodes = sorted({r.node for r in still})
         print(f"{name}: reset requested, but {', '.join(nodes)} still report(s) it not closed after "
               f"{RESET_WAIT:g} s (is the gateway running and reaching the store?)")
         return 1
-    print(f"{name}: circuits closed on every running gateway ({', '.join(urls)})")
+    print(f"{name}: circuits closed on every running gateway ({len(nodes)} process"
+          f"{'' if len(nodes) == 1 else 'es'}: {', '.join(sorted(nodes))}) for {', '.join(urls)}")
     return 0

@@ -29,7 +29,7 @@ import ssl
 from aiohttp import web
 
 from gateway.durable import private_dir
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, UsageError
 from gateway.keys import LIVE
 from gateway.relay.limits import ListenSite, busy_answer
 from gateway.relay.resilience import RESILIENCE
@@ -68,7 +68,7 @@ def listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     sock.setblocking(False)
     return sock
 
@@ -87,6 +87,7 @@ def serve(options: ServeOptions) -> int:
     if options.worker is None and (cleartext := cleartext_basic_warning(config)):  # once, not per worker
         log.warning("%s", cleartext)
     if options.workers > 1 and options.worker is None:
+        listen_socket(host, port, reuse_port=True).close()  # a port in use ends here, before workers are announced
         return supervise(options, config, host=host, port=port)
     sock = listen_socket(host, port, reuse_port=options.worker is not None)
     node = options.node or config.gateway.name
