@@ -12,32 +12,56 @@ told by its reason and path.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from attachments.transfer.commands import add_file_commands
-from gateway.logs.commands import add_logs_command, add_time_command
-from gateway.security.message import add_wss_command
-from gateway.security.pki import add_pki_command
 from gateway.terminal import add_db_option, db_url, port_number
-from refdb.commands import add_refdb_command
-from routing.commands import add_endpoints_command
 
-from .crypto.commands import add_keys_command
 from .errors import CommandError, ConfigError, ConfigUnreadable, GatewayError
-from .jx.commands import add_jx_command
-from .jx.poll import add_poll_command
 
 __all__ = ["main", "build_parser"]
 
 DEFAULT_CONFIG = "endpoints.yaml"
 
 
+#: The sub-commands other packages add, in the order ``--help`` lists them: name, the module and
+#: function that register it (with ``--config`` or not), and its help line.  Only the module of the
+#: command being run is imported, so ``bmrgw --help`` does not load aiohttp, SQLAlchemy and lxml
+#: (1.1 s before); tests/test_cli_walk.py checks each line against what its module registers.
+COMMANDS: tuple[tuple[str, str, str, bool, str], ...] = (
+    ("status", "gateway.serve.status", "add_status_command", True,
+     "ask the running gateway how it is: endpoints and circuits, NTP, log writer, workers"),
+    ("endpoints", "routing.commands", "add_endpoints_command", True,
+     "read and edit the endpoint table (business-AP name -> URL or peer)"),
+    ("logs", "gateway.logs.commands", "add_logs_command", True, "show, verify and archive the send/receive logs"),
+    ("time", "gateway.logs.commands", "add_time_command", True,
+     "query the NTP servers once and show offset, delay and stratum"),
+    ("refdb", "refdb.commands", "add_refdb_command", True, "push data to the reference DB, or query it"),
+    ("jx", "gateway.jx.commands", "add_jx_command", True,
+     "inspect and manage the JX mailboxes (documents waiting to be polled)"),
+    ("poll", "gateway.jx.poll", "add_poll_command", True,
+     "the city hall's JX polling client: fetch documents, upload the outbox"),
+    ("send", "attachments.transfer.commands", "add_file_commands", True,
+     "send a file to a business AP through the gateway, in verified parts"),
+    ("receive", "attachments.transfer.commands", "add_file_commands", True,
+     "run a receiving business AP that stores files sent with 'bmrgw send'"),
+    ("keys", "gateway.crypto.commands", "add_keys_command", True,
+     "the master key and the organisations' data keys (encryption at rest)"),
+    ("pki", "gateway.security.pki", "add_pki_command", False,
+     "make a development CA and server, client and signing certificates"),
+    ("wss", "gateway.security.message", "add_wss_command", False,
+     "sign or verify one SOAP message with WS-Security (for trying and checking by hand)"),
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=next((word for word in argv if not word.startswith("-")), ""))
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()
@@ -77,28 +101,48 @@ def _os_reason(exc: OSError) -> str:
     return f"{exc.filename}{other}: {reason}"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, only: str | None = None) -> argparse.ArgumentParser:
+    """The ``bmrgw`` parser: every sub-command in full, or (``only``) that one in full and the others by name."""
     parser = argparse.ArgumentParser(
         prog="bmrgw",
         description="SOAP integration gateway for local-government clouds: routes SOAP messages "
         "by business-AP name (BMR-GW) and relays them to the endpoints of endpoints.yaml.",
         epilog="Run 'bmrgw COMMAND --help' for the options of one command.",
     )
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_serve(commands)
-    add_endpoints_command(commands, config_option)
-    add_logs_command(commands, config_option)
-    add_time_command(commands, config_option)
-    add_refdb_command(commands, config_option)
-    add_jx_command(commands, config_option)
-    add_poll_command(commands, config_option)
-    add_file_commands(commands, config_option)
-    add_keys_command(commands, config_option)
+    registered: set[tuple[str, str]] = set()
+    for name, module, function, configured, help_line in COMMANDS:
+        if (module, function) in registered:
+            continue  # one function added this command with an earlier one (send and receive)
+        if only is None or only in _names_of(module, function):
+            registered.add((module, function))
+            register = getattr(importlib.import_module(module), function)
+            register(commands, config_option) if configured else register(commands)
+        else:
+            commands.add_parser(name, help=help_line, add_help=False)  # listed; never run under this name
     _add_demo_backend(commands)
     _add_hash_password(commands)
-    add_pki_command(commands)
-    add_wss_command(commands)
     return parser
+
+
+def _names_of(module: str, function: str) -> set[str]:
+    return {name for name, m, f, _, _ in COMMANDS if (m, f) == (module, function)}
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed package's version, read only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **_: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show bmrgw's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from gateway import version
+
+        print(f"bmrgw {version()}")
+        parser.exit()
 
 
 def config_option(parser: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ replaces the file atomically, so a running gateway applies the change within
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from gateway.errors import UnknownDestination
 from gateway.terminal import ConfigOption, table
 
 from .config import Config, Endpoint, MailboxEndpoint, PeerEndpoint, UrlEndpoint, load_config
-from .edit import Outcome, Target, delete_endpoint, edit_file, insert_endpoint, update_endpoint
+from .edit import Outcome, Target, delete_endpoint, edit_file, insert_endpoint, set_disabled, update_endpoint
 from .outbound import Outbound
 from .table import RouteTable
 
@@ -49,6 +50,8 @@ examples:
   bmrgw endpoints set kaigo --url https://10.1.2.4/kaigo
   bmrgw endpoints remove kaigo
   bmrgw endpoints reset kaigo
+  bmrgw endpoints disable kaigo      (maintenance: answered EndpointUnavailable at once)
+  bmrgw endpoints enable kaigo
   bmrgw endpoints check --config /etc/bmrgw/endpoints.yaml"""
 
 
@@ -60,7 +63,7 @@ def add_endpoints_command(commands: Any, config_option: ConfigOption) -> None:
     )
     parser.set_defaults(run=lambda args: _usage(parser))
     actions = parser.add_subparsers(title="actions", metavar="ACTION")
-    for register in (_add_list, _add_show, _add_add, _add_set, _add_remove, _add_check, _add_reset):
+    for register in (_add_list, _add_show, _add_add, _add_set, _add_remove, _add_check, _add_reset, _add_switch):
         register(actions, config_option)
 
 
@@ -167,6 +170,20 @@ def _add_reset(actions: Actions, config_option: ConfigOption) -> None:
     p.set_defaults(run=_reset)
 
 
+def _add_switch(actions: Actions, config_option: ConfigOption) -> None:
+    for action, verb in (("disable", "take an endpoint out of service"), ("enable", "put it back in service")):
+        p = actions.add_parser(
+            action, help=f"{verb} (endpoints.NAME.disabled)",
+            description="Disable: write 'disabled: true' on endpoint NAME, so that every running gateway "
+            "answers its messages with EndpointUnavailable at once, without calling it (maintenance of the "
+            "business AP); applied within 2 s like every edit. Enable: remove the key again. Exit status 1 "
+            "when there is no such endpoint.",
+        )
+        config_option(p)
+        p.add_argument("name", metavar="NAME", help="the business-AP name")
+        p.set_defaults(run=functools.partial(_switch, disabled=action == "disable"))
+
+
 def _target_options(p: argparse.ArgumentParser, *, required: bool) -> None:
     kind = p.add_mutually_exclusive_group(required=required)
     kind.add_argument("--url", metavar="URL", action="append",
@@ -221,7 +238,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _list_lines(config: Config) -> list[str]:
     routes = RouteTable(config)
-    endpoints = [_endpoint_row(ep, routes) for ep in config.endpoints.values()]
+    endpoints = [_endpoint_row(ep, routes, ep.name in config.disabled) for ep in config.endpoints.values()]
     peers = [[p.name, " ".join(p.failover), _seconds(p.timeout)] for p in config.peers.values()]
     lines = table(["NAME", "KIND", "TARGET", "TIMEOUT"], endpoints) if endpoints else ["no endpoints"]
     lines += [""] + (table(["PEER", "URL", "TIMEOUT"], peers) if peers else ["no peers"])
@@ -231,7 +248,12 @@ def _list_lines(config: Config) -> list[str]:
     return lines
 
 
-def _endpoint_row(ep: Endpoint, routes: RouteTable) -> list[str]:
+def _endpoint_row(ep: Endpoint, routes: RouteTable, disabled: bool) -> list[str]:
+    row = _kind_row(ep, routes)
+    return [row[0], row[1] + (" (disabled)" if disabled else ""), *row[2:]]
+
+
+def _kind_row(ep: Endpoint, routes: RouteTable) -> list[str]:
     timeout = _seconds(routes.resolve(ep.name).timeout)
     if isinstance(ep, PeerEndpoint):
         return [ep.name, "via", ep.via, timeout]
@@ -256,8 +278,9 @@ def _facts(config: Config, name: str) -> dict[str, Any]:
         raise UnknownDestination(_unknown(config, name), destination=name)
     route = RouteTable(config).resolve(name)
     if isinstance(ep, MailboxEndpoint):
-        return {"name": name, "kind": "mailbox", "mailbox": ep.mailbox}
-    facts: dict[str, Any] = {"name": name, "kind": "via" if isinstance(ep, PeerEndpoint) else "url"}
+        return {"name": name, "kind": "mailbox", "mailbox": ep.mailbox, "disabled": name in config.disabled}
+    facts: dict[str, Any] = {"name": name, "kind": "via" if isinstance(ep, PeerEndpoint) else "url",
+                             "disabled": name in config.disabled}
     if isinstance(ep, PeerEndpoint):
         facts["via"] = ep.via
     facts.update(posts_to=route.url, timeout=route.timeout)
@@ -291,6 +314,8 @@ def _text_facts(facts: dict[str, Any]) -> list[str]:
     pairs.append(("posts to", facts["posts_to"]))
     pairs += [("then to", url) for url in facts.get("fails_over_to", [])]
     pairs.append(("timeout", _seconds(facts["timeout"]) + (" (the peer's)" if via else "")))
+    if facts["disabled"]:
+        pairs.append(("state", f"disabled: answered EndpointUnavailable (bmrgw endpoints enable {facts['name']})"))
     pairs += list(facts.get("security", {}).items())
     width = max(len(key) for key, _ in pairs) + 1
     return [f"{key + ':':<{width}} {value}" for key, value in pairs]
@@ -336,6 +361,13 @@ def _set(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _remove(args: argparse.Namespace) -> int:
     outcome = edit_file(args.config, lambda doc: delete_endpoint(doc, args.name))
     print(f"removed {args.name} (was {_describe(outcome.before, args.name)})")
+    return _written(args.config, outcome)
+
+
+def _switch(args: argparse.Namespace, *, disabled: bool) -> int:
+    outcome = edit_file(args.config, lambda doc: set_disabled(doc, args.name, disabled))
+    state = "disabled: its messages are answered EndpointUnavailable" if disabled else "enabled"
+    print(f"{args.name} {state}" if outcome.written else f"{args.name} already {'disabled' if disabled else 'enabled'}")
     return _written(args.config, outcome)
 
 

@@ -187,6 +187,8 @@ class Config:
     """Client name → client; empty means open mode (development only: every caller may do anything)."""
     refdb: RefdbSettings = field(default_factory=RefdbSettings)
     """Reference-DB datasets (``refdb:``)."""
+    disabled: frozenset[str] = frozenset()
+    """Endpoints taken out of service (``endpoints.NAME.disabled: true``): answered EndpointUnavailable at once."""
 
     @property
     def base_dir(self) -> Path:
@@ -232,11 +234,25 @@ def parse_config(data: Any, *, source: Path | None = None, db: str | None = None
         peers = _peers(read.section(root, "peers"), base)
         gateway = gateway_settings(read.section(root, "gateway"), db, frozenset(peers), base)
         endpoints = _endpoints(read.section(root, "endpoints"), peers, base)
+        disabled = _disabled(read.section(root, "endpoints"))
         clients = _clients(read.section(root, "clients"), base)
         refdb = parse_refdb(root.get("refdb"), clients=frozenset(clients))
     except ConfigError as exc:
         raise ConfigError(where + exc.reason) from exc
-    return Config(source=source, gateway=gateway, endpoints=endpoints, peers=peers, clients=clients, refdb=refdb)
+    return Config(source=source, gateway=gateway, endpoints=endpoints, peers=peers, clients=clients, refdb=refdb,
+                  disabled=disabled)
+
+
+def _disabled(raw: Any) -> frozenset[str]:
+    """The names with ``disabled: true`` (a key every kind of endpoint may carry; read apart from its kind)."""
+    found = set()
+    for name, value in read.mapping(raw, "endpoints").items():
+        flag = value.get("disabled", False) if isinstance(value, Mapping) else False
+        if not isinstance(flag, bool):
+            raise ConfigError(f"endpoints.{name}.disabled: must be true or false, not {flag!r}")
+        if flag:
+            found.add(name)
+    return frozenset(found)
 
 
 def _endpoints(raw: Any, peers: Mapping[str, Peer], base: Path) -> Mapping[str, Endpoint]:
@@ -249,7 +265,7 @@ def _endpoints(raw: Any, peers: Mapping[str, Peer], base: Path) -> Mapping[str, 
 def endpoint_from(name: str, raw: Any, peers: Mapping[str, Peer], base: Path | None = None) -> Endpoint:
     """Validate one ``endpoints.<name>`` entry; relative file names resolve against ``base``."""
     path = f"endpoints.{name}"
-    m = read.mapping(raw, path)
+    m = {k: v for k, v in read.mapping(raw, path).items() if k != "disabled"}  # see _disabled
     read.known(m, path, {"url", "urls", "via", "mailbox", "timeout", *OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS})
     kinds = [k for k in ("url", "urls", "via", "mailbox") if k in m]
     if len(kinds) != 1:

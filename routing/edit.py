@@ -333,6 +333,15 @@ def _flow_list(items: list[str]) -> CommentedSeq:
     return seq
 
 
+def set_disabled(doc: CommentedMap, name: str, disabled: bool) -> None:
+    """Take endpoint ``name`` out of service (``disabled: true``) or back in (the key removed)."""
+    entry = _entry(doc, name)
+    if disabled:
+        _put(entry, "disabled", True)
+    elif "disabled" in entry:
+        comments.delete(entry, "disabled")
+
+
 def delete_endpoint(doc: CommentedMap, name: str) -> None:
     """Remove endpoint ``name`` with the comment lines directly above it."""
     _entry(doc, name)

@@ -8,7 +8,7 @@ gateway that holds it (``via``), or, when unknown here, by the fallback peer.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import quote
 
 from gateway.errors import MalformedMessage, UnknownDestination
@@ -36,6 +36,8 @@ class Route:
     """TLS trust, client certificate, Basic credentials and signing for the next hop."""
     mailbox: str | None = None
     """JX receiver id when the message is stored for polling instead of posted."""
+    disabled: bool = False
+    """Taken out of service by the operator: answered EndpointUnavailable without calling out."""
 
 
 def _via_peer(destination: str, peer: Peer) -> Route:
@@ -61,6 +63,8 @@ class RouteTable:
             elif isinstance(ep, MailboxEndpoint):
                 self._routes[name] = Route(destination=name, url=f"jx:{ep.mailbox}", timeout=0.0,
                                            endpoint=name, mailbox=ep.mailbox)
+        for name in config.disabled:
+            self._routes[name] = replace(self._routes[name], disabled=True)
         fallback = config.gateway.fallback_peer
         self._fallback = config.peers[fallback] if fallback else None
 

@@ -100,7 +100,7 @@ def test_list_json_resolves_via_endpoints_to_the_peer(capsys: pytest.CaptureFixt
     listing = json.loads(out)
     assert [e["name"] for e in listing["endpoints"]] == ["kaigo", "juki-west", "zei"]
     assert listing["endpoints"][1] == {
-        "name": "juki-west", "kind": "via", "via": "dc-west",
+        "name": "juki-west", "kind": "via", "disabled": False, "via": "dc-west",
         "posts_to": "http://127.0.0.1:8081/soap/juki-west", "timeout": 10.0,
     }
     assert listing["peers"] == [{"name": "dc-west", "url": "http://127.0.0.1:8081/soap", "timeout": 10.0}]
@@ -138,7 +138,8 @@ def test_show_via_endpoint_gives_the_peer_url_it_resolves_to(
 def test_show_json(capsys: pytest.CaptureFixture[str], config: Path) -> None:
     code, out, _ = run(capsys, "show", "zei", "--format", "json", "--config", config)
     assert code == 0
-    assert json.loads(out) == {"name": "zei", "kind": "url", "posts_to": "http://127.0.0.1:9002/zei", "timeout": 30.0}
+    assert json.loads(out) == {"name": "zei", "kind": "url", "disabled": False, "posts_to": "http://127.0.0.1:9002/zei",
+                               "timeout": 30.0}
 
 
 def test_show_unknown_name_fails_and_names_the_fallback(capsys: pytest.CaptureFixture[str], config: Path) -> None:

@@ -291,6 +291,10 @@ class Relay:
         route = table.resolve(destination, passed=passed)
         trace.endpoint, trace.label = route.url, route.endpoint
         authorise_sender(client_of(request), head.sender, route)
+        if route.disabled:  # SPEC "Operators": at once, without calling out
+            raise EndpointUnavailable(f"endpoint {destination!r} is disabled by the operator "
+                                      f"(bmrgw endpoints enable {destination})", destination=destination,
+                                      endpoint=route.endpoint)
         hop = f"{request.version.major}.{request.version.minor} {settings.name}"
         exchange = Exchange(route=route, message_id=trace.message_id,
                             via=f"{incoming_via}, {hop}" if incoming_via else hop)

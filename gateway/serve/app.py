@@ -41,6 +41,7 @@ from routing.config import Config, load_config
 from routing.watch import LiveTable, watch
 
 from . import control, heap
+from .status import add_status_route
 
 __all__ = ["make_app", "reloaded", "AppOptions", "RELAY"]
 
@@ -87,6 +88,7 @@ def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Applicat
     app.router.add_post("/soap", _relay)
     app.router.add_post("/soap/{ap}", _relay)
     app.router.add_get("/healthz", _healthz)
+    add_status_route(app)
     app.router.add_get("/metrics", _metrics)
     return app
 

@@ -15,6 +15,9 @@ same endpoints.yaml.
   is running" (circuits live in the processes; with none running there is
   nothing to reset).
 
+* Each process also writes a heartbeat row to ``gateway_process`` every
+  :data:`REFRESH_SECONDS`: ``GET /status`` lists the processes on the store.
+
 Rows not refreshed for :data:`STALE_SECONDS` (a process that died) are ignored.
 """
 
@@ -23,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -43,7 +48,7 @@ from gateway.terminal import table
 from routing.config import Config
 
 __all__ = ["Publisher", "CircuitRow", "read_circuits", "request_reset", "install", "reset", "circuit_lines",
-           "circuit_listing", "STALE_SECONDS"]
+           "circuit_listing", "live_processes", "STALE_SECONDS"]
 
 log = logging.getLogger("bmrgw.control")
 
@@ -69,6 +74,15 @@ RESET = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("name", String(128), nullable=False),
     Column("requested", Float, nullable=False),
+)
+#: One row per running gateway process, rewritten every REFRESH_SECONDS: ``bmrgw status`` lists them.
+PROCESS = Table(
+    "gateway_process", _meta,
+    Column("node", String(128), primary_key=True),
+    Column("pid", Integer, nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("started", Float, nullable=False),
+    Column("updated", Float, nullable=False),
 )
 ACK = Table(
     "circuit_reset_ack", _meta,
@@ -113,6 +127,8 @@ class Publisher:
         self._written = 0.0
         self._warned = False
         self._ready = False
+        self._beat = 0.0
+        self._started = time.time()
         resilience.changed = self._mark
 
     def _mark(self) -> None:
@@ -135,6 +151,8 @@ class Publisher:
                 log.warning("operator reset of %s: %d circuit(s) closed", name, closed)
             if resets:
                 await asyncio.to_thread(self._acknowledge, [reset_id for reset_id, _ in resets])
+            if time.time() - self._beat > REFRESH_SECONDS:
+                await asyncio.to_thread(self._heartbeat)
             rows = self._snapshot()
             if self.dirty or (rows and time.time() - self._written > REFRESH_SECONDS):
                 self.dirty = False
@@ -177,10 +195,19 @@ class Publisher:
                 connection.execute(insert(STATE), list(rows))
         self._written = time.time()
 
+    def _heartbeat(self) -> None:
+        now = time.time()
+        with self.engine.begin() as connection:
+            connection.execute(delete(PROCESS).where(PROCESS.c.node == self.node))
+            connection.execute(insert(PROCESS).values(node=self.node, pid=os.getpid(), host=socket.gethostname()[:255],
+                                                      started=self._started, updated=now))
+        self._beat = now
+
     def withdraw(self) -> None:
         """Remove this process's rows (it stops; its circuits stop mattering)."""
         with self.engine.begin() as connection:
             connection.execute(delete(STATE).where(STATE.c.node == self.node))
+            connection.execute(delete(PROCESS).where(PROCESS.c.node == self.node))
 
 
 def install(app: web.Application, *, fault: Fault, refused: Refused) -> None:
@@ -233,6 +260,16 @@ def read_circuits(engine: Engine, urls: Sequence[str] | None = None) -> list[Cir
         query = query.where(STATE.c.url.in_(list(urls)))
     with engine.connect() as connection:
         return [CircuitRow(**row._mapping) for row in connection.execute(query)]
+
+
+def live_processes(engine: Engine) -> list[dict[str, Any]]:
+    """The gateway processes whose heartbeat is fresh: node, pid, host, started."""
+    if not inspect(engine).has_table(PROCESS.name):
+        return []
+    query = select(PROCESS.c.node, PROCESS.c.pid, PROCESS.c.host, PROCESS.c.started) \
+        .where(PROCESS.c.updated > time.time() - STALE_SECONDS).order_by(PROCESS.c.node)
+    with engine.connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(query)]
 
 
 def request_reset(engine: Engine, name: str) -> int:
