@@ -146,7 +146,7 @@ def test_csv_has_the_spec_header(config: Path, capsys: pytest.CaptureFixture[str
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
     assert rows[0] == list(FIELDS) and len(rows) == 2
     record = dict(zip(rows[0], rows[1], strict=True))
-    assert (record["from"], record["fault_code"], record["ntp_synced"]) == ("juki", "Server", "False")
+    assert (record["from"], record["fault_code"], record["ntp_synced"]) == ("juki", "Server", "false")  # as JSON writes it (issue 22)
 
 
 def test_no_match_says_so(config: Path, capsys: pytest.CaptureFixture[str]) -> None:

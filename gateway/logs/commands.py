@@ -295,8 +295,14 @@ class _Csv(_Output):
 
     def one(self, record: LogRecord) -> None:
         data = record.to_json()
-        self.csv.writerow(["" if data[name] is None else visible(data[name]) if isinstance(data[name], str)
-                           else data[name] for name in FIELDS])
+        self.csv.writerow([_cell(data[name]) for name in FIELDS])
+
+
+def _cell(value: object) -> object:
+    """A CSV cell: booleans as JSON writes them (``false``, not Python's ``False``), text made visible."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else visible(value) if isinstance(value, str) else value
 
 
 # -- the terminal table --------------------------------------------------------
