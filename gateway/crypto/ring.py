@@ -44,6 +44,7 @@ from sqlalchemy import (
     String,
     Table,
     case,
+    delete,
     func,
     insert,
     select,
@@ -182,7 +183,7 @@ class KeyRing:
         self.current = next(iter(self.masters.values()))
         """The master key that wraps new data keys (the first given, or the first of the file)."""
         self._keys: dict[tuple[str, int], tuple[DataKey, float]] = {}
-        self._newest: dict[str, int] = {}
+        self._newest: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
         self._opened = False
 
@@ -198,14 +199,46 @@ class KeyRing:
         self._opened = True
 
     def for_sealing(self, org: str) -> DataKey:
-        """The newest live data key of ``org``, made now if it has none (or only destroyed ones)."""
-        generation = self._newest.get(org)
-        if generation is not None:
-            return self.key_of(org, generation)
+        """The newest live data key of ``org``, made now if it has none (or only destroyed ones).
+
+        Which generation is newest is asked of the table again after :data:`RECHECK_SECONDS`, so
+        a new generation made by ``bmrgw keys rotate --org`` seals new content in every gateway
+        within that time."""
+        cached = self._newest.get(org)
+        if cached is not None and time.monotonic() - cached[1] < RECHECK_SECONDS:
+            return self.key_of(org, cached[0])
         live, newest = self._generations(org)
         key = self.key_of(org, live) if live is not None else self._create(org, (newest or 0) + 1)
-        self._newest[org] = key.generation
+        self._newest[org] = (key.generation, time.monotonic())
         return key
+
+    def new_generation(self, org: str) -> DataKey:
+        """Give ``org`` a new data key generation (the earlier ones stay readable); it seals from now on."""
+        _, newest = self._generations(org)
+        key = self._create(org, (newest or 0) + 1)
+        self._newest[org] = (key.generation, time.monotonic())
+        return key
+
+    def live_generations(self, org: str) -> dict[int, int]:
+        """The live (not destroyed) generations of ``org`` and when each was made (ms since the epoch)."""
+        t = DATA_KEYS
+        self.open()
+        with translated("cannot read the data keys"), self.engine.connect() as c:
+            rows = c.execute(select(t.c.generation, t.c.created_ms).where(t.c.org == org, t.c.wrapped.is_not(None))
+                             .order_by(t.c.generation)).all()
+        return {int(row.generation): int(row.created_ms) for row in rows}
+
+    def drop_generations(self, org: str, below: int) -> int:
+        """Delete the live data keys of ``org`` older than generation ``below`` (nothing is sealed under
+        them any more); returns how many.  Destroyed rows stay as the record of the erasure."""
+        t = DATA_KEYS
+        with translated("cannot delete old data keys"), self.engine.begin() as c:
+            done = c.execute(delete(t).where(t.c.org == org, t.c.generation < below,
+                                             t.c.wrapped.is_not(None))).rowcount
+        with self._lock:
+            for cached in [k for k in self._keys if k[0] == org and k[1] < below]:
+                self._keys.pop(cached, None)
+        return int(done)
 
     def key_of(self, org: str, generation: int) -> DataKey:
         """The data key that sealed content of ``org`` at ``generation``."""

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.errors import DocumentCorrupt
 
-__all__ = ["DataKey", "SealWriter", "seal", "unseal", "regroup", "sealed_size", "is_sealed",
+__all__ = ["DataKey", "SealWriter", "seal", "unseal", "regroup", "sealed_size", "is_sealed", "header_generation",
            "CHUNK", "MAGIC", "HEADER_BYTES", "TAG_BYTES"]
 
 MAGIC = b"BMRS\x01"
@@ -63,6 +63,13 @@ def sealed_size(size: int) -> int:
 def is_sealed(first: bytes) -> bool:
     """Whether stored bytes beginning with ``first`` claim to be a sealed stream."""
     return first[:len(MAGIC)] == MAGIC
+
+
+def header_generation(first: bytes) -> int | None:
+    """The data key generation named by a sealed stream beginning with ``first`` (``None``: not sealed)."""
+    if len(first) < len(MAGIC) + 4 or not is_sealed(first):
+        return None
+    return int(struct.unpack(">I", first[len(MAGIC):len(MAGIC) + 4])[0])
 
 
 def _field(value: str) -> bytes:

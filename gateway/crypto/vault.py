@@ -12,7 +12,7 @@ reader.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -22,7 +22,7 @@ from gateway.errors import DocumentCorrupt, KeyUnavailable
 from routing.settings import EncryptionSettings
 
 from .ring import KeyRing, MasterKey
-from .seal import SealWriter, regroup, seal, sealed_size, unseal
+from .seal import DataKey, SealWriter, regroup, seal, sealed_size, unseal
 
 __all__ = ["Vault", "vault_for"]
 
@@ -67,8 +67,9 @@ class Vault:
         return regroup(sealed, piece) if piece else sealed
 
     def opened(self, org: str, doc: str, size: int, stored_size: int, stored: Iterable[bytes],
-               piece: int = 0) -> Iterator[bytes]:
-        """The content of ``size`` bytes that ``stored`` (``stored_size`` bytes) holds, authenticated."""
+               piece: int = 0, key_of: Callable[[str, int], DataKey] | None = None) -> Iterator[bytes]:
+        """The content of ``size`` bytes that ``stored`` (``stored_size`` bytes) holds, authenticated
+        (with the data keys of ``key_of``, by default the ring's)."""
         if stored_size == size:
             return iter(stored)
         if stored_size != sealed_size(size):
@@ -77,5 +78,5 @@ class Vault:
         if self.ring is None:
             raise KeyUnavailable(f"document {doc!r} of {org!r} is encrypted and gateway.encryption is not "
                                  "configured", detail=doc)
-        content = unseal(self.ring.key_of, org, doc, stored)
+        content = unseal(key_of or self.ring.key_of, org, doc, stored)
         return regroup(content, piece) if piece else content
