@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,13 @@ from gateway.errors import CommandError, ConfigError
 from gateway.logs.clock import Clock
 from gateway.logs.records import LogRecord
 from gateway.logs.tables import append, ensure_schema
-from gateway.store import Store, database_url
+from gateway.store import Store, create_tables, database_url
 from routing.config import Config, load_config
 
+from gateway.jx import open_store
+from gateway.jx.reseal import Held, census, rotate_org
+
+from . import ring as keyring
 from .ring import DATA_KEYS, KeyRing, MasterKey, write_master_key, write_master_keys
 
 __all__ = ["add_keys_command"]
@@ -56,15 +60,22 @@ def add_keys_command(commands: Any, config_option: ConfigOption) -> None:
     _store_options(status, config_option)
     status.set_defaults(run=_status)
     rotate = actions.add_parser(
-        "rotate", help="re-wrap every data key under a new master key, while the gateway runs",
-        description="Put the key of PATH (from 'bmrgw keys init') first in the configured master key file, "
-        "keeping the earlier keys after it, then re-wrap every data key under it. Running gateways re-read "
-        "the file when they meet the new key, so nothing stops. On several hosts, run with --stage-only "
-        "on every other host first (each host's key file learns the new key), then once without.")
+        "rotate", help="re-wrap every data key under a new master key, or give one organisation a new data key",
+        description="--new-master PATH: put the key of PATH (from 'bmrgw keys init') first in the configured "
+        "master key file, keeping the earlier keys after it, then re-wrap every data key under it. Running "
+        "gateways re-read the file when they meet the new key, so nothing stops. On several hosts, run with "
+        "--stage-only on every other host first (each host's key file learns the new key), then once without. "
+        "--org ID: give the organisation a new data key generation and re-seal its stored documents and "
+        "mailbox messages under it, batch by batch while gateways serve; the older key is deleted once "
+        "nothing is sealed under it. Run it again after a crash: it continues where it stopped.")
     _store_options(rotate, config_option)
-    rotate.add_argument("--new-master", type=Path, required=True, metavar="PATH", help="the new master key file")
+    which = rotate.add_mutually_exclusive_group(required=True)
+    which.add_argument("--new-master", type=Path, metavar="PATH", help="the new master key file")
+    which.add_argument("--org", metavar="ID", help="the organisation (JX receiver id) to give a new data key")
     rotate.add_argument("--stage-only", action="store_true",
-                        help="only add the new key to this host's key file; re-wrap nothing")
+                        help="with --new-master: only add the new key to this host's key file; re-wrap nothing")
+    rotate.add_argument("--batch", type=_positive, default=50, metavar="N",
+                        help="with --org: documents re-sealed per transaction (default 50)")
     rotate.set_defaults(run=_rotate)
     destroy = actions.add_parser(
         "destroy", help="erase an organisation's data keys: its content becomes unreadable (crypto-shredding)",
@@ -103,7 +114,19 @@ def _encrypted(args: argparse.Namespace) -> tuple[Config, Path]:
     return config, Path(config.gateway.encryption.master_key)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
 def _rotate(args: argparse.Namespace) -> int:
+    if args.org is not None:
+        return _rotate_org(args)
     config, path = _encrypted(args)
     known, new = MasterKey.load_all(path), MasterKey.load(args.new_master)
     if known[0].id != new.id:
@@ -121,6 +144,20 @@ def _rotate(args: argparse.Namespace) -> int:
     print(f"re-wrapped {moved} data key(s) under master key {new.id}. Keep the earlier keys in {path} "
           "while database backups wrapped under them may be restored; see 'bmrgw keys status'.")
     return 0
+
+
+def _rotate_org(args: argparse.Namespace) -> int:
+    config, _ = _encrypted(args)
+    store = open_store(config, node=f"{config.gateway.name}-keys")
+    try:
+        create_tables(store.engine, store.tables.metadata)
+        ring = store.vault.ring
+        assert ring is not None, "gateway.encryption is configured"
+        _, left = rotate_org(store, ring, args.org, batch=args.batch, settle=2 * keyring.RECHECK_SECONDS,
+                             say=lambda line: print(line, flush=True))
+    finally:
+        store.close()
+    return 0 if left.documents == 0 else 1
 
 
 def _destroy(args: argparse.Namespace) -> int:
@@ -155,19 +192,38 @@ def _destroy(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     config, path = _encrypted(args)
     master = MasterKey.load(path)
-    store = Store(database_url(config))
+    store = open_store(config, node=f"{config.gateway.name}-keys")
     try:
         KeyRing(store.engine, [master]).open()
+        create_tables(store.engine, store.tables.metadata)
         with store.engine.connect() as c:
             rows = c.execute(select(DATA_KEYS).order_by(DATA_KEYS.c.org, DATA_KEYS.c.generation)).all()
+        held = census(store)
     finally:
         store.close()
     print(f"master key {master.id} ({path})")
     now = datetime.now(UTC)
+    newest = {row.org: row.generation for row in rows if row.wrapped is not None}
     for row in rows:
         made = datetime.fromtimestamp(row.created_ms / 1000, UTC)
         state = "destroyed" if row.wrapped is None else ("" if row.master_id == master.id
                                                            else f"wrapped by another master key {row.master_id}")
+        sealed = held.get(row.org, {}).get(row.generation, Held())
         print(f"{row.org}\tgeneration {row.generation}\tmade {made:%Y-%m-%d %H:%M} UTC "
-              f"({(now - made).days} days)\t{state}".rstrip(), file=sys.stdout)
+              f"({_age(now - made)})\t{sealed.documents} document(s), {sealed.bytes} bytes\t{state}".rstrip())
+    for org in sorted(newest):
+        old = [h for generation, h in held.get(org, {}).items()
+               if generation is not None and generation < newest[org]]
+        documents, size = sum(h.documents for h in old), sum(h.bytes for h in old)
+        advice = f" (bmrgw keys rotate --org {org} re-seals them)" if documents else ""
+        print(f"{org}\tunder an older generation: {documents} document(s), {size} bytes{advice}")
     return 0
+
+
+def _age(age: timedelta) -> str:
+    seconds = int(age.total_seconds())
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h"
+    return f"{age.days} days"
