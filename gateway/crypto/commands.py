@@ -1,10 +1,12 @@
 """``bmrgw keys``: the master key file and the organisations' data keys (README "Data at rest").
 
 ``init PATH`` writes a new master key (never over an existing file);
-``status`` lists the organisations with a data key, its generation, age and
-the master key that wraps it; ``rotate --new-master PATH`` re-wraps every
-data key under a new master key while gateways run (they re-read the key
-file when they meet the new key); ``destroy --org ID`` erases one
+``status`` lists the organisations' data key generations, their age, the
+master key that wraps each and what each still seals; ``rotate --new-master
+PATH`` re-wraps every data key under a new master key while gateways run
+(they re-read the key file when they meet the new key); ``rotate --org ID``
+gives one organisation a new data key generation and re-seals its stored
+content under it (:mod:`gateway.jx.reseal`); ``destroy --org ID`` erases one
 organisation's data keys (crypto-shredding) and logs it.
 """
 
@@ -54,9 +56,10 @@ def add_keys_command(commands: Any, config_option: ConfigOption) -> None:
     init.add_argument("path", type=Path, metavar="PATH")
     init.set_defaults(run=_init)
     status = actions.add_parser(
-        "status", help="organisations, their data key generation and age",
-        description="List every organisation with a data key: generation, when it was made, and the "
-        "master key (fingerprint) that wraps it; the fingerprint of the configured master key comes first.")
+        "status", help="organisations, their data key generations, ages and what is still under an old one",
+        description="List every organisation's data key generations: when each was made, the documents "
+        "and bytes it seals, and the master key (fingerprint) that wraps it (the configured master key comes "
+        "first); then, per organisation, what is still sealed under an older generation.")
     _store_options(status, config_option)
     status.set_defaults(run=_status)
     rotate = actions.add_parser(
