@@ -39,6 +39,8 @@ __all__ = ["Held", "Pass", "census", "old_documents", "reseal_batch", "rotate_or
 
 #: Documents read per query while counting.
 _PAGE = 500
+#: Passes that re-seal nothing and meet no lease before a rotation stops with old content left.
+_IDLE_PASSES = 3
 
 
 @dataclass
@@ -231,6 +233,7 @@ def rotate_org(store: DocumentStore, ring: KeyRing, org: str, *, batch: int, set
         live = ring.live_generations(org)
         say(f"{org}: made data key generation {key.generation}; new content is sealed under it")
     settled_at = live.get(key.generation, now_ms()) / 1000 + settle
+    idle = 0
     while True:
         progress = Pass()
         while not progress.done:
@@ -246,10 +249,11 @@ def rotate_org(store: DocumentStore, ring: KeyRing, org: str, *, batch: int, set
             time.sleep(wait)
             continue
         left = old_documents(store, ring, key)
-        if left.documents <= len(progress.failed) or (progress.resealed == 0 and progress.leased == 0):
+        idle = idle + 1 if progress.resealed == 0 and progress.leased == 0 else 0
+        if left.documents <= len(progress.failed) or idle == _IDLE_PASSES:
             break
         if progress.resealed == 0:
-            time.sleep(1.0)  # only leased ones left: their leases run out or they are confirmed
+            time.sleep(1.0)  # leased (or row-locked) ones left: their leases run out or they are confirmed
     if left.documents == 0:
         dropped = ring.drop_generations(org, key.generation)
         say(f"{org}: nothing is sealed under an older generation any more: deleted {dropped} older data key(s)")
