@@ -58,7 +58,8 @@ async def test_kill_9_during_200_concurrent_puts_loses_no_true_and_serves_no_par
         killed_with = set(confirmed_true)
         await asyncio.gather(*tasks)
     assert 30 <= len(killed_with) < 200, "the kill must land in the middle of the puts"
-    assert confirmed_true == killed_with  # nothing answered after the kill
+    # Answers the gateway wrote before it died may still be read after the kill (gw.proc.wait() blocks
+    # this loop meanwhile), so confirmed_true can exceed killed_with; each of them must survive below.
 
     gw2 = gateway_process(config, name="dc-crash", port=port)
     served: dict[str, bytes] = {}
