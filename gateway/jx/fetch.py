@@ -34,7 +34,7 @@ from ..errors import MalformedMessage, MessageTooLarge
 from ..ns import H_JX_SHA256, JX, SOAP11_ENV
 from ..parser import PrologGuard, hardened_parser
 from .failure import Kind, RoundFailure, describe, fit, storage_failure
-from .wire import DOCUMENT_FIELDS, MAX_FIELDS_TEXT, Base64Spool, Spool, jx_namespace
+from .wire import DOCUMENT_FIELDS, MAX_FIELDS_TEXT, Base64Spool, Spool, jx_namespace, local_name, split_tag
 
 __all__ = ["Fetched", "get_document", "request_envelope", "message_header"]
 
@@ -147,13 +147,13 @@ class _Target:
             if self.spool is not None:
                 raise MalformedMessage("the answer holds data twice")
             self.spool = Base64Spool(self.folder, limit=sys.maxsize, prefix=".bmrgw-")
-        elif self.fault is not None and _local(tag) == "Error" and attrib.get("code"):
+        elif self.fault is not None and local_name(tag) == "Error" and attrib.get("code"):
             self.fault["code"] = attrib.get("code")  # bmrgw's <g:Error code="..."/> detail
 
     def _operation(self, tag: str, attrib: Any) -> None:
         if self.operation is not None:
             raise MalformedMessage("the answer's Body holds more than one element")
-        namespace, local = _split(tag)
+        namespace, local = split_tag(tag)
         if tag == _FAULT:
             self.fault = {}
         elif local != "GetDocumentResponse" or not jx_namespace(namespace):
@@ -161,7 +161,7 @@ class _Target:
         self.operation, self.namespace = local, namespace
 
     def data(self, text: str) -> None:
-        if self.spool is not None and len(self.path) == 4 and _local(self.path[3]) == "data":
+        if self.spool is not None and len(self.path) == 4 and local_name(self.path[3]) == "data":
             self.spool.write_text(text)
             return
         self.text_size += len(text)
@@ -173,11 +173,11 @@ class _Target:
         depth = len(self.path)
         self.path.pop()
         if self.fault is not None and depth >= 4:  # faultcode, faultstring, detail/g:Error
-            self.fault.setdefault(_local(tag), "".join(self.text).strip())
-        elif depth == 4 and self.operation == "GetDocumentResponse" and _local(tag) in _ANSWER_FIELDS:
-            if _local(tag) in self.fields:
-                raise MalformedMessage(f"the answer holds {_local(tag)} twice")
-            self.fields[_local(tag)] = "".join(self.text).strip()
+            self.fault.setdefault(local_name(tag), "".join(self.text).strip())
+        elif depth == 4 and self.operation == "GetDocumentResponse" and local_name(tag) in _ANSWER_FIELDS:
+            if local_name(tag) in self.fields:
+                raise MalformedMessage(f"the answer holds {local_name(tag)} twice")
+            self.fields[local_name(tag)] = "".join(self.text).strip()
         self.text = []
 
     def close(self) -> None:
@@ -256,14 +256,3 @@ def _fault(fault: dict[str, str]) -> RoundFailure:
     reason = fault.get("faultstring", "") or "no reason given"
     return RoundFailure(Kind.FAULT, f"GetDocument: the gateway answered with a fault: {fit(code, 40)}: {fit(reason)}",
                         fatal=code in _FATAL_CODES)
-
-
-def _split(tag: str) -> tuple[str | None, str]:
-    if tag.startswith("{"):
-        namespace, local = tag[1:].split("}", 1)
-        return namespace, local
-    return None, tag
-
-
-def _local(tag: str) -> str:
-    return _split(tag)[1]

@@ -39,6 +39,8 @@ from ..ns import JX, JX_HYPHENLESS, SOAP11_ENV
 from ..parser import PrologGuard, hardened_parser
 
 __all__ = [
+    "split_tag",
+    "local_name",
     "OPERATIONS",
     "MessageHeader",
     "JxRequest",
@@ -295,7 +297,7 @@ class _Target:
             _check_understood(tag, attrib, self.understood)
         elif depth == 2 and self.path[1] == _BODY:
             self._operation(tag)
-        elif depth == 3 and self.path[1] == _BODY and _local(tag) == "data" and self.operation == "PutDocument":
+        elif depth == 3 and self.path[1] == _BODY and local_name(tag) == "data" and self.operation == "PutDocument":
             self.spool = Base64Spool(self.spool_dir, limit=self.limit, durable=self.durable, sealed=self.sealed)
         self.text = []
 
@@ -309,7 +311,7 @@ class _Target:
         raise MalformedMessage(f"unexpected {tag} in the SOAP Envelope")
 
     def _operation(self, tag: str) -> None:
-        namespace, local = _split(tag)
+        namespace, local = split_tag(tag)
         if self.operation is not None:
             raise MalformedMessage(f"more than one element in the SOAP Body ({tag})")
         if not jx_namespace(namespace) or local not in OPERATIONS:
@@ -328,7 +330,7 @@ class _Target:
         self.text.append(text)
 
     def _in_data(self) -> bool:
-        return self.spool is not None and len(self.path) == 4 and _local(self.path[3]) == "data"
+        return self.spool is not None and len(self.path) == 4 and local_name(self.path[3]) == "data"
 
     def end(self, tag: str) -> None:
         depth = len(self.path)
@@ -343,10 +345,10 @@ class _Target:
         self.text = []
 
     def _in_data_end(self, tag: str) -> bool:
-        return self.spool is not None and _local(tag) == "data"
+        return self.spool is not None and local_name(tag) == "data"
 
     def _keep(self, into: dict[str, str], tag: str, names: tuple[str, ...]) -> None:
-        namespace, local = _split(tag)
+        namespace, local = split_tag(tag)
         if local in names and (namespace is None or jx_namespace(namespace)):
             if local in into:
                 raise MalformedMessage(f"{local} appears twice")
@@ -363,19 +365,21 @@ def _check_understood(tag: str, attrib: Any, understood: frozenset[str]) -> None
 
 
 def _is_message_header(tag: str) -> bool:
-    namespace, local = _split(tag)
+    namespace, local = split_tag(tag)
     return local == "MessageHeader" and jx_namespace(namespace)
 
 
-def _split(tag: str) -> tuple[str | None, str]:
+def split_tag(tag: str) -> tuple[str | None, str]:
+    """``{ns}local`` → ``(ns, local)``; ``(None, tag)`` without a namespace."""
     if tag.startswith("{"):
         namespace, local = tag[1:].split("}", 1)
         return namespace, local
     return None, tag
 
 
-def _local(tag: str) -> str:
-    return _split(tag)[1]
+def local_name(tag: str) -> str:
+    """The local part of a Clark-notation tag."""
+    return split_tag(tag)[1]
 
 
 class RequestReader:
