@@ -51,11 +51,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import Column as SqlColumn
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.types import TypeEngine
 
 from gateway.errors import ConfigError, RefdbUnavailable
-from gateway.store import create_tables, lock_schema
+from gateway.store import create_tables, db_reason, lock_schema
 
 from .config import Column, ColumnType, Dataset, RefdbSettings
 from .grants import sync_grants
@@ -96,9 +96,7 @@ def translated(what: str) -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as exc:
-        orig = exc.orig if isinstance(exc, DBAPIError) else exc
-        reason = (str(orig).strip().splitlines() or [type(exc).__name__])[0]
-        raise RefdbUnavailable(f"{what}: {reason}") from exc
+        raise RefdbUnavailable(f"{what}: {db_reason(exc)}") from exc
 
 
 def utcnow() -> datetime:

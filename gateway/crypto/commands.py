@@ -24,14 +24,13 @@ from sqlalchemy import select
 
 from gateway.durable import private_dir
 from gateway.errors import CommandError, ConfigError
+from gateway.jx import open_store
+from gateway.jx.reseal import Held, census, rotate_org
 from gateway.logs.clock import Clock
 from gateway.logs.records import LogRecord
 from gateway.logs.tables import append, ensure_schema
 from gateway.store import Store, create_tables, database_url
 from routing.config import Config, load_config
-
-from gateway.jx import open_store
-from gateway.jx.reseal import Held, census, rotate_org
 
 from . import ring as keyring
 from .ring import DATA_KEYS, KeyRing, MasterKey, write_master_key, write_master_keys

@@ -20,8 +20,8 @@ it was given and unwraps a row with the one it names.
 from __future__ import annotations
 
 import base64
-import contextlib
 import binascii
+import contextlib
 import hashlib
 import os
 import threading
@@ -54,6 +54,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from gateway.durable import fsync_dir, private_open
 from gateway.errors import ConfigError, DocumentCorrupt, KeyUnavailable
+from gateway.store import db_reason
 
 from .seal import DataKey
 
@@ -158,8 +159,7 @@ def translated(what: str) -> Iterator[None]:
     except IntegrityError:
         raise
     except SQLAlchemyError as exc:
-        text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        raise KeyUnavailable(f"{what}: {text[0] if text else type(exc).__name__}") from exc
+        raise KeyUnavailable(f"{what}: {db_reason(exc)}") from exc
 
 
 def now_ms() -> int:

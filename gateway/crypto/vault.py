@@ -18,7 +18,6 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from gateway.errors import DocumentCorrupt, KeyUnavailable
-
 from routing.settings import EncryptionSettings
 
 from .ring import KeyRing, MasterKey
