@@ -18,13 +18,13 @@ import ssl
 import sys
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.errors import ConfigError, FileError, RemoteFault
+from gateway.terminal import ConfigOption, count
 from gateway.terminal import Progress as Display
-from gateway.terminal import count
 from routing.config import load_config
 
 from .client import DEFAULT_BATCH, RefdbClient
@@ -34,7 +34,6 @@ from .wire import Fields
 
 __all__ = ["add_refdb_command"]
 
-ConfigOption = Callable[[argparse.ArgumentParser], None]
 _WHERE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|!=|=|<|>)(.*)", re.S)
 _OPS = {"=": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
 

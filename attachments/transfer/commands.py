@@ -7,16 +7,15 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeAlias
 
 from gateway.crypto import Vault, vault_for
 from gateway.errors import ConfigError, SendError
-from gateway.store import Store, database_url
-from routing.config import load_config
 from gateway.ns import SoapVersion
-from gateway.terminal import http_url, port_number
+from gateway.store import Store, database_url
+from gateway.terminal import ConfigOption, http_url, port_number
+from routing.config import load_config
 
 from .receiver import ReceiveOptions, make_receiver_app
 from .sender import EXIT_CODES, SendOptions, describe, send_file
@@ -39,13 +38,13 @@ def _size_or_zero(text: str) -> int:
     return 0 if text.strip() == "0" else _size(text)
 
 
-def add_file_commands(commands: Commands, config_option: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_file_commands(commands: Commands, config_option: ConfigOption) -> None:
     """Register ``send`` and ``receive``."""
     _add_send(commands, config_option)
     _add_receive(commands, config_option)
 
 
-def _add_send(commands: Commands, config_option: Callable[[argparse.ArgumentParser], None]) -> None:
+def _add_send(commands: Commands, config_option: ConfigOption) -> None:
     codes = "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items())
     p = commands.add_parser(
         "send", help="send a file to a business AP through the gateway, in verified parts",
@@ -92,7 +91,7 @@ def _send(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_receive(commands: Commands, config_option: Callable[[argparse.ArgumentParser], None]) -> None:
+def _add_receive(commands: Commands, config_option: ConfigOption) -> None:
     p = commands.add_parser(
         "receive", help="run a receiving business AP that stores files sent with 'bmrgw send'",
         description="Run a business AP that receives files (urn:bmrgw:file:1 PutFilePart, SwA or MTOM, "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from gateway.logs.clock import Clock
 from gateway.logs.records import LogRecord
 from gateway.logs.tables import append, ensure_schema
 from gateway.store import Store, create_tables, database_url
+from gateway.terminal import ConfigOption, add_db_option, db_url
 from routing.config import Config, load_config
 
 from . import ring as keyring
@@ -37,7 +37,6 @@ from .ring import DATA_KEYS, KeyRing, MasterKey, write_master_key, write_master_
 
 __all__ = ["add_keys_command"]
 
-ConfigOption = Callable[[argparse.ArgumentParser], None]
 
 
 def add_keys_command(commands: Any, config_option: ConfigOption) -> None:
@@ -92,7 +91,7 @@ def add_keys_command(commands: Any, config_option: ConfigOption) -> None:
 
 def _store_options(parser: argparse.ArgumentParser, config_option: ConfigOption) -> None:
     config_option(parser)
-    parser.add_argument("--db", metavar="URL", help="store URL (default: $BMRGW_DB_URL, else gateway.db)")
+    add_db_option(parser)
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -110,7 +109,7 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _encrypted(args: argparse.Namespace) -> tuple[Config, Path]:
-    config = load_config(args.config, db=args.db or os.environ.get("BMRGW_DB_URL") or None)
+    config = load_config(args.config, db=db_url(args))
     if config.gateway.encryption is None:
         raise ConfigError("gateway.encryption is not configured: nothing is sealed")
     return config, Path(config.gateway.encryption.master_key)
