@@ -153,11 +153,9 @@ def _client(args: argparse.Namespace) -> RefdbClient:
 
 def _server_from(config: Path) -> str:
     try:
-        listen = load_config(config).gateway.listen
+        return load_config(config).gateway.local_url
     except ConfigError as exc:
         raise ConfigError(f"{exc.reason} (or give --server URL)") from exc
-    host = "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host
-    return f"http://{host}:{listen.port}"
 
 
 def _push(args: argparse.Namespace) -> int:

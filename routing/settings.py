@@ -154,6 +154,14 @@ class GatewaySettings:
     encryption: EncryptionSettings | None = None
     """Seal JX documents, mailbox messages and staged file parts per organisation; ``None``: stored as they are."""
 
+    @property
+    def local_url(self) -> str:
+        """How a command on this host reaches this gateway: ``listen`` with a wildcard or
+        ``localhost`` address taken as loopback, https when ``tls`` is set."""
+        host = self.listen.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "", "localhost") else "[::1]" if host == "::" else host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.listen.port}"
+
 
 # -- resilience: failover URLs, breaker, limits (README "Resilience") ------------------
 

@@ -23,8 +23,8 @@ from gateway.keys import CLOCK, JOURNAL, LIVE, METRICS, NODE, SECURITY, STORE
 from gateway.logs.chain import archive
 from gateway.logs.clock import Clock
 from gateway.logs.commands import archive_dir
-from gateway.logs.key import checkpoints_path, log_key
 from gateway.logs.journal import Journal
+from gateway.logs.key import checkpoints_path, log_key
 from gateway.logs.records import LogRecord
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.ns import H_MESSAGE_ID, SoapVersion

@@ -125,19 +125,10 @@ def add_status_command(commands: Any, config_option: ConfigOption) -> None:
 
 
 def _status_command(args: argparse.Namespace) -> int:
-    config = load_config(args.config) if args.url is None else None
-    base = args.url or _local_url(config)
+    base = args.url or load_config(args.config).gateway.local_url
     body = _fetch(f"{base.rstrip('/')}/status")
     print(json.dumps(body, indent=2, ensure_ascii=False) if args.format == "json" else "\n".join(status_lines(body)))
     return 0
-
-
-def _local_url(config: Config | None) -> str:
-    assert config is not None
-    listen = config.gateway.listen
-    host = "127.0.0.1" if listen.host in ("0.0.0.0", "", "localhost") else "[::1]" if listen.host == "::" \
-        else listen.host
-    return f"{'https' if config.gateway.tls else 'http'}://{host}:{listen.port}"
 
 
 def _fetch(url: str) -> dict[str, Any]:
