@@ -12,25 +12,23 @@ import asyncio
 import base64
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from lxml import etree
 
-from attachments.transfer.receiver import ReceiveOptions, make_receiver_app
 from attachments.transfer.sender import SendOptions, send_file
 from gateway.errors import ConfigError, SendError
 from gateway.logs.tables import LogFilter
 from gateway.security.passwords import hash_password
 from routing.config import parse_config
 
-from .conftest import GatewayFactory, RecordingBackend, message, soap11_headers, start_app
+from .conftest import GatewayFactory, RecordingBackend, message, soap11_headers
 from .jxhelp import Answer, action, envelope
 from .records import records
+from .test_files_auth import receiver  # noqa: F401  (fixture)
 
 PASSWORD = "identity-test-password"
 HASH = hash_password(PASSWORD)
@@ -200,15 +198,6 @@ async def test_mailbox_deposit_sender_must_be_claimable(gateway: GatewayFactory,
 
 
 # -- file transfer: bound to its sender ---------------------------------------------------------------
-
-@pytest.fixture
-async def receiver(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
-    folder = tmp_path / "inbox"
-    runner: web.AppRunner
-    runner, url = await start_app(make_receiver_app(ReceiveOptions(directory=folder)))
-    yield f"{url}/files", folder
-    await runner.cleanup()
-
 
 def _file(tmp_path: Path, sender: str, content: bytes) -> Path:
     path = tmp_path / sender / "kyufu.csv"
