@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -106,3 +108,24 @@ def zeep_service(url: str, edition: str = "2007") -> Any:
 def header(sender: str = "1310001", **extra: str) -> dict[str, Any]:
     return {"MessageHeader": {"From": sender, "To": "DC", "MessageId": "m", "Timestamp": "2026-04-01T00:00:00Z",
                               **extra}}
+
+
+MIB = 1024 * 1024
+
+
+def block(n: int) -> bytes:
+    """The n-th MiB of a big test document: reproducible, so the test can hash it without keeping it."""
+    return hashlib.sha256(n.to_bytes(8, "big")).digest() * (MIB // 32)
+
+
+async def streamed_put(message_id: str, size: int) -> AsyncIterator[bytes]:
+    """A PutDocument envelope carrying ``size`` bytes of :func:`block` s, base64-encoded as it streams."""
+    head, tail = put_envelope(message_id, b"").split(b"<jx:data></jx:data>")
+    yield head + b"<jx:data>"
+    carry = b""  # base64 in whole quartets: what is not a multiple of 3 bytes goes on to the next block
+    for n in range(size // MIB):
+        data = carry + block(n)
+        usable = len(data) - len(data) % 3
+        yield base64.b64encode(data[:usable])
+        carry = data[usable:]
+    yield base64.b64encode(carry) + b"</jx:data>" + tail

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import os
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +21,10 @@ from gateway.jx.wire import Base64Spool
 from gateway.ns import JX
 
 from .conftest import GatewayProcess, free_port
-from .jxhelp import Answer, action, confirm, envelope, get, put, put_envelope
+from .jxhelp import MIB, Answer, action, block, confirm, envelope, get, put, streamed_put
 from .pg import pg_schema
 
 StartGateway = Callable[..., GatewayProcess]
-MIB = 1024 * 1024
 
 
 # -- crash safety -----------------------------------------------------------------
@@ -77,21 +75,6 @@ async def test_kill_9_during_200_concurrent_puts_loses_no_true_and_serves_no_par
 
 # -- 200 MB documents ---------------------------------------------------------------
 
-def _block(n: int) -> bytes:
-    return hashlib.sha256(n.to_bytes(8, "big")).digest() * (MIB // 32)
-
-
-async def _put_body(size: int) -> AsyncIterator[bytes]:
-    head, tail = put_envelope("big-200", b"").split(b"<jx:data></jx:data>")
-    yield head + b"<jx:data>"
-    carry = b""  # base64 in whole quartets: carry what is not a multiple of 3 bytes to the next block
-    for n in range(size // MIB):
-        data = carry + _block(n)
-        usable = len(data) - len(data) % 3
-        yield base64.b64encode(data[:usable])
-        carry = data[usable:]
-    yield base64.b64encode(carry) + b"</jx:data>" + tail
-
 
 class _DataTarget:
     """Reads a GetDocumentResponse as it streams: decodes and hashes ``data`` into a spool file."""
@@ -122,7 +105,7 @@ async def test_200_mb_put_and_get_keep_gateway_memory_flat(gateway_process: Star
     size = int(os.environ.get("BMRGW_TEST_BIG_MB", "200")) * MIB
     expected = hashlib.sha256()
     for n in range(size // MIB):
-        expected.update(_block(n))
+        expected.update(block(n))
     settings: dict[str, Any] = {"max_message_bytes": 1024 * 1024, "jx": {"max_document_bytes": size}}
     if encrypted:
         key = tmp_path / "master.key"
@@ -131,7 +114,8 @@ async def test_200_mb_put_and_get_keep_gateway_memory_flat(gateway_process: Star
     gw = gateway_process({"gateway": settings}, name="dc-big")
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(timeout=timeout) as http:
-        async with http.post(f"{gw.url}/jx", data=_put_body(size), headers=action("PutDocument")) as resp:
+        body = streamed_put("big-200", size)
+        async with http.post(f"{gw.url}/jx", data=body, headers=action("PutDocument")) as resp:
             answer = Answer(resp.status, etree.fromstring(await resp.read()))
         assert answer.status == 200 and answer.result is True, etree.tostring(answer.root)
         after_put = gw.peak_rss_kib()

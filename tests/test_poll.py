@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import os
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 from gateway.jx.poll import safe_name
 
 from .conftest import BMRGW, GatewayFactory, GatewayProcess
-from .jxhelp import action, get, put, put_envelope
+from .jxhelp import MIB, action, block, get, put, streamed_put
 
 StartGateway = Callable[..., GatewayProcess]
 
@@ -110,25 +109,6 @@ async def test_8_000_000_byte_document_is_received_byte_exact(gateway: GatewayFa
     assert (await get(http, url)).result is False  # confirmed
 
 
-MIB = 1024 * 1024
-
-
-def _block(n: int) -> bytes:
-    return hashlib.sha256(n.to_bytes(8, "big")).digest() * (MIB // 32)
-
-
-async def _put_body(message_id: str, size: int) -> AsyncIterator[bytes]:
-    head, tail = put_envelope(message_id, b"").split(b"<jx:data></jx:data>")
-    yield head + b"<jx:data>"
-    carry = b""  # base64 in whole quartets: what is not a multiple of 3 bytes goes on to the next block
-    for n in range(size // MIB):
-        data = carry + _block(n)
-        usable = len(data) - len(data) % 3
-        yield base64.b64encode(data[:usable])
-        carry = data[usable:]
-    yield base64.b64encode(carry) + b"</jx:data>" + tail
-
-
 def poll_measured(*args: str | Path, timeout: float) -> tuple[int, str, int]:
     """Run ``bmrgw poll``; its exit code, output and peak RSS in KiB (VmHWM, sampled every 20 ms).
 
@@ -166,11 +146,12 @@ async def test_large_document_is_streamed_to_disk_with_bounded_memory(
         size: int, gateway_process: StartGateway, tmp_path: Path) -> None:
     gw = gateway_process({"gateway": {"max_message_bytes": MIB}}, name="dc-big")
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1800)) as http:
-        async with http.post(f"{gw.url}/jx", data=_put_body("big", size), headers=action("PutDocument")) as resp:
+        body = streamed_put("big", size)
+        async with http.post(f"{gw.url}/jx", data=body, headers=action("PutDocument")) as resp:
             assert resp.status == 200, await resp.text()
     expected = hashlib.sha256()
     for n in range(size // MIB):
-        expected.update(_block(n))
+        expected.update(block(n))
     out = tmp_path / "in"
     started = time.monotonic()
     code, text, peak = await asyncio.to_thread(
@@ -179,8 +160,8 @@ async def test_large_document_is_streamed_to_disk_with_bounded_memory(
     assert code == 0, text
     got = hashlib.sha256()
     with (out / "big").open("rb") as fh:
-        while block := fh.read(MIB):
-            got.update(block)
+        while piece := fh.read(MIB):
+            got.update(piece)
     assert got.hexdigest() == expected.hexdigest()
     print(f"bmrgw poll: {size // MIB} MiB in {elapsed:.1f} s ({size / MIB / elapsed:.0f} MiB/s), "
           f"peak RSS {peak // 1024} MiB")
