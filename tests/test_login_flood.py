@@ -9,7 +9,6 @@ login from the same address does not reset it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import statistics
 import time
 from pathlib import Path
@@ -22,15 +21,12 @@ from gateway.security.passwords import hash_password
 
 from .conftest import GatewayFactory
 from .jxhelp import Answer, action, envelope
+from .test_auth import basic
 
 PASSWORD = "flood-test-password"
 HASH = hash_password(PASSWORD)
 #: Concurrent guessers, each on an address of its own (127.0.1.x: all of 127/8 is loopback on Linux).
 GUESSERS = 150
-
-
-def _basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 def _config(tmp_path: Path) -> dict[str, Any]:
@@ -50,7 +46,7 @@ _GET = envelope("GetDocument", [("receiverId", "1310001")])
 
 async def _get(http: aiohttp.ClientSession, url: str, user: str, password: str) -> tuple[Answer, float]:
     started = time.perf_counter()
-    async with http.post(f"{url}/jx", data=_GET, headers={**action("GetDocument"), **_basic(user, password)}) as resp:
+    async with http.post(f"{url}/jx", data=_GET, headers={**action("GetDocument"), **basic(user, password)}) as resp:
         answer = Answer(resp.status, etree.fromstring(await resp.read()))
     return answer, time.perf_counter() - started
 
