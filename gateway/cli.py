@@ -34,6 +34,8 @@ DEFAULT_CONFIG = "endpoints.yaml"
 #: command being run is imported, so ``bmrgw --help`` does not load aiohttp, SQLAlchemy and lxml
 #: (1.1 s before); tests/test_cli_walk.py checks each line against what its module registers.
 COMMANDS: tuple[tuple[str, str, str, bool, str], ...] = (
+    ("init", "gateway.serve.init", "add_init_command", False,
+     "write a commented config, the log and master keys and a data folder for a new gateway"),
     ("status", "gateway.serve.status", "add_status_command", True,
      "ask the running gateway how it is: endpoints and circuits, NTP, log writer, workers"),
     ("endpoints", "routing.commands", "add_endpoints_command", True,

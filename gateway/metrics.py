@@ -10,8 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+import platform
+
+from prometheus_client import (
+    CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics, generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gateway import version
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
 
@@ -47,6 +53,12 @@ class Metrics:
         self._log = Gauge("bmrgw_log_records", "Send/receive log records by state (written, queued, dropped).",
                           ["state"], registry=self.registry)
         self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, process_start_time_seconds…
+        # of the process that answers the scrape (with --workers: one worker; each worker answers for itself).
+        ProcessCollector(registry=self.registry)
+        build = Gauge("bmrgw_build_info", "Always 1; the labels say which bmrgw and Python this process runs.",
+                      ["version", "python"], registry=self.registry)
+        build.labels(version(), platform.python_version()).set(1)
 
     def observe(self, destination: str, status: str, seconds: float) -> None:
         key = (destination, status)

@@ -59,6 +59,7 @@ import struct
 from typing import IO, Any
 
 from gateway.errors import WriterError
+from gateway.proctitle import name_process
 from gateway.store import Store, db_reason
 
 from .records import unpack_entries
@@ -236,6 +237,7 @@ def _read_frame(stream: IO[bytes]) -> Any | None:
 def _main(sock: socket.socket, url: str, node: str, table: str, key: bytes | None, idle: bool) -> None:
     """The child: commit each batch it receives, answer, exit when the socket closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
+    name_process(f"log writer of {node}")
     if idle:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     tables = TABLES if table == TABLES.log.name else log_tables(table)

@@ -31,6 +31,7 @@ from aiohttp import web
 from gateway.durable import private_dir
 from gateway.errors import ConfigError, UsageError
 from gateway.keys import LIVE
+from gateway.proctitle import name_process
 from gateway.relay.limits import ListenSite, busy_answer
 from gateway.relay.resilience import RESILIENCE
 from gateway.security.auth import cleartext_basic_warning
@@ -86,11 +87,13 @@ def serve(options: ServeOptions) -> int:
     private_dir(data_dir)
     if options.worker is None and (cleartext := cleartext_basic_warning(config)):  # once, not per worker
         log.warning("%s", cleartext)
+    node = options.node or config.gateway.name
     if options.workers > 1 and options.worker is None:
         listen_socket(host, port, reuse_port=True).close()  # a port in use ends here, before workers are announced
+        name_process(f"supervisor of {node} ({host}:{port}, {options.workers} workers)")
         return supervise(options, config, host=host, port=port)
     sock = listen_socket(host, port, reuse_port=options.worker is not None)
-    node = options.node or config.gateway.name
+    name_process(f"{'gateway' if options.worker is None else f'worker {options.worker} of'} {node} ({host}:{port})")
     if options.worker is not None:
         node = f"{node}.w{options.worker}"
     app = make_app(config, AppOptions(db=options.db, node=node))
