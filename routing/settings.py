@@ -153,6 +153,9 @@ class GatewaySettings:
     """Free space the data disk keeps: below it, anything that would store data is ``InsufficientStorage``."""
     encryption: EncryptionSettings | None = None
     """Seal JX documents, mailbox messages and staged file parts per organisation; ``None``: stored as they are."""
+    access_log: str | None = None
+    """File for one line per HTTP request in the combined log format (as Apache and nginx write it), reopened
+    when logrotate moves it; ``None``: no access log (the send/receive log records every exchange anyway)."""
 
     @property
     def local_url(self) -> str:
@@ -247,7 +250,7 @@ def gateway_settings(raw: Any, db: str | None, peers: frozenset[str], base: Path
     allowed = {"name", "listen", "tls", "db", "data_dir", "max_message_bytes",
                "max_header_bytes", "client_timeout", "routing_header", "fallback_peer", "ntp", "logs", "wss", "jx",
                "max_attachment_bytes", "min_free_bytes", "log_key", "log_checkpoints", "encryption",
-               *_RESILIENCE_KEYS}
+               "access_log", *_RESILIENCE_KEYS}
     read.known(g, "gateway", allowed)
     defaults = GatewaySettings()
     fallback = g.get("fallback_peer")
@@ -279,6 +282,7 @@ def gateway_settings(raw: Any, db: str | None, peers: frozenset[str], base: Path
                                   "gateway.max_attachment_bytes", low=1024),
         min_free_bytes=read.integer(g.get("min_free_bytes", defaults.min_free_bytes), "gateway.min_free_bytes", low=0),
         encryption=_encryption(g["encryption"], base) if g.get("encryption") is not None else None,
+        access_log=None if g.get("access_log") is None else _path(g["access_log"], "gateway.access_log", base),
     )
 
 

@@ -40,6 +40,7 @@ from routing.config import Config, load_config
 from routing.settings import TlsSettings
 
 from . import heap
+from .access import access_log
 from .app import AppOptions, make_app, reloaded
 from .options import ServeOptions
 from .workers import heartbeat, supervise
@@ -104,8 +105,9 @@ def serve(options: ServeOptions) -> int:
 
 async def _run(app: web.Application, config: Config, sock: socket.socket, options: ServeOptions) -> None:
     tls = config.gateway.tls
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.gateway.drain_timeout,
-                           keepalive_timeout=config.gateway.keepalive_timeout)
+    runner = web.AppRunner(app, shutdown_timeout=config.gateway.drain_timeout,
+                           keepalive_timeout=config.gateway.keepalive_timeout,
+                           **access_log(config.gateway.access_log))
     await runner.setup()
     live, res = app[LIVE], app[RESILIENCE]
 
