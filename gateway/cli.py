@@ -58,6 +58,8 @@ COMMANDS: tuple[tuple[str, str, str, bool, str], ...] = (
      "make a development CA and server, client and signing certificates"),
     ("wss", "gateway.security.message", "add_wss_command", False,
      "sign or verify one SOAP message with WS-Security (for trying and checking by hand)"),
+    ("completion", "gateway.completion", "add_completion_command", False,
+     "print a bash or zsh completion script for bmrgw"),
 )
 
 

@@ -88,6 +88,9 @@ def variants(parser: argparse.ArgumentParser, config: Path, missing: Path) -> li
     base = required_args(parser)
     has = options(parser)
     runs = [base + every_option_bad(parser)]
+    if runs[0] and not every_option_bad(parser) and all(
+            a.choices for a in parser._actions if not a.option_strings and a.nargs not in ("?", "*")):
+        return [["not-a-choice" for _ in base]]  # only valid choices so far (`completion bash`): nothing was bad
     if base:
         runs.append(base + (["--config", str(config)] if "--config" in has else []))
     if "--config" in has:
