@@ -65,6 +65,25 @@ def add_endpoints_command(commands: Any, config_option: ConfigOption) -> None:
     actions = parser.add_subparsers(title="actions", metavar="ACTION")
     for register in (_add_list, _add_show, _add_add, _add_set, _add_remove, _add_check, _add_reset, _add_switch):
         register(actions, config_option)
+    _add_schema(actions)
+
+
+def _add_schema(actions: Actions) -> None:
+    p = actions.add_parser(
+        "schema", help="print the JSON Schema of endpoints.yaml (or --markdown: every key, its default, its meaning)",
+        description="Print the JSON Schema of endpoints.yaml, generated from the config classes (the same file "
+        "ships as schemas/endpoints.schema.json, for editors: see README \"Configuration\"). --markdown prints "
+        "the reference table of every key with its default instead.")
+    p.add_argument("--markdown", action="store_true", help="the reference table instead of the schema")
+    p.set_defaults(run=_schema)
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .schema import endpoints_schema, reference_markdown
+
+    print(reference_markdown() if args.markdown else json.dumps(endpoints_schema(), indent=2, ensure_ascii=False),
+          end="" if args.markdown else "\n")
+    return 0
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

@@ -88,6 +88,8 @@ def variants(parser: argparse.ArgumentParser, config: Path, missing: Path) -> li
     base = required_args(parser)
     has = options(parser)
     runs = [base + every_option_bad(parser)]
+    if not runs[0] and "--config" not in has:
+        return [["--no-such-option"]]  # it takes no value at all (`endpoints schema`): only a wrong option is bad
     if runs[0] and not every_option_bad(parser) and all(
             a.choices for a in parser._actions if not a.option_strings and a.nargs not in ("?", "*")):
         return [["not-a-choice" for _ in base]]  # only valid choices so far (`completion bash`): nothing was bad

@@ -32,6 +32,7 @@ LOG_KEY = "log.key"
 MASTER_KEY = "master.key"
 
 _TEMPLATE = """\
+# yaml-language-server: $schema={schema}
 # bmrgw configuration, written by `bmrgw init` ({when}).
 # Reference: README.md, "Configuration" (every key, its default and its meaning).
 # A running gateway applies a valid edit of this file within 2 s (or on SIGHUP) and keeps
@@ -77,7 +78,14 @@ def config_text(*, name: str, port: int, data: Path, log_key: Path, master_key: 
     """The commented ``endpoints.yaml`` that ``bmrgw init`` writes."""
     encryption = _ENCRYPTION.format(key=master_key) if master_key is not None else _NO_ENCRYPTION
     return _TEMPLATE.format(name=name, port=port, data=data, log_key=log_key, encryption=encryption,
-                            when=when or "see the file's date")
+                            when=when or "see the file's date", schema=_schema_file().as_uri())
+
+
+def _schema_file() -> Path:
+    """The JSON Schema shipped with this installation (package data of ``schemas``), for editors."""
+    import schemas
+
+    return Path(schemas.__file__).parent / "endpoints.schema.json"
 
 
 def add_init_command(commands: Any) -> None:
