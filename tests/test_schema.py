@@ -13,7 +13,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from gateway.errors import ConfigError
-from gateway.security.pki import make_set
+from gateway.security.pki import Issued, load_ca, make_set
 from routing import fields
 from routing.config import load_config
 from routing.schema import endpoints_schema, reference_markdown
@@ -21,18 +21,34 @@ from routing.schema import endpoints_schema, reference_markdown
 from .conftest import BMRGW, write_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_issued(folder: Path, name: str) -> Issued:
+    ca = load_ca(folder)
+    return ca if name == "ca" else Issued(cert=folder / f"{name}.pem", key=folder / f"{name}-key.pem",
+                                          subject=f"CN={name}", not_after=ca.not_after)
+
+
 SHIPPED = ROOT / "schemas" / "endpoints.schema.json"
 
 
-def maximal(tmp_path: Path) -> dict[str, Any]:
-    """A config that reaches every section the parser reads (each of its ``known`` checks)."""
-    pki = make_set(tmp_path / "pki", servers=("server",), clients=("client",), signers=("sign",))
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Certificates, keys and a password file for :func:`maximal`, made once (RSA key generation is slow)."""
+    tmp_path = tmp_path_factory.mktemp("schema")
+    make_set(tmp_path / "pki", servers=("server",), clients=("client",), signers=("sign",))
     (tmp_path / "pw").write_text("secret\n")
     (tmp_path / "pw").chmod(0o600)
     for name in ("log.key", "master.key"):
         subprocess.run([*BMRGW, "logs" if name == "log.key" else "keys",
                         "keygen" if name == "log.key" else "init", str(tmp_path / name)], check=True,
                        capture_output=True)
+    return tmp_path
+
+
+def maximal(tmp_path: Path) -> dict[str, Any]:
+    """A config that reaches every section the parser reads (each of its ``known`` checks)."""
+    pki = {name: load_issued(tmp_path / "pki", name) for name in ("ca", "server", "client", "sign")}
     upstream = {"ca": str(pki["ca"].cert), "cert": str(pki["client"].cert), "key": str(pki["client"].key),
                 "basic": {"user": "gw", "password_file": str(tmp_path / "pw")}}
     return {
@@ -87,7 +103,8 @@ def _object(node: dict[str, Any]) -> dict[str, Any]:
     return next(option for option in node["anyOf"] if option.get("type") == "object")
 
 
-def test_the_schema_allows_exactly_the_keys_the_parser_accepts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_schema_allows_exactly_the_keys_the_parser_accepts(files: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, set[str]] = {}
     real = fields.known
 
@@ -97,7 +114,7 @@ def test_the_schema_allows_exactly_the_keys_the_parser_accepts(tmp_path: Path, m
 
     monkeypatch.setattr(fields, "known", recording)
     path = tmp_path / "endpoints.yaml"
-    write_yaml(path, maximal(tmp_path))
+    write_yaml(path, maximal(files))
     load_config(path)
     schema = endpoints_schema()
     expected_paths = {"(top level)", "gateway", "gateway.listen", "gateway.tls", "gateway.ntp", "gateway.jx",
@@ -112,13 +129,13 @@ def test_the_schema_allows_exactly_the_keys_the_parser_accepts(tmp_path: Path, m
         assert keys == allowed, f"{where}: schema {sorted(keys ^ allowed)} differ from the parser"
 
 
-def test_every_config_the_project_ships_validates(tmp_path: Path) -> None:
+def test_every_config_the_project_ships_validates(files: Path, tmp_path: Path) -> None:
     validator = jsonschema.Draft202012Validator(endpoints_schema())
     yaml = YAML(typ="safe")
     shipped = [yaml.load((ROOT / "endpoints.yaml").read_text())]
     assert subprocess.run([*BMRGW, "init", "--dir", str(tmp_path / "etc")], capture_output=True).returncode == 0
     shipped.append(yaml.load((tmp_path / "etc" / "endpoints.yaml").read_text()))
-    shipped.append(maximal(tmp_path))
+    shipped.append(maximal(files))
     for config in shipped:
         assert list(validator.iter_errors(config)) == []
 
@@ -131,8 +148,8 @@ def test_every_config_the_project_ships_validates(tmp_path: Path) -> None:
     (lambda c: c["clients"]["app"]["jx"].update(recieve=["1"]), "recieve"),
     (lambda c: c["refdb"]["datasets"]["residents"]["columns"].update(age="number"), "age"),
 ])
-def test_what_the_parser_refuses_the_schema_refuses_too(tmp_path: Path, edit: Any, where: str) -> None:
-    config = maximal(tmp_path)
+def test_what_the_parser_refuses_the_schema_refuses_too(files: Path, tmp_path: Path, edit: Any, where: str) -> None:
+    config = maximal(files)
     edit(config)
     errors = list(jsonschema.Draft202012Validator(endpoints_schema()).iter_errors(config))
     assert errors, "the editor flags it"
