@@ -16,52 +16,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import csv
-import itertools
-import json
-import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from sqlalchemy import Engine
 
-from gateway.ids import UNSAFE_CHARACTERS
 from gateway.store import Store, existing_url
-from gateway.terminal import ConfigOption, add_db_option, db_url, display_width, pad, table
+from gateway.terminal import ConfigOption, add_db_option, db_url, table
 from routing.config import Config, load_config
 
 from .archives import read_archives
 from .chain import Problem, Report, archive, verify
 from .clock import Sample, combined_offset, parse_server, query_all
 from .key import CHECKPOINTS, Checkpoint, checkpoints_path, log_key, read_checkpoints, write_key
-from .records import FIELDS, LogRecord
+from .records import LogRecord
 from .tables import LogFilter, head_seqs, read, read_new
+from .view import FORMATS, Output, table_width, visible
 
-__all__ = ["add_logs_command", "add_time_command", "parse_time", "follow", "archive_dir"]
+__all__ = ["add_logs_command", "add_time_command", "parse_time", "follow", "archive_dir", "verify_log"]
 
 
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 ARCHIVE_SUBDIR = "log-archive"
-
-
-def visible(text: str) -> str:
-    """``text`` with control and bidi characters as escapes (``\\r``, ``\\x1b``, ``\\u202e``), safe on a terminal."""
-    return UNSAFE_CHARACTERS.sub(_escape, text)
-
-
-def _escape(found: re.Match[str]) -> str:
-    char = found.group()
-    code = ord(char)
-    return _SHORT.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-
-
-_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
 def parse_time(text: str, *, now: datetime | None = None) -> datetime:
@@ -85,8 +67,9 @@ def add_logs_command(commands: Any, config_option: ConfigOption) -> None:
     """Register ``bmrgw logs`` (show), ``bmrgw logs verify`` and ``bmrgw logs archive``."""
     p = commands.add_parser(
         "logs", help="show, verify and archive the send/receive logs",
-        description="Show send/receive log records, oldest first. Times are UTC and NTP-corrected; "
-        "T is an ISO 8601 time (UTC unless it has an offset) or a time ago like 30m, 2h, 1d.",
+        description="Show send/receive log records, oldest first. Times are NTP-corrected, shown in local "
+        "time with the UTC offset in the table (a * marks a time not NTP-synchronised) and in UTC in JSON "
+        "and CSV; T is an ISO 8601 time (UTC unless it has an offset) or a time ago like 30m, 2h, 1d.",
     )
     _store_options(p, config_option)
     p.add_argument("--since", type=parse_time, metavar="T", help="records at or after T")
@@ -94,10 +77,17 @@ def add_logs_command(commands: Any, config_option: ConfigOption) -> None:
     p.add_argument("--ap", metavar="NAME", help="records from or to this business AP")
     p.add_argument("--message-id", metavar="ID", help="records of one message (on every node that logged it)")
     p.add_argument("--status", choices=["ok", "fault", "error"])
-    p.add_argument("--kind", metavar="K", help="relay, jx, refdb, file, …")
+    p.add_argument("--kind", metavar="K", help="relay, jx, refdb, auth (refused logins), limit (rate limits), "
+                   "keys, console (operator actions)")
     p.add_argument("--node", metavar="NAME", help="records written by this gateway node")
     p.add_argument("--limit", type=_positive, metavar="N", help="only the newest N matching records")
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="table for people (default), JSON lines or CSV with SPEC.md's field names")
+    zone = p.add_mutually_exclusive_group()
+    zone.add_argument("--local-time", dest="local_time", action="store_true", default=None,
+                      help="times in local time with the UTC offset (the table's default)")
+    zone.add_argument("--utc", dest="local_time", action="store_false",
+                      help="times in UTC (the default of JSON and CSV)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new records (Ctrl-C ends)")
     p.add_argument("--archive-dir", type=Path, metavar="DIR",
                    help=f"where archives are (default: DATA_DIR/{ARCHIVE_SUBDIR}); records archived "
@@ -210,7 +200,8 @@ def _show(args: argparse.Namespace) -> int:
     try:
         filters = _filters(args)
         positions = head_seqs(store.engine) if args.follow else {}
-        out = _Output.create(args.format, sys.stdout)
+        local = args.local_time if args.local_time is not None else args.format == "table"
+        out = Output.create(args.format, sys.stdout, local=local, width=table_width(sys.stdout))
         archives = None if args.no_archives else _archive_dir(args, config)
         if out.write(_records(store.engine, filters, archives, args.limit)) == 0 and not args.follow:
             print("no matching log records", file=sys.stderr)
@@ -254,153 +245,25 @@ def follow(engine: Engine, filters: LogFilter, positions: Mapping[str, int], *,
             time.sleep(poll)
 
 
-class _Output:
-    """Writes records in one format, streaming."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.last_seq: dict[str, int] = {}
-        """The newest seq written per node (where ``--follow`` goes on from)."""
-
-    @staticmethod
-    def create(fmt: str, stream: TextIO) -> _Output:
-        kinds: dict[str, type[_Output]] = {"table": _Table, "json": _Json, "csv": _Csv}
-        return kinds[fmt](stream)
-
-    def write(self, records: Iterable[LogRecord]) -> int:
-        count = 0
-        for record in records:
-            self.one(record)
-            self.last_seq[record.node] = max(self.last_seq.get(record.node, 0), record.seq)
-            count += 1
-        self.stream.flush()
-        return count
-
-    def one(self, record: LogRecord) -> None:
-        raise NotImplementedError
-
-
-class _Json(_Output):
-    def one(self, record: LogRecord) -> None:
-        # json escapes C0 controls itself; DEL, C1 and bidi characters can only stand inside strings.
-        line = json.dumps(record.to_json(), ensure_ascii=False)
-        self.stream.write(UNSAFE_CHARACTERS.sub(lambda found: f"\\u{ord(found.group()):04x}", line) + "\n")
-
-
-class _Csv(_Output):
-    def __init__(self, stream: TextIO) -> None:
-        super().__init__(stream)
-        self.csv = csv.writer(stream, lineterminator="\n")
-        self.csv.writerow(FIELDS)
-
-    def one(self, record: LogRecord) -> None:
-        data = record.to_json()
-        self.csv.writerow([_cell(data[name]) for name in FIELDS])
-
-
-def _cell(value: object) -> object:
-    """A CSV cell: booleans as JSON writes them (``false``, not Python's ``False``), text made visible."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "" if value is None else visible(value) if isinstance(value, str) else value
-
-
-# -- the terminal table --------------------------------------------------------
-
-_COLUMNS: tuple[tuple[str, int, bool], ...] = (
-    # header, minimum width, right-aligned
-    ("TIME (UTC)", 23, False), ("NTP", 3, False), ("NODE", 8, False), ("KIND", 5, False),
-    ("DIR", 4, False), ("FROM", 8, False), ("TO", 8, False), ("STATUS", 6, False), ("HTTP", 4, True),
-    ("IN", 7, True), ("OUT", 7, True), ("MS", 8, True), ("FAULT", 5, False), ("MESSAGE-ID", 0, False),
-)
-_MAX_WIDTH = 24
-_COLOURS = {"ok": "32", "fault": "33", "error": "31", "NO": "33"}
-_SAMPLE = 200
-
-
-def _cells(record: LogRecord) -> list[str]:
-    return [visible(cell) for cell in _texts(record)]
-
-
-def _texts(record: LogRecord) -> list[str]:
-    return [
-        record.ts.strftime("%Y-%m-%d %H:%M:%S.%f")[:23], "yes" if record.ntp_synced else "NO",
-        record.node, record.kind, "req" if record.direction == "request" else "resp",
-        record.from_ap or "-", record.to_ap or "-", record.status,
-        "-" if record.http_status is None else str(record.http_status),
-        str(record.bytes_in), str(record.bytes_out), f"{record.duration_ms:.1f}",
-        record.fault_code or "-", record.message_id or "-",
-    ]
-
-
-class _Table(_Output):
-    """Aligned columns; widths from the first records, long names cut with an ellipsis."""
-
-    def __init__(self, stream: TextIO) -> None:
-        super().__init__(stream)
-        self.colour = stream.isatty() and "NO_COLOR" not in os.environ
-        self.widths: list[int] | None = None
-
-    def write(self, records: Iterable[LogRecord]) -> int:
-        records = iter(records)
-        if self.widths is None:
-            first = list(itertools.islice(records, _SAMPLE))
-            self.widths = _widths([_cells(r) for r in first])
-            self._line([h for h, _w, _r in _COLUMNS], header=True)
-            records = itertools.chain(first, records)
-        return super().write(records)
-
-    def one(self, record: LogRecord) -> None:
-        self._line(_cells(record))
-
-    def _line(self, cells: list[str], *, header: bool = False) -> None:
-        assert self.widths is not None
-        parts = []
-        for cell, width, (_h, _m, right) in zip(cells, self.widths, _COLUMNS, strict=True):
-            text = _fit(cell, width) if width else cell
-            padded = pad(text, width, right=right)
-            parts.append(self._paint(padded, cell, header))
-        self.stream.write("  ".join(parts).rstrip() + "\n")
-
-    def _paint(self, padded: str, cell: str, header: bool) -> str:
-        if not self.colour:
-            return padded
-        code = "1" if header else _COLOURS.get(cell)
-        return f"\x1b[{code}m{padded}\x1b[0m" if code else padded
-
-
-def _widths(rows: list[list[str]]) -> list[int]:
-    widths = []
-    for i, (header, minimum, _right) in enumerate(_COLUMNS):
-        if minimum == 0:  # the last column is never padded or cut
-            widths.append(0)
-            continue
-        longest = max((display_width(row[i]) for row in rows), default=0)
-        widths.append(max(minimum, len(header), min(longest, max(_MAX_WIDTH, minimum))))
-    return widths
-
-
-def _fit(text: str, width: int) -> str:
-    """``text`` cut to ``width`` display columns, ending in an ellipsis when cut."""
-    if display_width(text) <= width:
-        return text
-    while text and display_width(text) > width - 1:
-        text = text[:-1]
-    return text + "…"
-
-
 # -- bmrgw logs verify / archive -----------------------------------------------
+
+def verify_log(config: Config, engine: Engine, archives: Path, checkpoints: Path | None = None) -> Report:
+    """Verify the send/receive log of ``engine`` as ``bmrgw logs verify`` does (the console runs it too):
+    the chains through ``archives``, keyed with gateway.log_key, against the checkpoint file."""
+    key = log_key(config)
+    marks, bad = _checkpoints(key, checkpoints or checkpoints_path(config))
+    report = verify(engine, archives, key=key, checkpoints=marks)
+    report.problems.extend(Problem(node="-", kind="checkpoint", first=None, last=None, detail=b) for b in bad)
+    return report
+
 
 def _verify(args: argparse.Namespace) -> int:
     config, store = _open(args)
     key = log_key(config)
-    path: Path = args.checkpoints or checkpoints_path(config)
-    marks, bad = _checkpoints(key, path)
     try:
-        report = verify(store.engine, _archive_dir(args, config), key=key, checkpoints=marks)
+        report = verify_log(config, store.engine, _archive_dir(args, config), args.checkpoints)
     finally:
         store.close()
-    report.problems.extend(Problem(node="-", kind="checkpoint", first=None, last=None, detail=b) for b in bad)
     if key is None:
         print("note: no gateway.log_key: links are checked as plain SHA-256 and checkpoints are not read; "
               "someone who can write the database can rewrite a plain chain unnoticed")
