@@ -156,6 +156,8 @@ class Client:
     """Business-AP names it may name as the sender (``r:From``); ``*`` for all. ``None``: its own name."""
     wss_verify: str | None = None
     """PEM certificate its WS-Security signatures must verify with (absolute path), if required."""
+    admin: bool = False
+    """Whether it may open the operator's console (``/console``) and change state there."""
 
     def may_reach(self, destination: str) -> bool:
         return "*" in self.allow or destination in self.allow
@@ -336,7 +338,7 @@ def _clients(raw: Any, base: Path) -> Mapping[str, Client]:
 def _client(name: str, raw: Any, base: Path) -> Client:
     path = f"clients.{name}"
     m = read.mapping(raw, path)
-    read.known(m, path, {"basic", "cert_subject", "allow", "senders", "jx", "wss"})
+    read.known(m, path, {"basic", "cert_subject", "allow", "senders", "jx", "wss", "admin"})
     if "basic" not in m and "cert_subject" not in m:
         raise ConfigError(f"{path}: needs basic or cert_subject (or both) to identify the client")
     jx = read.mapping(read.section(m, "jx"), f"{path}.jx")
@@ -357,7 +359,14 @@ def _client(name: str, raw: Any, base: Path) -> Client:
         jx_receive=read.names(jx.get("receive", []), f"{path}.jx.receive", wildcard=True),
         jx_send=read.names(jx.get("send", []), f"{path}.jx.send", wildcard=True),
         wss_verify=_verify_cert(wss["verify"], f"{path}.wss.verify", base) if "verify" in wss else None,
+        admin=_flag(m.get("admin", False), f"{path}.admin"),
     )
+
+
+def _flag(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: must be true or false, not {value!r}")
+    return value
 
 
 def _verify_cert(value: Any, path: str, base: Path) -> str:

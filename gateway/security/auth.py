@@ -62,7 +62,7 @@ from routing.config import Client, Config, subject_key
 from .passwords import hash_password, verify_password
 
 __all__ = ["client_of", "auth_middleware", "install_auth", "Authenticator", "PasswordChecks", "certificate_subject",
-           "PROTECTED_PREFIXES", "cleartext_basic_warning"]
+           "PROTECTED_PREFIXES", "cleartext_basic_warning", "AUTHENTICATOR", "claimed_identity"]
 
 #: Paths whose POSTs need an identified client when ``clients`` is configured.
 PROTECTED_PREFIXES = ("/soap", "/jx", "/refdb")
@@ -291,6 +291,11 @@ class Authenticator:
             self._verified.popitem(last=False)
 
 
+#: The app's authenticator, for handlers that identify callers themselves (the console: GETs too,
+#: answered in HTML), sharing its throttle and password-check pool with the middleware.
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+
+
 def _by_subject(clients: Mapping[str, Client], subject: str) -> Client | None:
     key = subject_key(subject)
     return next((c for c in clients.values() if c.cert_subject and subject_key(c.cert_subject) == key), None)
@@ -323,7 +328,7 @@ def auth_middleware(
         try:
             request[_KEY] = await checker.identify(request, configured)
         except (Unauthorized, LoginThrottled, LoginBusy) as exc:
-            await refused(request, exc, _claimed(request))
+            await refused(request, exc, claimed_identity(request))
             return _refusal(answer(request, exc), exc)
         return await handler(request)
 
@@ -333,7 +338,7 @@ def auth_middleware(
 def install_auth(app: web.Application, clients: Callable[[], Mapping[str, Client]],
                  answer: Callable[[web.Request, GatewayError], web.Response], refused: Refused) -> None:
     """Add :func:`auth_middleware` to ``app``; its password-check pool ends with the app."""
-    authenticator = Authenticator()
+    authenticator = app[AUTHENTICATOR] = Authenticator()
 
     async def close(_app: web.Application) -> None:
         authenticator.close()
@@ -352,7 +357,7 @@ def _refusal(response: web.Response, error: GatewayError) -> web.Response:
     return response
 
 
-def _claimed(request: web.Request) -> str | None:
+def claimed_identity(request: web.Request) -> str | None:
     """Who the refused caller said it was, for the log (bounded, never the password)."""
     try:
         login = _basic_login(request.headers.get("Authorization", ""))
