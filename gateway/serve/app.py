@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.console import add_console
 from gateway.errors import GatewayError, JournalUnavailable, StoreUnavailable
 from gateway.jx import JX_MAILBOX, add_jx
 from gateway.keys import CLOCK, JOURNAL, LIVE, METRICS, NODE, SECURITY, STORE
@@ -89,6 +90,7 @@ def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Applicat
     app.router.add_post("/soap/{ap}", _relay)
     app.router.add_get("/healthz", _healthz)
     add_status_route(app)
+    add_console(app)  # /console: for clients with admin: true
     app.router.add_get("/metrics", _metrics)
     return app
 
