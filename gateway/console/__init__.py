@@ -24,7 +24,7 @@ from gateway.keys import STORE
 
 from . import actions, pages
 from .guard import HEADERS, SECRET, load_secret
-from .layout import STYLE, action, page
+from .layout import ICON, STYLE, action, page
 from .verification import ensure_table, verification_ctx
 
 __all__ = ["add_console"]
@@ -43,6 +43,7 @@ def add_console(app: web.Application) -> None:
     get("/console/refdb", page("refdb", pages.refdb_page))
     get("/console/integrity", page("integrity", pages.integrity))
     get("/console/console.css", _style)
+    get("/console/icon.svg", _icon)
     post = app.router.add_post
     post("/console/endpoints/disable", action("disable", actions.disable))
     post("/console/endpoints/enable", action("enable", actions.enable))
@@ -61,7 +62,15 @@ async def _console_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _style(_request: web.Request) -> web.Response:
-    response = web.Response(text=STYLE, content_type="text/css", charset="utf-8")
+    return _static(STYLE, "text/css")
+
+
+async def _icon(_request: web.Request) -> web.Response:
+    return _static(ICON, "image/svg+xml")
+
+
+def _static(text: str, content_type: str) -> web.Response:
+    response = web.Response(text=text, content_type=content_type, charset="utf-8")
     response.headers.update(HEADERS)
     response.headers["Cache-Control"] = "max-age=3600"
     return response

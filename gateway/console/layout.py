@@ -23,7 +23,7 @@ from .guard import SECRET, Visit, challenge_headers, check_post, claimed, identi
 from .labels import LANG_COOKIE, LANGUAGES, Labels, language
 from .markup import Html, el, join, zone_label
 
-__all__ = ["Context", "page", "action", "render", "log_action", "NAV", "STYLE"]
+__all__ = ["Context", "page", "action", "render", "log_action", "NAV", "STYLE", "ICON"]
 
 log = logging.getLogger("bmrgw.console")
 
@@ -116,7 +116,8 @@ def render(request: web.Request, context: Context, title: str, body: Html, *, st
            el("meta", {"name": "viewport", "content": "width=device-width, initial-scale=1"}),
            el("meta", {"name": "csrf-token", "content": context.token}),
            el("title", None, f"{labels[title]} — {labels['title']}"),
-           el("link", {"rel": "stylesheet", "href": "/console/console.css"})),
+           el("link", {"rel": "stylesheet", "href": "/console/console.css"}),
+           el("link", {"rel": "icon", "href": "/console/icon.svg", "type": "image/svg+xml"})),
         el("body", None, header, el("main", None, el("h2", None, labels[title]), body))))
     response = web.Response(text=document, status=status, content_type="text/html", charset="utf-8")
     secure(response)
@@ -173,6 +174,10 @@ async def _record(request: web.Request, record: LogRecord) -> None:
     except JournalUnavailable as exc:
         log.error("send/receive log unavailable (%s); console event not logged: %s", exc.reason, record.to_json())
 
+
+#: The browser tab's icon (else every page load asks for /favicon.ico, which is not the console's).
+ICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
+        'fill="#20303f"/><path d="M4 8h8M8 4v8" stroke="#fff" stroke-width="2"/></svg>')
 
 STYLE = """
 :root{--fg:#1d2733;--muted:#5b6775;--line:#d5dbe1;--ok:#2e7d32;--bad:#c62828;--warn:#b26a00;--bg:#f7f9fb}
