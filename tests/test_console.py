@@ -366,3 +366,34 @@ def _traffic(url: str, recs: list[Any], now: datetime) -> Any:
         return traffic(engine, 24, now=now)
     finally:
         engine.dispose()
+
+
+async def test_every_page_on_postgresql(gateway: GatewayFactory, backend: RecordingBackend, tmp_path: Path) -> None:
+    """The console's own queries (search, trail, traffic, JX listing, refdb rows) on the real PostgreSQL."""
+    with pg_schema() as url:
+        config = console_config(backend.url)
+        config["gateway"].update(db=url, data_dir=str(tmp_path / "var"))
+        base = await gateway(config)
+        await asyncio.to_thread(seed, tmp_path / "endpoints-0.yaml", url, tmp_path)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            pg = Console(base, tmp_path / "endpoints-0.yaml", tmp_path / "unused.db", http)
+            for path in PAGES:
+                status, body = await pg.get(path)
+                assert status == 200, (path, body)
+            assert "<svg" in (await pg.get("/console"))[1]
+            assert "m-fault" in (await pg.get("/console/log?client=juki-app&status=fault"))[1]
+            assert (await pg.get("/console/log?trail=m-trail"))[1].count("m-trail") >= 2
+            assert JX_ID in (await pg.get(f"/console/jx?receiver={RECEIVER}&since=1d"))[1]
+            assert re.search(r"<td>3</td>", (await pg.get("/console/refdb"))[1])
+
+
+def test_admin_is_true_or_false() -> None:
+    from gateway.errors import ConfigError
+    from routing.config import parse_config
+
+    config = console_config("http://127.0.0.1:9")
+    config.pop("refdb")
+    assert parse_config(config).clients["ops"].admin and not parse_config(config).clients["juki-app"].admin
+    config["clients"]["ops"]["admin"] = "yes"
+    with pytest.raises(ConfigError, match=r"clients\.ops\.admin: must be true or false"):
+        parse_config(config)

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -130,8 +131,6 @@ def _traffic(traffic: data.Traffic, hours: int, labels: Any) -> Html:
 
 
 def _q(text: str) -> str:
-    from urllib.parse import quote
-
     return quote(text, safe="")
 
 
