@@ -397,3 +397,14 @@ def test_admin_is_true_or_false() -> None:
     config["clients"]["ops"]["admin"] = "yes"
     with pytest.raises(ConfigError, match=r"clients\.ops\.admin: must be true or false"):
         parse_config(config)
+
+
+async def test_a_failing_store_is_a_page_that_says_so(console: Console) -> None:
+    engine = create_engine(f"sqlite:///{console.db}")
+    try:
+        with engine.begin() as c:
+            c.exec_driver_sql("DROP TABLE console_verification")
+    finally:
+        engine.dispose()
+    status, body = await console.get("/console/integrity")
+    assert status == 503 and "console_verification" in body and "<nav>" in body

@@ -3,7 +3,9 @@
 :func:`page` and :func:`action` wrap a handler so that it runs only for an
 admin (:mod:`gateway.console.guard`), with the labels of the visitor's
 language; a refusal is an HTML page with the right status, and is written
-to the send/receive log (``kind: console``) as refused logins are.
+to the send/receive log (``kind: console``) as refused logins are.  A store
+that fails (SQLAlchemy's errors are translated here, for the console) is a
+page that says so, not a bare 500.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway import version
-from gateway.errors import GatewayError, JournalUnavailable
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.errors import GatewayError, JournalUnavailable, StoreUnavailable
 from gateway.keys import CLOCK, JOURNAL, LIVE
 from gateway.logs.records import LogRecord
+from gateway.store import db_reason
 
 from .guard import SECRET, Visit, challenge_headers, check_post, claimed, identify, secure, set_session
 from .labels import LANG_COOKIE, LANGUAGES, Labels, language
@@ -65,8 +70,9 @@ def page(title: str, handler: PageHandler) -> Handler:
         try:
             body = await handler(request, context)
             response = render(request, context, title, body)
-        except GatewayError as exc:  # the store failed, or a search was malformed: say so on the page
-            response = render(request, context, title, _problem(context.labels, exc), status=exc.http_status)
+        except (GatewayError, SQLAlchemyError) as exc:  # the store failed, or a search was malformed: say so
+            error = exc if isinstance(exc, GatewayError) else StoreUnavailable(db_reason(exc))
+            response = render(request, context, title, _problem(context.labels, error), status=error.http_status)
         set_session(response, request, context.visit)
         if request.query.get("lang") in LANGUAGES:
             response.set_cookie(LANG_COOKIE, request.query["lang"], path="/console", samesite="Strict",
@@ -85,14 +91,15 @@ def action(name: str, handler: ActionHandler) -> Handler:
         form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
         try:
             check_post(request, context.visit, request.app[SECRET], form.get("csrf_token"))
-        except GatewayError as exc:
-            await _log_refusal(request, exc)
-            return _refused(request, context.labels, exc)
+        except GatewayError as refusal:
+            await _log_refusal(request, refusal)
+            return _refused(request, context.labels, refusal)
         try:
             target = await handler(request, context, form)
-        except GatewayError as exc:
-            await log_action(request, context, name, form, status="fault", error=exc)
-            return render(request, context, "error", _problem(context.labels, exc), status=exc.http_status)
+        except (GatewayError, SQLAlchemyError) as failure:
+            error = failure if isinstance(failure, GatewayError) else StoreUnavailable(db_reason(failure))
+            await log_action(request, context, name, form, status="fault", error=error)
+            return render(request, context, "error", _problem(context.labels, error), status=error.http_status)
         await log_action(request, context, name, form, status="ok")
         raise web.HTTPSeeOther(target)
     return serve
