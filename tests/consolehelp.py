@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli import main
+from gateway.console.traffic import Sampler
+from gateway.console.traffic import ensure_table as ensure_traffic
 from gateway.logs.records import LogRecord
 from gateway.logs.tables import ensure_schema
+from gateway.metrics import Metrics
 from gateway.store import Store
 from refdb.config import parse_refdb
 from refdb.schema import ensure_schema as refdb_schema
@@ -52,7 +55,8 @@ def console_config(backend_url: str) -> dict[str, Any]:
 
 
 def seed(config: Path, db_url: str, tmp_path: Path) -> None:
-    """Log records of the last hours, a JX document waiting for 1310001, and 3 residents pushed."""
+    """Log records of the last hours, traffic counted by another node (``dc-east``: kaigo 2 ok and 1
+    failed, zei 1 ok), a JX document waiting for 1310001, and 3 residents pushed."""
     now = datetime.now(UTC).replace(microsecond=0)
     store = Store(db_url)
     try:
@@ -61,6 +65,11 @@ def seed(config: Path, db_url: str, tmp_path: Path) -> None:
         declared = parse_refdb({"datasets": {"residents": {**RESIDENTS, "owner": "ops", "readers": ["ops"]}}})
         refstore = RefStore(store.engine, refdb_schema(store.engine, declared))
         push(refstore, [person(1), person(2), person(3)])
+        counters = Metrics()
+        for destination, status in [("kaigo", "ok"), ("kaigo", "ok"), ("kaigo", "fault"), ("zei", "ok")]:
+            counters.observe(destination, status, 0.01)
+        ensure_traffic(store.engine)
+        Sampler(store.engine, "dc-east", counters.registry).sample()
     finally:
         store.close()
     document = tmp_path / "notice.csv"

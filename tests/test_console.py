@@ -18,15 +18,16 @@ import aiohttp
 import pytest
 from sqlalchemy import create_engine
 
-from gateway.console.data import traffic
+from gateway.console.traffic import Sampler, Traffic, traffic
+from gateway.console.traffic import ensure_table as ensure_traffic
 from gateway.console.markup import el, local_time
-from gateway.logs.tables import LogFilter, ensure_schema
+from gateway.logs.tables import LogFilter
+from gateway.metrics import Metrics
 
-from .conftest import GatewayFactory, RecordingBackend
+from .conftest import GatewayFactory, RecordingBackend, message, soap11_headers
 from .consolehelp import ADMIN, HOSTILE_ID, JX_ID, RECEIVER, USER, WIDE_AP, basic_header, console_config, seed
 from .pg import pg_schema
 from .records import records
-from .test_journal import entry, write
 
 PAGES = ["/console", "/console/endpoints", "/console/log", "/console/jx", "/console/refdb", "/console/integrity",
          "/console/log?trail=m-trail", f"/console/jx/purge?message_id={JX_ID}"]
@@ -342,30 +343,59 @@ def test_local_time_shows_the_offset(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_traffic_counts_per_endpoint_and_hour(kind: str, tmp_path: Path) -> None:
-    """The per-hour GROUP BY on both databases: ok and failed responses in the right buckets."""
+def test_traffic_sums_every_nodes_counts_per_hour(kind: str, tmp_path: Path) -> None:
+    """Two nodes' samplers add what their counters grew by; the chart sums them per destination and hour."""
     now = datetime(2026, 4, 1, 12, 40, tzinfo=UTC)
-    hours = [now.replace(minute=5) - timedelta(hours=h) for h in (0, 0, 2, 30)]
-    recs = [entry(i, ts=t, direction="response", to_ap="kaigo", status="ok" if i else "fault")
-            for i, t in enumerate(hours)] + [entry(9, ts=now, direction="request", to_ap="kaigo")]
-    url = f"sqlite:///{tmp_path}/t.db"
     if kind == "postgresql":
         with pg_schema() as url:
-            found = _traffic(url, recs, now)
+            found = _sampled(url, now)
     else:
-        found = _traffic(url, recs, now)
-    points = found.by_endpoint["kaigo"]
-    assert len(points) == 24 and points[-1] == (1, 1) and points[-3] == (1, 0) and sum(map(sum, points)) == 3
+        found = _sampled(f"sqlite:///{tmp_path}/t.db", now)
+    kaigo, zei = found.by_endpoint["kaigo"], found.by_endpoint["zei"]
+    assert len(kaigo) == 24 and kaigo[-1] == (3, 1) and kaigo[-3] == (1, 0) and sum(map(sum, kaigo)) == 5
+    assert zei[-1] == (0, 1) and set(found.by_endpoint) == {"kaigo", "zei"}  # 30 h ago is outside
 
 
-def _traffic(url: str, recs: list[Any], now: datetime) -> Any:
+def _sampled(url: str, now: datetime) -> Traffic:
     engine = create_engine(url)
     try:
-        ensure_schema(engine)
-        write(engine, "n1", recs)
+        ensure_traffic(engine)
+        east, west = Metrics(), Metrics()
+        samplers = [Sampler(engine, "east", east.registry), Sampler(engine, "west", west.registry)]
+        for hours_ago in (30, 2):
+            east.observe("kaigo", "ok", 0.01)
+            samplers[0].sample((now - timedelta(hours=hours_ago)).timestamp())
+        east.observe("kaigo", "ok", 0.01)
+        east.observe("kaigo", "fault", 0.01)
+        samplers[0].sample(now.timestamp())
+        samplers[0].sample(now.timestamp())  # nothing new: nothing added
+        west.observe("kaigo", "ok", 0.01)
+        west.observe("kaigo", "ok", 0.01)
+        west.observe("zei", "error", 0.01)
+        samplers[1].sample(now.timestamp())
         return traffic(engine, 24, now=now)
     finally:
         engine.dispose()
+
+
+async def test_relayed_requests_show_in_the_traffic_chart(gateway: GatewayFactory, backend: RecordingBackend,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.console.traffic.SAMPLE_SECONDS", 0.2)
+    config = console_config(backend.url)
+    config["gateway"].update(db=f"sqlite:///{tmp_path}/relay.db", data_dir=str(tmp_path / "var"))
+    base = await gateway(config)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        headers = {**soap11_headers(), "Authorization": basic_header(ADMIN)}
+        for _ in range(3):
+            async with http.post(f"{base}/soap/kaigo", data=message("valid/soap11-no-header.xml"), headers=headers) as resp:
+                assert resp.status == 200, await resp.text()
+        view = Console(base, tmp_path / "endpoints-0.yaml", tmp_path / "relay.db", http)
+
+        async def counted() -> bool:
+            body = (await view.get("/console"))[1]
+            return 'aria-label="kaigo: 3 ok, 0 failed"' in body
+
+        await wait_for(counted)
 
 
 async def test_every_page_on_postgresql(gateway: GatewayFactory, backend: RecordingBackend, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ CSRF token, logged in the send/receive log (``kind: console``).
 - :mod:`.layout` — the frame of every page and the wrappers of handlers
 - :mod:`.pages` / :mod:`.actions` — what is shown / what can be changed
 - :mod:`.data` / :mod:`.verification` — store queries, background log checks
+- :mod:`.traffic` — hourly counts per endpoint from every process, for the charts
 - :mod:`.markup` / :mod:`.labels` — escaped HTML, Japanese and English words
 """
 
@@ -25,15 +26,17 @@ from gateway.keys import STORE
 from . import actions, pages
 from .guard import HEADERS, SECRET, load_secret
 from .layout import ICON, STYLE, action, page
+from .traffic import traffic_ctx
 from .verification import ensure_table, verification_ctx
 
 __all__ = ["add_console"]
 
 
 def add_console(app: web.Application) -> None:
-    """Serve the console on ``app``; call after the store's cleanup_ctx and the authentication."""
+    """Serve the console on ``app``; call after the store's and metrics' set-up and the authentication."""
     app.cleanup_ctx.append(_console_ctx)
     app.cleanup_ctx.append(verification_ctx)
+    app.cleanup_ctx.append(traffic_ctx)
     get = app.router.add_get
     get("/console", page("overview", pages.overview))
     get("/console/endpoints", page("endpoints", pages.endpoints))

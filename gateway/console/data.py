@@ -1,10 +1,7 @@
 """What the console's pages show, read from the store (synchronous: call in a worker thread).
 
 The send/receive log search is :class:`gateway.logs.tables.LogFilter` plus
-the client, which ``bmrgw logs`` does not filter on; traffic per endpoint is
-counted in the database (one GROUP BY per page view, over the ``ts``
-index), so it covers every process and node on the store, not only the one
-that happens to answer.  JX documents are listed with their date range, and
+the client, which ``bmrgw logs`` does not filter on.  JX documents are listed with their date range, and
 one document can be purged whatever its state (the store's own purge only
 drops confirmed documents older than a date).
 """
@@ -12,11 +9,10 @@ drops confirmed documents older than a date).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, delete, false, func, inspect, select
+from sqlalchemy import Engine, and_, delete, false, func, inspect, select
 from sqlalchemy.sql import ColumnElement
 
 from gateway.errors import UnknownDocument
@@ -26,14 +22,12 @@ from gateway.logs.tables import TABLES, LogFilter, from_row, has_log, read, tran
 from refdb.config import RefdbSettings
 from refdb.schema import DATASETS, tables_for
 
-__all__ = ["search", "trail", "traffic", "Traffic", "datasets", "documents", "purge_document", "MAX_ROWS",
+__all__ = ["search", "trail", "datasets", "documents", "purge_document", "MAX_ROWS",
            "JX_STATES"]
 
 #: The most rows a page lists (the newest); a search narrows further.
 MAX_ROWS = 200
 JX_STATES = ("ready", "leased", "confirmed", "dead")
-#: Record kinds that carry traffic to an endpoint.
-_TRAFFIC_KINDS = ("relay", "api")
 
 
 def search(engine: Engine, filters: LogFilter, client: str | None, *, limit: int = MAX_ROWS) -> list[LogRecord]:
@@ -52,47 +46,6 @@ def search(engine: Engine, filters: LogFilter, client: str | None, *, limit: int
 def trail(engine: Engine, message_id: str) -> list[LogRecord]:
     """Every record of one message on every node (each hop logs its own), oldest first."""
     return list(read(engine, LogFilter(message_id=message_id), limit=MAX_ROWS))
-
-
-@dataclass(frozen=True)
-class Traffic:
-    """Responses per destination in hourly buckets, oldest first: (ok, not ok) per bucket."""
-
-    start: datetime
-    hours: int
-    by_endpoint: dict[str, list[tuple[int, int]]]
-
-
-def traffic(engine: Engine, hours: int, *, now: datetime | None = None) -> Traffic:
-    """Relayed exchanges (their response records) per destination over the last ``hours``."""
-    end = (now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    start = end - timedelta(hours=hours)
-    t = TABLES.log
-    bucket = _hour(engine, t.c.ts)
-    good = case((t.c.status == "ok", 1), else_=0)
-    stmt = (select(t.c.to_ap, bucket.label("hour"), func.sum(good), func.count())
-            .where(t.c.ts >= start.replace(tzinfo=None), t.c.direction == "response", t.c.kind.in_(_TRAFFIC_KINDS))
-            .group_by(t.c.to_ap, bucket))
-    found: dict[str, list[tuple[int, int]]] = {}
-    with translated("cannot read the send/receive log"), engine.connect() as connection:
-        if has_log(connection):
-            for to_ap, hour, ok, total in connection.execute(stmt):
-                index = int((_as_utc(hour) - start).total_seconds() // 3600)
-                if 0 <= index < hours:
-                    points = found.setdefault(to_ap or "-", [(0, 0)] * hours)
-                    points[index] = (int(ok or 0), int(total) - int(ok or 0))
-    return Traffic(start=start, hours=hours, by_endpoint=dict(sorted(found.items())))
-
-
-def _hour(engine: Engine, column: Any) -> ColumnElement[Any]:
-    if engine.dialect.name == "postgresql":
-        return func.date_trunc("hour", column)
-    return func.strftime("%Y-%m-%d %H:00:00", column)
-
-
-def _as_utc(value: Any) -> datetime:
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def datasets(engine: Engine, settings: RefdbSettings) -> list[dict[str, Any]]:

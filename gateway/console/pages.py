@@ -31,6 +31,7 @@ from gateway.terminal import human_bytes
 from . import data
 from .layout import Context
 from .markup import Html, bar_chart, el, form, join, local_time, table
+from .traffic import Traffic, traffic
 from .verification import latest
 
 __all__ = ["overview", "endpoints", "log_page", "jx_page", "purge_page", "refdb_page", "integrity"]
@@ -63,11 +64,11 @@ async def overview(request: web.Request, context: Context) -> Html:
     except (StoreUnavailable, asyncio.TimeoutError) as exc:
         store_state = el("span", {"class": "bad"}, str(exc) or "no answer within 2 s")
     hours = _int(request.query.get("hours"), 24, _HOURS)
-    traffic = await asyncio.to_thread(data.traffic, store.engine, hours)
+    counted = await asyncio.to_thread(traffic, store.engine, hours)
     cards = el("div", {"class": "cards"}, _health_card(status, labels, store_state, store.display_url),
                _ntp_card(status["ntp"], labels), _writer_card(status["log_writer"], labels),
                _config_card(status["config"], labels), _processes_card(status["processes"], labels))
-    return join(_note(request, labels), cards, _traffic(traffic, hours, labels))
+    return join(_note(request, labels), cards, _traffic(counted, hours, labels))
 
 
 def _card(title: str, *lines: object) -> Html:
@@ -113,7 +114,7 @@ def _processes_card(processes: dict[str, Any], labels: Any) -> Html:
     return _card(labels["workers"], *(f"{p['node']} · pid {p['pid']} · {p['host']}" for p in processes["list"]))
 
 
-def _traffic(traffic: data.Traffic, hours: int, labels: Any) -> Html:
+def _traffic(traffic: Traffic, hours: int, labels: Any) -> Html:
     choices = join(*(el("a", {"href": f"/console?hours={n}", "class": "here" if n == hours else None},
                         labels("last_hours", n=n), " ") for n in _HOURS))
     title = el("h3", None, f"{labels['traffic']} ({labels('last_hours', n=hours)}, {local_time(traffic.start, seconds=False)} –)")
