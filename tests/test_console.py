@@ -169,6 +169,13 @@ async def test_no_credentials_401_with_a_challenge(console: Console) -> None:
             assert resp.status == 401, path
             assert resp.headers["WWW-Authenticate"].startswith("Basic ")
             assert "csrf" not in await resp.text()
+    async with console.http.post(console.base + "/console/endpoints/disable", data={"name": "zei"}) as resp:
+        assert resp.status == 401
+    await console.get("/console", login=(ADMIN[0], "wrong"))  # a failed login is logged, a challenge is not
+    refused = await logged(console.db, LogFilter(kind="console", status="fault"), 1)
+    await asyncio.sleep(0.5)  # the writer's next batch would hold any other
+    assert [r.client for r in await logged(console.db, LogFilter(kind="console"), 1)] == ["user:ops"] == [
+        r.client for r in refused]
 
 
 async def test_a_client_that_is_not_an_admin_gets_403(console: Console) -> None:

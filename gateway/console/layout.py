@@ -3,7 +3,9 @@
 :func:`page` and :func:`action` wrap a handler so that it runs only for an
 admin (:mod:`gateway.console.guard`), with the labels of the visitor's
 language; a refusal is an HTML page with the right status, and is written
-to the send/receive log (``kind: console``) as refused logins are.  A store
+to the send/receive log (``kind: console``) as refused logins are — except
+the 401 that asks a browser for its login, when it sent none (every visit
+starts so; a log of those would drown the failed logins).  A store
 that fails (SQLAlchemy's errors are translated here, for the console) is a
 page that says so, not a bare 500.
 """
@@ -19,7 +21,7 @@ from aiohttp import web
 from gateway import version
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.errors import GatewayError, JournalUnavailable, StoreUnavailable
+from gateway.errors import GatewayError, JournalUnavailable, StoreUnavailable, Unauthorized
 from gateway.keys import CLOCK, JOURNAL, LIVE
 from gateway.logs.records import LogRecord
 from gateway.store import db_reason
@@ -56,7 +58,8 @@ async def _admit(request: web.Request) -> Context | web.Response:
     try:
         visit = await identify(request)
     except GatewayError as exc:
-        await _log_refusal(request, exc)
+        if claimed(request, exc) is not None or not isinstance(exc, Unauthorized):
+            await _log_refusal(request, exc)  # not a browser's first request, which carries no login yet
         return _refused(request, labels, exc)
     return Context(visit, labels, visit.token(request.app[SECRET]))
 

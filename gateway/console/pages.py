@@ -84,8 +84,11 @@ def _health_card(status: dict[str, Any], labels: Any, store_state: Html, store_u
 def _ntp_card(ntp: dict[str, Any], labels: Any) -> Html:
     synced = ntp.get("synced")
     state = el("span", {"class": "ok" if synced else "bad"}, labels["synced" if synced else "not_synced"])
-    return _card(labels["ntp"], state, f"{labels['offset']} {ntp.get('offset') or 0:+.3f} s",
-                 el("span", {"class": "hint"}, ", ".join(str(s) for s in ntp.get("servers", []) or [])))
+    servers = [el("div", {"class": "hint"}, f"{s['server']}: ",
+                  el("span", {"class": "ok" if s["ok"] else "bad"}, labels["ok"] if s["ok"] else s.get("error") or "-"))
+               for s in ntp.get("servers", [])]
+    warning = el("div", {"class": "warn"}, ntp["warning"]) if ntp.get("warning") else ""
+    return _card(labels["ntp"], state, f"{labels['offset']} {ntp.get('offset') or 0:+.3f} s", warning, *servers)
 
 
 def _writer_card(writer: dict[str, Any], labels: Any) -> Html:
