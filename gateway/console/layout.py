@@ -208,6 +208,7 @@ table.grid{border-collapse:collapse;background:#fff;width:100%}
 table.grid th,table.grid td{border:1px solid var(--line);padding:.25em .5em;text-align:left;vertical-align:top}
 table.grid th{background:#eef2f5;font-weight:600}
 td{word-break:break-all}
+table.grid td:first-child{white-space:nowrap;word-break:normal}
 .ok{color:var(--ok)} .bad,.problem{color:var(--bad)} .warn{color:var(--warn)}
 .cards{display:flex;flex-wrap:wrap;gap:.8em}
 .card{background:#fff;border:1px solid var(--line);padding:.6em .9em;min-width:14em}
