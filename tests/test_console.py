@@ -445,3 +445,20 @@ async def test_a_failing_store_is_a_page_that_says_so(console: Console) -> None:
         engine.dispose()
     status, body = await console.get("/console/integrity")
     assert status == 503 and "console_verification" in body and "<nav>" in body
+
+
+async def test_a_form_from_one_process_is_taken_by_another_on_the_same_store(
+        gateway: GatewayFactory, backend: RecordingBackend, tmp_path: Path) -> None:
+    """With --workers N the page and its POST may meet different processes: the CSRF secret is the store's."""
+    db = f"sqlite:///{tmp_path}/shared.db"
+    bases = []
+    for node in ("w1", "w2"):
+        config = console_config(backend.url)
+        config["gateway"].update(db=db, data_dir=str(tmp_path / "var"), name=f"gw-{node}")
+        bases.append(await gateway(config))
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        first = Console(bases[0], tmp_path / "endpoints-0.yaml", tmp_path / "shared.db", http)
+        token = await first.token()  # the session cookie is the host's: the browser sends it to both ports
+        second = Console(bases[1], tmp_path / "endpoints-1.yaml", tmp_path / "shared.db", http)
+        status, location, body = await second.post("/console/endpoints/reset", {"name": "kaigo"}, token=token)
+    assert status == 303 and location.startswith("/console/endpoints?done=reset"), body
