@@ -76,7 +76,7 @@ def _card(title: str, *lines: object) -> Html:
 
 
 def _health_card(status: dict[str, Any], labels: Any, store_state: Html, store_url: str) -> Html:
-    return _card(labels["health"], f"{status['gateway']} · node {status['node']} · pid {status['pid']}",
+    return _card(labels["health"], f"{status['gateway']} · {labels['node']} {status['node']} · pid {status['pid']}",
                  f"{labels['up']} {round(status['uptime_s'])} s · bmrgw {status['version']}",
                  join(f"{labels['store']}: ", store_state), el("span", {"class": "hint"}, store_url))
 
