@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from urllib.parse import quote
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from gateway.console.markup import el, local_time
 from gateway.logs.tables import LogFilter
 from gateway.metrics import Metrics
 
+from .certs import DevPki, dev_pki  # noqa: F401  (the session fixture)
 from .conftest import GatewayFactory, RecordingBackend, message, soap11_headers
 from .consolehelp import ADMIN, HOSTILE_ID, JX_ID, RECEIVER, USER, WIDE_AP, basic_header, console_config, seed
 from .pg import pg_schema
@@ -462,3 +464,33 @@ async def test_a_form_from_one_process_is_taken_by_another_on_the_same_store(
         second = Console(bases[1], tmp_path / "endpoints-1.yaml", tmp_path / "shared.db", http)
         status, location, body = await second.post("/console/endpoints/reset", {"name": "kaigo"}, token=token)
     assert status == 303 and location.startswith("/console/endpoints?done=reset"), body
+
+
+async def test_an_admin_identified_by_its_client_certificate(gateway: GatewayFactory, backend: RecordingBackend,
+                                                             tmp_path: Path, dev_pki: DevPki) -> None:
+    """Mutual TLS: an admin client with only ``cert_subject`` opens the console and changes state; a client
+    certificate of a client that is not an admin gets 403."""
+    config = console_config(backend.url)
+    config["gateway"].update(db=f"sqlite:///{tmp_path}/tls.db", data_dir=str(tmp_path / "var"),
+                             tls={"cert": str(dev_pki.server.cert), "key": str(dev_pki.server.key),
+                                  "client_ca": str(dev_pki.ca.cert)})
+    config["clients"]["ops"] = {"cert_subject": dev_pki.client.subject, "admin": True}
+    base = await gateway(config)
+    context = ssl.create_default_context(cafile=str(dev_pki.ca.cert))
+    context.load_cert_chain(dev_pki.client.cert, dev_pki.client.key)
+    connector = aiohttp.TCPConnector(ssl=context)
+    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(f"{base}/console/endpoints") as resp:
+            body = await resp.text()
+            assert resp.status == 200 and "Secure" in resp.headers["Set-Cookie"], body
+        token = re.search(r'<meta name="csrf-token" content="([^"]+)">', body)
+        assert token is not None
+        async with http.post(f"{base}/console/endpoints/reset", data={"name": "kaigo", "csrf_token": token[1]},
+                             headers={"Origin": base}, allow_redirects=False) as resp:
+            assert resp.status == 303
+    config["clients"]["ops"]["admin"] = False
+    config["clients"]["juki-app"]["admin"] = True  # an admin exists, but not this certificate's client
+    base = await gateway(config)
+    connector = aiohttp.TCPConnector(ssl=context)
+    async with aiohttp.ClientSession(connector=connector) as http, http.get(f"{base}/console") as resp:
+        assert resp.status == 403 and "not an admin" in await resp.text()
