@@ -18,7 +18,7 @@ from gateway.ns import ROUTING
 from . import fields as read
 from .fields import MAX_TIMEOUT
 
-__all__ = ["GatewaySettings", "Listen", "NtpSettings", "LogSettings", "JxSettings", "TlsSettings", "WssSettings",
+__all__ = ["GatewaySettings", "Listen", "NtpSettings", "LogSettings", "JxSettings", "JxRetention", "TlsSettings", "WssSettings",
            "LimitSettings", "BreakerSettings", "EncryptionSettings", "gateway_settings"]
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +56,23 @@ class EncryptionSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class JxRetention:
+    """``gateway.jx.retention``: what the running gateway deletes by itself, in bounded batches, logged.
+
+    ``retention: 30d`` is short for ``{confirmed: 30d}``; ``retention: null`` keeps everything.
+    """
+
+    confirmed_seconds: float | None = 30 * 86400.0
+    """Delete confirmed documents this long after their confirm (``confirmed: 30d``); ``None`` keeps them."""
+    dead_seconds: float | None = None
+    """Delete dead letters this long after they arrived (``dead: 90d``); ``None`` (default) keeps them."""
+    every: float = 3600.0
+    """Seconds between two sweeps (``every: 1h``); the first runs when the gateway starts."""
+    batch: int = 500
+    """Documents deleted per transaction."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class JxSettings:
     """The JX polling relay (``gateway.jx``, SPEC.md capability (E))."""
 
@@ -64,7 +81,9 @@ class JxSettings:
     max_deliveries: int = 10
     """Hand-outs without a confirm after which a document is parked as a dead letter."""
     retention_days: int | None = 30
-    """Delete confirmed documents this many days after their confirm; ``None`` keeps them."""
+    """The older spelling of ``retention: {confirmed: Nd}``; read into :attr:`retention`."""
+    retention: JxRetention = field(default_factory=JxRetention)
+    """What the running gateway deletes by itself (``gateway.jx.retention``)."""
     max_document_bytes: int = 1024 * 1024 * 1024
     """Largest document accepted by PutDocument (decoded bytes)."""
     blobs: str = "auto"
@@ -362,9 +381,11 @@ def _logs(raw: Any) -> LogSettings:
 def _jx(raw: Any) -> JxSettings:
     m = read.mapping(raw, "gateway.jx")
     read.known(m, "gateway.jx", {"lease_seconds", "max_deliveries", "retention_days", "max_document_bytes", "blobs",
-                                 "max_pending_documents", "max_pending_bytes"})
+                                 "max_pending_documents", "max_pending_bytes", "retention"})
     d = JxSettings()
     days = m.get("retention_days", d.retention_days)
+    if "retention" in m and "retention_days" in m:
+        raise ConfigError("gateway.jx: give retention or retention_days (its older spelling), not both")
     blobs = m.get("blobs", d.blobs)
     if blobs not in ("auto", "files", "database"):
         raise ConfigError(f"gateway.jx.blobs: must be auto, files or database, not {blobs!r}")
@@ -374,6 +395,8 @@ def _jx(raw: Any) -> JxSettings:
         max_deliveries=read.integer(m.get("max_deliveries", d.max_deliveries), "gateway.jx.max_deliveries",
                             low=1, high=1000),
         retention_days=None if days is None else read.integer(days, "gateway.jx.retention_days", low=1, high=36500),
+        retention=_retention(m["retention"]) if "retention" in m else
+        JxRetention(confirmed_seconds=None if days is None else float(days) * 86400),
         max_document_bytes=read.integer(m.get("max_document_bytes", d.max_document_bytes),
                                 "gateway.jx.max_document_bytes", low=1024),
         blobs=blobs,
@@ -382,6 +405,33 @@ def _jx(raw: Any) -> JxSettings:
         max_pending_bytes=read.integer(m.get("max_pending_bytes", d.max_pending_bytes),
                                        "gateway.jx.max_pending_bytes", low=1),
     )
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration(value: Any, path: str) -> float:
+    """Seconds of a duration written with its unit: ``45s``, ``30m``, ``12h``, ``30d``, ``2w``."""
+    found = _DURATION.fullmatch(str(value).strip()) if isinstance(value, str) else None
+    if found is None or float(found[1]) <= 0:
+        raise ConfigError(f"{path}: must be a duration with its unit, like 30d, 12h or 45s, not {value!r}")
+    return float(found[1]) * _UNIT_SECONDS[found[2]]
+
+
+def _retention(raw: Any) -> JxRetention:
+    if raw is None:
+        return JxRetention(confirmed_seconds=None)
+    if not isinstance(raw, Mapping):
+        return JxRetention(confirmed_seconds=duration(raw, "gateway.jx.retention"))
+    read.known(raw, "gateway.jx.retention", {"confirmed", "dead", "every", "batch"})
+    d, path = JxRetention(), "gateway.jx.retention"
+    kept = {name: None if raw.get(name, "") is None else duration(raw[name], f"{path}.{name}")
+            for name in ("confirmed", "dead") if name in raw}
+    return JxRetention(
+        confirmed_seconds=kept.get("confirmed", d.confirmed_seconds), dead_seconds=kept.get("dead", d.dead_seconds),
+        every=duration(raw["every"], f"{path}.every") if "every" in raw else d.every,
+        batch=read.integer(raw.get("batch", d.batch), f"{path}.batch", low=1, high=100_000))
 
 
 def _qname(value: Any) -> str:

@@ -106,7 +106,7 @@ async def test_list_show_requeue_dead_letters_and_purge(cfg: tuple[dict[str, Any
 
     code, out, _ = jx(capsys, "purge", "--confirmed-before", "1d", "--config", path)
     assert "purged 0 documents" in out  # confirmed just now: younger than a day
-    code, out, _ = jx(capsys, "purge", "--confirmed-before", "2099-01-01", "--config", path)
+    code, out, _ = jx(capsys, "purge", "--confirmed-before", "2099-01-01", "--yes", "--config", path)
     assert "purged 1 document " in out
     code, _, err = jx(capsys, "show", "doc-0", "--config", path)
     assert code == 1 and "no document" in err

@@ -30,6 +30,7 @@ from .engine import prepare_engine
 from .mailbox import Mailbox
 from .service import JxService
 from .store import DocumentStore, now_ms
+from .sweep import retain
 
 __all__ = ["add_jx", "JX_SERVICE", "JX_MAILBOX", "open_store", "jx_root"]
 
@@ -37,8 +38,6 @@ log = logging.getLogger("bmrgw.jx")
 
 JX_SERVICE = web.AppKey("jx_service", JxService)
 JX_MAILBOX = web.AppKey("jx_mailbox", Mailbox)
-
-_DAY_MS = 86_400_000
 
 #: Seconds between refreshes of the mailbox gauges (a query, not per scrape).
 _GAUGE_INTERVAL = 10.0
@@ -82,8 +81,9 @@ def _jx_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:
                                         security=lambda: app.get(SECURITY))
             app[JX_MAILBOX] = Mailbox(store, clock, max_bytes=config.gateway.jx.max_document_bytes)
             tasks = [asyncio.create_task(_gauges(store, registry))]
-            if config.gateway.jx.retention_days:
-                tasks.append(asyncio.create_task(_retain(store)))
+            retention = config.gateway.jx.retention
+            if retention.confirmed_seconds is not None or retention.dead_seconds is not None:
+                tasks.append(asyncio.create_task(retain(store, retention)))
             yield
             for task in tasks:
                 task.cancel()
@@ -110,19 +110,6 @@ async def _gauges(store: DocumentStore, registry: CollectorRegistry) -> None:
                 documents.labels(state).set(n)
             oldest.set(0 if created is None else max(0.0, (now_ms() - created) / 1000))
         await asyncio.sleep(_GAUGE_INTERVAL)
-
-
-async def _retain(store: DocumentStore) -> None:
-    """Delete confirmed documents older than ``gateway.jx.retention_days``, at start and then daily."""
-    days = store.settings.retention_days or 0
-    while True:
-        try:
-            purged = await asyncio.to_thread(store.purge, now_ms() - days * _DAY_MS)
-            if purged:
-                log.info("jx: purged %d documents confirmed more than %d days ago", purged, days)
-        except Exception as exc:  # retention must not stop because of one bad day
-            log.error("jx: retention failed, retrying tomorrow: %s", exc)
-        await asyncio.sleep(_DAY_MS / 1000)
 
 
 async def _post(request: web.Request) -> web.StreamResponse:

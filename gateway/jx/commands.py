@@ -27,17 +27,17 @@ from gateway.logs.tables import append, ensure_schema
 from gateway.terminal import ConfigOption, add_db_option, db_url, table
 from routing.config import JX_ID_PATTERN, Config, load_config
 
-from ..errors import ConfigError, DocumentStoreError, GatewayError, UnknownDocument
+from ..errors import ConfigError, DocumentStoreError, GatewayError, UnknownDocument, UsageError
 from ..ids import new_message_id
 from ..store import existing_url
 from . import open_store
 from .files import write_atomically
 from .store import Document, DocumentStore, NewDocument, now_ms
+from .sweep import OPERATOR_STATES, Search, force_confirm, operator_state, purge, search, shown
 from .wire import Spool, SpoolWriter
 
 __all__ = ["add_jx_command"]
 
-_STATES = ("ready", "leased", "confirmed", "dead", "all")
 
 
 def add_jx_command(commands: Any, config_option: ConfigOption) -> None:
@@ -52,6 +52,7 @@ def add_jx_command(commands: Any, config_option: ConfigOption) -> None:
     _add_show(actions, config_option)
     _add_requeue(actions, config_option)
     _add_purge(actions, config_option)
+    _add_confirm(actions, config_option)
     _add_put(actions, config_option)
 
 
@@ -62,17 +63,33 @@ def _common(parser: argparse.ArgumentParser, config_option: ConfigOption) -> Non
 
 def _add_list(actions: Any, config_option: ConfigOption) -> None:
     a = actions.add_parser(
-        "list", help="documents by state, oldest first",
-        description="List JX documents, oldest first. By default those waiting for delivery "
-        "(ready, and leased: handed out, not confirmed yet).",
+        "list", help="search documents by receiver, sender, state and date, oldest first",
+        description="List JX documents, oldest first. By default those waiting: pending (未取得, never "
+        "handed out) and delivered (取得済み, handed out, not confirmed yet). T is an ISO 8601 time "
+        "(UTC unless it has an offset) or a time ago like 30m, 2h, 1d.",
     )
     _common(a, config_option)
     a.add_argument("--receiver", metavar="ID", help="only documents for this receiver id")
-    a.add_argument("--state", choices=_STATES, help="ready, leased, confirmed, dead or all")
+    a.add_argument("--sender", metavar="ID", help="only documents from this sender id")
+    a.add_argument("--state", action="append", type=_state, metavar="STATE",
+                   help="pending (未取得), delivered (取得済み), confirmed, dead, or all; repeatable "
+                   "(also ready: pending, leased: handed out under a running lease)")
     a.add_argument("--dead", action="store_true", help="dead letters only (same as --state dead)")
+    a.add_argument("--since", type=parse_time, metavar="T", help="documents that arrived at or after T")
+    a.add_argument("--until", type=parse_time, metavar="T", help="documents that arrived before T")
     a.add_argument("--limit", type=int, default=1000, metavar="N", help="at most N documents (default: 1000)")
     a.add_argument("--format", choices=["table", "json"], default="table")
     a.set_defaults(run=_list)
+
+
+def _state(word: str) -> str:
+    if word in ("all", "leased"):
+        return word
+    state = operator_state(word)
+    if state is None:
+        raise argparse.ArgumentTypeError(f"{word!r} is not a state: pending (未取得), delivered (取得済み), "
+                                         "confirmed, dead or all")
+    return state
 
 
 def _add_show(actions: Any, config_option: ConfigOption) -> None:
@@ -96,14 +113,35 @@ def _add_requeue(actions: Any, config_option: ConfigOption) -> None:
 
 def _add_purge(actions: Any, config_option: ConfigOption) -> None:
     a = actions.add_parser(
-        "purge", help="delete documents confirmed before a time",
-        description="Delete confirmed documents (metadata and bytes) confirmed before T: an ISO 8601 "
-        "time (UTC unless it has an offset) or a time ago like 30d, 12h. Unconfirmed documents are "
-        "never purged.",
+        "purge", help="delete old documents (confirmed ones unless --state says otherwise)",
+        description="Delete documents (metadata and bytes) in batches. --older-than T: confirmed documents "
+        "confirmed before T, others that arrived before T; T is a time ago like 30d, 12h or an ISO 8601 "
+        "time. Asks before deleting unless --yes; --dry-run lists what would go and deletes nothing.",
     )
     _common(a, config_option)
-    a.add_argument("--confirmed-before", type=parse_time, required=True, metavar="T")
+    when = a.add_mutually_exclusive_group(required=True)
+    when.add_argument("--older-than", type=parse_time, metavar="T")
+    when.add_argument("--confirmed-before", type=parse_time, metavar="T",
+                      help="the older spelling of --older-than T --state confirmed")
+    a.add_argument("--state", action="append", type=_state, metavar="STATE",
+                   help="confirmed (default), dead, pending (未取得), delivered (取得済み) or all; repeatable")
+    a.add_argument("--receiver", metavar="ID", help="only documents for this receiver id")
+    a.add_argument("--sender", metavar="ID", help="only documents from this sender id")
+    a.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    a.add_argument("--yes", action="store_true", help="do not ask before deleting")
     a.set_defaults(run=_purge)
+
+
+def _add_confirm(actions: Any, config_option: ConfigOption) -> None:
+    a = actions.add_parser(
+        "confirm", help="mark a document delivered without its receiver's confirm (logged)",
+        description="Force a document into the confirmed state, as if its receiver had confirmed it "
+        "(a city hall that took it by other means). The action is written to the send/receive log "
+        "(kind jx, endpoint jx:confirm-forced) with the operator's user name.",
+    )
+    _common(a, config_option)
+    a.add_argument("message_id", metavar="ID", help="the document's messageId")
+    a.set_defaults(run=_confirm)
 
 
 def _add_put(actions: Any, config_option: ConfigOption) -> None:
@@ -165,18 +203,30 @@ def _reading_store(command: Callable[[argparse.Namespace, Config, DocumentStore]
 
 @_reading_store
 def _list(args: argparse.Namespace, _config: Config, store: DocumentStore) -> int:
-    wanted = "dead" if args.dead else (args.state or "waiting")
-    stored_states = {"waiting": ("ready",), "ready": ("ready",), "leased": ("ready",), "all": ("ready", "confirmed", "dead")}
-    documents = store.list(receiver_id=args.receiver, states=stored_states.get(wanted, (wanted,)), limit=args.limit)
+    states = _states(["dead"] if args.dead else args.state, ["pending", "delivered"])
+    query = Search(receiver_id=args.receiver, sender_id=args.sender, states=states,
+                   since_ms=_ms(args.since), until_ms=_ms(args.until))
+    documents = search(store, query, limit=args.limit)
     at = now_ms()
-    if wanted in ("ready", "leased"):
-        documents = [d for d in documents if d.shown_state(at) == wanted]
+    if args.state and "leased" in args.state and set(args.state) <= {"leased"}:
+        documents = [d for d in documents if d.shown_state(at) == "leased"]
     if args.format == "json":
         for document in documents:
-            print(json.dumps(document.to_json(), ensure_ascii=False))
+            print(json.dumps({**document.to_json(), "status": shown(document)}, ensure_ascii=False))
         return 0
     _print_table(documents, at)
     return 0
+
+
+def _states(given: list[str] | None, default: list[str]) -> tuple[str, ...]:
+    words = given or default
+    if "all" in words:
+        return tuple(OPERATOR_STATES)
+    return tuple(dict.fromkeys("delivered" if w == "leased" else w for w in words))
+
+
+def _ms(when: datetime | None) -> int | None:
+    return None if when is None else int(when.timestamp() * 1000)
 
 
 def _print_table(documents: Sequence[Document], at: int) -> None:
@@ -184,7 +234,7 @@ def _print_table(documents: Sequence[Document], at: int) -> None:
         print("no documents")
         return
     header = ["MESSAGE ID", "SENDER", "RECEIVER", "FORMAT", "BYTES", "STATE", "HANDED OUT", "CREATED"]
-    rows = [[d.message_id, d.sender_id, d.receiver_id, d.format_type, str(d.size), d.shown_state(at),
+    rows = [[d.message_id, d.sender_id, d.receiver_id, d.format_type, str(d.size), _label(d, at),
              str(d.deliveries), (d.to_json()["created"] or "")[:19]] for d in documents]
     print("\n".join(table(header, rows)))
 
@@ -225,12 +275,64 @@ def _requeue(args: argparse.Namespace, _config: Config, store: DocumentStore) ->
     return 0
 
 
+def _label(document: Document, at: int) -> str:
+    state = shown(document)
+    return f"{state} (leased)" if document.shown_state(at) == "leased" else state
+
+
 @_with_store
-def _purge(args: argparse.Namespace, _config: Config, store: DocumentStore) -> int:
-    when: datetime = args.confirmed_before
-    purged = store.purge(int(when.timestamp() * 1000))
-    print(f"purged {purged} document{'' if purged == 1 else 's'} confirmed before {when.isoformat()}")
+def _purge(args: argparse.Namespace, config: Config, store: DocumentStore) -> int:
+    when: datetime = args.older_than or args.confirmed_before
+    states = ("confirmed",) if args.confirmed_before else _states(args.state, ["confirmed"])
+    query = Search(receiver_id=args.receiver, sender_id=args.sender, states=states, older_than_ms=_ms(when))
+    what = f"{'/'.join(states)} document(s) older than {when.isoformat(timespec='seconds')}"
+    if args.dry_run or not args.yes:
+        found = search(store, query)
+        _print_table(found, now_ms())
+        if args.dry_run:
+            print(f"dry run: {len(found)} {what} would be purged; nothing was deleted")
+            return 0
+        if not found:
+            print(f"purged 0 documents ({what})")
+            return 0
+        if not _agreed(f"purge these {len(found)} {what}?"):
+            print("nothing purged")
+            return 0
+    purged = 0
+    for batch in purge(store, query):
+        purged += len(batch)
+    print(f"purged {purged} document{'' if purged == 1 else 's'} ({what})")
     return 0
+
+
+def _agreed(question: str) -> bool:
+    """The operator's answer; no answer at all (stdin closed, as under cron) is a usage error, not a no."""
+    print(f"{question} [y/N] ", end="", flush=True)
+    answer = sys.stdin.readline() if sys.stdin is not None else ""
+    if not answer:
+        print()
+        raise UsageError("no answer on stdin: give --yes to purge without asking")
+    return answer.strip().lower() in ("y", "yes")
+
+
+@_with_store
+def _confirm(args: argparse.Namespace, config: Config, store: DocumentStore) -> int:
+    store.log = _cli_log(store, config)
+    found = _find(store, args.message_id)
+    record = LogRecord.at(Clock().now(), kind="jx", direction="request", status="ok", message_id=found.message_id,
+                          from_ap=found.sender_id, to_ap=found.receiver_id, endpoint="jx:confirm-forced",
+                          bytes_in=0, sha256=found.sha256, client=_operator())
+    document, first = force_confirm(store, args.message_id, record)
+    if not first:
+        print(f"{document.message_id} was confirmed already; nothing changed")
+        return 0
+    print(f"confirmed {document.message_id} for {document.receiver_id} (was {shown(document)}); logged as "
+          "jx:confirm-forced")
+    return 0
+
+
+def _operator() -> str | None:
+    return os.environ.get("USER") or os.environ.get("USERNAME") or None
 
 
 # -- put -----------------------------------------------------------------------------
@@ -248,7 +350,7 @@ def _put(args: argparse.Namespace, config: Config, store: DocumentStore) -> int:
     record = LogRecord.at(Clock().now(), kind="jx", direction="request", status="ok",
                           message_id=new.message_id, from_ap=new.sender_id, to_ap=new.receiver_id,
                           endpoint="jx:cli", bytes_in=spool.size, sha256=spool.sha256,
-                          client=os.environ.get("USER") or None)
+                          client=_operator())
     stored = store.put(new, spool, record)
     print(f"{'stored' if stored else 'already stored'}: {new.message_id} ({spool.size} bytes) for {new.receiver_id}")
     if config.clients and not any(c.may_receive_jx(args.to) for c in config.clients.values()):
