@@ -46,7 +46,7 @@ COMMANDS: tuple[tuple[str, str, str, bool, str], ...] = (
     ("refdb", "refdb.commands", "add_refdb_command", True, "push data to the reference DB, or query it"),
     ("jx", "gateway.jx.commands", "add_jx_command", True,
      "inspect and manage the JX mailboxes (documents waiting to be polled)"),
-    ("poll", "gateway.jx.poll", "add_poll_command", True,
+    ("poll", "gateway.jx.pollcmd", "add_poll_command", True,
      "the city hall's JX polling client: fetch documents, upload the outbox"),
     ("send", "attachments.transfer.commands", "add_file_commands", True,
      "send a file to a business AP through the gateway, in verified parts"),

@@ -35,19 +35,37 @@ def config(tmp_path: Path) -> dict[str, Any]:
     return {"gateway": {"name": "dc-poll", "data_dir": str(tmp_path / "var")}}
 
 
+#: What Windows refuses in a file name (besides "/" and NUL, which Linux refuses too).
+WINDOWS_FORBIDDEN = set('<>:"\\|?*') | {chr(n) for n in range(32)}
+WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{n}" for n in range(10)), *(f"LPT{n}" for n in range(10))}
+
+
+def windows_valid(name: str) -> bool:
+    return (bool(name) and not (set(name) & WINDOWS_FORBIDDEN) and "/" not in name and not name.endswith((".", " "))
+            and name.split(".")[0].upper() not in WINDOWS_DEVICES and len(name.encode("utf-8")) <= 255)
+
+
 @pytest.mark.parametrize(("message_id", "expected"), [
     ("doc-0001.csv", "doc-0001.csv"),
+    ("住民異動_20260401.csv", "住民異動_20260401.csv"),  # issue 21 item 7: Japanese names stay as they are
+    ("ｶﾅ 半角 ＆ 全角.txt", "ｶﾅ 半角 ＆ 全角.txt"),
     ("../../etc/passwd", None),
     (".hidden", None),
     ("住民/異動", None),
+    ("C:\\Windows\\system.ini", None),
+    ("CON", None),
+    ("nul.txt", None),
+    ("report.csv.", None),
+    ("a:b|c?.csv", None),
+    ("x" * 300, None),
 ])
-def test_names_from_message_ids_are_safe(message_id: str, expected: str | None) -> None:
+def test_names_are_safe_on_linux_and_windows(message_id: str, expected: str | None) -> None:
     name = safe_name(message_id)
-    assert "/" not in name and not name.startswith(".") and name.isascii()
+    assert windows_valid(name) and not name.startswith("."), name
     if expected is not None:
         assert name == expected
     else:
-        assert name != safe_name(message_id + "x")  # the hash keeps distinct ids apart
+        assert name != message_id and name != safe_name(message_id + "x")  # the hash keeps distinct ids apart
 
 
 async def test_once_downloads_confirms_and_uploads(gateway: GatewayFactory, tmp_path: Path,

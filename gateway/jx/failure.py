@@ -44,6 +44,10 @@ class Kind(enum.Enum):
     """A document could not be stored or a file read: access denied or a read-only file system."""
     DISK = "disk"
     """Any other error of the local file system."""
+    HOOK = "hook"
+    """A partner's ``before`` or ``after`` command failed, timed out or could not be started."""
+    COMPRESSION = "compression"
+    """A received document's compressType is unknown, or it does not decompress (or would be a bomb)."""
 
 
 class RoundFailure(PollError):
