@@ -19,11 +19,19 @@ __all__ = ["fsync_dir", "private_dir", "private_file", "private_open", "FILE_MOD
 FILE_MODE = 0o600
 #: Mode of every folder the gateway creates.
 DIR_MODE = 0o700
+#: Flags that exist on POSIX only; Windows (where the poll client runs too) has neither, and O_BINARY instead.
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 
 def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in the folder ``path`` survive a power cut."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    """Make a rename or a new file in the folder ``path`` survive a power cut.
+
+    A no-op on Windows, which cannot open a folder to flush it (NTFS journals the rename itself).
+    """
+    if os.name == "nt":
+        return
+    fd = os.open(path, os.O_RDONLY | _DIRECTORY)
     try:
         os.fsync(fd)
     finally:
@@ -50,7 +58,7 @@ def private_dir(path: Path) -> Path:
 
 def private_open(path: Path | str, flags: int) -> int:
     """``os.open`` that creates a missing file with mode 0600 (the umask cannot widen it)."""
-    return os.open(path, flags | os.O_CLOEXEC, FILE_MODE)
+    return os.open(path, flags | _CLOEXEC, FILE_MODE)
 
 
 def private_file(path: Path) -> Path:

@@ -52,7 +52,6 @@ import logging
 import marshal
 import multiprocessing
 import os
-import resource
 import signal
 import socket
 import struct
@@ -192,6 +191,8 @@ def can_leave_idle() -> bool:
     """Whether this process may move a child back from ``SCHED_IDLE`` to normal priority (sched(7))."""
     if not hasattr(os, "SCHED_IDLE"):
         return False
+    import resource  # POSIX only: imported here so that bmrgw poll, which imports this module, runs on Windows
+
     soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
     return soft == resource.RLIM_INFINITY or soft >= 20 or _has_cap_sys_nice()
 
