@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.ns import JX
+
 from .conftest import GatewayFactory
 
 CLIENT = Path(__file__).parent / "interop" / "jx"
@@ -28,11 +30,20 @@ def node_soap() -> Path:
     return CLIENT
 
 
-async def test_node_soap_put_get_confirm(node_soap: Path, gateway: GatewayFactory, tmp_path: Path) -> None:
+@pytest.mark.parametrize("hyphens", [True, False], ids=["published", "hyphen-less-copy"])
+async def test_node_soap_put_get_confirm(hyphens: bool, node_soap: Path, gateway: GatewayFactory,
+                                         tmp_path: Path) -> None:
     url = await gateway({"gateway": {"data_dir": str(tmp_path / "var")}})
     wsdl = str(resources.files("schemas").joinpath("jx2007.wsdl"))
+    namespace = JX
+    if not hyphens:  # issue 21 item 3: clients generated from WSDL copies whose namespace lost its hyphens
+        namespace = JX.replace("jedicos-xml", "jedicosxml")
+        copy = tmp_path / "jx2007-hyphenless.wsdl"
+        copy.write_text(Path(wsdl).read_text(encoding="utf-8").replace(JX, namespace), encoding="utf-8")
+        assert "jedicos-xml" not in copy.read_text(encoding="utf-8")
+        wsdl = str(copy)
     proc = await asyncio.create_subprocess_exec(
-        "node", str(node_soap / "client.js"), wsdl, f"{url}/jx", "1310001",
+        "node", str(node_soap / "client.js"), wsdl, f"{url}/jx", "1310001", namespace,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
