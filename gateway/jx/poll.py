@@ -5,32 +5,33 @@ Each round it
 
 1. drains its mailbox: GetDocument until ``false``; each document is written
    to ``--out`` atomically (temporary file, fsync, rename, folder fsync) under
-   a safe name made from its messageId, recorded as received, and only then
+   a safe name made from its messageId (or documentType), recorded as received, and only then
    confirmed with ConfirmDocument — so a crash at any point at worst gets the
    document handed out again, and the same messageId is never written twice,
    across restarts too (the record lives in ``--state``);
 2. uploads every file placed in ``--outbox`` with PutDocument and moves it to
    ``<outbox>/sent/`` only after the gateway answered ``true``.  The messageId
-   is derived from the sender, the file name and its SHA-256, so a retry after
-   a lost answer is recognised by the gateway as the same document.
+   is derived from the sender, the file name, its SHA-256 and the compression,
+   so a retry after a lost answer is recognised by the gateway as the same document.
 
-It sleeps ``--interval`` seconds (±20 % jitter, so many city halls do not
-poll in step) between rounds.  Every failure (:mod:`gateway.jx.failure`:
-network, HTTP, fault, parse, disk full, permission) is logged as what it is
-and counted in the round's summary line; after a failed round the pause is at
-least 1, 2, 4 … seconds (up to a minute), so nothing is retried in a tight
-loop.  A document that could not be stored is not confirmed: the gateway
-hands it out again after its lease.  ``--once`` does one round and exits 0,
-or 1 if anything failed.  A refusal of our credentials or id stops the client
-(exit 1): asking again cannot help.
+Rounds follow the partner's schedule (:mod:`gateway.jx.schedule`: every N
+seconds ±20 %, or cron-like times).  A round runs the ``before`` hook with
+the outbox files, drains, uploads, then runs the ``after`` hook with the
+files received (:mod:`gateway.jx.hooks`).  Every failure
+(:mod:`gateway.jx.failure`: network, HTTP, fault, parse, disk full,
+permission, hook, compression) is logged as what it is and counted in the
+round's summary line; after a failed round the pause is at least 1, 2, 4 …
+seconds (up to a minute), so nothing is retried in a tight loop.  A document
+that could not be stored is not confirmed: the gateway hands it out again
+after its lease.  ``once`` does one round: 0, or 1 if anything failed.  A
+refusal of our credentials or id stops the partner: asking again cannot help.
 
-GetDocument is read as it streams in (:mod:`gateway.jx.fetch`): the document
-goes to a hidden temporary file in ``--out`` base64-decoded as it arrives,
-is verified, and only then renamed — memory stays flat whatever its size.
-PutDocument and ConfirmDocument go through zeep, built from the shipped
-``jx2007.wsdl``; no WSDL is fetched from the server.
+GetDocument is read as it streams in (:mod:`gateway.jx.fetch`) and
+PutDocument written as the file is read (:mod:`gateway.jx.send`), gzip/zip
+``compressType`` handled piece by piece (:mod:`gateway.jx.compress`): memory
+stays flat whatever the document's size.  ConfirmDocument goes through zeep,
+built from the shipped ``jx2007.wsdl``; no WSDL is fetched from the server.
 """
-
 
 from __future__ import annotations
 
