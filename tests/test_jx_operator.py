@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy import create_engine, text
 from gateway.cli import main
 
 from .conftest import GatewayFactory, write_yaml
+from .pg import pg_schema
 from .jxhelp import confirm, get, put
 
 _DAY_MS = 86_400_000
@@ -44,14 +46,21 @@ def age(db: str, message_id: str, days: float) -> None:
     engine.dispose()
 
 
-@pytest.fixture
-def cfg(tmp_path: Path) -> tuple[dict[str, Any], Path, str]:
-    db = f"sqlite:///{tmp_path}/bmrgw-0.db"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def cfg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[dict[str, Any], Path, str]]:
+    if request.param == "sqlite":
+        yield from _cfg(tmp_path, f"sqlite:///{tmp_path}/bmrgw-0.db")
+    else:
+        with pg_schema() as url:
+            yield from _cfg(tmp_path, url)
+
+
+def _cfg(tmp_path: Path, db: str) -> Iterator[tuple[dict[str, Any], Path, str]]:
     data: dict[str, Any] = {"gateway": {"name": "dc-op", "db": db, "data_dir": str(tmp_path / "var"),
                                         "jx": {"lease_seconds": 60, "max_deliveries": 1, "retention": None}}}
     path = tmp_path / "endpoints-op.yaml"
     write_yaml(path, data)
-    return data, path, db
+    yield data, path, db
 
 
 async def four_states(url: str, http: aiohttp.ClientSession, db: str) -> None:
@@ -137,7 +146,13 @@ async def test_purge_older_than_asks_dry_runs_and_deletes_by_state(
                       "--config", path)
     assert code == 0 and "purged 2 documents" in out
     assert listed(capsys, path, "--state", "all") == ["got", "other-1"]  # other-1 is new: not older than 30d
-    blobs = [p.read_bytes() for p in (tmp_path / "var" / "jx" / "blobs").iterdir()]
+    if db.startswith("sqlite"):  # the bytes went with their rows: files on SQLite, jx_blob on PostgreSQL
+        blobs = [p.read_bytes() for p in (tmp_path / "var" / "jx" / "blobs").iterdir()]
+    else:
+        engine = create_engine(db)
+        with engine.connect() as c:
+            blobs = [bytes(row[0]) for row in c.execute(text("SELECT data FROM jx_blob"))]
+        engine.dispose()
     assert sorted(blobs) == [b"got", b"other-1"]
 
 
