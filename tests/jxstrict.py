@@ -16,8 +16,6 @@ import base64
 import copy
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
-
 from aiohttp import web
 from lxml import etree
 
@@ -26,9 +24,13 @@ XSD = "http://www.w3.org/2001/XMLSchema"
 WSDL = "http://schemas.xmlsoap.org/wsdl/"
 
 
-def wsdl_schema(edition: str = "2007") -> tuple[etree.XMLSchema, str]:
-    """The XML Schema in the WSDL's ``<types>``, and its target namespace."""
-    wsdl = etree.parse(str(resources.files("schemas").joinpath(f"jx{edition}.wsdl")))
+def wsdl_schema(edition: str = "2007", *, hyphenless: bool = False) -> tuple[etree.XMLSchema, str]:
+    """The XML Schema in the WSDL's ``<types>``, and its target namespace; with ``hyphenless``, of a WSDL
+    copy whose namespace lost the hyphen of ``jedicos-xml`` (as some products' copies have)."""
+    text = resources.files("schemas").joinpath(f"jx{edition}.wsdl").read_bytes()
+    if hyphenless:
+        text = text.replace(b"/jedicos-xml/", b"/jedicosxml/")
+    wsdl = etree.fromstring(text)
     schema = wsdl.find(f"{{{WSDL}}}types/{{{XSD}}}schema")
     assert schema is not None
     # Standing alone, it needs the prefixes it inherited from <definitions> (type="s0:MessageHeader").
@@ -150,6 +152,6 @@ def strict_app(server: StrictJx) -> web.Application:
     return app
 
 
-def new_server(edition: str = "2007", **_: Any) -> StrictJx:
-    schema, ns = wsdl_schema(edition)
+def new_server(edition: str = "2007", *, hyphenless: bool = False) -> StrictJx:
+    schema, ns = wsdl_schema(edition, hyphenless=hyphenless)
     return StrictJx(schema=schema, ns=ns)

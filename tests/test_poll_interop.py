@@ -73,3 +73,27 @@ async def test_the_strict_server_is_strict(strict: tuple[StrictJx, str], http: a
     assert len(server.refused) == 4 and server.documents == []
     async with http.post(f"{base}/jx", data=put_envelope("m", b"x"), headers=action("PutDocument")) as resp:
         assert resp.status == 200 and len(server.documents) == 1
+
+
+async def test_hyphenless_partner_namespace_with_a_server_built_from_such_a_wsdl(tmp_path: Path) -> None:
+    server = new_server(hyphenless=True)
+    runner, base = await start_app(strict_app(server))
+    try:
+        server.add("doc-1", CSV, receiver="1310001")
+        (tmp_path / "outbox").mkdir()
+        for namespace in ("published", "hyphenless"):
+            (tmp_path / "outbox" / f"{namespace}.csv").write_bytes(b"ok")
+            config = tmp_path / f"{namespace}.yaml"
+            write_yaml(config, {"partners": {"dc": {"server": f"{base}/jx", "receiver_id": "1310001",
+                                                    "out": "in", "outbox": "outbox", "namespace": namespace}}})
+            code, out = await poll_once(config)
+            if namespace == "published":  # the server knows only its copy's namespace: refused, and said so
+                assert code == 1 and "fault failure: GetDocument: the gateway answered with a fault" in out, out
+                assert server.refused and server.documents[0].confirmed is False
+            else:
+                assert code == 0, out
+        assert (tmp_path / "in" / "doc-1").read_bytes() == CSV and server.documents[0].confirmed
+        assert [d.fields["documentType"] for d in server.documents[1:]] == ["hyphenless.csv"]
+        assert (tmp_path / "outbox" / "failed" / "published.csv").exists()  # refused with a fault: set aside
+    finally:
+        await runner.cleanup()

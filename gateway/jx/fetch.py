@@ -64,26 +64,27 @@ def message_header(sender: str) -> dict[str, str]:
             "Timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
-def request_envelope(operation: str, values: list[tuple[str, str]], header: dict[str, str]) -> bytes:
-    """A document/literal JX request as the WSDL describes it, UTF-8."""
+def request_envelope(operation: str, values: list[tuple[str, str]], header: dict[str, str], *,
+                     namespace: str = JX) -> bytes:
+    """A document/literal JX request as the WSDL describes it, UTF-8, in ``namespace``."""
     soap = f"{{{SOAP11_ENV}}}"
-    envelope = etree.Element(f"{soap}Envelope", nsmap={"soap": SOAP11_ENV, "jx": JX})
-    head = etree.SubElement(etree.SubElement(envelope, f"{soap}Header"), f"{{{JX}}}MessageHeader")
+    envelope = etree.Element(f"{soap}Envelope", nsmap={"soap": SOAP11_ENV, "jx": namespace})
+    head = etree.SubElement(etree.SubElement(envelope, f"{soap}Header"), f"{{{namespace}}}MessageHeader")
     for name, value in header.items():
-        etree.SubElement(head, f"{{{JX}}}{name}").text = value
-    request = etree.SubElement(etree.SubElement(envelope, f"{soap}Body"), f"{{{JX}}}{operation}")
+        etree.SubElement(head, f"{{{namespace}}}{name}").text = value
+    request = etree.SubElement(etree.SubElement(envelope, f"{soap}Body"), f"{{{namespace}}}{operation}")
     for name, value in values:
-        etree.SubElement(request, f"{{{JX}}}{name}").text = value
+        etree.SubElement(request, f"{{{namespace}}}{name}").text = value
     return bytes(etree.tostring(envelope, xml_declaration=True, encoding="utf-8"))
 
 
 def get_document(session: Any, server: str, receiver_id: str, header: dict[str, str], *, folder: Path,
-                 timeout: float) -> Fetched | None:
+                 timeout: float, namespace: str = JX) -> Fetched | None:
     """GetDocument: the next document, stored in a hidden temporary file in ``folder``, or None if none waits."""
     import requests
 
-    body = request_envelope("GetDocument", [("receiverId", receiver_id)], header)
-    headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{JX}/GetDocument"'}
+    body = request_envelope("GetDocument", [("receiverId", receiver_id)], header, namespace=namespace)
+    headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{namespace}/GetDocument"'}
     try:
         with session.post(server, data=body, headers=headers, stream=True, timeout=(30, timeout)) as response:
             return _read_answer(response, folder)

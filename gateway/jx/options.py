@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..ns import JX
 from .client import Credentials
 from .hooks import Hook
 from .schedule import Every, Schedule
@@ -61,3 +62,6 @@ class PollOptions:
     """Largest document written after decompression (the zip-bomb limit, with a ratio of at most 200)."""
     names: str = "messageId"
     """Which field names a received file: ``messageId`` or ``documentType`` (see :data:`NAME_SOURCES`)."""
+    namespace: str = JX
+    """The JX namespace requests are written in: the published one, or the 2007 edition's hyphen-less
+    variant for servers generated from such a WSDL copy (answers in either are read)."""

@@ -29,8 +29,8 @@ refusal of our credentials or id stops the partner: asking again cannot help.
 GetDocument is read as it streams in (:mod:`gateway.jx.fetch`) and
 PutDocument written as the file is read (:mod:`gateway.jx.send`), gzip/zip
 ``compressType`` handled piece by piece (:mod:`gateway.jx.compress`): memory
-stays flat whatever the document's size.  ConfirmDocument goes through zeep,
-built from the shipped ``jx2007.wsdl``; no WSDL is fetched from the server.
+stays flat whatever the document's size.  Requests are written as the shipped
+``jx2007.wsdl`` describes them; no WSDL is fetched from the server.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ class Poller:
         self.received = self.state / "received"
         self.sender = options.sender_id or options.receiver_id
         self.client = JxClient(options.server, sender=self.sender, timeout=options.timeout,
-                               credentials=options.credentials)
+                               credentials=options.credentials, namespace=options.namespace)
 
     @property
     def stopping(self) -> bool:

@@ -124,7 +124,6 @@ def _logging(level: str, log_file: Path | None) -> None:
             raise CommandError(f"cannot write the log file {log_file}: {exc.strerror or exc}") from exc
     handler.setFormatter(logging.Formatter(_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    logging.getLogger("zeep").setLevel(logging.WARNING)
 
 
 def _raise_stopped(signum: int, frame: FrameType | None) -> None:

@@ -20,6 +20,7 @@
         hook_timeout: 10m
         compression: gzip            # uploads: gzip, zip or none
         names: documentType          # received files named by documentType (default messageId)
+        namespace: hyphenless        # a server built from a WSDL copy without the hyphen (default published)
 
 Parsed into frozen :class:`~gateway.jx.options.PollOptions`; every error
 names the key it is about (``partners.dc-tokyo.schedule.every: …``).
@@ -40,6 +41,7 @@ from routing import fields as read
 from routing.settings import duration
 
 from ..errors import ConfigError, ConfigUnreadable
+from ..ns import JX, JX_HYPHENLESS
 from .client import Credentials
 from .hooks import Hook
 from .options import NAME_SOURCES, PollOptions
@@ -47,10 +49,12 @@ from .schedule import Every, Schedule, parse_cron
 
 __all__ = ["PollConfig", "load_poll_config", "parse_poll_config"]
 
+_NAMESPACES = {"published": JX, "hyphenless": JX_HYPHENLESS}
+
 _PARTNER_KEYS = {"server", "receiver_id", "sender_id", "send_to", "format_type", "out", "outbox", "state",
                  "user", "password", "password_env", "password_file", "cert", "key", "ca", "timeout",
                  "schedule", "before", "after", "hook_timeout", "compression", "decompress",
-                 "max_document_bytes", "names"}
+                 "max_document_bytes", "names", "namespace"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,8 +128,14 @@ def _partner(name: str, m: Mapping[str, Any], base: Path) -> PollOptions:
         compression=_compression(m.get("compression", "none"), f"{at}.compression"), decompress=decompress,
         max_document_bytes=read.integer(m.get("max_document_bytes", PollOptions.max_document_bytes),
                                         f"{at}.max_document_bytes", low=1024),
-        names=names,
+        names=names, namespace=_namespace(m.get("namespace", "published"), f"{at}.namespace"),
     )
+
+
+def _namespace(value: Any, path: str) -> str:
+    if value not in _NAMESPACES:
+        raise ConfigError(f"{path}: must be published ({JX}) or hyphenless ({JX_HYPHENLESS}), not {value!r}")
+    return _NAMESPACES[value]
 
 
 def _id(value: Any, path: str) -> str:
