@@ -33,6 +33,7 @@ from refdb.config import ColumnType, Dataset
 
 from .config import Client, Config, MailboxEndpoint, Peer, PeerEndpoint, UrlEndpoint
 from .outbound import BasicCredentials, Outbound, WssSign
+from .settings import JxRetention, JxSettings
 
 __all__ = ["endpoints_schema", "reference_rows", "reference_markdown", "SCHEMA_ID"]
 
@@ -208,9 +209,22 @@ def _config(props: dict[str, Schema]) -> None:
                           "description": props["endpoints"].get("description", "")}
 
 
+def _jx(props: dict[str, Schema]) -> None:
+    """``gateway.jx.retention`` takes durations with their unit (``30d``), or one for ``confirmed``, or null."""
+    docs = _field_docs(JxRetention)
+    duration = {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[smhdw]\s*$"}
+    keys = {"confirmed": _describe({"anyOf": [dict(duration), {"type": "null"}]}, docs["confirmed_seconds"], "30d"),
+            "dead": _describe({"anyOf": [dict(duration), {"type": "null"}]}, docs["dead_seconds"], None),
+            "every": _describe(dict(duration), docs["every"], "1h"),
+            "batch": _describe({"type": "integer", "minimum": 1}, docs["batch"], 500)}
+    section = {"type": "object", "additionalProperties": False, "properties": keys}
+    props["retention"] = {"anyOf": [section, dict(duration), {"type": "null"}],
+                          "description": props["retention"].get("description", "")}
+
+
 _FIXES: dict[type, Callable[[dict[str, Schema]], None]] = {
     Client: _client, UrlEndpoint: _upstream(signing=True), Peer: _upstream(signing=False),
-    Dataset: _dataset, Config: _config,
+    Dataset: _dataset, Config: _config, JxSettings: _jx,
 }
 
 

@@ -63,11 +63,11 @@ class JxRetention:
     """
 
     confirmed_seconds: float | None = 30 * 86400.0
-    """Delete confirmed documents this long after their confirm (``confirmed: 30d``); ``None`` keeps them."""
+    """Delete confirmed documents this long after their confirm (``confirmed: 30d``); null keeps them."""
     dead_seconds: float | None = None
-    """Delete dead letters this long after they arrived (``dead: 90d``); ``None`` (default) keeps them."""
+    """Delete dead letters this long after they arrived (``dead: 90d``); null (the default) keeps them."""
     every: float = 3600.0
-    """Seconds between two sweeps (``every: 1h``); the first runs when the gateway starts."""
+    """Time between two sweeps (``every: 1h``); the first runs when the gateway starts."""
     batch: int = 500
     """Documents deleted per transaction."""
 
@@ -81,9 +81,9 @@ class JxSettings:
     max_deliveries: int = 10
     """Hand-outs without a confirm after which a document is parked as a dead letter."""
     retention_days: int | None = 30
-    """The older spelling of ``retention: {confirmed: Nd}``; read into :attr:`retention`."""
+    """The older spelling of ``retention: {confirmed: Nd}`` (days; null keeps confirmed documents)."""
     retention: JxRetention = field(default_factory=JxRetention)
-    """What the running gateway deletes by itself (``gateway.jx.retention``)."""
+    """What the running gateway deletes by itself, in batches, each logged: durations like ``30d``."""
     max_document_bytes: int = 1024 * 1024 * 1024
     """Largest document accepted by PutDocument (decoded bytes)."""
     blobs: str = "auto"

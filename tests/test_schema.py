@@ -59,7 +59,9 @@ def maximal(tmp_path: Path) -> dict[str, Any]:
                     "client_ca": str(pki["ca"].cert)},
             "ntp": {"servers": ["127.0.0.1:12300"], "interval": 64, "max_step": 1},
             "logs": {"enabled": True, "retention_days": 365}, "log_key": str(tmp_path / "log.key"),
-            "wss": {"clock_skew": 300}, "jx": {"lease_seconds": 60, "max_pending_documents": 10},
+            "wss": {"clock_skew": 300}, "jx": {"lease_seconds": 60, "max_pending_documents": 10,
+                                                        "retention": {"confirmed": "30d", "dead": "90d",
+                                                                      "every": "1h", "batch": 100}},
             "limits": {"max_connections": 100, "client_rate": 5, "client_burst": 10},
             "breaker": {"failures": 3}, "encryption": {"master_key": str(tmp_path / "master.key")},
             "access_log": "access.log", "fallback_peer": "dc-west",
@@ -118,6 +120,7 @@ def test_the_schema_allows_exactly_the_keys_the_parser_accepts(files: Path, tmp_
     load_config(path)
     schema = endpoints_schema()
     expected_paths = {"(top level)", "gateway", "gateway.listen", "gateway.tls", "gateway.ntp", "gateway.jx",
+                      "gateway.jx.retention",
                       "gateway.limits", "gateway.encryption", "clients.app", "clients.app.jx", "endpoints.kaigo",
                       "endpoints.kaigo.basic", "endpoints.kaigo.wss", "endpoints.kaigo.wss.sign", "peers.dc-west",
                       "refdb", "refdb.datasets.residents"}
