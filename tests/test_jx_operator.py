@@ -176,3 +176,14 @@ async def test_running_gateway_applies_retention_in_batches(
         await asyncio.sleep(0.3)
     batches = [r.getMessage() for r in caplog.records if "jx retention: deleted" in r.getMessage()]
     assert batches and all("deleted 1 " in b or "deleted 2 " in b for b in batches)  # never more than a batch
+
+
+@pytest.mark.parametrize("argv", [["purge", "--older-than", "30d", "--dry-run"], ["purge", "--older-than", "1d", "--yes"],
+                                  ["confirm", "doc-1"]])
+def test_purge_and_confirm_never_create_a_store(argv: list[str], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "endpoints.yaml"
+    write_yaml(path, {"gateway": {"db": f"sqlite:///{tmp_path}/typo.db", "data_dir": str(tmp_path / "var")}})
+    code, _, err = jx(capsys, *argv, "--config", path)
+    assert code != 0 and "Traceback" not in err and err.strip()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["endpoints.yaml"]  # no database file, no folder

@@ -280,7 +280,7 @@ def _label(document: Document, at: int) -> str:
     return f"{state} (leased)" if document.shown_state(at) == "leased" else state
 
 
-@_with_store
+@_reading_store
 def _purge(args: argparse.Namespace, config: Config, store: DocumentStore) -> int:
     when: datetime = args.older_than or args.confirmed_before
     states = ("confirmed",) if args.confirmed_before else _states(args.state, ["confirmed"])
@@ -315,7 +315,7 @@ def _agreed(question: str) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-@_with_store
+@_reading_store
 def _confirm(args: argparse.Namespace, config: Config, store: DocumentStore) -> int:
     store.log = _cli_log(store, config)
     found = _find(store, args.message_id)
