@@ -35,6 +35,8 @@ from .outbound import OUTBOUND_KEYS, Outbound, outbound_from
 from .settings import GatewaySettings, gateway_settings
 
 _ENDPOINT_LIMIT_KEYS = ("max_concurrent", "queue_timeout")
+#: Keys only an endpoint with a url has (the HTTP API relay's).
+_URL_ONLY_KEYS = ("forward_credentials",)
 #: Most failover URLs one endpoint may list.
 MAX_URLS = 16
 
@@ -79,6 +81,9 @@ class UrlEndpoint:
     """Requests in flight to this endpoint at once; more wait in a queue. ``None``: no limit."""
     queue_timeout: float = DEFAULT_QUEUE_TIMEOUT
     """Seconds a request waits for a free slot before it is refused as EndpointBusy."""
+    forward_credentials: bool = False
+    """HTTP API relay (``/api``): pass the caller's ``Cookie`` and ``Authorization`` on to this endpoint
+    (never a Basic login the gateway itself checked). Off: the endpoint sees neither."""
 
     @property
     def failover(self) -> tuple[str, ...]:
@@ -268,7 +273,8 @@ def endpoint_from(name: str, raw: Any, peers: Mapping[str, Peer], base: Path | N
     """Validate one ``endpoints.<name>`` entry; relative file names resolve against ``base``."""
     path = f"endpoints.{name}"
     m = {k: v for k, v in read.mapping(raw, path).items() if k != "disabled"}  # see _disabled
-    read.known(m, path, {"url", "urls", "via", "mailbox", "timeout", *OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS})
+    read.known(m, path, {"url", "urls", "via", "mailbox", "timeout", *OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS,
+                         *_URL_ONLY_KEYS})
     kinds = [k for k in ("url", "urls", "via", "mailbox") if k in m]
     if len(kinds) != 1:
         raise ConfigError(f"{path}: needs exactly one of url or via (or urls, a failover list; or mailbox: ID "
@@ -276,7 +282,7 @@ def endpoint_from(name: str, raw: Any, peers: Mapping[str, Peer], base: Path | N
     if "mailbox" in m:
         return _mailbox(name, m, path)
     if "via" in m:
-        for key in ("timeout", *OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS):
+        for key in ("timeout", *OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS, *_URL_ONLY_KEYS):
             if key in m:
                 raise ConfigError(f"{path}.{key}: set the {key} on the peer, not on a via endpoint")
         via = read.string(m["via"], f"{path}.via")
@@ -294,6 +300,7 @@ def endpoint_from(name: str, raw: Any, peers: Mapping[str, Peer], base: Path | N
         outbound=outbound,
         urls=urls if "urls" in m else (),
         **_endpoint_limits(m, path),
+        forward_credentials=read.flag(m.get("forward_credentials", False), f"{path}.forward_credentials"),
     )
 
 
@@ -302,7 +309,7 @@ JX_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 def _mailbox(name: str, m: Mapping[str, Any], path: str) -> MailboxEndpoint:
-    for key in ("timeout", *OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS):
+    for key in ("timeout", *OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS, *_URL_ONLY_KEYS):
         if key in m:
             raise ConfigError(f"{path}.{key}: a mailbox endpoint stores messages; it has no {key}")
     mailbox = m["mailbox"]

@@ -24,6 +24,7 @@ from .clock import Now
 __all__ = [
     "LogRecord",
     "RelayExchange",
+    "ApiExchange",
     "Entry",
     "GENESIS",
     "FIELDS",
@@ -187,11 +188,11 @@ class RelayExchange(NamedTuple):
     http_status: int | None
     fault_code: str | None
 
-    def records(self) -> tuple[LogRecord, LogRecord]:
+    def records(self, kind: str = "relay") -> tuple[LogRecord, LogRecord]:
         """The request and the response record; ``ValueError`` if a value is not valid."""
         # Values straight into each record's __dict__ (no keyword call of the frozen dataclass's
         # __init__, 21 setattrs): this runs twice per relayed exchange in the writer.
-        shared = {**_UNCHAINED, "kind": "relay", "message_id": self.message_id, "from_ap": self.from_ap,
+        shared = {**_UNCHAINED, "kind": kind, "message_id": self.message_id, "from_ap": self.from_ap,
                   "to_ap": self.to_ap, "endpoint": self.endpoint, "client": self.client}
         request = {**shared, "ts": datetime.fromtimestamp(self.arrived_time, UTC), "ntp_offset": self.arrived_offset,
                    "ntp_synced": self.arrived_synced, "direction": "request", "status": self.request_status,
@@ -204,6 +205,12 @@ class RelayExchange(NamedTuple):
                     "sha256": self.response_sha256, "duration_ms": self.response_ms,
                     "http_status": self.http_status, "fault_code": self.fault_code}
         return made(_normalise(request)), made(_normalise(response))
+
+
+class ApiExchange(RelayExchange):
+    """An exchange of the HTTP API relay (:mod:`gateway.api`): the same values, logged as ``kind: api``."""
+
+    __slots__ = ()
 
 
 #: What :meth:`Journal.record` takes: one record, or a relayed exchange's two.
@@ -305,6 +312,7 @@ column_values = operator.attrgetter(*COLUMNS)
 _JSON_VALUES = operator.attrgetter(*ATTRIBUTES.values())
 #: First value of a packed :class:`RelayExchange` (a packed record starts with its ``ts``).
 _EXCHANGE = "relay-exchange"
+_API_EXCHANGE = "api-exchange"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -313,7 +321,7 @@ def pack(entry: Entry) -> tuple[Any, ...]:
     """An entry as a tuple of str, int, float, bool and None (``marshal`` takes it; a record's ``ts``
     becomes integer microseconds since 1970, exactly)."""
     if isinstance(entry, RelayExchange):
-        return (_EXCHANGE, *entry)
+        return (_API_EXCHANGE if isinstance(entry, ApiExchange) else _EXCHANGE, *entry)
     values = column_values(entry)
     return ((values[0] - _EPOCH) // _MICROSECOND, *values[1:])
 
@@ -324,6 +332,8 @@ def unpack_entries(packed: Sequence[tuple[Any, ...]]) -> list[LogRecord]:
     for values in packed:
         if values[0] == _EXCHANGE:
             records.extend(RelayExchange(*values[1:]).records())
+        elif values[0] == _API_EXCHANGE:
+            records.extend(RelayExchange(*values[1:]).records("api"))
         else:
             records.append(unpack(values))
     return records
