@@ -25,6 +25,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from yarl import URL
 
+from gateway.charset.table import CharsetProfile, profile_from
 from gateway.errors import ConfigError, ConfigUnreadable
 from gateway.security.dsig import weak_key
 from refdb.config import RefdbSettings, parse_refdb
@@ -36,7 +37,7 @@ from .settings import GatewaySettings, gateway_settings
 
 _ENDPOINT_LIMIT_KEYS = ("max_concurrent", "queue_timeout")
 #: Keys only an endpoint with a url has (the HTTP API relay's).
-_URL_ONLY_KEYS = ("forward_credentials",)
+_URL_ONLY_KEYS = ("forward_credentials", "charset")
 #: Most failover URLs one endpoint may list.
 MAX_URLS = 16
 
@@ -81,6 +82,8 @@ class UrlEndpoint:
     """Requests in flight to this endpoint at once; more wait in a queue. ``None``: no limit."""
     queue_timeout: float = DEFAULT_QUEUE_TIMEOUT
     """Seconds a request waits for a free slot before it is refused as EndpointBusy."""
+    charset: CharsetProfile | None = None
+    """The partner's character profile (``charset: {encoding, gaiji, unmappable}``); ``None``: UTF-8 as is."""
     forward_credentials: bool = False
     """HTTP API relay (``/api``): pass the caller's ``Cookie`` and ``Authorization`` on to this endpoint
     (never a Basic login the gateway itself checked). Off: the endpoint sees neither."""
@@ -301,6 +304,7 @@ def endpoint_from(name: str, raw: Any, peers: Mapping[str, Peer], base: Path | N
         urls=urls if "urls" in m else (),
         **_endpoint_limits(m, path),
         forward_credentials=read.flag(m.get("forward_credentials", False), f"{path}.forward_credentials"),
+        charset=profile_from(m["charset"], f"{path}.charset", base or Path.cwd()) if "charset" in m else None,
     )
 
 
