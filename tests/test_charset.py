@@ -131,8 +131,8 @@ def test_a_character_split_across_chunks() -> None:
             b"a\xf0\x40b\xf0\x41c"
     partner = "髙橋@".encode("cp932") + b"\xf0\x40"
     for cut in range(1, len(partner)):
-        converter = FromPartner(charset)
-        assert (converter.feed(partner[:cut]) + converter.feed(partner[cut:]) + converter.finish()).decode() == \
+        back = FromPartner(charset)
+        assert (back.feed(partner[:cut]) + back.feed(partner[cut:]) + back.finish()).decode() == \
             "髙橋@𠮷"
 
 

@@ -30,12 +30,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from dataclasses import fields
 
 import aiohttp
 from aiohttp import web
 
+from gateway.charset import CharsetProfile, Losses
 from gateway.errors import (
     ClientFault,
     EndpointUnavailable,
@@ -69,6 +70,7 @@ from routing.watch import LiveTable
 
 from .path import api_path
 from .problem import problem_response
+from .recode import recode_reply, recode_request
 from .upstream import ApiRoute, ApiUpstream
 
 __all__ = ["ApiRelay", "add_api", "API_RELAY", "METHODS", "FORWARD_REQUEST"]
@@ -104,6 +106,7 @@ class ApiRelay:
         table = self._table.current
         client = client_of(request)
         trace = Trace(arrived=self._clock.read(), started=time.perf_counter(), client=client.name if client else None)
+        losses = Losses()
         try:
             trace.message_id = request.headers.get(H_MESSAGE_ID)
             check_loggable(f"header {H_MESSAGE_ID}", "message_id", trace.message_id, trace)
@@ -113,14 +116,14 @@ class ApiRelay:
                 await self._journal.admit()
             exchange = self._prepare(request, table, client, trace)
             body = await _body(request, table.config.gateway, trace)
-            response = await self._forward(request, exchange, body, trace, table)
+            response = await self._forward(request, exchange, body, trace, table, losses)
         except (ConnectionResetError, asyncio.CancelledError):
             trace.status = "error"
-            await self._finish(request, trace, answering=False)
+            await self._finish(request, trace, losses, answering=False)
             raise
         except GatewayError as exc:
             response = self._problem(exc, table.config.gateway.name, trace)
-        await self._finish(request, trace)
+        await self._finish(request, trace, losses)
         return response
 
     def _rate(self, request: web.Request, client: Client | None, settings: GatewaySettings) -> None:
@@ -181,24 +184,33 @@ class ApiRelay:
         return headers
 
     async def _forward(self, request: web.Request, exchange: Exchange, body: bytes | RequestBody,
-                       trace: Trace, table: RouteTable) -> web.StreamResponse:
+                       trace: Trace, table: RouteTable, losses: Losses) -> web.StreamResponse:
         headers = self._headers(request, exchange, body, trace, table)
+        profile = _profile(table, exchange.route.endpoint)
+        sent: bytes | AsyncIterable[bytes] = body
+        if profile is not None:
+            sent = recode_request(profile, headers, body, losses, exchange.route.destination)
+            if isinstance(sent, bytes) and sent is not body:
+                trace.forwarded_bytes = len(sent)
         trace.forwarded = True
         try:
-            reply = await self._upstream.post(exchange.route, headers, body)
+            reply = await self._upstream.post(exchange.route, headers, sent)
         except GatewayError as exc:
-            if isinstance(body, RequestBody) and body.error is not None:
+            if getattr(sent, "error", None) is not None:
                 trace.forwarded = False
-                raise body.error from None
+                raise getattr(sent, "error") from None
             trace.forwarded = may_have_sent(exc)
             raise
         trace.answered = time.perf_counter()
         trace.endpoint = sent_to(exchange.route)
         try:
-            if isinstance(body, RequestBody) and body.error is not None:
+            if getattr(sent, "error", None) is not None:
                 trace.forwarded = False
-                raise body.error
-            return await respond(request, reply, exchange, trace, lambda: self._log(request, trace))
+                raise getattr(sent, "error")
+            if profile is not None:
+                reply = await recode_reply(profile, reply, losses, exchange.route.destination)
+
+            return await respond(request, reply, exchange, trace, lambda: self._log(request, trace, losses))
         finally:
             reply.release()
 
@@ -212,18 +224,18 @@ class ApiRelay:
         trace.sent_response(response.body, relayed=False)
         return response
 
-    async def _finish(self, request: web.Request, trace: Trace, *, answering: bool = True) -> None:
+    async def _finish(self, request: web.Request, trace: Trace, losses: Losses, *, answering: bool = True) -> None:
         self._metrics.observe(trace.label, trace.status, time.perf_counter() - trace.started)
         if not trace.logged:
-            await self._log(request, trace, answering=answering)
+            await self._log(request, trace, losses, answering=answering)
 
-    async def _log(self, request: web.Request, trace: Trace, *, answering: bool = True) -> None:
+    async def _log(self, request: web.Request, trace: Trace, losses: Losses, *, answering: bool = True) -> None:
         """Log the exchange as ``kind: api``; when ``answering``, return once its records are durable, or
         cut the connection: no complete answer without its records (as the SOAP relay)."""
         trace.logged = True
         if self._journal is None:
             return
-        exchange = ApiExchange._make(trace.exchange(self._clock.read()))
+        exchange = ApiExchange(trace.exchange(self._clock.read()), losses.summary() or None)
         try:
             if not answering:
                 await self._journal.record(exchange)
@@ -267,6 +279,13 @@ async def _receive(read: Awaitable[bytes], timeout: float | None) -> bytes:
 
 
 API_RELAY = web.AppKey("api_relay", ApiRelay)
+
+
+def _profile(table: RouteTable, endpoint: str) -> CharsetProfile | None:
+    """The endpoint's character profile when it converts (a peer's profile is applied at the peer)."""
+    found = table.config.endpoints.get(endpoint)
+    profile = found.charset if isinstance(found, UrlEndpoint) else None
+    return profile if profile is not None and profile.converts else None
 
 
 def add_api(app: web.Application) -> None:

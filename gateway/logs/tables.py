@@ -122,6 +122,7 @@ def log_tables(name: str = "exchange_log") -> LogTables:
         Column("client", Text),
         Column("http_status", Integer),
         Column("fault_code", Text),
+        Column("charset_substitutions", Text),
         Column("prev_hash", String(64), nullable=False),
         Column("hash", String(64), nullable=False),
         UniqueConstraint("node", "seq", name=f"uq_{name}_node_seq"),
@@ -161,6 +162,24 @@ def ensure_schema(engine: Engine, tables: LogTables = TABLES) -> None:
     """Create the tables if missing (safe when another node does it at the same moment)."""
     with translated("cannot create the send/receive log tables"):
         create_tables(engine, tables.metadata)
+        _add_columns(engine, tables.log)
+
+
+#: Columns added to the log table after stores were created with it: (name, SQL type).
+_ADDED = (("charset_substitutions", "TEXT"),)
+
+
+def _add_columns(engine: Engine, table: Table) -> None:
+    """Add the columns a store made by an older version lacks (another node may be doing the same)."""
+    for name, kind in _ADDED:
+        if name in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+            continue
+        try:
+            with engine.begin() as connection:
+                connection.exec_driver_sql(f'ALTER TABLE "{table.name}" ADD COLUMN {name} {kind}')
+        except SQLAlchemyError:
+            if name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                raise
 
 
 def has_log(connection: Connection, tables: LogTables = TABLES) -> bool:
