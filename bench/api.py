@@ -16,22 +16,23 @@ import argparse
 import json
 import os
 import sys
+import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from .envelope import HEADERS, make_envelope
-from .harness import Bench, Section
+from .harness import Bench, Check, Section
 from .procs import LOOPBACK, BenchError, free_port, start_server
 from .relay import Cell, ThroughputRatio, measure, pooled, round_rates
 from .servers import Stack, Target, gateway_conf, launch_gateway
 from .wrk import Load
 
-__all__ = ["ApiRelayLoad", "make_echo", "json_record"]
+__all__ = ["ApiRelayLoad", "CharsetConversion", "make_echo", "json_record", "cp932_csv"]
 
 _HEADERS = ("target", "req/s", "× /soap", "p50 ms", "p99 ms", "errors", "CPU % wrk/backend/proxy")
 _JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8", "Accept": "application/json"}
@@ -121,6 +122,65 @@ class ApiRelayLoad:
                        checks=[rule.check(cells, self.name, runs)], notes=notes,
                        raw={"body_bytes": self.body_bytes, "connections": self.connections,
                             "rounds_rps": {n: [c.result.rps for c in done] for n, done in runs.items()}})
+
+
+#: A resident register row as a CP932 partner writes it: kanji, half-width kana, NEC/IBM characters.
+_ROW = "131016000001,山田 太郎,ﾔﾏﾀﾞ ﾀﾛｳ,東京都千代田区霞が関1-2-3,髙橋ビル①号室,1980-04-01,㈱テスト商事\n"
+_CHUNK = 1024 * 1024
+
+
+def cp932_csv(size: int) -> bytes:
+    """About ``size`` bytes of CSV in CP932, with one gaiji (F040) every 1000 rows."""
+    row = _ROW.encode("cp932")
+    block = row * 999 + row.replace(b"\x8eR\x93c", b"\xf0\x40\x93c")  # 山田 -> 𠮷田 once per block
+    return block * max(1, size // len(block))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CharsetConversion:
+    """Converting a CP932 CSV to UTF-8 and back through :mod:`gateway.charset`, in 1 MiB chunks as a body
+    streams, with a gaiji table; judged by MB of CP932 per CPU second (the machine is shared, and
+    CPU time is what the conversion costs a gateway process)."""
+
+    name: str
+    title: str
+    size: int
+    at_least_mb_s: float
+
+    def run(self, bench: Bench) -> Section:
+        from gateway.charset import FromPartner, ToPartner, profile_from
+
+        bench.close_stack()
+        table = bench.workdir / "gaiji.csv"
+        table.write_text("F040,U+20BB7,tsuchi-yoshi\n", encoding="utf-8")
+        profile = profile_from({"encoding": "cp932", "gaiji": str(table), "unmappable": "refuse"}, "bench",
+                               bench.workdir)
+        data = cp932_csv(self.size)
+        bench.log(f"{self.name}: {len(data) / 1e6:.0f} MB of CP932 CSV to UTF-8 and back")
+        utf8, inbound = _timed(FromPartner(profile), data)
+        back, outbound = _timed(ToPartner(profile), utf8)
+        if back != data:
+            raise BenchError(f"{self.name}: the round trip changed the data")
+        rows = [[direction, f"{len(data) / 1e6:.0f}", f"{len(data) / cpu / 1e6:.0f}", f"{len(data) / wall / 1e6:.0f}"]
+                for direction, (cpu, wall) in (("CP932 → UTF-8", inbound), ("UTF-8 → CP932", outbound))]
+        checks = [Check(label=f"{self.name}: {direction} MB/s (CPU time)", measured=len(data) / cpu / 1e6,
+                        limit=self.at_least_mb_s, unit="MB/s", at_least=True)
+                  for direction, (cpu, _) in (("CP932 → UTF-8", inbound), ("UTF-8 → CP932", outbound))]
+        notes = [f"MB of CP932 per second of the converting process's CPU time, and per wall second; "
+                 f"load average at the end {_loadavg()}."]
+        return Section(name=self.name, title=self.title, headers=("direction", "MB", "MB/s CPU", "MB/s wall"),
+                       rows=rows, checks=checks, notes=notes,
+                       raw={"bytes": len(data), "inbound_s": inbound, "outbound_s": outbound})
+
+
+def _timed(converter: Any, data: bytes) -> tuple[bytes, tuple[float, float]]:
+    """``data`` through ``converter`` in 1 MiB chunks; (CPU seconds, wall seconds)."""
+    out = []
+    cpu, wall = time.process_time(), time.perf_counter()
+    for start in range(0, len(data), _CHUNK):
+        out.append(converter.feed(data[start:start + _CHUNK]))
+    out.append(converter.finish())
+    return b"".join(out), (time.process_time() - cpu, time.perf_counter() - wall)
 
 
 def _start(bench: Bench, exits: ExitStack) -> tuple[Stack, Target]:
