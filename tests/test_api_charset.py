@@ -156,3 +156,19 @@ async def test_a_body_declared_in_another_charset_is_refused(gateway: GatewayFac
                          headers={"Content-Type": "text/plain; charset=Shift_JIS"}) as resp:
         assert resp.status == 415 and "send UTF-8" in json.loads(await resp.read())["detail"]
     assert partner.got == []
+
+
+async def test_refuse_in_a_streamed_body_cuts_the_request_off(gateway: GatewayFactory, partner: Partner,
+                                                              http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    url = await gateway(config(tmp_path, partner, unmappable="refuse"))
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(100):
+            yield "1,山田,東京\n".encode() * 1000
+        yield "2,😀\n".encode()
+    async with http.post(f"{url}/api/city/upload", data=chunks(),
+                         headers={"Content-Type": "text/csv", "X-Message-Id": "cs-9"}) as resp:
+        assert resp.status == 422
+        assert json.loads(await resp.read())["info"] == "U+1F600 at 100001:3"
+    assert partner.got == [], "the partner never received a whole request"
+    assert response_record(tmp_path, "cs-9").fault_code == "UnmappableCharacter"
