@@ -30,8 +30,9 @@ _CHUNK = 1024 * 1024
 
 def add_charset_command(commands: argparse._SubParsersAction[argparse.ArgumentParser],
                         config_option: Callable[[argparse.ArgumentParser], None]) -> None:
-    charset = commands.add_parser("charset", help="check files against an endpoint's character profile",
-                                  description=__doc__)
+    charset = commands.add_parser(
+        "charset", help="list the characters of a file that an endpoint's character profile cannot carry",
+        description=__doc__)
     actions = charset.add_subparsers(title="actions", metavar="ACTION")
     check = actions.add_parser("check", help="list the characters of FILE that would not survive the route")
     config_option(check)
