@@ -96,10 +96,8 @@ def profile_from(raw: Any, path: str, base: Path) -> CharsetProfile:
     unknown = sorted(set(raw) - {"encoding", "gaiji", "unmappable"})
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r} (expected one of encoding, gaiji, unmappable)")
-    encoding = str(raw.get("encoding", "")).lower().replace("_", "-") if "encoding" in raw else ""
-    encoding = {"shift-jis": "shift_jis", "shift-jis-2004": "shift_jis_2004", "euc-jis-2004": "euc_jis_2004",
-                "utf8": "utf-8", "sjis": "shift_jis", "windows-31j": "cp932", "eucjp": "euc-jp"}.get(encoding, encoding)
-    if encoding not in ENCODINGS:
+    encoding = raw.get("encoding")
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise ConfigError(f"{path}.encoding: must be one of {', '.join(ENCODINGS)}, not {raw.get('encoding')!r}")
     unmappable = raw.get("unmappable", "refuse")
     if unmappable not in UNMAPPABLE:
