@@ -78,7 +78,7 @@ def test_a_not_utf8_file_is_a_clear_error(config: Path, capsys: pytest.CaptureFi
     assert code == 2 and err.startswith("bmrgw: ") and "not UTF-8" in err and "Traceback" not in err
 
 
-def test_an_older_store_gets_the_column_and_its_chain_still_verifies(tmp_path: Path) -> None:
+def test_an_older_store_is_read_as_it_is_then_gets_the_column_and_still_verifies(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path}/old.db")
     try:
         ensure_schema(engine)
@@ -87,6 +87,9 @@ def test_an_older_store_gets_the_column_and_its_chain_still_verifies(tmp_path: P
         with engine.begin() as connection:
             append(connection, [record], node="dc-east")
             connection.exec_driver_sql(f'ALTER TABLE "{TABLES.log.name}" DROP COLUMN charset_substitutions')
+        assert "charset_substitutions" not in {c["name"] for c in inspect(engine).get_columns(TABLES.log.name)}
+        # Read-only commands read an older store as it is, without changing it.
+        assert [r.message_id for r in read(engine)] == ["old-1"] and verify(engine, None).ok
         assert "charset_substitutions" not in {c["name"] for c in inspect(engine).get_columns(TABLES.log.name)}
         ensure_schema(engine)
         assert "charset_substitutions" in {c["name"] for c in inspect(engine).get_columns(TABLES.log.name)}
