@@ -129,10 +129,14 @@ async def test_a_streamed_body_with_characters_across_chunks(gateway: GatewayFac
     async def chunks() -> AsyncIterator[bytes]:
         for start in range(0, len(whole), 4099):
             yield whole[start:start + 4099]
-    async with http.post(f"{url}/api/city/upload", data=chunks(), headers={"Content-Type": "text/csv"}) as resp:
+    async with http.post(f"{url}/api/city/upload", data=chunks(),
+                         headers={"Content-Type": "text/csv", "X-Message-Id": "cs-5"}) as resp:
         assert resp.status == 200
     expected = (b"1," + b"\xf0\x40" + "田,".encode("cp932") + b"\xf0\x41" + "飾区,ｶﾂｼｶ,①\n".encode("cp932")) * 40_000
     assert partner.got[-1] == ("text/csv; charset=Windows-31J", expected)
+    request = [r for r in records(tmp_path / "cs.db", LogFilter(kind="api", message_id="cs-5"))
+               if r.direction == "request"][0]
+    assert (request.bytes_in, request.bytes_out) == (len(whole), len(expected)), "as received, as sent on"
 
 
 async def test_binary_bodies_and_endpoints_without_a_profile_pass_unchanged(
@@ -172,3 +176,17 @@ async def test_refuse_in_a_streamed_body_cuts_the_request_off(gateway: GatewayFa
         assert json.loads(await resp.read())["info"] == "U+1F600 at 100001:3"
     assert partner.got == [], "the partner never received a whole request"
     assert response_record(tmp_path, "cs-9").fault_code == "UnmappableCharacter"
+
+
+async def test_a_long_answer_is_converted_as_it_streams(gateway: GatewayFactory, partner: Partner,
+                                                        http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    row = "1,髙橋,ﾀｶﾊｼ,①\n".encode("cp932") + b"2," + b"\xf0\x40" + b"\n"
+    partner.answer, partner.answer_type = row * 60_000, "text/csv; charset=Shift_JIS"  # ~1 MB: streamed
+    url = await gateway(config(tmp_path, partner))
+    async with http.get(f"{url}/api/city/export", headers={"X-Message-Id": "cs-10"}) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"] == "text/csv; charset=utf-8"
+        assert "Content-Length" not in resp.headers
+        got = await resp.read()
+    assert got == "1,髙橋,ﾀｶﾊｼ,①\n2,𠮷\n".encode() * 60_000
+    record = response_record(tmp_path, "cs-10")
+    assert record.bytes_in == len(partner.answer) and record.bytes_out == len(got)

@@ -36,7 +36,7 @@ from dataclasses import fields
 import aiohttp
 from aiohttp import web
 
-from gateway.charset import CharsetProfile, Losses
+from gateway.charset import CharsetProfile
 from gateway.errors import (
     ClientFault,
     EndpointUnavailable,
@@ -70,7 +70,7 @@ from routing.watch import LiveTable
 
 from .path import api_path
 from .problem import problem_response
-from .recode import recode_reply, recode_request
+from .recode import Recoding, recode_reply, recode_request
 from .upstream import ApiRoute, ApiUpstream
 
 __all__ = ["ApiRelay", "add_api", "API_RELAY", "METHODS", "FORWARD_REQUEST"]
@@ -106,7 +106,7 @@ class ApiRelay:
         table = self._table.current
         client = client_of(request)
         trace = Trace(arrived=self._clock.read(), started=time.perf_counter(), client=client.name if client else None)
-        losses = Losses()
+        recoding = Recoding()
         try:
             trace.message_id = request.headers.get(H_MESSAGE_ID)
             check_loggable(f"header {H_MESSAGE_ID}", "message_id", trace.message_id, trace)
@@ -116,14 +116,14 @@ class ApiRelay:
                 await self._journal.admit()
             exchange = self._prepare(request, table, client, trace)
             body = await _body(request, table.config.gateway, trace)
-            response = await self._forward(request, exchange, body, trace, table, losses)
+            response = await self._forward(request, exchange, body, trace, table, recoding)
         except (ConnectionResetError, asyncio.CancelledError):
             trace.status = "error"
-            await self._finish(request, trace, losses, answering=False)
+            await self._finish(request, trace, recoding, answering=False)
             raise
         except GatewayError as exc:
             response = self._problem(exc, table.config.gateway.name, trace)
-        await self._finish(request, trace, losses)
+        await self._finish(request, trace, recoding)
         return response
 
     def _rate(self, request: web.Request, client: Client | None, settings: GatewaySettings) -> None:
@@ -184,12 +184,12 @@ class ApiRelay:
         return headers
 
     async def _forward(self, request: web.Request, exchange: Exchange, body: bytes | RequestBody,
-                       trace: Trace, table: RouteTable, losses: Losses) -> web.StreamResponse:
+                       trace: Trace, table: RouteTable, recoding: Recoding) -> web.StreamResponse:
         headers = self._headers(request, exchange, body, trace, table)
         profile = _profile(table, exchange.route.endpoint)
         sent: bytes | AsyncIterable[bytes] = body
         if profile is not None:
-            sent = recode_request(profile, headers, body, losses, exchange.route.destination)
+            sent = recode_request(profile, headers, body, recoding, exchange.route.destination)
             if isinstance(sent, bytes) and sent is not body:
                 trace.forwarded_bytes = len(sent)
         trace.forwarded = True
@@ -208,9 +208,9 @@ class ApiRelay:
                 trace.forwarded = False
                 raise getattr(sent, "error")
             if profile is not None:
-                reply = await recode_reply(profile, reply, losses, exchange.route.destination)
+                reply = await recode_reply(profile, reply, recoding, exchange.route.destination)
 
-            return await respond(request, reply, exchange, trace, lambda: self._log(request, trace, losses))
+            return await respond(request, reply, exchange, trace, lambda: self._log(request, trace, recoding))
         finally:
             reply.release()
 
@@ -224,18 +224,24 @@ class ApiRelay:
         trace.sent_response(response.body, relayed=False)
         return response
 
-    async def _finish(self, request: web.Request, trace: Trace, losses: Losses, *, answering: bool = True) -> None:
+    async def _finish(self, request: web.Request, trace: Trace, recoding: Recoding, *,
+                      answering: bool = True) -> None:
         self._metrics.observe(trace.label, trace.status, time.perf_counter() - trace.started)
         if not trace.logged:
-            await self._log(request, trace, losses, answering=answering)
+            await self._log(request, trace, recoding, answering=answering)
 
-    async def _log(self, request: web.Request, trace: Trace, losses: Losses, *, answering: bool = True) -> None:
+    async def _log(self, request: web.Request, trace: Trace, recoding: Recoding, *, answering: bool = True) -> None:
         """Log the exchange as ``kind: api``; when ``answering``, return once its records are durable, or
         cut the connection: no complete answer without its records (as the SOAP relay)."""
         trace.logged = True
         if self._journal is None:
             return
-        exchange = ApiExchange(trace.exchange(self._clock.read()), losses.summary() or None)
+        sent, received = recoding.sizes()
+        if sent is not None:
+            trace.forwarded_bytes = sent
+        if received is not None:  # the answer as the endpoint sent it, before conversion
+            trace.response_in = received
+        exchange = ApiExchange(trace.exchange(self._clock.read()), recoding.losses.summary() or None)
         try:
             if not answering:
                 await self._journal.record(exchange)

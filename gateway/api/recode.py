@@ -14,6 +14,7 @@ cuts the answer off (the caller sees it incomplete) under ``refuse``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 
 from multidict import CIMultiDict
 
@@ -23,7 +24,23 @@ from gateway.errors import EndpointUnavailable, UnmappableCharacter
 from gateway.relay.answer import SMALL_BODY
 from gateway.relay.upstream import Reply
 
-__all__ = ["recode_request", "recode_reply"]
+__all__ = ["recode_request", "recode_reply", "Recoding"]
+
+
+@dataclass
+class Recoding:
+    """What one exchange's conversion did, for its log record: the losses, and the sizes on the far side."""
+
+    losses: Losses = field(default_factory=Losses)
+    body: Converted | None = None
+    """The request body as it streams converted (its size out is known at the end)."""
+    reply: _Recoded | None = None
+    """The answer converted (its size as the endpoint sent it is known at the end)."""
+
+    def sizes(self) -> tuple[int | None, int | None]:
+        """(request bytes sent to the endpoint, answer bytes received from it), where converted."""
+        return (self.body.bytes_out if self.body is not None else None,
+                self.reply.raw_in if self.reply is not None else None)
 
 
 def _xml(content_type: str) -> bool:
@@ -32,37 +49,41 @@ def _xml(content_type: str) -> bool:
 
 
 def recode_request(profile: CharsetProfile, headers: dict[str, str], body: bytes | AsyncIterable[bytes],
-                   losses: Losses, destination: str) -> bytes | AsyncIterable[bytes]:
+                   recoding: Recoding, destination: str) -> bytes | AsyncIterable[bytes]:
     """``body`` in the partner's encoding, ``headers`` changed to say so (in place); others unchanged."""
     content_type = headers.get("Content-Type", "")
     if not is_text(content_type) or body == b"":
         return body
     refuse_foreign_charset(content_type)
-    converter = ToPartner(profile, losses=losses, destination=destination)
+    converter = ToPartner(profile, losses=recoding.losses, destination=destination)
     headers["Content-Type"] = with_charset(content_type, profile.label)
     if isinstance(body, bytes):
         converted = convert_whole(body, converter, xml=_xml(content_type))
         headers["Content-Length"] = str(len(converted))
         return converted
     headers.pop("Content-Length", None)
-    return Converted(body, converter, xml=_xml(content_type))
+    recoding.body = Converted(body, converter, xml=_xml(content_type))
+    return recoding.body
 
 
-async def recode_reply(profile: CharsetProfile, reply: Reply, losses: Losses, destination: str) -> Reply:
+async def recode_reply(profile: CharsetProfile, reply: Reply, recoding: Recoding, destination: str) -> Reply:
     """``reply`` as UTF-8 when it is text; others unchanged."""
     content_type = reply.headers.get("Content-Type", "")
     if not is_text(content_type):
         return reply
-    converter = FromPartner(profile, losses=losses, destination=destination)
+    converter = FromPartner(profile, losses=recoding.losses, destination=destination)
     xml = _xml(content_type)
+    recoded = recoding.reply = _Recoded(reply, with_charset(content_type, "utf-8"))
     if reply.content_length is not None and reply.content_length <= SMALL_BODY:
+        raw = await reply.read()
+        recoded.raw_in = len(raw)
         try:
-            whole = convert_whole(await reply.read(), converter, xml=xml)
+            recoded.whole(convert_whole(raw, converter, xml=xml))
         except UnmappableCharacter as exc:
             raise _unmappable_answer(exc, destination) from exc
-        return _Recoded(reply, with_charset(content_type, "utf-8"), whole, lambda: _chunks(reply, converter, xml, destination))
-    return _Recoded(reply, with_charset(content_type, "utf-8"), None,
-                    lambda: _chunks(reply, converter, xml, destination))
+    else:
+        recoded.stream(converter, xml, destination)
+    return recoded
 
 
 def _unmappable_answer(error: UnmappableCharacter, destination: str) -> EndpointUnavailable:
@@ -71,19 +92,21 @@ def _unmappable_answer(error: UnmappableCharacter, destination: str) -> Endpoint
                                detail=error.detail)
 
 
-async def _chunks(reply: Reply, converter: FromPartner, xml: bool, destination: str) -> AsyncIterator[bytes]:
+async def _chunks(recoded: _Recoded, converter: FromPartner, xml: bool, destination: str) -> AsyncIterator[bytes]:
+    converted = Converted(recoded.raw_chunks(), converter, xml=xml)
     try:
-        async for chunk in Converted(reply.chunks(), converter, xml=xml):
+        async for chunk in converted:
             yield chunk
     except UnmappableCharacter as exc:
         raise _unmappable_answer(exc, destination) from exc
+    finally:
+        recoded.raw_in = converted.bytes_in
 
 
 class _Recoded:
     """A :class:`~gateway.relay.upstream.Reply` whose text body is converted to UTF-8."""
 
-    def __init__(self, reply: Reply, content_type: str, whole: bytes | None,
-                 chunks: Callable[[], AsyncIterator[bytes]]) -> None:
+    def __init__(self, reply: Reply, content_type: str) -> None:
         self._reply = reply
         self.status = reply.status
         self.reason = reply.reason
@@ -91,22 +114,36 @@ class _Recoded:
         headers["Content-Type"] = content_type
         headers.pop("Content-Length", None)
         self.headers: Mapping[str, str] = headers
-        self._whole = whole
-        self.content_length = len(whole) if whole is not None else None
-        self._chunks = chunks
+        self.content_length: int | None = None
+        self.raw_in = 0
+        """Bytes of the answer as the endpoint sent them."""
+        self._whole: bytes | None = None
+        self._chunks: Callable[[], AsyncIterator[bytes]] | None = None
+
+    def whole(self, body: bytes) -> None:
+        self._whole, self.content_length = body, len(body)
+
+    def stream(self, converter: FromPartner, xml: bool, destination: str) -> None:
+        self._chunks = lambda: _chunks(self, converter, xml, destination)
+
+    def raw_chunks(self) -> AsyncIterator[bytes]:
+        return self._reply.chunks()
 
     async def read(self) -> bytes:
         if self._whole is not None:
             return self._whole
-        return b"".join([chunk async for chunk in self._chunks()])
+        return b"".join([chunk async for chunk in self.chunks()])
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        return self._chunks()
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self._whole is not None:
+            yield self._whole
+            return
+        assert self._chunks is not None
+        async for chunk in self._chunks():
+            yield chunk
 
     def release(self) -> None:
         self._reply.release()
 
     def when_released(self, callback: Callable[[], None]) -> None:
         self._reply.when_released(callback)
-
-

@@ -81,12 +81,17 @@ class Converted:
         self._converter = converter
         self._xml = xml
         self.error: GatewayError | None = getattr(source, "error", None)
+        self.bytes_in = 0
+        """Bytes taken from the source so far."""
+        self.bytes_out = 0
+        """Converted bytes given out so far."""
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         head: bytes | None = b""
         first = True
         try:
             async for chunk in self._source:
+                self.bytes_in += len(chunk)
                 if first and isinstance(self._converter, ToPartner):
                     chunk = chunk.removeprefix(_BOM)
                 first = False
@@ -97,11 +102,13 @@ class Converted:
                         continue
                     out, head = _declare(head, self._label()), None
                 if out:
+                    self.bytes_out += len(out)
                     yield out
             out = self._converter.finish()
             if self._xml and head is not None:
                 out = _declare(head + out, self._label())
             if out:
+                self.bytes_out += len(out)
                 yield out
         except GatewayError as exc:
             self.error = exc
