@@ -7,6 +7,7 @@ Section`` (see ``harness.Scenario``) and append an instance here.
 
 from __future__ import annotations
 
+from .api import ApiRelayLoad, CharsetConversion
 from .attack import Attack
 from .files import FileTransfer
 from .harness import Scenario
@@ -52,6 +53,15 @@ SCENARIOS: tuple[Scenario, ...] = (
     FileTransfer(
         name="file1g", title="File transfer: 1 GiB (--file-mib) through bmrgw in 64 MiB parts vs a raw upload "
         "through nginx",
+    ),
+    ApiRelayLoad(
+        name="api-1k", title="HTTP API relay: 1 KiB JSON through /api vs 1 KiB envelope through /soap "
+        "(50 connections, one gateway, echo backend)",
+        body_bytes=1 * KIB, connections=50, at_least=0.90,
+    ),
+    CharsetConversion(
+        name="charset-100m", title="Character profile: a 100 MB CP932 CSV to UTF-8 and back (gaiji table, 1 MiB chunks)",
+        size=100 * 1000 * 1000, at_least_mb_s=50.0,
     ),
     Workers(),
     Isolation(),

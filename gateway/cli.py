@@ -52,6 +52,8 @@ COMMANDS: tuple[tuple[str, str, str, bool, str], ...] = (
      "send a file to a business AP through the gateway, in verified parts"),
     ("receive", "attachments.transfer.commands", "add_file_commands", True,
      "run a receiving business AP that stores files sent with 'bmrgw send'"),
+    ("charset", "gateway.charset.commands", "add_charset_command", True,
+     "list the characters of a file that an endpoint's character profile cannot carry"),
     ("keys", "gateway.crypto.commands", "add_keys_command", True,
      "the master key and the organisations' data keys (encryption at rest)"),
     ("pki", "gateway.security.pki", "add_pki_command", False,

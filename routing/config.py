@@ -25,6 +25,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from yarl import URL
 
+from gateway.charset.table import CharsetProfile, profile_from
 from gateway.errors import ConfigError, ConfigUnreadable
 from gateway.security.dsig import weak_key
 from refdb.config import RefdbSettings, parse_refdb
@@ -35,6 +36,8 @@ from .outbound import OUTBOUND_KEYS, Outbound, outbound_from
 from .settings import GatewaySettings, gateway_settings
 
 _ENDPOINT_LIMIT_KEYS = ("max_concurrent", "queue_timeout")
+#: Keys only an endpoint with a url has (the HTTP API relay's).
+_URL_ONLY_KEYS = ("forward_credentials", "charset")
 #: Most failover URLs one endpoint may list.
 MAX_URLS = 16
 
@@ -79,6 +82,11 @@ class UrlEndpoint:
     """Requests in flight to this endpoint at once; more wait in a queue. ``None``: no limit."""
     queue_timeout: float = DEFAULT_QUEUE_TIMEOUT
     """Seconds a request waits for a free slot before it is refused as EndpointBusy."""
+    charset: CharsetProfile | None = None
+    """The partner's character profile (``charset: {encoding, gaiji, unmappable}``); ``None``: UTF-8 as is."""
+    forward_credentials: bool = False
+    """HTTP API relay (``/api``): pass the caller's ``Cookie`` and ``Authorization`` on to this endpoint
+    (never a Basic login the gateway itself checked). Off: the endpoint sees neither."""
 
     @property
     def failover(self) -> tuple[str, ...]:
@@ -268,7 +276,8 @@ def endpoint_from(name: str, raw: Any, peers: Mapping[str, Peer], base: Path | N
     """Validate one ``endpoints.<name>`` entry; relative file names resolve against ``base``."""
     path = f"endpoints.{name}"
     m = {k: v for k, v in read.mapping(raw, path).items() if k != "disabled"}  # see _disabled
-    read.known(m, path, {"url", "urls", "via", "mailbox", "timeout", *OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS})
+    read.known(m, path, {"url", "urls", "via", "mailbox", "timeout", *OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS,
+                         *_URL_ONLY_KEYS})
     kinds = [k for k in ("url", "urls", "via", "mailbox") if k in m]
     if len(kinds) != 1:
         raise ConfigError(f"{path}: needs exactly one of url or via (or urls, a failover list; or mailbox: ID "
@@ -276,7 +285,7 @@ def endpoint_from(name: str, raw: Any, peers: Mapping[str, Peer], base: Path | N
     if "mailbox" in m:
         return _mailbox(name, m, path)
     if "via" in m:
-        for key in ("timeout", *OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS):
+        for key in ("timeout", *OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS, *_URL_ONLY_KEYS):
             if key in m:
                 raise ConfigError(f"{path}.{key}: set the {key} on the peer, not on a via endpoint")
         via = read.string(m["via"], f"{path}.via")
@@ -294,6 +303,8 @@ def endpoint_from(name: str, raw: Any, peers: Mapping[str, Peer], base: Path | N
         outbound=outbound,
         urls=urls if "urls" in m else (),
         **_endpoint_limits(m, path),
+        forward_credentials=read.flag(m.get("forward_credentials", False), f"{path}.forward_credentials"),
+        charset=profile_from(m["charset"], f"{path}.charset", base or Path.cwd()) if "charset" in m else None,
     )
 
 
@@ -302,7 +313,7 @@ JX_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 def _mailbox(name: str, m: Mapping[str, Any], path: str) -> MailboxEndpoint:
-    for key in ("timeout", *OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS):
+    for key in ("timeout", *OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS, *_URL_ONLY_KEYS):
         if key in m:
             raise ConfigError(f"{path}.{key}: a mailbox endpoint stores messages; it has no {key}")
     mailbox = m["mailbox"]

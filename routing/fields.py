@@ -65,6 +65,12 @@ def integer(value: Any, path: str, *, low: int, high: int | None = None) -> int:
     return value
 
 
+def flag(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: must be true or false, not {value!r}")
+    return value
+
+
 def number(value: Any, path: str, *, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
         raise ConfigError(f"{path}: must be a number between {low:g} and {high:g}, not {value!r}")

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from gateway.charset.table import ENCODINGS, UNMAPPABLE, CharsetProfile, GaijiTable
 from refdb.config import ColumnType, Dataset
 
 from .config import Client, Config, MailboxEndpoint, Peer, PeerEndpoint, UrlEndpoint
@@ -96,6 +97,8 @@ def _type(hint: Any) -> Schema:
         return {"anyOf": [{"type": "object", "additionalProperties": _type(args[1])}, {"type": "null"}]}
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return {"enum": [member.value for member in hint]}
+    if hint in _NAMED_BY_FILE:
+        return {"type": "string"}
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return {"anyOf": [_object(hint), {"type": "null"}]}  # `section:` left empty means its defaults
     raise TypeError(f"no JSON Schema for {hint!r}")
@@ -222,9 +225,19 @@ def _jx(props: dict[str, Schema]) -> None:
                           "description": props["retention"].get("description", "")}
 
 
+def _charset(props: dict[str, Schema]) -> None:
+    """A character profile names its encoding and policy from fixed lists; its gaiji table is a CSV file."""
+    props["encoding"]["enum"] = list(ENCODINGS)
+    props["unmappable"]["enum"] = list(UNMAPPABLE)
+    props["gaiji"]["description"] += " A CSV file: partner code (hex), Unicode (U+XXXX …), note."
+
+
+#: Classes read from a file the YAML names.
+_NAMED_BY_FILE = {GaijiTable}
+
 _FIXES: dict[type, Callable[[dict[str, Schema]], None]] = {
     Client: _client, UrlEndpoint: _upstream(signing=True), Peer: _upstream(signing=False),
-    Dataset: _dataset, Config: _config, JxSettings: _jx,
+    Dataset: _dataset, Config: _config, JxSettings: _jx, CharsetProfile: _charset,
 }
 
 

@@ -83,7 +83,9 @@ def json_lines(out: str) -> list[dict[str, Any]]:
 def test_json_lines_use_exactly_the_spec_field_names(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run("logs", "--config", str(config), "--format", "json") == 0
     lines = json_lines(capsys.readouterr().out)
-    assert len(lines) == 7 and all(list(line) == list(FIELDS) for line in lines)
+    # charset_substitutions (issue 23) is written only where a character profile lost something.
+    plain = [name for name in FIELDS if name != "charset_substitutions"]
+    assert len(lines) == 7 and all(list(line) == plain for line in lines)
     first = lines[0]
     assert first["from"] == "juki" and first["to"] == "kaigo" and first["ntp_synced"] is True
     assert first["ts"].endswith("Z") and len(first["hash"]) == 64 and first["seq"] == 1

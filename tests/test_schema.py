@@ -73,7 +73,10 @@ def maximal(tmp_path: Path) -> dict[str, Any]:
         "endpoints": {"kaigo": {"url": "https://127.0.0.1:9443/kaigo", "timeout": 10, **upstream,
                                 "wss": {"sign": {"key": str(pki["sign"].key), "cert": str(pki["sign"].cert)}},
                                 "max_concurrent": 5, "queue_timeout": 1},
-                      "failover": {"urls": ["http://127.0.0.1:9001/a", "http://127.0.0.1:9002/a"]},
+                      "failover": {"urls": ["http://127.0.0.1:9001/a", "http://127.0.0.1:9002/a"],
+                                   "forward_credentials": True,  # issue 23: the HTTP API relay's keys
+                                   "charset": {"encoding": "cp932", "unmappable": "substitute",
+                                               "gaiji": str(ROOT / "tests/data/charset/gaiji-cp932.csv")}},
                       "west": {"via": "dc-west"}, "city": {"mailbox": "131"},
                       "off": {"url": "http://127.0.0.1:9003/x", "disabled": True}},
         "peers": {"dc-west": {"url": "https://127.0.0.1:8443/soap", **upstream, "max_concurrent": 3}},

@@ -25,6 +25,7 @@ HTTP status of the fault response::
     │   ├── ChecksumMismatch(ValueError)            400  (file transfer)
     │   ├── ZipBomb(ValueError)                     413  (file transfer)
     │   ├── SenderMismatch(PermissionError)         409  (file transfer: another sender's file)
+    │   ├── UnmappableCharacter(ValueError)         422  no mapping in the endpoint's character profile
     │   └── TooManyRequests(RuntimeError)           429  over gateway.limits.client_rate
     │       └── LoginThrottled                      429  too many failed logins from the address
     └── ServerFault                                 the gateway or its upstream failed
@@ -93,7 +94,7 @@ from .base import (
 from .relay import (
     MalformedMessage, UnsupportedMediaType, MessageTooLarge, RequestTimeout, UnknownDestination,
     Unauthorized, Forbidden, RoutingLoop, EndpointUnavailable, EndpointTimeout, InvalidSignature, Expired,
-    Replay, TooManyRequests, EndpointBusy, GatewayBusy, LoginThrottled, LoginBusy, InsufficientStorage,
+    Replay, TooManyRequests, EndpointBusy, GatewayBusy, LoginThrottled, LoginBusy, InsufficientStorage, UnmappableCharacter,
 )
 from .stores import (
     UnknownDataset, UnknownPush, InvalidRecord, InvalidRequest, VersionChanged, RefdbUnavailable,
@@ -130,6 +131,7 @@ __all__ = [
     "LoginThrottled",
     "LoginBusy",
     "InsufficientStorage",
+    "UnmappableCharacter",
     "UnknownDataset",
     "UnknownPush",
     "InvalidRecord",

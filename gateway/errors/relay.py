@@ -8,7 +8,7 @@ __all__ = [
     "MalformedMessage", "UnsupportedMediaType", "MessageTooLarge", "RequestTimeout", "UnknownDestination",
     "Unauthorized", "Forbidden", "RoutingLoop", "EndpointUnavailable", "EndpointTimeout",
     "InvalidSignature", "Expired", "Replay", "TooManyRequests", "EndpointBusy", "GatewayBusy",
-    "LoginThrottled", "LoginBusy", "InsufficientStorage",
+    "LoginThrottled", "LoginBusy", "InsufficientStorage", "UnmappableCharacter",
 ]
 
 
@@ -134,3 +134,22 @@ class InsufficientStorage(ServerFault, RuntimeError):
 
     code = "InsufficientStorage"
     http_status = 503
+
+
+class UnmappableCharacter(ClientFault, ValueError):
+    """Raised when a character has no mapping in an endpoint's character profile (``unmappable: refuse``)."""
+
+    code = "UnmappableCharacter"
+    http_status = 422
+
+    def __init__(self, reason: str, *, character: str, position: int, line: int, column: int,
+                 destination: str | None = None) -> None:
+        super().__init__(reason, destination=destination, detail=f"{_code_points(character)} at {line}:{column}")
+        self.character = character
+        self.position = position
+        self.line = line
+        self.column = column
+
+
+def _code_points(text: str) -> str:
+    return " ".join(f"U+{ord(c):04X}" for c in text)

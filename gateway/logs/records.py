@@ -24,6 +24,7 @@ from .clock import Now
 __all__ = [
     "LogRecord",
     "RelayExchange",
+    "ApiExchange",
     "Entry",
     "GENESIS",
     "FIELDS",
@@ -54,7 +55,7 @@ DIRECTIONS = ("request", "response")
 FIELDS: tuple[str, ...] = (
     "ts", "ntp_offset", "ntp_synced", "message_id", "kind", "direction", "from", "to", "endpoint",
     "status", "bytes_in", "bytes_out", "duration_ms", "sha256", "client", "http_status", "fault_code",
-    "node", "seq", "prev_hash", "hash",
+    "charset_substitutions", "node", "seq", "prev_hash", "hash",
 )
 #: JSON name → attribute (and column) name of every field; "from" and "to" are Python keywords.
 ATTRIBUTES = {name: {"from": "from_ap", "to": "to_ap"}.get(name, name) for name in FIELDS}
@@ -62,7 +63,10 @@ ATTRIBUTES = {name: {"from": "from_ap", "to": "to_ap"}.get(name, name) for name 
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _MAX_TEXT = 2048
 _MAX_ID = 256  # message ids are indexed; PostgreSQL b-tree entries must stay under ~2.7 kB
-_TEXTS = ("message_id", "from_ap", "to_ap", "endpoint", "sha256", "client", "fault_code", "kind", "node")
+#: Fields added after records were written; an older record (an archive line) has no value for them.
+_OPTIONAL = frozenset({"charset_substitutions"})
+_TEXTS = ("message_id", "from_ap", "to_ap", "endpoint", "sha256", "client", "fault_code", "kind", "node",
+          "charset_substitutions")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,6 +110,9 @@ class LogRecord:
     http_status: int | None = None
     fault_code: str | None = None
     """SOAP fault code or gateway error code."""
+    charset_substitutions: str | None = None
+    """Characters an endpoint's character profile could not carry (``3 (U+20BB7 ×2, 0xF040 ×1)``);
+    ``None`` where nothing was converted or lost. Hashed only when set, so older chains verify unchanged."""
     node: str = ""
     seq: int = 0
     prev_hash: str = ""
@@ -120,15 +127,19 @@ class LogRecord:
         return cls(ts=now.ts, ntp_offset=now.offset, ntp_synced=now.synced, **values)
 
     def to_json(self) -> dict[str, Any]:
-        """The SPEC.md JSON object: ``from``/``to`` names, ISO 8601 UTC ``ts`` with microseconds."""
+        """The SPEC.md JSON object: ``from``/``to`` names, ISO 8601 UTC ``ts`` with microseconds;
+        ``charset_substitutions`` only where set."""
         out = dict(zip(FIELDS, _JSON_VALUES(self), strict=True))
         out["ts"] = self.ts.strftime(TS_FORMAT)
+        for name in _OPTIONAL:  # absent when unset, as in the hashed form (and in records made before it)
+            if out[name] is None:
+                del out[name]
         return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LogRecord:
         """Inverse of :meth:`to_json` (archives); ``KeyError``/``ValueError`` if a field is missing or ``ts`` bad."""
-        values = {ATTRIBUTES[name]: data[name] for name in FIELDS}
+        values = {ATTRIBUTES[name]: data[name] if name in data or name not in _OPTIONAL else None for name in FIELDS}
         values["ts"] = datetime.fromisoformat(str(data["ts"]))
         return stored(values)
 
@@ -187,27 +198,39 @@ class RelayExchange(NamedTuple):
     http_status: int | None
     fault_code: str | None
 
-    def records(self) -> tuple[LogRecord, LogRecord]:
+    def records(self, kind: str = "relay", substitutions: str | None = None) -> tuple[LogRecord, LogRecord]:
         """The request and the response record; ``ValueError`` if a value is not valid."""
         # Values straight into each record's __dict__ (no keyword call of the frozen dataclass's
         # __init__, 21 setattrs): this runs twice per relayed exchange in the writer.
-        shared = {**_UNCHAINED, "kind": "relay", "message_id": self.message_id, "from_ap": self.from_ap,
+        shared = {**_UNCHAINED, "kind": kind, "message_id": self.message_id, "from_ap": self.from_ap,
                   "to_ap": self.to_ap, "endpoint": self.endpoint, "client": self.client}
         request = {**shared, "ts": datetime.fromtimestamp(self.arrived_time, UTC), "ntp_offset": self.arrived_offset,
                    "ntp_synced": self.arrived_synced, "direction": "request", "status": self.request_status,
                    "bytes_in": self.request_bytes_in, "bytes_out": self.request_bytes_out,
                    "sha256": self.request_sha256, "duration_ms": self.request_ms, "http_status": None,
-                   "fault_code": None}
+                   "fault_code": None, "charset_substitutions": None}
         response = {**shared, "ts": datetime.fromtimestamp(self.ended_time, UTC), "ntp_offset": self.ended_offset,
                     "ntp_synced": self.ended_synced, "direction": "response", "status": self.status,
                     "bytes_in": self.response_bytes_in, "bytes_out": self.response_bytes_out,
                     "sha256": self.response_sha256, "duration_ms": self.response_ms,
-                    "http_status": self.http_status, "fault_code": self.fault_code}
+                    "http_status": self.http_status, "fault_code": self.fault_code,
+                    "charset_substitutions": substitutions}
         return made(_normalise(request)), made(_normalise(response))
 
 
+class ApiExchange(NamedTuple):
+    """An exchange of the HTTP API relay (:mod:`gateway.api`): a relayed exchange's values, logged as
+    ``kind: api``, and what its character profile could not carry (on the response record)."""
+
+    exchange: RelayExchange
+    substitutions: str | None = None
+
+    def records(self) -> tuple[LogRecord, LogRecord]:
+        return self.exchange.records("api", self.substitutions)
+
+
 #: What :meth:`Journal.record` takes: one record, or a relayed exchange's two.
-Entry = LogRecord | RelayExchange
+Entry = LogRecord | RelayExchange | ApiExchange
 
 
 def describe(entry: Entry) -> str:
@@ -305,6 +328,7 @@ column_values = operator.attrgetter(*COLUMNS)
 _JSON_VALUES = operator.attrgetter(*ATTRIBUTES.values())
 #: First value of a packed :class:`RelayExchange` (a packed record starts with its ``ts``).
 _EXCHANGE = "relay-exchange"
+_API_EXCHANGE = "api-exchange"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -314,6 +338,8 @@ def pack(entry: Entry) -> tuple[Any, ...]:
     becomes integer microseconds since 1970, exactly)."""
     if isinstance(entry, RelayExchange):
         return (_EXCHANGE, *entry)
+    if isinstance(entry, ApiExchange):
+        return (_API_EXCHANGE, entry.substitutions, *entry.exchange)
     values = column_values(entry)
     return ((values[0] - _EPOCH) // _MICROSECOND, *values[1:])
 
@@ -324,6 +350,8 @@ def unpack_entries(packed: Sequence[tuple[Any, ...]]) -> list[LogRecord]:
     for values in packed:
         if values[0] == _EXCHANGE:
             records.extend(RelayExchange(*values[1:]).records())
+        elif values[0] == _API_EXCHANGE:
+            records.extend(RelayExchange(*values[2:]).records("api", values[1]))
         else:
             records.append(unpack(values))
     return records
@@ -367,7 +395,10 @@ def _canonical(values: dict[str, Any]) -> bytes:
     :meth:`LogRecord.to_json`'s keys, without building that dict first."""
     hashed = list(_HASHED_VALUES(values))
     hashed[_TS] = hashed[_TS].strftime(TS_FORMAT)
-    return _ENCODER.encode(dict(zip(_HASHED, hashed))).encode("utf-8")
+    fields = dict(zip(_HASHED, hashed))
+    if fields["charset_substitutions"] is None:  # added later: records without it hash as they always did
+        del fields["charset_substitutions"]
+    return _ENCODER.encode(fields).encode("utf-8")
 
 
 def chain_hash(prev_hash: str, record: LogRecord, key: bytes | None = None) -> str:

@@ -122,6 +122,7 @@ def log_tables(name: str = "exchange_log") -> LogTables:
         Column("client", Text),
         Column("http_status", Integer),
         Column("fault_code", Text),
+        Column("charset_substitutions", Text),
         Column("prev_hash", String(64), nullable=False),
         Column("hash", String(64), nullable=False),
         UniqueConstraint("node", "seq", name=f"uq_{name}_node_seq"),
@@ -161,6 +162,44 @@ def ensure_schema(engine: Engine, tables: LogTables = TABLES) -> None:
     """Create the tables if missing (safe when another node does it at the same moment)."""
     with translated("cannot create the send/receive log tables"):
         create_tables(engine, tables.metadata)
+        _add_columns(engine, tables.log)
+
+
+#: Columns added to the log table after stores were created with it: (name, SQL type).
+_ADDED = (("charset_substitutions", "TEXT"),)
+
+
+#: (database URL, table) of stores known to have every column: read-only commands on an older store
+#: (which they must not change) select the columns it has.
+_COMPLETE: set[tuple[str, str]] = set()
+
+
+def _select(engine: Engine, table: Table) -> Any:
+    """``SELECT`` of the log table's columns that the store has."""
+    key = (str(engine.url), table.name)
+    if key in _COMPLETE:
+        return select(table)
+    try:
+        present = {c["name"] for c in inspect(engine).get_columns(table.name)}
+    except SQLAlchemyError:
+        return select(table)  # no table yet: the callers find that out themselves
+    if all(column.name in present for column in table.c):
+        _COMPLETE.add(key)
+        return select(table)
+    return select(*[column for column in table.c if column.name in present])
+
+
+def _add_columns(engine: Engine, table: Table) -> None:
+    """Add the columns a store made by an older version lacks (another node may be doing the same)."""
+    for name, kind in _ADDED:
+        if name in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+            continue
+        try:
+            with engine.begin() as connection:
+                connection.exec_driver_sql(f'ALTER TABLE "{table.name}" ADD COLUMN {name} {kind}')
+        except SQLAlchemyError:
+            if name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                raise
 
 
 def has_log(connection: Connection, tables: LogTables = TABLES) -> bool:
@@ -179,8 +218,8 @@ def to_row(record: LogRecord) -> dict[str, Any]:
 
 
 def from_row(row: Row[Any]) -> LogRecord:
-    """A record from a row of the log table."""
-    values = {name: getattr(row, name) for name in COLUMNS}
+    """A record from a row of the log table (a column an older store lacks reads as None)."""
+    values = {name: getattr(row, name, None) for name in COLUMNS}
     values["ts"] = row.ts.replace(tzinfo=UTC)
     return stored(values)
 
@@ -291,7 +330,7 @@ def read(engine: Engine, filters: LogFilter = LogFilter(), *, tables: LogTables 
          limit: int | None = None) -> Iterator[LogRecord]:
     """Matching records by time (the newest ``limit`` if given), streamed."""
     t = tables.log
-    stmt = select(t).where(*filters.where(t))
+    stmt = _select(engine, t).where(*filters.where(t))
     if limit is not None:
         newest = stmt.order_by(t.c.ts.desc(), t.c.id.desc()).limit(limit).subquery()
         stmt = select(newest).order_by(newest.c.ts, newest.c.node, newest.c.seq)
@@ -308,7 +347,7 @@ def read_chain(connection: Connection, node: str, *, tables: LogTables = TABLES,
                after: int = 0, upto: int | None = None) -> Iterator[LogRecord]:
     """One chain's records in seq order (``after`` < seq <= ``upto``), streamed."""
     t = tables.log
-    stmt = select(t).where(t.c.node == node, t.c.seq > after)
+    stmt = _select(connection.engine, t).where(t.c.node == node, t.c.seq > after)
     if upto is not None:
         stmt = stmt.where(t.c.seq <= upto)
     for row in connection.execute(stmt.order_by(t.c.seq, t.c.id).execution_options(yield_per=1000)):
@@ -363,5 +402,6 @@ def read_new(engine: Engine, after: Mapping[str, int], filters: LogFilter = LogF
 def _matching(connection: Connection, tables: LogTables, filters: LogFilter, node: str,
               after: int, upto: int) -> list[LogRecord]:
     t = tables.log
-    stmt = select(t).where(t.c.node == node, t.c.seq > after, t.c.seq <= upto, *filters.where(t))
+    stmt = _select(connection.engine, t).where(t.c.node == node, t.c.seq > after, t.c.seq <= upto,
+                                               *filters.where(t))
     return [from_row(row) for row in connection.execute(stmt.order_by(t.c.seq))]

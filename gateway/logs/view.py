@@ -123,7 +123,7 @@ class _Csv(Output):
 
     def one(self, record: LogRecord) -> None:
         data = self.data(record)
-        self.csv.writerow([_cell(data[name]) for name in FIELDS])
+        self.csv.writerow([_cell(data.get(name)) for name in FIELDS])
 
 
 def _cell(value: object) -> object:

@@ -292,3 +292,9 @@ async def _chunks(body: bytes | AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         return
     async for chunk in body:
         yield chunk
+
+
+# Public for gateway.api (the HTTP API relay), which sends other methods than POST to a path below
+# the endpoint's URL with the same pacing of the request body and the same outbound credentials.
+Paced = _Paced
+outbound_hop = _hop

@@ -64,7 +64,7 @@ from .passwords import hash_password, verify_password
 __all__ = ["client_of", "auth_middleware", "install_auth", "Authenticator", "PasswordChecks", "certificate_subject",
            "PROTECTED_PREFIXES", "cleartext_basic_warning", "AUTHENTICATOR", "claimed_identity"]
 
-#: Paths whose POSTs need an identified client when ``clients`` is configured.
+#: Paths whose POSTs need an identified client when ``clients`` is configured (under ``/api/``, every method).
 PROTECTED_PREFIXES = ("/soap", "/jx", "/refdb")
 #: Refusals from one address before they are slowed down.
 FREE_FAILURES = 3
@@ -302,6 +302,8 @@ def _by_subject(clients: Mapping[str, Client], subject: str) -> Client | None:
 
 
 def _protected(request: web.Request) -> bool:
+    if request.path.startswith("/api/"):  # the HTTP API relay: every method
+        return True
     return request.method == "POST" and any(
         request.path == p or request.path.startswith(p + "/") for p in PROTECTED_PREFIXES)
 

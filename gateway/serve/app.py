@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.api import add_api, problem_response
 from gateway.console import add_console
 from gateway.errors import GatewayError, JournalUnavailable, StoreUnavailable
 from gateway.jx import JX_MAILBOX, add_jx
@@ -84,6 +85,7 @@ def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Applicat
     add_refdb(app)  # before the relay: may refuse to start
     app.cleanup_ctx.append(_relay_ctx(options))
     control.install(app, fault=fault_response, refused=_log_refusal(app, "limit"))
+    add_api(app)  # after the log and control: it shares their clock, log, breakers and limits
     if options.watch_config and config.source is not None:
         app.cleanup_ctx.append(_watch_ctx(config, options))
     app.router.add_post("/soap", _relay)
@@ -193,9 +195,12 @@ def reloaded(app: web.Application, applied: bool) -> None:
 
 
 def fault_response(request: web.Request, error: GatewayError) -> web.Response:
-    """A gateway fault for ``request`` in its SOAP version (1.1 when it announced none)."""
-    version = version_for(request.content_type) or SoapVersion.V11
+    """A gateway fault for ``request`` in its SOAP version (1.1 when it announced none); on ``/api``,
+    problem details (RFC 9457)."""
     gateway = request.app[LIVE].current.config.gateway.name
+    if request.path.startswith("/api/"):
+        return problem_response(error, gateway=gateway, message_id=request.headers.get(H_MESSAGE_ID, "")[:256] or None)
+    version = version_for(request.content_type) or SoapVersion.V11
     headers = {"Content-Type": fault_content_type(version), "Server": SERVER}
     if H_MESSAGE_ID in request.headers:
         headers[H_MESSAGE_ID] = request.headers[H_MESSAGE_ID][:256]
