@@ -20,7 +20,10 @@ anyone else down (SPEC.md "Hostile input never stalls the gateway"):
 - they run in a small thread pool of their own (:class:`PasswordChecks`),
   never in the default executor that the JX store and others use; when
   :data:`CHECK_QUEUE` checks already wait, the next login is refused at once
-  (503 ``GatewayBusy``, :class:`LoginBusy`) instead of queueing;
+  (503 ``GatewayBusy``, :class:`LoginBusy`) instead of queueing.  Its threads
+  run at the lowest CPU priority (nice :data:`CHECK_NICENESS`): hashing takes
+  only CPU that the event loops and the log writer leave over, so a flood
+  slows the password checks down, not the service;
 - a per-address throttle applies *before* the hash: after
   :data:`FREE_FAILURES` failed checks (counting checks still running), each
   further check from that address is held back 0.5, 1, 2, … up to
@@ -35,6 +38,11 @@ anyone else down (SPEC.md "Hostile input never stalls the gateway"):
   user who failed from an address meets the throttle there even with a
   remembered login: guessing its password must never be faster than the
   throttle allows.
+
+A refusal that cost no password check (throttled, pool full, no or bad
+credentials) is counted per address and logged as one ``auth-tally``
+record per interval (:mod:`gateway.security.tally`); a refusal after a
+check is logged on its own.
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ from gateway.errors import GatewayError, LoginBusy, LoginThrottled, Unauthorized
 from routing.config import Client, Config, subject_key
 
 from .passwords import hash_password, verify_password
+from .tally import RefusalTally
 
 __all__ = ["client_of", "auth_middleware", "install_auth", "Authenticator", "PasswordChecks", "certificate_subject",
            "PROTECTED_PREFIXES", "cleartext_basic_warning", "AUTHENTICATOR", "claimed_identity"]
@@ -78,11 +87,14 @@ CACHE_SECONDS = 300.0
 CHECK_WORKERS = max(1, (os.cpu_count() or 2) // 2)
 #: Password checks that may wait for a thread; more are refused at once (LoginBusy).
 CHECK_QUEUE = 16
+#: Nice value of the password-check threads: the lowest priority, so hashing never takes CPU from serving.
+CHECK_NICENESS = 19
 _CACHE_SIZE = 4096
 _TRACKED_ADDRESSES = 10000
 _TRACKED_USERS = 32  # per address; beyond, every user of that address is treated as guessed at
 _CHALLENGE = 'Basic realm="bmrgw", charset="UTF-8"'
 _KEY = web.RequestKey("client", Client)
+_CHECKED = web.RequestKey("password_checked", bool)
 
 Refused = Callable[[web.Request, GatewayError, str | None], Awaitable[None]]
 
@@ -125,7 +137,7 @@ class PasswordChecks:
     """scrypt checks in a small bounded pool of their own, so no other work ever waits behind them."""
 
     def __init__(self, *, workers: int = CHECK_WORKERS, queue: int = CHECK_QUEUE) -> None:
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="password")
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="password", initializer=_yield_cpu)
         self._room = workers + queue
         self._taken = 0
         self._lock = threading.Lock()  # released from the pool's threads
@@ -151,6 +163,14 @@ class PasswordChecks:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _yield_cpu() -> None:
+    """Lower the calling pool thread (only it: on Linux a priority belongs to a thread) to CHECK_NICENESS."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CHECK_NICENESS)
+    except OSError:  # not Linux-like: the pool's bound still holds
+        pass
 
 
 @dataclass(eq=False)
@@ -254,12 +274,14 @@ class Authenticator:
             if by_cert.basic is not None:
                 raise Unauthorized(f"client {by_cert.name!r} must also log in with HTTP Basic")
             return by_cert
-        client = await self._check_basic(request.remote or "-", header or "", login, clients)
+        client = await self._check_basic(request, header or "", login, clients)
         if client.cert_subject is not None and by_cert is not client:
             raise Unauthorized(f"client {client.name!r} must also present its client certificate")
         return client
 
-    async def _check_basic(self, address: str, header: str, login: _Login, clients: Mapping[str, Client]) -> Client:
+    async def _check_basic(self, request: web.Request, header: str, login: _Login,
+                           clients: Mapping[str, Client]) -> Client:
+        address = request.remote or "-"
         client = next((c for c in clients.values() if c.basic and c.basic.user == login.user), None)
         key = hmac.digest(self._secret, f"{address}\0{header}".encode("utf-8", "surrogateescape"), hashlib.sha256)
         if client is not None and self._remembered(key, client) and not self.throttle.suspect(address, login.user):
@@ -273,6 +295,7 @@ class Authenticator:
                 return client
             stored = client.basic.password_hash if client is not None and client.basic is not None else self._decoy
             matched = await self.checks.verify(login.password, stored)
+            request[_CHECKED] = True
             if client is None or not matched:
                 failed = True
                 raise Unauthorized(f"unknown user {login.user[:64]!r} or wrong password")
@@ -311,11 +334,13 @@ def auth_middleware(
     answer: Callable[[web.Request, GatewayError], web.Response],
     refused: Refused,
     authenticator: Authenticator | None = None,
+    tally: RefusalTally | None = None,
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Authenticate protected requests before their handler runs.
 
     ``clients`` gives the clients in force (they follow config reloads);
-    ``answer`` renders a refusal as a SOAP fault; ``refused`` records it.
+    ``answer`` renders a refusal as a SOAP fault; ``refused`` records it —
+    or, when it cost no password check and there is a ``tally``, counts it there.
     """
     checker = authenticator or Authenticator()
 
@@ -328,7 +353,10 @@ def auth_middleware(
         try:
             request[_KEY] = await checker.identify(request, configured)
         except (Unauthorized, LoginThrottled, LoginBusy) as exc:
-            await refused(request, exc, claimed_identity(request))
+            if tally is not None and not request.get(_CHECKED, False):
+                await tally.add(request, exc, claimed_identity(request))
+            else:
+                await refused(request, exc, claimed_identity(request))
             return _refusal(answer(request, exc), exc)
         return await handler(request)
 
@@ -337,13 +365,16 @@ def auth_middleware(
 
 def install_auth(app: web.Application, clients: Callable[[], Mapping[str, Client]],
                  answer: Callable[[web.Request, GatewayError], web.Response], refused: Refused) -> None:
-    """Add :func:`auth_middleware` to ``app``; its password-check pool ends with the app."""
+    """Add :func:`auth_middleware` to ``app``; its password-check pool ends with the app, and its
+    counts of unchecked refusals are written when the app shuts down."""
     authenticator = app[AUTHENTICATOR] = Authenticator()
+    tally = RefusalTally(app)
+    tally.install()
 
     async def close(_app: web.Application) -> None:
         authenticator.close()
 
-    app.middlewares.append(auth_middleware(clients, answer, refused, authenticator))
+    app.middlewares.append(auth_middleware(clients, answer, refused, authenticator, tally))
     app.on_cleanup.append(close)
 
 
