@@ -45,9 +45,10 @@ from aiohttp import web
 from gateway.errors import GatewayError, JournalUnavailable
 from gateway.keys import CLOCK, JOURNAL
 from gateway.logs.clock import Now
+from gateway.logs.journal import Journal
 from gateway.logs.records import LogRecord
 
-__all__ = ["RefusalTally", "TALLY_SECONDS", "TALLY_KIND"]
+__all__ = ["RefusalTally", "TALLY_SECONDS", "TALLY_KIND", "prompt_record"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,19 @@ TALLY_KIND = "auth-tally"
 MAX_COUNTS = 10_000
 #: How often open counts are looked at for writing.
 _SWEEP = 1.0
+
+
+async def prompt_record(journal: Journal, entry: LogRecord) -> None:
+    """Queue a refusal's record so that its batch is committed at once, at normal priority; wait for nothing.
+
+    A batch nobody waits for runs in the writer at idle priority
+    (:mod:`gateway.logs.writer`); on a busy machine it takes long, and an
+    honest exchange whose records arrive meanwhile waits behind it before its
+    answer may leave.  Refusals come in floods, so their batches must not be
+    idle-priority ones.  The refusal's answer does not wait for its record
+    (nothing to hold back: no exchange happened), only the batch is prompt.
+    """
+    await journal.record(entry, durable=True)
 
 
 @dataclass(eq=False)
@@ -140,7 +154,7 @@ class RefusalTally:
                              fault_code=code, bytes_in=count.count,
                              duration_ms=1000.0 * (count.last - count.started))
         try:
-            await journal.record(entry)
+            await prompt_record(journal, entry)
         except JournalUnavailable as exc:
             log.error("send/receive log unavailable (%s); refused logins not logged: %s", exc.reason,
                       entry.to_json())
