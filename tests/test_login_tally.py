@@ -20,8 +20,8 @@ from pathlib import Path
 import aiohttp
 
 from gateway.logs.tables import LogFilter
-from gateway.security.auth import PasswordChecks
-from gateway.security.passwords import hash_password
+from gateway.errors import LoginBusy
+from gateway.security.passwords import CLEAN_RESERVE, PasswordChecks, hash_password
 from gateway.serve.app import AppOptions, make_app
 from routing.config import parse_config
 
@@ -93,3 +93,34 @@ async def test_password_checks_run_at_the_lowest_cpu_priority() -> None:
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19
     finally:
         checks.close()
+
+
+async def test_checks_from_failing_addresses_queue_behind_and_cannot_crowd_out_a_new_login() -> None:
+    """A flood of guesses from addresses that failed lately (suspect) waits behind, and never takes the last
+    CLEAN_RESERVE places from, a client logging in for the first time: it is checked, not refused busy."""
+    slow = hash_password("x").replace("ln=14", "ln=16")  # a check that takes a while (it never matches)
+    checks = PasswordChecks(workers=1, queue=CLEAN_RESERVE + 2)
+    order: list[str] = []
+
+    async def check(name: str, suspect: bool) -> str:
+        try:
+            await checks.verify("guess", slow, suspect=suspect)
+        except LoginBusy:
+            return "busy"
+        order.append(name)
+        return "checked"
+
+    try:
+        running = asyncio.create_task(check("first", False))
+        await asyncio.sleep(0.05)
+        suspects = [asyncio.create_task(check(f"suspect-{n}", True)) for n in range(4)]
+        await asyncio.sleep(0.05)
+        newcomers = [asyncio.create_task(check(f"newcomer-{n}", False)) for n in range(CLEAN_RESERVE + 1)]
+        results = await asyncio.gather(running, *suspects, *newcomers)
+    finally:
+        checks.close()
+    # Two suspects waited (queue - CLEAN_RESERVE), two were refused at once; one of the waiting was then
+    # refused to make room for the fifth newcomer, and every newcomer ran before the suspect left waiting.
+    assert results[1:5].count("busy") == 3, results
+    assert results[5:] == ["checked"] * (CLEAN_RESERVE + 1), results
+    assert order == ["first", *(f"newcomer-{n}" for n in range(CLEAN_RESERVE + 1)), "suspect-0"], order

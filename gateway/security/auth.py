@@ -17,13 +17,16 @@ A client is identified by
 A password check costs ~50 ms of scrypt, so checks are kept from slowing
 anyone else down (SPEC.md "Hostile input never stalls the gateway"):
 
-- they run in a small thread pool of their own (:class:`PasswordChecks`),
-  never in the default executor that the JX store and others use; when
-  :data:`CHECK_QUEUE` checks already wait, the next login is refused at once
-  (503 ``GatewayBusy``, :class:`LoginBusy`) instead of queueing.  Its threads
-  run at the lowest CPU priority (nice :data:`CHECK_NICENESS`): hashing takes
-  only CPU that the event loops and the log writer leave over, so a flood
-  slows the password checks down, not the service;
+- they run in a small thread pool of their own
+  (:class:`~gateway.security.passwords.PasswordChecks`), never in the
+  default executor that the JX store and others use; when ``CHECK_QUEUE``
+  checks already wait, the next login is refused at once (503
+  ``GatewayBusy``, :class:`LoginBusy`) instead of queueing.  Its threads run
+  at the lowest CPU priority (nice 19): hashing takes only CPU that the event
+  loops and the log writer leave over, so a flood slows the password checks
+  down, not the service.  Checks from addresses that failed lately queue
+  behind the others and may not take the places kept for them, so a client
+  logging in for the first time during a flood is still checked;
 - a per-address throttle applies *before* the hash: after
   :data:`FREE_FAILURES` failed checks (counting checks still running), each
   further check from that address is held back 0.5, 1, 2, … up to
@@ -54,11 +57,9 @@ import hashlib
 import hmac
 import math
 import os
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -67,7 +68,7 @@ from cryptography import x509
 from gateway.errors import GatewayError, LoginBusy, LoginThrottled, Unauthorized
 from routing.config import Client, Config, subject_key
 
-from .passwords import hash_password, verify_password
+from .passwords import PasswordChecks, hash_password
 from .tally import RefusalTally
 
 __all__ = ["client_of", "auth_middleware", "install_auth", "Authenticator", "PasswordChecks", "certificate_subject",
@@ -83,12 +84,6 @@ MAX_DELAY = 8.0
 FAILURE_WINDOW = 300.0
 #: Seconds a verified Basic login is remembered.
 CACHE_SECONDS = 300.0
-#: Threads that run password checks: half the CPUs, so hashing never takes all of them.
-CHECK_WORKERS = max(1, (os.cpu_count() or 2) // 2)
-#: Password checks that may wait for a thread; more are refused at once (LoginBusy).
-CHECK_QUEUE = 16
-#: Nice value of the password-check threads: the lowest priority, so hashing never takes CPU from serving.
-CHECK_NICENESS = 19
 _CACHE_SIZE = 4096
 _TRACKED_ADDRESSES = 10000
 _TRACKED_USERS = 32  # per address; beyond, every user of that address is treated as guessed at
@@ -133,46 +128,6 @@ def _basic_login(header: str) -> _Login | None:
     return _Login(user, password)
 
 
-class PasswordChecks:
-    """scrypt checks in a small bounded pool of their own, so no other work ever waits behind them."""
-
-    def __init__(self, *, workers: int = CHECK_WORKERS, queue: int = CHECK_QUEUE) -> None:
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="password", initializer=_yield_cpu)
-        self._room = workers + queue
-        self._taken = 0
-        self._lock = threading.Lock()  # released from the pool's threads
-
-    async def verify(self, password: str, stored: str) -> bool:
-        """Whether ``password`` matches ``stored``; raises :class:`LoginBusy` when the pool is full."""
-        with self._lock:
-            if self._taken >= self._room:
-                raise LoginBusy(f"{self._room} password checks are already running or waiting; try again")
-            self._taken += 1
-        try:
-            future = self._pool.submit(verify_password, password, stored)
-        except BaseException:
-            self._release()
-            raise
-        # Released when the check ends, even if its caller went away meanwhile: the bound holds threads' work.
-        future.add_done_callback(self._release)
-        return await asyncio.wrap_future(future)
-
-    def _release(self, _future: Future[bool] | None = None) -> None:
-        with self._lock:
-            self._taken -= 1
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _yield_cpu() -> None:
-    """Lower the calling pool thread (only it: on Linux a priority belongs to a thread) to CHECK_NICENESS."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CHECK_NICENESS)
-    except OSError:  # not Linux-like: the pool's bound still holds
-        pass
-
-
 @dataclass(eq=False)
 class _Address:
     failures: int = 0
@@ -199,6 +154,11 @@ class _Throttle:
         while len(self._addresses) > _TRACKED_ADDRESSES:
             self._addresses.popitem(last=False)
         return entry
+
+    def failing(self, address: str) -> bool:
+        """Whether ``address`` failed a check lately (its next check queues behind those of other addresses)."""
+        entry = self._addresses.get(address)
+        return entry is not None and entry.failures > 0
 
     def suspect(self, address: str, user: str) -> bool:
         """Whether ``user`` failed a check from ``address`` lately (its remembered login must not skip the throttle)."""
@@ -294,7 +254,7 @@ class Authenticator:
             if client is not None and self._remembered(key, client):
                 return client
             stored = client.basic.password_hash if client is not None and client.basic is not None else self._decoy
-            matched = await self.checks.verify(login.password, stored)
+            matched = await self.checks.verify(login.password, stored, suspect=self.throttle.failing(address))
             request[_CHECKED] = True
             if client is None or not matched:
                 failed = True
