@@ -18,9 +18,12 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
+import pytest
+from aiohttp import web
 
+from gateway.errors import LoginBusy, Unauthorized
 from gateway.logs.tables import LogFilter
-from gateway.errors import LoginBusy
+from gateway.security.auth import Authenticator
 from gateway.security.passwords import CLEAN_RESERVE, PasswordChecks, hash_password
 from gateway.serve.app import AppOptions, make_app
 from routing.config import parse_config
@@ -95,11 +98,12 @@ async def test_password_checks_run_at_the_lowest_cpu_priority() -> None:
         checks.close()
 
 
+@pytest.mark.timeout(300)
 async def test_checks_from_failing_addresses_queue_behind_and_cannot_crowd_out_a_new_login() -> None:
     """A flood of guesses from addresses that failed lately (suspect) waits behind, and never takes the last
     CLEAN_RESERVE places from, a client logging in for the first time: it is checked, not refused busy."""
     slow = hash_password("x").replace("ln=14", "ln=16")  # a check that takes a while (it never matches)
-    checks = PasswordChecks(workers=1, queue=CLEAN_RESERVE + 2)
+    checks = PasswordChecks(workers=1, queue=CLEAN_RESERVE + 2, wait=300.0)  # a busy machine: no timeouts here
     order: list[str] = []
 
     async def check(name: str, suspect: bool) -> str:
@@ -124,3 +128,34 @@ async def test_checks_from_failing_addresses_queue_behind_and_cannot_crowd_out_a
     assert results[1:5].count("busy") == 3, results
     assert results[5:] == ["checked"] * (CLEAN_RESERVE + 1), results
     assert order == ["first", *(f"newcomer-{n}" for n in range(CLEAN_RESERVE + 1)), "suspect-0"], order
+
+
+async def test_an_address_refused_busy_ranks_behind_until_its_window_ends(tmp_path: Path) -> None:
+    """A flood from many fresh addresses meets the full pool before any of its checks fails: a busy refusal
+    ranks that address's later checks behind others' (without holding them back as a failure would)."""
+    authenticator = Authenticator(PasswordChecks(workers=1, queue=0))
+    clients = parse_config(_config(tmp_path)).clients
+
+    async def handle(request: web.Request) -> web.Response:
+        try:
+            await authenticator.identify(request, clients)
+        except (LoginBusy, Unauthorized) as exc:
+            return web.Response(status=exc.http_status, text=exc.code)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/jx", handle)
+    runner, url = await start_app(app)
+    try:
+        slow = hash_password("x").replace("ln=14", "ln=16")
+        running = asyncio.create_task(authenticator.checks.verify("guess", slow))  # the one thread is busy
+        await asyncio.sleep(0.05)
+        assert not authenticator.throttle.failing("127.0.6.1")
+        assert await _post(url, "127.0.6.1", basic("cityhall-a", "wrong"), 1) == [503]
+        assert authenticator.throttle.failing("127.0.6.1")
+        assert not authenticator.throttle.failing("127.0.6.2")
+        assert authenticator.throttle.admit("127.0.6.1") == 0.0  # no failure counted: not held back
+        await running
+    finally:
+        await runner.cleanup()
+        authenticator.close()

@@ -138,6 +138,8 @@ class _Address:
     """When the last held-back check was let through (the next one waits after it)."""
     users: set[str] = field(default_factory=set)
     everyone: bool = False
+    busy_until: float = 0.0
+    """Until when its checks rank behind others' because one was refused busy (not a failure: no delay)."""
 
 
 class _Throttle:
@@ -156,9 +158,15 @@ class _Throttle:
         return entry
 
     def failing(self, address: str) -> bool:
-        """Whether ``address`` failed a check lately (its next check queues behind those of other addresses)."""
+        """Whether a check from ``address`` queues behind those of other addresses: the address failed a
+        check lately, had one refused because the pool was full, or has another one in flight."""
         entry = self._addresses.get(address)
-        return entry is not None and entry.failures > 0
+        return entry is not None and (entry.failures > 0 or entry.checking > 1
+                                      or entry.busy_until > time.monotonic())
+
+    def busy(self, address: str) -> None:
+        """A check from ``address`` was refused because the pool was full (a flood meets the pool first)."""
+        self._entry(address, time.monotonic()).busy_until = time.monotonic() + FAILURE_WINDOW
 
     def suspect(self, address: str, user: str) -> bool:
         """Whether ``user`` failed a check from ``address`` lately (its remembered login must not skip the throttle)."""
@@ -254,7 +262,11 @@ class Authenticator:
             if client is not None and self._remembered(key, client):
                 return client
             stored = client.basic.password_hash if client is not None and client.basic is not None else self._decoy
-            matched = await self.checks.verify(login.password, stored, suspect=self.throttle.failing(address))
+            try:
+                matched = await self.checks.verify(login.password, stored, suspect=self.throttle.failing(address))
+            except LoginBusy:
+                self.throttle.busy(address)
+                raise
             request[_CHECKED] = True
             if client is None or not matched:
                 failed = True

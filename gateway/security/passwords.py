@@ -85,7 +85,8 @@ class PasswordChecks:
     """scrypt checks in a small bounded pool of their own, so no other work ever waits behind them.
 
     Its threads run at nice :data:`CHECK_NICENESS`.  Checks wait for a thread
-    in two ranks: a ``suspect`` one (its address failed lately) queues behind
+    in two ranks: a ``suspect`` one (its address failed lately, see
+    :meth:`gateway.security.auth.Authenticator`'s throttle) queues behind
     every other, may fill only ``queue - CLEAN_RESERVE`` places, and is
     refused to make room when another arrives at a full queue, so a flood of
     guesses cannot keep a client that logs in for the first time from being
