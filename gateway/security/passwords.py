@@ -86,7 +86,7 @@ class PasswordChecks:
 
     Its threads run at nice :data:`CHECK_NICENESS`.  Checks wait for a thread
     in two ranks: a ``suspect`` one (its address failed lately, see
-    :meth:`gateway.security.auth.Authenticator`'s throttle) queues behind
+    :class:`gateway.security.auth.Authenticator`) queues behind
     every other, may fill only ``queue - CLEAN_RESERVE`` places, and is
     refused to make room when another arrives at a full queue, so a flood of
     guesses cannot keep a client that logs in for the first time from being
