@@ -49,6 +49,14 @@ def make_fifo() -> None:
 
 def _entries() -> dict[str, Callable[[bytes], object]]:
     from gateway.parser import HeadScanner, parse, scan_head
+    from gateway.relay.outline import EnvelopeOutline
+
+    def outline(data: bytes, step: int) -> object:
+        check = EnvelopeOutline()
+        for start in range(0, len(data), step):
+            check.feed(data[start:start + step])
+        check.close()
+        return check
 
     def scanner(data: bytes, step: int) -> object:
         scan = HeadScanner(routing_header=ROUTING, max_bytes=64 * 1024)
@@ -63,6 +71,7 @@ def _entries() -> dict[str, Callable[[bytes], object]]:
         "scan_head": lambda data: scan_head(data, routing_header=ROUTING),
         "scanner-7": lambda data: scanner(data, 7),
         "scanner-streamed": lambda data: scanner(padded(data), 1024),
+        "outline-streamed": lambda data: outline(padded(data), 1024),
     }
 
 

@@ -416,12 +416,13 @@ async def test_backend_breaking_off_its_answer_cuts_the_callers_connection(
 
 
 
-async def test_only_the_head_is_parsed(gateway: GatewayFactory, backend: RecordingBackend,
-                                       http: aiohttp.ClientSession) -> None:
-    # The Body is the endpoint's business: past the Header the gateway reads
-    # no further, so even a body that breaks off is relayed as it is.
+async def test_an_envelope_that_breaks_off_is_refused_not_relayed(gateway: GatewayFactory, backend: RecordingBackend,
+                                                                   http: aiohttp.ClientSession) -> None:
+    # Routing needs only the head, but the whole envelope's outline is checked as it passes (issue 17):
+    # one that breaks off after its head is refused, and the endpoint never gets it whole.
     envelope = message("valid/soap11-routing-header.xml")
     cut = envelope.replace(b"<d:text>", b"<d:text>" + b"q" * 50_000)[:-40]
     gw = await gateway(config_for(backend.url))
-    status, _, _ = await post(http, gw + "/soap", cut, soap11_headers())
-    assert status == 200 and backend.seen[-1].sha256 == sha256(cut)
+    status, _, body = await post(http, gw + "/soap", cut, soap11_headers())
+    assert status == 400 and fault_of(body)[2] == "MalformedMessage"
+    assert all(seen.sha256 != sha256(cut) for seen in backend.seen)

@@ -57,7 +57,8 @@ from gateway.logs.records import ApiExchange, describe
 from gateway.metrics import Metrics
 from gateway.ns import H_CLIENT, H_MESSAGE_ID, H_VIA
 from gateway.relay.answer import SMALL_BODY, respond
-from gateway.relay.handler import RequestBody, authorise, check_hops
+from gateway.relay.handler import authorise, check_hops
+from gateway.relay.streamed import RequestBody
 from gateway.relay.limits import RateLimiter
 from gateway.relay.resilience import RESILIENCE, Resilient, may_have_sent, sent_to
 from gateway.relay.trace import Exchange, Trace, check_loggable
@@ -271,7 +272,8 @@ async def _body(request: web.Request, settings: GatewaySettings, trace: Trace) -
         whole = await _receive(request.read(), None if request.content.is_eof() else settings.client_timeout)
         trace.took_request(whole)
         return whole
-    return RequestBody([], request.content, trace=trace, limit=limit, timeout=settings.client_timeout)
+    return RequestBody([], request.content, trace=trace, limit=limit, timeout=settings.client_timeout,
+                       outline=None)
 
 
 async def _receive(read: Awaitable[bytes], timeout: float | None) -> bytes:

@@ -9,7 +9,9 @@ One request, start to finish:
    and check that the client may reach it and may claim the sender the
    message names (SPEC.md "Who a message says it is from");
 4. POST the body byte for byte — the bytes already read, then the rest as it
-   arrives — with its Content-Type and SOAPAction, our ``Via`` hop,
+   arrives (:class:`~gateway.relay.streamed.RequestBody`: the size limit and
+   the whole envelope's outline, :mod:`gateway.relay.outline`, are checked as
+   it passes) — with its Content-Type and SOAPAction, our ``Via`` hop,
    ``X-Message-Id`` and the authenticated client's name in ``X-Bmrgw-Client``;
 5. stream the answer back unchanged: status, content type, body, faults.
 
@@ -34,10 +36,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from collections.abc import AsyncIterable
 from typing import Protocol
 
-import aiohttp
 from aiohttp import web
 
 from attachments.mime import CT_RELATED, RootExtractor, parse_related
@@ -49,7 +50,6 @@ from gateway.errors import (
     JournalUnavailable,
     MalformedMessage,
     MessageTooLarge,
-    RequestTimeout,
     RoutingLoop,
     UnsupportedMediaType,
 )
@@ -70,6 +70,8 @@ from routing.watch import LiveTable
 
 from .resilience import may_have_sent, sent_to
 from .answer import SERVER, SMALL_BODY, respond
+from .outline import EnvelopeOutline, check_outline
+from .streamed import RequestBody, check_chunk, receive
 from .trace import Exchange, Trace, check_loggable
 from .upstream import Upstream
 
@@ -143,51 +145,6 @@ def authorise_sender(client: Client | None, sender: str | None, route: Route) ->
     raise Forbidden(f"client {client.name!r} may not send as {sender!r} (clients.{client.name}.senders"
                     f"{' or jx.send' if route.mailbox is not None else ''})",
                     destination=route.destination, detail=sender)
-
-
-class RequestBody:
-    """The request body as it goes upstream: the bytes already read, then the rest.
-
-    Counts bytes against the size limit while streaming; an error here is
-    kept in :attr:`error` because aiohttp wraps whatever a body iterator raises.
-    """
-
-    def __init__(self, prefix: list[bytes], stream: aiohttp.StreamReader, *, trace: Trace, limit: int,
-                 timeout: float, framer: RootExtractor | None = None) -> None:
-        self._prefix = prefix
-        self._stream = stream
-        self._trace = trace
-        self._limit = limit
-        self._timeout = timeout
-        self._framer = framer
-        self.error: GatewayError | None = None
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        # A multipart body's last chunk is held back until its framing proved
-        # complete, so the endpoint never gets a truncated body that looks whole.
-        held = self._prefix.pop() if self._framer is not None and self._prefix else None
-        for chunk in self._prefix:
-            yield chunk
-        self._prefix = []
-        try:
-            while chunk := await _receive(self._stream.readany(), self._timeout):
-                self._trace.took_request(chunk)
-                if self._trace.request_bytes > self._limit:
-                    raise MessageTooLarge(f"message exceeds the limit of {self._limit} bytes")
-                if self._framer is None:
-                    yield chunk
-                    continue
-                self._framer.feed(chunk)
-                if held is not None:
-                    yield held
-                held = chunk
-            if self._framer is not None:
-                self._framer.finish()
-            if held is not None:
-                yield held
-        except GatewayError as exc:
-            self.error = exc
-            raise
 
 
 class Deposit(Protocol):
@@ -337,17 +294,19 @@ class Relay:
         timeout = settings.client_timeout
         if request.content_length is not None and request.content_length <= SMALL_BODY:
             # Usually the whole small body came with the headers: no timer needed then.
-            whole = await _receive(request.read(), None if request.content.is_eof() else timeout)
+            whole = await receive(request.read(), None if request.content.is_eof() else timeout)
             trace.took_request(whole)
             envelope = whole if framer is None else _root_of(framer, whole)
             if len(envelope) <= min(SCAN_WHOLE, settings.max_header_bytes):
                 return scan_head(envelope, routing_header=settings.routing_header), whole
-            return _scan(_scanner(settings), envelope), whole
-        scanner = _scanner(settings)
+            scanned = _scan(_scanner(settings), envelope)
+            check_outline(envelope)  # the scan stopped after the head; the rest goes upstream too
+            return scanned, whole
+        scanner, outline = _scanner(settings), EnvelopeOutline()
         prefix: list[bytes] = []
         head = None
         while head is None:
-            chunk = await _receive(request.content.readany(), timeout)
+            chunk = await receive(request.content.readany(), timeout)
             if not chunk:
                 if framer is not None:
                     framer.finish()
@@ -357,8 +316,9 @@ class Relay:
             trace.took_request(chunk)
             if trace.request_bytes > limit:
                 raise MessageTooLarge(f"message exceeds the limit of {limit} bytes")
-            head = _feed_head(scanner, framer, chunk)
-        return head, RequestBody(prefix, request.content, trace=trace, limit=limit, timeout=timeout, framer=framer)
+            head = _feed_head(scanner, outline, framer, chunk)
+        return head, RequestBody(prefix, request.content, trace=trace, limit=limit, timeout=timeout,
+                                 outline=outline, framer=framer)
 
     async def _forward(self, request: web.Request, exchange: Exchange,
                        body: bytes | RequestBody, trace: Trace) -> web.StreamResponse:
@@ -385,9 +345,19 @@ class Relay:
             if isinstance(body, RequestBody) and body.error is not None:
                 trace.forwarded = False
                 raise body.error
-            return await respond(request, reply, exchange, trace, lambda: self._log(request, trace))
+            answer = await respond(request, reply, exchange, trace, lambda: self._settle(request, body, trace))
+            if isinstance(body, RequestBody) and body.error is not None:  # found while an answer was read whole
+                trace.forwarded = False
+                raise body.error
+            return answer
         finally:
             reply.release()
+
+    async def _settle(self, request: web.Request, body: bytes | RequestBody, trace: Trace) -> None:
+        """Before a streamed answer's last chunk: the request body held up, and the records are durable."""
+        if isinstance(body, RequestBody):
+            body.refuse_late(request)
+        await self._log(request, trace)
 
     async def _store(self, request: web.Request, exchange: Exchange, body: bytes | RequestBody,
                      trace: Trace, version: SoapVersion) -> web.StreamResponse:
@@ -414,19 +384,6 @@ class Relay:
         return web.Response(status=error.http_status, body=body, headers=headers)
 
 
-async def _receive(read: Awaitable[bytes], timeout: float | None) -> bytes:
-    """Await bytes from the caller, translating a stall or a broken body into faults."""
-    try:
-        if timeout is None:
-            return await read
-        async with asyncio.timeout(timeout):
-            return await read
-    except TimeoutError as exc:
-        raise RequestTimeout(f"the caller sent nothing for {timeout:g} s") from exc
-    except (aiohttp.ClientPayloadError, ConnectionResetError) as exc:
-        raise MalformedMessage(f"the request body is incomplete: {exc}") from exc
-
-
 def _caller_version(request: web.Request) -> SoapVersion:
     """The SOAP version the caller speaks, for its faults (SOAP 1.1 when it cannot be told)."""
     version = version_for(request.content_type)
@@ -446,13 +403,12 @@ def _root_of(framer: RootExtractor, whole: bytes) -> bytes:
     return root
 
 
-def _feed_head(scanner: HeadScanner, framer: RootExtractor | None, chunk: bytes) -> EnvelopeHead | None:
+def _feed_head(scanner: HeadScanner, outline: EnvelopeOutline, framer: RootExtractor | None,
+               chunk: bytes) -> EnvelopeHead | None:
     """Feed the envelope's bytes in ``chunk`` (all of it, or the root part's share) to the scanner."""
-    if framer is None:
-        return scanner.feed(chunk)
-    root = framer.feed(chunk)
+    root = check_chunk(outline, framer, chunk)
     head = scanner.feed(root) if root else None
-    if head is None and framer.root_ended:
+    if head is None and framer is not None and framer.root_ended:
         head = scanner.finish()
     return head
 

@@ -17,10 +17,16 @@ A client is identified by
 A password check costs ~50 ms of scrypt, so checks are kept from slowing
 anyone else down (SPEC.md "Hostile input never stalls the gateway"):
 
-- they run in a small thread pool of their own (:class:`PasswordChecks`),
-  never in the default executor that the JX store and others use; when
-  :data:`CHECK_QUEUE` checks already wait, the next login is refused at once
-  (503 ``GatewayBusy``, :class:`LoginBusy`) instead of queueing;
+- they run in a small thread pool of their own
+  (:class:`~gateway.security.passwords.PasswordChecks`), never in the
+  default executor that the JX store and others use; when ``CHECK_QUEUE``
+  checks already wait, the next login is refused at once (503
+  ``GatewayBusy``, :class:`LoginBusy`) instead of queueing.  Its threads run
+  at the lowest CPU priority (nice 19): hashing takes only CPU that the event
+  loops and the log writer leave over, so a flood slows the password checks
+  down, not the service.  Checks from addresses that failed lately queue
+  behind the others and may not take the places kept for them, so a client
+  logging in for the first time during a flood is still checked;
 - a per-address throttle applies *before* the hash: after
   :data:`FREE_FAILURES` failed checks (counting checks still running), each
   further check from that address is held back 0.5, 1, 2, … up to
@@ -35,6 +41,11 @@ anyone else down (SPEC.md "Hostile input never stalls the gateway"):
   user who failed from an address meets the throttle there even with a
   remembered login: guessing its password must never be faster than the
   throttle allows.
+
+A refusal that cost no password check (throttled, pool full, no or bad
+credentials) is counted per address and logged as one ``auth-tally``
+record per interval (:mod:`gateway.security.tally`); a refusal after a
+check is logged on its own.
 """
 
 from __future__ import annotations
@@ -46,11 +57,9 @@ import hashlib
 import hmac
 import math
 import os
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -59,7 +68,8 @@ from cryptography import x509
 from gateway.errors import GatewayError, LoginBusy, LoginThrottled, Unauthorized
 from routing.config import Client, Config, subject_key
 
-from .passwords import hash_password, verify_password
+from .passwords import PasswordChecks, hash_password
+from .tally import RefusalTally
 
 __all__ = ["client_of", "auth_middleware", "install_auth", "Authenticator", "PasswordChecks", "certificate_subject",
            "PROTECTED_PREFIXES", "cleartext_basic_warning", "AUTHENTICATOR", "claimed_identity"]
@@ -74,15 +84,12 @@ MAX_DELAY = 8.0
 FAILURE_WINDOW = 300.0
 #: Seconds a verified Basic login is remembered.
 CACHE_SECONDS = 300.0
-#: Threads that run password checks: half the CPUs, so hashing never takes all of them.
-CHECK_WORKERS = max(1, (os.cpu_count() or 2) // 2)
-#: Password checks that may wait for a thread; more are refused at once (LoginBusy).
-CHECK_QUEUE = 16
 _CACHE_SIZE = 4096
 _TRACKED_ADDRESSES = 10000
 _TRACKED_USERS = 32  # per address; beyond, every user of that address is treated as guessed at
 _CHALLENGE = 'Basic realm="bmrgw", charset="UTF-8"'
 _KEY = web.RequestKey("client", Client)
+_CHECKED = web.RequestKey("password_checked", bool)
 
 Refused = Callable[[web.Request, GatewayError, str | None], Awaitable[None]]
 
@@ -121,38 +128,6 @@ def _basic_login(header: str) -> _Login | None:
     return _Login(user, password)
 
 
-class PasswordChecks:
-    """scrypt checks in a small bounded pool of their own, so no other work ever waits behind them."""
-
-    def __init__(self, *, workers: int = CHECK_WORKERS, queue: int = CHECK_QUEUE) -> None:
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="password")
-        self._room = workers + queue
-        self._taken = 0
-        self._lock = threading.Lock()  # released from the pool's threads
-
-    async def verify(self, password: str, stored: str) -> bool:
-        """Whether ``password`` matches ``stored``; raises :class:`LoginBusy` when the pool is full."""
-        with self._lock:
-            if self._taken >= self._room:
-                raise LoginBusy(f"{self._room} password checks are already running or waiting; try again")
-            self._taken += 1
-        try:
-            future = self._pool.submit(verify_password, password, stored)
-        except BaseException:
-            self._release()
-            raise
-        # Released when the check ends, even if its caller went away meanwhile: the bound holds threads' work.
-        future.add_done_callback(self._release)
-        return await asyncio.wrap_future(future)
-
-    def _release(self, _future: Future[bool] | None = None) -> None:
-        with self._lock:
-            self._taken -= 1
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
 @dataclass(eq=False)
 class _Address:
     failures: int = 0
@@ -163,6 +138,8 @@ class _Address:
     """When the last held-back check was let through (the next one waits after it)."""
     users: set[str] = field(default_factory=set)
     everyone: bool = False
+    busy_until: float = 0.0
+    """Until when its checks rank behind others' because one was refused busy (not a failure: no delay)."""
 
 
 class _Throttle:
@@ -179,6 +156,17 @@ class _Throttle:
         while len(self._addresses) > _TRACKED_ADDRESSES:
             self._addresses.popitem(last=False)
         return entry
+
+    def failing(self, address: str) -> bool:
+        """Whether a check from ``address`` queues behind those of other addresses: the address failed a
+        check lately, had one refused because the pool was full, or has another one in flight."""
+        entry = self._addresses.get(address)
+        return entry is not None and (entry.failures > 0 or entry.checking > 1
+                                      or entry.busy_until > time.monotonic())
+
+    def busy(self, address: str) -> None:
+        """A check from ``address`` was refused because the pool was full (a flood meets the pool first)."""
+        self._entry(address, time.monotonic()).busy_until = time.monotonic() + FAILURE_WINDOW
 
     def suspect(self, address: str, user: str) -> bool:
         """Whether ``user`` failed a check from ``address`` lately (its remembered login must not skip the throttle)."""
@@ -254,12 +242,14 @@ class Authenticator:
             if by_cert.basic is not None:
                 raise Unauthorized(f"client {by_cert.name!r} must also log in with HTTP Basic")
             return by_cert
-        client = await self._check_basic(request.remote or "-", header or "", login, clients)
+        client = await self._check_basic(request, header or "", login, clients)
         if client.cert_subject is not None and by_cert is not client:
             raise Unauthorized(f"client {client.name!r} must also present its client certificate")
         return client
 
-    async def _check_basic(self, address: str, header: str, login: _Login, clients: Mapping[str, Client]) -> Client:
+    async def _check_basic(self, request: web.Request, header: str, login: _Login,
+                           clients: Mapping[str, Client]) -> Client:
+        address = request.remote or "-"
         client = next((c for c in clients.values() if c.basic and c.basic.user == login.user), None)
         key = hmac.digest(self._secret, f"{address}\0{header}".encode("utf-8", "surrogateescape"), hashlib.sha256)
         if client is not None and self._remembered(key, client) and not self.throttle.suspect(address, login.user):
@@ -272,7 +262,12 @@ class Authenticator:
             if client is not None and self._remembered(key, client):
                 return client
             stored = client.basic.password_hash if client is not None and client.basic is not None else self._decoy
-            matched = await self.checks.verify(login.password, stored)
+            try:
+                matched = await self.checks.verify(login.password, stored, suspect=self.throttle.failing(address))
+            except LoginBusy:
+                self.throttle.busy(address)
+                raise
+            request[_CHECKED] = True
             if client is None or not matched:
                 failed = True
                 raise Unauthorized(f"unknown user {login.user[:64]!r} or wrong password")
@@ -313,11 +308,13 @@ def auth_middleware(
     answer: Callable[[web.Request, GatewayError], web.Response],
     refused: Refused,
     authenticator: Authenticator | None = None,
+    tally: RefusalTally | None = None,
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Authenticate protected requests before their handler runs.
 
     ``clients`` gives the clients in force (they follow config reloads);
-    ``answer`` renders a refusal as a SOAP fault; ``refused`` records it.
+    ``answer`` renders a refusal as a SOAP fault; ``refused`` records it —
+    or, when it cost no password check and there is a ``tally``, counts it there.
     """
     checker = authenticator or Authenticator()
 
@@ -330,7 +327,10 @@ def auth_middleware(
         try:
             request[_KEY] = await checker.identify(request, configured)
         except (Unauthorized, LoginThrottled, LoginBusy) as exc:
-            await refused(request, exc, claimed_identity(request))
+            if tally is not None and not request.get(_CHECKED, False):
+                await tally.add(request, exc, claimed_identity(request))
+            else:
+                await refused(request, exc, claimed_identity(request))
             return _refusal(answer(request, exc), exc)
         return await handler(request)
 
@@ -339,13 +339,16 @@ def auth_middleware(
 
 def install_auth(app: web.Application, clients: Callable[[], Mapping[str, Client]],
                  answer: Callable[[web.Request, GatewayError], web.Response], refused: Refused) -> None:
-    """Add :func:`auth_middleware` to ``app``; its password-check pool ends with the app."""
+    """Add :func:`auth_middleware` to ``app``; its password-check pool ends with the app, and its
+    counts of unchecked refusals are written when the app shuts down."""
     authenticator = app[AUTHENTICATOR] = Authenticator()
+    tally = RefusalTally(app)
+    tally.install()
 
     async def close(_app: web.Application) -> None:
         authenticator.close()
 
-    app.middlewares.append(auth_middleware(clients, answer, refused, authenticator))
+    app.middlewares.append(auth_middleware(clients, answer, refused, authenticator, tally))
     app.on_cleanup.append(close)
 
 

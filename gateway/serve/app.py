@@ -34,6 +34,7 @@ from gateway.relay.handler import SERVER, Relay
 from gateway.relay.resilience import RESILIENCE, Resilient
 from gateway.relay.upstream import HttpUpstream, Upstream
 from gateway.security.auth import install_auth
+from gateway.security.tally import prompt_record
 from gateway.security.message import message_security
 from gateway.soap import fault_content_type, gateway_fault, version_for
 from gateway.store import Store, database_url
@@ -219,7 +220,7 @@ def _log_refusal(app: web.Application, kind: str = "auth") -> Callable[[web.Requ
                              endpoint=request.path[:256], client=claimed, http_status=error.http_status,
                              fault_code=error.code)
         try:
-            await journal.record(entry)
+            await prompt_record(journal, entry)  # its batch must not idle in front of answers that wait
         except JournalUnavailable as exc:
             log.error("send/receive log unavailable (%s); refused login not logged: %s", exc.reason,
                       entry.to_json())
