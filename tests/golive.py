@@ -10,7 +10,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from gateway.security.csr import make_request
 
 _NOW = dt.datetime.now(dt.timezone.utc)
 
@@ -77,3 +79,15 @@ def make_office(folder: Path, name: str = "LGPKI test") -> Office:
     (folder / "intermediate.pem").write_bytes(inter[0].public_bytes(serialization.Encoding.PEM))
     return Office(root=folder / "root.pem", intermediate=folder / "intermediate.pem",
                   root_cert=root[0], root_key=root[1], inter_cert=inter[0], inter_key=inter[1])
+
+
+def issue_pair(office: Office, folder: Path, name: str, *, purpose: str = "server", days: int = 365,
+               start: dt.datetime | None = None, subject: str | None = None) -> tuple[Path, Path]:
+    """A key and its certificate from ``office`` (key and CSR by gateway.security.csr), in ``folder``:
+    ``NAME.pem`` holds the certificate and the intermediate, ``NAME-key.pem`` the key."""
+    request = make_request(folder, name, x509.Name.from_rfc4514_string(subject or f"CN={name},O=LGPKI,C=JP"),
+                           hosts=["localhost", "127.0.0.1"])
+    cert = office.sign(request.pem, folder / f"{name}.cer", purpose=purpose, days=days, start=start)
+    pem = folder / f"{name}.pem"
+    pem.write_bytes(cert.read_bytes() + office.intermediate.read_bytes())
+    return pem, request.key
