@@ -44,6 +44,8 @@ class Office:
                                          data_encipherment=False, key_agreement=False, key_cert_sign=False,
                                          crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(request.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
         )
         for ext in request.extensions:
             if isinstance(ext.value, x509.SubjectAlternativeName):
@@ -65,6 +67,8 @@ def _ca(subject: str, issuer: tuple[x509.Certificate, rsa.RSAPrivateKey] | None
         .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
                                      data_encipherment=False, key_agreement=False, key_cert_sign=True,
                                      crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_key.public_key()), critical=False)
         .sign(signer_key, hashes.SHA256())
     )
     return cert, key
