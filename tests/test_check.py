@@ -174,3 +174,28 @@ def test_healthz_shows_the_gateway_time(tmp_path: Path, run_gateway: Any, office
     with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", timeout=5, context=context) as resp:  # noqa: S310
         body = json.loads(resp.read())
     assert abs(body["ntp"]["time"] - time.time()) < 5
+
+
+def test_the_jx_client_keeps_its_ca_whatever_the_environment(
+        tmp_path: Path, run_gateway: Any, office: Office, monkeypatch: pytest.MonkeyPatch) -> None:
+    # requests lets $REQUESTS_CA_BUNDLE replace Session.verify; bmrgw poll and check must keep ca:.
+    from gateway.jx.client import Credentials, JxClient
+    port, _ = run_gateway("none")
+    cert, key = issue_pair(office, tmp_path / "c", "city-a", purpose="client", subject="CN=city-a,O=LGPKI,C=JP")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(make_office(tmp_path / "elsewhere", "Elsewhere").root))
+    client = JxClient(f"https://127.0.0.1:{port}/jx", sender="1310001", timeout=10, credentials=Credentials(
+        user="city-a", password=PASSWORD, cert=cert, key=key, ca=office.root))
+    assert client.put_document(messageId="env-1", data=b"x", senderId="1310001", receiverId="9999999",
+                               formatType="text/plain", documentType="t.txt", compressType="") is True
+
+
+@pytest.mark.parametrize(("entry", "problem"), [
+    ({"echo": "yes"}, "write echo: true"),
+    ({"echo": True, "url": "http://127.0.0.1:9/"}, "exactly one of"),
+    ({"echo": True, "timeout": 5}, "answered by the gateway itself"),
+])
+def test_echo_endpoint_settings_are_checked(entry: dict[str, Any], problem: str) -> None:
+    from gateway.errors import ConfigError
+    from routing.config import parse_config
+    with pytest.raises(ConfigError, match=problem):
+        parse_config({"endpoints": {"echo": entry}})
