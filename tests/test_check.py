@@ -23,7 +23,8 @@ from .sntp import SntpResponder
 
 PASSWORD = "接続試験-pass"
 HASH = hash_password(PASSWORD)
-ITEMS = ["dns", "tcp", "tls", "client_cert", "basic", "ntp", "echo", "jx"]
+ITEMS = ["dns", "tcp", "tls", "client_cert", "basic", "ntp", "echo", "jx", "refdb"]
+RESIDENTS = Path(__file__).parent / "data" / "refdb"
 
 
 def gateway_config(tmp_path: Path, office: Office, ntp: SntpResponder, port: int, fault: str) -> dict[str, Any]:
@@ -42,7 +43,16 @@ def gateway_config(tmp_path: Path, office: Office, ntp: SntpResponder, port: int
                         "db": f"sqlite:///{tmp_path}/check.db", "data_dir": str(tmp_path / "var"),
                         "tls": {"cert": str(server[0]), "key": str(server[1]), "client_ca": str(client_ca)},
                         "ntp": {"servers": [ntp.address]}},
-            "clients": {"city-a": city}, "endpoints": {"echo": echo}}
+            "clients": {"city-a": city, "other-app": {"basic": {"user": "other", "password_hash": HASH}}},
+            "endpoints": {"echo": echo}, "refdb": {"datasets": {"residents": residents(fault)}}}
+
+
+def residents(fault: str) -> dict[str, Any]:
+    from ruamel.yaml import YAML
+    dataset: dict[str, Any] = YAML(typ="safe", pure=True).load((RESIDENTS / "residents.yaml").read_text())
+    dataset["owner"] = "other-app" if fault == "refdb not owner" else "city-a"
+    dataset["readers"] = []
+    return dataset
 
 
 @pytest.fixture
@@ -59,7 +69,9 @@ def site(tmp_path: Path, office: Office) -> Path:
     path = folder / "site.yaml"
     write_yaml(path, {"name": "city-a", "gateway": "https://127.0.0.1:0", "ca": "root.pem", "cert": cert.name,
                       "key": key.name, "basic": {"user": "city-a", "password_file": "password"}, "sender": "juki",
-                      "echo": "echo", "jx": {"sender": "1310001", "receiver": "9999999"}, "timeout": 10})
+                      "echo": "echo", "jx": {"sender": "1310001", "receiver": "9999999"}, "timeout": 10,
+                      "refdb": {"dataset": "residents", "file": "residents.csv"}})
+    (folder / "residents.csv").write_bytes((RESIDENTS / "residents.csv").read_bytes())
     return path
 
 
@@ -126,6 +138,10 @@ def test_every_item_passes_against_a_healthy_gateway(tmp_path: Path, site: Path,
     html = (tmp_path / "report" / "check.html").read_text(encoding="utf-8")
     echo = next(i for i in report["items"] if i["id"] == "echo")
     assert echo["message_ids"] and echo["message_ids"][0] in html and "<script" not in html
+    # The refdb dry run was aborted: the dataset is still empty.
+    refdb = next(i for i in report["items"] if i["id"] == "refdb")
+    assert refdb["detail"].startswith("4 records of residents.csv accepted"), refdb
+    assert query_residents(site, port) == []
     # The data centre finds the same exchanges in its send/receive log by those ids.
     for item in ("echo", "jx"):
         message_id = next(i for i in report["items"] if i["id"] == item)["message_ids"][0]
@@ -134,12 +150,24 @@ def test_every_item_passes_against_a_healthy_gateway(tmp_path: Path, site: Path,
         assert logs.returncode == 0 and message_id in logs.stdout, (item, logs.stdout, logs.stderr)
 
 
+def query_residents(site: Path, port: int) -> list[Any]:
+    import ssl as ssl_module
+
+    from refdb.client import RefdbClient
+    folder = site.parent
+    context = ssl_module.create_default_context(cafile=str(folder / "root.pem"))
+    context.load_cert_chain(folder / "city-a.pem", folder / "city-a-key.pem")
+    with RefdbClient(f"https://127.0.0.1:{port}", user="city-a", password=PASSWORD, ssl_context=context) as client:
+        return client.query("residents").records
+
+
 FAULTS = {
     "wrong CA": ("client_cert", "refuses the site's certificate", "client_ca"),
     "wrong password": ("basic", "refuses user 'city-a'", "password"),
     "endpoint down": ("echo", "disabled", "ask the data centre"),
     "NTP skewed": ("ntp", "more than 1 s", "same NTP servers"),
     "JX refused": ("jx", "PutDocument refused", "jx.send"),
+    "refdb not owner": ("refdb", "would be refused", "refdb.datasets.residents.owner"),
 }
 
 

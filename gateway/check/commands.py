@@ -21,7 +21,7 @@ __all__ = ["run_check", "add_check_command"]
 Check = Callable[[Site, Probe, Result], Awaitable[Result]]
 _CHECKS: dict[str, Check] = {"dns": network.dns, "tcp": network.tcp, "tls": network.tls,
                              "client_cert": network.client_cert, "basic": exchanges.basic, "ntp": network.ntp,
-                             "echo": exchanges.echo, "jx": exchanges.jx}
+                             "echo": exchanges.echo, "jx": exchanges.jx, "refdb": exchanges.refdb}
 
 
 async def run_check(site: Site) -> list[Result]:

@@ -16,17 +16,19 @@ from xml.sax.saxutils import escape
 import aiohttp
 from lxml import etree
 
-from gateway.errors import GatewayError
+from gateway.errors import FileError, GatewayError, RemoteFault
 from gateway.jx.client import Credentials, JxClient
 from gateway.jx.failure import Kind, RoundFailure
 from gateway.ns import ROUTING
 from gateway.parser import parse
+from refdb.client import RefdbClient
+from refdb.files import read_records
 
 from .network import session
 from .result import Probe, Result
 from .site import Site
 
-__all__ = ["basic", "echo", "jx", "echo_envelope"]
+__all__ = ["basic", "echo", "jx", "refdb", "echo_envelope"]
 
 _SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
 _MAX_ANSWER = 1024 * 1024
@@ -132,3 +134,28 @@ def _jx_round(site: Site, result: Result) -> Result:
     except RoundFailure as exc:
         return result.failed(f"{step} refused: {exc.reason}", _jx_fix(exc, test.sender, test.receiver), message_id)
     return result.passed(f"put to {test.receiver} as {test.sender}, got it back and confirmed", message_id)
+
+
+async def refdb(site: Site, probe: Probe, result: Result) -> Result:
+    if site.refdb is None:
+        return result.skipped("the site pushes no refdb dataset ('refdb:' not configured)")
+    return await asyncio.to_thread(_refdb_dry_run, site, probe, result)
+
+
+def _refdb_dry_run(site: Site, probe: Probe, result: Result) -> Result:
+    assert site.refdb is not None
+    test = site.refdb
+    client = RefdbClient(site.gateway, user=site.user, password=site.password, ssl_context=probe.context,
+                         timeout=site.timeout)
+    try:
+        with client:
+            held = client.dry_run(test.dataset, read_records(test.file))
+    except RemoteFault as exc:
+        fix = {"Forbidden": f"the gateway must name this site's client as refdb.datasets.{test.dataset}.owner",
+               "UnknownDataset": f"the data centre declares refdb.datasets.{test.dataset}",
+               "InvalidRecord": f"correct the record the reason names in {test.file.name}"}.get(
+            exc.remote_code, "ask the data centre with the time of this test: the gateway logged the refusal")
+        return result.failed(f"a push to {test.dataset} would be refused: {exc.reason}", fix)
+    except (FileError, OSError) as exc:
+        return result.failed(f"cannot read {test.file}: {exc}", "check 'refdb: file:' in SITE.yaml")
+    return result.passed(f"{held} records of {test.file.name} accepted for {test.dataset}; aborted, nothing applied")

@@ -20,6 +20,7 @@ ITEMS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("ntp", "時刻同期（NTP）", "NTP offset against the gateway", ("client_cert",)),
     ("echo", "中継疎通（エコー業務AP）", "relay round trip (echo business AP)", ("basic",)),
     ("jx", "JX Put → Get → Confirm", "JX Put → Get → Confirm", ("basic",)),
+    ("refdb", "参照DB 送信（dry-run）", "refdb dry-run push", ("basic",)),
 )
 
 

@@ -13,6 +13,7 @@ SITE.yaml, written by the site with the values the data centre gave it::
     ntp: [ntp.example.lg.jp]          # the site's own NTP servers (default: its system clock)
     max_offset: 1.0                   # seconds the two clocks may differ
     jx: {sender: "1310001", receiver: "9999999"}  # test ids: Put as sender to receiver, then Get and Confirm
+    refdb: {dataset: residents, file: residents.csv}  # a site that pushes: the push, aborted instead of committed
     timeout: 10
 
 Relative file names resolve against the folder of SITE.yaml.
@@ -31,9 +32,10 @@ from yarl import URL
 
 from gateway.errors import UsageError
 
-__all__ = ["Site", "JxTest", "load_site"]
+__all__ = ["Site", "JxTest", "RefdbTest", "load_site"]
 
-_KEYS = {"name", "gateway", "ca", "cert", "key", "basic", "sender", "echo", "ntp", "max_offset", "jx", "timeout"}
+_KEYS = {"name", "gateway", "ca", "cert", "key", "basic", "sender", "echo", "ntp", "max_offset", "jx", "refdb",
+         "timeout"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +44,14 @@ class JxTest:
     """JX senderId the site puts as (one of its client's ``jx.send``)."""
     receiver: str
     """Test receiver id: the site must be allowed to put to it and to poll it (``jx.receive``)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefdbTest:
+    dataset: str
+    """The dataset the site pushes."""
+    file: Path
+    """Records as ``bmrgw refdb push`` reads them (CSV or JSON lines)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,6 +82,8 @@ class Site:
     """Seconds the site's and the gateway's clocks may differ."""
     jx: JxTest | None = None
     """The JX round trip; ``None`` skips it."""
+    refdb: RefdbTest | None = None
+    """The refdb dry-run push; ``None`` skips it (a site that does not push)."""
     timeout: float = 10.0
     """Seconds each step may take."""
 
@@ -109,6 +121,9 @@ def site_from(raw: dict[str, Any], base: Path, where: str) -> Site:
     if jx is not None and not (isinstance(jx, dict) and "sender" in jx and "receiver" in jx):
         raise UsageError(f"{where}: jx needs sender and receiver ids")
     ntp = raw.get("ntp") or ()
+    refdb = raw.get("refdb")
+    if refdb is not None and not (isinstance(refdb, dict) and "dataset" in refdb and "file" in refdb):
+        raise UsageError(f"{where}: refdb needs dataset and file")
     return Site(gateway=gateway.rstrip("/"), name=str(raw.get("name", "site")), ca=file.get("ca"),
                 cert=file.get("cert"), key=file.get("key"), user=user, password=password,
                 sender=str(raw["sender"]) if raw.get("sender") else None,
@@ -116,6 +131,7 @@ def site_from(raw: dict[str, Any], base: Path, where: str) -> Site:
                 ntp=tuple(str(s) for s in ([ntp] if isinstance(ntp, str) else ntp)),
                 max_offset=float(raw.get("max_offset", 1.0)),
                 jx=JxTest(sender=str(jx["sender"]), receiver=str(jx["receiver"])) if jx else None,
+                refdb=RefdbTest(dataset=str(refdb["dataset"]), file=base / str(refdb["file"])) if refdb else None,
                 timeout=float(raw.get("timeout", 10.0)))
 
 
