@@ -23,11 +23,12 @@ from .sntp import SntpResponder
 
 PASSWORD = "接続試験-pass"
 HASH = hash_password(PASSWORD)
-ITEMS = ["dns", "tcp", "tls", "client_cert", "basic", "ntp", "echo", "jx", "refdb"]
+ITEMS = ["dns", "tcp", "tls", "client_cert", "basic", "ntp", "echo", "jx", "refdb", "files"]
 RESIDENTS = Path(__file__).parent / "data" / "refdb"
 
 
-def gateway_config(tmp_path: Path, office: Office, ntp: SntpResponder, port: int, fault: str) -> dict[str, Any]:
+def gateway_config(tmp_path: Path, office: Office, ntp: SntpResponder, port: int, fault: str,
+                   receiver: int = 9) -> dict[str, Any]:
     server = issue_pair(office, tmp_path / "gw", "gateway")
     client_ca = tmp_path / "gw" / "client-ca.pem"
     trusted = make_office(tmp_path / "other", "Other") if fault == "wrong CA" else office
@@ -35,7 +36,7 @@ def gateway_config(tmp_path: Path, office: Office, ntp: SntpResponder, port: int
     city: dict[str, Any] = {
         "cert_subject": "CN=city-a,O=LGPKI,C=JP",
         "basic": {"user": "city-a", "password_hash": hash_password("another") if fault == "wrong password" else HASH},
-        "allow": ["echo"], "senders": ["juki"],
+        "allow": ["echo", "filecheck"], "senders": ["juki"],
         "jx": {"send": ["1310001"], "receive": ["9999999"]} if fault != "JX refused" else {"receive": ["9999999"]},
     }
     echo: dict[str, Any] = {"echo": True, **({"disabled": True} if fault == "endpoint down" else {})}
@@ -44,7 +45,7 @@ def gateway_config(tmp_path: Path, office: Office, ntp: SntpResponder, port: int
                         "tls": {"cert": str(server[0]), "key": str(server[1]), "client_ca": str(client_ca)},
                         "ntp": {"servers": [ntp.address]}},
             "clients": {"city-a": city, "other-app": {"basic": {"user": "other", "password_hash": HASH}}},
-            "endpoints": {"echo": echo}, "refdb": {"datasets": {"residents": residents(fault)}}}
+            "endpoints": {"echo": echo, "filecheck": {"url": f"http://127.0.0.1:{receiver}/"}}, "refdb": {"datasets": {"residents": residents(fault)}}}
 
 
 def residents(fault: str) -> dict[str, Any]:
@@ -70,7 +71,8 @@ def site(tmp_path: Path, office: Office) -> Path:
     write_yaml(path, {"name": "city-a", "gateway": "https://127.0.0.1:0", "ca": "root.pem", "cert": cert.name,
                       "key": key.name, "basic": {"user": "city-a", "password_file": "password"}, "sender": "juki",
                       "echo": "echo", "jx": {"sender": "1310001", "receiver": "9999999"}, "timeout": 10,
-                      "refdb": {"dataset": "residents", "file": "residents.csv"}})
+                      "refdb": {"dataset": "residents", "file": "residents.csv"},
+                      "files": {"to": "filecheck", "size": 200_000, "part_size": 65536}})
     (folder / "residents.csv").write_bytes((RESIDENTS / "residents.csv").read_bytes())
     return path
 
@@ -81,9 +83,14 @@ def run_gateway(tmp_path: Path, office: Office) -> Iterator[Any]:
 
     def start(fault: str, shift: float = 0.0) -> tuple[int, Path]:
         ntp = SntpResponder(shift=shift).start()
-        port = free_port()
+        port, receiver = free_port(), free_port()
+        if fault != "receiver down":  # the data centre's test receiver for file transfer
+            procs.append(subprocess.Popen([*BMRGW, "receive", "--port", str(receiver), "--dir",
+                                           str(tmp_path / "received"), "--min-free-bytes", "0",
+                                           "--log-level", "WARNING"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
         path = tmp_path / "gw.yaml"
-        write_yaml(path, gateway_config(tmp_path, office, ntp, port, fault))
+        write_yaml(path, gateway_config(tmp_path, office, ntp, port, fault, receiver))
         proc = subprocess.Popen([*BMRGW, "serve", "--config", str(path), "--log-level", "WARNING"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(proc)
@@ -138,6 +145,9 @@ def test_every_item_passes_against_a_healthy_gateway(tmp_path: Path, site: Path,
     html = (tmp_path / "report" / "check.html").read_text(encoding="utf-8")
     echo = next(i for i in report["items"] if i["id"] == "echo")
     assert echo["message_ids"] and echo["message_ids"][0] in html and "<script" not in html
+    # The test file is complete at the data centre's receiver.
+    received = [p for p in (tmp_path / "received").iterdir() if p.name.startswith("bmrgw-check-")]
+    assert len(received) == 1 and received[0].stat().st_size == 200_000
     # The refdb dry run was aborted: the dataset is still empty.
     refdb = next(i for i in report["items"] if i["id"] == "refdb")
     assert refdb["detail"].startswith("4 records of residents.csv accepted"), refdb
@@ -168,6 +178,7 @@ FAULTS = {
     "NTP skewed": ("ntp", "more than 1 s", "same NTP servers"),
     "JX refused": ("jx", "PutDocument refused", "jx.send"),
     "refdb not owner": ("refdb", "would be refused", "refdb.datasets.residents.owner"),
+    "receiver down": ("files", "did not arrive complete", "is down"),
 }
 
 

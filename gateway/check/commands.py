@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gateway.errors import UsageError
 
-from . import exchanges, network
+from . import exchanges, files, network
 from .report import as_html, as_json, checklist, dumps
 from .result import ITEMS, Probe, Result
 from .site import Site, load_site, site_from
@@ -21,7 +21,8 @@ __all__ = ["run_check", "add_check_command"]
 Check = Callable[[Site, Probe, Result], Awaitable[Result]]
 _CHECKS: dict[str, Check] = {"dns": network.dns, "tcp": network.tcp, "tls": network.tls,
                              "client_cert": network.client_cert, "basic": exchanges.basic, "ntp": network.ntp,
-                             "echo": exchanges.echo, "jx": exchanges.jx, "refdb": exchanges.refdb}
+                             "echo": exchanges.echo, "jx": exchanges.jx, "refdb": exchanges.refdb,
+                             "files": files.files}
 
 
 async def run_check(site: Site) -> list[Result]:

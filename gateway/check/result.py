@@ -21,6 +21,7 @@ ITEMS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("echo", "中継疎通（エコー業務AP）", "relay round trip (echo business AP)", ("basic",)),
     ("jx", "JX Put → Get → Confirm", "JX Put → Get → Confirm", ("basic",)),
     ("refdb", "参照DB 送信（dry-run）", "refdb dry-run push", ("basic",)),
+    ("files", "ファイル転送", "file-transfer round trip", ("basic",)),
 )
 
 

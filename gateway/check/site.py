@@ -14,6 +14,7 @@ SITE.yaml, written by the site with the values the data centre gave it::
     max_offset: 1.0                   # seconds the two clocks may differ
     jx: {sender: "1310001", receiver: "9999999"}  # test ids: Put as sender to receiver, then Get and Confirm
     refdb: {dataset: residents, file: residents.csv}  # a site that pushes: the push, aborted instead of committed
+    files: {to: filecheck, size: 262144, part_size: 65536}  # a test file, in parts, to the DC's test receiver
     timeout: 10
 
 Relative file names resolve against the folder of SITE.yaml.
@@ -32,10 +33,10 @@ from yarl import URL
 
 from gateway.errors import UsageError
 
-__all__ = ["Site", "JxTest", "RefdbTest", "load_site"]
+__all__ = ["Site", "JxTest", "RefdbTest", "FilesTest", "load_site"]
 
 _KEYS = {"name", "gateway", "ca", "cert", "key", "basic", "sender", "echo", "ntp", "max_offset", "jx", "refdb",
-         "timeout"}
+         "files", "timeout"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +53,16 @@ class RefdbTest:
     """The dataset the site pushes."""
     file: Path
     """Records as ``bmrgw refdb push`` reads them (CSV or JSON lines)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FilesTest:
+    to: str
+    """The data centre's test receiver (a ``bmrgw receive`` business AP)."""
+    size: int = 256 * 1024
+    """Bytes of the test file (random, made for each run)."""
+    part_size: int = 64 * 1024
+    """Bytes per part: small, so the round trip crosses several parts."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +95,8 @@ class Site:
     """The JX round trip; ``None`` skips it."""
     refdb: RefdbTest | None = None
     """The refdb dry-run push; ``None`` skips it (a site that does not push)."""
+    files: FilesTest | None = None
+    """The file-transfer round trip; ``None`` skips it."""
     timeout: float = 10.0
     """Seconds each step may take."""
 
@@ -121,7 +134,9 @@ def site_from(raw: dict[str, Any], base: Path, where: str) -> Site:
     if jx is not None and not (isinstance(jx, dict) and "sender" in jx and "receiver" in jx):
         raise UsageError(f"{where}: jx needs sender and receiver ids")
     ntp = raw.get("ntp") or ()
-    refdb = raw.get("refdb")
+    refdb, files = raw.get("refdb"), raw.get("files")
+    if files is not None and not (isinstance(files, dict) and "to" in files):
+        raise UsageError(f"{where}: files needs to: the test receiver's business-AP name")
     if refdb is not None and not (isinstance(refdb, dict) and "dataset" in refdb and "file" in refdb):
         raise UsageError(f"{where}: refdb needs dataset and file")
     return Site(gateway=gateway.rstrip("/"), name=str(raw.get("name", "site")), ca=file.get("ca"),
@@ -132,6 +147,8 @@ def site_from(raw: dict[str, Any], base: Path, where: str) -> Site:
                 max_offset=float(raw.get("max_offset", 1.0)),
                 jx=JxTest(sender=str(jx["sender"]), receiver=str(jx["receiver"])) if jx else None,
                 refdb=RefdbTest(dataset=str(refdb["dataset"]), file=base / str(refdb["file"])) if refdb else None,
+                files=FilesTest(to=str(files["to"]), size=int(files.get("size", 256 * 1024)),
+                                part_size=int(files.get("part_size", 64 * 1024))) if files else None,
                 timeout=float(raw.get("timeout", 10.0)))
 
 
