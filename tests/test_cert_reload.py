@@ -155,6 +155,7 @@ async def test_server_certificate_replaced_under_load_switches_with_no_failed_re
     load = Load(served.port, trusting(office))
     clients = [asyncio.create_task(load.client()) for _ in range(4)]
     await asyncio.sleep(1.5)
+    install_started = time.monotonic()
     done = await asyncio.to_thread(subprocess.run, [
         *BMRGW, "pki", "install", str(tmp_path / "renewal" / "server.cer"), "--key", str(new_key),
         "--chain", str(office.intermediate), "--config", str(served.config)], capture_output=True, text=True,
@@ -172,8 +173,9 @@ async def test_server_certificate_replaced_under_load_switches_with_no_failed_re
     assert first_new - installed_at <= 2.0, f"the new certificate was served {first_new - installed_at:.2f} s late"
     assert all(der == new_der for t, _, der in load.seen if t > first_new)  # no flapping back
     assert len(load.seen) >= 40 and len(backend.seen) == len(load.seen)
-    print(f"\n{len(load.seen)} requests, 0 failed; new certificate served "
-          f"{max(0.0, first_new - installed_at) * 1000:.0f} ms after install finished")
+    print(f"\n{len(load.seen)} requests, 0 failed; bmrgw pki install ran {installed_at - install_started:.2f} s; "
+          f"new certificate first served {first_new - install_started:.2f} s after it started "
+          f"({first_new - installed_at:+.2f} s from its end)")
 
 
 async def accepted(port: int, context: ssl.SSLContext) -> bool:
