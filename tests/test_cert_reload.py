@@ -288,3 +288,42 @@ async def test_an_endpoint_client_certificate_follows_its_files(
     finally:
         await runner.cleanup()
 
+
+
+def write_crl(path: Path, office: Office, revoked: list[x509.Certificate], *, ago: float) -> None:
+    """A CRL of the office's intermediate CA revoking ``revoked``, issued ``ago`` seconds back."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes
+    issued = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=ago)
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(office.inter_cert.subject)
+               .last_update(issued).next_update(issued + dt.timedelta(days=7)))
+    for cert in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(issued).build())
+    temp = path.with_name(f".{path.name}.new")
+    temp.write_bytes(builder.sign(office.inter_key, hashes.SHA256()).public_bytes(Encoding.PEM))
+    temp.replace(path)
+
+
+async def test_a_new_crl_takes_effect_without_sighup(tmp_path: Path, serve: Callable[..., Served]) -> None:
+    office = make_office(tmp_path / "office")
+    conf = conf_with_trust(tmp_path, office)
+    server = issue_pair(office, conf, "server")
+    city = issue_pair(office, tmp_path / "c1", "city-a", purpose="client")
+    client_ca, crl = conf / "client-ca.pem", conf / "ca.crl"
+    client_ca.write_bytes(office.intermediate.read_bytes() + office.root.read_bytes())
+    write_crl(crl, office, [], ago=3600)
+    served = serve({"cert": str(server[0]), "key": str(server[1]), "client_ca": str(client_ca), "crl": str(crl)},
+                   office, city)
+    assert await accepted(served.port, trusting(office, city))
+    write_crl(crl, office, [x509.load_pem_x509_certificates(city[0].read_bytes())[0]], ago=60)
+    began = time.monotonic()
+    while await accepted(served.port, trusting(office, city)):
+        assert time.monotonic() - began < 2.0, "the revoked certificate was still accepted 2 s after the new CRL"
+        await asyncio.sleep(0.05)
+    other = issue_pair(office, tmp_path / "c2", "city-b", purpose="client")
+    assert await accepted(served.port, trusting(office, other))  # only the revoked one is refused
+    crl_entry = next(c for c in get_json(f"{served.url}/healthz", trusting(office, other))["tls"]["certificates"]
+                     if c["role"] == "crl")
+    assert "Application CA" in crl_entry["subject"] and 6.5 < crl_entry["days_left"] < 7.1
