@@ -11,10 +11,10 @@ With ``gateway.tls.crl`` OpenSSL also checks each client certificate against
 the certificate revocation list of its CA (``VERIFY_CRL_CHECK_LEAF``): a
 revoked one is cut off during the handshake.  The file (PEM, one or more
 CRLs, or DER) is checked when loaded — each CRL must be signed by a CA of
-``client_ca`` — and :func:`reload_crl` (SIGHUP) adds a new version to the
-running context.  OpenSSL uses the CRL with the latest ``lastUpdate`` for a
-CA, so a reissued CRL takes over for new handshakes; an expired CRL makes
-every handshake from that CA fail (fail closed), as RFC 5280 wants.
+``client_ca`` — by :func:`reload_crl`, which can also add a new version to a
+context.  OpenSSL uses the CRL with the latest ``lastUpdate`` for a CA, so a
+reissued CRL takes over for new handshakes; an expired CRL makes every
+handshake from that CA fail (fail closed), as RFC 5280 wants.
 
 Certificates change while the gateway runs (README "Bringing a site live"):
 the listening socket holds a :class:`ReloadingContext`, which hands each new
