@@ -203,6 +203,7 @@ def test_a_gateway_that_is_down_fails_tcp_and_skips_the_rest(tmp_path: Path, sit
     assert code == 1
     assert statuses(report) == {"dns": "pass", "tcp": "fail", **{i: "skip" for i in ITEMS[2:]}}
     assert "cannot connect" in report["items"][1]["reason"]
+    assert all(i["detail"] == "not tried: tcp failed" for i in report["items"][2:])
 
 
 def test_healthz_shows_the_gateway_time(tmp_path: Path, run_gateway: Any, office: Office) -> None:

@@ -27,12 +27,13 @@ _CHECKS: dict[str, Check] = {"dns": network.dns, "tcp": network.tcp, "tls": netw
 
 async def run_check(site: Site) -> list[Result]:
     """Every item in order; one whose prerequisite failed (or was skipped because of a failure) is skipped."""
-    probe, results, blocked = Probe(), [], set[str]()
+    probe, results = Probe(), []
+    blocked: dict[str, str] = {}  # item → the failed item that keeps it from running
     for item, ja, en, needs in ITEMS:
         result = Result(id=item, ja=ja, en=en)
-        stopped = [n for n in needs if n in blocked]
+        stopped = [blocked[n] for n in needs if n in blocked]
         if stopped:
-            blocked.add(item)
+            blocked[item] = stopped[0]
             results.append(result.skipped(f"not tried: {stopped[0]} failed"))
             continue
         began = time.monotonic()
@@ -45,7 +46,7 @@ async def run_check(site: Site) -> list[Result]:
                           "to the data centre")
         result.seconds = time.monotonic() - began
         if result.status == "fail":
-            blocked.add(item)
+            blocked[item] = item
         results.append(result)
     return results
 
