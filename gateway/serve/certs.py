@@ -86,6 +86,7 @@ class CertificateWatch:
         self._server_seen: tuple[TlsSettings | None, Identity] | None = None
         self._server_failed: tuple[TlsSettings | None, Identity] | None = None
         self._outbound_seen: Identity | None = None
+        self._config_seen: Config | None = None
         self._warned: dict[str, float] = {}
 
     # -- the listening socket's context ---------------------------------------------
@@ -133,11 +134,13 @@ class CertificateWatch:
         """One look at the files: reload what changed."""
         config = self.live.current.config
         outbound = _identity(_outbound_files(config))
-        if self._outbound_seen is not None and outbound != self._outbound_seen:
-            self._outbound_seen = outbound
+        if config is not self._config_seen:  # the config watcher (or SIGHUP) loaded it: files read already
+            self._config_seen = config
+            self._inventory()
+        elif self._outbound_seen is not None and outbound != self._outbound_seen:
             log.warning("an endpoint's or peer's certificate file changed: reloading the config")
             reload_config()
-            config = self.live.current.config
+            config = self._config_seen = self.live.current.config
             outbound = _identity(_outbound_files(config))
             self._inventory()
         self._outbound_seen = outbound
@@ -150,7 +153,8 @@ class CertificateWatch:
     async def watch(self, reload_config: Callable[[], None], *, interval: float = POLL_SECONDS) -> None:
         """Poll until cancelled."""
         self._inventory()
-        self._outbound_seen = _identity(_outbound_files(self.live.current.config))
+        self._config_seen = self.live.current.config
+        self._outbound_seen = _identity(_outbound_files(self._config_seen))
         while True:
             await asyncio.sleep(interval)
             try:
