@@ -225,8 +225,8 @@ def test_the_jx_client_keeps_its_ca_whatever_the_environment(
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(make_office(tmp_path / "elsewhere", "Elsewhere").root))
     client = JxClient(f"https://127.0.0.1:{port}/jx", sender="1310001", timeout=10, credentials=Credentials(
         user="city-a", password=PASSWORD, cert=cert, key=key, ca=office.root))
-    assert client.put_document(messageId="env-1", data=b"x", senderId="1310001", receiverId="9999999",
-                               formatType="text/plain", documentType="t.txt", compressType="") is True
+    assert client.put_streamed({"messageId": "env-1", "senderId": "1310001", "receiverId": "9999999",
+                                "formatType": "text/plain", "documentType": "t.txt", "compressType": ""}, [b"x"]) is True
 
 
 @pytest.mark.parametrize(("entry", "problem"), [
