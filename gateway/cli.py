@@ -56,6 +56,8 @@ COMMANDS: tuple[tuple[str, str, str, bool, str], ...] = (
      "list the characters of a file that an endpoint's character profile cannot carry"),
     ("keys", "gateway.crypto.commands", "add_keys_command", True,
      "the master key and the organisations' data keys (encryption at rest)"),
+    ("check", "gateway.check.commands", "add_check_command", False,
+     "connection test (接続試験) from a site against its gateway: a checklist and a report"),
     ("pki", "gateway.security.pki", "add_pki_command", False,
      "make a development CA and server, client and signing certificates"),
     ("wss", "gateway.security.message", "add_wss_command", False,

@@ -7,7 +7,8 @@ route table (or ``-``), never raw client input, to keep cardinality bounded.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import platform
@@ -52,6 +53,10 @@ class Metrics:
                                  registry=self.registry)
         self._log = Gauge("bmrgw_log_records", "Send/receive log records by state (written, queued, dropped).",
                           ["state"], registry=self.registry)
+        self._expiry = Gauge(
+            "bmrgw_certificate_expiry_seconds", "Seconds until a certificate in use expires (a CRL: until its "
+            "next update); negative once expired. role: server, client_ca, crl, endpoint NAME, peer NAME.",
+            ["role", "subject"], registry=self.registry)
         self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, process_start_time_seconds…
         # of the process that answers the scrape (with --workers: one worker; each worker answers for itself).
@@ -77,6 +82,13 @@ class Metrics:
         """Copy the journal's counters (it keeps them; the registry only shows them)."""
         for state in ("written", "queued", "dropped"):
             self._log.labels(state).set(status[state])
+
+    def certificates(self, expiries: Iterable[Any]) -> None:
+        """Seconds left of each certificate in use (objects with ``role``, ``subject``, ``seconds_left(now)``)."""
+        now = time.time()
+        self._expiry.clear()  # a replaced certificate's series goes away with it
+        for item in expiries:
+            self._expiry.labels(item.role, item.subject).set(item.seconds_left(now))
 
     def fault(self, code: str) -> None:
         self._faults.labels(code).inc()

@@ -212,6 +212,20 @@ class RefdbClient:
             self._abort_quietly(push_id)
             raise
 
+    def dry_run(self, dataset: str, records: Iterable[Fields], *, batch: int = DEFAULT_BATCH) -> int:
+        """A push that is aborted instead of committed (``bmrgw check``): BeginPush and the batches as
+        :meth:`push` sends them, then Abort.  How many records the gateway accepted; nothing is applied.
+        A :class:`RemoteFault` says what a real push would have been refused for (not the owner, a
+        record that does not fit its column, no such dataset)."""
+        push_id = self.call("BeginPush", _scalars_xml(dataset=dataset, mode="diff")).findtext(q("pushId")) or ""
+        try:
+            received = 0
+            for body, _, _ in _prebuilt(push_id, records, batch, threading.Event()):
+                received = self._staged(body)
+            return received
+        finally:
+            self._abort_quietly(push_id)
+
     def upsert(self, dataset: str, records: Iterable[Fields], *, mode: str = "diff") -> PushResult:
         """One whole push in one request (SPEC.md's ``Upsert(dataset, mode, records)``), in the field
         form: with nothing to check the records against before they apply, the form every gateway reads."""

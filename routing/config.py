@@ -54,6 +54,7 @@ __all__ = [
     "parse_text",
     "parse_config",
     "NAME_PATTERN",
+    "ECHO_URL_PREFIX",
 ]
 
 #: Business-AP, peer and gateway names: safe in URL paths and the HTTP Via header.
@@ -276,14 +277,16 @@ def endpoint_from(name: str, raw: Any, peers: Mapping[str, Peer], base: Path | N
     """Validate one ``endpoints.<name>`` entry; relative file names resolve against ``base``."""
     path = f"endpoints.{name}"
     m = {k: v for k, v in read.mapping(raw, path).items() if k != "disabled"}  # see _disabled
-    read.known(m, path, {"url", "urls", "via", "mailbox", "timeout", *OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS,
-                         *_URL_ONLY_KEYS})
-    kinds = [k for k in ("url", "urls", "via", "mailbox") if k in m]
+    read.known(m, path, {"url", "urls", "via", "mailbox", "echo", "timeout", *OUTBOUND_KEYS, "wss",
+                         *_ENDPOINT_LIMIT_KEYS, *_URL_ONLY_KEYS})
+    kinds = [k for k in ("url", "urls", "via", "mailbox", "echo") if k in m]
     if len(kinds) != 1:
         raise ConfigError(f"{path}: needs exactly one of url or via (or urls, a failover list; or mailbox: ID "
-                          "for a JX mailbox)")
+                          "for a JX mailbox; or echo: true for the connection-test echo)")
     if "mailbox" in m:
         return _mailbox(name, m, path)
+    if "echo" in m:
+        return _echo(name, m, path)
     if "via" in m:
         for key in ("timeout", *OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS, *_URL_ONLY_KEYS):
             if key in m:
@@ -324,6 +327,20 @@ def _mailbox(name: str, m: Mapping[str, Any], path: str) -> MailboxEndpoint:
         raise ConfigError(f"{path}.mailbox: {mailbox!r} is not a JX receiver id "
                           "(1 to 128 printable ASCII characters, no blanks)")
     return MailboxEndpoint(name=name, mailbox=mailbox)
+
+
+#: The URL of an ``echo: true`` endpoint is this prefix and its name; the gateway answers it itself
+#: (gateway/serve/echo.py), echoing the envelope, for ``bmrgw check``.
+ECHO_URL_PREFIX = "echo:"
+
+
+def _echo(name: str, m: Mapping[str, Any], path: str) -> UrlEndpoint:
+    if m["echo"] is not True:
+        raise ConfigError(f"{path}.echo: write echo: true (or leave it out), not {m['echo']!r}")
+    for key in ("timeout", *OUTBOUND_KEYS, "wss", *_ENDPOINT_LIMIT_KEYS, *_URL_ONLY_KEYS):
+        if key in m:
+            raise ConfigError(f"{path}.{key}: the echo endpoint is answered by the gateway itself; it has no {key}")
+    return UrlEndpoint(name=name, url=f"{ECHO_URL_PREFIX}{name}")
 
 
 def _clients(raw: Any, base: Path) -> Mapping[str, Client]:

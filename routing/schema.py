@@ -200,14 +200,17 @@ def _dataset(props: dict[str, Schema]) -> None:
 
 
 def _config(props: dict[str, Schema]) -> None:
-    """An endpoint is one of three kinds, told apart by its ``url``/``urls``, ``via`` or ``mailbox`` key."""
+    """An endpoint is one of four kinds, told apart by its ``url``/``urls``, ``via``, ``mailbox`` or ``echo`` key."""
     merged: dict[str, Schema] = {}
     for kind in (UrlEndpoint, PeerEndpoint, MailboxEndpoint):
         merged.update(_object(kind)["properties"])
     merged["urls"]["minItems"] = 1
     merged["disabled"] = _describe({"type": "boolean"}, _field_docs(Config)["disabled"], False)
+    # Not a field: an echo endpoint is a UrlEndpoint whose URL the gateway answers itself (routing/config.py).
+    merged["echo"] = {"const": True, "description": "The connection-test echo business AP: the gateway answers "
+                      "it with the envelope it was sent (bmrgw check)."}
     entry = {"type": "object", "additionalProperties": False, "properties": merged,
-             "oneOf": [{"required": [key]} for key in ("url", "urls", "via", "mailbox")]}
+             "oneOf": [{"required": [key]} for key in ("url", "urls", "via", "mailbox", "echo")]}
     props["endpoints"] = {"anyOf": [{"type": "object", "additionalProperties": entry}, {"type": "null"}],
                           "description": props["endpoints"].get("description", "")}
 

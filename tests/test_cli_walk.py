@@ -33,7 +33,8 @@ def leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     if not subs:
         return [(path, parser)]
-    found = []
+    # A command that runs by itself and also has sub-commands (``bmrgw pki``, ``bmrgw pki csr``) is both.
+    found = [(path, parser)] if parser.get_default("run") is not None else []
     for action in subs:
         for name, child in action.choices.items():
             found += leaves(child, (*path, name))

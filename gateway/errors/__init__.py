@@ -71,7 +71,9 @@ HTTP status of the fault response::
         │                                           (defined beside its kinds in gateway/jx/failure.py)
         ├── SendError                               ``bmrgw send`` did not complete (carries its exit code)
         ├── RemoteFault                             a gateway answered a refdb request with a fault
-        └── FileError(ValueError)                   a records file cannot be read (``bmrgw refdb push``)
+        ├── FileError(ValueError)                   a records file cannot be read (``bmrgw refdb push``)
+        └── CertificateRefused(ValueError)          ``bmrgw pki install``: wrong key (3), broken chain (4),
+                                                    expired or not yet valid (5)
 
 Private signals that never leave their package are not part of the tree: a
 poll round's ``Stopped``, refdb's ``BadValue``/``FieldError`` (turned into
@@ -102,7 +104,7 @@ from .stores import (
     UnsafeFileName, ChecksumMismatch, SenderMismatch, ZipBomb, StorageFailed, QuotaExceeded,
     JournalUnavailable, WriterError, ReplayStoreUnavailable, StoreUnavailable, ArchiveUnreadable,
 )
-from .commands import UsageError, PollError, SendError, RemoteFault, FileError
+from .commands import UsageError, PollError, SendError, RemoteFault, FileError, CertificateRefused
 
 __all__ = [
     "GatewayError",
@@ -159,4 +161,5 @@ __all__ = [
     "SendError",
     "RemoteFault",
     "FileError",
+    "CertificateRefused",
 ]

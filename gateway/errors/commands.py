@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .base import CommandError
 
-__all__ = ["UsageError", "PollError", "SendError", "RemoteFault", "FileError"]
+__all__ = ["UsageError", "PollError", "SendError", "RemoteFault", "FileError", "CertificateRefused"]
 
 
 class UsageError(CommandError, ValueError):
@@ -43,3 +43,17 @@ class RemoteFault(CommandError):
 
 class FileError(CommandError, ValueError):
     """Raised for a file that cannot be read as records; the message names the file and line."""
+
+
+class CertificateRefused(CommandError, ValueError):
+    """Raised when ``bmrgw pki install`` refuses a certificate; ``exit_code`` says why.
+
+    3: the certificate does not belong to the key; 4: its chain does not lead to a trust
+    anchor; 5: it is expired or not yet valid (or its issuer is).
+    """
+
+    code = "CertificateRefused"
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -74,14 +74,32 @@ class JxClient:
     def _session(self) -> Any:
         if self._http is None:
             import requests
+            import requests.auth
 
             session = requests.Session()
             c = self.credentials
             if c.user is not None:
-                session.auth = (c.user, c.password or "")
+                # RFC 7617 charset=UTF-8, as the gateway reads it: requests would encode str as latin-1
+                # and fail on a Japanese password.
+                session.auth = requests.auth.HTTPBasicAuth(c.user.encode("utf-8"), (c.password or "").encode("utf-8"))
             if c.cert is not None:
                 session.cert = (str(c.cert), str(c.key)) if c.key is not None else str(c.cert)
             if c.ca is not None:
                 session.verify = str(c.ca)
+                # requests lets $REQUESTS_CA_BUNDLE / $CURL_CA_BUNDLE override Session.verify (requests
+                # issue 3829): pin the configured CA where each request is sent.
+                session.mount("https://", _pinned_adapter(str(c.ca)))
             self._http = session
         return self._http
+
+
+def _pinned_adapter(ca: str) -> Any:
+    """An HTTPS adapter that verifies against ``ca`` whatever the environment says."""
+    import requests.adapters
+
+    class Pinned(requests.adapters.HTTPAdapter):
+        def send(self, request: Any, stream: bool = False, timeout: Any = None, verify: bool | str = True,
+                 cert: Any = None, proxies: Any = None) -> Any:
+            return super().send(request, stream=stream, timeout=timeout, verify=ca, cert=cert, proxies=proxies)
+
+    return Pinned()

@@ -9,6 +9,9 @@ subject/authority key identifiers.  Keys are RSA 2048 (what LGPKI and every
 WS-Security stack accept), written unencrypted with mode 0600: these are
 development keys, never production ones.
 
+For production certificates, ``bmrgw pki csr`` (:mod:`.csr`) and ``bmrgw pki
+install`` (:mod:`.install`) are the go-live steps.
+
 Files are ``<name>.pem`` (certificate) and ``<name>-key.pem`` (key) in one
 folder, the names SPEC.md's endpoints.yaml example uses.
 """
@@ -31,6 +34,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.errors import GatewayError
+
+from .csr import add_csr_command
+from .install import add_install_command
 
 __all__ = ["Issued", "Kind", "make_ca", "load_ca", "issue", "make_set", "add_pki_command"]
 
@@ -221,6 +227,9 @@ def add_pki_command(commands: argparse._SubParsersAction[argparse.ArgumentParser
                    help="DNS name or IP address for server certificates (default: localhost and 127.0.0.1)")
     p.add_argument("--days", type=int, default=DEFAULT_DAYS, help=f"validity in days (default: {DEFAULT_DAYS})")
     p.set_defaults(run=_pki)
+    steps = p.add_subparsers(title="go-live steps (production certificates)", metavar="{csr,install}")
+    add_csr_command(steps)
+    add_install_command(steps)
 
 
 def _file_name(name: str) -> str:

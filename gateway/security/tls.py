@@ -11,16 +11,25 @@ With ``gateway.tls.crl`` OpenSSL also checks each client certificate against
 the certificate revocation list of its CA (``VERIFY_CRL_CHECK_LEAF``): a
 revoked one is cut off during the handshake.  The file (PEM, one or more
 CRLs, or DER) is checked when loaded — each CRL must be signed by a CA of
-``client_ca`` — and :func:`reload_crl` (SIGHUP) adds a new version to the
-running context.  OpenSSL uses the CRL with the latest ``lastUpdate`` for a
-CA, so a reissued CRL takes over for new handshakes; an expired CRL makes
-every handshake from that CA fail (fail closed), as RFC 5280 wants.
+``client_ca`` — by :func:`reload_crl`, which can also add a new version to a
+context.  OpenSSL uses the CRL with the latest ``lastUpdate`` for a CA, so a
+reissued CRL takes over for new handshakes; an expired CRL makes every
+handshake from that CA fail (fail closed), as RFC 5280 wants.
+
+Certificates change while the gateway runs (README "Bringing a site live"):
+the listening socket holds a :class:`ReloadingContext`, which hands each new
+connection to the context in force; :mod:`gateway.serve.certs` builds a
+whole new one with :func:`server_context` when a file changes (or on
+SIGHUP) and swaps it in one assignment.  Connections already open keep the
+context they started with; a context that cannot be built is never swapped
+in.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import socket
 import ssl
 import tempfile
 from pathlib import Path
@@ -32,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from gateway.errors import ConfigError
 from routing.settings import TlsSettings
 
-__all__ = ["server_context", "reload_crl", "TLS12_CIPHERS"]
+__all__ = ["server_context", "reload_crl", "ReloadingContext", "TLS12_CIPHERS"]
 
 log = logging.getLogger(__name__)
 _PEM_CRL_END = b"-----END X509 CRL-----"
@@ -61,6 +70,37 @@ def server_context(tls: TlsSettings) -> ssl.SSLContext:
         reload_crl(context, tls)
         context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return context
+
+
+class ReloadingContext(ssl.SSLContext):
+    """The server context the listening socket holds: each new connection uses :attr:`current`.
+
+    asyncio and uvloop make one ``SSLObject`` per accepted connection through
+    :meth:`wrap_bio`; delegating that call is what lets a new certificate,
+    client CA or CRL take over without closing the listening socket.
+    """
+
+    current: ssl.SSLContext
+
+    def __new__(cls, first: ssl.SSLContext) -> ReloadingContext:
+        made = super().__new__(cls, ssl.PROTOCOL_TLS_SERVER)
+        made.current = first
+        return made
+
+    def __init__(self, first: ssl.SSLContext) -> None:  # noqa: D107 - __new__ did the work
+        pass
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
+                 server_hostname: str | bytes | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        return self.current.wrap_bio(incoming, outgoing, server_side=server_side,
+                                     server_hostname=server_hostname, session=session)
+
+    def wrap_socket(self, sock: socket.socket, server_side: bool = False, do_handshake_on_connect: bool = True,
+                    suppress_ragged_eofs: bool = True, server_hostname: str | bytes | None = None,
+                    session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
+        return self.current.wrap_socket(sock, server_side=server_side, do_handshake_on_connect=do_handshake_on_connect,
+                                        suppress_ragged_eofs=suppress_ragged_eofs, server_hostname=server_hostname,
+                                        session=session)
 
 
 def reload_crl(context: ssl.SSLContext, tls: TlsSettings) -> int:

@@ -44,6 +44,8 @@ from routing.config import Config, load_config
 from routing.watch import LiveTable, watch
 
 from . import control, heap
+from .certs import CERTS, CertificateWatch
+from .echo import EchoUpstream
 from .status import add_status_route
 
 __all__ = ["make_app", "reloaded", "AppOptions", "RELAY"]
@@ -76,6 +78,7 @@ def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Applicat
     """The gateway application for ``config``."""
     app = web.Application(client_max_size=1024 * 1024, handler_args={"max_field_size": 16384})
     app[LIVE] = LiveTable(config)
+    app[CERTS] = CertificateWatch(app[LIVE])
     install_auth(app, lambda: app[LIVE].current.config.clients, fault_response, _log_refusal(app))
     app[METRICS] = Metrics()
     app[NODE] = options.node or config.gateway.name
@@ -157,7 +160,7 @@ async def _security_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def _relay_ctx(options: AppOptions) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        upstream = Resilient(options.upstream(), app[RESILIENCE])
+        upstream = Resilient(EchoUpstream(options.upstream()), app[RESILIENCE])
         app[RELAY] = Relay(table=app[LIVE], upstream=upstream, metrics=app[METRICS],
                            clock=app[CLOCK], journal=app.get(JOURNAL), security=app[SECURITY],
                            deposit=app.get(JX_MAILBOX))
@@ -172,12 +175,14 @@ def _watch_ctx(config: Config, options: AppOptions) -> Callable[[web.Application
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         app[METRICS].config_generation.set(1)
-        task = asyncio.create_task(watch(app[LIVE], source, lambda: load_config(source, db=options.db),
-                                         on_reload=lambda applied: reloaded(app, applied)))
+        load = lambda: load_config(source, db=options.db)  # noqa: E731
+        task = asyncio.create_task(watch(app[LIVE], source, load, on_reload=lambda applied: reloaded(app, applied)))
+        certs = asyncio.create_task(app[CERTS].watch(lambda: reloaded(app, app[LIVE].reload(load))))
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for running in (task, certs):
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
     return ctx
 
 
@@ -255,8 +260,10 @@ async def _healthz(request: web.Request) -> web.Response:
             "error": live.error,
         },
         "store": store_state,
-        "ntp": request.app[CLOCK].status(),
+        # The corrected time itself too: a site's ``bmrgw check`` compares its clock with it.
+        "ntp": {**request.app[CLOCK].status(), "time": request.app[CLOCK].read().time},
         "log": log_state,
+        "tls": request.app[CERTS].status(),
     }
     return web.json_response(body, status=200 if able else 503)
 
@@ -265,6 +272,7 @@ async def _metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     clock = request.app[CLOCK]
     metrics.ntp(offset=clock.offset, synced=clock.synced)
+    metrics.certificates(request.app[CERTS].expiries)
     journal = request.app.get(JOURNAL)
     if journal is not None:
         metrics.journal(journal.status())

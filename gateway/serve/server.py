@@ -7,7 +7,8 @@ Signals (README "Resilience"):
   log, exit 0.
 * SIGHUP — reload endpoints.yaml now: validate, then swap the whole table in
   one step, or keep the old one and report why (log, ``/healthz``, metrics);
-  and read ``gateway.tls.crl`` again (the other TLS settings need a restart).
+  and read the TLS certificate, key, client CA and CRL again
+  (:mod:`gateway.serve.certs`, which also reloads them when their files change).
 
 Garbage collection.  Once listening, the process hands what start-up built
 to :func:`gateway.serve.heap.settle` (see there): Python's cyclic collector
@@ -24,24 +25,22 @@ import logging
 import os
 import signal
 import socket
-import ssl
 
 from aiohttp import web
 
 from gateway.durable import private_dir
-from gateway.errors import ConfigError, UsageError
+from gateway.errors import UsageError
 from gateway.keys import LIVE
 from gateway.proctitle import name_process
 from gateway.relay.limits import ListenSite, busy_answer
 from gateway.relay.resilience import RESILIENCE
 from gateway.security.auth import cleartext_basic_warning
-from gateway.security.tls import reload_crl, server_context
 from routing.config import Config, load_config
-from routing.settings import TlsSettings
 
 from . import heap
 from .access import access_log
 from .app import AppOptions, make_app, reloaded
+from .certs import CERTS
 from .options import ServeOptions
 from .workers import heartbeat, supervise
 
@@ -104,7 +103,6 @@ def serve(options: ServeOptions) -> int:
 
 
 async def _run(app: web.Application, config: Config, sock: socket.socket, options: ServeOptions) -> None:
-    tls = config.gateway.tls
     runner = web.AppRunner(app, shutdown_timeout=config.gateway.drain_timeout,
                            keepalive_timeout=config.gateway.keepalive_timeout,
                            **access_log(config.gateway.access_log))
@@ -118,7 +116,7 @@ async def _run(app: web.Application, config: Config, sock: socket.socket, option
     def timed_out() -> None:
         res.connections_timed_out += 1
 
-    context = server_context(tls) if tls is not None else None
+    context = app[CERTS].listen_context()
     site = ListenSite(runner, sock, ssl_context=context,
                       limits=lambda: live.current.config.gateway.limits, answer=answer,
                       header_timeout=config.gateway.header_timeout, timed_out=timed_out)
@@ -131,7 +129,7 @@ async def _run(app: web.Application, config: Config, sock: socket.socket, option
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, _reload, app, options, context)
+    loop.add_signal_handler(signal.SIGHUP, _reload, app, options)
     await stopping.wait()
     drain = config.gateway.drain_timeout
     log.info("stopping: no new connections; requests in flight get up to %g s to finish", drain)
@@ -141,27 +139,14 @@ async def _run(app: web.Application, config: Config, sock: socket.socket, option
     log.info("stopped; the send/receive log is flushed")
 
 
-def _reload(app: web.Application, options: ServeOptions, context: ssl.SSLContext | None) -> None:
+def _reload(app: web.Application, options: ServeOptions) -> None:
     live = app[LIVE]
     source = live.current.config.source or options.config
     applied = live.reload(lambda: load_config(source, db=options.db))
     reloaded(app, applied)
     log.warning("SIGHUP: %s", f"config reloaded (generation {live.generation})" if applied
                 else f"config NOT reloaded, the previous table stays in force: {live.error}")
-    _reload_crl(context, live.current.config.gateway.tls)
-
-
-def _reload_crl(context: ssl.SSLContext | None, tls: TlsSettings | None) -> None:
-    """The CRL file as it is now (revocations take effect for new handshakes); the one loaded before
-    stays in force when it cannot be read."""
-    if context is None or tls is None or tls.crl is None:
-        return
-    try:
-        count = reload_crl(context, tls)
-    except ConfigError as exc:
-        log.error("SIGHUP: CRL NOT reloaded, the previous one stays in force: %s", exc.reason)
-        return
-    log.warning("SIGHUP: CRL reloaded from %s (%d list%s)", tls.crl, count, "" if count == 1 else "s")
+    app[CERTS].reload_server("SIGHUP")
 
 
 def _announce(config: Config, where: str, options: ServeOptions) -> None:

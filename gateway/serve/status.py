@@ -36,6 +36,7 @@ from gateway.terminal import ConfigOption, http_url, table
 from routing.config import Config, load_config
 
 from . import control
+from .certs import CERTS
 
 __all__ = ["add_status_route", "add_status_command", "status_of"]
 
@@ -77,6 +78,7 @@ async def status_of(app: web.Application) -> dict[str, Any]:
         "ntp": app[CLOCK].status(),
         "log_writer": journal.status() if journal is not None else {"running": False, "disabled": True},
         "processes": await _processes(app),
+        "tls": app[CERTS].status(),
     }
 
 
@@ -169,10 +171,22 @@ def status_lines(body: dict[str, Any]) -> list[str]:
     else:
         lines.append("processes:  " + ", ".join(f"{p['node']} (pid {p['pid']} on {p['host']})"
                                                   for p in processes["list"]))
+    lines += _certificate_lines(body.get("tls"))
     rows = [[e["name"], e["kind"], "disabled" if e["disabled"] else _worst(e["circuits"]),
              " ".join(c["url"] + ("" if c["state"] == "closed" else f" [{c['state']}]") for c in e["circuits"])]
             for e in body["endpoints"]]
     return [*lines, "", *(table(["ENDPOINT", "KIND", "STATE", "CIRCUITS"], rows) if rows else ["no endpoints"])]
+
+
+def _certificate_lines(tls: dict[str, Any] | None) -> list[str]:
+    if not tls:
+        return []
+    lines = [f"TLS:        NOT reloaded, the certificates in force stay: {tls['error']}"] if tls["error"] else []
+    for c in tls["certificates"]:
+        flag = "  EXPIRED" if c["expired"] else "  WARNING: renew soon" if c["warning"] else ""
+        lines.append(f"cert:       {c['role']}: {c['subject']} until {c['not_after'][:16]} "
+                     f"({c['days_left']:.0f} days){flag}")
+    return lines
 
 
 def _worst(circuits: list[dict[str, Any]]) -> str:
