@@ -14,7 +14,8 @@ from .jx import JxCycles
 from .refdb import RefdbPush, RefdbSnapshot
 from .bigbody import BigBody
 from .relay import AddedLatency, CpuRatio, LatencyRatio, RelayLoad, ThroughputRatio
-from .resilience import Isolation, Soak, Workers
+from .resilience import Isolation, Soak
+from .workers import Workers
 from .secure import SecuredRelay
 
 __all__ = ["SCENARIOS"]

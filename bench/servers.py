@@ -115,8 +115,10 @@ def _start_backend(tools: Tools, workdir: Path, delay: float, exits: ExitStack) 
     return server, url
 
 
-def start_nginx_backend(tools: Tools, workdir: Path, delay: float, exits: ExitStack) -> tuple[Server, str]:
-    """nginx answering the EchoResponse of each envelope size in :data:`ECHO_SIZES` (no delay)."""
+def start_nginx_backend(tools: Tools, workdir: Path, delay: float, exits: ExitStack, *,
+                        cpus: str | None = None) -> tuple[Server, str]:
+    """nginx answering the EchoResponse of each envelope size in :data:`ECHO_SIZES` (no delay),
+    pinned to ``cpus`` (``taskset -c``) when given."""
     if delay:
         raise BenchError("the nginx backend cannot wait before answering; use the echo backend")
     port = free_port()
@@ -125,7 +127,8 @@ def start_nginx_backend(tools: Tools, workdir: Path, delay: float, exits: ExitSt
     conf = prefix / "nginx.conf"
     answers = {size: echo_answer(make_envelope(size).body) for size in ECHO_SIZES}
     conf.write_text(nginx_echo_conf(prefix, port=port, answers=answers, listen=LOOPBACK))
-    argv: list[str | os.PathLike[str]] = [tools.nginx, "-p", prefix, "-c", conf, "-e", prefix / "error.log"]
+    pin: list[str | os.PathLike[str]] = ["taskset", "-c", cpus] if cpus else []
+    argv: list[str | os.PathLike[str]] = [*pin, tools.nginx, "-p", prefix, "-c", conf, "-e", prefix / "error.log"]
     url = f"http://{LOOPBACK}:{port}{DEMO_PATH}"
     return _launch("nginx backend", argv, prefix / "stdout.log", f"{url}?wsdl", exits), url
 

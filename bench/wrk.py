@@ -46,6 +46,8 @@ class Load:
     script: Path = _SCRIPT
     #: The answer every request must get (``check.lua``: a 200 with other bytes is a "bad" error).
     expect_file: Path | None = None
+    #: CPUs wrk is pinned to (``taskset -c``), or None.
+    cpus: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,6 +90,7 @@ def run_wrk(wrk: Path, load: Load) -> WrkResult:
 
 def _argv(wrk: Path, load: Load) -> list[str]:
     return [
+        *(["taskset", "-c", load.cpus] if load.cpus else []),
         os.fspath(wrk), f"--threads={load.threads}", f"--connections={load.connections}",
         f"--duration={max(1, round(load.duration))}s", f"--timeout={load.timeout:g}s",
         f"--script={load.script}", load.url, "--", os.fspath(load.body_file),
