@@ -272,7 +272,13 @@ def _raw(cell: Cell) -> dict[str, Any]:
 def _notes(cells: Mapping[str, Cell]) -> list[str]:
     """Say which process limited each target, so a ratio is read against the right cause."""
     limits = [f"{c.target}: {' and '.join(c.saturated())}" for c in cells.values() if c.saturated()]
-    return [f"At ≥ {_SATURATED:.0f} % of a core (the limit): {'; '.join(limits)}."] if limits else []
+    notes = [f"At ≥ {_SATURATED:.0f} % of a core (the limit): {'; '.join(limits)}."] if limits else []
+    errors = [f"{c.target} " + ", ".join(f"{kind} {n:,}" for kind, n in c.result.errors.items() if n)
+              for c in cells.values() if c.result.error_count]
+    if errors:
+        notes.append(f"Errors by kind (wrk: connect, read, write, status = not 2xx/3xx, timeout = over "
+                     f"{Load.timeout:g} s; bad = a 2xx with other bytes): {'; '.join(errors)}.")
+    return notes
 
 
 def _row(cell: Cell, cells: Mapping[str, Cell]) -> list[str]:
