@@ -53,6 +53,8 @@ MAX_IDLE = 256
 _MAX_LINE, _MAX_FIELD, _MAX_HEADERS, _READ_BUFSIZE = 8190, 8190, 128, 2**16
 
 _Key = tuple[str, str, int, "ssl.SSLContext | None"]
+#: Characters a URL must not carry unquoted on the request line.
+_TO_QUOTE = frozenset(' \t"<>\\^`{|}\r\n')
 
 
 class _Target:
@@ -83,8 +85,12 @@ class Pool:
         self._closed = False
 
     @staticmethod
-    def takes(headers: Mapping[str, str]) -> bool:
-        """Whether the headers can be written as they are (aiohttp refuses CR and LF in them)."""
+    def takes(url: str, headers: Mapping[str, str]) -> bool:
+        """Whether the request can be written as it is: headers without CR or LF (aiohttp refuses them),
+        a URL of plain ASCII with nothing to quote and no user:password (aiohttp quotes the one and turns
+        the other into Basic credentials; those rare URLs keep its path)."""
+        if not url.isascii() or "@" in url or any(c in url for c in _TO_QUOTE):
+            return False
         return not any("\r" in v or "\n" in v for v in headers.values())
 
     async def post(self, route: Route, url: str, headers: Mapping[str, str], body: bytes,

@@ -227,7 +227,7 @@ class HttpUpstream:
             hop = self._hops.get(route.outbound) or self._new_hop(route.outbound)
             if hop.authorization is not None:
                 headers = {**headers, "Authorization": hop.authorization}
-            if Pool.takes(headers):
+            if Pool.takes(route.url, headers):
                 return await self._pool.post(route, route.url, headers, body, hop.ssl)
         return HttpReply(await self._send(route, headers, body), route)
 
