@@ -104,15 +104,16 @@ class Bench:
         self._stack: tuple[Stack, ExitStack] | None = None
         self._started = time.monotonic()
 
-    def stack(self, delay: float) -> Stack:
-        """The backend answering after ``delay`` seconds, with the selected proxies in front."""
-        if self._stack and self._stack[0].delay == delay:
+    def stack(self, delay: float, backend: str = "demo") -> Stack:
+        """The ``backend`` (of :data:`servers.BACKENDS`) answering after ``delay`` seconds, with the
+        selected proxies in front."""
+        if self._stack and self._stack[0].delay == delay and self._stack[0].kind == backend:
             return self._stack[0]
         self.close_stack()
         exits = self._exits.enter_context(ExitStack())
-        self.log(f"starting backend ({delay * 1000:g} ms) and {', '.join(self.settings.targets)}")
-        self._stack = (start_stack(self.tools, self.workdir, delay=delay,
-                                   targets=self.settings.targets, exits=exits), exits)
+        self.log(f"starting {backend} backend ({delay * 1000:g} ms) and {', '.join(self.settings.targets)}")
+        self._stack = (start_stack(self.tools, self.workdir, delay=delay, targets=self.settings.targets,
+                                   exits=exits, kind=backend), exits)
         return self._stack[0]
 
     def close_stack(self) -> None:

@@ -24,18 +24,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .echo import echo_answer
 from .envelope import HEADERS, make_envelope, verify
 from .harness import Bench, Check, Section
 from .procs import cpu_seconds
 from .servers import Stack, Target
-from .wrk import Load, WrkResult, run_wrk
+from .wrk import CHECK_SCRIPT, Load, WrkResult, run_wrk
 
-__all__ = ["AddedLatency", "Cell", "RelayLoad", "ThroughputRatio", "measure", "pooled", "round_rates"]
+__all__ = ["AddedLatency", "Cell", "CpuRatio", "LatencyRatio", "RelayLoad", "ThroughputRatio", "measure", "pooled", "round_rates"]
 
 #: % of one core from which a process counts as saturated (it cannot use more than one).
 _SATURATED = 90.0
+_BACKEND_NOTE = {
+    "nginx": "nginx answering a fixed EchoResponse per envelope size (C; not the bottleneck)",
+    "echo": "aiohttp's low-level web.Server echoing the envelope (bench/echo.py)",
+    "demo": "the demo backend (`bmrgw demo-backend`: lxml parse and a built answer, a realistic service)",
+}
 _HEADERS = ("target", "req/s", "× direct", "× nginx", "MiB/s in", "p50 ms", "p99 ms",
-            "+p50 ms", "+p99 ms", "errors", "CPU % wrk/backend/proxy")
+            "+p50 ms", "+p99 ms", "errors", "CPU % wrk/backend/proxy", "proxy CPU µs/req", "× nginx CPU")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +60,12 @@ class Cell:
         if self.target != "direct":
             used["proxy"] = self.proxy_cpu
         return {name: 100 * seconds / wall for name, seconds in used.items()}
+
+    def proxy_us(self) -> float | None:
+        """CPU microseconds the proxy (all its processes: workers, log writer) used per request."""
+        if self.target == "direct" or not self.result.requests:
+            return None
+        return 1e6 * self.proxy_cpu / self.result.requests
 
     def saturated(self) -> list[str]:
         """The single-threaded processes that had a whole core: the likely bottleneck."""
@@ -79,6 +91,39 @@ class ThroughputRatio:
         """``target`` ÷ ``baseline`` req/s of each round."""
         pairs = zip(runs.get(self.target, ()), runs.get(self.baseline, ()))
         return [a.result.rps / b.result.rps for a, b in pairs if b.result.rps]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CpuRatio:
+    """Acceptance target: ``target``'s proxy CPU per request is at most ``at_most`` × ``baseline``'s."""
+
+    target: str
+    baseline: str
+    at_most: float
+
+    def check(self, cells: Mapping[str, Cell], scenario: str, runs: Mapping[str, Sequence[Cell]]) -> Check:
+        a, b = cells.get(self.target), cells.get(self.baseline)
+        ours, theirs = (a.proxy_us() if a else None), (b.proxy_us() if b else None)
+        ratio = ours / theirs if ours is not None and theirs else None
+        return Check(label=f"{scenario}: {self.target} CPU µs/request ÷ {self.baseline}'s", measured=ratio,
+                     limit=self.at_most, unit="×", at_least=False, problem=_errors(a, b))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LatencyRatio:
+    """Acceptance target: ``target``'s ``percentile`` latency is at most ``at_most`` × ``baseline``'s."""
+
+    target: str
+    baseline: str
+    percentile: str
+    at_most: float
+
+    def check(self, cells: Mapping[str, Cell], scenario: str, runs: Mapping[str, Sequence[Cell]]) -> Check:
+        a, b = cells.get(self.target), cells.get(self.baseline)
+        ratio = (a.result.latency_ms[self.percentile] / b.result.latency_ms[self.percentile]
+                 if a and b and b.result.latency_ms[self.percentile] else None)
+        return Check(label=f"{scenario}: {self.target} p{self.percentile} ÷ {self.baseline}'s", measured=ratio,
+                     limit=self.at_most, unit="×", at_least=False, problem=_errors(a, b))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,31 +161,46 @@ class RelayLoad:
     envelope_bytes: int
     connections: int
     backend_delay: float
-    rules: Sequence[ThroughputRatio | AddedLatency] = ()
+    rules: Sequence[ThroughputRatio | AddedLatency | CpuRatio | LatencyRatio] = ()
     rounds: int = 1
     """Interleaved rounds of ``--duration`` seconds per target (warm-up before the first only)."""
+    backend: str = "nginx"
+    """Which of :data:`servers.BACKENDS` answers: by default one that is not the bottleneck."""
+    check_answers: bool = False
+    """Compare every answer with the expected bytes (a differing one is a "bad" error)."""
 
     def run(self, bench: Bench) -> Section:
-        stack = bench.stack(self.backend_delay)
+        stack = bench.stack(self.backend_delay, self.backend)
         envelope = make_envelope(self.envelope_bytes)
         body_file = bench.workdir / f"envelope-{self.envelope_bytes}.xml"
         body_file.write_bytes(envelope.body)
+        expect_file = None
+        if self.check_answers:
+            expect_file = bench.workdir / f"answer-{self.envelope_bytes}.xml"
+            expect_file.write_bytes(echo_answer(envelope.body))
         runs: dict[str, list[Cell]] = {name: [] for name in bench.settings.targets}
         for name in runs:
             verify(stack.targets[name].url, envelope, target=name)
         for round_ in range(self.rounds):
             order = list(runs) if round_ % 2 == 0 else list(reversed(runs))  # drift within a round evens out
             for name in order:
-                runs[name].append(self._measure(bench, stack, stack.targets[name], body_file, warm=round_ == 0))
+                runs[name].append(self._measure(bench, stack, stack.targets[name], body_file, expect_file,
+                                                warm=round_ == 0))
         return self._section({name: pooled(done) for name, done in runs.items()}, runs)
 
-    def _measure(self, bench: Bench, stack: Stack, target: Target, body_file: Path, *, warm: bool) -> Cell:
+    def _measure(self, bench: Bench, stack: Stack, target: Target, body_file: Path, expect_file: Path | None,
+                 *, warm: bool) -> Cell:
         load = Load(url=target.url, body_file=body_file, headers=HEADERS, connections=self.connections,
-                    duration=bench.settings.duration)
+                    duration=bench.settings.duration, expect_file=expect_file,
+                    script=CHECK_SCRIPT if expect_file is not None else Load.script)
         return measure(bench, stack, target, load, scenario=self.name, warm=warm)
 
     def _section(self, cells: Mapping[str, Cell], runs: Mapping[str, Sequence[Cell]]) -> Section:
-        notes = _notes(cells)
+        notes = [f"Backend: {_BACKEND_NOTE[self.backend]}.", *_notes(cells)]
+        if self.check_answers:
+            notes.append("Every answer compared byte for byte with the expected EchoResponse: "
+                         + ", ".join(f"{c.target} {c.result.checked:,} equal, {c.result.errors.get('bad', 0)} not"
+                                     for c in cells.values()) + ".")
         if self.rounds > 1:
             notes.append(f"{self.rounds} interleaved rounds per target; req/s pooled over the rounds "
                          f"(per round: {round_rates(runs)}); latencies are the median of the rounds'.")
@@ -152,7 +212,7 @@ class RelayLoad:
             name=self.name, title=self.title, headers=_HEADERS, notes=notes,
             rows=[_row(cell, cells) for cell in cells.values()],
             checks=[rule.check(cells, self.name, runs) for rule in self.rules],
-            raw={"envelope_bytes": self.envelope_bytes, "connections": self.connections,
+            raw={"envelope_bytes": self.envelope_bytes, "backend": self.backend, "connections": self.connections,
                  "backend_delay_s": self.backend_delay,
                  "targets": {name: _raw(cell) for name, cell in cells.items()},
                  "rounds_rps": {name: [c.result.rps for c in done] for name, done in runs.items()}},
@@ -168,7 +228,7 @@ def pooled(cells: Sequence[Cell]) -> Cell:
     latency = {q: statistics.median(r.latency_ms[q] for r in results) for q in results[0].latency_ms}
     result = WrkResult(requests=sum(r.requests for r in results), seconds=sum(r.seconds for r in results),
                        bytes_read=sum(r.bytes_read for r in results), errors=errors, latency_ms=latency,
-                       cpu_seconds=sum(r.cpu_seconds for r in results))
+                       cpu_seconds=sum(r.cpu_seconds for r in results), checked=sum(r.checked for r in results))
     return Cell(target=cells[0].target, result=result, backend_cpu=sum(c.backend_cpu for c in cells),
                 proxy_cpu=sum(c.proxy_cpu for c in cells))
 
@@ -205,13 +265,20 @@ def _raw(cell: Cell) -> dict[str, Any]:
     r = cell.result
     return {"rps": r.rps, "requests": r.requests, "seconds": r.seconds, "bytes_read": r.bytes_read,
             "errors": dict(r.errors), "latency_ms": dict(r.latency_ms),
-            "cpu_seconds": {"wrk": r.cpu_seconds, "backend": cell.backend_cpu, "proxy": cell.proxy_cpu}}
+            "cpu_seconds": {"wrk": r.cpu_seconds, "backend": cell.backend_cpu, "proxy": cell.proxy_cpu},
+            "proxy_cpu_us_per_request": cell.proxy_us(), "checked": r.checked}
 
 
 def _notes(cells: Mapping[str, Cell]) -> list[str]:
     """Say which process limited each target, so a ratio is read against the right cause."""
     limits = [f"{c.target}: {' and '.join(c.saturated())}" for c in cells.values() if c.saturated()]
-    return [f"At ≥ {_SATURATED:.0f} % of a core (the limit): {'; '.join(limits)}."] if limits else []
+    notes = [f"At ≥ {_SATURATED:.0f} % of a core (the limit): {'; '.join(limits)}."] if limits else []
+    errors = [f"{c.target} " + ", ".join(f"{kind} {n:,}" for kind, n in c.result.errors.items() if n)
+              for c in cells.values() if c.result.error_count]
+    if errors:
+        notes.append(f"Errors by kind (wrk: connect, read, write, status = not 2xx/3xx, timeout = over "
+                     f"{Load.timeout:g} s; bad = a 2xx with other bytes): {'; '.join(errors)}.")
+    return notes
 
 
 def _row(cell: Cell, cells: Mapping[str, Cell]) -> list[str]:
@@ -222,7 +289,17 @@ def _row(cell: Cell, cells: Mapping[str, Cell]) -> list[str]:
         f"{r.latency_ms['50']:.2f}", f"{r.latency_ms['99']:.2f}",
         _plus(_added(cell, cells.get("direct"), "50")), _plus(_added(cell, cells.get("direct"), "99")),
         str(r.error_count), "/".join(f"{p:.0f}" for p in cell.cpu_percent().values()),
+        _us(cell.proxy_us()), _cpu_ratio(cell, cells.get("nginx")),
     ]
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _cpu_ratio(cell: Cell, nginx: Cell | None) -> str:
+    ours, theirs = cell.proxy_us(), (nginx.proxy_us() if nginx else None)
+    return "-" if ours is None or not theirs or nginx is cell else f"{ours / theirs:.1f}"
 
 
 def _ratio(cell: Cell, baseline: Cell | None) -> str:

@@ -1,7 +1,5 @@
-"""Resilience scenarios: --workers 2 vs 1, a slow endpoint beside a fast one, and the soak.
+"""Resilience scenarios: a slow endpoint beside a fast one, and the soak (``workers``: bench/workers.py).
 
-* ``workers`` — 1 KiB throughput at saturation through ``bmrgw serve
-  --workers 1`` and ``--workers 2`` (send/receive log on, as deployed).
 * ``isolation`` — p99 of a fast endpoint alone, then while a second wrk keeps
   a slow endpoint (1 s backend) above its ``max_concurrent`` limit, in 3
   rounds of both; the fast one's p99 may grow by at most 20 % (the median of
@@ -25,13 +23,13 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .envelope import HEADERS, make_envelope, verify
+from .envelope import HEADERS, make_envelope
 from .harness import Bench, Check, Section
 from .procs import LOOPBACK, BenchError, Server, family, free_port
 from .servers import _launch, _start_backend
 from .wrk import Load, WrkResult, run_wrk
 
-__all__ = ["Workers", "Isolation", "Soak"]
+__all__ = ["Isolation", "Soak"]
 
 _MIX_SCRIPT = Path(__file__).with_name("mix.lua")
 
@@ -70,40 +68,6 @@ def _body(bench: Bench, size: int, *, routed: bool = True) -> tuple[Path, bytes]
 
 def _cells(name: str, r: WrkResult) -> list[str]:
     return [name, f"{r.rps:,.0f}", f"{r.latency_ms['50']:.2f}", f"{r.latency_ms['99']:.2f}", str(r.error_count)]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Workers:
-    name: str = "workers"
-    title: str = "Throughput: bmrgw serve --workers 2 vs --workers 1 (1 KiB, 50 connections, log on)"
-    connections: int = 50
-
-    def run(self, bench: Bench) -> Section:
-        bench.close_stack()
-        results: dict[int, WrkResult] = {}
-        with ExitStack() as exits:
-            _, backend = _start_backend(bench.tools, bench.workdir, 0.0, exits)
-            body, _ = _body(bench, 1024)
-            envelope = make_envelope(1024)
-            for workers in (1, 2):
-                with ExitStack() as gw_exits:
-                    _, base = _gateway(bench, gw_exits, f'  demo: {{url: "{backend}"}}\n', workers=workers)
-                    verify(f"{base}/soap", envelope, target=f"workers={workers}")
-                    load = Load(url=f"{base}/soap", body_file=body, headers=HEADERS, connections=self.connections,
-                                duration=bench.settings.duration)
-                    run_wrk(bench.tools.wrk, replace(load, duration=max(1.0, bench.settings.warmup)))
-                    results[workers] = run_wrk(bench.tools.wrk, load)
-                    bench.log(f"workers={workers}: {results[workers].rps:,.0f} req/s")
-        ratio = results[2].rps / results[1].rps if results[1].rps else None
-        return Section(
-            name=self.name, title=self.title, headers=("workers", "req/s", "p50 ms", "p99 ms", "errors"),
-            rows=[_cells(str(n), r) for n, r in results.items()],
-            notes=[f"--workers 2 ÷ --workers 1 throughput: {ratio:.2f} ×" if ratio else "no throughput measured",
-                   "wrk, the backend and every worker share the machine's cores; two workers only help when "
-                   "a core is free for the second one."],
-            raw={str(n): {"rps": r.rps, "latency_ms": dict(r.latency_ms), "errors": dict(r.errors)}
-                 for n, r in results.items()},
-        )
 
 
 @dataclass(frozen=True, kw_only=True)

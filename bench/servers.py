@@ -1,7 +1,11 @@
-"""The servers under test: the demo backend and the two proxies put in front of it.
+"""The servers under test: a backend and the two proxies put in front of it.
 
-A :class:`Stack` is one backend (with a given answer delay) plus nginx and the
-gateway pointing at it.  The three targets of a scenario are the backend
+A :class:`Stack` is one backend (of a kind, with a given answer delay) plus
+nginx and the gateway pointing at it.  The kinds (:data:`BACKENDS`): ``nginx``
+answering fixed EchoResponses and ``echo`` (aiohttp's low-level server), both
+cheap enough that the proxy, not the backend, is the limit; and ``demo``, the
+gateway's own demo service, a realistic backend that parses every envelope
+(see :mod:`bench.echo`).  The three targets of a scenario are the backend
 itself ("direct"), nginx and bmrgw, and they all reach the same backend
 process, so differences between them are the proxies' alone.
 """
@@ -16,15 +20,20 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .envelope import DESTINATION
+from .echo import echo_answer, nginx_echo_conf
+from .envelope import DESTINATION, make_envelope
 from .procs import LOOPBACK, BenchError, Server, free_port, start_server
 
-__all__ = ["DEMO_PATH", "TARGETS", "Stack", "Target", "Tools", "start_stack", "launch_gateway", "gateway_conf"]
+__all__ = ["start_echo_backend", "start_nginx_backend", "start_nginx_proxy", "BACKENDS", "DEMO_PATH", "ECHO_SIZES", "TARGETS", "Stack", "Target", "Tools", "start_stack", "launch_gateway", "gateway_conf"]
 
 #: The targets in the order they are measured and reported.
 TARGETS = ("direct", "nginx", "bmrgw", "bmrgw-nolog")
 _READY_TIMEOUT = 30.0
 DEMO_PATH = "/demo"
+#: The backends a scenario can run against.
+BACKENDS = ("nginx", "echo", "demo")
+#: Envelope sizes the nginx backend has answers for (the relay scenarios' sizes).
+ECHO_SIZES = (1024, 100 * 1024)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,15 +77,17 @@ class Stack:
 
     delay: float
     backend: Server
+    kind: str = "demo"
     targets: dict[str, Target] = field(default_factory=dict)
     backend_url: str = ""
 
 
 def start_stack(tools: Tools, workdir: Path, *, delay: float, targets: tuple[str, ...],
-                exits: ExitStack) -> Stack:
-    """Start the backend, then the proxies of ``targets``; ``exits`` stops them all."""
-    backend, backend_url = _start_backend(tools, workdir, delay, exits)
-    stack = Stack(delay=delay, backend=backend, backend_url=backend_url)
+                exits: ExitStack, kind: str = "demo") -> Stack:
+    """Start the backend of ``kind``, then the proxies of ``targets``; ``exits`` stops them all."""
+    starter = {"demo": _start_backend, "nginx": start_nginx_backend, "echo": start_echo_backend}[kind]
+    backend, backend_url = starter(tools, workdir, delay, exits)
+    stack = Stack(delay=delay, backend=backend, backend_url=backend_url, kind=kind)
     starters = {"direct": lambda: Target(name="direct", url=backend_url),
                 "nginx": lambda: _start_nginx(tools, workdir, backend_url, exits),
                 "bmrgw": lambda: _start_gateway(tools, workdir, backend_url, exits, log=True),
@@ -104,12 +115,50 @@ def _start_backend(tools: Tools, workdir: Path, delay: float, exits: ExitStack) 
     return server, url
 
 
+def start_nginx_backend(tools: Tools, workdir: Path, delay: float, exits: ExitStack, *,
+                        cpus: str | None = None) -> tuple[Server, str]:
+    """nginx answering the EchoResponse of each envelope size in :data:`ECHO_SIZES` (no delay),
+    pinned to ``cpus`` (``taskset -c``) when given."""
+    if delay:
+        raise BenchError("the nginx backend cannot wait before answering; use the echo backend")
+    port = free_port()
+    prefix = workdir / f"nginx-backend-{port}"
+    prefix.mkdir()
+    conf = prefix / "nginx.conf"
+    answers = {size: echo_answer(make_envelope(size).body) for size in ECHO_SIZES}
+    conf.write_text(nginx_echo_conf(prefix, port=port, answers=answers, listen=LOOPBACK))
+    pin: list[str | os.PathLike[str]] = ["taskset", "-c", cpus] if cpus else []
+    argv: list[str | os.PathLike[str]] = [*pin, tools.nginx, "-p", prefix, "-c", conf, "-e", prefix / "error.log"]
+    url = f"http://{LOOPBACK}:{port}{DEMO_PATH}"
+    return _launch("nginx backend", argv, prefix / "stdout.log", f"{url}?wsdl", exits), url
+
+
+def start_echo_backend(tools: Tools, workdir: Path, delay: float, exits: ExitStack, *,
+                       digest: bool = False) -> tuple[Server, str]:
+    """aiohttp's low-level server echoing any Echo envelope after ``delay`` seconds
+    (``digest``: answering the body's length and SHA-256 instead)."""
+    port = free_port()
+    argv: list[str | os.PathLike[str]] = [sys.executable, "-m", "bench.echo", "--host", LOOPBACK,
+                                          "--port", str(port), "--delay", f"{delay:g}"]
+    if digest:
+        argv.append("--digest")
+    url = f"http://{LOOPBACK}:{port}{DEMO_PATH}"
+    name = f"echo backend ({delay * 1000:g} ms{', digest' if digest else ''})"
+    return _launch(name, argv, workdir / f"echo-{port}.log", f"{url}?wsdl", exits), url
+
+
 def _start_nginx(tools: Tools, workdir: Path, backend_url: str, exits: ExitStack) -> Target:
+    return start_nginx_proxy(tools, workdir, backend_url, exits)
+
+
+def start_nginx_proxy(tools: Tools, workdir: Path, backend_url: str, exits: ExitStack, *,
+                      upload: bool = False) -> Target:
+    """nginx as a pass-through proxy to ``backend_url`` (``upload``: bodies of any size, streamed)."""
     port = free_port()
     prefix = workdir / f"nginx-{port}"
     prefix.mkdir()
     conf = prefix / "nginx.conf"
-    conf.write_text(nginx_conf(prefix, port=port, upstream=backend_url.split("/")[2]))
+    conf.write_text(nginx_conf(prefix, port=port, upstream=backend_url.split("/")[2], upload=upload))
     argv: list[str | os.PathLike[str]] = [tools.nginx, "-p", prefix, "-c", conf, "-e", prefix / "error.log"]
     url = f"http://{LOOPBACK}:{port}{DEMO_PATH}"
     server = _launch("nginx", argv, prefix / "stdout.log", f"{url}?wsdl", exits)

@@ -19,9 +19,11 @@ from pathlib import Path
 
 from .procs import BenchError
 
-__all__ = ["Load", "WrkResult", "run_wrk"]
+__all__ = ["CHECK_SCRIPT", "Load", "WrkResult", "run_wrk"]
 
 _SCRIPT = Path(__file__).with_name("post.lua")
+#: The script that also checks every answer's bytes (:attr:`Load.expect_file`).
+CHECK_SCRIPT = Path(__file__).with_name("check.lua")
 _MARK = "BENCH-RESULT "
 #: Seconds wrk may overrun its --duration before the harness kills it.
 _OVERRUN = 20.0
@@ -42,6 +44,10 @@ class Load:
     #: The wrk Lua script; ``post.lua`` sends one body, ``post_many.lua`` a different one each time,
     #: ``mix.lua`` one body to a rotation of endpoints.
     script: Path = _SCRIPT
+    #: The answer every request must get (``check.lua``: a 200 with other bytes is a "bad" error).
+    expect_file: Path | None = None
+    #: CPUs wrk is pinned to (``taskset -c``), or None.
+    cpus: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +61,8 @@ class WrkResult:
     latency_ms: Mapping[str, float]
     #: CPU seconds wrk itself used, so the report can show how the cores were shared.
     cpu_seconds: float
+    #: Answers compared byte for byte with the expected one and equal (``check.lua`` only).
+    checked: int = 0
 
     @property
     def rps(self) -> float:
@@ -82,9 +90,11 @@ def run_wrk(wrk: Path, load: Load) -> WrkResult:
 
 def _argv(wrk: Path, load: Load) -> list[str]:
     return [
+        *(["taskset", "-c", load.cpus] if load.cpus else []),
         os.fspath(wrk), f"--threads={load.threads}", f"--connections={load.connections}",
         f"--duration={max(1, round(load.duration))}s", f"--timeout={load.timeout:g}s",
         f"--script={load.script}", load.url, "--", os.fspath(load.body_file),
+        *([os.fspath(load.expect_file)] if load.expect_file is not None else []),
         *(f"{name}: {value}" for name, value in load.headers.items()),
     ]
 
@@ -98,6 +108,7 @@ def _parse(done: subprocess.CompletedProcess[str], *, cpu: float) -> WrkResult:
         requests=int(raw["requests"]), seconds=raw["duration_us"] / 1e6, bytes_read=int(raw["bytes"]),
         errors={k: int(v) for k, v in raw["errors"].items()},
         latency_ms={k: v / 1000 for k, v in raw["latency_us"].items()}, cpu_seconds=cpu,
+        checked=int(raw.get("checked", 0)),
     )
 
 

@@ -21,6 +21,11 @@ Authorization header value, built when a route first uses it after a
 config (re)load.  https upstreams are always verified — against ``ca`` when
 set, else the system's trust store — and a certificate that does not verify
 is an EndpointUnavailable naming the problem, never a silent accept.
+
+A body in memory of at most 64 KiB — the common SOAP message — goes the
+pooled fast way of :mod:`gateway.relay.pool` (same parser, limits, timeouts
+and faults, without ClientSession's per-call machinery); bigger and streamed
+bodies go through aiohttp's ClientSession.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from yarl import URL
 from gateway.errors import EndpointTimeout, EndpointUnavailable, UpstreamError
 from routing.outbound import Outbound
 from routing.table import Route
+
+from .pool import Pool
 
 __all__ = ["Upstream", "Reply", "HttpUpstream", "HttpReply", "translate", "never_sent", "tls_context"]
 
@@ -213,8 +220,15 @@ class HttpUpstream:
         self._urls: dict[str, URL] = {}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._hops: dict[Outbound, _Hop] = {}
+        self._pool = Pool(translate)
 
     async def post(self, route: Route, headers: Mapping[str, str], body: bytes | AsyncIterable[bytes]) -> Reply:
+        if isinstance(body, bytes) and len(body) <= _UNPACED:  # the common SOAP message: the pooled fast way
+            hop = self._hops.get(route.outbound) or self._new_hop(route.outbound)
+            if hop.authorization is not None:
+                headers = {**headers, "Authorization": hop.authorization}
+            if Pool.takes(route.url, headers):
+                return await self._pool.post(route, route.url, headers, body, hop.ssl)
         return HttpReply(await self._send(route, headers, body), route)
 
     async def _send(
@@ -255,6 +269,7 @@ class HttpUpstream:
         return hop
 
     async def close(self) -> None:
+        self._pool.close()
         await self._session.close()
 
 
