@@ -84,9 +84,9 @@ def parse(data: bytes, *, max_bytes: int) -> etree._Element:
     """Parse a whole document of at most ``max_bytes`` with the hardened parser."""
     if len(data) > max_bytes:
         raise MessageTooLarge(f"document of {len(data)} bytes exceeds the limit of {max_bytes}")
-    PrologGuard.check(data)
+    encoding = PrologGuard.check(data)
     try:
-        root = etree.fromstring(data, hardened_parser())
+        root = etree.fromstring(data, hardened_parser() if encoding is None else hardened_parser(encoding=encoding))
     except etree.XMLSyntaxError as exc:
         raise MalformedMessage(f"not well-formed XML: {exc}") from exc
     _refuse_dtd(root)
@@ -117,6 +117,13 @@ class PrologGuard:
     ASCII-compatible (UTF-8, Shift_JIS, ISO-8859-*, …) or UTF-16 with a byte
     order mark, and the one the document (and ``encoding``, an override such as
     an HTTP charset) declares.
+
+    A document labelled ``Shift_JIS`` is read as Windows-31J (CP932), the
+    superset Japanese systems actually write (NEC and IBM extensions: ①, ㈱,
+    髙), as the WHATWG Encoding Standard reads that label; libxml2 alone reads
+    it strictly and refuses those characters.  :attr:`parse_as` tells the
+    parser, which is then created with that encoding.  The bytes are never
+    re-encoded: the relay forwards them as they came.
     """
 
     def __init__(self, encoding: str | None = None) -> None:
@@ -130,15 +137,19 @@ class PrologGuard:
         self._search = 0  # where the search for that item's end goes on
         self._declared = False  # the encoding declaration (or its absence) was checked
         self._done = False
+        self.parse_as: str | None = None
+        """The encoding the parser must be told (``cp932`` for a Shift_JIS label), once the prolog passed."""
 
     @classmethod
-    def check(cls, data: bytes, encoding: str | None = None) -> None:
-        """Refuses a whole document in memory if its prolog holds a DTD or an encoding it cannot vouch for."""
+    def check(cls, data: bytes, encoding: str | None = None) -> str | None:
+        """Refuses a whole document in memory if its prolog holds a DTD or an encoding it cannot vouch for;
+        returns the encoding to parse it with (:attr:`parse_as`)."""
         if encoding is None and _plain(data):
-            return
+            return _windows_31j(data)
         guard = cls(encoding)
         if not guard._take(data[:_FIRST], final=len(data) <= _FIRST):
             guard._take(data[_FIRST:], final=True)
+        return guard.parse_as
 
     def feed(self, chunk: bytes) -> bytes:
         """The bytes the parser may have now (see the class docstring)."""
@@ -162,6 +173,7 @@ class PrologGuard:
         """Reads ``chunk``; True once the prolog is known to be harmless (or the document ended)."""
         if self._decoder is None and not self._first and self._override is None and _plain(chunk):
             self._done = True
+            self.parse_as = _windows_31j(chunk)
             return True
         if self._decoder is None:
             self._first += chunk
@@ -238,6 +250,8 @@ class PrologGuard:
         encoding = self._override or declared
         if encoding is None:
             return
+        if encoding == "shift_jis":
+            self.parse_as = "cp932"
         if self._family == "UTF-16":
             agrees = encoding in _UTF16
         elif self._family == "UTF-8":
@@ -259,6 +273,18 @@ def _plain_declaration(declaration: bytes) -> bool:
     """Whether an XML declaration names no encoding or an ASCII-compatible one (senders repeat theirs)."""
     declared = _PLAIN_ENCODING.search(declaration)
     return declared is None or _ascii_compatible(_codec(declared.group(1).decode("latin-1")))
+
+
+def _windows_31j(first: bytes) -> str | None:
+    """``cp932`` when the usual prolog at the start of ``first`` declares Shift_JIS (see :class:`PrologGuard`)."""
+    plain = _PLAIN.match(first)
+    return _sjis_declaration(plain.group(1)) if plain is not None and plain.group(1) is not None else None
+
+
+@functools.lru_cache(maxsize=64)
+def _sjis_declaration(declaration: bytes) -> str | None:
+    declared = _PLAIN_ENCODING.search(declaration)
+    return "cp932" if declared is not None and _codec(declared.group(1).decode("latin-1")) == "shift_jis" else None
 
 
 @functools.lru_cache(maxsize=64)
@@ -308,9 +334,9 @@ def scan_head(data: bytes, *, routing_header: str) -> EnvelopeHead:
     cheaper than the incremental scanner, and reads no more bytes than its
     first slice would.  The relay uses it up to ``SCAN_WHOLE`` bytes.
     """
-    PrologGuard.check(data)
+    encoding = PrologGuard.check(data)
     try:
-        root = etree.fromstring(data, _whole_parser())
+        root = etree.fromstring(data, _whole_parser() if encoding is None else hardened_parser(encoding=encoding))
     except etree.XMLSyntaxError as exc:
         raise MalformedMessage(f"not well-formed XML: {exc}") from exc
     version = _envelope_version(root)
@@ -344,8 +370,16 @@ class HeadScanner:
         self._seen = 0
         self._version: SoapVersion | None = None
         self._guard = PrologGuard()
-        self._parser = etree.XMLPullParser(events=("start", "end"), tag=_SOAP_TAGS, **PARSER_OPTIONS)
-        self._parser.resolvers.add(_DENY_ALL)
+        self._pull: etree.XMLPullParser | None = None  # made once the prolog told the encoding
+
+    @property
+    def _parser(self) -> etree.XMLPullParser:
+        if self._pull is None:
+            options = PARSER_OPTIONS if self._guard.parse_as is None else {**PARSER_OPTIONS,
+                                                                              "encoding": self._guard.parse_as}
+            self._pull = etree.XMLPullParser(events=("start", "end"), tag=_SOAP_TAGS, **options)
+            self._pull.resolvers.add(_DENY_ALL)
+        return self._pull
 
     def feed(self, chunk: bytes) -> EnvelopeHead | None:
         """Feed the next bytes; returns the head once it is complete."""
@@ -354,7 +388,7 @@ class HeadScanner:
             chunk = self._guard.feed(chunk)
             if chunk:
                 self._parser.feed(chunk)
-            head = self._events()
+            head = self._events() if self._pull is not None else None
         except etree.XMLSyntaxError as exc:
             raise MalformedMessage(f"not well-formed XML: {exc}") from exc
         if head is None and self._seen > self._max_bytes:

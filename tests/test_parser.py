@@ -19,6 +19,9 @@ EXPECTED = {
     "soap12-wsa-to.xml": EnvelopeHead(version=SoapVersion.V12, to="demo"),
     "soap11-no-header.xml": EnvelopeHead(version=SoapVersion.V11),
     "soap11-shift-jis.xml": EnvelopeHead(version=SoapVersion.V11, to="demo", sender="介護"),
+    # CP932 (①, ㈱, 髙) labelled Shift_JIS, as Japanese systems write it: read as Windows-31J (WHATWG).
+    "soap11-cp932-labelled-shift-jis.xml": EnvelopeHead(version=SoapVersion.V11, to="cityhall-a", sender="介護",
+                                                        message_id="cp932-0001"),
 }
 INVALID = sorted(p.name for p in (DATA / "invalid").iterdir() if p.is_file())  # invalid/wss/: test_wss_trust.py
 #: Wrong only from the Body's start tag on, where the scanner stops reading by design (see

@@ -57,7 +57,7 @@ async def test_cp932_document_and_its_japanese_name_arrive_unchanged(
 async def test_shift_jis_labelled_cp932_xml_document_is_not_re_encoded(
         gateway: GatewayFactory, http: aiohttp.ClientSession, tmp_path: Path) -> None:
     url = await gateway(config(tmp_path))
-    body = message("payloads/soap11-cp932-labelled-shift-jis.xml")  # labelled Shift_JIS, as CP932 often is
+    body = message("valid/soap11-cp932-labelled-shift-jis.xml")  # labelled Shift_JIS, as CP932 often is
     assert (await put(http, url, "sjis-xml-1", body, format_type="XML", document_type="申請.xml")).result is True
     code, out = await poll("--server", f"{url}/jx", "--receiver-id", "1310001", "--out", tmp_path / "in", "--once")
     assert code == 0, out

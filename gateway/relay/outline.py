@@ -96,8 +96,15 @@ class EnvelopeOutline:
 
     def __init__(self) -> None:
         self._guard = PrologGuard()
-        self._parser = hardened_parser(target=_Outline())
+        self._made: etree.XMLParser | None = None  # made once the prolog told the encoding
         self.closed = False
+
+    @property
+    def _parser(self) -> etree.XMLParser:
+        if self._made is None:
+            encoding = self._guard.parse_as
+            self._made = hardened_parser(target=_Outline(), **({} if encoding is None else {"encoding": encoding}))
+        return self._made
 
     def feed(self, chunk: bytes) -> None:
         """The next bytes of the envelope (none after :meth:`close`)."""
