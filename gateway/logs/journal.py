@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -53,35 +54,28 @@ from sqlalchemy import (
 from gateway.errors import JournalUnavailable
 from gateway.store import db_reason
 
+from .batch import Batch, entries_of, parts_of
 from .key import append_checkpoint, create_checkpoints
-from .records import Entry, LogRecord, describe, pack
+from .records import Entry, LogRecord, describe
 from .tables import TABLES, LogTables, append, ensure_schema, head_of, transient
 from .writer import WriterProcess
 
-__all__ = ["Journal", "Durable", "CHECKPOINT_INTERVAL"]
+__all__ = ["Journal", "Durable", "CHECKPOINT_INTERVAL", "DURABLE_WAIT"]
 
 log = logging.getLogger(__name__)
-
-
-# -- the record ----------------------------------------------------------------
-
-
-# -- the tables ----------------------------------------------------------------
-
-
-# -- appending -----------------------------------------------------------------
 
 
 # -- the group-commit writer ---------------------------------------------------
 
 #: Becomes True once an entry is committed, False if it never will be (:meth:`Journal.record`).
 Durable = asyncio.Future[bool]
-_Item = tuple[Entry, "Durable | None"]
 
 #: How often a caller held back by a full log queue looks again (only under overload).
 _ADMIT_POLL = 0.005
 #: Seconds between checkpoints of the chain head (SPEC.md: at least every 10 s while writing).
 CHECKPOINT_INTERVAL = 5.0
+#: Seconds a caller waits at most for its records to be durable before they count as not durable.
+DURABLE_WAIT = 10.0
 
 
 class Journal:
@@ -98,7 +92,7 @@ class Journal:
     def __init__(self, engine: Engine, node: str, *, tables: LogTables = TABLES,
                  queue_size: int = 10_000, batch_size: int = 500, linger: float = 0.05,
                  max_wait: float = 2.0, key: bytes | None = None, checkpoints: Path | None = None,
-                 checkpoint_interval: float = CHECKPOINT_INTERVAL) -> None:
+                 checkpoint_interval: float = CHECKPOINT_INTERVAL, durable_wait: float = DURABLE_WAIT) -> None:
         if checkpoints is not None and key is None:
             raise ValueError("checkpoints are MACed with the log key: give the key too")
         self.engine = engine
@@ -107,15 +101,24 @@ class Journal:
         self.batch_size = batch_size
         self.linger = linger
         self.max_wait = max_wait
+        self.durable_wait = durable_wait
+        self.queue_size = queue_size
         self.written = 0
         self.batches = 0
         self.dropped = 0
         self.waits = 0
         self.last_error: str | None = None
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
-        self._waiting = 0
-        """Queued entries someone awaits durability of: no linger while there are any."""
-        self._hurry = asyncio.Event()
+        self._batches: deque[Batch] = deque([Batch()])
+        """Batches not yet taken by the writer, oldest first; the last one is open (entries go there)."""
+        self._queued = 0
+        """Entries in :attr:`_batches` (the bound is ``queue_size``)."""
+        self._inflight: Batch | None = None
+        self._lingering = False
+        self._wake = asyncio.Event()
+        """Set when the writer task should look at the batches again: an entry arrived, someone waits."""
+        self._room = asyncio.Event()
+        self._room.set()
+        self._drained: list[asyncio.Future[None]] = []
         if engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
             raise ValueError("the send/receive log needs a database file or server, not an in-memory SQLite")
         self._writer = WriterProcess(engine.url.render_as_string(hide_password=False), node, tables.log.name, key)
@@ -128,7 +131,6 @@ class Journal:
         self._written_in = False
         self._checkpointing: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._inflight: list[_Item] = []
         self._closed = False
 
     async def start(self) -> None:
@@ -150,31 +152,47 @@ class Journal:
     async def record(self, entry: Entry, *, durable: bool = False) -> Durable | None:
         """Queue ``entry``; returns at once unless the queue is full (then waits up to ``max_wait``).
 
-        With ``durable``, returns a future that turns ``True`` once the entry is committed (or
-        ``False`` if it never will be: refused by the store, or given up at shutdown).  The writer
-        does not let a batch linger while someone waits for one of its entries: a caller holds an
-        answer back for it (:mod:`gateway.relay.handler`), and the batch forms anyway from what
-        arrives during the commit before it.
+        With ``durable``, returns a future of this caller's own that turns ``True`` once the entry
+        is committed, or ``False`` if it never will be (refused by the store, given up at
+        shutdown) or is not within ``durable_wait`` seconds: no caller needs a timer of its own.
+        The writer does not let a batch linger while someone waits for one of its entries: a
+        caller holds an answer back for it (:mod:`gateway.relay.handler`), and the batch forms
+        anyway from what arrives during the commit before it.
         """
         if self._closed:
             raise JournalUnavailable("the send/receive log is closed")
-        done: Durable | None = asyncio.get_running_loop().create_future() if durable else None
-        item = (entry, done)
+        if self._queued >= self.queue_size:
+            await self._wait_for_room()
+        return self._add(entry, durable)
+
+    def _add(self, entry: Entry, durable: bool) -> Durable | None:
+        batch = self._batches[-1]
+        if batch.count >= self.batch_size:
+            batch = Batch()
+            self._batches.append(batch)
+        index = batch.add(entry)
+        self._queued += 1
+        if durable or not self._lingering or batch.count >= self.batch_size:
+            self._wake.set()  # a lingering writer is woken only when it should stop lingering
+        if not durable:
+            return None
+        loop = asyncio.get_running_loop()
+        if batch.expiry is None:  # one timer per batch bounds every caller's wait
+            batch.expiry = loop.call_later(self.durable_wait, batch.settle, False)
+        return batch.wait(loop, index)
+
+    async def _wait_for_room(self) -> None:
+        self.waits += 1
         try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self.waits += 1
-            try:
-                async with asyncio.timeout(self.max_wait):
-                    await self._queue.put(item)
-            except TimeoutError:
-                raise JournalUnavailable(
-                    f"the send/receive log is {self._queue.maxsize} records behind"
-                    f" ({self.last_error or 'the store is slow'})") from None
-        if done is not None:
-            self._waiting += 1
-            self._hurry.set()
-        return done
+            async with asyncio.timeout(self.max_wait):
+                while self._queued >= self.queue_size and not self._closed:
+                    self._room.clear()
+                    await self._room.wait()
+        except TimeoutError:
+            raise JournalUnavailable(f"the send/receive log is {self.queue_size} records behind"
+                                     f" ({self.last_error or 'the store is slow'})") from None
+        if self._closed:
+            raise JournalUnavailable("the send/receive log is closed")
 
     async def admit(self) -> None:
         """Return once the log can take an exchange's records; raise :class:`JournalUnavailable` if it cannot.
@@ -187,13 +205,13 @@ class Journal:
         """
         if self._closed or self._task is None or self._task.done():
             raise JournalUnavailable("the send/receive log is not running")
-        if not self._queue.full():
+        if self._queued < self.queue_size:
             return
         self.waits += 1
         deadline = asyncio.get_running_loop().time() + self.max_wait
-        while self._queue.full():
+        while self._queued >= self.queue_size:
             if asyncio.get_running_loop().time() > deadline:
-                raise JournalUnavailable(f"the send/receive log is {self._queue.maxsize} records behind"
+                raise JournalUnavailable(f"the send/receive log is {self.queue_size} records behind"
                                          f" ({self.last_error or 'the store is slow'})")
             await asyncio.sleep(_ADMIT_POLL)
 
@@ -208,25 +226,31 @@ class Journal:
 
     async def flush(self) -> None:
         """Wait until every record queued so far is committed (or given up)."""
-        await self._queue.join()
+        if self._queued or self._inflight is not None:
+            drained = asyncio.get_running_loop().create_future()
+            self._drained.append(drained)
+            await drained
 
     async def close(self, timeout: float = 10.0) -> None:
         """Refuse new records, commit the queued ones (up to ``timeout`` s), stop the writer."""
         if self._closed:
             return
         self._closed = True
+        self._room.set()  # producers waiting for room see the journal closed
         if self._task is not None:
             try:
-                await asyncio.wait_for(self._queue.join(), timeout)
+                await asyncio.wait_for(self.flush(), timeout)
             except TimeoutError:
-                for entry, _done in self._inflight:
-                    log.error("send/receive log: commit unfinished at shutdown, maybe not logged: %s",
-                              describe(entry))
+                if self._inflight is not None:
+                    for entry in entries_of(self._inflight.values):
+                        log.error("send/receive log: commit unfinished at shutdown, maybe not logged: %s",
+                                  describe(entry))
                 self._give_up(f"store unavailable at shutdown ({self.last_error})")
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._give_up("the journal was closed before it was started")
+        self._settle_drained()
         await self._writer.stop()
         if self._checkpointing is not None:
             self._checkpointing.cancel()
@@ -263,45 +287,82 @@ class Journal:
     def status(self) -> dict[str, Any]:
         """JSON-ready snapshot for ``/healthz`` and metrics."""
         running = self._task is not None and not self._task.done()
-        return {"node": self.node, "running": running, "queued": self._queue.qsize(), "written": self.written,
+        return {"node": self.node, "running": running, "queued": self._queued, "written": self.written,
                 "batches": self.batches, "dropped": self.dropped, "producer_waits": self.waits,
                 "last_error": self.last_error}
 
     async def _run(self) -> None:
+        """Take the oldest batch, commit it, repeat: the next batch fills while one commits."""
         loop = asyncio.get_running_loop()
         taken = loop.time()
         while True:
-            batch = self._inflight = [await self._queue.get()]
+            while not self._batches[0].count:
+                self._wake.clear()
+                await self._wake.wait()
             # Let a batch gather (per-batch costs dominate small batches) for ``linger`` from when the
             # previous one was taken: records that waited for its commit need not wait a linger more,
             # nor any batch someone awaits (it gathers during the commit before it).
-            if (rest := self.linger - (loop.time() - taken)) > 0 and self._queue.qsize() + 1 < self.batch_size:
-                self._hurry.clear()
-                if not self._waiting:
+            batch = self._batches[0]
+            if (rest := self.linger - (loop.time() - taken)) > 0 and not batch.waiters \
+                    and len(self._batches) == 1 and batch.count < self.batch_size:
+                self._wake.clear()
+                self._lingering = True
+                try:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._hurry.wait(), rest)
+                        async with asyncio.timeout(rest):
+                            while not batch.waiters and batch.count < self.batch_size:
+                                await self._wake.wait()
+                                self._wake.clear()
+                finally:
+                    self._lingering = False
             taken = loop.time()
-            while len(batch) < self.batch_size and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch = self._take()
             try:
                 await self._commit(batch)
             finally:
-                self._settle(batch, False)  # only what is still open: cancelled at shutdown mid-commit
-                self._inflight = []
-                for _ in batch:
-                    self._queue.task_done()
+                batch.settle(False)  # only what is still open: cancelled at shutdown mid-commit
+                self._inflight = None
+                if not self._queued:
+                    self._settle_drained()
 
-    async def _commit(self, batch: list[_Item]) -> None:
+    def _take(self) -> Batch:
+        batch = self._inflight = self._batches.popleft()
+        if not self._batches:
+            self._batches.append(Batch())
+        self._queued -= batch.count
+        self._room.set()
+        return batch
+
+    def _settle_drained(self) -> None:
+        drained, self._drained = self._drained, []
+        for done in drained:
+            if not done.done():
+                done.set_result(None)
+
+    async def _commit(self, batch: Batch) -> None:
+        if await self._send(batch.values, batch.count, urgent=bool(batch.waiters)):
+            batch.settle(True)
+            return
+        # A record the database refuses must not block the ones behind it: split until it is alone.
+        committed: list[bool] = []
+        for part, ok in await self._isolate(parts_of(batch.values)):
+            committed.append(ok)
+            if not ok:
+                self.dropped += 1
+                log.error("send/receive log: record refused by the store (%s), not logged: %s",
+                          self.last_error, describe(entries_of(part)[0]))
+        batch.settle_each(committed)
+
+    async def _send(self, values: list[Any], count: int, *, urgent: bool) -> bool:
+        """Commit ``values`` (retrying what is transient); False if the store refuses them."""
         backoff = 0.05
         while True:
             try:
-                written, seq, last = await self._writer.commit([pack(entry) for entry, _done in batch],
-                                                               urgent=any(done is not None for _e, done in batch))
+                written, seq, last = await self._writer.commit(values, urgent=urgent)
             except Exception as exc:  # the writer must survive anything one batch can cause
                 self.last_error = db_reason(exc)
                 if not transient(exc):
-                    await self._isolate(batch)
-                    return
+                    return False
                 log.warning("send/receive log: commit failed, retrying: %s", self.last_error)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -311,35 +372,29 @@ class Journal:
                 self.written += written
                 self.batches += 1
                 self.last_error = None
-                self._settle(batch, True)
-                return
+                return True
 
-    def _settle(self, items: list[_Item], durable: bool) -> None:
-        for _entry, done in items:
-            if done is not None and not done.done():
-                done.set_result(durable)
-                self._waiting -= 1
-
-    async def _isolate(self, batch: list[_Item]) -> None:
-        # A record the database refuses must not block the ones behind it: split until it is alone.
-        if len(batch) > 1:
-            half = len(batch) // 2
-            await self._commit(batch[:half])
-            await self._commit(batch[half:])
-            return
-        self.dropped += 1
-        self._settle(batch, False)
-        log.error("send/receive log: record refused by the store (%s), not logged: %s",
-                  self.last_error, describe(batch[0][0]))
+    async def _isolate(self, parts: list[list[Any]]) -> list[tuple[list[Any], bool]]:
+        if len(parts) == 1:
+            return [(parts[0], await self._send(parts[0], 1, urgent=True))]
+        half = len(parts) // 2
+        found: list[tuple[list[Any], bool]] = []
+        for side in (parts[:half], parts[half:]):
+            if await self._send([value for part in side for value in part], len(side), urgent=True):
+                found.extend((part, True) for part in side)
+            else:
+                found.extend(await self._isolate(side))
+        return found
 
     def _give_up(self, why: str) -> None:
         # Last resort: the records go to the process log rather than vanish.
-        while not self._queue.empty():
-            entry, done = item = self._queue.get_nowait()
-            self._queue.task_done()
-            self._settle([item], False)
-            self.dropped += 1
-            log.error("send/receive log: %s, not logged: %s", why, describe(entry))
+        while self._batches[0].count:
+            batch = self._take()
+            self._inflight = None
+            batch.settle(False)
+            for entry in entries_of(batch.values):
+                self.dropped += 1
+                log.error("send/receive log: %s, not logged: %s", why, describe(entry))
 
 
 # -- reading -------------------------------------------------------------------

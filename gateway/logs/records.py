@@ -42,6 +42,7 @@ __all__ = [
     "pack",
     "unpack",
     "unpack_entries",
+    "unpack_entry",
     "canonical",
     "chain_hash",
     "seal",
@@ -329,6 +330,7 @@ _JSON_VALUES = operator.attrgetter(*ATTRIBUTES.values())
 #: First value of a packed :class:`RelayExchange` (a packed record starts with its ``ts``).
 _EXCHANGE = "relay-exchange"
 _API_EXCHANGE = "api-exchange"
+_EXCHANGE_SIZE = len(RelayExchange._fields)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -344,10 +346,20 @@ def pack(entry: Entry) -> tuple[Any, ...]:
     return ((values[0] - _EPOCH) // _MICROSECOND, *values[1:])
 
 
-def unpack_entries(packed: Sequence[tuple[Any, ...]]) -> list[LogRecord]:
-    """The records of packed entries, in order: the writer's side of :func:`pack`."""
+def unpack_entries(packed: Sequence[Any]) -> list[LogRecord]:
+    """The records of packed entries, in order: the writer's side of :func:`pack`.
+
+    An item that is a tuple is one packed entry; anything else starts a relayed exchange's values
+    laid out flat (:class:`gateway.logs.batch.Batch`: the event loop appends them without a tuple)."""
     records: list[LogRecord] = []
-    for values in packed:
+    at, end = 0, len(packed)
+    while at < end:
+        values = packed[at]
+        if type(values) is not tuple:
+            records.extend(RelayExchange._make(packed[at:at + _EXCHANGE_SIZE]).records())
+            at += _EXCHANGE_SIZE
+            continue
+        at += 1
         if values[0] == _EXCHANGE:
             records.extend(RelayExchange(*values[1:]).records())
         elif values[0] == _API_EXCHANGE:
@@ -355,6 +367,15 @@ def unpack_entries(packed: Sequence[tuple[Any, ...]]) -> list[LogRecord]:
         else:
             records.append(unpack(values))
     return records
+
+
+def unpack_entry(values: Sequence[Any]) -> Entry:
+    """The entry one packed tuple holds, as it was queued (for the process log)."""
+    if values[0] == _EXCHANGE:
+        return RelayExchange(*values[1:])
+    if values[0] == _API_EXCHANGE:
+        return ApiExchange(RelayExchange(*values[2:]), values[1])
+    return unpack(values)
 
 
 def unpack(values: Sequence[Any]) -> LogRecord:

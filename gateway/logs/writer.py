@@ -94,8 +94,8 @@ class WriterProcess:
         async with self._lock:
             await self._ensure()
 
-    async def commit(self, packed: list[tuple[Any, ...]], *, urgent: bool = False) -> tuple[int, int, str]:
-        """Commit one batch of packed entries; returns how many records were written and the
+    async def commit(self, packed: list[Any], *, urgent: bool = False) -> tuple[int, int, str]:
+        """Commit one batch of packed entries (:class:`gateway.logs.batch.Batch`'s values); returns how many records were written and the
         chain's head after them (seq, hash).  An ``urgent`` batch (answers wait for it) runs at
         normal priority: an idle-priority writer would make every answer wait for idle CPU."""
         async with self._lock:

@@ -81,8 +81,6 @@ log = logging.getLogger("bmrgw.relay")
 
 #: A message that already passed more gateways than this is refused as a loop.
 MAX_HOPS = 8
-#: Seconds an answer waits for its exchange's records to be durable before the connection is cut.
-DURABLE_WAIT = 10.0
 
 #: Bodies in memory are parsed in slices of this size, stopping after the Header.
 _SCAN_SLICE = 8192
@@ -212,17 +210,17 @@ class Relay:
             if not answering:
                 await self._journal.record(exchange)
                 return
-            durable = await self._journal.record(exchange, durable=True)
-            async with asyncio.timeout(DURABLE_WAIT):
-                committed = await asyncio.shield(durable)
-        except (JournalUnavailable, TimeoutError) as exc:
-            reason = exc.reason if isinstance(exc, JournalUnavailable) else f"not durable within {DURABLE_WAIT:g} s"
-            log.error("send/receive log unavailable (%s); exchange not logged: %s", reason, describe(exchange))
-            committed = False
-        if answering and not committed:
+            # The future is this caller's own and the journal bounds the wait (durable_wait): no
+            # timer or shield per exchange.
+            if not await (await self._journal.record(exchange, durable=True)):
+                raise JournalUnavailable(f"not durable within {self._journal.durable_wait:g} s, or refused")
+        except JournalUnavailable as exc:
+            log.error("send/receive log unavailable (%s); exchange not logged: %s", exc.reason, describe(exchange))
+            if not answering:
+                return
             if request.transport is not None:
                 request.transport.abort()
-            raise ConnectionResetError("the exchange's log records are not durable: answer withheld")
+            raise ConnectionResetError("the exchange's log records are not durable: answer withheld") from None
 
     async def _prepare(self, request: web.Request, table: RouteTable,
                        trace: Trace) -> tuple[Exchange, bytes | RequestBody]:
