@@ -5,19 +5,22 @@ from __future__ import annotations
 import ssl
 import subprocess
 import time
+import warnings
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from cryptography.utils import CryptographyDeprecationWarning
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 
 from gateway.logs.tables import LogFilter
 from gateway.security.pki import Issued, issue
-from gateway.security.tls import server_context
+from gateway.security.tls import client_key_problem, server_context
 from routing.settings import TlsSettings
 
-from .certs import DevPki, dev_pki  # noqa: F401  (fixture)
+from .certs import DevPki, dev_pki, signing_with  # noqa: F401  (fixture)
 from .conftest import BMRGW, GatewayFactory, RecordingBackend, free_port, message, soap11_headers, write_yaml
 from .test_auth import HASH, PASSWORD, _fault_code, _wait_records, basic
 
@@ -246,3 +249,81 @@ def test_sighup_reloads_the_crl(tmp_path: Path, dev_pki: DevPki) -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=10)
     assert b"CRL" in err and b"reloaded" in err
+
+
+# -- weak client keys (issue 18, item 9's rule for mTLS) -------------------------------------------
+
+@pytest.fixture(scope="module")
+def weak_client(dev_pki: DevPki, tmp_path_factory: pytest.TempPathFactory) -> Issued:
+    """A real client certificate for a real RSA-1024 key, issued by the trusted CA."""
+    return signing_with(dev_pki.ca, "weak", rsa.generate_private_key(public_exponent=65537, key_size=1024),
+                        tmp_path_factory.mktemp("weak"))
+
+
+@pytest.fixture(scope="module")
+def dsa_client(dev_pki: DevPki, tmp_path_factory: pytest.TempPathFactory) -> Issued:
+    """A real client certificate for a real DSA-2048 key, issued by the trusted CA."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        key = dsa.generate_private_key(key_size=2048)
+    return signing_with(dev_pki.ca, "dsa", key, tmp_path_factory.mktemp("dsa"))
+
+
+def old_client_context(pki: DevPki, cert: Issued) -> ssl.SSLContext:
+    """An old business AP's TLS 1.2 client whose OpenSSL still offers weak keys (security level 0)."""
+    context = ssl.create_default_context(cafile=str(pki.ca.cert))
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert.cert, cert.key)
+    return context
+
+
+async def test_a_client_certificate_with_a_dsa_key_is_refused_and_logged(
+        gateway: GatewayFactory, backend: RecordingBackend, tmp_path: Path, dev_pki: DevPki,
+        dsa_client: Issued) -> None:
+    # OpenSSL at security level 2 takes a DSA-2048 client certificate over TLS 1.2.
+    clients = {"dsa-app": {"cert_subject": dsa_client.subject, "allow": ["*"], "senders": ["juki"]}}
+    gw = await gateway(_config(tmp_path, dev_pki, backend.url, mutual=True, clients=clients))
+    status, body = await _post(gw, old_client_context(dev_pki, dsa_client))
+    assert (status, _fault_code(body)) == (401, "Unauthorized")
+    assert b"CN=dsa" in body and b"DSA key of 2048 bits" in body
+    assert backend.seen == []
+    refused = await _wait_records(tmp_path / "tls.db", LogFilter(status="fault"), 1)
+    assert (refused[0].fault_code, refused[0].http_status, refused[0].client) == ("Unauthorized", 401, "cert:CN=dsa")
+
+
+async def test_a_client_certificate_with_an_rsa_1024_key_is_refused_at_the_handshake(
+        gateway: GatewayFactory, backend: RecordingBackend, tmp_path: Path, dev_pki: DevPki,
+        weak_client: Issued) -> None:
+    clients = {"weak-app": {"cert_subject": weak_client.subject, "allow": ["*"], "senders": ["juki"]}}
+    gw = await gateway(_config(tmp_path, dev_pki, backend.url, mutual=True, clients=clients))
+    with pytest.raises(aiohttp.ClientError):
+        await _post(gw, old_client_context(dev_pki, weak_client))
+    assert backend.seen == []
+    context = server_context(TlsSettings(cert=str(dev_pki.server.cert), key=str(dev_pki.server.key),
+                                         client_ca=str(dev_pki.ca.cert)))
+    assert context.security_level == 2  # pinned by the gateway, not left to how Python was built
+
+
+@pytest.mark.parametrize(("key", "problem"), [
+    (lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024), "RSA key of 1024 bits"),
+    (lambda: ec.generate_private_key(ec.SECP192R1()), "EC key of 192 bits"),
+    (lambda: ec.generate_private_key(ec.SECP224R1()), "EC key of 224 bits"),
+    (lambda: dsa.generate_private_key(key_size=1024), "DSA key of 1024 bits"),
+    (lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), None),
+    (lambda: ec.generate_private_key(ec.SECP256R1()), None),
+    (lambda: ed25519.Ed25519PrivateKey.generate(), None),
+])
+def test_the_client_key_rule_is_the_signing_key_rule(key: Any, problem: str | None) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)  # DSA
+        public = key().public_key()
+    found = client_key_problem(public)
+    assert found is None if problem is None else (found is not None and problem in found)
+
+
+def test_a_weak_client_ca_is_a_config_error(tmp_path: Path, dev_pki: DevPki, weak_client: Issued) -> None:
+    from gateway.errors import ConfigError
+    with pytest.raises(ConfigError, match="RSA key of 1024 bits"):
+        server_context(TlsSettings(cert=str(dev_pki.server.cert), key=str(dev_pki.server.key),
+                                   client_ca=str(weak_client.cert)))

@@ -70,6 +70,7 @@ from routing.config import Client, Config, subject_key
 
 from .passwords import PasswordChecks, hash_password
 from .tally import RefusalTally
+from .tls import certificate_key_problem
 
 __all__ = ["client_of", "auth_middleware", "install_auth", "Authenticator", "PasswordChecks", "certificate_subject",
            "PROTECTED_PREFIXES", "cleartext_basic_warning", "AUTHENTICATOR", "claimed_identity"]
@@ -101,11 +102,15 @@ def client_of(request: web.Request) -> Client | None:
 
 def certificate_subject(request: web.Request) -> str | None:
     """The RFC 4514 subject of the caller's TLS client certificate, if it presented one."""
+    cert = peer_certificate(request)
+    return None if cert is None else cert.subject.rfc4514_string()
+
+
+def peer_certificate(request: web.Request) -> x509.Certificate | None:
+    """The caller's TLS client certificate, if it presented one."""
     ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    if not der:
-        return None
-    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    return x509.load_der_x509_certificate(der) if der else None
 
 
 @dataclass(frozen=True)
@@ -230,7 +235,10 @@ class Authenticator:
     async def identify(self, request: web.Request, clients: Mapping[str, Client]) -> Client:
         """The client making ``request``; raises :class:`Unauthorized` with the reason
         (:class:`LoginThrottled` or :class:`LoginBusy` when its password was not checked)."""
-        subject = certificate_subject(request)
+        cert = peer_certificate(request)
+        subject = None if cert is None else cert.subject.rfc4514_string()
+        if cert is not None and (weak := certificate_key_problem(cert)):
+            raise Unauthorized(f"client certificate {subject!r} has {weak}")  # OpenSSL let it through: DSA
         by_cert = _by_subject(clients, subject) if subject else None
         if subject and by_cert is None:
             raise Unauthorized(f"client certificate {subject!r} is not a configured client")

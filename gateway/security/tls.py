@@ -32,22 +32,32 @@ import logging
 import socket
 import ssl
 import tempfile
+import warnings
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.utils import CryptographyDeprecationWarning
 
 from gateway.errors import ConfigError
+from gateway.security.dsig import weak_key
 from routing.settings import TlsSettings
 
-__all__ = ["server_context", "reload_crl", "ReloadingContext", "TLS12_CIPHERS"]
+__all__ = ["server_context", "reload_crl", "ReloadingContext", "client_key_problem", "certificate_key_problem",
+           "TLS12_CIPHERS", "SECURITY_LEVEL"]
 
 log = logging.getLogger(__name__)
 _PEM_CRL_END = b"-----END X509 CRL-----"
 
+#: OpenSSL's security level (SSL_CTX_set_security_level(3)): 2 refuses, during the handshake, client
+#: certificates with RSA keys under 2048 bits or EC keys under 224; pinned here, not left to how
+#: Python or the system's openssl.cnf was built (OpenSSL's own default is 1: RSA-1024 passes).
+SECURITY_LEVEL = 2
 #: TLS 1.2 suites: ECDHE/DHE key exchange (forward secrecy) with AES-GCM or ChaCha20-Poly1305.
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS:!RC4:!3DES"
+TLS12_CIPHERS = ("ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS:!RC4:!3DES"
+                 f":@SECLEVEL={SECURITY_LEVEL}")
 
 
 def server_context(tls: TlsSettings) -> ssl.SSLContext:
@@ -64,8 +74,13 @@ def server_context(tls: TlsSettings) -> ssl.SSLContext:
         context.verify_mode = ssl.CERT_REQUIRED
         try:
             context.load_verify_locations(cafile=tls.client_ca)
-        except (ssl.SSLError, OSError) as exc:
+            cas = x509.load_pem_x509_certificates(Path(tls.client_ca).read_bytes())
+        except (ssl.SSLError, OSError, ValueError) as exc:
             raise ConfigError(f"gateway.tls.client_ca: cannot load {tls.client_ca}: {_why(exc)}") from exc
+        for ca in cas:
+            if weak := certificate_key_problem(ca):
+                raise ConfigError(f"gateway.tls.client_ca: the CA {ca.subject.rfc4514_string()} in {tls.client_ca} "
+                                  f"has {weak}")
     if tls.crl is not None:
         reload_crl(context, tls)
         context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
@@ -160,3 +175,27 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
     return str(exc)
+
+
+
+def certificate_key_problem(cert: x509.Certificate) -> str | None:
+    """:func:`client_key_problem` of ``cert``'s key."""
+    with warnings.catch_warnings():  # cryptography warns on loading a DSA key, which is refused anyway
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        key = cert.public_key()
+    return client_key_problem(key)
+
+
+def client_key_problem(key: PublicKeyTypes) -> str | None:
+    """Why a client certificate's (or its CA's) key is too weak, or ``None``: the WS-Security signing
+    rule (:func:`gateway.security.dsig.weak_key`: RSA ≥ 2048 bits, EC ≥ 256), plus Ed25519/Ed448,
+    which TLS 1.3 clients may use.  DSA is refused at any size: OpenSSL still takes a DSA client
+    certificate over TLS 1.2 at security level 2, and nothing else in the gateway trusts DSA."""
+    if isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        return None
+    if isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
+        return weak_key(key)
+    # Anything else is refused; DSA by name (touching cryptography's dsa module warns that it is deprecated).
+    if "DSA" in type(key).__name__ and isinstance(size := getattr(key, "key_size", None), int):
+        return f"a DSA key of {size} bits (DSA client certificates are refused; use RSA ≥ 2048 or EC P-256)"
+    return f"a {type(key).__name__} (only RSA, EC and EdDSA client keys are accepted)"
