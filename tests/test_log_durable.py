@@ -18,15 +18,16 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, update
 
+from gateway.logs.chain import verify
 from gateway.logs.journal import Journal
-from gateway.logs.tables import LogFilter, read
+from gateway.logs.tables import TABLES, LogFilter, read
 from gateway.store import Store
 
 from .conftest import GatewayProcess, RecordingBackend, message, soap11_headers
 from .pg import pg_schema
-from .test_journal import chain, entry, store  # noqa: F401  (store: fixture)
+from .test_journal import chain, entry, exchange, store  # noqa: F401  (store: fixture)
 
 CALLERS = 200
 ROUNDS = 5
@@ -108,3 +109,48 @@ async def test_a_durable_future_turns_true_only_once_the_record_is_committed(sto
         assert await asyncio.wait_for(refused, 5.0) is False
     finally:
         await journal.close()
+
+
+async def test_the_journal_bounds_every_wait_and_waiters_of_one_batch_are_independent(store: Store) -> None:
+    # The relay awaits its future without a timer of its own: the batch's one timer must end the wait.
+    journal = Journal(store.engine, "dc-east", durable_wait=0.3)
+    await journal.start()
+    blocker = store.engine.connect()
+    transaction = blocker.begin()
+    try:
+        await journal.record(entry(0))
+        await journal.flush()
+        # Hold the chain head: the writer waits for the lock, as it would for a stuck store.
+        blocker.execute(update(TABLES.head).where(TABLES.head.c.node == "dc-east").values(seq=TABLES.head.c.seq))
+        first = await journal.record(exchange(1), durable=True)
+        second = await journal.record(exchange(2), durable=True)
+        third = await journal.record(exchange(3), durable=True)
+        waiting = asyncio.ensure_future(third)
+        waiting.cancel()  # one caller cut off (its client went away) ...
+        started = time.monotonic()
+        assert await asyncio.wait_for(first, 5.0) is False  # ... and the others are answered "not durable"
+        assert await asyncio.wait_for(second, 5.0) is False
+        assert 0.1 < time.monotonic() - started < 2.0
+    finally:
+        transaction.rollback()
+        blocker.close()
+    await journal.close()
+    # Not durable in time is not lost: the records commit once the store lets them.
+    assert [r.message_id for r in chain(store.engine, "dc-east")] == ["m-0", "x-1", "x-1", "x-2", "x-2", "x-3", "x-3"]
+    assert journal.status()["dropped"] == 0
+
+
+async def test_exchanges_travel_as_one_batch_of_flat_values(store: Store) -> None:
+    journal = Journal(store.engine, "dc-east", batch_size=1000, linger=0.2)
+    await journal.start()
+    try:
+        await journal.record(entry(0))
+        await journal.flush()
+        before = journal.status()["batches"]
+        waits = [await journal.record(exchange(i), durable=True) for i in range(1, 301)]
+        assert all(await asyncio.wait_for(asyncio.gather(*waits), 10.0))
+        assert journal.status()["batches"] - before == 1  # one frame, one transaction for 300 exchanges
+    finally:
+        await journal.close()
+    records = chain(store.engine, "dc-east")
+    assert len(records) == 601 and verify(store.engine, None).ok

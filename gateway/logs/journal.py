@@ -4,28 +4,31 @@ One :class:`LogRecord` per exchange and direction — a relayed request, its
 response, a JX operation, a refdb push, a file part — in one SQLAlchemy Core
 table that works unchanged on SQLite (WAL) and PostgreSQL.
 
-Writing.  :class:`Journal` keeps the request path free of database work:
-:meth:`Journal.record` puts the record (or a relayed exchange's two, as one
-:class:`RelayExchange` tuple) on a bounded queue and returns; a
-writer process (:mod:`gateway.logs.writer`, so sealing and inserting never hold
-the event loop's GIL, and the batch goes over a socket the event loop itself
-waits on) commits whatever has accumulated as one transaction
-(group commit).  The writer lets a batch gather for ``linger`` (50 ms),
+Writing.  :class:`Journal` keeps the request path free of database work
+and of per-record objects: :meth:`Journal.record` appends the record (or a
+relayed exchange's two, as the values of one :class:`RelayExchange`) to the
+open :class:`~gateway.logs.batch.Batch` — a flat list — and returns.  One
+task takes the oldest batch, hands it to the writer process
+(:mod:`gateway.logs.writer`, so sealing and inserting never hold the event
+loop's GIL) as one ``marshal`` frame, and awaits its commit (group commit)
+while the next batch fills: the relay itself never takes a lock or makes a
+round trip.  A batch nobody waits for may gather for ``linger`` (50 ms),
 counted from when the previous batch was taken: each batch costs the event
 loop and the writer a fixed amount (a round trip, a transaction, the chain
-head's lock), so batches of a few records cost several times more per record
-than batches of hundreds, while records that already waited for a slow
-commit go out as soon as it is done.  A record is durable within the linger
-plus a commit's time, or two commits' times when it arrived during a commit
-(well under 200 ms on a healthy store), and :meth:`Journal.close` flushes
-everything.  When the queue is full — the store is slow or down — the
-producer *waits* up to ``max_wait`` seconds for room and then gets
-:class:`JournalUnavailable`: records are never dropped silently, and the
-caller decides (the relay should refuse the exchange rather than relay it
-unlogged).  An exchange whose effect is itself durable (a stored JX
-document, a refdb push) is logged with :meth:`Journal.write_in` inside the
-caller's own transaction instead, so the effect and its record commit or
-vanish together.
+head's lock), so batches of a few records cost several times more per
+record than batches of hundreds, while records that already waited for a
+slow commit go out as soon as it is done.  A batch that someone waits for
+(``durable``: an answer is held back for it) does not linger.  A record is
+durable within the linger plus a commit's time, or two commits' times when
+it arrived during a commit (well under 200 ms on a healthy store), and
+:meth:`Journal.close` flushes everything.  When ``queue_size`` entries are
+queued — the store is slow or down — the producer *waits* up to
+``max_wait`` seconds for room and then gets :class:`JournalUnavailable`:
+records are never dropped silently, and the caller decides (the relay
+refuses the exchange rather than relay it unlogged).  An exchange whose
+effect is itself durable (a stored JX document, a refdb push) is logged with
+:meth:`Journal.write_in` inside the caller's own transaction instead, so
+the effect and its record commit or vanish together.
 
 Chaining.  Each node (gateway name, later plus a worker suffix) appends to
 its own hash chain (see :mod:`gateway.logs.chain`).  The chain head — last seq
