@@ -123,19 +123,21 @@ class WriterProcess:
             await self._reap(_STOP_TIMEOUT)
 
     async def _reply(self, reader: asyncio.StreamReader, urgent: bool = False) -> Any:
-        """The child's reply; boosts the child if it is late, lets it yield again once it is prompt."""
-        receiving = asyncio.ensure_future(_receive(reader))
+        """The child's reply; boosts the child if it is late, lets it yield again once it is prompt.
+
+        Lateness is one timer callback per batch (no task, ``wait_for`` or shield around the read:
+        that was a fifth of the event loop's cost per batch when answers wait for every batch)."""
+        late = asyncio.get_running_loop().call_later(_PATIENCE, self._late)
         try:
-            try:
-                reply = await asyncio.wait_for(asyncio.shield(receiving), _PATIENCE)
-            except TimeoutError:
-                self._prioritise(boost=True)
-                return await receiving
+            reply = await _receive(reader)
         finally:
-            receiving.cancel()  # no-op once done; stops the read if the commit itself was cancelled
+            late.cancel()
         if self.boosted and not urgent:
             self._prioritise(boost=False)
         return reply
+
+    def _late(self) -> None:
+        self._prioritise(boost=True)
 
     def _prioritise(self, *, boost: bool, why: str | None = None) -> None:
         if not self.yields or self._process is None or self._process.pid is None or boost == self.boosted:
