@@ -157,7 +157,8 @@ class Journal:
 
         With ``durable``, returns a future of this caller's own that turns ``True`` once the entry
         is committed, or ``False`` if it never will be (refused by the store, given up at
-        shutdown) or is not within ``durable_wait`` seconds: no caller needs a timer of its own.
+        shutdown) or is not within ``durable_wait`` seconds of the first waiter of its batch: no
+        caller needs a timer of its own.  Cancelling it concerns only this caller.
         The writer does not let a batch linger while someone waits for one of its entries: a
         caller holds an answer back for it (:mod:`gateway.relay.handler`), and the batch forms
         anyway from what arrives during the commit before it.
