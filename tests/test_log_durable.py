@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import marshal
 import random
 import signal
 import time
@@ -20,8 +21,10 @@ import aiohttp
 import pytest
 from sqlalchemy import create_engine, update
 
+from gateway.logs.batch import EXCHANGE_SIZE, Batch, entries_of, parts_of
 from gateway.logs.chain import verify
 from gateway.logs.journal import Journal
+from gateway.logs.records import ApiExchange, Entry, unpack_entries
 from gateway.logs.tables import TABLES, LogFilter, read
 from gateway.store import Store
 
@@ -154,3 +157,21 @@ async def test_exchanges_travel_as_one_batch_of_flat_values(store: Store) -> Non
         await journal.close()
     records = chain(store.engine, "dc-east")
     assert len(records) == 601 and verify(store.engine, None).ok
+
+
+def test_a_batch_gives_back_every_kind_of_entry_it_was_given() -> None:
+    # Exchanges are laid out flat, other entries packed; a refused record is found by cutting the
+    # values back into entries, and the process log describes them as they were queued.
+    entries: list[Entry] = [exchange(1), entry(2), ApiExchange(exchange(3), "1 (U+20BB7 ×1)"), exchange(4)]
+    batch = Batch()
+    for one in entries:
+        batch.add(one)
+    assert batch.count == 4 and len(batch.values) == 2 * EXCHANGE_SIZE + 2
+    values = marshal.loads(marshal.dumps(batch.values))  # as the writer receives them
+    assert entries_of(values) == entries
+    assert [len(part) for part in parts_of(values)] == [EXCHANGE_SIZE, 1, 1, EXCHANGE_SIZE]
+    records = unpack_entries(values)
+    assert [(r.kind, r.message_id, r.direction) for r in records] == [
+        ("relay", "x-1", "request"), ("relay", "x-1", "response"), ("relay", "m-2", "request"),
+        ("api", "x-3", "request"), ("api", "x-3", "response"), ("relay", "x-4", "request"), ("relay", "x-4", "response")]
+    assert records[4].charset_substitutions == "1 (U+20BB7 ×1)"
