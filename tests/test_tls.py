@@ -5,23 +5,34 @@ from __future__ import annotations
 import ssl
 import subprocess
 import time
-import warnings
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 
 from gateway.logs.tables import LogFilter
 from gateway.security.pki import Issued, issue
 from gateway.security.tls import client_key_problem, server_context
+from gateway.serve.app import AppOptions, make_app
+from routing.config import parse_config
 from routing.settings import TlsSettings
 
 from .certs import DevPki, dev_pki, signing_with  # noqa: F401  (fixture)
-from .conftest import BMRGW, GatewayFactory, RecordingBackend, free_port, message, soap11_headers, write_yaml
+from .conftest import (
+    BMRGW,
+    GatewayFactory,
+    RecordingBackend,
+    free_port,
+    message,
+    soap11_headers,
+    start_app,
+    write_yaml,
+)
 from .test_auth import HASH, PASSWORD, _fault_code, _wait_records, basic
 
 
@@ -279,17 +290,24 @@ def old_client_context(pki: DevPki, cert: Issued) -> ssl.SSLContext:
 
 
 async def test_a_client_certificate_with_a_dsa_key_is_refused_and_logged(
-        gateway: GatewayFactory, backend: RecordingBackend, tmp_path: Path, dev_pki: DevPki,
-        dsa_client: Issued) -> None:
+        backend: RecordingBackend, tmp_path: Path, dev_pki: DevPki, dsa_client: Issued) -> None:
     # OpenSSL at security level 2 takes a DSA-2048 client certificate over TLS 1.2.
     clients = {"dsa-app": {"cert_subject": dsa_client.subject, "allow": ["*"], "senders": ["juki"]}}
-    gw = await gateway(_config(tmp_path, dev_pki, backend.url, mutual=True, clients=clients))
-    status, body = await _post(gw, old_client_context(dev_pki, dsa_client))
+    config = _config(tmp_path, dev_pki, backend.url, mutual=True, clients=clients)
+    write_yaml(tmp_path / "endpoints.yaml", config)
+    parsed = parse_config(config, source=tmp_path / "endpoints.yaml")
+    assert parsed.gateway.tls is not None
+    runner, gw = await start_app(make_app(parsed, AppOptions(watch_config=False)), 0, server_context(parsed.gateway.tls))
+    try:
+        status, body = await _post(gw, old_client_context(dev_pki, dsa_client))
+    finally:
+        await runner.cleanup()  # writes the refusal counts (issue 17's auth-tally records) to the log
     assert (status, _fault_code(body)) == (401, "Unauthorized")
     assert b"CN=dsa" in body and b"DSA key of 2048 bits" in body
     assert backend.seen == []
     refused = await _wait_records(tmp_path / "tls.db", LogFilter(status="fault"), 1)
-    assert (refused[0].fault_code, refused[0].http_status, refused[0].client) == ("Unauthorized", 401, "cert:CN=dsa")
+    assert (refused[0].kind, refused[0].fault_code, refused[0].http_status, refused[0].client, refused[0].bytes_in) \
+        == ("auth-tally", "Unauthorized", 401, "cert:CN=dsa", 1)
 
 
 async def test_a_client_certificate_with_an_rsa_1024_key_is_refused_at_the_handshake(
