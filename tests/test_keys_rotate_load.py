@@ -48,18 +48,18 @@ class Load:
             try:
                 answer = await put(self.http, self.url, message_id, data, receiver=to)
                 if answer.result is not True:
-                    self.failures.append(f"put {message_id}: {answer.status} {answer.body[:300]!r}")
+                    self.failures.append(f"put {message_id}: {answer.status} {answer.fault_code}")
                     continue
                 self.stored[message_id] = (to, data)
                 if waiting:
                     continue
                 got = await get(self.http, self.url, to)
                 if got.result is not True or got.data != data:
-                    self.failures.append(f"get {message_id}: {got.status} {got.body[:300]!r}")
+                    self.failures.append(f"get {message_id}: {got.status} {got.fault_code}")
                     continue
                 done = await confirm(self.http, self.url, message_id, receiver=to)
                 if done.result is not True:
-                    self.failures.append(f"confirm {message_id}: {done.status} {done.body[:300]!r}")
+                    self.failures.append(f"confirm {message_id}: {done.status} {done.fault_code}")
                     continue
                 self.cycles += 1
             except aiohttp.ClientError as exc:
@@ -115,7 +115,7 @@ async def test_rotations_under_load_fail_no_request_and_lose_no_document(
         assert {org: generations for org, generations in live_generations(db).items() if org in rotated} == \
             {org: [2] for org in rotated}
         with engine_of(db) as c:
-            owners = dict(c.execute(text("SELECT message_id, receiver_id FROM jx_document")).all())
+            owners: dict[str, str] = {m: r for m, r in c.execute(text("SELECT message_id, receiver_id FROM jx_document"))}
         assert {g for m, g in sealed_generations(db, tmp_path).items() if owners[m] in rotated} == {2}, \
             "everything of the rotated organisations, including what was stored meanwhile, is under generation 2"
         # Every document, waiting or confirmed, reads back byte for byte.
