@@ -96,17 +96,21 @@ async def test_rotations_under_load_fail_no_request_and_lose_no_document(
         url = await gateway(config)
         load = Load(http, url)
         workers = [asyncio.create_task(load.worker(n)) for n in range(WORKERS)]
-        await asyncio.sleep(1.0)  # every organisation has a data key and documents before the rotations
-        started, cycles_before = time.monotonic(), load.cycles
-        orgs = sorted({receiver for receiver, _ in load.stored.values()})
         rotated = ["131a-0", "131a-0-later"]  # one polled during the load, one not
-        assert set(rotated) <= set(orgs)
-        await asyncio.to_thread(rotate_both, path, tmp_path, rotated)
-        rotating = time.monotonic() - started
-        cycles_during = load.cycles - cycles_before
-        await asyncio.sleep(0.5)  # and the load goes on after them
-        load.stop.set()
-        await asyncio.gather(*workers)
+        try:
+            # Both organisations have a data key and documents before the rotations.
+            deadline = time.monotonic() + 30
+            while not set(rotated) <= {owner for owner, _ in load.stored.values()} and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            started, cycles_before = time.monotonic(), load.cycles
+            await asyncio.to_thread(rotate_both, path, tmp_path, rotated)
+            rotating = time.monotonic() - started
+            cycles_during = load.cycles - cycles_before
+            await asyncio.sleep(0.5)  # and the load goes on after them
+        finally:
+            load.stop.set()
+            await asyncio.gather(*workers)
+        orgs = sorted({receiver for receiver, _ in load.stored.values()})
         out = capsys.readouterr().out
 
         assert load.failures == [], load.failures[:5]

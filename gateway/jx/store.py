@@ -10,7 +10,10 @@ mailboxes with no shared file system (``gateway.jx.blobs``).
 Durability.  A document is fsynced (temporary file, then rename into
 ``blobs/`` and a folder fsync) *before* its row is committed, and the row is
 committed — together with its send/receive log record — before PutDocument
-answers ``true``.  A crash at any moment leaves either no row (the caller saw
+answers ``true``.  Puts arriving while one commits share the next transaction
+(group commit, :mod:`gateway.jx.commit`): one disk flush, one folder fsync and
+one hold of the log's chain lock for all of them, each put keeping its own
+outcome.  A crash at any moment leaves either no row (the caller saw
 no ``true``) or a row whose bytes are complete: a partial document is never
 served.  A put's commit is flushed to disk before ``true`` (SQLite
 ``synchronous=FULL`` on a connection pool of its own; PostgreSQL's default),
@@ -40,28 +43,13 @@ move when the data disk is below ``gateway.min_free_bytes``.
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
     Connection,
     Engine,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    PrimaryKeyConstraint,
-    Row,
-    String,
-    Table,
-    Text,
     and_,
     case,
     delete,
@@ -81,134 +69,17 @@ from ..crypto import Vault
 from ..disk import FreeSpace
 from ..durable import private_dir
 from ..errors import DocumentStoreError, DuplicateMessageId, QuotaExceeded, UnknownDocument
+from .commit import GroupCommit, Pending
+from .documents import PART, STATES, TABLES, Document, NewDocument, now_ms
 from .engine import blobs_in_database, relaxed, translated
 from .files import fsync_dir, place
 from .wire import Spool
 
-__all__ = ["DocumentStore", "Document", "NewDocument", "TABLES", "STATES", "LogWriter", "blobs_in_database"]
-
-#: Document states; "leased" is a ready document whose lease has not run out yet.
-STATES = ("ready", "confirmed", "dead")
-#: Bytes per database blob part and per chunk read from a blob.
-PART = 1024 * 1024
+__all__ = ["DocumentStore", "Document", "NewDocument", "TABLES", "STATES", "PART", "LogWriter", "blobs_in_database",
+           "now_ms"]
 
 #: Writes a log record inside the store's transaction (:meth:`gateway.logs.journal.Journal.write_in`).
 LogWriter = Callable[[Connection, LogRecord], object]
-
-
-@dataclass(frozen=True)
-class Tables:
-    metadata: MetaData
-    document: Table
-    blob: Table
-
-
-def _tables() -> Tables:
-    metadata = MetaData()
-    ident = BigInteger().with_variant(Integer, "sqlite")
-    document = Table(
-        "jx_document", metadata,
-        Column("seq", ident, primary_key=True, autoincrement=True),
-        Column("message_id", String(256), nullable=False, unique=True),
-        Column("sender_id", String(256), nullable=False),
-        Column("receiver_id", String(256), nullable=False),
-        Column("format_type", Text, nullable=False),
-        Column("document_type", Text, nullable=False),
-        Column("compress_type", Text, nullable=False),
-        Column("size", BigInteger, nullable=False),
-        Column("sha256", String(64), nullable=False),
-        Column("blob", Text),  # file name under blobs/, or NULL when the bytes are in jx_blob
-        Column("source", String(16), nullable=False),  # jx, mailbox, cli
-        Column("state", String(16), nullable=False),
-        Column("created_ms", BigInteger, nullable=False),
-        Column("lease_until_ms", BigInteger),
-        Column("lease_node", Text),
-        Column("deliveries", Integer, nullable=False, default=0),
-        Column("last_handout_ms", BigInteger),
-        Column("confirmed_ms", BigInteger),
-        Index("ix_jx_document_queue", "receiver_id", "state", "seq"),
-    )
-    blob = Table(
-        "jx_blob", metadata,
-        Column("doc_seq", BigInteger, nullable=False),
-        Column("part", Integer, nullable=False),
-        Column("data", LargeBinary, nullable=False),
-        PrimaryKeyConstraint("doc_seq", "part"),
-    )
-    return Tables(metadata, document, blob)
-
-
-TABLES = _tables()
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def iso(ms: int | None) -> str | None:
-    """Milliseconds since the epoch as ISO 8601 UTC (for listings)."""
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
-
-
-@dataclass(frozen=True, kw_only=True)
-class NewDocument:
-    """What a PutDocument (or a mailbox deposit) asks to store."""
-
-    message_id: str
-    sender_id: str
-    receiver_id: str
-    format_type: str
-    document_type: str
-    compress_type: str
-    source: str = "jx"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Document:
-    """A stored document's metadata."""
-
-    seq: int
-    message_id: str
-    sender_id: str
-    receiver_id: str
-    format_type: str
-    document_type: str
-    compress_type: str
-    size: int
-    sha256: str
-    blob: str | None
-    source: str
-    state: str
-    created_ms: int
-    lease_until_ms: int | None
-    lease_node: str | None
-    deliveries: int
-    last_handout_ms: int | None
-    confirmed_ms: int | None
-
-    @classmethod
-    def of(cls, row: Row[Any]) -> Document:
-        return cls(**{name: getattr(row, name) for name in cls.__dataclass_fields__})
-
-    def shown_state(self, at_ms: int) -> str:
-        """``leased`` for a ready document under a lease, else the stored state."""
-        if self.state == "ready" and self.lease_until_ms is not None and self.lease_until_ms > at_ms:
-            return "leased"
-        return self.state
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        out["state"] = self.shown_state(now_ms())
-        for name in ("created_ms", "lease_until_ms", "last_handout_ms", "confirmed_ms"):
-            out[name.removesuffix("_ms")] = iso(out.pop(name))
-        return out
-
-    def same_content(self, new: NewDocument, spool: Spool) -> bool:
-        return (self.sha256, self.size, self.sender_id, self.receiver_id, self.format_type, self.document_type,
-                self.compress_type) == (spool.sha256, spool.size, new.sender_id, new.receiver_id,
-                                        new.format_type, new.document_type, new.compress_type)
 
 
 class DocumentStore:
@@ -231,6 +102,8 @@ class DocumentStore:
         self.space = space
         """The data disk's free space (``None``: not checked, as for read-only commands)."""
         self.min_free_bytes = min_free_bytes
+        self.commits = GroupCommit(self._commit)
+        """Puts waiting for a transaction: committed together (:mod:`gateway.jx.commit`)."""
 
     # -- set-up ----------------------------------------------------------------
 
@@ -264,7 +137,7 @@ class DocumentStore:
                 if existing is None:
                     raise
                 return self._duplicate(existing, new, spool)
-            except IntegrityError:
+            except (IntegrityError, DuplicateMessageId):
                 existing = self.find(new.message_id)  # stored before, or by a concurrent put that won
                 if existing is None:
                     raise DocumentStoreError(f"cannot store document {new.message_id!r}") from None
@@ -284,15 +157,26 @@ class DocumentStore:
         with translated("cannot read the JX documents"), self.engine.connect() as c:
             self._check_quota(c, receiver_id, 0)
 
-    def _check_quota(self, c: Connection, receiver_id: str, size: int) -> None:
+    def _waiting(self, c: Connection, receivers: set[str]) -> dict[str, list[int]]:
+        """Per receiver id: how many documents of how many bytes wait (ready or leased)."""
         t = self.tables.document
-        count, total = c.execute(select(func.count(), func.coalesce(func.sum(t.c.size), 0)).where(
-            t.c.receiver_id == receiver_id, t.c.state == "ready")).one()
+        rows = c.execute(select(t.c.receiver_id, func.count(), func.coalesce(func.sum(t.c.size), 0))
+                         .where(t.c.receiver_id.in_(receivers), t.c.state == "ready").group_by(t.c.receiver_id))
+        return {str(receiver): [int(count), int(total)] for receiver, count, total in rows}
+
+    def _over_quota(self, receiver_id: str, waiting: list[int], size: int) -> QuotaExceeded | None:
+        count, total = waiting
         most, most_bytes = self.settings.max_pending_documents, self.settings.max_pending_bytes
-        if count + 1 > most or int(total) + size > most_bytes:
-            raise QuotaExceeded(f"receiver {receiver_id[:64]!r} has {count} documents of {int(total)} bytes waiting; "
-                                f"its quota is {most} documents of {most_bytes} bytes "
-                                "(gateway.jx.max_pending_documents, max_pending_bytes)", detail=receiver_id[:256])
+        if count + 1 <= most and total + size <= most_bytes:
+            return None
+        return QuotaExceeded(f"receiver {receiver_id[:64]!r} has {count} documents of {total} bytes waiting; "
+                             f"its quota is {most} documents of {most_bytes} bytes "
+                             "(gateway.jx.max_pending_documents, max_pending_bytes)", detail=receiver_id[:256])
+
+    def _check_quota(self, c: Connection, receiver_id: str, size: int) -> None:
+        refused = self._over_quota(receiver_id, self._waiting(c, {receiver_id}).get(receiver_id, [0, 0]), size)
+        if refused is not None:
+            raise refused
 
     def _duplicate(self, existing: Document, new: NewDocument, spool: Spool) -> bool:
         if existing.same_content(new, spool):
@@ -303,24 +187,93 @@ class DocumentStore:
 
     def _insert(self, new: NewDocument, spool: Spool, record: LogRecord | None) -> None:
         self.vault.prepare(new.receiver_id)  # a new data key commits before the put's transaction begins
-        name = None if self.in_database else self._file_blob(new, spool)
+        if self.in_database and self.vault.stored_size(spool.size) > PART:
+            return self._insert_streaming(new, spool, record)
+        name, parts = None, None
+        try:
+            if self.in_database:  # one part: it rides in the group's transaction
+                parts = list(self.vault.sealed(new.receiver_id, new.message_id, spool.chunks(PART), PART))
+            else:
+                name = self._file_blob(new, spool)
+            self.commits.submit(Pending(new=new, size=spool.size, sha256=spool.sha256, blob=name, parts=parts,
+                                        record=record))
+        except (IntegrityError, QuotaExceeded, DuplicateMessageId):
+            self._drop_file(name)
+            raise  # put() decides whether that is the same document sent again
+        except BaseException as exc:
+            self._drop_file(name)
+            with translated("cannot store the document"):
+                raise exc
+
+    def _commit(self, batch: list[Pending]) -> None:
+        """One transaction for the puts of ``batch`` (see :mod:`gateway.jx.commit`); when another node
+        took one of their ids meanwhile (PostgreSQL), each is committed on its own instead."""
+        with translated("cannot store the document"):
+            if any(item.blob is not None for item in batch):
+                fsync_dir(self.blob_dir)  # every blob renamed in, durable before any row names it
+            try:
+                with self.durable.begin() as c:
+                    self._insert_batch(c, batch)
+            except IntegrityError:
+                if len(batch) == 1:
+                    raise
+                for item in batch:
+                    item.error = None
+                    try:
+                        with self.durable.begin() as c:
+                            self._insert_batch(c, [item])
+                    except IntegrityError as exc:
+                        item.error = exc
+
+    def _insert_batch(self, c: Connection, batch: list[Pending]) -> None:
+        t, b = self.tables.document, self.tables.blob
+        taken = set(c.execute(select(t.c.message_id).where(
+            t.c.message_id.in_([item.new.message_id for item in batch]))).scalars())
+        waiting = self._waiting(c, {item.new.receiver_id for item in batch})
+        going = []
+        for item in batch:
+            new = item.new
+            if new.message_id in taken:
+                item.error = DuplicateMessageId(f"messageId {new.message_id!r} is taken", detail=new.message_id)
+                continue
+            held = waiting.setdefault(new.receiver_id, [0, 0])
+            item.error = self._over_quota(new.receiver_id, held, item.size)
+            if item.error is None:
+                held[0], held[1] = held[0] + 1, held[1] + item.size
+                taken.add(new.message_id)
+                going.append(item)
+        if not going:
+            return
+        created = now_ms()
+        rows = [dict(message_id=i.new.message_id, sender_id=i.new.sender_id, receiver_id=i.new.receiver_id,
+                     format_type=i.new.format_type, document_type=i.new.document_type,
+                     compress_type=i.new.compress_type, size=i.size, sha256=i.sha256, blob=i.blob,
+                     source=i.new.source, state="ready", created_ms=created, deliveries=0) for i in going]
+        if any(item.parts is not None for item in going):
+            seqs = c.execute(insert(t).returning(t.c.seq, sort_by_parameter_order=True), rows).scalars().all()
+            c.execute(insert(b), [dict(doc_seq=seq, part=n, data=data)
+                                  for seq, item in zip(seqs, going, strict=True) for n, data in enumerate(item.parts or [])])
+        else:
+            c.execute(insert(t), rows)
+        for item in going:
+            self._log(c, item.record)
+
+    def _insert_streaming(self, new: NewDocument, spool: Spool, record: LogRecord | None) -> None:
+        """A document of several database parts: its own transaction, parts sealed as they are written."""
         try:
             with self.durable.begin() as c:
                 self._check_quota(c, new.receiver_id, spool.size)
                 seq = c.execute(insert(self.tables.document).values(
                     message_id=new.message_id, sender_id=new.sender_id, receiver_id=new.receiver_id,
                     format_type=new.format_type, document_type=new.document_type,
-                    compress_type=new.compress_type, size=spool.size, sha256=spool.sha256, blob=name,
+                    compress_type=new.compress_type, size=spool.size, sha256=spool.sha256, blob=None,
                     source=new.source, state="ready", created_ms=now_ms(), deliveries=0,
                 ).returning(self.tables.document.c.seq)).scalar_one()
-                if self.in_database:
-                    self._database_blob(c, seq, new, spool)
+                self._database_blob(c, seq, new, spool)
                 self._log(c, record)
         except (IntegrityError, QuotaExceeded):
-            self._drop_file(name)
-            raise  # put() decides whether that is the same document sent again
+            raise
         except BaseException as exc:
-            self._drop_file(name)
             with translated("cannot store the document"):
                 raise exc
 
@@ -329,11 +282,11 @@ class DocumentStore:
             (self.blob_dir / name).unlink(missing_ok=True)
 
     def _file_blob(self, new: NewDocument, spool: Spool) -> str:
-        """Move the fsynced spool into ``blobs/`` (sealed for its receiver if encrypting), durably."""
+        """Move the fsynced spool into ``blobs/`` (sealed for its receiver if encrypting); the folder is
+        fsynced by the commit, once for all the puts of its transaction."""
         name = f"{uuid.uuid4().hex}.doc"
         with translated("cannot store the document"):
             place(self.vault, spool, self.blob_dir / name, new.receiver_id, new.message_id)
-            fsync_dir(self.blob_dir)
         return name
 
     def _database_blob(self, c: Connection, seq: int, new: NewDocument, spool: Spool) -> None:
