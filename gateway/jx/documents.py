@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     Index,
     Integer,
     LargeBinary,
@@ -21,11 +22,17 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
+    select,
 )
 
+from routing.settings import JxSettings
+
+from ..errors import QuotaExceeded
 from .wire import Spool
 
-__all__ = ["STATES", "PART", "Tables", "TABLES", "now_ms", "iso", "NewDocument", "Document"]
+__all__ = ["STATES", "PART", "Tables", "TABLES", "now_ms", "iso", "NewDocument", "Document", "Leased", "waiting",
+           "over_quota"]
 
 #: Document states; "leased" is a ready document whose lease has not run out yet.
 STATES = ("ready", "confirmed", "dead")
@@ -145,3 +152,33 @@ class Document:
         return (self.sha256, self.size, self.sender_id, self.receiver_id, self.format_type, self.document_type,
                 self.compress_type) == (spool.sha256, spool.size, new.sender_id, new.receiver_id,
                                         new.format_type, new.document_type, new.compress_type)
+
+
+@dataclass(frozen=True)
+class Leased:
+    """A document just handed out, with what the hand-out read of its database parts."""
+
+    document: Document
+    stored: int | None = None
+    """Bytes stored in ``jx_blob`` for it (``None``: not read, or its bytes are in a file)."""
+    head: bytes | None = None
+    """Its part 0."""
+
+
+def waiting(c: Connection, receivers: set[str]) -> dict[str, list[int]]:
+    """Per receiver id: how many documents of how many bytes wait (ready or leased)."""
+    t = TABLES.document
+    rows = c.execute(select(t.c.receiver_id, func.count(), func.coalesce(func.sum(t.c.size), 0))
+                     .where(t.c.receiver_id.in_(receivers), t.c.state == "ready").group_by(t.c.receiver_id))
+    return {str(receiver): [int(count), int(total)] for receiver, count, total in rows}
+
+
+def over_quota(settings: JxSettings, receiver_id: str, held: list[int], size: int) -> QuotaExceeded | None:
+    """The refusal of one more document of ``size`` bytes for a receiver holding ``held`` (count, bytes)."""
+    count, total = held
+    most, most_bytes = settings.max_pending_documents, settings.max_pending_bytes
+    if count + 1 <= most and total + size <= most_bytes:
+        return None
+    return QuotaExceeded(f"receiver {receiver_id[:64]!r} has {count} documents of {total} bytes waiting; "
+                         f"its quota is {most} documents of {most_bytes} bytes "
+                         "(gateway.jx.max_pending_documents, max_pending_bytes)", detail=receiver_id[:256])

@@ -53,7 +53,7 @@ from ..errors import (
 from ..ns import H_JX_SHA256, H_SOAPACTION, WSSE, SoapVersion
 from ..parser import parse
 from ..soap import fault_content_type, gateway_fault
-from .store import Document, DocumentStore, NewDocument
+from .store import Document, DocumentStore, Leased, NewDocument
 from .wire import JxRequest, RequestReader, operation_of_action, request_encoding, response_envelope, split_at_data
 
 __all__ = ["JxService", "wsdl_for"]
@@ -249,29 +249,31 @@ class JxService:
         receiver = call.receiver = jx.field("receiverId")
         self._authorise(request, "receive", receiver)
         header = jx.header
-        document = await asyncio.to_thread(self.store.lease, receiver, format_type=header.format_type,
-                                           document_type=header.document_type)
-        if document is None:
+        leased = await asyncio.to_thread(self.store.hand_out, receiver, format_type=header.format_type,
+                                         document_type=header.document_type)
+        if leased is None:
             before, after = split_at_data(jx.namespace, header.answer(gateway=self.gateway), False, "", {})
             call.message_id = header.message_id or None
             await self._log(call.record(self.clock.now(), direction="response"))
             return _xml(before + after)
+        document = leased.document
         call.message_id, call.sender, call.sha256 = document.message_id, document.sender_id, document.sha256
         call.bytes_out = document.size
-        response, complete = await self._stream(request, jx, document)
+        response, complete = await self._stream(request, jx, leased)
         await self._log(call.record(self.clock.now(), direction="response", status="ok" if complete else "error"))
         return response
 
     async def _stream(self, request: web.Request, jx: JxRequest,
-                      document: Document) -> tuple[web.StreamResponse, bool]:
+                      leased: Leased) -> tuple[web.StreamResponse, bool]:
         """Send the document base64-encoded piece by piece; ``False`` when it had to be cut off."""
+        document = leased.document
         fields = {"senderId": document.sender_id, "receiverId": document.receiver_id,
                   "formatType": document.format_type, "documentType": document.document_type,
                   "compressType": document.compress_type}
         header = jx.header.answer(gateway=self.gateway, format_type=document.format_type,
                                   document_type=document.document_type)
         before, after = split_at_data(jx.namespace, header, True, document.message_id, fields)
-        chunks = self.store.chunks(document, _B64_PIECE)
+        chunks = self.store.chunks(document, _B64_PIECE, leased)
         # Read (and, if sealed, authenticate) the first piece before answering: a document whose
         # bytes fail is refused with a fault, not begun and cut off.
         first = await asyncio.to_thread(next, chunks, b"")

@@ -42,6 +42,7 @@ move when the data disk is below ``gateway.min_free_bytes``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Generator, Iterator
@@ -70,12 +71,12 @@ from ..disk import FreeSpace
 from ..durable import private_dir
 from ..errors import DocumentStoreError, DuplicateMessageId, QuotaExceeded, UnknownDocument
 from .commit import GroupCommit, Pending
-from .documents import PART, STATES, TABLES, Document, NewDocument, now_ms
+from .documents import PART, STATES, TABLES, Document, Leased, NewDocument, now_ms, over_quota, waiting
 from .engine import blobs_in_database, relaxed, translated
 from .files import fsync_dir, place
 from .wire import Spool
 
-__all__ = ["DocumentStore", "Document", "NewDocument", "TABLES", "STATES", "PART", "LogWriter", "blobs_in_database",
+__all__ = ["DocumentStore", "Leased", "Document", "NewDocument", "TABLES", "STATES", "PART", "LogWriter", "blobs_in_database",
            "now_ms"]
 
 #: Writes a log record inside the store's transaction (:meth:`gateway.logs.journal.Journal.write_in`).
@@ -87,8 +88,13 @@ class DocumentStore:
 
     def __init__(self, engine: Engine, *, root: Path, settings: JxSettings, node: str,
                  log: LogWriter | None = None, durable: Engine | None = None,
-                 space: FreeSpace | None = None, min_free_bytes: int = 0, vault: Vault | None = None) -> None:
+                 space: FreeSpace | None = None, min_free_bytes: int = 0, vault: Vault | None = None,
+                 quick: Engine | None = None) -> None:
         self.engine = engine
+        self.quick = quick
+        """Engine for hand-outs and confirms whose sessions commit without waiting for the disk
+        (PostgreSQL, :func:`~gateway.jx.engine.prepare_engine` ``relaxed``); ``None``: ``engine``, with
+        :func:`~gateway.jx.engine.relaxed` in each of those transactions."""
         self.vault = vault or Vault()  # seals bytes for their receiver (gateway.encryption), or passes them
         self.durable = durable or engine
         """Engine for puts: on SQLite a pool of its own with ``synchronous=FULL``."""
@@ -116,7 +122,17 @@ class DocumentStore:
             for stale in self.spool_dir.glob("*.part"):
                 stale.unlink(missing_ok=True)
 
+    @contextlib.contextmanager
+    def _relaxed(self) -> Iterator[Connection]:
+        """A transaction that need not wait for the disk (hand-outs, confirms)."""
+        with (self.quick or self.engine).begin() as c:
+            if self.quick is None:
+                relaxed(c)
+            yield c
+
     def close(self) -> None:
+        if self.quick is not None:
+            self.quick.dispose()
         self.engine.dispose()
         self.durable.dispose()
 
@@ -157,24 +173,8 @@ class DocumentStore:
         with translated("cannot read the JX documents"), self.engine.connect() as c:
             self._check_quota(c, receiver_id, 0)
 
-    def _waiting(self, c: Connection, receivers: set[str]) -> dict[str, list[int]]:
-        """Per receiver id: how many documents of how many bytes wait (ready or leased)."""
-        t = self.tables.document
-        rows = c.execute(select(t.c.receiver_id, func.count(), func.coalesce(func.sum(t.c.size), 0))
-                         .where(t.c.receiver_id.in_(receivers), t.c.state == "ready").group_by(t.c.receiver_id))
-        return {str(receiver): [int(count), int(total)] for receiver, count, total in rows}
-
-    def _over_quota(self, receiver_id: str, waiting: list[int], size: int) -> QuotaExceeded | None:
-        count, total = waiting
-        most, most_bytes = self.settings.max_pending_documents, self.settings.max_pending_bytes
-        if count + 1 <= most and total + size <= most_bytes:
-            return None
-        return QuotaExceeded(f"receiver {receiver_id[:64]!r} has {count} documents of {total} bytes waiting; "
-                             f"its quota is {most} documents of {most_bytes} bytes "
-                             "(gateway.jx.max_pending_documents, max_pending_bytes)", detail=receiver_id[:256])
-
     def _check_quota(self, c: Connection, receiver_id: str, size: int) -> None:
-        refused = self._over_quota(receiver_id, self._waiting(c, {receiver_id}).get(receiver_id, [0, 0]), size)
+        refused = over_quota(self.settings, receiver_id, waiting(c, {receiver_id}).get(receiver_id, [0, 0]), size)
         if refused is not None:
             raise refused
 
@@ -229,15 +229,15 @@ class DocumentStore:
         t, b = self.tables.document, self.tables.blob
         taken = set(c.execute(select(t.c.message_id).where(
             t.c.message_id.in_([item.new.message_id for item in batch]))).scalars())
-        waiting = self._waiting(c, {item.new.receiver_id for item in batch})
+        held_by = waiting(c, {item.new.receiver_id for item in batch})
         going = []
         for item in batch:
             new = item.new
             if new.message_id in taken:
                 item.error = DuplicateMessageId(f"messageId {new.message_id!r} is taken", detail=new.message_id)
                 continue
-            held = waiting.setdefault(new.receiver_id, [0, 0])
-            item.error = self._over_quota(new.receiver_id, held, item.size)
+            held = held_by.setdefault(new.receiver_id, [0, 0])
+            item.error = over_quota(self.settings, new.receiver_id, held, item.size)
             if item.error is None:
                 held[0], held[1] = held[0] + 1, held[1] + item.size
                 taken.add(new.message_id)
@@ -302,9 +302,22 @@ class DocumentStore:
     def lease(self, receiver_id: str, *, format_type: str | None = None,
               document_type: str | None = None) -> Document | None:
         """Hand out the oldest deliverable document of ``receiver_id`` under a new lease, if any."""
-        t = self.tables.document
-        with translated("cannot hand out a document"), self.engine.begin() as c:
-            relaxed(c)
+        leased = self.hand_out(receiver_id, format_type=format_type, document_type=document_type)
+        return leased.document if leased is not None else None
+
+    def hand_out(self, receiver_id: str, *, format_type: str | None = None,
+                 document_type: str | None = None) -> Leased | None:
+        """:meth:`lease`, with the first database part of the document and the size of all of them read
+        in the same statement (no second read for a document of one part; see :meth:`chunks`).
+
+        One statement picks and leases (PostgreSQL: ``FOR UPDATE SKIP LOCKED`` in its subquery) — or
+        parks as a dead letter a document handed out ``max_deliveries`` times, and then picks again."""
+        t, b = self.tables.document, self.tables.blob
+        spent = t.c.deliveries >= self.settings.max_deliveries
+        extra = [select(func.coalesce(func.sum(func.length(b.c.data)), 0)).where(b.c.doc_seq == t.c.seq)
+                 .scalar_subquery().label("stored_bytes"),
+                 select(b.c.data).where(b.c.doc_seq == t.c.seq, b.c.part == 0).scalar_subquery().label("head")]
+        with translated("cannot hand out a document"), self._relaxed() as c:
             while True:
                 now = now_ms()
                 wanted = [t.c.receiver_id == receiver_id, t.c.state == "ready",
@@ -313,28 +326,40 @@ class DocumentStore:
                     wanted.append(t.c.format_type == format_type)
                 if document_type:
                     wanted.append(t.c.document_type == document_type)
-                row = c.execute(select(t).where(*wanted).order_by(t.c.seq).limit(1)
-                                .with_for_update(skip_locked=True)).first()
+                pick = (select(t.c.seq).where(*wanted).order_by(t.c.seq).limit(1)
+                        .with_for_update(skip_locked=True).scalar_subquery())
+                until = now + int(self.settings.lease_seconds * 1000)
+                row = c.execute(update(t).where(t.c.seq == pick).values(
+                    state=case((spent, "dead"), else_=t.c.state),
+                    lease_until_ms=case((spent, None), else_=until),
+                    lease_node=case((spent, t.c.lease_node), else_=self.node),
+                    deliveries=case((spent, t.c.deliveries), else_=t.c.deliveries + 1),
+                    last_handout_ms=case((spent, t.c.last_handout_ms), else_=now),
+                ).returning(*t.c, *(extra if self.in_database else []))).first()
                 if row is None:
                     return None
-                if row.deliveries >= self.settings.max_deliveries:
-                    c.execute(update(t).where(t.c.seq == row.seq).values(state="dead", lease_until_ms=None))
-                    continue
-                until = now + int(self.settings.lease_seconds * 1000)
-                return Document.of(c.execute(update(t).where(t.c.seq == row.seq).values(
-                    lease_until_ms=until, lease_node=self.node, deliveries=t.c.deliveries + 1,
-                    last_handout_ms=now).returning(*t.c)).one())
+                if row.state == "dead":
+                    continue  # parked: the next one
+                document = Document.of(row)
+                if not self.in_database or document.blob is not None:
+                    return Leased(document)
+                return Leased(document, int(row.stored_bytes), None if row.head is None else bytes(row.head))
 
-    def chunks(self, document: Document, size: int = PART) -> Generator[bytes, None, None]:
-        """The document's bytes (authenticated if sealed: :class:`DocumentCorrupt`) in chunks of about ``size``."""
+    def chunks(self, document: Document, size: int = PART, leased: Leased | None = None) -> Generator[bytes, None, None]:
+        """The document's bytes (authenticated if sealed: :class:`DocumentCorrupt`) in chunks of about ``size``;
+        with what :meth:`hand_out` read of it (``leased``), what that holds is not read again."""
         if document.blob is not None:
             yield from self._file_chunks(document, size)
+            return
+        if leased is not None and leased.stored is not None:
+            stored = leased.stored
         else:
             with translated(f"cannot read document {document.message_id!r}"), self.engine.connect() as c:
-                stored = c.execute(select(func.coalesce(func.sum(func.length(self.tables.blob.c.data)), 0))
-                                   .where(self.tables.blob.c.doc_seq == document.seq)).scalar_one()
-            yield from self.vault.opened(document.receiver_id, document.message_id, document.size, int(stored),
-                                         self._database_chunks(document), size)
+                stored = int(c.execute(select(func.coalesce(func.sum(func.length(self.tables.blob.c.data)), 0))
+                                       .where(self.tables.blob.c.doc_seq == document.seq)).scalar_one())
+        head = leased.head if leased is not None else None
+        parts = self._database_chunks(document, head, stored)
+        yield from self.vault.opened(document.receiver_id, document.message_id, document.size, stored, parts, size)
 
     def _file_chunks(self, document: Document, size: int) -> Iterator[bytes]:
         assert document.blob is not None
@@ -343,9 +368,14 @@ class DocumentStore:
             yield from self.vault.opened(document.receiver_id, document.message_id, document.size,
                                          os.fstat(fh.fileno()).st_size, iter(lambda: fh.read(size), b""), size)
 
-    def _database_chunks(self, document: Document) -> Iterator[bytes]:
+    def _database_chunks(self, document: Document, head: bytes | None = None, stored: int = 0) -> Iterator[bytes]:
         b = self.tables.blob
         part = 0
+        if head is not None:
+            yield head
+            if len(head) >= stored:
+                return  # the whole document was in its first part: nothing more to read
+            part = 1
         while True:
             with translated(f"cannot read document {document.message_id!r}"), self.engine.connect() as c:
                 data = c.execute(select(b.c.data).where(b.c.doc_seq == document.seq, b.c.part == part)).scalar()
@@ -362,8 +392,7 @@ class DocumentStore:
         An id unknown for this receiver (and sender, if given) is :class:`UnknownDocument`.
         """
         t = self.tables.document
-        with translated("cannot confirm the document"), self.engine.begin() as c:
-            relaxed(c)
+        with translated("cannot confirm the document"), self._relaxed() as c:
             row = c.execute(select(t).where(t.c.message_id == message_id).with_for_update()).first()
             if row is None or row.receiver_id != receiver_id or (sender_id and row.sender_id != sender_id):
                 raise UnknownDocument(f"no document {message_id!r} from {sender_id!r} to {receiver_id!r}",
