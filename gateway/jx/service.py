@@ -9,12 +9,16 @@ caller's HTTP retry logic comes back later.  ``GET /jx?wsdl``
 serves the 2007 WSDL (``?wsdl=2004`` the 2004 one) with ``soap:address``
 pointing at this gateway as the caller reached it.
 
-Every operation leaves a record in the send/receive log (``kind: jx``).  A
-PutDocument's record is written in the same transaction as the document, so
-an accepted document is never unlogged; hand-outs, confirms, empty polls and
-faults go through the log's group-commit writer, like relayed exchanges
-(writing them in the lease transaction would serialise every poller of a
-node on the log's chain lock).
+Every operation leaves a record in the send/receive log (``kind: jx``),
+through the log's group-commit writer, like relayed exchanges: writing a
+record inside the store's transaction would hold the node's chain lock
+across that commit and serialise every put and poller of the node on it.
+A PutDocument answers ``true`` only once both its document and its record
+are committed, so an accepted document is never unlogged.  The document
+commits first: a crash (or a log that fails) between the two leaves a
+stored document whose sender saw no ``true``; it sends it again (same
+messageId, same content) and gets ``true``, and that put is logged — a
+document sent again is answered without being stored twice.
 """
 
 from __future__ import annotations
@@ -239,10 +243,23 @@ class JxService:
         body = response_envelope(jx.namespace, "PutDocument", jx.header.answer(gateway=self.gateway),
                                  [("PutDocumentResult", "true")])
         call.bytes_out = len(body)
-        stored = await asyncio.to_thread(self.store.put, new, spool,
-                                         call.record(self.clock.now(), direction="request"))
-        if not stored:  # the same document again: already logged when it was stored
-            await self._log(call.record(self.clock.now(), direction="request"))
+        if self.journal is None:
+            stored = await asyncio.to_thread(self.store.put, new, spool,
+                                             call.record(self.clock.now(), direction="request"))
+            if not stored:  # the same document again: already logged when it was stored
+                await self._log(call.record(self.clock.now(), direction="request"))
+            return _xml(body)
+        # The document commits without the log's chain lock; its record goes through the group-commit
+        # writer, and ``true`` waits until that is durable too (see the module docstring).
+        await asyncio.to_thread(self.store.put, new, spool, None)
+        done = await self.journal.record(call.record(self.clock.now(), direction="request"), durable=True)
+        try:
+            logged = await asyncio.wait_for(done, self.client_timeout)
+        except TimeoutError:
+            logged = False
+        if not logged:
+            raise JournalUnavailable("the send/receive log did not commit the PutDocument's record: the document "
+                                     "is stored; send it again (same messageId) for a true")
         return _xml(body)
 
     async def _get(self, request: web.Request, jx: JxRequest, call: Call) -> web.StreamResponse:
