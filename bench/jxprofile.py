@@ -70,7 +70,7 @@ def _instrument() -> None:
     s, d = service.JxService, store.DocumentStore
     for attribute in ("handle", "_read", "_put", "_get", "_confirm", "_stream", "_log"):
         _timed(s, attribute, f"service.{attribute}")
-    for attribute in ("put", "_insert", "_file_blob", "_commit", "_insert_batch", "lease", "confirm", "find"):
+    for attribute in ("put", "_insert", "_file_blob", "_commit", "_insert_batch", "hand_out", "chunks", "confirm"):
         if hasattr(d, attribute):
             _timed(d, attribute, f"store.{attribute}")
     _timed(commit.GroupCommit, "submit", "commit.submit (wait + lead)")

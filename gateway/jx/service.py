@@ -9,16 +9,22 @@ caller's HTTP retry logic comes back later.  ``GET /jx?wsdl``
 serves the 2007 WSDL (``?wsdl=2004`` the 2004 one) with ``soap:address``
 pointing at this gateway as the caller reached it.
 
-Every operation leaves a record in the send/receive log (``kind: jx``),
-through the log's group-commit writer, like relayed exchanges: writing a
-record inside the store's transaction would hold the node's chain lock
-across that commit and serialise every put and poller of the node on it.
-A PutDocument answers ``true`` only once both its document and its record
-are committed, so an accepted document is never unlogged.  The document
-commits first: a crash (or a log that fails) between the two leaves a
-stored document whose sender saw no ``true``; it sends it again (same
-messageId, same content) and gets ``true``, and that put is logged — a
-document sent again is answered without being stored twice.
+Every operation leaves a record in the send/receive log (``kind: jx``).
+Hand-outs, confirms, empty polls and faults go through the log's
+group-commit writer, like relayed exchanges.  A PutDocument answers
+``true`` only once both its document and its record are committed, so an
+accepted document is never unlogged:
+
+- on SQLite its record is written in the (group) transaction of the
+  document (:attr:`DocumentStore.logs_inside`): every write holds the
+  database's one write lock anyway, so the chain lock costs nothing more,
+  and document and record share one disk flush;
+- on PostgreSQL the document commits without the node's chain lock and its
+  record goes through the group-commit writer (holding the chain head
+  across the put's commit serialised every put of the node behind the
+  writer's commits).  A crash, or a log that fails, between the two leaves
+  a stored document whose sender saw no ``true``; it sends it again (same
+  messageId, same content), gets ``true``, and that put is logged.
 """
 
 from __future__ import annotations
@@ -243,7 +249,7 @@ class JxService:
         body = response_envelope(jx.namespace, "PutDocument", jx.header.answer(gateway=self.gateway),
                                  [("PutDocumentResult", "true")])
         call.bytes_out = len(body)
-        if self.journal is None:
+        if self.journal is None or self.store.logs_inside:
             stored = await asyncio.to_thread(self.store.put, new, spool,
                                              call.record(self.clock.now(), direction="request"))
             if not stored:  # the same document again: already logged when it was stored

@@ -111,6 +111,11 @@ class DocumentStore:
         self.commits = GroupCommit(self._commit)
         """Puts waiting for a transaction: committed together (:mod:`gateway.jx.commit`)."""
 
+    @property
+    def logs_inside(self) -> bool:
+        """Whether a put's log record is written in its own transaction (SQLite: see :mod:`gateway.jx.service`)."""
+        return self.log is not None and self.durable.dialect.name == "sqlite"
+
     # -- set-up ----------------------------------------------------------------
 
     def open(self) -> None:
