@@ -239,9 +239,10 @@ gateway:
         summary = (f"rotate --new-master {timings.get('new_master_s', float('nan')):.1f} s, rotate --org "
                    f"{timings.get('org_s', float('nan')):.1f} s ({'completed' if timings['completed'] else 'FAILED: ' + timings.get('error', '?')}); "
                    f"meanwhile {measured.cycles} cycles ({measured.rate:,.0f}/s, p99 {measured.percentile(99):.0f} ms), "
-                   f"{measured.errors} failed")
+                   f"{measured.errors} failed, {measured.empty_polls} empty polls asked again" + (f" (first: {measured.failures[0][:200]})" if measured.failures else ""))
         bench.log(f"jx {store}: {summary}")
         return {**timings, "cycles": measured.cycles, "cycles_per_s": measured.rate, "errors": measured.errors,
+                "empty_polls": measured.empty_polls,
                 "failures": measured.failures[:5], "summary": summary}
 
     # -- a big document -------------------------------------------------------------------------
@@ -270,7 +271,7 @@ gateway:
         else:
             result["summary"] = (f"{mib} MiB document put in {result['put_s']:.0f} s and got in {result['get_s']:.0f} s "
                                  f"({'same bytes' if result['same'] else 'OTHER BYTES'}); peak RSS MiB: "
-                                 + ", ".join(f"{name.split(' ', 1)[-1][:40]} {v:.0f}" for name, v in processes.items()))
+                                 + ", ".join(f"{name} {v:.0f}" for name, v in processes.items()))
         bench.log(f"jx {store}: {result['summary']}")
         return result
 

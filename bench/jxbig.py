@@ -109,7 +109,9 @@ def peak_rss_mib(pid: int) -> dict[str, float]:
         except OSError:
             continue
         hwm = next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmHWM:")), 0)
-        peaks[f"{member} {line[:60].strip()}"] = hwm / 1024
+        role = "gateway" if member == pid else ("spawned child" if "multiprocessing" in line or " -c " in line
+                                               else line.split()[-1][:30] if line.split() else "child")
+        peaks[f"{role} (pid {member})"] = hwm / 1024
     return peaks
 
 
