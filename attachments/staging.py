@@ -202,6 +202,7 @@ class Staging:
         self.org = org
         self.root = directory / STAGING_DIR
         private_dir(self.root)
+        self.vault.register(org, directory)  # so that 'bmrgw keys rotate --org' finds the parts it seals
         self.senders = self.root / _SENDERS
         private_dir(self.senders)
         # Checking a name's sender and renaming the file into DIR is one step:

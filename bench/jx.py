@@ -1,25 +1,34 @@
-"""JX scenario: Put+Get+Confirm cycles per second for 10 KiB documents, SQLite and PostgreSQL.
+"""JX scenario: Put+Get+Confirm cycles per second for 10 KiB documents, SQLite and PostgreSQL,
+with and without encryption at rest, against raw SQL; key rotations under that load; and a big
+document through the encrypted store with every process's peak memory.
 
-Each cycle is what one DC application and one city-hall poller do for one
-document: PutDocument (10 KiB), GetDocument (lease), ConfirmDocument, each a
-separate SOAP call over keep-alive HTTP to a real ``bmrgw serve`` with the
-send/receive log on.  ``workers`` cycles run at once, each worker with a
-receiver id of its own.
+For each store kind three things are measured in interleaved rounds, so that a machine growing
+busier during the run burdens them alike: a gateway without ``gateway.encryption``, a gateway
+with it (each on a database of its own, both running throughout), and the raw SQL reference
+(:mod:`bench.jxload`: the same inserts, selects and updates through the driver).  With
+``BMRGW_BENCH_JX_BASELINE`` naming another ``bmrgw`` executable (an older checkout), an encrypted
+gateway of that one is measured in the same rounds too: before and after, side by side.
 
-The reference, measured in the same run on the same database kind with the
-same number of worker threads, is the database work alone: the same three
-transactions in raw SQL (insert the row with its 10 KiB of bytes, select the
-oldest ready row and lease it, mark it confirmed), with the same durability
-settings (SQLite WAL with ``synchronous=FULL``; PostgreSQL's defaults).  The
-ratio says how much of the store's speed the gateway keeps once HTTP, SOAP,
-base64, the file fsync and the log are added.
+Rotation: on the encrypted gateway, with the load running, ``bmrgw keys rotate --new-master``
+and then ``bmrgw keys rotate --org`` (the organisation of one of the workers, with documents
+coming and going) run to completion; the load goes on until they are done, and every failed
+request is counted.  ``rotate --org`` waits twice the gateways' key re-check period (60 s)
+before its last pass, so this phase lasts a little over a minute per store.
+
+Big document: one document of ``--file-mib`` MiB (1 GiB by default) is put and got through a
+fresh encrypted gateway by a client process of its own (:mod:`bench.jxbig`); the peak RSS of
+the client and of every gateway process (supervisor, worker, log writer) must stay under
+150 MB.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
+import contextlib
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -27,300 +36,251 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    Engine,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    create_engine,
-    event,
-    insert,
-    select,
-    text,
-    update,
-)
-from sqlalchemy.exc import OperationalError
-
-from .harness import Bench, Section
+from .harness import Bench, Check, Section
+from .jxbig import MIB, peak_rss_mib
+from .jxload import Measured, NoDatabase, database, http_load, receiver_of, reference_load
 from .procs import LOOPBACK, BenchError, Server, cpu_seconds, free_port, start_server
 
 __all__ = ["JxCycles"]
 
-JX = "http://www.dsri.jp/edi-bp/2004/jedicos-xml/client-server"
-PG_URL = os.environ.get("BMRGW_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-_HEADERS = ("store", "bmrgw cycles/s", "raw SQL cycles/s", "bmrgw ÷ raw SQL", "cycle p50 ms", "cycle p99 ms",
-            "errors", "gateway CPU %")
+_HEADERS = ("store", "plain cycles/s", "encrypted cycles/s", "encrypted ÷ plain", "raw SQL cycles/s",
+            "encrypted ÷ raw SQL", "p50 / p99 ms (encrypted)", "errors", "gateway CPU % (encrypted)")
+_BASELINE = os.environ.get("BMRGW_BENCH_JX_BASELINE")
+_ROOT = Path(__file__).resolve().parent.parent
 
 
-@dataclass(frozen=True, kw_only=True)
-class Measured:
-    cycles: int
-    seconds: float
-    latencies_ms: list[float]
-    errors: int = 0
-    cpu_percent: float | None = None
-
-    @property
-    def rate(self) -> float:
-        return self.cycles / self.seconds if self.seconds else 0.0
-
-    def percentile(self, p: float) -> float:
-        if not self.latencies_ms:
-            return float("nan")
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+@dataclass
+class _Gateway:
+    name: str
+    url: str
+    server: Server
+    config: Path
+    results: list[Measured]
 
 
 @dataclass(frozen=True, kw_only=True)
 class JxCycles:
     name: str = "jx"
-    title: str = "JX: Put+Get+Confirm cycles/s, 10 KiB documents, against raw SQL on the same store"
+    title: str = ("JX: Put+Get+Confirm cycles/s, 10 KiB documents, with and without encryption at rest, "
+                  "against raw SQL; key rotation under load; a big document in bounded memory")
     document_bytes: int = 10 * 1024
     workers: int = 8
+    rounds: int = 3
+    rss_limit_mib: float = 150 * 1000 * 1000 / MIB
 
     def run(self, bench: Bench) -> Section:
         bench.close_stack()
-        rows, raw, notes = [], {}, []
+        rows, raw, notes, checks = [], {}, [], []
         for store in ("sqlite", "postgresql"):
             try:
-                ours, ref = self._measure(bench, store)
-            except _NoDatabase as exc:
+                measured = self._cycles(bench, store)
+            except NoDatabase as exc:
                 notes.append(f"{store}: not measured ({exc})")
-                rows.append([store, "-", "-", "-", "-", "-", "-", "-"])
+                rows.append([store, *["-"] * (len(_HEADERS) - 1)])
                 continue
-            ratio = ours.rate / ref.rate if ref.rate else float("nan")
-            rows.append([store, f"{ours.rate:,.0f}", f"{ref.rate:,.0f}", f"{ratio:.2f}",
-                         f"{ours.percentile(50):.1f}", f"{ours.percentile(99):.1f}", str(ours.errors),
-                         f"{ours.cpu_percent:.0f}" if ours.cpu_percent is not None else "-"])
-            raw[store] = {"bmrgw_cycles_per_s": ours.rate, "raw_sql_cycles_per_s": ref.rate, "ratio": ratio,
-                          "errors": ours.errors, "p50_ms": ours.percentile(50), "p99_ms": ours.percentile(99)}
-            bench.log(f"jx {store}: bmrgw {ours.rate:,.0f} cycles/s, raw SQL {ref.rate:,.0f} cycles/s "
-                      f"({ratio:.2f} ×)")
-        notes.append(f"{self.workers} concurrent workers, each with its own receiver id; bmrgw with the "
+            plain, sealed, ref = (_merge(measured[k]) for k in ("plain", "encrypted", "raw SQL"))
+            ratio, to_ref = sealed.rate / plain.rate, sealed.rate / ref.rate
+            errors = plain.errors + sealed.errors
+            rows.append([store, f"{plain.rate:,.0f}", f"{sealed.rate:,.0f}", f"{ratio:.2f}", f"{ref.rate:,.0f}",
+                         f"{to_ref:.2f}", f"{sealed.percentile(50):.0f} / {sealed.percentile(99):.0f}", str(errors),
+                         f"{sealed.cpu_percent:.0f}" if sealed.cpu_percent is not None else "-"])
+            rounds = {k: [round(m.rate, 1) for m in v] for k, v in measured.items()}
+            raw[store] = {"plain_cycles_per_s": plain.rate, "encrypted_cycles_per_s": sealed.rate,
+                          "encrypted_over_plain": ratio, "raw_sql_cycles_per_s": ref.rate,
+                          "encrypted_over_raw_sql": to_ref, "p50_ms": sealed.percentile(50),
+                          "p99_ms": sealed.percentile(99), "errors": errors, "rounds": rounds}
+            notes.append(f"{store}: cycles/s per round: " + "; ".join(f"{k} {v}" for k, v in rounds.items()))
+            if "baseline" in measured:
+                base = _merge(measured["baseline"])
+                raw[store]["baseline_encrypted_cycles_per_s"] = base.rate
+                notes.append(f"{store}: baseline ({_BASELINE}) encrypted {base.rate:,.0f} cycles/s, p50 / p99 "
+                             f"{base.percentile(50):.0f} / {base.percentile(99):.0f} ms; this checkout "
+                             f"{sealed.rate / base.rate:.2f} × baseline")
+            problem = f"{errors} failed cycles" if errors else None
+            checks.append(Check(label=f"jx {store}: encrypted ÷ plain", measured=ratio, limit=0.9, unit="×",
+                                at_least=True, problem=problem))
+            if store == "sqlite":
+                checks += [Check(label="jx sqlite: encrypted cycles/s", measured=sealed.rate, limit=500,
+                                 unit="cycles/s", at_least=True, problem=problem),
+                           Check(label="jx sqlite: encrypted cycle p99", measured=sealed.percentile(99), limit=100,
+                                 unit="ms", at_least=False, problem=problem)]
+            else:
+                checks.append(Check(label="jx postgresql: encrypted ÷ raw SQL", measured=to_ref, limit=0.5, unit="×",
+                                    at_least=True, problem=problem))
+            rotation = self._rotation(bench, store)
+            raw[store]["rotation"] = rotation
+            notes.append(f"{store}: rotation under load: {rotation['summary']}")
+            checks.append(Check(label=f"jx {store}: failed requests during key rotations",
+                                measured=float(rotation["errors"]), limit=0, unit="", at_least=False,
+                                problem=None if rotation["completed"] else "a rotation did not complete"))
+            big = self._big(bench, store)
+            raw[store]["big"] = big
+            notes.append(f"{store}: {big['summary']}")
+            checks.append(Check(label=f"jx {store}: peak RSS of any process, {big['mib']} MiB document",
+                                measured=big.get("peak_mib"), limit=round(self.rss_limit_mib, 1), unit="MiB",
+                                at_least=False, problem=None if big.get("same") else "the document did not come back"))
+        notes.append(f"{self.workers} concurrent workers, each with its own receiver id (one organisation each); "
+                     f"{self.rounds} interleaved rounds of {bench.settings.duration:g} s per variant; bmrgw with the "
                      "send/receive log on; SQLite blobs are fsynced files, PostgreSQL blobs are database rows.")
-        return Section(name=self.name, title=self.title, headers=_HEADERS, rows=rows, notes=notes,
+        return Section(name=self.name, title=self.title, headers=_HEADERS, rows=rows, notes=notes, checks=checks,
                        raw={"document_bytes": self.document_bytes, "workers": self.workers, **raw})
 
-    def _measure(self, bench: Bench, store: str) -> tuple[Measured, Measured]:
-        """bmrgw, then the raw SQL reference, each on a fresh database of the kind."""
-        with _database(store, bench.workdir) as url:
-            url_and_server = self._gateway(bench, store, url)
-            try:
-                ours = self._load_gateway(bench, store, url_and_server)
-            finally:
-                url_and_server[1].stop()  # before the reference runs, and before a scratch schema is dropped
-            return ours, self._load_reference(bench, store, url)
+    # -- cycles, interleaved ----------------------------------------------------------------
 
-    # -- the gateway ------------------------------------------------------------------
+    def _cycles(self, bench: Bench, store: str) -> dict[str, list[Measured]]:
+        variants: list[tuple[str, Path | None, bool]] = [("plain", None, False), ("encrypted", None, True)]
+        if _BASELINE:
+            variants.append(("baseline", Path(_BASELINE), True))
+        with contextlib.ExitStack() as stack:
+            gateways = []
+            for name, program, encrypted in variants:
+                url = stack.enter_context(database(store, bench.workdir))
+                gateway = self._start(bench, store, name, url, encrypted=encrypted, program=program)
+                stack.callback(gateway.server.stop)
+                gateways.append(gateway)
+            ref_url = stack.enter_context(database(store, bench.workdir))
+            settings = bench.settings
+            for gateway in gateways:
+                bench.log(f"jx {store} {gateway.name}: warm-up {settings.warmup:g} s")
+                asyncio.run(http_load(gateway.url, self.document_bytes, self.workers, settings.warmup))
+            reference_load(ref_url, self.document_bytes, self.workers, settings.warmup)
+            refs: list[Measured] = []
+            for number in range(self.rounds):
+                for gateway in gateways:
+                    gateway.results.append(self._measure(gateway, settings.duration))
+                    bench.log(f"jx {store} round {number + 1} {gateway.name}: {gateway.results[-1].rate:,.0f} cycles/s")
+                refs.append(reference_load(ref_url, self.document_bytes, self.workers, settings.duration))
+                bench.log(f"jx {store} round {number + 1} raw SQL: {refs[-1].rate:,.0f} cycles/s")
+            return {**{g.name: g.results for g in gateways}, "raw SQL": refs}
 
-    def _gateway(self, bench: Bench, store: str, url: str) -> tuple[str, Server]:
+    def _measure(self, gateway: _Gateway, seconds: float) -> Measured:
+        cpu0 = cpu_seconds(gateway.server.process.pid)
+        measured = asyncio.run(http_load(gateway.url, self.document_bytes, self.workers, seconds))
+        cpu = cpu_seconds(gateway.server.process.pid) - cpu0
+        if measured.cycles == 0:
+            raise BenchError(f"jx {gateway.name}: no cycle completed ({measured.failures[:1]}); gateway output "
+                             f"ends:\n{gateway.server.log_tail()}")
+        return Measured(cycles=measured.cycles, seconds=measured.seconds, latencies_ms=measured.latencies_ms,
+                        errors=measured.errors, cpu_percent=100 * cpu / measured.seconds)
+
+    def _start(self, bench: Bench, store: str, name: str, url: str, *, encrypted: bool,
+               program: Path | None = None, extra: str = "") -> _Gateway:
         port = free_port()
-        data = bench.workdir / f"jx-{store}"
-        data.mkdir(exist_ok=True)
+        data = bench.workdir / f"jx-{store}-{name}-{uuid.uuid4().hex[:6]}"
+        data.mkdir(mode=0o700)
+        encryption = ""
+        if encrypted:
+            key = data / "keys" / "master.key"
+            self._bmrgw(bench, "keys", "init", str(key))
+            encryption = f'  encryption: {{master_key: "{key}"}}\n'
         config = data / "endpoints.yaml"
         config.write_text(f"""# Generated by bench/jx.py for one benchmark run.
 gateway:
-  name: bench-jx-{store}
+  name: bench-jx-{store}-{name}
   listen: {{host: {LOOPBACK}, port: {port}}}
   db: "{url}"
-  data_dir: "{data}"
-""")
-        argv: list[str | os.PathLike[str]] = [bench.tools.bmrgw, "serve", "--config", config, "--log-level", "WARNING"]
-        server = start_server(f"bmrgw serve (jx, {store})", argv, log=data / "gateway.log")
+  data_dir: "{data / 'var'}"
+{encryption}{extra}""")
+        argv: list[str | os.PathLike[str]] = [program or bench.tools.bmrgw, "serve", "--config", config,
+                                              "--log-level", "WARNING"]
+        server = start_server(f"bmrgw serve (jx, {store}, {name})", argv, log=data / "gateway.log")
         try:
             server.wait_ready(f"http://{LOOPBACK}:{port}/healthz", timeout=30)
         except BenchError:
             server.stop()
             raise
-        return f"http://{LOOPBACK}:{port}/jx", server
+        return _Gateway(name=name, url=f"http://{LOOPBACK}:{port}/jx", server=server, config=config, results=[])
 
-    def _load_gateway(self, bench: Bench, store: str, gateway: tuple[str, Server]) -> Measured:
-        url, server = gateway
-        settings = bench.settings
-        bench.log(f"jx {store}: bmrgw warm-up {settings.warmup:g} s, then {settings.duration:g} s, "
-                  f"{self.workers} workers")
-        asyncio.run(_http_load(url, self.document_bytes, self.workers, settings.warmup))
-        cpu0 = cpu_seconds(server.process.pid)
-        measured = asyncio.run(_http_load(url, self.document_bytes, self.workers, settings.duration))
-        cpu = cpu_seconds(server.process.pid) - cpu0
-        if measured.cycles == 0:
-            raise BenchError(f"jx {store}: no cycle completed; gateway output ends:\n{server.log_tail()}")
-        return Measured(cycles=measured.cycles, seconds=measured.seconds, latencies_ms=measured.latencies_ms,
-                        errors=measured.errors, cpu_percent=100 * cpu / measured.seconds)
+    @staticmethod
+    def _bmrgw(bench: Bench, *args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+        began = time.monotonic()
+        done = subprocess.run([os.fspath(bench.tools.bmrgw), *args], capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            raise BenchError(f"bmrgw {' '.join(args[:2])} failed ({done.returncode}): {done.stderr.strip()[-400:]}")
+        return time.monotonic() - began, done
 
-    # -- the reference ------------------------------------------------------------------
+    # -- rotation under load ----------------------------------------------------------------
 
-    def _load_reference(self, bench: Bench, store: str, url: str) -> Measured:
-        settings = bench.settings
-        bench.log(f"jx {store}: raw SQL reference {settings.duration:g} s, {self.workers} threads")
-        engine = _reference_engine(url)
-        try:
-            _REF.metadata.create_all(engine)
-            _thread_load(engine, self.document_bytes, self.workers, settings.warmup)
-            return _thread_load(engine, self.document_bytes, self.workers, settings.duration)
-        finally:
-            engine.dispose()
-
-
-# -- HTTP load -------------------------------------------------------------------------
-
-def _envelope(op: str, fields: list[tuple[str, str]]) -> bytes:
-    body = "".join(f"<jx:{k}>{v}</jx:{k}>" for k, v in fields)
-    return (f'<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" '
-            f'xmlns:jx="{JX}"><s:Header><jx:MessageHeader><jx:From>bench</jx:From><jx:To>gw</jx:To>'
-            f"<jx:MessageId>{uuid.uuid4()}</jx:MessageId><jx:Timestamp>now</jx:Timestamp></jx:MessageHeader>"
-            f"</s:Header><s:Body><jx:{op}>{body}</jx:{op}></s:Body></s:Envelope>").encode()
-
-
-async def _soap(http: aiohttp.ClientSession, url: str, op: str, fields: list[tuple[str, str]]) -> bytes:
-    headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{JX}/{op}"'}
-    async with http.post(url, data=_envelope(op, fields), headers=headers) as resp:
-        body = await resp.read()
-        if resp.status != 200 or f"<jx:{op}Result>true<".encode() not in body:
-            raise BenchError(f"{op} answered {resp.status}: {body[:300]!r}")
-        return body
-
-
-async def _http_load(url: str, size: int, workers: int, seconds: float) -> Measured:
-    data = base64.b64encode(os.urandom(size)).decode()
-    latencies: list[float] = []
-    errors = [0]
-    stop = time.monotonic() + seconds
-
-    async def worker(http: aiohttp.ClientSession, number: int) -> None:
-        receiver = f"bench-{number}-{uuid.uuid4().hex[:8]}"
-        while time.monotonic() < stop:
-            started = time.perf_counter()
-            message_id = str(uuid.uuid4())
+    def _rotation(self, bench: Bench, store: str) -> dict[str, Any]:
+        with database(store, bench.workdir) as url:
+            gateway = self._start(bench, store, "rotation", url, encrypted=True)
             try:
-                await _soap(http, url, "PutDocument", [("messageId", message_id), ("data", data),
-                                                       ("senderId", "bench"), ("receiverId", receiver),
-                                                       ("formatType", "BIN"), ("documentType", "bench"),
-                                                       ("compressType", "")])
-                await _soap(http, url, "GetDocument", [("receiverId", receiver)])
-                await _soap(http, url, "ConfirmDocument", [("messageId", message_id), ("senderId", "bench"),
-                                                           ("receiverId", receiver)])
-            except (BenchError, aiohttp.ClientError):
-                errors[0] += 1
-                continue
-            latencies.append(1000 * (time.perf_counter() - started))
+                prefix = f"rot-{uuid.uuid4().hex[:6]}"
+                asyncio.run(http_load(gateway.url, self.document_bytes, self.workers, bench.settings.warmup,
+                                      prefix=prefix))  # every worker's organisation has a data key now
+                done = threading.Event()
+                timings: dict[str, Any] = {"completed": False}
 
-    began = time.monotonic()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=workers)) as http:
-        await asyncio.gather(*(worker(http, n) for n in range(workers)))
-    return Measured(cycles=len(latencies), seconds=time.monotonic() - began, latencies_ms=latencies,
-                    errors=errors[0])
+                def rotate() -> None:
+                    try:
+                        time.sleep(1.0)
+                        new = gateway.config.parent / "keys" / "master-2.key"
+                        self._bmrgw(bench, "keys", "init", str(new))
+                        timings["new_master_s"], _ = self._bmrgw(
+                            bench, "keys", "rotate", "--config", str(gateway.config), "--new-master", str(new))
+                        timings["org_s"], out = self._bmrgw(
+                            bench, "keys", "rotate", "--config", str(gateway.config), "--org", receiver_of(prefix, 0))
+                        timings["org_output"] = out.stdout.strip().splitlines()[-3:]
+                        timings["completed"] = True
+                    except BenchError as exc:
+                        timings["error"] = str(exc)
+                    finally:
+                        done.set()
 
+                bench.log(f"jx {store}: rotating the master key, then the data key of {receiver_of(prefix, 0)}, "
+                          "under load")
+                rotator = threading.Thread(target=rotate)
+                rotator.start()
+                measured = asyncio.run(http_load(gateway.url, self.document_bytes, self.workers, 2.0, prefix=prefix,
+                                                 until=done.is_set))
+                rotator.join()
+            finally:
+                gateway.server.stop()
+        summary = (f"rotate --new-master {timings.get('new_master_s', float('nan')):.1f} s, rotate --org "
+                   f"{timings.get('org_s', float('nan')):.1f} s ({'completed' if timings['completed'] else 'FAILED: ' + timings.get('error', '?')}); "
+                   f"meanwhile {measured.cycles} cycles ({measured.rate:,.0f}/s, p99 {measured.percentile(99):.0f} ms), "
+                   f"{measured.errors} failed, {measured.empty_polls} empty polls asked again" + (f" (first: {measured.failures[0][:200]})" if measured.failures else ""))
+        bench.log(f"jx {store}: {summary}")
+        return {**timings, "cycles": measured.cycles, "cycles_per_s": measured.rate, "errors": measured.errors,
+                "empty_polls": measured.empty_polls,
+                "failures": measured.failures[:5], "summary": summary}
 
-# -- the raw SQL reference ----------------------------------------------------------------
+    # -- a big document -------------------------------------------------------------------------
 
-def _reference_tables() -> Any:
-    metadata = MetaData()
-    ident = BigInteger().with_variant(Integer, "sqlite")
-    table = Table("bench_jx_ref", metadata,
-                  Column("seq", ident, primary_key=True, autoincrement=True),
-                  Column("message_id", String(64), nullable=False, unique=True),
-                  Column("receiver_id", String(64), nullable=False),
-                  Column("state", String(16), nullable=False),
-                  Column("lease_until_ms", BigInteger),
-                  Column("data", LargeBinary, nullable=False))
-    return type("Ref", (), {"metadata": metadata, "table": table})
-
-
-_REF = _reference_tables()
-
-
-def _reference_engine(url: str) -> Engine:
-    engine = create_engine(url)
-    if engine.dialect.name == "sqlite":
-        @event.listens_for(engine, "connect")
-        def pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA busy_timeout=10000")
-            cursor.close()
-            dbapi_connection.isolation_level = None
-
-        @event.listens_for(engine, "begin")
-        def begin(connection: Any) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-    return engine
-
-
-def _cycle(engine: Engine, receiver: str, payload: bytes) -> None:
-    t = _REF.table
-    message_id = str(uuid.uuid4())
-    with engine.begin() as c:
-        c.execute(insert(t).values(message_id=message_id, receiver_id=receiver, state="ready", data=payload))
-    with engine.begin() as c:
-        now = time.time_ns() // 1_000_000
-        row = c.execute(select(t).where(t.c.receiver_id == receiver, t.c.state == "ready")
-                        .order_by(t.c.seq).limit(1).with_for_update(skip_locked=True)).first()
-        assert row is not None
-        c.execute(update(t).where(t.c.seq == row.seq).values(lease_until_ms=now + 300_000))
-    with engine.begin() as c:
-        c.execute(update(t).where(t.c.message_id == message_id).values(state="confirmed"))
-
-
-def _thread_load(engine: Engine, size: int, workers: int, seconds: float) -> Measured:
-    payload = os.urandom(size)
-    latencies: list[list[float]] = [[] for _ in range(workers)]
-    stop = time.monotonic() + seconds
-
-    def worker(number: int) -> None:
-        receiver = f"ref-{number}-{uuid.uuid4().hex[:8]}"
-        while time.monotonic() < stop:
-            started = time.perf_counter()
-            _cycle(engine, receiver, payload)
-            latencies[number].append(1000 * (time.perf_counter() - started))
-
-    began = time.monotonic()
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    flat = [x for per in latencies for x in per]
-    return Measured(cycles=len(flat), seconds=time.monotonic() - began, latencies_ms=flat)
-
-
-# -- databases ----------------------------------------------------------------------------
-
-class _NoDatabase(Exception):
-    """PostgreSQL is not reachable: that row is reported as not measured."""
-
-
-class _database:
-    """A fresh database for one store kind: a SQLite file, or a scratch PostgreSQL schema."""
-
-    def __init__(self, kind: str, workdir: Path) -> None:
-        self.kind = kind
-        self.workdir = workdir
-        self.schema = f"bmrgw_bench_{uuid.uuid4().hex[:10]}"
-        self.admin: Engine | None = None
-
-    def __enter__(self) -> str:
-        if self.kind == "sqlite":
-            return f"sqlite:///{self.workdir / 'jx-bench.db'}"
-        self.admin = create_engine(PG_URL)
+    def _big(self, bench: Bench, store: str) -> dict[str, Any]:
+        mib = bench.settings.file_mib
+        size = mib * MIB
+        with database(store, bench.workdir) as url:
+            gateway = self._start(bench, store, "big", url, encrypted=True,
+                                  extra=f"  jx: {{max_document_bytes: {size + MIB}}}\n")
+            try:
+                bench.log(f"jx {store}: putting and getting a {mib} MiB document through the encrypted store")
+                client = subprocess.run([sys.executable, "-m", "bench.jxbig", gateway.url, str(size)], cwd=_ROOT,
+                                        capture_output=True, text=True, timeout=3600)
+                peaks = peak_rss_mib(gateway.server.process.pid)
+            finally:
+                gateway.server.stop()
         try:
-            with self.admin.begin() as c:
-                c.execute(text(f'CREATE SCHEMA "{self.schema}"'))
-        except OperationalError as exc:
-            self.admin.dispose()
-            self.admin = None
-            raise _NoDatabase(f"PostgreSQL at {PG_URL} is not reachable: {str(exc.orig).strip()}") from exc
-        return f"{PG_URL}?options=-csearch_path%3D{self.schema}"
+            result: dict[str, Any] = json.loads(client.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            result = {"error": f"the client failed ({client.returncode}): {client.stderr.strip()[-400:]}"}
+        processes = {**peaks, "client": result.get("client_rss_mib", float("nan"))}
+        result |= {"mib": mib, "processes": processes, "peak_mib": max(processes.values())}
+        if "error" in result:
+            result["summary"] = f"{mib} MiB document: {result['error']}"
+        else:
+            result["summary"] = (f"{mib} MiB document put in {result['put_s']:.0f} s and got in {result['get_s']:.0f} s "
+                                 f"({'same bytes' if result['same'] else 'OTHER BYTES'}); peak RSS MiB: "
+                                 + ", ".join(f"{name} {v:.0f}" for name, v in processes.items()))
+        bench.log(f"jx {store}: {result['summary']}")
+        return result
 
-    def __exit__(self, *exc: object) -> None:
-        if self.admin is not None:
-            with self.admin.begin() as c:
-                c.execute(text(f'DROP SCHEMA "{self.schema}" CASCADE'))
-            self.admin.dispose()
+
+def _merge(results: list[Measured]) -> Measured:
+    """The rounds of one variant as one measurement (cycles and seconds summed, latencies pooled)."""
+    seconds = sum(m.seconds for m in results)
+    cpu = [m.cpu_percent * m.seconds for m in results if m.cpu_percent is not None]
+    return Measured(cycles=sum(m.cycles for m in results), seconds=seconds,
+                    latencies_ms=[x for m in results for x in m.latencies_ms], errors=sum(m.errors for m in results),
+                    cpu_percent=sum(cpu) / seconds if cpu and seconds else None)
 

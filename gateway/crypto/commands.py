@@ -24,7 +24,8 @@ from sqlalchemy import select
 from gateway.durable import private_dir
 from gateway.errors import CommandError, ConfigError
 from gateway.jx import open_store
-from gateway.jx.reseal import Held, census, rotate_org
+from attachments.restage import Staged, reseal_staged, staged_census
+from gateway.jx.reseal import Held, KeyOf, census, rotate_org
 from gateway.logs.clock import Clock
 from gateway.logs.records import LogRecord
 from gateway.logs.tables import append, ensure_schema
@@ -33,6 +34,7 @@ from gateway.terminal import ConfigOption, add_db_option, db_url
 from routing.config import Config, load_config
 
 from . import ring as keyring
+from .seal import DataKey
 from .ring import DATA_KEYS, KeyRing, MasterKey, write_master_key, write_master_keys
 
 __all__ = ["add_keys_command"]
@@ -66,8 +68,8 @@ def add_keys_command(commands: Any, config_option: ConfigOption) -> None:
         "master key file, keeping the earlier keys after it, then re-wrap every data key under it. Running "
         "gateways re-read the file when they meet the new key, so nothing stops. On several hosts, run with "
         "--stage-only on every other host first (each host's key file learns the new key), then once without. "
-        "--org ID: give the organisation a new data key generation and re-seal its stored documents and "
-        "mailbox messages under it, batch by batch while gateways serve; the older key is deleted once "
+        "--org ID: give the organisation a new data key generation and re-seal its stored documents, "
+        "mailbox messages and staged file parts (in the folders its 'bmrgw receive --ap ID' recorded) under it, batch by batch while gateways serve; the older key is deleted once "
         "nothing is sealed under it. Run it again after a crash: it continues where it stopped.")
     _store_options(rotate, config_option)
     which = rotate.add_mutually_exclusive_group(required=True)
@@ -154,11 +156,24 @@ def _rotate_org(args: argparse.Namespace) -> int:
         create_tables(store.engine, store.tables.metadata)
         ring = store.vault.ring
         assert ring is not None, "gateway.encryption is configured"
-        _, left = rotate_org(store, ring, args.org, batch=args.batch, settle=2 * keyring.RECHECK_SECONDS,
-                             say=lambda line: print(line, flush=True))
+        def say(line: str) -> None:
+            print(line, flush=True)
+
+        def staged(key: DataKey, key_of: KeyOf) -> tuple[int, int]:
+            done = reseal_staged(store.engine, key, key_of)
+            say(f"{key.org}: re-sealed {done.resealed} staged part(s), {done.resealed_bytes} bytes"
+                + (f"; {len(done.failed)} could not be opened" if done.failed else ""))
+            for part, why in done.failed.items():
+                say(f"{key.org}: staged part {part}: {why}")
+            for place in done.elsewhere:
+                say(f"{key.org}: staged parts in {place.path} on host {place.host}: run this command there")
+            return done.resealed, done.left
+
+        _, left, others = rotate_org(store, ring, args.org, batch=args.batch, settle=2 * keyring.RECHECK_SECONDS,
+                                     say=say, others=staged)
     finally:
         store.close()
-    return 0 if left.documents == 0 else 1
+    return 0 if left.documents == 0 and others == 0 else 1
 
 
 def _destroy(args: argparse.Namespace) -> int:
@@ -200,6 +215,7 @@ def _status(args: argparse.Namespace) -> int:
         with store.engine.connect() as c:
             rows = c.execute(select(DATA_KEYS).order_by(DATA_KEYS.c.org, DATA_KEYS.c.generation)).all()
         held = census(store)
+        staged = staged_census(store.engine)
     finally:
         store.close()
     print(f"master key {master.id} ({path})")
@@ -210,14 +226,20 @@ def _status(args: argparse.Namespace) -> int:
         state = "destroyed" if row.wrapped is None else ("" if row.master_id == master.id
                                                            else f"wrapped by another master key {row.master_id}")
         sealed = held.get(row.org, {}).get(row.generation, Held())
+        staged_here = staged.get(row.org, {}).get(row.generation, Staged())
         print(f"{row.org}\tgeneration {row.generation}\tmade {made:%Y-%m-%d %H:%M} UTC "
-              f"({_age(now - made)})\t{sealed.documents} document(s), {sealed.bytes} bytes\t{state}".rstrip())
+              f"({_age(now - made)})\t{sealed.documents} document(s), {sealed.bytes} bytes"
+              + (f", {staged_here.parts} staged part(s)" if staged_here.parts else "") + f"\t{state}".rstrip())
     for org in sorted(newest):
         old = [h for generation, h in held.get(org, {}).items()
                if generation is not None and generation < newest[org]]
         documents, size = sum(h.documents for h in old), sum(h.bytes for h in old)
-        advice = f" (bmrgw keys rotate --org {org} re-seals them)" if documents else ""
+        old_parts = [p for generation, p in staged.get(org, {}).items()
+                     if generation is not None and generation < newest[org]]
+        parts, part_bytes = sum(p.parts for p in old_parts), sum(p.bytes for p in old_parts)
+        advice = f" (bmrgw keys rotate --org {org} re-seals them)" if documents or parts else ""
         print(f"{org}\tunder an older generation: {documents} document(s), {size} bytes{advice}")
+        print(f"{org}\tstaged parts under an older generation: {parts} part(s), {part_bytes} bytes{advice}")
     return 0
 
 

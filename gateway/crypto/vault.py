@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from gateway.errors import DocumentCorrupt, KeyUnavailable
 from routing.settings import EncryptionSettings
 
+from .places import register_dir
 from .ring import KeyRing, MasterKey
 from .seal import DataKey, SealWriter, regroup, seal, sealed_size, unseal
 
@@ -52,6 +53,11 @@ class Vault:
         """Make sure ``org`` has a data key (outside any transaction that will write sealed content)."""
         if self.ring is not None:
             self.ring.for_sealing(org)
+
+    def register(self, org: str, path: Path) -> None:
+        """Record that the folder ``path`` holds content sealed for ``org`` (for rotation and status)."""
+        if self.ring is not None:
+            register_dir(self.ring.engine, org, path)
 
     def writer(self, org: str, doc: str) -> SealWriter:
         """An incremental sealer of document ``doc`` of ``org`` (for content pushed in pieces; needs a ring)."""

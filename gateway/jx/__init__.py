@@ -57,8 +57,9 @@ def open_store(config: Config, *, journal: Journal | None = None, node: str | No
     url = url or database_url(config)
     engine = prepare_engine(create_engine(url), durable=False)
     durable = prepare_engine(create_engine(url), durable=True) if engine.dialect.name == "sqlite" else engine
+    quick = prepare_engine(create_engine(url), durable=False, relaxed=True) if engine.dialect.name == "postgresql" else None
     writer = journal.write_in if journal is not None else None
-    return DocumentStore(engine, durable=durable, root=jx_root(config), settings=config.gateway.jx,
+    return DocumentStore(engine, durable=durable, quick=quick, root=jx_root(config), settings=config.gateway.jx,
                          node=node or config.gateway.name, log=writer, space=FreeSpace(storage_folders(config)),
                          min_free_bytes=config.gateway.min_free_bytes, vault=vault_for(config.gateway.encryption, durable))
 

@@ -59,11 +59,24 @@ def _sqlite_begin_immediate(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def prepare_engine(engine: Engine, *, durable: bool) -> Engine:
-    """Set up an engine of the JX store (SQLite: BEGIN IMMEDIATE; FULL sync when ``durable``)."""
+def _pg_relaxed(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET synchronous_commit TO OFF")
+    cursor.close()
+    dbapi_connection.commit()
+
+
+def prepare_engine(engine: Engine, *, durable: bool, relaxed: bool = False) -> Engine:
+    """Set up an engine of the JX store (SQLite: BEGIN IMMEDIATE; FULL sync when ``durable``).
+
+    ``relaxed``: on PostgreSQL every transaction of the engine commits without waiting for the
+    disk (``synchronous_commit off`` for its sessions), as :func:`relaxed` does for one — without
+    that statement's round trip in each hand-out and confirm."""
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas("FULL" if durable else "NORMAL"))
         event.listen(engine, "begin", _sqlite_begin_immediate)
+    elif relaxed and engine.dialect.name == "postgresql":
+        event.listen(engine, "connect", _pg_relaxed)
     return engine
 
 

@@ -35,7 +35,7 @@ from .engine import translated
 from .files import fsync_dir
 from .store import PART, Document, DocumentStore, now_ms
 
-__all__ = ["Held", "Pass", "census", "old_documents", "reseal_batch", "rotate_org"]
+__all__ = ["Held", "Pass", "census", "old_documents", "older_keys", "reseal_batch", "rotate_org", "KeyOf", "Others"]
 
 #: Documents read per query while counting.
 _PAGE = 500
@@ -110,7 +110,7 @@ def reseal_batch(store: DocumentStore, ring: KeyRing, key: DataKey, progress: Pa
     none are left to look at."""
     t = store.tables.document
     renamed = False
-    older = _older_keys(ring, key)  # unwrapped before the transaction, which holds the SQLite write lock
+    older = older_keys(ring, key)  # unwrapped before the transaction, which holds the SQLite write lock
     with translated("cannot re-seal documents"), store.durable.begin() as c:
         rows = c.execute(select(t).where(t.c.receiver_id == key.org, t.c.seq > progress.after_seq)
                          .order_by(t.c.seq).limit(batch).with_for_update(skip_locked=True)).all()
@@ -143,9 +143,14 @@ def reseal_batch(store: DocumentStore, ring: KeyRing, key: DataKey, progress: Pa
 
 
 KeyOf = Callable[[str, int], DataKey]
+#: Re-seals the organisation's content outside the JX store (staged file parts) under the key given,
+#: opening it with the keys of ``KeyOf``; returns how many items it re-sealed and how many are left
+#: under an older generation (failed, or out of reach).
+Others = Callable[[DataKey, KeyOf], tuple[int, int]]
 
 
-def _older_keys(ring: KeyRing, key: DataKey) -> KeyOf:
+def older_keys(ring: KeyRing, key: DataKey) -> KeyOf:
+    """The live data keys of ``key.org``, unwrapped once, for opening content under any of them."""
     keys = {generation: ring.key_of(key.org, generation) for generation in ring.live_generations(key.org)}
 
     def key_of(org: str, generation: int) -> DataKey:
@@ -214,13 +219,14 @@ def old_documents(store: DocumentStore, ring: KeyRing, key: DataKey) -> Held:
 
 
 def rotate_org(store: DocumentStore, ring: KeyRing, org: str, *, batch: int, settle: float,
-               say: Callable[[str], None]) -> tuple[DataKey, Held]:
+               say: Callable[[str], None], others: Others | None = None) -> tuple[DataKey, Held, int]:
     """Give ``org`` a new data key generation — or, when it has several live ones, continue the rotation
     a crash or kill left unfinished — and re-seal its documents under it, pass after pass, until none
     is left under an older generation; then delete the older keys.  ``settle`` seconds after the new
     generation was made every gateway seals under it (:data:`gateway.crypto.ring.RECHECK_SECONDS`); a
-    last pass after that takes what they sealed under the old one meanwhile.  Returns the new key and
-    what could not be re-sealed (then the older keys stay)."""
+    last pass after that takes what they sealed under the old one meanwhile.  ``others`` re-seals, in
+    every pass, what the organisation has outside the JX store (staged file parts).  Returns the new
+    key, the documents and the other items that could not be re-sealed (then the older keys stay)."""
     live = ring.live_generations(org)
     if not live:
         raise CommandError(f"{org!r} has no data key: nothing is sealed for it (see 'bmrgw keys status')")
@@ -233,11 +239,12 @@ def rotate_org(store: DocumentStore, ring: KeyRing, org: str, *, batch: int, set
         live = ring.live_generations(org)
         say(f"{org}: made data key generation {key.generation}; new content is sealed under it")
     settled_at = live.get(key.generation, now_ms()) / 1000 + settle
-    idle = 0
+    idle = others_left = 0
     while True:
         progress = Pass()
         while not progress.done:
             reseal_batch(store, ring, key, progress, batch)
+        others_done, others_left = others(key, older_keys(ring, key)) if others is not None else (0, 0)
         say(f"{org}: re-sealed {progress.resealed} document(s), {progress.resealed_bytes} bytes"
             + (f"; {progress.leased} under a lease left for the next pass" if progress.leased else "")
             + (f"; {len(progress.failed)} could not be opened" if progress.failed else ""))
@@ -249,15 +256,15 @@ def rotate_org(store: DocumentStore, ring: KeyRing, org: str, *, batch: int, set
             time.sleep(wait)
             continue
         left = old_documents(store, ring, key)
-        idle = idle + 1 if progress.resealed == 0 and progress.leased == 0 else 0
-        if left.documents <= len(progress.failed) or idle == _IDLE_PASSES:
+        idle = idle + 1 if progress.resealed == 0 and progress.leased == 0 and others_done == 0 else 0
+        if (left.documents <= len(progress.failed) and others_left == 0) or idle == _IDLE_PASSES:
             break
-        if progress.resealed == 0:
+        if progress.resealed == 0 and others_done == 0:
             time.sleep(1.0)  # leased (or row-locked) ones left: their leases run out or they are confirmed
-    if left.documents == 0:
+    if left.documents == 0 and others_left == 0:
         dropped = ring.drop_generations(org, key.generation)
         say(f"{org}: nothing is sealed under an older generation any more: deleted {dropped} older data key(s)")
     else:
-        say(f"{org}: {left.documents} document(s), {left.bytes} bytes still under an older generation: "
-            "its data key stays (run again after fixing or purging them)")
-    return key, left
+        say(f"{org}: {left.documents} document(s), {left.bytes} bytes and {others_left} staged part(s) or "
+            "folder(s) still under an older generation: its data key stays (run again after fixing or purging them)")
+    return key, left, others_left

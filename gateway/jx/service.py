@@ -9,12 +9,22 @@ caller's HTTP retry logic comes back later.  ``GET /jx?wsdl``
 serves the 2007 WSDL (``?wsdl=2004`` the 2004 one) with ``soap:address``
 pointing at this gateway as the caller reached it.
 
-Every operation leaves a record in the send/receive log (``kind: jx``).  A
-PutDocument's record is written in the same transaction as the document, so
-an accepted document is never unlogged; hand-outs, confirms, empty polls and
-faults go through the log's group-commit writer, like relayed exchanges
-(writing them in the lease transaction would serialise every poller of a
-node on the log's chain lock).
+Every operation leaves a record in the send/receive log (``kind: jx``).
+Hand-outs, confirms, empty polls and faults go through the log's
+group-commit writer, like relayed exchanges.  A PutDocument answers
+``true`` only once both its document and its record are committed, so an
+accepted document is never unlogged:
+
+- on SQLite its record is written in the (group) transaction of the
+  document (:attr:`DocumentStore.logs_inside`): every write holds the
+  database's one write lock anyway, so the chain lock costs nothing more,
+  and document and record share one disk flush;
+- on PostgreSQL the document commits without the node's chain lock and its
+  record goes through the group-commit writer (holding the chain head
+  across the put's commit serialised every put of the node behind the
+  writer's commits).  A crash, or a log that fails, between the two leaves
+  a stored document whose sender saw no ``true``; it sends it again (same
+  messageId, same content), gets ``true``, and that put is logged.
 """
 
 from __future__ import annotations
@@ -53,7 +63,7 @@ from ..errors import (
 from ..ns import H_JX_SHA256, H_SOAPACTION, WSSE, SoapVersion
 from ..parser import parse
 from ..soap import fault_content_type, gateway_fault
-from .store import Document, DocumentStore, NewDocument
+from .store import Document, DocumentStore, Leased, NewDocument
 from .wire import JxRequest, RequestReader, operation_of_action, request_encoding, response_envelope, split_at_data
 
 __all__ = ["JxService", "wsdl_for"]
@@ -239,39 +249,54 @@ class JxService:
         body = response_envelope(jx.namespace, "PutDocument", jx.header.answer(gateway=self.gateway),
                                  [("PutDocumentResult", "true")])
         call.bytes_out = len(body)
-        stored = await asyncio.to_thread(self.store.put, new, spool,
-                                         call.record(self.clock.now(), direction="request"))
-        if not stored:  # the same document again: already logged when it was stored
-            await self._log(call.record(self.clock.now(), direction="request"))
+        if self.journal is None or self.store.logs_inside:
+            stored = await asyncio.to_thread(self.store.put, new, spool,
+                                             call.record(self.clock.now(), direction="request"))
+            if not stored:  # the same document again: already logged when it was stored
+                await self._log(call.record(self.clock.now(), direction="request"))
+            return _xml(body)
+        # The document commits without the log's chain lock; its record goes through the group-commit
+        # writer, and ``true`` waits until that is durable too (see the module docstring).
+        await asyncio.to_thread(self.store.put, new, spool, None)
+        done = await self.journal.record(call.record(self.clock.now(), direction="request"), durable=True)
+        try:
+            logged = await asyncio.wait_for(done, self.client_timeout)
+        except TimeoutError:
+            logged = False
+        if not logged:
+            raise JournalUnavailable("the send/receive log did not commit the PutDocument's record: the document "
+                                     "is stored; send it again (same messageId) for a true")
         return _xml(body)
 
     async def _get(self, request: web.Request, jx: JxRequest, call: Call) -> web.StreamResponse:
         receiver = call.receiver = jx.field("receiverId")
         self._authorise(request, "receive", receiver)
         header = jx.header
-        document = await asyncio.to_thread(self.store.lease, receiver, format_type=header.format_type,
-                                           document_type=header.document_type)
-        if document is None:
+        leased = await asyncio.to_thread(self.store.hand_out, receiver, format_type=header.format_type,
+                                         document_type=header.document_type)
+        if leased is None:
             before, after = split_at_data(jx.namespace, header.answer(gateway=self.gateway), False, "", {})
             call.message_id = header.message_id or None
             await self._log(call.record(self.clock.now(), direction="response"))
             return _xml(before + after)
+        document = leased.document
         call.message_id, call.sender, call.sha256 = document.message_id, document.sender_id, document.sha256
         call.bytes_out = document.size
-        response, complete = await self._stream(request, jx, document)
+        response, complete = await self._stream(request, jx, leased)
         await self._log(call.record(self.clock.now(), direction="response", status="ok" if complete else "error"))
         return response
 
     async def _stream(self, request: web.Request, jx: JxRequest,
-                      document: Document) -> tuple[web.StreamResponse, bool]:
+                      leased: Leased) -> tuple[web.StreamResponse, bool]:
         """Send the document base64-encoded piece by piece; ``False`` when it had to be cut off."""
+        document = leased.document
         fields = {"senderId": document.sender_id, "receiverId": document.receiver_id,
                   "formatType": document.format_type, "documentType": document.document_type,
                   "compressType": document.compress_type}
         header = jx.header.answer(gateway=self.gateway, format_type=document.format_type,
                                   document_type=document.document_type)
         before, after = split_at_data(jx.namespace, header, True, document.message_id, fields)
-        chunks = self.store.chunks(document, _B64_PIECE)
+        chunks = self.store.chunks(document, _B64_PIECE, leased)
         # Read (and, if sealed, authenticate) the first piece before answering: a document whose
         # bytes fail is refused with a fault, not begun and cut off.
         first = await asyncio.to_thread(next, chunks, b"")

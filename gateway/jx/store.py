@@ -10,7 +10,10 @@ mailboxes with no shared file system (``gateway.jx.blobs``).
 Durability.  A document is fsynced (temporary file, then rename into
 ``blobs/`` and a folder fsync) *before* its row is committed, and the row is
 committed — together with its send/receive log record — before PutDocument
-answers ``true``.  A crash at any moment leaves either no row (the caller saw
+answers ``true``.  Puts arriving while one commits share the next transaction
+(group commit, :mod:`gateway.jx.commit`): one disk flush, one folder fsync and
+one hold of the log's chain lock for all of them, each put keeping its own
+outcome.  A crash at any moment leaves either no row (the caller saw
 no ``true``) or a row whose bytes are complete: a partial document is never
 served.  A put's commit is flushed to disk before ``true`` (SQLite
 ``synchronous=FULL`` on a connection pool of its own; PostgreSQL's default),
@@ -39,29 +42,15 @@ move when the data disk is below ``gateway.min_free_bytes``.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import time
 import uuid
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
     Connection,
     Engine,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    PrimaryKeyConstraint,
-    Row,
-    String,
-    Table,
-    Text,
     and_,
     case,
     delete,
@@ -81,134 +70,17 @@ from ..crypto import Vault
 from ..disk import FreeSpace
 from ..durable import private_dir
 from ..errors import DocumentStoreError, DuplicateMessageId, QuotaExceeded, UnknownDocument
+from .commit import GroupCommit, Pending
+from .documents import PART, STATES, TABLES, Document, Leased, NewDocument, now_ms, over_quota, waiting
 from .engine import blobs_in_database, relaxed, translated
 from .files import fsync_dir, place
 from .wire import Spool
 
-__all__ = ["DocumentStore", "Document", "NewDocument", "TABLES", "STATES", "LogWriter", "blobs_in_database"]
-
-#: Document states; "leased" is a ready document whose lease has not run out yet.
-STATES = ("ready", "confirmed", "dead")
-#: Bytes per database blob part and per chunk read from a blob.
-PART = 1024 * 1024
+__all__ = ["DocumentStore", "Leased", "Document", "NewDocument", "TABLES", "STATES", "PART", "LogWriter", "blobs_in_database",
+           "now_ms"]
 
 #: Writes a log record inside the store's transaction (:meth:`gateway.logs.journal.Journal.write_in`).
 LogWriter = Callable[[Connection, LogRecord], object]
-
-
-@dataclass(frozen=True)
-class Tables:
-    metadata: MetaData
-    document: Table
-    blob: Table
-
-
-def _tables() -> Tables:
-    metadata = MetaData()
-    ident = BigInteger().with_variant(Integer, "sqlite")
-    document = Table(
-        "jx_document", metadata,
-        Column("seq", ident, primary_key=True, autoincrement=True),
-        Column("message_id", String(256), nullable=False, unique=True),
-        Column("sender_id", String(256), nullable=False),
-        Column("receiver_id", String(256), nullable=False),
-        Column("format_type", Text, nullable=False),
-        Column("document_type", Text, nullable=False),
-        Column("compress_type", Text, nullable=False),
-        Column("size", BigInteger, nullable=False),
-        Column("sha256", String(64), nullable=False),
-        Column("blob", Text),  # file name under blobs/, or NULL when the bytes are in jx_blob
-        Column("source", String(16), nullable=False),  # jx, mailbox, cli
-        Column("state", String(16), nullable=False),
-        Column("created_ms", BigInteger, nullable=False),
-        Column("lease_until_ms", BigInteger),
-        Column("lease_node", Text),
-        Column("deliveries", Integer, nullable=False, default=0),
-        Column("last_handout_ms", BigInteger),
-        Column("confirmed_ms", BigInteger),
-        Index("ix_jx_document_queue", "receiver_id", "state", "seq"),
-    )
-    blob = Table(
-        "jx_blob", metadata,
-        Column("doc_seq", BigInteger, nullable=False),
-        Column("part", Integer, nullable=False),
-        Column("data", LargeBinary, nullable=False),
-        PrimaryKeyConstraint("doc_seq", "part"),
-    )
-    return Tables(metadata, document, blob)
-
-
-TABLES = _tables()
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def iso(ms: int | None) -> str | None:
-    """Milliseconds since the epoch as ISO 8601 UTC (for listings)."""
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
-
-
-@dataclass(frozen=True, kw_only=True)
-class NewDocument:
-    """What a PutDocument (or a mailbox deposit) asks to store."""
-
-    message_id: str
-    sender_id: str
-    receiver_id: str
-    format_type: str
-    document_type: str
-    compress_type: str
-    source: str = "jx"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Document:
-    """A stored document's metadata."""
-
-    seq: int
-    message_id: str
-    sender_id: str
-    receiver_id: str
-    format_type: str
-    document_type: str
-    compress_type: str
-    size: int
-    sha256: str
-    blob: str | None
-    source: str
-    state: str
-    created_ms: int
-    lease_until_ms: int | None
-    lease_node: str | None
-    deliveries: int
-    last_handout_ms: int | None
-    confirmed_ms: int | None
-
-    @classmethod
-    def of(cls, row: Row[Any]) -> Document:
-        return cls(**{name: getattr(row, name) for name in cls.__dataclass_fields__})
-
-    def shown_state(self, at_ms: int) -> str:
-        """``leased`` for a ready document under a lease, else the stored state."""
-        if self.state == "ready" and self.lease_until_ms is not None and self.lease_until_ms > at_ms:
-            return "leased"
-        return self.state
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        out["state"] = self.shown_state(now_ms())
-        for name in ("created_ms", "lease_until_ms", "last_handout_ms", "confirmed_ms"):
-            out[name.removesuffix("_ms")] = iso(out.pop(name))
-        return out
-
-    def same_content(self, new: NewDocument, spool: Spool) -> bool:
-        return (self.sha256, self.size, self.sender_id, self.receiver_id, self.format_type, self.document_type,
-                self.compress_type) == (spool.sha256, spool.size, new.sender_id, new.receiver_id,
-                                        new.format_type, new.document_type, new.compress_type)
 
 
 class DocumentStore:
@@ -216,8 +88,13 @@ class DocumentStore:
 
     def __init__(self, engine: Engine, *, root: Path, settings: JxSettings, node: str,
                  log: LogWriter | None = None, durable: Engine | None = None,
-                 space: FreeSpace | None = None, min_free_bytes: int = 0, vault: Vault | None = None) -> None:
+                 space: FreeSpace | None = None, min_free_bytes: int = 0, vault: Vault | None = None,
+                 quick: Engine | None = None) -> None:
         self.engine = engine
+        self.quick = quick
+        """Engine for hand-outs and confirms whose sessions commit without waiting for the disk
+        (PostgreSQL, :func:`~gateway.jx.engine.prepare_engine` ``relaxed``); ``None``: ``engine``, with
+        :func:`~gateway.jx.engine.relaxed` in each of those transactions."""
         self.vault = vault or Vault()  # seals bytes for their receiver (gateway.encryption), or passes them
         self.durable = durable or engine
         """Engine for puts: on SQLite a pool of its own with ``synchronous=FULL``."""
@@ -231,6 +108,13 @@ class DocumentStore:
         self.space = space
         """The data disk's free space (``None``: not checked, as for read-only commands)."""
         self.min_free_bytes = min_free_bytes
+        self.commits = GroupCommit(self._commit)
+        """Puts waiting for a transaction: committed together (:mod:`gateway.jx.commit`)."""
+
+    @property
+    def logs_inside(self) -> bool:
+        """Whether a put's log record is written in its own transaction (SQLite: see :mod:`gateway.jx.service`)."""
+        return self.log is not None and self.durable.dialect.name == "sqlite"
 
     # -- set-up ----------------------------------------------------------------
 
@@ -243,7 +127,17 @@ class DocumentStore:
             for stale in self.spool_dir.glob("*.part"):
                 stale.unlink(missing_ok=True)
 
+    @contextlib.contextmanager
+    def _relaxed(self) -> Iterator[Connection]:
+        """A transaction that need not wait for the disk (hand-outs, confirms)."""
+        with (self.quick or self.engine).begin() as c:
+            if self.quick is None:
+                relaxed(c)
+            yield c
+
     def close(self) -> None:
+        if self.quick is not None:
+            self.quick.dispose()
         self.engine.dispose()
         self.durable.dispose()
 
@@ -264,7 +158,7 @@ class DocumentStore:
                 if existing is None:
                     raise
                 return self._duplicate(existing, new, spool)
-            except IntegrityError:
+            except (IntegrityError, DuplicateMessageId):
                 existing = self.find(new.message_id)  # stored before, or by a concurrent put that won
                 if existing is None:
                     raise DocumentStoreError(f"cannot store document {new.message_id!r}") from None
@@ -285,14 +179,9 @@ class DocumentStore:
             self._check_quota(c, receiver_id, 0)
 
     def _check_quota(self, c: Connection, receiver_id: str, size: int) -> None:
-        t = self.tables.document
-        count, total = c.execute(select(func.count(), func.coalesce(func.sum(t.c.size), 0)).where(
-            t.c.receiver_id == receiver_id, t.c.state == "ready")).one()
-        most, most_bytes = self.settings.max_pending_documents, self.settings.max_pending_bytes
-        if count + 1 > most or int(total) + size > most_bytes:
-            raise QuotaExceeded(f"receiver {receiver_id[:64]!r} has {count} documents of {int(total)} bytes waiting; "
-                                f"its quota is {most} documents of {most_bytes} bytes "
-                                "(gateway.jx.max_pending_documents, max_pending_bytes)", detail=receiver_id[:256])
+        refused = over_quota(self.settings, receiver_id, waiting(c, {receiver_id}).get(receiver_id, [0, 0]), size)
+        if refused is not None:
+            raise refused
 
     def _duplicate(self, existing: Document, new: NewDocument, spool: Spool) -> bool:
         if existing.same_content(new, spool):
@@ -303,24 +192,93 @@ class DocumentStore:
 
     def _insert(self, new: NewDocument, spool: Spool, record: LogRecord | None) -> None:
         self.vault.prepare(new.receiver_id)  # a new data key commits before the put's transaction begins
-        name = None if self.in_database else self._file_blob(new, spool)
+        if self.in_database and self.vault.stored_size(spool.size) > PART:
+            return self._insert_streaming(new, spool, record)
+        name, parts = None, None
+        try:
+            if self.in_database:  # one part: it rides in the group's transaction
+                parts = list(self.vault.sealed(new.receiver_id, new.message_id, spool.chunks(PART), PART))
+            else:
+                name = self._file_blob(new, spool)
+            self.commits.submit(Pending(new=new, size=spool.size, sha256=spool.sha256, blob=name, parts=parts,
+                                        record=record))
+        except (IntegrityError, QuotaExceeded, DuplicateMessageId):
+            self._drop_file(name)
+            raise  # put() decides whether that is the same document sent again
+        except BaseException as exc:
+            self._drop_file(name)
+            with translated("cannot store the document"):
+                raise exc
+
+    def _commit(self, batch: list[Pending]) -> None:
+        """One transaction for the puts of ``batch`` (see :mod:`gateway.jx.commit`); when another node
+        took one of their ids meanwhile (PostgreSQL), each is committed on its own instead."""
+        with translated("cannot store the document"):
+            if any(item.blob is not None for item in batch):
+                fsync_dir(self.blob_dir)  # every blob renamed in, durable before any row names it
+            try:
+                with self.durable.begin() as c:
+                    self._insert_batch(c, batch)
+            except IntegrityError:
+                if len(batch) == 1:
+                    raise
+                for item in batch:
+                    item.error = None
+                    try:
+                        with self.durable.begin() as c:
+                            self._insert_batch(c, [item])
+                    except IntegrityError as exc:
+                        item.error = exc
+
+    def _insert_batch(self, c: Connection, batch: list[Pending]) -> None:
+        t, b = self.tables.document, self.tables.blob
+        taken = set(c.execute(select(t.c.message_id).where(
+            t.c.message_id.in_([item.new.message_id for item in batch]))).scalars())
+        held_by = waiting(c, {item.new.receiver_id for item in batch})
+        going = []
+        for item in batch:
+            new = item.new
+            if new.message_id in taken:
+                item.error = DuplicateMessageId(f"messageId {new.message_id!r} is taken", detail=new.message_id)
+                continue
+            held = held_by.setdefault(new.receiver_id, [0, 0])
+            item.error = over_quota(self.settings, new.receiver_id, held, item.size)
+            if item.error is None:
+                held[0], held[1] = held[0] + 1, held[1] + item.size
+                taken.add(new.message_id)
+                going.append(item)
+        if not going:
+            return
+        created = now_ms()
+        rows = [dict(message_id=i.new.message_id, sender_id=i.new.sender_id, receiver_id=i.new.receiver_id,
+                     format_type=i.new.format_type, document_type=i.new.document_type,
+                     compress_type=i.new.compress_type, size=i.size, sha256=i.sha256, blob=i.blob,
+                     source=i.new.source, state="ready", created_ms=created, deliveries=0) for i in going]
+        if any(item.parts is not None for item in going):
+            seqs = c.execute(insert(t).returning(t.c.seq, sort_by_parameter_order=True), rows).scalars().all()
+            c.execute(insert(b), [dict(doc_seq=seq, part=n, data=data)
+                                  for seq, item in zip(seqs, going, strict=True) for n, data in enumerate(item.parts or [])])
+        else:
+            c.execute(insert(t), rows)
+        for item in going:
+            self._log(c, item.record)
+
+    def _insert_streaming(self, new: NewDocument, spool: Spool, record: LogRecord | None) -> None:
+        """A document of several database parts: its own transaction, parts sealed as they are written."""
         try:
             with self.durable.begin() as c:
                 self._check_quota(c, new.receiver_id, spool.size)
                 seq = c.execute(insert(self.tables.document).values(
                     message_id=new.message_id, sender_id=new.sender_id, receiver_id=new.receiver_id,
                     format_type=new.format_type, document_type=new.document_type,
-                    compress_type=new.compress_type, size=spool.size, sha256=spool.sha256, blob=name,
+                    compress_type=new.compress_type, size=spool.size, sha256=spool.sha256, blob=None,
                     source=new.source, state="ready", created_ms=now_ms(), deliveries=0,
                 ).returning(self.tables.document.c.seq)).scalar_one()
-                if self.in_database:
-                    self._database_blob(c, seq, new, spool)
+                self._database_blob(c, seq, new, spool)
                 self._log(c, record)
         except (IntegrityError, QuotaExceeded):
-            self._drop_file(name)
-            raise  # put() decides whether that is the same document sent again
+            raise
         except BaseException as exc:
-            self._drop_file(name)
             with translated("cannot store the document"):
                 raise exc
 
@@ -329,11 +287,11 @@ class DocumentStore:
             (self.blob_dir / name).unlink(missing_ok=True)
 
     def _file_blob(self, new: NewDocument, spool: Spool) -> str:
-        """Move the fsynced spool into ``blobs/`` (sealed for its receiver if encrypting), durably."""
+        """Move the fsynced spool into ``blobs/`` (sealed for its receiver if encrypting); the folder is
+        fsynced by the commit, once for all the puts of its transaction."""
         name = f"{uuid.uuid4().hex}.doc"
         with translated("cannot store the document"):
             place(self.vault, spool, self.blob_dir / name, new.receiver_id, new.message_id)
-            fsync_dir(self.blob_dir)
         return name
 
     def _database_blob(self, c: Connection, seq: int, new: NewDocument, spool: Spool) -> None:
@@ -349,9 +307,22 @@ class DocumentStore:
     def lease(self, receiver_id: str, *, format_type: str | None = None,
               document_type: str | None = None) -> Document | None:
         """Hand out the oldest deliverable document of ``receiver_id`` under a new lease, if any."""
-        t = self.tables.document
-        with translated("cannot hand out a document"), self.engine.begin() as c:
-            relaxed(c)
+        leased = self.hand_out(receiver_id, format_type=format_type, document_type=document_type)
+        return leased.document if leased is not None else None
+
+    def hand_out(self, receiver_id: str, *, format_type: str | None = None,
+                 document_type: str | None = None) -> Leased | None:
+        """:meth:`lease`, with the first database part of the document and the size of all of them read
+        in the same statement (no second read for a document of one part; see :meth:`chunks`).
+
+        One statement picks and leases (PostgreSQL: ``FOR UPDATE SKIP LOCKED`` in its subquery) — or
+        parks as a dead letter a document handed out ``max_deliveries`` times, and then picks again."""
+        t, b = self.tables.document, self.tables.blob
+        spent = t.c.deliveries >= self.settings.max_deliveries
+        extra = [select(func.coalesce(func.sum(func.length(b.c.data)), 0)).where(b.c.doc_seq == t.c.seq)
+                 .scalar_subquery().label("stored_bytes"),
+                 select(b.c.data).where(b.c.doc_seq == t.c.seq, b.c.part == 0).scalar_subquery().label("head")]
+        with translated("cannot hand out a document"), self._relaxed() as c:
             while True:
                 now = now_ms()
                 wanted = [t.c.receiver_id == receiver_id, t.c.state == "ready",
@@ -360,28 +331,40 @@ class DocumentStore:
                     wanted.append(t.c.format_type == format_type)
                 if document_type:
                     wanted.append(t.c.document_type == document_type)
-                row = c.execute(select(t).where(*wanted).order_by(t.c.seq).limit(1)
-                                .with_for_update(skip_locked=True)).first()
+                pick = (select(t.c.seq).where(*wanted).order_by(t.c.seq).limit(1)
+                        .with_for_update(skip_locked=True).scalar_subquery())
+                until = now + int(self.settings.lease_seconds * 1000)
+                row = c.execute(update(t).where(t.c.seq == pick).values(
+                    state=case((spent, "dead"), else_=t.c.state),
+                    lease_until_ms=case((spent, None), else_=until),
+                    lease_node=case((spent, t.c.lease_node), else_=self.node),
+                    deliveries=case((spent, t.c.deliveries), else_=t.c.deliveries + 1),
+                    last_handout_ms=case((spent, t.c.last_handout_ms), else_=now),
+                ).returning(*t.c, *(extra if self.in_database else []))).first()
                 if row is None:
                     return None
-                if row.deliveries >= self.settings.max_deliveries:
-                    c.execute(update(t).where(t.c.seq == row.seq).values(state="dead", lease_until_ms=None))
-                    continue
-                until = now + int(self.settings.lease_seconds * 1000)
-                return Document.of(c.execute(update(t).where(t.c.seq == row.seq).values(
-                    lease_until_ms=until, lease_node=self.node, deliveries=t.c.deliveries + 1,
-                    last_handout_ms=now).returning(*t.c)).one())
+                if row.state == "dead":
+                    continue  # parked: the next one
+                document = Document.of(row)
+                if not self.in_database or document.blob is not None:
+                    return Leased(document)
+                return Leased(document, int(row.stored_bytes), None if row.head is None else bytes(row.head))
 
-    def chunks(self, document: Document, size: int = PART) -> Generator[bytes, None, None]:
-        """The document's bytes (authenticated if sealed: :class:`DocumentCorrupt`) in chunks of about ``size``."""
+    def chunks(self, document: Document, size: int = PART, leased: Leased | None = None) -> Generator[bytes, None, None]:
+        """The document's bytes (authenticated if sealed: :class:`DocumentCorrupt`) in chunks of about ``size``;
+        with what :meth:`hand_out` read of it (``leased``), what that holds is not read again."""
         if document.blob is not None:
             yield from self._file_chunks(document, size)
+            return
+        if leased is not None and leased.stored is not None:
+            stored = leased.stored
         else:
             with translated(f"cannot read document {document.message_id!r}"), self.engine.connect() as c:
-                stored = c.execute(select(func.coalesce(func.sum(func.length(self.tables.blob.c.data)), 0))
-                                   .where(self.tables.blob.c.doc_seq == document.seq)).scalar_one()
-            yield from self.vault.opened(document.receiver_id, document.message_id, document.size, int(stored),
-                                         self._database_chunks(document), size)
+                stored = int(c.execute(select(func.coalesce(func.sum(func.length(self.tables.blob.c.data)), 0))
+                                       .where(self.tables.blob.c.doc_seq == document.seq)).scalar_one())
+        head = leased.head if leased is not None else None
+        parts = self._database_chunks(document, head, stored)
+        yield from self.vault.opened(document.receiver_id, document.message_id, document.size, stored, parts, size)
 
     def _file_chunks(self, document: Document, size: int) -> Iterator[bytes]:
         assert document.blob is not None
@@ -390,9 +373,14 @@ class DocumentStore:
             yield from self.vault.opened(document.receiver_id, document.message_id, document.size,
                                          os.fstat(fh.fileno()).st_size, iter(lambda: fh.read(size), b""), size)
 
-    def _database_chunks(self, document: Document) -> Iterator[bytes]:
+    def _database_chunks(self, document: Document, head: bytes | None = None, stored: int = 0) -> Iterator[bytes]:
         b = self.tables.blob
         part = 0
+        if head is not None:
+            yield head
+            if len(head) >= stored:
+                return  # the whole document was in its first part: nothing more to read
+            part = 1
         while True:
             with translated(f"cannot read document {document.message_id!r}"), self.engine.connect() as c:
                 data = c.execute(select(b.c.data).where(b.c.doc_seq == document.seq, b.c.part == part)).scalar()
@@ -409,8 +397,7 @@ class DocumentStore:
         An id unknown for this receiver (and sender, if given) is :class:`UnknownDocument`.
         """
         t = self.tables.document
-        with translated("cannot confirm the document"), self.engine.begin() as c:
-            relaxed(c)
+        with translated("cannot confirm the document"), self._relaxed() as c:
             row = c.execute(select(t).where(t.c.message_id == message_id).with_for_update()).first()
             if row is None or row.receiver_id != receiver_id or (sender_id and row.sender_id != sender_id):
                 raise UnknownDocument(f"no document {message_id!r} from {sender_id!r} to {receiver_id!r}",
