@@ -165,7 +165,8 @@ async def test_partners_poll_on_their_schedules_and_hooks_get_the_paths(
     gaps = [b - a for a, b in zip(a_starts, a_starts[1:])]
     assert len(a_starts) >= 3 and all(0.9 <= gap <= 4.0 for gap in gaps), gaps  # every 1 s (plus the round)
     b_starts = [r["t"] for r in b_runs if r["argv"][0] == "before"]
-    assert len(b_starts) >= 2 and all(t % 2 < 1.0 for t in b_starts), b_starts  # at even seconds
+    # The first round runs at start (documents may be waiting); the later ones at even seconds.
+    assert len(b_starts) >= 3 and all(t % 2 < 1.0 for t in b_starts[1:]), b_starts
     log = (tmp_path / "logs" / "poll.log").read_text(encoding="utf-8")
     assert "bmrgw.poll.a: received a-0.csv" in log and "bmrgw.poll.b: confirmed b-0" in log
 
