@@ -134,7 +134,12 @@ async def test_jaxws_put_get_confirm_and_faults(hyphens: bool, jaxws: Callable[[
 
     proc = await asyncio.create_subprocess_exec(*client.command(f"{url}/jx", work),
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
     assert proc.returncode == 0, err.decode()
     lines = [line.split("\t") for line in out.decode().splitlines()]
 

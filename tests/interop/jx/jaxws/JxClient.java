@@ -63,7 +63,7 @@ public final class JxClient {
         }
 
         Files.createDirectories(dir.resolve("out"));
-        while (true) {
+        for (int round = 0; round <= documents.size(); round++) {  // one more than was put: ends with false
             Holder<String> receiverId = new Holder<>(RECEIVER);
             Holder<Boolean> result = new Holder<>();
             Holder<String> messageId = new Holder<>();
