@@ -56,7 +56,7 @@ class JaxwsClient:
 
 def _run(args: list[str], what: str) -> None:
     env = {**os.environ, "WSIMPORT_OPTS": " ".join(JVM_FLAGS)}  # read by Debian's wsimport script
-    done = subprocess.run(args, capture_output=True, text=True, timeout=180, env=env)
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, f"{what} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
 
 
@@ -135,7 +135,7 @@ async def test_jaxws_put_get_confirm_and_faults(hyphens: bool, jaxws: Callable[[
     proc = await asyncio.create_subprocess_exec(*client.command(f"{url}/jx", work),
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        out, err = await asyncio.wait_for(proc.communicate(), 90)  # under pytest-timeout's 120 s
     except TimeoutError:
         proc.kill()
         await proc.wait()
