@@ -158,3 +158,6 @@ async def test_jaxws_put_get_confirm_and_faults(hyphens: bool, jaxws: Callable[[
     assert faults["GetDocument"][:2] == ["Client", "Forbidden"]
     assert "1310002" in faults["GetDocument"][2]
     assert faults["ConfirmDocument"][:2] == ["Client", "UnknownDocument"]
+    # A wrong password never reaches the JX service: bmrgw answers 401 (with a fault body), Metro reports the status.
+    assert [fields for fields in lines if fields[0] == "refused"] == [
+        ["refused", "ClientTransportException", "The server sent HTTP status code 401: Unauthorized"]]

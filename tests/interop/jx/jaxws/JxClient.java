@@ -25,6 +25,7 @@ import javax.xml.namespace.QName;
 import javax.xml.soap.SOAPFault;
 import javax.xml.ws.BindingProvider;
 import javax.xml.ws.Holder;
+import javax.xml.ws.WebServiceException;
 import javax.xml.ws.soap.SOAPFaultException;
 import org.w3c.dom.Element;
 import org.w3c.dom.Node;
@@ -94,6 +95,14 @@ public final class JxClient {
             out("no-fault", "GetDocument");
         } catch (SOAPFaultException e) {
             fault("GetDocument", e);
+        }
+        try {  // a wrong password: bmrgw answers 401 with a fault body; Metro reports the status, not the fault
+            JXMSTransferSoap stranger = port(service, endpoint, "cityhall-a");
+            ((BindingProvider) stranger).getRequestContext().put(BindingProvider.PASSWORD_PROPERTY, "wrong");
+            stranger.confirmDocument("never-put", "DC", RECEIVER, header(RECEIVER));
+            out("no-fault", "wrong password");
+        } catch (WebServiceException e) {
+            out("refused", e.getClass().getSimpleName(), e.getMessage().replace('\t', ' ').replace('\n', ' '));
         }
         try {  // a messageId the gateway never saw
             receiver.confirmDocument("never-put", "DC", RECEIVER, header(RECEIVER));
