@@ -71,7 +71,7 @@ from routing.watch import LiveTable
 
 from .path import api_path
 from .problem import problem_response
-from .recode import Recoding, recode_reply, recode_request
+from gateway.charset.recode import Recoding, recode_reply, recode_request
 from .upstream import ApiRoute, ApiUpstream
 
 __all__ = ["ApiRelay", "add_api", "API_RELAY", "METHODS", "FORWARD_REQUEST"]

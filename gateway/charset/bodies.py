@@ -19,7 +19,8 @@ from gateway.errors import GatewayError, UnsupportedMediaType
 
 from .convert import FromPartner, ToPartner
 
-__all__ = ["is_text", "with_charset", "declared_charset", "Converted", "convert_whole", "refuse_foreign_charset"]
+__all__ = ["is_text", "with_charset", "declared_charset", "declare", "Converted", "convert_whole",
+           "refuse_foreign_charset"]
 
 _TEXT = re.compile(r"text/[\w.+-]+|application/(?:json|xml|x-ndjson|csv|[\w.-]+\+(?:json|xml))", re.IGNORECASE)
 _CHARSET = re.compile(r";\s*charset\s*=\s*\"?([^\";\s]*)\"?", re.IGNORECASE)
@@ -57,7 +58,7 @@ def refuse_foreign_charset(content_type: str) -> None:
                                    "the endpoint")
 
 
-def _declare(head: bytes, label: str) -> bytes:
+def declare(head: bytes, label: str) -> bytes:
     """The XML declaration at the start of ``head`` naming ``label``."""
     found = _DECLARATION.match(head)
     if found is None:
@@ -100,13 +101,13 @@ class Converted:
                     head += out
                     if len(head) < _HEAD and b"?>" not in head:
                         continue
-                    out, head = _declare(head, self._label()), None
+                    out, head = declare(head, self._label()), None
                 if out:
                     self.bytes_out += len(out)
                     yield out
             out = self._converter.finish()
             if self._xml and head is not None:
-                out = _declare(head + out, self._label())
+                out = declare(head + out, self._label())
             if out:
                 self.bytes_out += len(out)
                 yield out
@@ -126,4 +127,4 @@ def convert_whole(body: bytes, converter: ToPartner | FromPartner, *, xml: bool)
         body = body.removeprefix(_BOM)
     out = converter.feed(body) + converter.finish()
     label = converter.profile.label if isinstance(converter, ToPartner) else "UTF-8"
-    return _declare(out, label) if xml else out
+    return declare(out, label) if xml else out

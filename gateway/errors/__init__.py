@@ -26,6 +26,7 @@ HTTP status of the fault response::
     │   ├── ZipBomb(ValueError)                     413  (file transfer)
     │   ├── SenderMismatch(PermissionError)         409  (file transfer: another sender's file)
     │   ├── UnmappableCharacter(ValueError)         422  no mapping in the endpoint's character profile
+    │   ├── SignedNotConvertible(ValueError)        422  a signed message to a converting endpoint without wss.sign
     │   └── TooManyRequests(RuntimeError)           429  over gateway.limits.client_rate
     │       └── LoginThrottled                      429  too many failed logins from the address
     └── ServerFault                                 the gateway or its upstream failed
@@ -97,6 +98,7 @@ from .relay import (
     MalformedMessage, UnsupportedMediaType, MessageTooLarge, RequestTimeout, UnknownDestination,
     Unauthorized, Forbidden, RoutingLoop, EndpointUnavailable, EndpointTimeout, InvalidSignature, Expired,
     Replay, TooManyRequests, EndpointBusy, GatewayBusy, LoginThrottled, LoginBusy, InsufficientStorage, UnmappableCharacter,
+    SignedNotConvertible,
 )
 from .stores import (
     UnknownDataset, UnknownPush, InvalidRecord, InvalidRequest, VersionChanged, RefdbUnavailable,
@@ -134,6 +136,7 @@ __all__ = [
     "LoginBusy",
     "InsufficientStorage",
     "UnmappableCharacter",
+    "SignedNotConvertible",
     "UnknownDataset",
     "UnknownPush",
     "InvalidRecord",

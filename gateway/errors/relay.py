@@ -8,7 +8,7 @@ __all__ = [
     "MalformedMessage", "UnsupportedMediaType", "MessageTooLarge", "RequestTimeout", "UnknownDestination",
     "Unauthorized", "Forbidden", "RoutingLoop", "EndpointUnavailable", "EndpointTimeout",
     "InvalidSignature", "Expired", "Replay", "TooManyRequests", "EndpointBusy", "GatewayBusy",
-    "LoginThrottled", "LoginBusy", "InsufficientStorage", "UnmappableCharacter",
+    "LoginThrottled", "LoginBusy", "InsufficientStorage", "UnmappableCharacter", "SignedNotConvertible",
 ]
 
 
@@ -149,6 +149,14 @@ class UnmappableCharacter(ClientFault, ValueError):
         self.position = position
         self.line = line
         self.column = column
+
+
+class SignedNotConvertible(ClientFault, ValueError):
+    """Raised when a WS-Security-signed message is routed to an endpoint with a character profile that does
+    not re-sign (``endpoints.NAME.wss.sign``): converting it would break its signature."""
+
+    code = "SignedNotConvertible"
+    http_status = 422
 
 
 def _code_points(text: str) -> str:

@@ -15,6 +15,11 @@ One request, start to finish:
    ``X-Message-Id`` and the authenticated client's name in ``X-Bmrgw-Client``;
 5. stream the answer back unchanged: status, content type, body, faults.
 
+An endpoint with a character profile (``endpoints.NAME.charset``) gets the
+envelope in its encoding and answers in it: steps 4 and 5 then pass through
+:mod:`gateway.charset.envelopes` (after every check above, on the caller's
+UTF-8), and a signed envelope goes there only when the gateway re-signs it.
+
 SwA and MTOM requests (``multipart/related``) take the same path: the
 routing key is read from the root part (:class:`attachments.mime.RootExtractor`
 follows the framing), the whole body is forwarded byte for byte under
@@ -42,6 +47,11 @@ from typing import Protocol
 from aiohttp import web
 
 from attachments.mime import CT_RELATED, RootExtractor, parse_related
+from gateway.charset import CharsetProfile
+from gateway.charset.envelopes import (
+    for_signing, is_signed, recode_envelope, refuse_foreign_encoding, refuse_signed, signed_for_partner,
+)
+from gateway.charset.recode import Recoding, recode_reply
 from gateway.errors import (
     ClientFault,
     EndpointUnavailable,
@@ -63,7 +73,7 @@ from gateway.parser import SCAN_WHOLE, EnvelopeHead, HeadScanner, scan_head
 from gateway.security.auth import client_of
 from gateway.security.message import MessageSecurity
 from gateway.soap import fault_content_type, gateway_fault, version_for
-from routing.config import Client
+from routing.config import Client, UrlEndpoint
 from routing.settings import GatewaySettings
 from routing.table import Route, RouteTable
 from routing.watch import LiveTable
@@ -171,33 +181,38 @@ class Relay:
         client = client_of(request)
         trace = Trace(arrived=self._clock.read(), started=time.perf_counter(), client=client.name if client else None)
         version = _caller_version(request)
+        recoding = Recoding()
         try:
             trace.message_id = request.headers.get(H_MESSAGE_ID)
             check_loggable(f"header {H_MESSAGE_ID}", "message_id", trace.message_id, trace)
             if self._journal is not None:
                 await self._journal.admit()
             exchange, body = await self._prepare(request, table, trace)
+            profile = _profile(table, exchange.route)
+            if profile is not None:
+                _check_convertible(request, profile, exchange.route, body)
             if self._security is not None and self._security.needed(client, exchange.route):
-                body = await self._secure(request, exchange, body, trace, table.config.gateway)
+                body = await self._secure(request, exchange, body, trace, table.config.gateway, profile, recoding)
             if exchange.route.mailbox is not None:
                 response = await self._store(request, exchange, body, trace, version)
             else:
-                response = await self._forward(request, exchange, body, trace)
+                response = await self._forward(request, exchange, body, trace, profile, recoding)
         except (ConnectionResetError, asyncio.CancelledError):  # cancelled: cut off at the drain timeout
             trace.status = "error"
-            await self._finish(request, trace, answering=False)
+            await self._finish(request, trace, recoding, answering=False)
             raise
         except GatewayError as exc:
             response = self._fault(exc, version, table.config.gateway.name, trace)
-        await self._finish(request, trace)  # an answer in memory leaves once its records are durable
+        await self._finish(request, trace, recoding)  # an answer in memory leaves once its records are durable
         return response
 
-    async def _finish(self, request: web.Request, trace: Trace, *, answering: bool = True) -> None:
+    async def _finish(self, request: web.Request, trace: Trace, recoding: Recoding, *,
+                      answering: bool = True) -> None:
         self._metrics.observe(trace.label, trace.status, time.perf_counter() - trace.started)
         if not trace.logged:
-            await self._log(request, trace, answering=answering)
+            await self._log(request, trace, recoding, answering=answering)
 
-    async def _log(self, request: web.Request, trace: Trace, *, answering: bool = True) -> None:
+    async def _log(self, request: web.Request, trace: Trace, recoding: Recoding, *, answering: bool = True) -> None:
         """Log the exchange; when ``answering``, return once its records are durable, or cut the
         connection (ConnectionResetError) if they cannot be: no complete answer without them."""
         trace.logged = True
@@ -205,14 +220,24 @@ class Relay:
             return
         if trace.message_id is None:
             trace.message_id = new_message_id()
+        sent, received = recoding.sizes()  # sizes on the partner's side of a conversion
+        if sent is not None:
+            trace.forwarded_bytes = sent
+        if received is not None:
+            trace.response_in = received
         exchange = trace.exchange(self._clock.read())
+        substitutions = recoding.losses.summary()
+        # What a conversion lost goes on the response record (the two records then travel one by one).
+        entries = exchange.records("relay", substitutions) if substitutions else (exchange,)
         try:
+            for entry in entries[:-1]:
+                await self._journal.record(entry)
             if not answering:
-                await self._journal.record(exchange)
+                await self._journal.record(entries[-1])
                 return
             # The future is this caller's own and the journal bounds the wait (durable_wait): no
             # timer or shield per exchange.
-            if not await (await self._journal.record(exchange, durable=True)):
+            if not await (await self._journal.record(entries[-1], durable=True)):
                 raise JournalUnavailable(f"not durable within {self._journal.durable_wait:g} s, or refused")
         except JournalUnavailable as exc:
             log.error("send/receive log unavailable (%s); exchange not logged: %s", exc.reason, describe(exchange))
@@ -256,14 +281,24 @@ class Relay:
         return exchange, body
 
     async def _secure(self, request: web.Request, exchange: Exchange, body: bytes | RequestBody,
-                      trace: Trace, settings: GatewaySettings) -> bytes:
-        """WS-Security needs the whole envelope: read it (bounded), verify and/or sign it."""
+                      trace: Trace, settings: GatewaySettings, profile: CharsetProfile | None,
+                      recoding: Recoding) -> bytes:
+        """WS-Security needs the whole envelope: read it (bounded), verify and/or sign it; for a converting
+        endpoint, verify the caller's, convert, then sign what the partner gets."""
         assert self._security is not None
         if request.content_type == CT_RELATED:
             # The signature would have to cover the attachments (WSS SwA profile): not built.
             raise UnsupportedMediaType("WS-Security is required for this exchange, but it is not supported for "
                                        "SwA/MTOM (multipart/related) messages", destination=exchange.route.destination)
         whole = body if isinstance(body, bytes) else b"".join([chunk async for chunk in body])
+        if profile is not None:
+            await self._security.verify_client(whole, content_type=request.content_type, client=client_of(request),
+                                               settings=settings)
+            converted = for_signing(profile, whole, recoding, exchange.route.destination)
+            signed = await self._security.apply(converted, content_type=request.content_type, client=None,
+                                                route=exchange.route, settings=settings)
+            trace.forwarded_bytes = len(secured := signed_for_partner(profile, signed))
+            return secured
         secured = await self._security.apply(whole, content_type=request.content_type, client=client_of(request),
                                              route=exchange.route, settings=settings)
         if secured is not whole:
@@ -318,8 +353,8 @@ class Relay:
         return head, RequestBody(prefix, request.content, trace=trace, limit=limit, timeout=timeout,
                                  outline=outline, framer=framer)
 
-    async def _forward(self, request: web.Request, exchange: Exchange,
-                       body: bytes | RequestBody, trace: Trace) -> web.StreamResponse:
+    async def _forward(self, request: web.Request, exchange: Exchange, body: bytes | RequestBody, trace: Trace,
+                       profile: CharsetProfile | None, recoding: Recoding) -> web.StreamResponse:
         incoming = request.headers
         headers = {k: incoming[k] for k in _FORWARD_REQUEST if k in incoming}
         if isinstance(body, bytes):
@@ -328,34 +363,45 @@ class Relay:
         headers[H_MESSAGE_ID] = exchange.message_id
         if trace.client is not None:
             headers[H_CLIENT] = trace.client
+        sent: bytes | AsyncIterable[bytes] = body
+        if profile is not None:  # to the partner's encoding (a converted body keeps RequestBody's error)
+            sent = recode_envelope(profile, headers, body, recoding, exchange.route.destination)
+            if isinstance(sent, bytes) and sent is not body:
+                trace.forwarded_bytes = len(sent)
         trace.forwarded = True
         try:
-            reply = await self._upstream.post(exchange.route, headers, body)
+            reply = await self._upstream.post(exchange.route, headers, sent)
         except GatewayError as exc:
-            if isinstance(body, RequestBody) and body.error is not None:
+            if (error := _error_of(sent)) is not None:
                 trace.forwarded = False
-                raise body.error from None
+                raise error from None
             trace.forwarded = may_have_sent(exc)
             raise
         trace.answered = time.perf_counter()
         trace.endpoint = sent_to(exchange.route)
         try:
-            if isinstance(body, RequestBody) and body.error is not None:
+            if (error := _error_of(sent)) is not None:
                 trace.forwarded = False
-                raise body.error
-            answer = await respond(request, reply, exchange, trace, lambda: self._settle(request, body, trace))
-            if isinstance(body, RequestBody) and body.error is not None:  # found while an answer was read whole
+                raise error
+            if profile is not None:
+                reply = await recode_reply(profile, reply, recoding, exchange.route.destination)
+            answer = await respond(request, reply, exchange, trace,
+                                   lambda: self._settle(request, sent, trace, recoding))
+            if (error := _error_of(sent)) is not None:  # found while an answer was read whole
                 trace.forwarded = False
-                raise body.error
+                raise error
             return answer
         finally:
             reply.release()
 
-    async def _settle(self, request: web.Request, body: bytes | RequestBody, trace: Trace) -> None:
+    async def _settle(self, request: web.Request, body: bytes | AsyncIterable[bytes], trace: Trace,
+                      recoding: Recoding) -> None:
         """Before a streamed answer's last chunk: the request body held up, and the records are durable."""
-        if isinstance(body, RequestBody):
-            body.refuse_late(request)
-        await self._log(request, trace)
+        if (error := _error_of(body)) is not None:
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionResetError(f"the request body was refused after forwarding began: {error.reason}")
+        await self._log(request, trace, recoding)
 
     async def _store(self, request: web.Request, exchange: Exchange, body: bytes | RequestBody,
                      trace: Trace, version: SoapVersion) -> web.StreamResponse:
@@ -380,6 +426,30 @@ class Relay:
         if trace.message_id is not None:
             headers[H_MESSAGE_ID] = trace.message_id
         return web.Response(status=error.http_status, body=body, headers=headers)
+
+
+def _error_of(body: bytes | AsyncIterable[bytes]) -> GatewayError | None:
+    """What stopped a streamed body (:class:`RequestBody`, or it converted): aiohttp wraps what they raise."""
+    error = getattr(body, "error", None)
+    return error if isinstance(error, GatewayError) else None
+
+
+def _profile(table: RouteTable, route: Route) -> CharsetProfile | None:
+    """The endpoint's character profile when it converts (a peer's profile is applied at the peer)."""
+    if route.mailbox is not None:
+        return None
+    found = table.config.endpoints.get(route.endpoint)
+    profile = found.charset if isinstance(found, UrlEndpoint) else None
+    return profile if profile is not None and profile.converts else None
+
+
+def _check_convertible(request: web.Request, profile: CharsetProfile, route: Route,
+                       body: bytes | RequestBody) -> None:
+    """A converting endpoint takes plain UTF-8 envelopes, and signed ones only when it re-signs them."""
+    head = body if isinstance(body, bytes) else body.head
+    refuse_foreign_encoding(profile, request.headers.get("Content-Type", ""), head, route.destination)
+    if route.outbound.wss_sign is None and is_signed(head):
+        refuse_signed(profile, route.endpoint, route.destination)
 
 
 def _caller_version(request: web.Request) -> SoapVersion:

@@ -14,7 +14,6 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable
 
 import aiohttp
-from aiohttp import web
 
 from attachments.mime import RootExtractor
 from gateway.errors import GatewayError, MalformedMessage, MessageTooLarge, RequestTimeout
@@ -73,12 +72,10 @@ class RequestBody:
             self.error = exc
             raise
 
-    def refuse_late(self, request: web.Request) -> None:
-        """Before an answer's last bytes: a body found bad meanwhile cuts the caller's connection."""
-        if self.error is not None:
-            if request.transport is not None:
-                request.transport.abort()
-            raise ConnectionResetError(f"the request body was refused after forwarding began: {self.error.reason}")
+    @property
+    def head(self) -> bytes:
+        """The bytes read before forwarding (the whole Header at least), while it has not begun."""
+        return b"".join(self._prefix)
 
 
 async def receive(read: Awaitable[bytes], timeout: float | None) -> bytes:

@@ -1,4 +1,4 @@
-"""The API relay's side of character profiles: the request body to the partner's encoding, its answer back.
+"""Converting a relayed exchange: the request body to the partner's encoding, its answer back (API and SOAP relay).
 
 A request whose endpoint has ``charset`` (:mod:`gateway.charset`) and whose
 body is text is converted from UTF-8 on its way out — at once when it was
@@ -36,6 +36,8 @@ class Recoding:
     """The request body as it streams converted (its size out is known at the end)."""
     reply: _Recoded | None = None
     """The answer converted (its size as the endpoint sent it is known at the end)."""
+    converted: bool = False
+    """The request body is already in the partner's encoding (a SOAP envelope converted, then re-signed)."""
 
     def sizes(self) -> tuple[int | None, int | None]:
         """(request bytes sent to the endpoint, answer bytes received from it), where converted."""
