@@ -33,10 +33,13 @@ from gateway.parser import hardened_parser
 from .bodies import convert_whole, declare, with_charset
 from .convert import ToPartner
 from .recode import Recoding, recode_request
+from routing.config import Config, UrlEndpoint
+from routing.table import Route
+
 from .table import CharsetProfile
 
-__all__ = ["recode_envelope", "refuse_foreign_encoding", "is_signed", "refuse_signed", "for_signing",
-           "signed_for_partner"]
+__all__ = ["endpoint_profile", "check_convertible", "recode_envelope", "refuse_foreign_encoding", "is_signed",
+           "for_signing", "signed_for_partner"]
 
 _DECLARED = re.compile(rb"""\A(?:\xef\xbb\xbf)?<\?xml[^>]*?\sencoding\s*=\s*["']([^"']*)["']""")
 _LXML_DECLARATION = re.compile(r"<\?xml[^>]*\?>")
@@ -47,6 +50,23 @@ _SECURITY = f"{{{WSSE}}}Security"
 _SIGNATURE = f"{{{DSIG}}}Signature"
 #: Head bytes are parsed in slices of this size, stopping at the Body.
 _SLICE = 8192
+
+
+def endpoint_profile(config: Config, route: Route) -> CharsetProfile | None:
+    """The route's endpoint's character profile when it converts (a peer's profile is applied at the peer)."""
+    if route.mailbox is not None:
+        return None
+    found = config.endpoints.get(route.endpoint)
+    profile = found.charset if isinstance(found, UrlEndpoint) else None
+    return profile if profile is not None and profile.converts else None
+
+
+def check_convertible(profile: CharsetProfile, route: Route, content_type: str, head: bytes) -> None:
+    """A converting endpoint takes plain UTF-8 envelopes, and signed ones only when it re-signs them
+    (``head``: the envelope's first bytes, the whole Header at least)."""
+    refuse_foreign_encoding(profile, content_type, head, route.destination)
+    if route.outbound.wss_sign is None and is_signed(head):
+        refuse_signed(profile, route.endpoint, route.destination)
 
 
 def recode_envelope(profile: CharsetProfile, headers: dict[str, str], body: bytes | AsyncIterable[bytes],

@@ -49,7 +49,7 @@ from aiohttp import web
 from attachments.mime import CT_RELATED, RootExtractor, parse_related
 from gateway.charset import CharsetProfile
 from gateway.charset.envelopes import (
-    for_signing, is_signed, recode_envelope, refuse_foreign_encoding, refuse_signed, signed_for_partner,
+    check_convertible, endpoint_profile, for_signing, recode_envelope, signed_for_partner,
 )
 from gateway.charset.recode import Recoding, recode_reply
 from gateway.errors import (
@@ -73,7 +73,7 @@ from gateway.parser import SCAN_WHOLE, EnvelopeHead, HeadScanner, scan_head
 from gateway.security.auth import client_of
 from gateway.security.message import MessageSecurity
 from gateway.soap import fault_content_type, gateway_fault, version_for
-from routing.config import Client, UrlEndpoint
+from routing.config import Client
 from routing.settings import GatewaySettings
 from routing.table import Route, RouteTable
 from routing.watch import LiveTable
@@ -188,9 +188,10 @@ class Relay:
             if self._journal is not None:
                 await self._journal.admit()
             exchange, body = await self._prepare(request, table, trace)
-            profile = _profile(table, exchange.route)
-            if profile is not None:
-                _check_convertible(request, profile, exchange.route, body)
+            profile = endpoint_profile(table.config, exchange.route)
+            if profile is not None:  # checked on the caller's bytes: plain UTF-8, not signed unless re-signed
+                check_convertible(profile, exchange.route, request.headers.get("Content-Type", ""),
+                                  body if isinstance(body, bytes) else body.head)
             if self._security is not None and self._security.needed(client, exchange.route):
                 body = await self._secure(request, exchange, body, trace, table.config.gateway, profile, recoding)
             if exchange.route.mailbox is not None:
@@ -432,24 +433,6 @@ def _error_of(body: bytes | AsyncIterable[bytes]) -> GatewayError | None:
     """What stopped a streamed body (:class:`RequestBody`, or it converted): aiohttp wraps what they raise."""
     error = getattr(body, "error", None)
     return error if isinstance(error, GatewayError) else None
-
-
-def _profile(table: RouteTable, route: Route) -> CharsetProfile | None:
-    """The endpoint's character profile when it converts (a peer's profile is applied at the peer)."""
-    if route.mailbox is not None:
-        return None
-    found = table.config.endpoints.get(route.endpoint)
-    profile = found.charset if isinstance(found, UrlEndpoint) else None
-    return profile if profile is not None and profile.converts else None
-
-
-def _check_convertible(request: web.Request, profile: CharsetProfile, route: Route,
-                       body: bytes | RequestBody) -> None:
-    """A converting endpoint takes plain UTF-8 envelopes, and signed ones only when it re-signs them."""
-    head = body if isinstance(body, bytes) else body.head
-    refuse_foreign_encoding(profile, request.headers.get("Content-Type", ""), head, route.destination)
-    if route.outbound.wss_sign is None and is_signed(head):
-        refuse_signed(profile, route.endpoint, route.destination)
 
 
 def _caller_version(request: web.Request) -> SoapVersion:
