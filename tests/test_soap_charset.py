@@ -18,7 +18,7 @@ from gateway.security.passwords import hash_password
 from gateway.security.wss import Signer, sign_envelope
 
 from .certs import DevPki, dev_pki  # noqa: F401  (fixture)
-from .conftest import GatewayFactory, RecordingBackend, Seen, soap11_headers
+from .conftest import GatewayFactory, RecordingBackend, Seen, soap11_headers, soap12_headers
 from .records import records
 from .test_auth import basic
 from .test_relay import fault_of
@@ -222,3 +222,25 @@ async def test_a_client_that_must_sign_is_still_verified_before_conversion(
         answer = await resp.read()
     assert fault_of(answer)[2] == "InvalidSignature"
     assert backend.seen == []
+
+
+async def test_soap12_keeps_its_action_and_gets_the_charset(
+        gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    url = await gateway(config(tmp_path, backend))
+    body = envelope(message_id="sc-12").replace(b"http://schemas.xmlsoap.org/soap/envelope/",
+                                                b"http://www.w3.org/2003/05/soap-envelope")
+    async with http.post(f"{url}/soap", data=body, headers=soap12_headers()) as resp:
+        assert resp.status == 200, await resp.read()
+    assert backend.seen[-1].body == as_partner_gets(body)
+    assert backend.seen[-1].headers["Content-Type"] == ('application/soap+xml; charset=Windows-31J; '
+                                                       'action="urn:bmrgw:demo:1/Echo"')
+
+
+async def test_an_envelope_in_another_encoding_is_refused_for_a_converting_endpoint(
+        gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    url = await gateway(config(tmp_path, backend))
+    body = envelope(message_id="sc-sjis").decode().replace('encoding="utf-8"', 'encoding="Shift_JIS"').encode("cp932")
+    async with http.post(f"{url}/soap", data=body, headers={**soap11_headers(), "Content-Type": "text/xml"}) as resp:
+        answer = await resp.read()
+        assert resp.status == 415, answer
+    assert b"send UTF-8" in answer and backend.seen == []
