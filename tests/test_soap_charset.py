@@ -244,3 +244,20 @@ async def test_an_envelope_in_another_encoding_is_refused_for_a_converting_endpo
         answer = await resp.read()
         assert resp.status == 415, answer
     assert b"send UTF-8" in answer and backend.seen == []
+
+
+async def test_a_streamed_signed_message_is_refused_from_its_head(
+        gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, tmp_path: Path,
+        dev_pki: DevPki) -> None:
+    url = await gateway(config(tmp_path, backend, pki=dev_pki))
+    signed = client_signed(dev_pki, envelope(TEXT * 12_000, message_id="sc-sig-big"))
+    assert len(signed) > 256 * 1024
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(signed), 4099):
+            yield signed[start:start + 4099]
+
+    async with http.post(f"{url}/soap", data=chunks(), headers={**soap11_headers(), **basic("zei", "pw")}) as resp:
+        answer = await resp.read()
+        assert resp.status == 422, answer
+    assert fault_of(answer)[2] == "SignedNotConvertible" and backend.seen == []
