@@ -36,7 +36,9 @@ from routing.settings import GatewaySettings
 from routing.table import Route
 
 from .replay import ReplayGuard
-from .wss import Signer, TimePolicy, load_certificate, sign_envelope, sign_root, verify_envelope, verify_root
+from .wss import (
+    Signer, TimePolicy, declared_encoding, load_certificate, sign_envelope, sign_root, verify_envelope, verify_root,
+)
 
 __all__ = ["MessageSecurity", "message_security", "add_wss_command"]
 
@@ -104,8 +106,9 @@ class MessageSecurity:
             return body
         signer = self._signer(sign.key, sign.cert, route.outbound.fingerprint)
         now = self._clock.now().ts
+        declared = declared_encoding(body)
         return await _run(len(body), lambda: sign_root(root, signer, now=now, ttl=settings.wss.sign_ttl,
-                                                       routing_header=settings.routing_header))
+                                                       routing_header=settings.routing_header, declared=declared))
 
     async def verify_client(self, body: bytes, *, content_type: str, client: Client | None,
                             settings: GatewaySettings) -> None:

@@ -34,6 +34,7 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
+import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -74,8 +75,11 @@ from .dsig import (
     weak_key,
 )
 
-__all__ = ["Signer", "Verified", "TimePolicy", "sign_envelope", "sign_root", "verify_envelope", "verify_root",
-           "load_certificate", "DEFAULT_ROUTING_HEADER"]
+__all__ = ["Signer", "Verified", "TimePolicy", "sign_envelope", "sign_root", "declared_encoding", "verify_envelope",
+           "verify_root", "load_certificate", "DEFAULT_ROUTING_HEADER"]
+
+#: An XML declaration's encoding name at the very start of a document (after a UTF-8 byte order mark).
+_DECLARED = re.compile(rb"""\A(?:\xef\xbb\xbf)?<\?xml\s[^>]*?\bencoding\s*=\s*["']([A-Za-z][\w.-]{0,39})["']""")
 
 
 @dataclass(frozen=True)
@@ -131,12 +135,21 @@ def load_certificate(pem: bytes) -> x509.Certificate:
 def sign_envelope(data: bytes, signer: Signer, *, now: dt.datetime, ttl: float, max_bytes: int,
                   routing_header: str = DEFAULT_ROUTING_HEADER) -> bytes:
     """``data`` with a fresh Timestamp and a signature over Body, Timestamp and destination headers."""
-    return sign_root(parse(data, max_bytes=max_bytes), signer, now=now, ttl=ttl, routing_header=routing_header)
+    return sign_root(parse(data, max_bytes=max_bytes), signer, now=now, ttl=ttl, routing_header=routing_header,
+                     declared=declared_encoding(data))
+
+
+def declared_encoding(data: bytes) -> str | None:
+    """The encoding name an envelope's XML declaration gives, as written (``Shift_JIS``), if any."""
+    found = _DECLARED.match(data[:512])
+    return found.group(1).decode("ascii") if found else None
 
 
 def sign_root(root: etree._Element, signer: Signer, *, now: dt.datetime, ttl: float,
-              routing_header: str = DEFAULT_ROUTING_HEADER) -> bytes:
-    """:func:`sign_envelope` of an envelope already parsed (it is changed in place)."""
+              routing_header: str = DEFAULT_ROUTING_HEADER, declared: str | None = None) -> bytes:
+    """:func:`sign_envelope` of an envelope already parsed (it is changed in place); ``declared`` is the
+    encoding its declaration named (:func:`declared_encoding`), kept when the parser read it under another
+    name (a ``Shift_JIS`` label is read as CP932)."""
     env = envelope_ns(root)
     body = _ensure_id(envelope_parts(root, env)[1], "id")
     header = header_of(root, env, create=True)
@@ -153,7 +166,10 @@ def sign_root(root: etree._Element, signer: Signer, *, now: dt.datetime, ttl: fl
     etree.SubElement(signature, f"{{{DSIG}}}SignatureValue").text = base64.b64encode(value).decode("ascii")
     signature.append(_key_info(token_id))
     encoding = root.getroottree().docinfo.encoding or "utf-8"
-    return bytes(etree.tostring(root, encoding=encoding, xml_declaration=True))
+    if declared is None or declared.lower() == encoding.lower():
+        return bytes(etree.tostring(root, encoding=encoding, xml_declaration=True))
+    body = etree.tostring(root, encoding=encoding, xml_declaration=False)
+    return f"<?xml version='1.0' encoding='{declared}'?>\n".encode("ascii") + bytes(body)
 
 
 def _signed_info(signature: etree._Element, method: str, targets: list[etree._Element]) -> etree._Element:
