@@ -261,3 +261,32 @@ async def test_a_streamed_signed_message_is_refused_from_its_head(
         answer = await resp.read()
         assert resp.status == 422, answer
     assert fault_of(answer)[2] == "SignedNotConvertible" and backend.seen == []
+
+
+async def test_the_partners_unmappable_codes_in_an_answer(
+        gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    answer_bytes = ANSWER.encode("cp932").replace("髙橋".encode("cp932"), b"\xf0\x50")  # a private code, no table
+
+    async def private(request: web.Request, seen: Seen) -> web.StreamResponse:
+        return web.Response(body=answer_bytes, headers={"Content-Type": "text/xml; charset=Windows-31J"})
+
+    url = await gateway(config(tmp_path, backend))  # substitute
+    backend.behaviour = private
+    async with http.post(f"{url}/soap", data=envelope(message_id="sc-ans"), headers=soap11_headers()) as resp:
+        answer = await resp.read()
+        assert resp.status == 200, answer
+    assert answer == ANSWER.replace('encoding="Shift_JIS"', 'encoding="UTF-8"').replace("髙橋", "〓").encode()
+    assert record(tmp_path, "sc-ans").charset_substitutions == "1 (0xF050 ×1)"
+
+
+async def test_refuse_in_an_answer_is_a_server_fault(
+        gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    async def private(request: web.Request, seen: Seen) -> web.StreamResponse:
+        return web.Response(body=b"<r>\xf0\x50</r>", headers={"Content-Type": "text/xml"})
+
+    url = await gateway(config(tmp_path, backend, unmappable="refuse"))
+    backend.behaviour = private
+    async with http.post(f"{url}/soap", data=envelope(message_id="sc-ans-ref"), headers=soap11_headers()) as resp:
+        answer = await resp.read()
+        assert resp.status == 500, answer
+    assert fault_of(answer) == ("1.1", "soap:Server", "EndpointUnavailable") and b"0xF050" in answer
