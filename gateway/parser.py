@@ -250,7 +250,7 @@ class PrologGuard:
         encoding = self._override or declared
         if encoding is None:
             return
-        if encoding == "shift_jis":
+        if encoding in _WINDOWS_31J:
             self.parse_as = "cp932"
         if self._family == "UTF-16":
             agrees = encoding in _UTF16
@@ -284,12 +284,19 @@ def _windows_31j(first: bytes) -> str | None:
 @functools.lru_cache(maxsize=64)
 def _sjis_declaration(declaration: bytes) -> str | None:
     declared = _PLAIN_ENCODING.search(declaration)
-    return "cp932" if declared is not None and _codec(declared.group(1).decode("latin-1")) == "shift_jis" else None
+    return "cp932" if declared is not None and _codec(declared.group(1).decode("latin-1")) in _WINDOWS_31J else None
+
+
+#: Labels read as Windows-31J: Shift_JIS as WHATWG reads it, and CP932 under any of its names (libxml2's
+#: own tables know neither ``Windows-31J``, the IANA name a converting endpoint writes, nor all of CP932).
+_WINDOWS_31J = frozenset({"shift_jis", "cp932"})
 
 
 @functools.lru_cache(maxsize=64)
 def _codec(name: str) -> str:
     """Python's name for the encoding ``name``; an unknown one is the client's error."""
+    if name.strip().lower() in ("windows-31j", "csWindows31J".lower()):
+        return "cp932"  # the IANA name, which Python's codecs do not know
     try:
         return codecs.lookup(name).name
     except LookupError:

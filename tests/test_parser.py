@@ -103,3 +103,14 @@ def test_whole_document_parse_size_limit() -> None:
     assert parse(b"<a>x</a>", max_bytes=50).text == "x"
 
 
+
+
+@pytest.mark.parametrize("label", ["Shift_JIS", "SJIS", "Windows-31J", "windows-31j", "CP932", "MS932"])
+@pytest.mark.parametrize("step", [7, 100_000])
+def test_every_label_of_windows_31j_reads_cp932(label: str, step: int) -> None:
+    """What a converting endpoint writes (Windows-31J, the IANA name) and what senders write (Shift_JIS) parse."""
+    body = message("valid/soap11-cp932-labelled-shift-jis.xml").replace(b'"Shift_JIS"', f'"{label}"'.encode())
+    expected = EXPECTED["soap11-cp932-labelled-shift-jis.xml"]
+    assert scan(body, step) == expected
+    assert scan_head(body, routing_header=ROUTING) == expected
+    assert parse(body, max_bytes=1 << 20).find(".//{urn:bmrgw:demo:1}text").text.startswith("表示ソフト")
