@@ -370,23 +370,32 @@ def _parent(pid: int) -> int:
     return int(raw[raw.rindex(")") + 2:].split()[1])
 
 
+def _worker(argv: list[bytes]) -> str | None:
+    """The worker number of a gateway process: its ``--worker N`` or its title (``bmrgw: worker N of …``)."""
+    if b"--worker" in argv:
+        return argv[argv.index(b"--worker") + 1].decode()
+    title = argv[0] if argv else b""
+    return title.split()[2].decode() if title.startswith(b"bmrgw: worker ") else None
+
+
 def _label(pid: int, root: int) -> tuple[str, str]:
     """(group, name) of a gateway process: the supervisor, a worker, or a worker's helper
     (the log writer's forkserver, the log writer it forks, multiprocessing's resource tracker)."""
     if pid == root:
         return "supervisor", "supervisor"
     argv = _cmdline(pid)
-    if b"--worker" in argv:
-        name = f"worker {argv[argv.index(b'--worker') + 1].decode()}"
-        return name, name
+    number = _worker(argv)
+    if number is not None:
+        return f"worker {number}", f"worker {number}"
     owner, chain = _parent(pid), pid
-    while owner and owner != root and b"--worker" not in _cmdline(owner):
+    while owner and owner != root and _worker(_cmdline(owner)) is None:
         chain, owner = owner, _parent(owner)
-    whose = _cmdline(owner)
-    worker = f"worker {whose[whose.index(b'--worker') + 1].decode()}" if b"--worker" in whose else "supervisor"
+    owned = _worker(_cmdline(owner))
+    worker = f"worker {owned}" if owned is not None else "supervisor"
     text = b" ".join(argv)
     kind = ("resource tracker" if b"resource_tracker" in text else
-            "log writer" if chain != pid else "forkserver" if b"forkserver" in text else "helper")
+            "log writer" if chain != pid or text.startswith(b"bmrgw: log writer") else
+            "forkserver" if b"forkserver" in text else "helper")
     return "helpers", f"{worker}'s {kind}"
 
 

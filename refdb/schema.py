@@ -51,7 +51,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import Column as SqlColumn
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.types import TypeEngine
 
 from gateway.errors import ConfigError, RefdbUnavailable
@@ -156,13 +156,33 @@ def ensure_schema(engine: Engine, settings: RefdbSettings) -> dict[str, DatasetT
         create_tables(engine, META)
         found: dict[str, DatasetTables] = {}
         for dataset in settings.datasets.values():
-            try:
-                found[dataset.name] = _ensure_dataset(engine, dataset)
-            except IntegrityError:  # another node declared it first: migrate against what it stored
-                found[dataset.name] = _ensure_dataset(engine, dataset)
+            found[dataset.name] = _declare(engine, dataset)
         with engine.begin() as connection:
             sync_grants(connection, settings, connection.execute(select(DATASETS.c.name)).scalars())
         return found
+
+
+def _declare(engine: Engine, dataset: Dataset) -> DatasetTables:
+    """:func:`_ensure_dataset`, again when another node or worker declared the dataset at the same moment.
+
+    On PostgreSQL the schema lock makes the second wait and find the stored row (an IntegrityError is
+    left only for a row inserted between). SQLite has no such lock: two workers starting on a new
+    database both find the dataset missing and one fails creating its tables ("already exists");
+    on the next pass it finds what the other stored.
+    """
+    for attempt in range(_DECLARE_TRIES):
+        try:
+            return _ensure_dataset(engine, dataset)
+        except IntegrityError:  # another node declared it first: migrate against what it stored
+            continue
+        except OperationalError as exc:
+            if engine.dialect.name != "sqlite" or "already exists" not in str(exc) or attempt == _DECLARE_TRIES - 1:
+                raise
+    return _ensure_dataset(engine, dataset)
+
+
+#: Passes of :func:`_declare` before a failure is taken as real.
+_DECLARE_TRIES = 3
 
 
 def _ensure_dataset(engine: Engine, dataset: Dataset) -> DatasetTables:

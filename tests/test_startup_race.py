@@ -1,9 +1,13 @@
-"""Nodes that start together on an empty PostgreSQL schema: every table is created once, none fails."""
+"""Nodes (or workers) that start together on an empty store: every table is created once, none fails.
+
+PostgreSQL: an empty schema; SQLite: a new file, as `serve --workers N` meets it on first start."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -34,11 +38,18 @@ async def _boot(url: str, name: str, tmp_path: Path, barrier: threading.Barrier)
         await runner.cleanup()
 
 
+@contextlib.contextmanager
+def _sqlite(folder: Path) -> Iterator[str]:
+    folder.mkdir(parents=True)
+    yield f"sqlite:///{folder}/gw.db"
+
+
 @pytest.mark.timeout(300)
-def test_nodes_starting_together_on_an_empty_schema_all_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["postgresql", "sqlite"])
+def test_nodes_starting_together_on_an_empty_schema_all_start(tmp_path: Path, store: str) -> None:
     failures: list[str] = []
     for round_ in range(ROUNDS):
-        with pg_schema() as url:
+        with pg_schema() if store == "postgresql" else _sqlite(tmp_path / f"db{round_}") as url:
             barrier = threading.Barrier(NODES)
             statuses: dict[str, int] = {}
 
