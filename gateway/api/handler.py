@@ -30,10 +30,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import fields
 
-import aiohttp
 from aiohttp import web
 
 from gateway.charset import CharsetProfile
@@ -43,9 +42,7 @@ from gateway.errors import (
     Forbidden,
     GatewayError,
     JournalUnavailable,
-    MalformedMessage,
     MessageTooLarge,
-    RequestTimeout,
     UnknownDestination,
     UnsupportedMediaType,
 )
@@ -58,7 +55,7 @@ from gateway.metrics import Metrics
 from gateway.ns import H_CLIENT, H_MESSAGE_ID, H_VIA
 from gateway.relay.answer import SMALL_BODY, respond
 from gateway.relay.handler import authorise, check_hops
-from gateway.relay.streamed import RequestBody
+from gateway.relay.streamed import RequestBody, receive
 from gateway.relay.limits import RateLimiter
 from gateway.relay.resilience import RESILIENCE, Resilient, may_have_sent, sent_to
 from gateway.relay.trace import Exchange, Trace, check_loggable
@@ -80,8 +77,6 @@ log = logging.getLogger("bmrgw.api")
 
 #: The methods the API relay passes on.
 METHODS = ("POST", "GET", "PUT", "PATCH", "DELETE")
-#: Seconds an answer waits for its exchange's records to be durable (as the SOAP relay).
-DURABLE_WAIT = 10.0
 #: End-to-end request headers that travel to the endpoint: the SOAP relay's, and the conditional
 #: ones a REST API needs; everything else (Authorization, Cookie, hop-by-hop headers, a caller's own
 #: X-Bmrgw-Client) stays at the gateway.
@@ -247,17 +242,16 @@ class ApiRelay:
             if not answering:
                 await self._journal.record(exchange)
                 return
-            durable = await self._journal.record(exchange, durable=True)
-            async with asyncio.timeout(DURABLE_WAIT):
-                committed = await asyncio.shield(durable)
-        except (JournalUnavailable, TimeoutError) as exc:
-            reason = exc.reason if isinstance(exc, JournalUnavailable) else f"not durable within {DURABLE_WAIT:g} s"
-            log.error("send/receive log unavailable (%s); exchange not logged: %s", reason, describe(exchange))
-            committed = False
-        if answering and not committed:
+            # The future is this caller's own and the journal bounds the wait (durable_wait), as for SOAP.
+            if not await (await self._journal.record(exchange, durable=True)):
+                raise JournalUnavailable(f"not durable within {self._journal.durable_wait:g} s, or refused")
+        except JournalUnavailable as exc:
+            log.error("send/receive log unavailable (%s); exchange not logged: %s", exc.reason, describe(exchange))
+            if not answering:
+                return
             if request.transport is not None:
                 request.transport.abort()
-            raise ConnectionResetError("the exchange's log records are not durable: answer withheld")
+            raise ConnectionResetError("the exchange's log records are not durable: answer withheld") from None
 
 
 async def _body(request: web.Request, settings: GatewaySettings, trace: Trace) -> bytes | RequestBody:
@@ -269,21 +263,11 @@ async def _body(request: web.Request, settings: GatewaySettings, trace: Trace) -
     if not request.body_exists:
         return b""
     if length is not None and length <= SMALL_BODY:
-        whole = await _receive(request.read(), None if request.content.is_eof() else settings.client_timeout)
+        whole = await receive(request.read(), None if request.content.is_eof() else settings.client_timeout)
         trace.took_request(whole)
         return whole
     return RequestBody([], request.content, trace=trace, limit=limit, timeout=settings.client_timeout,
                        outline=None)
-
-
-async def _receive(read: Awaitable[bytes], timeout: float | None) -> bytes:
-    try:
-        async with asyncio.timeout(timeout):
-            return await read
-    except TimeoutError as exc:
-        raise RequestTimeout(f"the caller sent nothing for {timeout:g} s") from exc
-    except (aiohttp.ClientPayloadError, ConnectionResetError) as exc:
-        raise MalformedMessage(f"the request body is incomplete: {exc}") from exc
 
 
 API_RELAY = web.AppKey("api_relay", ApiRelay)
