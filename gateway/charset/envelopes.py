@@ -83,9 +83,12 @@ def recode_envelope(profile: CharsetProfile, headers: dict[str, str], body: byte
 def refuse_foreign_encoding(profile: CharsetProfile, content_type: str, head: bytes, destination: str) -> None:
     """An envelope for a converting endpoint must be plain SOAP in UTF-8: the profile converts from UTF-8 only."""
     if not content_type.lower().startswith(("text/xml", "application/soap+xml")):
-        raise UnsupportedMediaType(f"endpoint {destination!r} converts to {profile.label}, which is not done for "
-                                   f"{content_type.split(';', 1)[0]} messages (SwA/MTOM attachments): send a plain "
-                                   "SOAP envelope", destination=destination)
+        raise UnsupportedMediaType(
+            f"endpoint {destination!r} converts to {profile.label}, which the gateway does not do for "
+            f"{content_type.split(';', 1)[0]} messages (SwA/MTOM: attachments travel as sent, under their "
+            f"checksums): send a plain SOAP envelope, or for a file convert it at its ends (bmrgw send --charset "
+            f"{profile.encoding}, bmrgw receive --charset {profile.encoding}) and route it to an endpoint "
+            "without charset", destination=destination)
     declared = _DECLARED.match(head)
     if declared is not None and declared.group(1).lower() not in _UTF8:
         raise UnsupportedMediaType(f"the envelope is declared {declared.group(1).decode('ascii', 'replace')}; "
