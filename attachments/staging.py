@@ -7,6 +7,7 @@ Layout under the receiver's folder ``DIR``::
     DIR/.bmrgw-partial/<fileId>/data         the transmitted stream, parts written at their offsets
     DIR/.bmrgw-partial/<fileId>/parts/<n>    a verified part (written after its data was fsync'ed)
     DIR/.bmrgw-partial/<fileId>/published    the transfer is complete (its name, for duplicates)
+    DIR/.bmrgw-partial/<fileId>/converted.json  what converting it to UTF-8 did (``bmrgw receive --charset``)
     DIR/.bmrgw-partial/.senders/<name>       who published the file ``DIR/<name>``
     DIR/.bmrgw-partial/<fileId>/sealed/<n>   with encryption: part n sealed for the organisation, instead of data
 
@@ -20,7 +21,7 @@ A part is hashed while it is written and recorded only when its size and
 SHA-256 match; a re-sent part that is already recorded is drained without
 writing.  When the last part is recorded, the stream is verified (and
 unzipped with zip-bomb limits) into a temporary file in the staging folder,
-fsync'ed, and renamed into ``DIR`` — so ``DIR`` only ever shows complete,
+fsync'ed, converted when the receiver converts (its ``convert``), and renamed into ``DIR`` — so ``DIR`` only ever shows complete,
 verified files.  Nothing here knows about HTTP or SOAP.
 
 A transfer is bound to its sender: parts of a transfer another sender
@@ -38,7 +39,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,7 +51,7 @@ from gateway.errors import ChecksumMismatch, MalformedMessage, SenderMismatch
 from .parts import FILE_ID, FileInfo, PartHasher, PartInfo
 from .zipstream import ZipLimits, ZipReader
 
-__all__ = ["Staging", "PartWriter", "FileStatus", "Sender", "STAGING_DIR"]
+__all__ = ["Staging", "PartWriter", "FileStatus", "Sender", "STAGING_DIR", "Convert"]
 
 STAGING_DIR = ".bmrgw-partial"
 #: Under STAGING_DIR: who published each file (a dot name: never a fileId).
@@ -58,6 +59,9 @@ _SENDERS = ".senders"
 _CHUNK = 1 << 20
 #: Flags of a file written afresh.
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+#: Turns a verified file into the one to publish: (its transfer, the verified file, a path it may write) →
+#: (the file to publish, what to keep in the transfer's ``converted.json``, or None to keep nothing).
+Convert = Callable[[FileInfo, Path, Path], tuple[Path, dict[str, object] | None]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,8 +199,11 @@ class Staging:
     """The staging folder of a receiving directory."""
 
     def __init__(self, directory: Path, *, max_file_bytes: int, max_ratio: float = 200.0,
-                 max_parts: int | None = None, vault: Vault | None = None, org: str = "") -> None:
+                 max_parts: int | None = None, vault: Vault | None = None, org: str = "",
+                 convert: Convert | None = None) -> None:
         self.directory = directory
+        self.convert = convert
+        """Applied to each verified file before it is published (a failure drops the transfer)."""
         self.vault = vault or Vault()
         """Seals staged parts for ``org`` (the receiving business-AP) when it holds a key ring."""
         self.org = org
@@ -308,7 +315,7 @@ class Staging:
             return target
         try:
             verified = self._verify(info, folder / "data", folder / "file.tmp", self._running.pop(file_id, None))
-            self._replace(verified, info.file_name, sender)
+            self._replace(self._converted(info, verified, folder), info.file_name, sender)
         except BaseException:
             # A stream that fails verification, or that may not be published, is useless:
             # drop it so a resend starts clean.
@@ -319,6 +326,17 @@ class Staging:
         shutil.rmtree(folder / "sealed", ignore_errors=True)
         shutil.rmtree(folder / "parts", ignore_errors=True)
         return target
+
+    def _converted(self, info: FileInfo, verified: Path, folder: Path) -> Path:
+        """The file to publish: ``verified`` as the receiver's ``convert`` makes it (the verified copy goes)."""
+        if self.convert is None:
+            return verified
+        result, record = self.convert(info, verified, folder / "converted.tmp")
+        if record is not None:
+            _write_atomically(folder / "converted.json", json.dumps(record, ensure_ascii=False))
+        if result != verified and verified.name == "file.tmp":
+            verified.unlink()
+        return result
 
     def _replace(self, verified: Path, file_name: str, sender: Sender) -> None:
         """Rename the verified file into DIR as ``sender``'s (its sender is recorded first)."""

@@ -17,6 +17,7 @@ from gateway.store import Store, database_url
 from gateway.terminal import ConfigOption, http_url, port_number
 from routing.config import load_config
 
+from .charset import add_charset_options, file_charset
 from .receiver import ReceiveOptions, make_receiver_app
 from .sender import EXIT_CODES, SendOptions, describe, send_file
 
@@ -51,7 +52,9 @@ def _add_send(commands: Commands, config_option: ConfigOption) -> None:
         description="Send FILE to the business AP named by --to through the gateway: as SOAP "
         "attachments (SwA, or MTOM with --mtom), optionally zipped, in parts with SHA-256 checksums. "
         "Running the same command again after an interruption resumes: parts the receiver already "
-        "has are skipped. A progress bar (bytes, rate, ETA) is shown when stderr is a terminal.",
+        "has are skipped. A progress bar (bytes, rate, ETA) is shown when stderr is a terminal. "
+        "With --charset (or --charset-of) a UTF-8 CSV or fixed-length file is converted to the partner's "
+        "encoding first, into a private temp file deleted at exit.",
         epilog=f"Exit codes: {codes}.")
     config_option(p)
     p.add_argument("file", type=Path, metavar="FILE")
@@ -70,6 +73,7 @@ def _add_send(commands: Commands, config_option: ConfigOption) -> None:
     p.add_argument("--key", type=Path, metavar="PEM", help="key of the client certificate")
     p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                    help="longest wait for one answer (default 600)")
+    add_charset_options(p, sending=True)
     p.set_defaults(run=_send)
 
 
@@ -78,7 +82,7 @@ def _send(args: argparse.Namespace) -> int:
         path=args.file, to=args.to, gateway=args.gateway, zip=args.zip, part_size=args.part_size, mtom=args.mtom,
         version=SoapVersion.V12 if args.soap12 else SoapVersion.V11, sender=args.sender, user=args.user,
         password=args.password or os.environ.get("BMRGW_PASSWORD"), ca=args.ca, cert=args.cert, key=args.key,
-        timeout=args.timeout)
+        timeout=args.timeout, charset=file_charset(args))
     try:
         result = asyncio.run(send_file(options))
     except SendError as exc:
@@ -87,6 +91,9 @@ def _send(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("bmrgw send: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    if result.losses is not None and result.losses.total:
+        print(f"bmrgw send: {result.losses.total} character(s) substituted converting {options.path.name}: "
+              f"{result.losses.summary()}", file=sys.stderr)
     print(describe(result, options))
     return 0
 
@@ -97,7 +104,8 @@ def _add_receive(commands: Commands, config_option: ConfigOption) -> None:
         description="Run a business AP that receives files (urn:bmrgw:file:1 PutFilePart, SwA or MTOM, "
         "SOAP 1.1 or 1.2) on any path of http://HOST:PORT/ (WSDL: GET ?wsdl). Parts are verified "
         "(size, SHA-256) and kept under DIR/.bmrgw-partial; a file appears in DIR only when complete "
-        "and verified (unzipped when it was sent with --zip). Re-sent parts are answered as duplicates.")
+        "and verified (unzipped when it was sent with --zip), converted to UTF-8 with --charset. Re-sent "
+        "parts are answered as duplicates.")
     config_option(p)
     p.add_argument("--port", type=port_number, required=True)
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
@@ -117,6 +125,7 @@ def _add_receive(commands: Commands, config_option: ConfigOption) -> None:
                    help="forget transfers untouched this long: unfinished parts, and the record of finished "
                    "ones (default 7)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_charset_options(p, sending=False)
     p.set_defaults(run=_receive)
 
 
@@ -141,7 +150,8 @@ def _receive(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = ReceiveOptions(directory=args.dir, max_file_bytes=args.max_file_bytes, max_ratio=args.max_ratio,
                              keep_partial_days=args.keep_partial_days, max_parts=args.max_parts,
-                             min_free_bytes=args.min_free_bytes, vault=_vault(args), org=args.ap or "")
+                             min_free_bytes=args.min_free_bytes, vault=_vault(args), org=args.ap or "",
+                             charset=file_charset(args))
     try:
         app = make_receiver_app(options)
     except OSError as exc:

@@ -15,6 +15,14 @@ the disk — a new transfer's declared size (and its unzipped size), or a
 further part, must leave ``min_free_bytes`` free, else 503
 ``InsufficientStorage``.
 
+With a character profile (``--charset``, :mod:`attachments.transfer.charset`)
+each verified file, in the partner's encoding, is converted to UTF-8 (its
+records checked first with ``--record-bytes``) in the staging folder before
+it is published; what was substituted is logged and kept in
+``.bmrgw-partial/<fileId>/converted.json``.  A file that cannot be converted
+fails the last part's request with the fault (422 ``UnmappableCharacter`` or
+``RecordLengthMismatch``, 400 ``MalformedMessage``) and is dropped.
+
 A transfer belongs to its sender: the client the gateway authenticated
 (``X-Bmrgw-Client``, which the gateway sets and never takes from a caller)
 together with the business AP the routing header names (``r:From``, which
@@ -29,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,10 +67,13 @@ from gateway.errors import (
     MalformedMessage,
     MessageTooLarge,
     StorageFailed,
+    UnmappableCharacter,
 )
 from gateway.ns import H_CLIENT, SoapVersion
 from gateway.soap import fault_content_type, gateway_fault, version_for
 from schemas import read as read_schema
+
+from .charset import FileCharset, recode_file
 
 __all__ = ["ReceiveOptions", "FileReceiver", "make_receiver_app"]
 
@@ -88,6 +100,8 @@ class ReceiveOptions:
     """Seals staged parts (``gateway.encryption`` of the receiver's config); ``None``: stored as they are."""
     org: str = ""
     """This receiving business-AP's name: the organisation whose data key seals its staged parts."""
+    charset: FileCharset | None = None
+    """Convert each file from the partner's encoding to UTF-8 (and check its records) before publishing it."""
 
 
 class FileReceiver:
@@ -98,7 +112,7 @@ class FileReceiver:
         self._options = options
         self._staging = Staging(options.directory, max_file_bytes=options.max_file_bytes,
                                 max_ratio=options.max_ratio, max_parts=options.max_parts, vault=options.vault,
-                                org=options.org)
+                                org=options.org, convert=self._convert if options.charset is not None else None)
         self._space = FreeSpace([options.directory])
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -204,12 +218,38 @@ class FileReceiver:
                          parts_received=len(status.parts), published=status.published)
 
 
+    def _convert(self, info: FileInfo, verified: Path, target: Path) -> tuple[Path, dict[str, object] | None]:
+        """The verified file in UTF-8 (``target``), for :class:`Staging` to publish; its ``converted.json``."""
+        charset = self._options.charset
+        assert charset is not None
+        try:
+            result, losses = recode_file(verified, target, charset, to_partner=False,
+                                         what=f"{info.file_name} as received")
+        except UnmappableCharacter as exc:
+            raise UnmappableCharacter(f"{info.file_name}: {exc.reason}; the file is not published",
+                                      character=exc.character, position=exc.position, line=exc.line,
+                                      column=exc.column) from exc
+        except MalformedMessage as exc:
+            raise MalformedMessage(f"{info.file_name}: {exc.reason}; the file is not published") from exc
+        if charset.profile is None or not charset.converts:
+            return result, None
+        summary = losses.summary()
+        log.info("file %s (%s) converted from %s to UTF-8: %d → %d bytes, %s", info.file_id, info.file_name,
+                 charset.profile.encoding, info.file_size, os.path.getsize(result),
+                 f"charset_substitutions {summary}" if summary else "nothing substituted")
+        return result, {"file_name": info.file_name, "encoding": charset.profile.encoding,
+                        "unmappable": charset.profile.unmappable, "bytes_received": info.file_size,
+                        "bytes_published": os.path.getsize(result), "charset_substitutions": summary,
+                        "counts": dict(losses.counts)}
+
     def _check_room(self, info: FileInfo, part: PartInfo) -> None:
-        """A new transfer must fit whole (with its unzipped copy); a further part must fit itself."""
+        """A new transfer must fit whole (with its unzipped and its converted copy); a further part itself."""
         if self._staging.started(info.file_id):
             need = part.size
         else:
             need = info.stream_size + (info.file_size if info.compression != "none" else 0)
+            if self._options.charset is not None and self._options.charset.converts:
+                need += 3 * info.file_size  # UTF-8 takes up to 3 bytes for 1 (half-width kana)
         self._space.check(self._options.min_free_bytes, need=need, what=f"receive file {info.file_id}")
 
 

@@ -1,7 +1,9 @@
 """``bmrgw send``: a file to a business AP through the gateway, in verified parts (capability D).
 
-1. hash the file (and, with ``--zip``, zip it into a spool file next to the
-   system's temp files) into a :class:`~attachments.parts.Manifest`;
+1. with ``--charset``, convert the UTF-8 file to the partner's encoding
+   (:mod:`attachments.transfer.charset`), and with ``--zip`` zip it, each
+   into a private spool file in the system's temp folder (deleted on every
+   exit); hash what will travel into a :class:`~attachments.parts.Manifest`;
 2. ask the receiver which parts it already has (``GetFileStatus``): a
    transfer's id is derived from the file's SHA-256, name, compression and
    part size, so running the same command again resumes;
@@ -32,6 +34,9 @@ from attachments.mime import closing, new_boundary, part_head, related_content_t
 from attachments.names import safe_file_name
 from attachments.parts import FileInfo, Manifest, PartInfo, file_id_for
 from attachments.zipstream import ZipWriter
+
+from .charset import FileCharset, recode_file
+from gateway.charset import Losses
 from gateway.errors import GatewayError, SendError
 from gateway.ns import FAULT, FILE, H_SOAPACTION, SoapVersion
 from gateway.parser import parse
@@ -88,6 +93,8 @@ class SendOptions:
     """Seconds to wait for each answer (the last part's answer waits for the receiver's verification)."""
     only_parts: frozenset[int] | None = None
     """Send only these part numbers (a partial send; the CLI always sends all)."""
+    charset: FileCharset | None = None
+    """Convert the file to the partner's encoding (and check its records) before it is hashed."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +106,8 @@ class SendResult:
     """Parts the receiver already had."""
     published: str | None
     bytes_sent: int
+    losses: Losses | None = None
+    """What converting lost (``unmappable: substitute``), when the file was converted."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,6 +117,7 @@ class Prepared:
     info: FileInfo
     stream: Path
     manifest: Manifest
+    losses: Losses | None = None
 
 
 def _chunks(path: Path, start: int = 0, length: int | None = None) -> Iterator[bytes]:
@@ -124,17 +134,22 @@ def _chunks(path: Path, start: int = 0, length: int | None = None) -> Iterator[b
 
 
 def prepare(options: SendOptions, spool: Path) -> Prepared:
-    """Hash (and zip) the file; raises SendError(2) when it cannot be read or its name is unsafe."""
+    """Convert (and zip) and hash the file; raises SendError(2) when it cannot be read, its name is unsafe,
+    or it cannot be converted (a character with no mapping, a record of another length)."""
     name = options.path.name
+    losses = None
     try:
         safe_file_name(name)
         if not options.path.is_file():
             raise SendError(f"{options.path}: not a readable file", 2)
-        file_manifest = _manifest(options.path, options.part_size)
-        stream = options.path
+        source = options.path
+        if options.charset is not None:
+            source, losses = _convert(options.path, spool, options.charset)
+        file_manifest = _manifest(source, options.part_size)
+        stream = source
         if options.zip:
             stream = spool / "stream.zip"
-            _zip_into(options.path, stream)
+            _zip_into(source, stream, name, int(options.path.stat().st_mtime))
     except GatewayError as exc:
         raise SendError(exc.reason, 2) from exc
     except OSError as exc:
@@ -145,7 +160,16 @@ def prepare(options: SendOptions, spool: Path) -> Prepared:
                     file_name=name, file_size=file_manifest.stream_size, file_sha256=file_manifest.stream_sha256,
                     compression=compression, stream_size=manifest.stream_size, part_size=options.part_size,
                     part_count=len(manifest.parts))
-    return Prepared(info=info, stream=stream, manifest=manifest)
+    return Prepared(info=info, stream=stream, manifest=manifest, losses=losses)
+
+
+def _convert(path: Path, spool: Path, charset: FileCharset) -> tuple[Path, Losses]:
+    """The file as the partner gets it (converted into ``spool``, or ``path`` itself), records checked."""
+    try:
+        return recode_file(path, spool / "converted", charset, to_partner=True,
+                           what=f"converted to {charset.profile.encoding}" if charset.profile else "as it is")
+    except GatewayError as exc:  # UnmappableCharacter, MalformedMessage (not UTF-8), RecordLengthMismatch
+        raise SendError(f"{path}: {exc.reason}; nothing was sent", 2) from exc
 
 
 def _manifest(path: Path, part_size: int) -> Manifest:
@@ -164,10 +188,10 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _zip_into(path: Path, target: Path) -> None:
+def _zip_into(path: Path, target: Path, name: str, mtime: int) -> None:
     # The zip's bytes depend only on the file (fixed time stamp), so a resumed
     # transfer re-creates exactly the stream whose parts the receiver holds.
-    writer = ZipWriter(path.name, mtime=int(path.stat().st_mtime))
+    writer = ZipWriter(name, mtime=mtime)
     with target.open("wb") as out:
         out.write(writer.start())
         for chunk in _chunks(path):
@@ -241,7 +265,9 @@ async def send_file(options: SendOptions, *, progress: Progress | None = None) -
     with ExitStack() as exits:
         spool = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="bmrgw-send-")))
         if progress is None and sys.stderr.isatty():
-            sys.stderr.write(f"{options.path.name}: hashing{' and zipping' if options.zip else ''}…")
+            doing = ("converting, " if options.charset is not None and options.charset.converts else "") + \
+                ("zipping, " if options.zip else "")
+            sys.stderr.write(f"{options.path.name}: {doing}hashing…")
             sys.stderr.flush()
         prepared = prepare(options, spool)
         client = _Client(options)
@@ -273,7 +299,7 @@ async def _send(client: _Client, prepared: Prepared, options: SendOptions,
         raise SendError(f"all {info.part_count} parts were acknowledged but the receiver did not publish "
                         f"{info.file_name}", 1)
     return SendResult(info=info, sent=len(todo), skipped=len(status.parts), published=published,
-                      bytes_sent=sent_bytes)
+                      bytes_sent=sent_bytes, losses=prepared.losses)
 
 
 def part_message(info: FileInfo, part: PartInfo, *, to: str, mtom: bool = False,
@@ -318,6 +344,10 @@ def describe(result: SendResult, options: SendOptions) -> str:
     """The one-line summary ``bmrgw send`` prints on success."""
     info = result.info
     how = f"{info.part_count} part{'s' if info.part_count != 1 else ''}" + (", zipped" if options.zip else "")
+    if options.charset is not None and options.charset.converts:
+        how += f", converted to {options.charset.describe()}"
+    elif options.charset is not None:
+        how += f", {options.charset.describe()}"
     skipped = f", {result.skipped} already at the receiver" if result.skipped else ""
     where = f" as {result.published}" if result.published else ""
     return (f"sent {options.path.name} ({info.file_size} bytes, {how}{skipped}) to {options.to}: "

@@ -25,6 +25,7 @@ HTTP status of the fault response::
     │   ├── ChecksumMismatch(ValueError)            400  (file transfer)
     │   ├── ZipBomb(ValueError)                     413  (file transfer)
     │   ├── SenderMismatch(PermissionError)         409  (file transfer: another sender's file)
+    │   ├── RecordLengthMismatch(ValueError)        422  (file transfer: a fixed-length record of another length)
     │   ├── UnmappableCharacter(ValueError)         422  no mapping in the endpoint's character profile
     │   ├── SignedNotConvertible(ValueError)        422  a signed message to a converting endpoint without wss.sign
     │   └── TooManyRequests(RuntimeError)           429  over gateway.limits.client_rate
@@ -103,7 +104,7 @@ from .relay import (
 from .stores import (
     UnknownDataset, UnknownPush, InvalidRecord, InvalidRequest, VersionChanged, RefdbUnavailable,
     DuplicateMessageId, UnknownDocument, DocumentStoreError, DocumentCorrupt, KeyUnavailable,
-    UnsafeFileName, ChecksumMismatch, SenderMismatch, ZipBomb, StorageFailed, QuotaExceeded,
+    UnsafeFileName, ChecksumMismatch, SenderMismatch, ZipBomb, RecordLengthMismatch, StorageFailed, QuotaExceeded,
     JournalUnavailable, WriterError, ReplayStoreUnavailable, StoreUnavailable, ArchiveUnreadable,
 )
 from .commands import UsageError, PollError, SendError, RemoteFault, FileError, CertificateRefused
@@ -152,6 +153,7 @@ __all__ = [
     "ChecksumMismatch",
     "SenderMismatch",
     "ZipBomb",
+    "RecordLengthMismatch",
     "StorageFailed",
     "QuotaExceeded",
     "JournalUnavailable",

@@ -7,7 +7,7 @@ from .base import GatewayError, ClientFault, ServerFault
 __all__ = [
     "UnknownDataset", "UnknownPush", "InvalidRecord", "InvalidRequest", "VersionChanged",
     "RefdbUnavailable", "DuplicateMessageId", "UnknownDocument", "DocumentStoreError", "DocumentCorrupt",
-    "KeyUnavailable", "UnsafeFileName", "ChecksumMismatch", "SenderMismatch", "ZipBomb", "StorageFailed",
+    "KeyUnavailable", "UnsafeFileName", "ChecksumMismatch", "SenderMismatch", "ZipBomb", "RecordLengthMismatch", "StorageFailed",
     "QuotaExceeded", "JournalUnavailable", "WriterError", "ReplayStoreUnavailable", "StoreUnavailable",
     "ArchiveUnreadable",
 ]
@@ -123,6 +123,19 @@ class ZipBomb(ClientFault, ValueError):
 
     code = "ZipBomb"
     http_status = 413
+
+
+class RecordLengthMismatch(ClientFault, ValueError):
+    """Raised when a fixed-length file (``--record-bytes``) holds a record of another length in bytes."""
+
+    code = "RecordLengthMismatch"
+    http_status = 422
+
+    def __init__(self, reason: str, *, record: int, length: int, expected: int) -> None:
+        super().__init__(reason, detail=f"record {record}: {length} bytes, not {expected}")
+        self.record = record
+        self.length = length
+        self.expected = expected
 
 
 class StorageFailed(ServerFault, OSError):
