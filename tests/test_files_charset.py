@@ -26,7 +26,8 @@ from attachments.transfer.sender import SendOptions, prepare, send_file
 from gateway.charset import CharsetProfile, load_gaiji
 from gateway.errors import RecordLengthMismatch, SendError
 
-from .conftest import BMRGW, GatewayFactory, start_app, write_yaml
+from .conftest import BMRGW, GatewayFactory, GatewayProcess, free_port, start_app, write_yaml
+from .test_files_processes import RSS_LIMIT_MIB, peak_rss_mib, run_measured
 
 DATA = Path(__file__).parent / "data" / "files-charset"
 GAIJI = Path(__file__).parent / "data" / "charset"
@@ -146,6 +147,17 @@ async def test_character_straddling_the_converter_chunk_and_the_part_boundary(si
     assert (s.ours / source.name).read_text(encoding="utf-8") == text
 
 
+async def test_zipped_mtom_transfer_converted_at_both_ends_leaves_no_temporary_files(site: SiteFactory) -> None:
+    s = await site(ours=FileCharset(profile=profile("cp932")))
+    source = DATA / "residents.csv"
+    sent = await send_file(_send(s, source, "ours", FileCharset(profile=profile("cp932")), zip=True, mtom=True,
+                                 part_size=64))
+    assert sent.info.compression == "zip"
+    assert (s.ours / source.name).read_bytes() == source.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    left = sorted(p.name for p in (s.ours / STAGING_DIR / sent.info.file_id).iterdir())
+    assert left == ["converted.json", "info.json", "published", "sender.json"]
+
+
 # -- characters with no mapping ------------------------------------------------------
 
 async def test_unmappable_at_the_sender_refuses_with_its_position_and_sends_nothing(
@@ -207,6 +219,25 @@ async def test_substitutions_at_the_receiver_are_logged_and_kept_with_the_transf
     record = json.loads((s.ours / STAGING_DIR / _transfers(s.ours)[0] / "converted.json").read_text())
     assert record["charset_substitutions"] == "2 (0xF050 ×2)" and record["counts"] == {"0xF050": 2}
     assert any("charset_substitutions 2 (0xF050 ×2)" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_partner_file_full_of_different_unmappable_codes_keeps_the_records_bounded(
+        site: SiteFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every code of CP932's user-defined area but the table's four: 1876 different code points, one line
+    each; the log line names 20 of them, converted.json 1000, and both say how many there were."""
+    s = await site(ours=FileCharset(profile=profile("cp932", "substitute")))
+    codes = [bytes([lead, trail]) for lead in range(0xF0, 0xFA) for trail in [*range(0x40, 0x7F), *range(0x80, 0xFD)]]
+    source = tmp_path / "hostile.csv"
+    source.write_bytes(b"\n".join(codes) + b"\n")
+    caplog.set_level("INFO", logger="bmrgw.receive")
+    await send_file(_send(s, source, "ours"))
+    published = (s.ours / source.name).read_text(encoding="utf-8").splitlines()
+    assert published[:4] == ["𠮷", "葛\U000e0100", "\U000f0001", "𨳝"] and set(published[4:]) == {"〓"}
+    record = json.loads((s.ours / STAGING_DIR / _transfers(s.ours)[0] / "converted.json").read_text())
+    assert record["substituted"] == len(codes) - 4 and len(record["counts"]) == 1000
+    assert record["charset_substitutions"].endswith(", and 1856 more code points)")
+    line = next(r.getMessage() for r in caplog.records if "converted from cp932" in r.getMessage())
+    assert "charset_substitutions 1876 (0xF044 ×1," in line and len(line) < 600
 
 
 # -- fixed-length records -------------------------------------------------------------
@@ -337,6 +368,9 @@ def test_cli_help_explains_the_conversion() -> None:
     receive = subprocess.run([*BMRGW, "receive", "--help"], capture_output=True, text=True, check=True).stdout
     for option in ("--charset ENCODING", "--record-bytes N", "before conversion", "nothing appears in DIR"):
         assert option in receive
+    alone = subprocess.run([*BMRGW, "receive", "--port", str(free_port()), "--dir", "/nonexistent/x",
+                            "--unmappable", "substitute"], capture_output=True, text=True, timeout=30)
+    assert alone.returncode == 2 and "need --charset" in alone.stderr and "Traceback" not in alone.stderr
 
 
 # -- a converting endpoint on the way ------------------------------------------------
@@ -373,3 +407,56 @@ def test_recode_file_rate(tmp_path: Path) -> None:
     size = source.stat().st_size / 1e6
     print(f"to CP932: {size / there:.0f} MB/s, back to UTF-8: {partner.stat().st_size / 1e6 / again:.0f} MB/s")
     assert back.read_bytes() == source.read_bytes()
+
+
+# -- real processes: bmrgw send → bmrgw serve → bmrgw receive, memory bounded ----------------------
+
+def _start_receiver(folder: Path, *args: str) -> tuple[str, subprocess.Popen[bytes]]:
+    import time
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen([*BMRGW, "receive", "--port", str(port), "--dir", str(folder), "--log-level", "INFO",
+                             *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url, deadline = f"http://127.0.0.1:{port}/files", time.monotonic() + 15
+    while True:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+        try:
+            with urllib.request.urlopen(f"{url}?wsdl", timeout=1):
+                return url, proc
+        except OSError:
+            assert time.monotonic() < deadline, "receiver did not start"
+            time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_30_mb_csv_converted_at_both_ends_keeps_every_process_under_100_mb(
+        gateway_process: Callable[..., GatewayProcess], tmp_path: Path) -> None:
+    """A real ``bmrgw receive --charset cp932`` behind a real gateway gets a 30 MB CSV that a real
+    ``bmrgw send --charset cp932`` converted; 8 MiB parts, every process under 100 MB peak RSS."""
+    url, receiving = _start_receiver(tmp_path / "inbox", "--charset", "cp932", "--gaiji",
+                                     str(GAIJI / "gaiji-cp932.csv"), "--unmappable", "substitute")
+    try:
+        gw = gateway_process({"endpoints": {"files": {"url": url, "timeout": 120}}}, name="gw-files")
+        line = "131016-000001,髙橋 𠮷男,ﾀｶﾊｼ ﾖｼｵ,東京都千代田区丸の内1-1-1,①㈱,2024-04-01\r\n"
+        source = tmp_path / "residents-big.csv"
+        source.write_bytes((line * (30 * MIB // len(line.encode()))).encode() + "99,😀\r\n".encode())
+        code, sender_mib = run_measured(
+            [*BMRGW, "send", str(source), "--to", "files", "--gateway", f"{gw.url}/soap", "--part-size", "8M",
+             "--charset", "cp932", "--gaiji", str(GAIJI / "gaiji-cp932.csv"), "--unmappable", "substitute"],
+            tmp_path / "send.log")
+        output = (tmp_path / "send.log").read_text()
+        assert code == 0, output
+        assert "1 character(s) substituted converting residents-big.csv: 1 (U+1F600 ×1)" in output
+        assert (tmp_path / "inbox" / source.name).read_bytes() == source.read_bytes().replace(
+            "😀".encode(), "〓".encode())
+        gateway_mib, receiver_mib = gw.peak_rss_kib() / 1024, peak_rss_mib(receiving.pid)
+        print(f"peak RSS MiB: sender {sender_mib:.1f}, gateway {gateway_mib:.1f}, receiver {receiver_mib:.1f}")
+        assert max(sender_mib, gateway_mib, receiver_mib) < RSS_LIMIT_MIB
+    finally:
+        receiving.terminate()
+        receiving.wait(timeout=10)
+    assert receiving.stderr is not None
+    with receiving.stderr:
+        log = receiving.stderr.read().decode()
+    assert "converted from cp932 to UTF-8" in log and "nothing substituted" in log, log

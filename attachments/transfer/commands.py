@@ -17,7 +17,7 @@ from gateway.store import Store, database_url
 from gateway.terminal import ConfigOption, http_url, port_number
 from routing.config import load_config
 
-from .charset import add_charset_options, file_charset
+from .charset import add_charset_options, file_charset, summary
 from .receiver import ReceiveOptions, make_receiver_app
 from .sender import EXIT_CODES, SendOptions, describe, send_file
 
@@ -93,7 +93,7 @@ def _send(args: argparse.Namespace) -> int:
         return 130
     if result.losses is not None and result.losses.total:
         print(f"bmrgw send: {result.losses.total} character(s) substituted converting {options.path.name}: "
-              f"{result.losses.summary()}", file=sys.stderr)
+              f"{summary(result.losses)}", file=sys.stderr)
     print(describe(result, options))
     return 0
 

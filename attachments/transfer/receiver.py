@@ -73,7 +73,10 @@ from gateway.ns import H_CLIENT, SoapVersion
 from gateway.soap import fault_content_type, gateway_fault, version_for
 from schemas import read as read_schema
 
-from .charset import FileCharset, recode_file
+from .charset import FileCharset, recode_file, summary
+
+#: Most code points kept in a transfer's converted.json (a partner's file may hold thousands of them).
+_MOST_COUNTED = 1000
 
 __all__ = ["ReceiveOptions", "FileReceiver", "make_receiver_app"]
 
@@ -233,14 +236,14 @@ class FileReceiver:
             raise MalformedMessage(f"{info.file_name}: {exc.reason}; the file is not published") from exc
         if charset.profile is None or not charset.converts:
             return result, None
-        summary = losses.summary()
+        lost = summary(losses)
         log.info("file %s (%s) converted from %s to UTF-8: %d → %d bytes, %s", info.file_id, info.file_name,
                  charset.profile.encoding, info.file_size, os.path.getsize(result),
-                 f"charset_substitutions {summary}" if summary else "nothing substituted")
+                 f"charset_substitutions {lost}" if lost else "nothing substituted")
         return result, {"file_name": info.file_name, "encoding": charset.profile.encoding,
                         "unmappable": charset.profile.unmappable, "bytes_received": info.file_size,
-                        "bytes_published": os.path.getsize(result), "charset_substitutions": summary,
-                        "counts": dict(losses.counts)}
+                        "bytes_published": os.path.getsize(result), "charset_substitutions": lost,
+                        "substituted": losses.total, "counts": dict(losses.counts.most_common(_MOST_COUNTED))}
 
     def _check_room(self, info: FileInfo, part: PartInfo) -> None:
         """A new transfer must fit whole (with its unzipped and its converted copy); a further part itself."""
