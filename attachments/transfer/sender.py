@@ -56,7 +56,8 @@ __all__ = [
 EXIT_CODES = {
     0: "the file is complete at the receiver (sent now, or already before)",
     1: "the gateway or the receiver refused the file (the message names the fault code), or TLS failed",
-    2: "bad usage: the file cannot be read, its name is unsafe, or an option is invalid",
+    2: "bad usage: the file cannot be read or converted (--charset, --record-bytes), its name is unsafe, or an "
+       "option is invalid",
     3: "the gateway or receiver could not be reached or broke off; run the same command again to resume",
     130: "interrupted; run the same command again to resume",
 }
