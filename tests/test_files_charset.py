@@ -290,6 +290,25 @@ async def test_fixed_length_records_are_checked_in_the_partners_bytes(site: Site
     assert _visible(s.ours) == [good.name]
 
 
+async def test_records_are_checked_without_conversion_too(site: SiteFactory, tmp_path: Path) -> None:
+    """A fixed-length file for a UTF-8 partner: --record-bytes alone checks the bytes as they are."""
+    s = await site(ours=FileCharset(record_bytes=4))
+    good, short = tmp_path / "good.dat", tmp_path / "short.dat"
+    good.write_bytes(b"abcd\r\nefgh\r\n")
+    short.write_bytes(b"abcd\nefg\n")
+    with pytest.raises(SendError) as refused:
+        await send_file(_send(s, short, "ours", FileCharset(record_bytes=4)))
+    assert refused.value.exit_code == 2 and refused.value.message == (
+        f"{short}: record 2 is 3 bytes, not 4 (--record-bytes); nothing was sent")
+    await send_file(_send(s, good, "ours", FileCharset(record_bytes=4)))
+    assert (s.ours / good.name).read_bytes() == good.read_bytes()
+    assert "converted.json" not in os.listdir(s.ours / STAGING_DIR / _transfers(s.ours)[0])
+    with pytest.raises(SendError) as at_receiver:
+        await send_file(_send(s, short, "ours"))
+    assert "refused (RecordLengthMismatch): short.dat as received: record 2 is 3 bytes" in at_receiver.value.message
+    assert _visible(s.ours) == [good.name]
+
+
 # -- resume, the spool ---------------------------------------------------------------
 
 async def test_a_converted_file_resumes_the_same_transfer(site: SiteFactory) -> None:

@@ -101,7 +101,8 @@ class Records:
         self._number += 1
         if length != self.size:
             raise RecordLengthMismatch(
-                f"{self._what}: record {self._number} is {length} bytes, not {self.size} (--record-bytes)",
+                f"{self._what + ': ' if self._what else ''}record {self._number} is {length} bytes, not {self.size} "
+                "(--record-bytes)",
                 record=self._number, length=length, expected=self.size)
 
 

@@ -168,7 +168,7 @@ def _convert(path: Path, spool: Path, charset: FileCharset) -> tuple[Path, Losse
     """The file as the partner gets it (converted into ``spool``, or ``path`` itself), records checked."""
     try:
         return recode_file(path, spool / "converted", charset, to_partner=True,
-                           what=f"converted to {charset.profile.encoding}" if charset.profile else "as it is")
+                           what=f"converted to {charset.profile.encoding}" if charset.profile else "")
     except GatewayError as exc:  # UnmappableCharacter, MalformedMessage (not UTF-8), RecordLengthMismatch
         raise SendError(f"{path}: {exc.reason}; nothing was sent", 2) from exc
 
