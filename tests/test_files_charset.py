@@ -355,6 +355,10 @@ async def test_cli_converts_reports_substitutions_and_leaves_no_spool(site: Site
     assert "converted to cp932 (unmappable: substitute, gaiji gaiji-cp932.csv)" in done.stdout
     assert (s.partner / "emoji.csv").read_bytes() == "1,〓 〓\n2,〓 ｶﾅ\n".encode("cp932")
     assert list(spool.iterdir()) == [], "the converted spool is deleted"
+    nowhere = await _bmrgw("send", str(source), "--to", "nowhere", "--gateway", s.gateway, "--charset", "cp932",
+                           "--unmappable", "substitute", env=env)
+    assert nowhere.returncode == 1 and "refused (UnknownDestination)" in nowhere.stderr
+    assert list(spool.iterdir()) == [], "deleted after a refusal by the gateway too"
 
 
 async def test_cli_takes_the_profile_of_an_endpoint(site: SiteFactory, tmp_path: Path) -> None:
