@@ -21,8 +21,9 @@ A part is hashed while it is written and recorded only when its size and
 SHA-256 match; a re-sent part that is already recorded is drained without
 writing.  When the last part is recorded, the stream is verified (and
 unzipped with zip-bomb limits) into a temporary file in the staging folder,
-fsync'ed, converted when the receiver converts (its ``convert``), and renamed into ``DIR`` — so ``DIR`` only ever shows complete,
-verified files.  Nothing here knows about HTTP or SOAP.
+fsync'ed, converted when the receiver converts (``convert``: to UTF-8), and
+renamed into ``DIR`` — so ``DIR`` only ever shows complete, verified files.
+Nothing here knows about HTTP or SOAP.
 
 A transfer is bound to its sender: parts of a transfer another sender
 started are refused, and so is a transfer whose file would replace

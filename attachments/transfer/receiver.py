@@ -75,12 +75,11 @@ from schemas import read as read_schema
 
 from .charset import FileCharset, recode_file, summary
 
-#: Most code points kept in a transfer's converted.json (a partner's file may hold thousands of them).
-_MOST_COUNTED = 1000
-
 __all__ = ["ReceiveOptions", "FileReceiver", "make_receiver_app"]
 
 log = logging.getLogger("bmrgw.receive")
+#: Most code points kept in a transfer's converted.json (a partner's file may hold thousands of them).
+_MOST_COUNTED = 1000
 
 
 @dataclass(frozen=True, kw_only=True)

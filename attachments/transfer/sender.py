@@ -34,13 +34,13 @@ from attachments.mime import closing, new_boundary, part_head, related_content_t
 from attachments.names import safe_file_name
 from attachments.parts import FileInfo, Manifest, PartInfo, file_id_for
 from attachments.zipstream import ZipWriter
-
-from .charset import FileCharset, recode_file
 from gateway.charset import Losses
 from gateway.errors import GatewayError, SendError
 from gateway.ns import FAULT, FILE, H_SOAPACTION, SoapVersion
 from gateway.parser import parse
 from gateway.terminal import Progress
+
+from .charset import FileCharset, recode_file
 
 __all__ = [
     "SendOptions",
