@@ -144,7 +144,7 @@ async def test_character_straddling_the_converter_chunk_and_the_part_boundary(si
     assert partner[MIB - 1:MIB + 1] == "髙".encode("cp932")
     sent = await send_file(_send(s, source, "ours", FileCharset(profile=profile("cp932")), part_size=MIB))
     assert sent.info.part_count == 2 and sent.info.file_sha256 == hashlib.sha256(partner).hexdigest()
-    assert (s.ours / source.name).read_text(encoding="utf-8") == text
+    assert (s.ours / source.name).read_bytes().decode("utf-8") == text
 
 
 async def test_zipped_mtom_transfer_converted_at_both_ends_leaves_no_temporary_files(site: SiteFactory) -> None:
@@ -156,6 +156,35 @@ async def test_zipped_mtom_transfer_converted_at_both_ends_leaves_no_temporary_f
     assert (s.ours / source.name).read_bytes() == source.read_bytes().removeprefix(b"\xef\xbb\xbf")
     left = sorted(p.name for p in (s.ours / STAGING_DIR / sent.info.file_id).iterdir())
     assert left == ["converted.json", "info.json", "published", "sender.json"]
+
+
+async def test_a_sealing_receiver_converts_too_and_keeps_no_plaintext_copy(gateway: GatewayFactory,
+                                                                           tmp_path: Path) -> None:
+    """With gateway.encryption the parts are sealed; the opened file is converted and only the UTF-8 file
+    is published: neither the opened nor the converted temporary file stays in staging."""
+    from gateway.cli import main
+    from gateway.crypto import KeyRing, MasterKey, Vault
+    from gateway.store import Store
+
+    key = tmp_path / "keys" / "master.key"
+    assert main(["keys", "init", str(key)]) == 0
+    keys = Store(f"sqlite:///{tmp_path}/receiver-keys.db")
+    runner, url = await start_app(make_receiver_app(ReceiveOptions(
+        directory=tmp_path / "inbox", max_file_bytes=MIB, vault=Vault(KeyRing(keys.engine, [MasterKey.load(key)])),
+        org="files", charset=FileCharset(profile=profile("cp932")))))
+    try:
+        gw = await gateway({"endpoints": {"files": {"url": f"{url}/files"}}})
+        text = (DATA / "residents.csv").read_bytes().removeprefix(b"\xef\xbb\xbf").decode()
+        source = tmp_path / "out" / "residents.csv"
+        source.parent.mkdir()
+        source.write_bytes(partner_bytes(text, "cp932"))
+        sent = await send_file(SendOptions(path=source, to="files", gateway=gw, part_size=50))
+        assert (tmp_path / "inbox" / "residents.csv").read_bytes().decode("utf-8") == text
+        left = sorted(p.name for p in (tmp_path / "inbox" / STAGING_DIR / sent.info.file_id).iterdir())
+        assert left == ["converted.json", "info.json", "published", "sender.json"]
+    finally:
+        await runner.cleanup()
+        keys.close()
 
 
 # -- characters with no mapping ------------------------------------------------------
