@@ -19,6 +19,10 @@ body of any size converts in bounded memory.  Python's codecs do the work
 * **Variation selectors** (IVS, ``U+E0100``–``U+E01EF``; ``U+FE00``–``U+FE0F``)
   the table does not name cannot travel: the base character goes on without
   its variant, and that loss is counted.
+* **Reductions** (``reduce: mj``, :mod:`gateway.charset.reduce`): a
+  character or variation sequence the encoding lacks and the table does not
+  name becomes the first candidate of the MJ / JIS X 0213 shrink maps that
+  the partner has, counted as a loss (never refused); the table still wins.
 * **JIS equivalents.**  The JIS code of 〜 ‖ − ¢ £ ¬ is decoded to different
   Unicode by CP932 (U+FF5E …) and by Shift_JIS/EUC-JP (U+301C …); either form
   is written as that one JIS code, uncounted, since the partner receives the
@@ -42,6 +46,7 @@ from dataclasses import dataclass, field
 
 from gateway.errors import MalformedMessage, UnmappableCharacter
 
+from .reduce import Reducer
 from .table import CharsetProfile
 
 __all__ = ["ToPartner", "FromPartner", "Losses", "Loss", "SUBSTITUTE", "MAX_PENDING", "code_points"]
@@ -158,6 +163,11 @@ class _Converter:
                 f"{text!r} ({code}) at line {line}, column {column} (offset {position}) has no mapping "
                 f"{self._direction()} ({self.profile.encoding}); unmappable: refuse",
                 character=text, position=position, line=line, column=column, destination=self._destination)
+        return self._count(where, text, code, becomes)
+
+    def _count(self, where: tuple[int, int, int], text: str, code: str, becomes: str) -> str:
+        """Count a loss (a substitution, a dropped selector, a reduction) and return its replacement."""
+        position, line, column = where
         self.losses.counts[code] += 1
         recorded = self.losses.recorded
         if recorded is not None and len(recorded) < MAX_RECORDED:
@@ -187,7 +197,10 @@ class ToPartner(_Converter):
         self._table = table
         self._lengths = sorted({len(k) for k in table}, reverse=True)
         firsts = "".join(sorted({re.escape(k[0]) for k in table}))
-        self._special = re.compile(f"[{_PRIVATE}{_SELECTORS}{firsts}]")
+        self._reducer = Reducer(self.codec, table) if profile.reduce else None
+        # a reduction takes a variation sequence whole: its base is special too
+        sequence = f"|.(?=[{_SELECTORS}])" if self._reducer else ""
+        self._special = re.compile(f"[{_PRIVATE}{_SELECTORS}{firsts}]{sequence}")
         cp932 = self.codec == "cp932"
         self._equivalent = str.maketrans(_JIS_FORMS, _CP932_FORMS) if cp932 else str.maketrans(_CP932_FORMS,
                                                                                                  _JIS_FORMS)
@@ -247,7 +260,18 @@ class ToPartner(_Converter):
                 return equivalent.encode(self.codec)
             except UnicodeEncodeError:
                 pass
+        reduced = self._reduced(text, k, char)
+        if reduced is not None:
+            return reduced
         return self._lost(self._where(text, k, "\n"), char, code_points(char), SUBSTITUTE).encode(self.codec)
+
+    def _reduced(self, text: str, k: int, sequence: str) -> bytes | None:
+        """``sequence`` (at ``text[k]``) reduced to what the partner has, counted; ``None`` when it is not."""
+        found = self._reducer.reduce(sequence) if self._reducer is not None else None
+        if found is None:
+            return None
+        self._count(self._where(text, k, "\n"), sequence, code_points(sequence), found[0])
+        return found[1]
 
     def _special_at(self, text: str, j: int, out: bytearray) -> int:
         for n in self._lengths:
@@ -255,6 +279,11 @@ class ToPartner(_Converter):
             if code is not None:
                 out += code
                 return j + n
+        if self._reducer is not None and _SELECTOR_RE.match(text, j + 1) and not _PRIVATE_RE.match(text, j):
+            reduced = self._reduced(text, j, text[j:j + 2])
+            if reduced is not None:
+                out += reduced
+                return j + 2
         char = text[j]
         if _SELECTOR_RE.match(char):
             base = text[j - 1] if j else ""

@@ -3,7 +3,7 @@
 A profile names the partner's encoding, its gaiji table and what happens to
 a character with no mapping::
 
-    charset: {encoding: cp932, gaiji: gaiji/city-a.csv, unmappable: substitute}
+    charset: {encoding: cp932, gaiji: gaiji/city-a.csv, unmappable: substitute, reduce: mj}
 
 The gaiji table is a CSV file, one mapping per line: the partner's code in
 hexadecimal bytes, then the Unicode character — one code point, or several
@@ -34,7 +34,7 @@ from typing import Any
 
 from gateway.errors import ConfigError
 
-__all__ = ["GaijiTable", "CharsetProfile", "ENCODINGS", "UNMAPPABLE", "load_gaiji", "profile_from"]
+__all__ = ["GaijiTable", "CharsetProfile", "ENCODINGS", "UNMAPPABLE", "REDUCTIONS", "load_gaiji", "profile_from"]
 
 #: Configured encoding → (Python codec, the name written into XML declarations and Content-Type).
 ENCODINGS: Mapping[str, tuple[str, str]] = MappingProxyType({
@@ -46,6 +46,8 @@ ENCODINGS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "euc_jis_2004": ("euc_jis_2004", "EUC-JIS-2004"),
 })
 UNMAPPABLE = ("refuse", "substitute")
+#: Configured ``reduce`` values (:mod:`gateway.charset.reduce`).
+REDUCTIONS = ("mj",)
 _MAX_LINES = 100_000
 _CODE = re.compile(r"(?:[0-9A-Fa-f]{2}){1,4}")
 _CODE_POINT = re.compile(r"U\+([0-9A-Fa-f]{4,6})")
@@ -74,6 +76,9 @@ class CharsetProfile:
     unmappable: str = "refuse"
     """``refuse``: a character with no mapping fails the exchange (422 UnmappableCharacter);
     ``substitute``: it becomes 〓 (U+3013) and is counted in the log record."""
+    reduce: str | None = None
+    """``mj``: before that, a character with no mapping is reduced by the MJ and JIS X 0213 shrink maps to one
+    the partner has (:mod:`gateway.charset.reduce`), counted like a substitution; ``None``: no reduction."""
 
     @property
     def codec(self) -> str:
@@ -93,15 +98,21 @@ def profile_from(raw: Any, path: str, base: Path) -> CharsetProfile:
     """Validate an ``endpoints.NAME.charset`` mapping; the gaiji file resolves against ``base``."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: must be a mapping like {{encoding: cp932, unmappable: refuse}}")
-    unknown = sorted(set(raw) - {"encoding", "gaiji", "unmappable"})
+    unknown = sorted(set(raw) - {"encoding", "gaiji", "unmappable", "reduce"})
     if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r} (expected one of encoding, gaiji, unmappable)")
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r} (expected one of encoding, gaiji, unmappable, "
+                          "reduce)")
     encoding = raw.get("encoding")
     if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise ConfigError(f"{path}.encoding: must be one of {', '.join(ENCODINGS)}, not {raw.get('encoding')!r}")
     unmappable = raw.get("unmappable", "refuse")
     if unmappable not in UNMAPPABLE:
         raise ConfigError(f"{path}.unmappable: must be refuse or substitute, not {unmappable!r}")
+    reduce = raw.get("reduce")
+    if reduce is not None and reduce not in REDUCTIONS:
+        raise ConfigError(f"{path}.reduce: must be mj (the MJ and JIS X 0213 shrink maps), not {reduce!r}")
+    if reduce is not None and encoding == "utf-8":
+        raise ConfigError(f"{path}.reduce: a reduction needs a partner encoding other than utf-8")
     gaiji = None
     if "gaiji" in raw:
         if not isinstance(raw["gaiji"], str) or not raw["gaiji"]:
@@ -110,7 +121,7 @@ def profile_from(raw: Any, path: str, base: Path) -> CharsetProfile:
         gaiji = load_gaiji(file, f"{path}.gaiji")
     if gaiji is not None and encoding == "utf-8":
         raise ConfigError(f"{path}.gaiji: a gaiji table needs a partner encoding other than utf-8")
-    return CharsetProfile(encoding=encoding, gaiji=gaiji, unmappable=unmappable)
+    return CharsetProfile(encoding=encoding, gaiji=gaiji, unmappable=unmappable, reduce=reduce)
 
 
 def load_gaiji(file: Path, path: str = "gaiji") -> GaijiTable:
