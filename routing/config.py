@@ -84,7 +84,7 @@ class UrlEndpoint:
     queue_timeout: float = DEFAULT_QUEUE_TIMEOUT
     """Seconds a request waits for a free slot before it is refused as EndpointBusy."""
     charset: CharsetProfile | None = None
-    """The partner's character profile (``charset: {encoding, gaiji, unmappable}``); ``None``: UTF-8 as is."""
+    """The partner's character profile (``charset: {encoding, gaiji, unmappable, reduce}``); ``None``: UTF-8 as is."""
     forward_credentials: bool = False
     """HTTP API relay (``/api``): pass the caller's ``Cookie`` and ``Authorization`` on to this endpoint
     (never a Basic login the gateway itself checked). Off: the endpoint sees neither."""

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway.charset.table import ENCODINGS, UNMAPPABLE, CharsetProfile, GaijiTable
+from gateway.charset.table import ENCODINGS, REDUCTIONS, UNMAPPABLE, CharsetProfile, GaijiTable
 from refdb.config import ColumnType, Dataset
 
 from .config import Client, Config, MailboxEndpoint, Peer, PeerEndpoint, UrlEndpoint
@@ -232,6 +232,7 @@ def _charset(props: dict[str, Schema]) -> None:
     """A character profile names its encoding and policy from fixed lists; its gaiji table is a CSV file."""
     props["encoding"]["enum"] = list(ENCODINGS)
     props["unmappable"]["enum"] = list(UNMAPPABLE)
+    props["reduce"]["anyOf"] = [{"enum": list(REDUCTIONS)}, {"type": "null"}]
     props["gaiji"]["description"] += " A CSV file: partner code (hex), Unicode (U+XXXX …), note."
 
 

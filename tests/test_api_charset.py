@@ -190,3 +190,25 @@ async def test_a_long_answer_is_converted_as_it_streams(gateway: GatewayFactory,
     assert got == "1,髙橋,ﾀｶﾊｼ,①\n2,𠮷\n".encode() * 60_000
     record = response_record(tmp_path, "cs-10")
     assert record.bytes_in == len(partner.answer) and record.bytes_out == len(got)
+
+
+async def test_reductions_are_counted_in_the_log_record(gateway: GatewayFactory, partner: Partner,
+                                                        http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    partner.answer, partner.answer_type = '{"ok": "高"}'.encode("shift_jis"), "application/json"
+    settings = config(tmp_path, partner)
+    settings["endpoints"]["mj"] = {"url": f"{partner.url}/mj", "charset": {
+        "encoding": "shift_jis", "unmappable": "refuse", "reduce": "mj"}}
+    url = await gateway(settings)
+    body = json.dumps({"氏名": "髙橋 𠮷田 﨑 邊\U000e0108 髙"}, ensure_ascii=False).encode()
+    async with http.post(f"{url}/api/mj/persons", data=body,
+                         headers={"Content-Type": "application/json", "X-Message-Id": "cs-mj"}) as resp:
+        assert resp.status == 200, "reduced, not refused"
+        assert json.loads(await resp.read()) == {"ok": "高"}
+    assert partner.got[-1] == ("application/json; charset=Shift_JIS",
+                               '{"氏名": "高橋 吉田 崎 邊 高"}'.encode("shift_jis"))
+    record = response_record(tmp_path, "cs-mj")
+    assert record.charset_substitutions == "5 (U+9AD9 ×2, U+20BB7 ×1, U+FA11 ×1, U+908A U+E0108 ×1)"
+    async with http.post(f"{url}/api/mj/persons", data='{"x": "😀"}'.encode(),
+                         headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == 422, "what does not reduce is still refused"
+        assert json.loads(await resp.read())["info"] == "U+1F600 at 1:8"

@@ -63,6 +63,24 @@ def test_check_passes_a_clean_file_and_reads_partner_files(config: Path, capsys:
     assert out.splitlines() == ["line,column,position,text,code,becomes", "3,3,12,<F099>,0xF099,〓"]
 
 
+def test_check_shows_what_a_reduction_makes_of_a_character(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "endpoints.yaml"
+    write_yaml(path, {"gateway": {"db": f"sqlite:///{tmp_path}/never.db"}, "endpoints": {"mj": {
+        "url": "http://127.0.0.1:9/mj", "charset": {"encoding": "shift_jis", "reduce": "mj"}}}})
+    code, out, err = run(capsys, "charset", "check", DATA / "mj-names.txt", "--endpoint", "mj", "--config", path,
+                         "--format", "json")
+    assert code == 1, "a reduction is a loss: the city should know before go-live"
+    found = [json.loads(line) for line in out.splitlines()]
+    assert [(f["line"], f["column"], f["position"], f["text"], f["code"], f["becomes"]) for f in found] == [
+        (2, 3, 10, "𠮷", "U+20BB7", "吉"), (2, 6, 13, "髙", "U+9AD9", "高"),
+        (3, 3, 18, "邊\U000e0108", "U+908A U+E0108", "邊"), (3, 8, 23, "葛\U000e0101", "U+E0101", "葛"),
+        (4, 3, 28, "剝", "U+525D", "剥"), (4, 6, 31, "😀", "U+1F600", "〓")]
+    code, out, _ = run(capsys, "charset", "check", DATA / "mj-names.txt", "--endpoint", "mj", "--config", path)
+    assert out.splitlines()[1].split() == ["2", "3", "10", "𠮷", "U+20BB7", "吉"]
+    assert "6 character(s) would not survive mj (shift_jis)" in err
+
+
 @pytest.mark.parametrize(("argv", "status", "message"), [
     (["--endpoint", "nowhere"], 2, "no endpoint named 'nowhere'"),
     (["--endpoint", "plain"], 0, "no character profile"),

@@ -77,8 +77,9 @@ class CharsetProfile:
     """``refuse``: a character with no mapping fails the exchange (422 UnmappableCharacter);
     ``substitute``: it becomes 〓 (U+3013) and is counted in the log record."""
     reduce: str | None = None
-    """``mj``: before that, a character with no mapping is reduced by the MJ and JIS X 0213 shrink maps to one
-    the partner has (:mod:`gateway.charset.reduce`), counted like a substitution; ``None``: no reduction."""
+    """``mj``: a character the partner lacks and the gaiji table does not name is first reduced by the MJ and
+    JIS X 0213 shrink maps (縮退) to one the partner has, counted like a substitution (``unmappable`` applies to
+    what does not reduce); absent: no reduction."""
 
     @property
     def codec(self) -> str:
