@@ -308,6 +308,12 @@ def _facts(config: Config, name: str) -> dict[str, Any]:
     security = _security_facts(route.outbound)
     if security:
         facts["security"] = security
+    if isinstance(ep, UrlEndpoint) and ep.charset is not None:
+        profile = ep.charset
+        facts["charset"] = {"encoding": profile.encoding, "label": profile.label, "unmappable": profile.unmappable,
+                            "reduce": profile.reduce,
+                            "gaiji": str(profile.gaiji.source) if profile.gaiji is not None else None,
+                            "gaiji_mappings": len(profile.gaiji.to_partner) if profile.gaiji is not None else 0}
     return facts
 
 
@@ -336,8 +342,19 @@ def _text_facts(facts: dict[str, Any]) -> list[str]:
     if facts["disabled"]:
         pairs.append(("state", f"disabled: answered EndpointUnavailable (bmrgw endpoints enable {facts['name']})"))
     pairs += list(facts.get("security", {}).items())
+    pairs += _charset_pairs(facts.get("charset"))
     width = max(len(key) for key, _ in pairs) + 1
     return [f"{key + ':':<{width}} {value}" for key, value in pairs]
+
+
+def _charset_pairs(charset: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if charset is None or charset["encoding"] == "utf-8":
+        return [] if charset is None else [("charset", "utf-8 (bodies travel unchanged)")]
+    pairs = [("charset", f"{charset['encoding']} ({charset['label']}); unmappable: {charset['unmappable']}; "
+                         f"reduce: {charset['reduce'] or 'none'}")]
+    if charset["gaiji"] is not None:
+        pairs.append(("gaiji", f"{charset['gaiji']} ({_count(charset['gaiji_mappings'], 'mapping')})"))
+    return pairs
 
 
 def _unknown(config: Config, name: str) -> str:

@@ -142,6 +142,28 @@ def test_show_json(capsys: pytest.CaptureFixture[str], config: Path) -> None:
                                "timeout": 30.0}
 
 
+def test_show_gives_the_character_profile(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    gaiji = Path(__file__).parent / "data" / "charset" / "gaiji-cp932.csv"
+    path = tmp_path / "endpoints.yaml"
+    path.write_text(f"""endpoints:
+  city: {{url: "http://127.0.0.1:9/city", charset: {{encoding: cp932, gaiji: "{gaiji}", reduce: mj}}}}
+  plain: {{url: "http://127.0.0.1:9/plain", charset: {{encoding: utf-8}}}}
+  euc: {{url: "http://127.0.0.1:9/euc", charset: {{encoding: euc-jp, unmappable: substitute}}}}
+""", encoding="utf-8")
+    code, out, _ = run(capsys, "show", "city", "--config", path)
+    assert code == 0
+    assert "charset:  cp932 (Windows-31J); unmappable: refuse; reduce: mj" in out.splitlines()
+    assert f"gaiji:    {gaiji} (4 mappings)" in out.splitlines()
+    code, out, _ = run(capsys, "show", "euc", "--config", path)
+    assert "charset:  euc-jp (EUC-JP); unmappable: substitute; reduce: none" in out.splitlines()
+    assert not any(line.startswith("gaiji:") for line in out.splitlines())
+    code, out, _ = run(capsys, "show", "plain", "--config", path)
+    assert "charset:  utf-8 (bodies travel unchanged)" in out.splitlines()
+    code, out, _ = run(capsys, "show", "city", "--format", "json", "--config", path)
+    assert json.loads(out)["charset"] == {"encoding": "cp932", "label": "Windows-31J", "unmappable": "refuse",
+                                          "reduce": "mj", "gaiji": str(gaiji), "gaiji_mappings": 4}
+
+
 def test_show_unknown_name_fails_and_names_the_fallback(capsys: pytest.CaptureFixture[str], config: Path) -> None:
     code, out, err = run(capsys, "show", "nenkin", "--config", config)
     assert code == 1
