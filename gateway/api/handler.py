@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import fields
 
 from aiohttp import web
@@ -43,6 +43,7 @@ from gateway.errors import (
     GatewayError,
     JournalUnavailable,
     MessageTooLarge,
+    MethodNotAllowed,
     UnknownDestination,
     UnsupportedMediaType,
 )
@@ -67,13 +68,15 @@ from routing.table import RouteTable
 from routing.watch import LiveTable
 
 from .path import api_path
-from .problem import problem_response
+from .problem import is_api_path, problem_response
 from gateway.charset.recode import Recoding, recode_reply, recode_request
 from .upstream import ApiRoute, ApiUpstream
 
 __all__ = ["ApiRelay", "add_api", "API_RELAY", "METHODS", "FORWARD_REQUEST"]
 
 log = logging.getLogger("bmrgw.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: The methods the API relay passes on.
 METHODS = ("POST", "GET", "PUT", "PATCH", "DELETE")
@@ -290,9 +293,30 @@ def add_api(app: web.Application) -> None:
         return await request.app[API_RELAY].handle(request)
 
     app.cleanup_ctx.append(_api_ctx)
+    app.middlewares.append(_router_problems)
     for method in METHODS:
         app.router.add_route(method, "/api/{ap}", relay)
         app.router.add_route(method, "/api/{ap}/{path:.*}", relay)
+
+
+@web.middleware
+async def _router_problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The router's own answers under ``/api`` — a method no route takes (405), a path no route matches
+    (``/api``, ``/api/``, ``/api//x``: 404) — as problem details with the SOAP faults' codes."""
+    if not is_api_path(request.path):
+        return await handler(request)
+    headers: dict[str, str] = {}
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed as exc:
+        error: GatewayError = MethodNotAllowed(
+            f"{request.method[:32]} is not relayed on /api: use one of {', '.join(METHODS)}")
+        headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+    except web.HTTPNotFound:
+        error = UnknownDestination("no endpoint named in the path: /api/{ap}/{path}")
+    gateway = request.app[LIVE].current.config.gateway.name
+    return problem_response(error, gateway=gateway, message_id=request.headers.get(H_MESSAGE_ID, "")[:256] or None,
+                            headers=headers)
 
 
 async def _api_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -16,6 +16,7 @@ Loop Detected.
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -24,7 +25,8 @@ from gateway.errors import (EndpointTimeout, EndpointUnavailable, GatewayError, 
                             TooManyRequests)
 from gateway.ns import FAULT, H_MESSAGE_ID
 
-__all__ = ["PROBLEM_JSON", "problem", "problem_status", "problem_response", "SERVER"]
+__all__ = ["PROBLEM_JSON", "problem", "problem_status", "problem_response", "problem_bytes", "is_api_path",
+           "SERVER"]
 
 PROBLEM_JSON = "application/problem+json"
 #: Our Server header (as the SOAP relay's).
@@ -32,6 +34,11 @@ SERVER = "bmrgw"
 
 _STATUS: tuple[tuple[type[GatewayError], int], ...] = (
     (EndpointTimeout, 504), (EndpointUnavailable, 502), (RoutingLoop, 508))
+
+
+def is_api_path(path: str) -> bool:
+    """Whether ``path`` is the API relay's (``/api`` and below): its gateway errors are problem details."""
+    return path == "/api" or path.startswith("/api/")
 
 
 def problem_status(error: GatewayError) -> int:
@@ -57,13 +64,25 @@ def problem(error: GatewayError, *, gateway: str) -> dict[str, Any]:
     return body
 
 
-def problem_response(error: GatewayError, *, gateway: str, message_id: str | None) -> web.Response:
-    """The whole answer: status, ``application/problem+json`` body and ``X-Message-Id``."""
+def problem_response(error: GatewayError, *, gateway: str, message_id: str | None,
+                     headers: dict[str, str] | None = None) -> web.Response:
+    """The whole answer: status, ``application/problem+json`` body and ``X-Message-Id`` (and ``headers``)."""
     body = problem(error, gateway=gateway)
-    headers = {"Content-Type": f"{PROBLEM_JSON}; charset=utf-8", "Server": SERVER}
+    answer = {"Content-Type": f"{PROBLEM_JSON}; charset=utf-8", "Server": SERVER, **(headers or {})}
     if message_id is not None:
-        body["message_id"] = headers[H_MESSAGE_ID] = message_id
+        body["message_id"] = answer[H_MESSAGE_ID] = message_id
     if isinstance(error, TooManyRequests) and not isinstance(error, LoginThrottled):
-        headers["Retry-After"] = error.detail or "1"
-    return web.Response(status=body["status"], headers=headers,
+        answer["Retry-After"] = error.detail or "1"
+    return web.Response(status=body["status"], headers=answer,
                         body=json.dumps(body, ensure_ascii=False).encode())
+
+
+def problem_bytes(error: GatewayError, *, gateway: str, headers: dict[str, str] | None = None) -> bytes:
+    """A whole HTTP/1.1 answer of ``error``'s problem details, as raw bytes: for a connection that aiohttp
+    does not serve (the listen limit's busy answer).  The connection closes after it."""
+    status = problem_status(error)
+    body = json.dumps(problem(error, gateway=gateway), ensure_ascii=True).encode()
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Content-Type: {PROBLEM_JSON}; charset=utf-8",
+             f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in (headers or {}).items()),
+             "Connection: close", f"Server: {SERVER}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body

@@ -11,6 +11,7 @@ HTTP status of the fault response::
     ├── ClientFault                                 the caller must change something
     │   ├── MalformedMessage(ValueError)            400
     │   ├── UnsupportedMediaType(ValueError)        415
+    │   ├── MethodNotAllowed(ValueError)            405  a method the path does not take (/api)
     │   ├── MessageTooLarge(ValueError)             413
     │   ├── RequestTimeout(TimeoutError)            408
     │   ├── UnknownDestination(LookupError)         404
@@ -96,7 +97,7 @@ from .base import (
     GatewayError, ConfigError, ConfigUnreadable, ClientFault, ServerFault, UpstreamError, CommandError,
 )
 from .relay import (
-    MalformedMessage, UnsupportedMediaType, MessageTooLarge, RequestTimeout, UnknownDestination,
+    MalformedMessage, UnsupportedMediaType, MethodNotAllowed, MessageTooLarge, RequestTimeout, UnknownDestination,
     Unauthorized, Forbidden, RoutingLoop, EndpointUnavailable, EndpointTimeout, InvalidSignature, Expired,
     Replay, TooManyRequests, EndpointBusy, GatewayBusy, LoginThrottled, LoginBusy, InsufficientStorage, UnmappableCharacter,
     SignedNotConvertible,
@@ -119,6 +120,7 @@ __all__ = [
     "CommandError",
     "MalformedMessage",
     "UnsupportedMediaType",
+    "MethodNotAllowed",
     "MessageTooLarge",
     "RequestTimeout",
     "UnknownDestination",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .base import ClientFault, ServerFault, UpstreamError
 
 __all__ = [
-    "MalformedMessage", "UnsupportedMediaType", "MessageTooLarge", "RequestTimeout", "UnknownDestination",
+    "MalformedMessage", "UnsupportedMediaType", "MethodNotAllowed", "MessageTooLarge", "RequestTimeout", "UnknownDestination",
     "Unauthorized", "Forbidden", "RoutingLoop", "EndpointUnavailable", "EndpointTimeout",
     "InvalidSignature", "Expired", "Replay", "TooManyRequests", "EndpointBusy", "GatewayBusy",
     "LoginThrottled", "LoginBusy", "InsufficientStorage", "UnmappableCharacter", "SignedNotConvertible",
@@ -23,6 +23,13 @@ class UnsupportedMediaType(ClientFault, ValueError):
 
     code = "MalformedMessage"
     http_status = 415
+
+
+class MethodNotAllowed(ClientFault, ValueError):
+    """Raised when a request uses a method its path does not take (``OPTIONS``, ``HEAD``, ``TRACE`` on ``/api``)."""
+
+    code = "MalformedMessage"
+    http_status = 405
 
 
 class MessageTooLarge(ClientFault, ValueError):

@@ -36,7 +36,8 @@ from gateway.security.auth import client_of
 from gateway.soap import fault_content_type, gateway_fault
 from routing.settings import LimitSettings
 
-__all__ = ["Gate", "RateLimiter", "rate_middleware", "ListenSite", "busy_answer", "address_of"]
+__all__ = ["Gate", "RateLimiter", "rate_middleware", "ListenSite", "busy_error", "busy_answer", "address_of", "api_request",
+           "between_requests", "API_HEAD"]
 
 #: Connections the kernel completes and queues for accept while the gateway is busy (it caps this at
 #: net.core.somaxconn). aiohttp's default of 128 made a burst of 500 callers on a busy gateway lose
@@ -45,6 +46,11 @@ BACKLOG = 4096
 
 #: Seconds a refused connection stays open for the caller to read its 503.
 _LINGER = 2.0
+#: Seconds a refused connection's answer waits for the start of its request line (/api or not).
+_SNIFF = 1.0
+#: Bytes of a request line read to tell an /api request (the longest method and "/api/" fit).
+API_HEAD = 64
+_METHOD = 20
 #: Idle client buckets kept before the full ones are forgotten.
 _MAX_BUCKETS = 10_000
 
@@ -156,31 +162,74 @@ def rate_middleware(limiter: RateLimiter, settings: Callable[[], LimitSettings],
 class _Refusal(asyncio.Protocol):
     """Answers one connection over a limit with 503 GatewayBusy, then closes it.
 
-    What the caller sends is read and dropped until it closes (or for
-    :data:`_LINGER` s): closing with unread bytes would reset the connection,
-    and the caller might never see the answer.
+    The answer waits for the first bytes of the request line, no more than
+    :data:`API_HEAD` of them and :data:`_SNIFF` s: a request for ``/api``
+    gets problem details, any other (or one that says nothing in time) the
+    SOAP fault.  What the caller sends is read and dropped until it closes
+    (or for :data:`_LINGER` s): closing with unread bytes would reset the
+    connection, and the caller might never see the answer.
     """
 
-    def __init__(self, answer: bytes) -> None:
+    def __init__(self, answer: Callable[[bool], bytes]) -> None:
         self._answer = answer
+        self._head: bytes | None = b""
+        self._transport: asyncio.Transport | None = None
+        self._timers: list[asyncio.TimerHandle] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        stream = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
-        stream.write(self._answer)
-        asyncio.get_running_loop().call_later(_LINGER, stream.close)
+        self._transport = stream = cast(asyncio.Transport, transport)  # uvloop's do not subclass asyncio's
+        loop = asyncio.get_running_loop()
+        self._timers = [loop.call_later(_SNIFF, self._reply, False), loop.call_later(_LINGER, stream.close)]
 
     def data_received(self, data: bytes) -> None:
-        pass
+        if self._head is None:
+            return
+        self._head += data[:API_HEAD - len(self._head)]
+        api = api_request(self._head)
+        if api is not None or len(self._head) >= API_HEAD:
+            self._reply(bool(api))
 
     def eof_received(self) -> bool:
+        self._reply(False)
         return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head = None
+        for timer in self._timers:
+            timer.cancel()
+
+    def _reply(self, api: bool) -> None:
+        if self._head is None or self._transport is None:
+            return
+        self._head = None
+        self._transport.write(self._answer(api))
+
+
+def api_request(head: bytes) -> bool | None:
+    """Whether the request whose first bytes are ``head`` is for ``/api`` (origin form: ``GET /api/…``);
+    ``None`` while too few have come to tell.  Nothing but a method of letters and a target that starts
+    with ``/api/``, ``/api?`` or ``/api `` counts: whatever cannot be read as that is not an API request."""
+    method, space, target = head.partition(b" ")
+    if not space:
+        return None if len(method) <= _METHOD and (not method or method.isalpha()) else False
+    if not method.isalpha() or len(method) > _METHOD:
+        return False
+    for prefix in (b"/api/", b"/api?", b"/api "):
+        if target.startswith(prefix):
+            return True
+    return None if b"/api/".startswith(target) else False
+
+
+def busy_error(gateway: str, limit: int, address: str | None = None) -> GatewayBusy:
+    """What refuses a connection over ``max_connections`` (or, with ``address``, over
+    ``max_connections_per_address``)."""
+    held = f"{limit} connections" if address is None else f"{limit} connections from {address}"
+    return GatewayBusy(f"gateway {gateway} already holds {held}; try again shortly")
 
 
 def busy_answer(gateway: str, limit: int, address: str | None = None) -> bytes:
-    """The raw HTTP 503 a connection over ``max_connections`` (or, with ``address``, over
-    ``max_connections_per_address``) gets."""
-    held = f"{limit} connections" if address is None else f"{limit} connections from {address}"
-    error = GatewayBusy(f"gateway {gateway} already holds {held}; try again shortly")
+    """The raw HTTP 503 SOAP fault of :func:`busy_error`."""
+    error = busy_error(gateway, limit, address)
     body = gateway_fault(error, SoapVersion.V11, gateway=gateway)
     head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {fault_content_type(SoapVersion.V11)}\r\n"
             f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\nServer: bmrgw\r\n\r\n")
@@ -201,7 +250,7 @@ def address_of(peer: Any) -> str:
     return str(ip)
 
 
-def _between_requests(handler: web.RequestHandler) -> bool:
+def between_requests(handler: web.RequestHandler) -> bool:
     """Whether aiohttp's handler waits for the next request of its connection (the test aiohttp's
     own keep-alive timer makes, RequestHandler._process_keepalive: nothing public tells it)."""
     waiter = handler._waiter
@@ -258,7 +307,7 @@ class _Guarded(asyncio.Protocol):
         if handler._request_count != self._heads:  # aiohttp parsed a whole request head
             self._heads = handler._request_count
             self._stop()
-        elif self._clock is None and _between_requests(handler):  # the first bytes of a follow-up
+        elif self._clock is None and between_requests(handler):  # the first bytes of a follow-up
             self._clock = self._loop.call_later(self._timeout, self._expire)
 
     def eof_received(self) -> bool | None:
@@ -302,12 +351,14 @@ class ListenSite(web.BaseSite):
     within ``header_timeout`` seconds (see :class:`_Guarded`)."""
 
     def __init__(self, runner: web.BaseRunner, sock: socket.socket, *, ssl_context: ssl.SSLContext | None,
-                 limits: Callable[[], LimitSettings], answer: Callable[[int, str | None], bytes],
-                 header_timeout: float, timed_out: Callable[[], None] = lambda: None) -> None:
+                 limits: Callable[[], LimitSettings], answer: Callable[[int, str | None, bool], bytes],
+                 header_timeout: float, timed_out: Callable[[], None] = lambda: None,
+                 handler: Callable[[web.Server], web.RequestHandler] | None = None) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=BACKLOG)
         self._sock = sock
         self._limits = limits
         self._answer = answer
+        self._handler = handler
         self._header_timeout = header_timeout
         self.timed_out = timed_out
         self._per_address: dict[str, int] = {}
@@ -319,18 +370,19 @@ class ListenSite(web.BaseSite):
         return f"{'https' if self._ssl_context else 'http'}://{host}:{port}"
 
     def handler(self) -> web.RequestHandler:
-        """A new aiohttp request handler of the runner's server."""
+        """A new aiohttp request handler of the runner's server (``handler``'s, when given)."""
         server = self._runner.server
         assert server is not None
-        return server()
+        return self._handler(server) if self._handler is not None else server()
 
-    def admit(self, address: str) -> bytes | None:
-        """Count a connection from ``address``; or, when it is over its cap, the answer that refuses it."""
+    def admit(self, address: str) -> Callable[[bool], bytes] | None:
+        """Count a connection from ``address``; or, when it is over its cap, the answer that refuses it
+        (given whether the request is for /api)."""
         held = self._per_address.get(address, 0)
         cap = self._limits().max_connections_per_address
         if cap is not None and held >= cap:
             self.refused += 1
-            return self._answer(cap, address)
+            return lambda api: self._answer(cap, address, api)
         self._per_address[address] = held + 1
         return None
 
@@ -348,7 +400,7 @@ class ListenSite(web.BaseSite):
             limit = self._limits().max_connections
             if limit is not None and len(server.connections) >= limit:
                 self.refused += 1
-                return _Refusal(self._answer(limit, None))
+                return _Refusal(lambda api: self._answer(limit, None, api))
             return _Guarded(self, self._header_timeout)
 
         loop = asyncio.get_running_loop()

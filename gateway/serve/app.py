@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api import add_api, problem_response
+from gateway.api import add_api, is_api_path, problem_response
 from gateway.console import add_console
 from gateway.errors import GatewayError, JournalUnavailable, StoreUnavailable
 from gateway.jx import JX_MAILBOX, add_jx
@@ -204,7 +204,7 @@ def fault_response(request: web.Request, error: GatewayError) -> web.Response:
     """A gateway fault for ``request`` in its SOAP version (1.1 when it announced none); on ``/api``,
     problem details (RFC 9457)."""
     gateway = request.app[LIVE].current.config.gateway.name
-    if request.path.startswith("/api/"):
+    if is_api_path(request.path):
         return problem_response(error, gateway=gateway, message_id=request.headers.get(H_MESSAGE_ID, "")[:256] or None)
     version = version_for(request.content_type) or SoapVersion.V11
     headers = {"Content-Type": fault_content_type(version), "Server": SERVER}

@@ -28,11 +28,12 @@ import socket
 
 from aiohttp import web
 
+from gateway.api import problem_bytes
 from gateway.durable import private_dir
 from gateway.errors import UsageError
 from gateway.keys import LIVE
 from gateway.proctitle import name_process
-from gateway.relay.limits import ListenSite, busy_answer
+from gateway.relay.limits import ListenSite, busy_answer, busy_error
 from gateway.relay.resilience import RESILIENCE
 from gateway.security.auth import cleartext_basic_warning
 from routing.config import Config, load_config
@@ -42,6 +43,7 @@ from .access import access_log
 from .app import AppOptions, make_app, reloaded
 from .certs import CERTS
 from .options import ServeOptions
+from .protocol import problem_handlers
 from .workers import heartbeat, supervise
 
 __all__ = ["ServeOptions", "serve", "install_event_loop", "listen_socket"]
@@ -109,9 +111,14 @@ async def _run(app: web.Application, config: Config, sock: socket.socket, option
     await runner.setup()
     live, res = app[LIVE], app[RESILIENCE]
 
-    def answer(limit: int, address: str | None) -> bytes:
+    def gateway() -> str:
+        return live.current.config.gateway.name
+
+    def answer(limit: int, address: str | None, api: bool) -> bytes:
         res.connections_refused += 1
-        return busy_answer(live.current.config.gateway.name, limit, address)
+        if api:  # the request line said /api: problem details, as every answer there
+            return problem_bytes(busy_error(gateway(), limit, address), gateway=gateway(), headers={"Retry-After": "1"})
+        return busy_answer(gateway(), limit, address)
 
     def timed_out() -> None:
         res.connections_timed_out += 1
@@ -119,7 +126,8 @@ async def _run(app: web.Application, config: Config, sock: socket.socket, option
     context = app[CERTS].listen_context()
     site = ListenSite(runner, sock, ssl_context=context,
                       limits=lambda: live.current.config.gateway.limits, answer=answer,
-                      header_timeout=config.gateway.header_timeout, timed_out=timed_out)
+                      header_timeout=config.gateway.header_timeout, timed_out=timed_out,
+                      handler=problem_handlers(gateway))
     await site.start()
     heap.settle()
     # A worker's beats come from this loop, so they stop when it hangs (the supervisor's watchdog).
