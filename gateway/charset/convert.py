@@ -198,9 +198,7 @@ class ToPartner(_Converter):
         self._lengths = sorted({len(k) for k in table}, reverse=True)
         firsts = "".join(sorted({re.escape(k[0]) for k in table}))
         self._reducer = Reducer(self.codec, table) if profile.reduce else None
-        # a reduction takes a variation sequence whole: its base is special too
-        sequence = f"|.(?=[{_SELECTORS}])" if self._reducer else ""
-        self._special = re.compile(f"[{_PRIVATE}{_SELECTORS}{firsts}]{sequence}")
+        self._special = re.compile(f"[{_PRIVATE}{_SELECTORS}{firsts}]")
         cp932 = self.codec == "cp932"
         self._equivalent = str.maketrans(_JIS_FORMS, _CP932_FORMS) if cp932 else str.maketrans(_CP932_FORMS,
                                                                                                  _JIS_FORMS)
@@ -234,6 +232,8 @@ class ToPartner(_Converter):
         while i < len(text):
             match = self._special.search(text, i)
             end = match.start() if match else len(text)
+            if match is not None and end > i and self._reducer is not None and _SELECTOR_RE.match(text, end):
+                end -= 1  # a reduction takes a variation sequence whole: from its base
             self._plain(text, i, end, out)
             if match is None:
                 break
