@@ -6,6 +6,7 @@ unescaped (issue 23)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import time
@@ -18,6 +19,7 @@ import pytest
 from gateway.relay.limits import api_request
 
 from .conftest import GatewayProcess
+from .test_auth import HASH, PASSWORD
 
 Start = Callable[..., GatewayProcess]
 #: Cases are files: a request head as sent (bytes, escapes allowed), and what answers it.
@@ -178,3 +180,23 @@ def _trickled(port: int, parts: list[bytes]) -> bytes:
 ])
 def test_which_request_lines_are_for_the_api(first: bytes, api: bool | None) -> None:
     assert api_request(first) is api
+
+
+@pytest.mark.parametrize("message_id", [b"\xff\xfe\"}", "a\u202eb".encode(), b"m" * 300])
+def test_a_message_id_that_cannot_be_echoed_is_left_out_not_a_crash(gateway_process: Start,
+                                                                    message_id: bytes) -> None:
+    gw = gateway_process({"gateway": {"name": "gw-pj"},
+                          "clients": {"app": {"basic": {"user": "app", "password_hash": HASH}}},
+                          "endpoints": {"kaigo": {"url": "http://127.0.0.1:9/kaigo"}}})
+    port = port_of(gw)
+    # the router's 405 (behind a login) and the login's own 401, on /api and on /soap
+    auth = b"Authorization: Basic " + base64.b64encode(f"app:{PASSWORD}".encode()) + b"\r\n"
+    for line, extra, status in [(b"OPTIONS /api/kaigo/x HTTP/1.1", auth, 405), (b"GET /api/kaigo/x HTTP/1.1", b"", 401),
+                                (b"POST /soap/kaigo HTTP/1.1", b"", 401)]:
+        answer = exchange(port, line + b"\r\nHost: gw\r\nContent-Length: 0\r\nX-Message-Id: " + message_id + b"\r\n"
+                          + extra + b"Connection: close\r\n\r\n")
+        got, headers, body = parsed(answer)
+        assert got == status, answer[:400]
+        assert "x-message-id" not in headers or headers["x-message-id"].isascii()
+        if line.startswith(b"OPTIONS") or line.startswith(b"GET"):
+            assert "message_id" not in json.loads(body)

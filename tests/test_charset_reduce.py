@@ -105,3 +105,12 @@ def test_candidates_are_the_maps_own_and_never_the_character_itself() -> None:
 def test_bad_reduce_settings_are_config_errors(raw: dict[str, str], problem: str) -> None:
     with pytest.raises(ConfigError, match=problem):
         profile_from(raw, "endpoints.t.charset", DATA)
+
+
+def test_a_candidate_the_gaiji_table_names_is_carried_in_the_maps_order() -> None:
+    # 偂's candidates are 歬 then 前: with the table naming 歬, that one goes, as the partner's own code
+    losses = Losses(recorded=[])
+    charset = profile("shift_jis", gaiji="gaiji-shift_jis-mj.csv")
+    assert through(ToPartner(charset, losses=losses, record=True), "偂".encode(), 1) == b"\xf0\x40"
+    assert losses.counts == {"U+5042": 1} and losses.recorded is not None and losses.recorded[0].becomes == "歬"
+    assert through(ToPartner(profile("shift_jis")), "偂".encode(), 1) == "前".encode("shift_jis"), "without it: 前"

@@ -59,7 +59,7 @@ from gateway.relay.handler import authorise, check_hops
 from gateway.relay.streamed import RequestBody, receive
 from gateway.relay.limits import RateLimiter
 from gateway.relay.resilience import RESILIENCE, Resilient, may_have_sent, sent_to
-from gateway.relay.trace import Exchange, Trace, check_loggable
+from gateway.relay.trace import Exchange, Trace, check_loggable, echoable_message_id
 from gateway.relay.upstream import Upstream
 from gateway.security.auth import client_of
 from routing.config import Client, UrlEndpoint
@@ -315,7 +315,7 @@ async def _router_problems(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPNotFound:
         error = UnknownDestination("no endpoint named in the path: /api/{ap}/{path}")
     gateway = request.app[LIVE].current.config.gateway.name
-    return problem_response(error, gateway=gateway, message_id=request.headers.get(H_MESSAGE_ID, "")[:256] or None,
+    return problem_response(error, gateway=gateway, message_id=echoable_message_id(request.headers.get(H_MESSAGE_ID)),
                             headers=headers)
 
 

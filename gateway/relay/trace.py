@@ -19,7 +19,7 @@ from gateway.logs.clock import Reading
 from gateway.logs.records import RelayExchange, text_problem
 from routing.table import Route
 
-__all__ = ["Exchange", "Trace", "check_loggable"]
+__all__ = ["Exchange", "Trace", "check_loggable", "echoable_message_id"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +82,15 @@ class Trace:
             self.request_digest.hexdigest(), 1000 * ((self.answered or now) - self.started),
             self.response_in, self.response_out, self.response_digest.hexdigest(), 1000 * (now - self.started),
             self.http_status, self.fault_code))
+
+
+def echoable_message_id(value: str | None) -> str | None:
+    """``value`` (the caller's ``X-Message-Id``) when an answer may carry it back — UTF-8 text of at most
+    256 characters with no control or bidi character — else ``None``: a fault the gateway answers before
+    the relay has checked the id leaves a bad one out rather than failing to write it."""
+    if value is None or text_problem("message_id", value) or id_problem(value):
+        return None
+    return value
 
 
 def check_loggable(what: str, field: str, value: str | None, trace: Trace) -> None:

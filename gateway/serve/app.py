@@ -32,6 +32,7 @@ from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.ns import H_MESSAGE_ID, SoapVersion
 from gateway.relay.handler import SERVER, Relay
 from gateway.relay.resilience import RESILIENCE, Resilient
+from gateway.relay.trace import echoable_message_id
 from gateway.relay.upstream import HttpUpstream, Upstream
 from gateway.security.auth import install_auth
 from gateway.security.tally import prompt_record
@@ -204,12 +205,13 @@ def fault_response(request: web.Request, error: GatewayError) -> web.Response:
     """A gateway fault for ``request`` in its SOAP version (1.1 when it announced none); on ``/api``,
     problem details (RFC 9457)."""
     gateway = request.app[LIVE].current.config.gateway.name
+    message_id = echoable_message_id(request.headers.get(H_MESSAGE_ID))
     if is_api_path(request.path):
-        return problem_response(error, gateway=gateway, message_id=request.headers.get(H_MESSAGE_ID, "")[:256] or None)
+        return problem_response(error, gateway=gateway, message_id=message_id)
     version = version_for(request.content_type) or SoapVersion.V11
     headers = {"Content-Type": fault_content_type(version), "Server": SERVER}
-    if H_MESSAGE_ID in request.headers:
-        headers[H_MESSAGE_ID] = request.headers[H_MESSAGE_ID][:256]
+    if message_id is not None:
+        headers[H_MESSAGE_ID] = message_id
     return web.Response(status=error.http_status, body=gateway_fault(error, version, gateway=gateway),
                         headers=headers)
 
@@ -221,7 +223,7 @@ def _log_refusal(app: web.Application, kind: str = "auth") -> Callable[[web.Requ
         if journal is None:
             return
         entry = LogRecord.at(app[CLOCK].now(), kind=kind, direction="request", status="fault",
-                             message_id=request.headers.get(H_MESSAGE_ID, "")[:256] or None,
+                             message_id=echoable_message_id(request.headers.get(H_MESSAGE_ID)),
                              endpoint=request.path[:256], client=claimed, http_status=error.http_status,
                              fault_code=error.code)
         try:
