@@ -114,3 +114,16 @@ def test_a_candidate_the_gaiji_table_names_is_carried_in_the_maps_order() -> Non
     assert through(ToPartner(charset, losses=losses, record=True), "偂".encode(), 1) == b"\xf0\x40"
     assert losses.counts == {"U+5042": 1} and losses.recorded is not None and losses.recorded[0].becomes == "歬"
     assert through(ToPartner(profile("shift_jis")), "偂".encode(), 1) == "前".encode("shift_jis"), "without it: 前"
+
+
+def test_a_file_converted_for_bmrgw_send_with_the_endpoints_profile_is_reduced_too(tmp_path: Path) -> None:
+    # bmrgw send --charset-of NAME takes endpoints.NAME.charset whole, reduce included
+    from attachments.transfer.charset import FileCharset, recode_file
+
+    source = tmp_path / "names.csv"
+    source.write_text("1,𠮷田\n2,髙橋\n", encoding="utf-8")
+    charset = FileCharset(profile=profile("shift_jis"))
+    assert charset.describe() == "shift_jis (unmappable: refuse, reduce mj)", "the send's summary line says so"
+    used, losses = recode_file(source, tmp_path / "spool", charset, to_partner=True, what="names.csv")
+    assert used.read_bytes() == "1,吉田\n2,高橋\n".encode("shift_jis")
+    assert losses.summary() == "2 (U+20BB7 ×1, U+9AD9 ×1)"

@@ -60,7 +60,8 @@ class FileCharset:
         parts = []
         if self.profile is not None and self.converts:
             gaiji = f", gaiji {self.profile.gaiji.source.name}" if self.profile.gaiji is not None else ""
-            parts.append(f"{self.profile.encoding} (unmappable: {self.profile.unmappable}{gaiji})")
+            reduce = f", reduce {self.profile.reduce}" if self.profile.reduce else ""
+            parts.append(f"{self.profile.encoding} (unmappable: {self.profile.unmappable}{gaiji}{reduce})")
         if self.record_bytes is not None:
             parts.append(f"{self.record_bytes}-byte records")
         return ", ".join(parts)
@@ -187,8 +188,8 @@ def add_charset_options(parser: argparse.ArgumentParser, *, sending: bool) -> No
                         "UnmappableCharacter") + ") or substitute (〓 U+3013, counted with its code point " +
                        ("on stderr)" if sending else "in the log and .bmrgw-partial/<fileId>/converted.json)"))
     group.add_argument("--charset-of", metavar="NAME",
-                       help="take encoding, gaiji and unmappable from endpoints.NAME.charset in --config "
-                       "instead of the three options above")
+                       help="take the whole profile (encoding, gaiji, unmappable, and reduce) from "
+                       "endpoints.NAME.charset in --config instead of the three options above")
     group.add_argument("--record-bytes", type=int, metavar="N",
                        help="fixed-length records: every line (without LF or CRLF) must be N bytes in the "
                        "partner's encoding, " + ("after conversion" if sending else "as received, before "
