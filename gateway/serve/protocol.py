@@ -30,7 +30,7 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from gateway.api import is_api_path, problem_response
 from gateway.errors import GatewayError, MalformedMessage, MessageTooLarge
-from gateway.relay.limits import API_HEAD, api_request, between_requests
+from gateway.relay.limits import API_HEAD, api_request
 
 __all__ = ["ProblemHandler", "problem_handlers"]
 
@@ -48,11 +48,14 @@ class ProblemHandler(web.RequestHandler):
         """The request count when :attr:`_line` began: it is the start of request number ``_line_of + 1``."""
 
     def data_received(self, data: bytes) -> None:
-        count = self._request_count
-        if count == 0 or between_requests(self):  # these bytes start (or go on with) a new request head
+        # these bytes start (or go on with) a new request head when aiohttp waits for one (between_requests,
+        # inlined: this runs for every chunk of every request)
+        waiter = self._waiter
+        if (waiter is not None and not waiter.done()) or not self._request_count:
+            count = self._request_count
             if self._line_of != count:
-                self._line, self._line_of = b"", count
-            if len(self._line) < API_HEAD:
+                self._line, self._line_of = data[:API_HEAD], count
+            elif len(self._line) < API_HEAD:
                 self._line += data[:API_HEAD - len(self._line)]
         super().data_received(data)
 
