@@ -200,3 +200,22 @@ def test_a_message_id_that_cannot_be_echoed_is_left_out_not_a_crash(gateway_proc
         assert "x-message-id" not in headers or headers["x-message-id"].isascii()
         if line.startswith(b"OPTIONS") or line.startswith(b"GET"):
             assert "message_id" not in json.loads(body)
+
+
+def test_a_bad_head_after_a_good_request_on_the_same_connection_is_known_as_api(gateway_process: Start) -> None:
+    gw = gateway_process(config())
+    with socket.create_connection(("127.0.0.1", port_of(gw)), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        first = b""
+        while b"\r\n\r\n" not in first:
+            first += sock.recv(65536)
+        status, headers, body = parsed(first)
+        while len(body) < int(headers["content-length"]):
+            body += sock.recv(65536)
+        assert status == 200
+        time.sleep(0.1)  # the handler waits for the next request: its head is known from its first byte
+        sock.sendall(b"GET /api/kaigo/x\x01 HTTP/1.1\r\nHost: gw\r\n\r\n")
+        second = b""
+        while chunk := sock.recv(65536):
+            second += chunk
+    problem(second, 400, "MalformedMessage")
