@@ -4,7 +4,8 @@ A city fixes its data before go-live: every character of FILE (UTF-8, on
 its way to the endpoint; with ``--from-partner``, in the partner's encoding,
 on its way back) that the endpoint's character profile cannot carry is
 listed with its line, column, offset, code point and what it would become —
-whatever ``unmappable`` says, nothing is refused here.  Exit status 0 when
+whatever ``unmappable`` says, nothing is refused here; with ``reduce: mj`` a
+reduced character is listed too, with what the reduction makes of it.  Exit status 0 when
 everything survives, 1 when something would not, 2 for a usage error.
 """
 
