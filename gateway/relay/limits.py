@@ -10,8 +10,9 @@
   with ``Retry-After``.
 * :class:`ListenSite` — a listening socket that answers connections beyond
   ``gateway.limits.max_connections`` (or ``max_connections_per_address``) with
-  503 ``GatewayBusy`` and closes them, and closes a connection that has not sent
-  its request headers within ``gateway.header_timeout`` (SPEC.md "Version 2" →
+  503 ``GatewayBusy`` (problem details when the request line says ``/api``)
+  and closes them, and closes a connection that has not sent its request
+  headers within ``gateway.header_timeout`` (SPEC.md "Version 2" →
   "Hostile input never stalls the gateway").
 
 All limits are per gateway process (``--workers N`` multiplies them by N).
@@ -36,8 +37,8 @@ from gateway.security.auth import client_of
 from gateway.soap import fault_content_type, gateway_fault
 from routing.settings import LimitSettings
 
-__all__ = ["Gate", "RateLimiter", "rate_middleware", "ListenSite", "busy_error", "busy_answer", "address_of", "api_request",
-           "between_requests", "API_HEAD"]
+__all__ = ["Gate", "RateLimiter", "rate_middleware", "ListenSite", "busy_error", "busy_answer", "address_of",
+           "api_request", "API_HEAD"]
 
 #: Connections the kernel completes and queues for accept while the gateway is busy (it caps this at
 #: net.core.somaxconn). aiohttp's default of 128 made a burst of 500 callers on a busy gateway lose
@@ -250,7 +251,7 @@ def address_of(peer: Any) -> str:
     return str(ip)
 
 
-def between_requests(handler: web.RequestHandler) -> bool:
+def _between_requests(handler: web.RequestHandler) -> bool:
     """Whether aiohttp's handler waits for the next request of its connection (the test aiohttp's
     own keep-alive timer makes, RequestHandler._process_keepalive: nothing public tells it)."""
     waiter = handler._waiter
@@ -307,7 +308,7 @@ class _Guarded(asyncio.Protocol):
         if handler._request_count != self._heads:  # aiohttp parsed a whole request head
             self._heads = handler._request_count
             self._stop()
-        elif self._clock is None and between_requests(handler):  # the first bytes of a follow-up
+        elif self._clock is None and _between_requests(handler):  # the first bytes of a follow-up
             self._clock = self._loop.call_later(self._timeout, self._expire)
 
     def eof_received(self) -> bool | None:

@@ -48,8 +48,8 @@ class ProblemHandler(web.RequestHandler):
         """The request count when :attr:`_line` began: it is the start of request number ``_line_of + 1``."""
 
     def data_received(self, data: bytes) -> None:
-        # these bytes start (or go on with) a new request head when aiohttp waits for one (between_requests,
-        # inlined: this runs for every chunk of every request)
+        # these bytes start (or go on with) a new request head when aiohttp waits for one (the test of
+        # gateway.relay.limits' _Guarded, inlined: this runs for every chunk of every request)
         waiter = self._waiter
         if (waiter is not None and not waiter.done()) or not self._request_count:
             count = self._request_count
