@@ -304,7 +304,7 @@ async def test_a_put_broken_off_mid_body_leaves_nothing(gateway: GatewayFactory,
 
 async def test_retention_deletes_old_confirmed_documents_at_start(gateway: GatewayFactory, tmp_path: Path,
                                                                  http: aiohttp.ClientSession) -> None:
-    config = jx_config(tmp_path, retention_days=2)
+    config = jx_config(tmp_path, retention_days=2, blobs="files")  # small documents would be rows with auto
     config["gateway"]["db"] = f"sqlite:///{tmp_path}/retained.db"
     url = await gateway(config)
     for message_id in ("old", "recent", "unconfirmed"):
@@ -342,3 +342,42 @@ async def test_metrics_show_mailbox_depth(gateway: GatewayFactory, tmp_path: Pat
     assert 'bmrgw_jx_documents{state="dead"} 0.0' in text
     oldest = [line for line in text.splitlines() if line.startswith("bmrgw_jx_oldest_waiting_seconds ")]
     assert oldest and 0 < float(oldest[0].split()[1]) < 60
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+async def test_sqlite_keeps_documents_up_to_64_kib_in_rows_and_larger_ones_in_files(
+        gateway: GatewayFactory, tmp_path: Path, http: aiohttp.ClientSession, encrypted: bool) -> None:
+    from gateway.crypto import write_master_key
+    from gateway.jx.engine import INLINE_BYTES
+
+    config = jx_config(tmp_path)  # blobs: auto
+    config["gateway"]["db"] = f"sqlite:///{tmp_path}/inline.db"
+    if encrypted:
+        write_master_key(tmp_path / "master.key")
+        config["gateway"]["encryption"] = {"master_key": str(tmp_path / "master.key")}
+    url = await gateway(config)
+    sizes = {"row": INLINE_BYTES, "file": INLINE_BYTES + 1, "small": 1}
+    sent = {message_id: os.urandom(size) for message_id, size in sizes.items()}
+    for message_id, data in sent.items():
+        assert (await put(http, url, message_id, data)).result is True
+    engine = create_engine(config["gateway"]["db"])
+    try:
+        with engine.connect() as c:
+            rows = dict(c.exec_driver_sql("SELECT message_id, blob FROM jx_document").all())
+            stored = dict(c.exec_driver_sql("SELECT d.message_id, b.data FROM jx_document d JOIN jx_blob b "
+                                            "ON b.doc_seq = d.seq").all())
+    finally:
+        engine.dispose()
+    assert rows["row"] is None and rows["small"] is None and rows["file"] is not None
+    files = list((tmp_path / "var" / "jx" / "blobs").iterdir())
+    assert [p.name for p in files] == [rows["file"]]
+    assert (bytes(stored["row"]) == sent["row"]) is not encrypted, "sealed in its row when encrypting"
+    assert (files[0].read_bytes() == sent["file"]) is not encrypted
+    got = {}
+    for _ in sent:
+        answer = await get(http, url)
+        message_id = answer.text(".//jx:messageId") or ""
+        got[message_id] = answer.data
+        assert (await confirm(http, url, message_id)).result is True
+    assert got == sent
+    assert [p for p in (tmp_path / "var" / "jx" / "tmp").rglob("*") if p.is_file()] == [], "no spool left"

@@ -44,7 +44,7 @@ sys.exit(main(sys.argv[1:]))
 
 @contextlib.contextmanager
 def store_url(tmp_path: Path, blobs: str) -> Iterator[str]:
-    if blobs == "files":
+    if blobs in ("files", "auto"):
         yield f"sqlite:///{tmp_path}/db/bmrgw.db"
     else:
         with pg_schema() as url:
@@ -78,6 +78,16 @@ def sealed_generations(db: str, tmp_path: Path) -> dict[str, int]:
                 assert head[:5] == b"BMRS\x01", f"{message_id} is sealed"
                 found[message_id] = struct.unpack(">I", head[5:9])[0]
             return found
+    finally:
+        engine.dispose()
+
+
+def in_files(db: str) -> set[str]:
+    """The message ids whose bytes are a file under blobs/ (the others are jx_blob rows)."""
+    engine = create_engine(db)
+    try:
+        with engine.connect() as c:
+            return {m for m, in c.execute(text("SELECT message_id FROM jx_document WHERE blob IS NOT NULL"))}
     finally:
         engine.dispose()
 
@@ -148,7 +158,8 @@ def run(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
                            "--batch", "1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.parametrize("blobs", ["files", "database"], ids=["sqlite-files", "postgresql-rows"])
+@pytest.mark.parametrize("blobs", ["files", "auto", "database"],
+                         ids=["sqlite-files", "sqlite-small-rows-big-files", "postgresql-rows"])
 async def test_rotate_org_reseals_its_content_resumes_after_a_kill_and_leaves_others_alone(
         gateway: GatewayFactory, tmp_path: Path, http: aiohttp.ClientSession, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch, blobs: str) -> None:
@@ -160,6 +171,8 @@ async def test_rotate_org_reseals_its_content_resumes_after_a_kill_and_leaves_ot
         a_ids = set(docs)
         other = stored_bytes(db, tmp_path, "131b")
         assert set(sealed_generations(db, tmp_path).values()) == {1}
+        if blobs == "auto":  # SQLite's default: small documents in jx_blob rows, the big one a file
+            assert in_files(db) == {"a-big"}
         assert "131a\tunder an older generation: 0 document(s), 0 bytes" in status(path, capsys)
 
         killed = await asyncio.to_thread(run, path, "-c", KILLED_AFTER_ONE_BATCH)

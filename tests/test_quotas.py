@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from lxml import etree
+from sqlalchemy import create_engine
 
 from attachments.parts import FileInfo
 from attachments.staging import STAGING_DIR
@@ -106,7 +107,11 @@ async def test_a_full_disk_refuses_every_store_and_loses_nothing(gateway: Gatewa
     refused = await put(http, full, "late-1", b"no room")
     assert (refused.status, refused.fault_code) == (503, "InsufficientStorage")
     assert await _deposit(http, full) == (503, "InsufficientStorage")
-    assert len(list((tmp_path / "var" / "jx" / "blobs").iterdir())) == 1, "the refused ones left no bytes"
+    assert list((tmp_path / "var" / "jx" / "blobs").iterdir()) == [], "small documents are database rows"
+    engine = create_engine(f"sqlite:///{tmp_path}/quota.db")
+    with engine.connect() as c:
+        assert c.exec_driver_sql("SELECT count(*) FROM jx_blob").scalar_one() == 1, "the refused ones left no bytes"
+    engine.dispose()
     got = await get(http, full)  # what was accepted is still handed out and confirmed
     assert got.result is True and got.data == b"accepted before the disk filled"
     assert (await confirm(http, full, "kept-1")).result is True

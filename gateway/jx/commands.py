@@ -361,7 +361,7 @@ def _put(args: argparse.Namespace, config: Config, store: DocumentStore) -> int:
 
 
 def _spool(store: DocumentStore, path: Path, limit: int) -> Spool:
-    writer = SpoolWriter(store.spool_dir, limit=limit, durable=not (store.in_database or store.vault.sealing),
+    writer = SpoolWriter(store.spool_dir, limit=limit, durable=False,
                          sealed=store.vault.sealing)
     try:
         with path.open("rb") as fh:

@@ -7,6 +7,7 @@ here (:func:`translated`), once for the whole JX package.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,12 +22,24 @@ from gateway.store import db_reason
 
 from ..errors import DocumentStoreError
 
-__all__ = ["blobs_in_database", "translated", "prepare_engine", "relaxed"]
+__all__ = ["INLINE_BYTES", "blobs_in_database", "inline_bytes", "translated", "prepare_engine", "relaxed"]
+
+#: ``gateway.jx.blobs: auto`` on SQLite: documents up to this size go to ``jx_blob`` rows, in the
+#: transaction of their row (one WAL flush), not to files (a file fsync and a folder fsync more).
+INLINE_BYTES = 64 * 1024
 
 
 def blobs_in_database(setting: str, dialect: str) -> bool:
-    """Whether document bytes go to ``jx_blob`` (``gateway.jx.blobs``; ``auto``: on PostgreSQL)."""
+    """Whether all document bytes go to ``jx_blob`` (``gateway.jx.blobs``; ``auto``: on PostgreSQL)."""
     return setting == "database" or (setting == "auto" and dialect == "postgresql")
+
+
+def inline_bytes(setting: str, dialect: str) -> int:
+    """Documents of up to this many bytes go to ``jx_blob``, larger ones to files (``-1``: none;
+    ``auto`` on SQLite: :data:`INLINE_BYTES`)."""
+    if blobs_in_database(setting, dialect):
+        return sys.maxsize
+    return INLINE_BYTES if setting == "auto" else -1
 
 
 @contextlib.contextmanager

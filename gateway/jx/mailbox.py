@@ -66,8 +66,8 @@ class Mailbox:
         return accepted_envelope(version, message_id)
 
     async def _spool(self, body: bytes | AsyncIterable[bytes]) -> Spool:
-        sealed = self.store.vault.sealing  # then the sealed blob is fsynced, not the spool
-        writer = SpoolWriter(self.store.spool_dir, limit=self.max_bytes, durable=not (self.store.in_database or sealed),
+        sealed = self.store.vault.sealing  # the spool is fsynced only if it becomes a blob file (files.place)
+        writer = SpoolWriter(self.store.spool_dir, limit=self.max_bytes, durable=False,
                              sealed=sealed)
         try:
             if isinstance(body, bytes):

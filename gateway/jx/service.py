@@ -177,10 +177,10 @@ class JxService:
         return jx
 
     def _reader(self, request: web.Request, first: bytes, understood: frozenset[str] = frozenset()) -> RequestReader:
-        sealed = self.store.vault.sealing  # then the sealed blob is fsynced, not the spool
+        sealed = self.store.vault.sealing  # the spool is fsynced only if it becomes a blob file (files.place)
         return RequestReader(self.store.spool_dir, max_document_bytes=self.settings.max_document_bytes,
                              encoding=request_encoding(first, request.charset),
-                             durable=not (self.store.in_database or sealed), understood=understood, sealed=sealed)
+                             durable=False, understood=understood, sealed=sealed)
 
     async def _read_signed(self, request: web.Request, call: Call, client: Client) -> JxRequest:
         """A client with ``wss.verify`` signs its requests: read whole (up to gateway.max_message_bytes), verify, parse."""

@@ -72,7 +72,7 @@ from ..durable import private_dir
 from ..errors import DocumentStoreError, DuplicateMessageId, QuotaExceeded, UnknownDocument
 from .commit import GroupCommit, Pending
 from .documents import PART, STATES, TABLES, Document, Leased, NewDocument, now_ms, over_quota, waiting
-from .engine import blobs_in_database, relaxed, translated
+from .engine import blobs_in_database, inline_bytes, relaxed, translated
 from .files import fsync_dir, place
 from .wire import Spool
 
@@ -102,6 +102,8 @@ class DocumentStore:
         self.node = node
         self.log = log
         self.in_database = blobs_in_database(settings.blobs, engine.dialect.name)
+        self.inline_bytes = inline_bytes(settings.blobs, engine.dialect.name)
+        """Documents of up to this many bytes are stored in ``jx_blob`` rows, larger ones in files."""
         self.blob_dir = root / "blobs"
         self.spool_dir = root / "tmp" / _safe_node(node)
         self.tables = TABLES
@@ -192,11 +194,12 @@ class DocumentStore:
 
     def _insert(self, new: NewDocument, spool: Spool, record: LogRecord | None) -> None:
         self.vault.prepare(new.receiver_id)  # a new data key commits before the put's transaction begins
-        if self.in_database and self.vault.stored_size(spool.size) > PART:
+        inline = spool.size <= self.inline_bytes
+        if inline and self.vault.stored_size(spool.size) > PART:
             return self._insert_streaming(new, spool, record)
         name, parts = None, None
         try:
-            if self.in_database:  # one part: it rides in the group's transaction
+            if inline:  # one part: it rides in the group's transaction, no file and no fsync of its own
                 parts = list(self.vault.sealed(new.receiver_id, new.message_id, spool.chunks(PART), PART))
             else:
                 name = self._file_blob(new, spool)
@@ -340,13 +343,13 @@ class DocumentStore:
                     lease_node=case((spent, t.c.lease_node), else_=self.node),
                     deliveries=case((spent, t.c.deliveries), else_=t.c.deliveries + 1),
                     last_handout_ms=case((spent, t.c.last_handout_ms), else_=now),
-                ).returning(*t.c, *(extra if self.in_database else []))).first()
+                ).returning(*t.c, *extra)).first()
                 if row is None:
                     return None
                 if row.state == "dead":
                     continue  # parked: the next one
                 document = Document.of(row)
-                if not self.in_database or document.blob is not None:
+                if document.blob is not None:
                     return Leased(document)
                 return Leased(document, int(row.stored_bytes), None if row.head is None else bytes(row.head))
 
