@@ -136,3 +136,44 @@ def test_the_store_uses_its_keys(tmp_path: Path) -> None:
         [blob] = (tmp_path / "jx" / "blobs").glob("*.doc")
         assert b"plaintext marker 1234" not in blob.read_bytes()
         assert isinstance(store.vault.ring, KeyRing) and isinstance(MasterKey.load(tmp_path / "master.key"), MasterKey)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_concurrent_hand_outs_and_confirms_each_happen_once(tmp_path: Path, kind: str) -> None:
+    """Hand-outs and confirms are one statement each (gateway.jx.queries; autocommit on PostgreSQL):
+    pollers racing for one receiver never get the same document, and of confirms racing for one
+    document exactly one is the first."""
+    from gateway.errors import UnknownDocument
+    from gateway.jx import open_store
+    from routing.config import parse_config
+
+    with store_url(tmp_path, "auto" if kind == "sqlite" else "database") as db:
+        config = parse_config({"gateway": {"name": "gw", "db": db, "data_dir": str(tmp_path / "var")}},
+                              source=tmp_path / "endpoints.yaml")
+        store = open_store(config)
+        store.open()
+        try:
+            ids = [f"doc-{n}" for n in range(6)]
+            for message_id in ids:
+                assert put(store, message_id, message_id.encode()) is True
+            with ThreadPoolExecutor(8) as pool:
+                leased = list(pool.map(lambda _: store.hand_out("131a"), range(12)))
+            got = [x.document.message_id for x in leased if x is not None]
+            assert sorted(got) == ids, "each document handed out once within its lease"
+            for x in leased:
+                if x is not None:
+                    assert b"".join(store.chunks(x.document, leased=x)) == x.document.message_id.encode()
+            with ThreadPoolExecutor(8) as pool:
+                firsts = list(pool.map(lambda _: store.confirm("doc-0", "DC", "131a")[1], range(8)))
+            assert firsts.count(True) == 1
+            document, first = store.confirm("doc-0", "", "131a")
+            assert (document.state, first) == ("confirmed", False)
+            for sender, receiver in (("DC", "131b"), ("other", "131a")):
+                with pytest.raises(UnknownDocument):
+                    store.confirm("doc-1", sender, receiver)
+            with pytest.raises(UnknownDocument):
+                store.confirm("never-stored", "DC", "131a")
+            assert store.confirm("doc-1", "DC", "131a")[1] is True
+            assert store.counts()[0] == {"ready": 0, "leased": 4, "confirmed": 2, "dead": 0}
+        finally:
+            store.close()

@@ -57,7 +57,10 @@ def open_store(config: Config, *, journal: Journal | None = None, node: str | No
     url = url or database_url(config)
     engine = prepare_engine(create_engine(url), durable=False)
     durable = prepare_engine(create_engine(url), durable=True) if engine.dialect.name == "sqlite" else engine
-    quick = prepare_engine(create_engine(url), durable=False, relaxed=True) if engine.dialect.name == "postgresql" else None
+    # Hand-outs and confirms are single statements (gateway.jx.queries): on PostgreSQL they run in
+    # autocommit, one round trip each instead of BEGIN, the statement and COMMIT.
+    quick = prepare_engine(create_engine(url, isolation_level="AUTOCOMMIT"), durable=False, relaxed=True) \
+        if engine.dialect.name == "postgresql" else None
     writer = journal.write_in if journal is not None else None
     return DocumentStore(engine, durable=durable, quick=quick, root=jx_root(config), settings=config.gateway.jx,
                          node=node or config.gateway.name, log=writer, space=FreeSpace(storage_folders(config)),

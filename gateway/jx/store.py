@@ -72,8 +72,9 @@ from ..durable import private_dir
 from ..errors import DocumentStoreError, DuplicateMessageId, QuotaExceeded, UnknownDocument
 from .commit import GroupCommit, Pending
 from .documents import PART, STATES, TABLES, Document, Leased, NewDocument, now_ms, over_quota, waiting
-from .engine import blobs_in_database, inline_bytes, relaxed, translated
+from .engine import WriteTurns, blobs_in_database, inline_bytes, relaxed, translated
 from .files import fsync_dir, place
+from .queries import Statements
 from .wire import Spool
 
 __all__ = ["DocumentStore", "Leased", "Document", "NewDocument", "TABLES", "STATES", "PART", "LogWriter", "blobs_in_database",
@@ -110,6 +111,10 @@ class DocumentStore:
         self.space = space
         """The data disk's free space (``None``: not checked, as for read-only commands)."""
         self.min_free_bytes = min_free_bytes
+        self.turn = WriteTurns(engine)
+        """SQLite: this process's write transactions queue here, not in SQLite's busy handler."""
+        self.statements = Statements(max_deliveries=settings.max_deliveries, node=node)
+        """The hand-out and confirm statements, built once (:mod:`gateway.jx.queries`)."""
         self.commits = GroupCommit(self._commit)
         """Puts waiting for a transaction: committed together (:mod:`gateway.jx.commit`)."""
 
@@ -131,8 +136,10 @@ class DocumentStore:
 
     @contextlib.contextmanager
     def _relaxed(self) -> Iterator[Connection]:
-        """A transaction that need not wait for the disk (hand-outs, confirms)."""
-        with (self.quick or self.engine).begin() as c:
+        """A transaction that need not wait for the disk (hand-outs, confirms).  On PostgreSQL the
+        ``quick`` engine is in autocommit (:func:`gateway.jx.open_store`): every statement commits on
+        its own, so only work that is right statement by statement belongs here."""
+        with self.turn(), (self.quick or self.engine).begin() as c:
             if self.quick is None:
                 relaxed(c)
             yield c
@@ -220,7 +227,7 @@ class DocumentStore:
             if any(item.blob is not None for item in batch):
                 fsync_dir(self.blob_dir)  # every blob renamed in, durable before any row names it
             try:
-                with self.durable.begin() as c:
+                with self.turn(), self.durable.begin() as c:
                     self._insert_batch(c, batch)
             except IntegrityError:
                 if len(batch) == 1:
@@ -228,7 +235,7 @@ class DocumentStore:
                 for item in batch:
                     item.error = None
                     try:
-                        with self.durable.begin() as c:
+                        with self.turn(), self.durable.begin() as c:
                             self._insert_batch(c, [item])
                     except IntegrityError as exc:
                         item.error = exc
@@ -269,7 +276,7 @@ class DocumentStore:
     def _insert_streaming(self, new: NewDocument, spool: Spool, record: LogRecord | None) -> None:
         """A document of several database parts: its own transaction, parts sealed as they are written."""
         try:
-            with self.durable.begin() as c:
+            with self.turn(), self.durable.begin() as c:
                 self._check_quota(c, new.receiver_id, spool.size)
                 seq = c.execute(insert(self.tables.document).values(
                     message_id=new.message_id, sender_id=new.sender_id, receiver_id=new.receiver_id,
@@ -320,30 +327,17 @@ class DocumentStore:
 
         One statement picks and leases (PostgreSQL: ``FOR UPDATE SKIP LOCKED`` in its subquery) — or
         parks as a dead letter a document handed out ``max_deliveries`` times, and then picks again."""
-        t, b = self.tables.document, self.tables.blob
-        spent = t.c.deliveries >= self.settings.max_deliveries
-        extra = [select(func.coalesce(func.sum(func.length(b.c.data)), 0)).where(b.c.doc_seq == t.c.seq)
-                 .scalar_subquery().label("stored_bytes"),
-                 select(b.c.data).where(b.c.doc_seq == t.c.seq, b.c.part == 0).scalar_subquery().label("head")]
+        statement = self.statements.hand_out(by_format=bool(format_type), by_type=bool(document_type))
+        lease_ms = int(self.settings.lease_seconds * 1000)
         with translated("cannot hand out a document"), self._relaxed() as c:
             while True:
                 now = now_ms()
-                wanted = [t.c.receiver_id == receiver_id, t.c.state == "ready",
-                          or_(t.c.lease_until_ms.is_(None), t.c.lease_until_ms <= now)]
+                params = {"for_receiver": receiver_id, "at_ms": now, "until_ms": now + lease_ms}
                 if format_type:
-                    wanted.append(t.c.format_type == format_type)
+                    params["of_format"] = format_type
                 if document_type:
-                    wanted.append(t.c.document_type == document_type)
-                pick = (select(t.c.seq).where(*wanted).order_by(t.c.seq).limit(1)
-                        .with_for_update(skip_locked=True).scalar_subquery())
-                until = now + int(self.settings.lease_seconds * 1000)
-                row = c.execute(update(t).where(t.c.seq == pick).values(
-                    state=case((spent, "dead"), else_=t.c.state),
-                    lease_until_ms=case((spent, None), else_=until),
-                    lease_node=case((spent, t.c.lease_node), else_=self.node),
-                    deliveries=case((spent, t.c.deliveries), else_=t.c.deliveries + 1),
-                    last_handout_ms=case((spent, t.c.last_handout_ms), else_=now),
-                ).returning(*t.c, *extra)).first()
+                    params["of_type"] = document_type
+                row = c.execute(statement, params).first()
                 if row is None:
                     return None
                 if row.state == "dead":
@@ -399,18 +393,20 @@ class DocumentStore:
 
         An id unknown for this receiver (and sender, if given) is :class:`UnknownDocument`.
         """
+        statement = self.statements.confirm(by_sender=bool(sender_id))
         t = self.tables.document
         with translated("cannot confirm the document"), self._relaxed() as c:
-            row = c.execute(select(t).where(t.c.message_id == message_id).with_for_update()).first()
+            params = {"of_message": message_id, "for_receiver": receiver_id, "at_ms": now_ms()}
+            if sender_id:
+                params["from_sender"] = sender_id
+            row = c.execute(statement, params).first()
+            if row is not None:  # one statement in the common case
+                return Document.of(row), True
+            row = c.execute(select(t).where(t.c.message_id == message_id)).first()
             if row is None or row.receiver_id != receiver_id or (sender_id and row.sender_id != sender_id):
                 raise UnknownDocument(f"no document {message_id!r} from {sender_id!r} to {receiver_id!r}",
                                       detail=message_id)
-            document = Document.of(row)
-            first = document.state != "confirmed"
-            if first:
-                c.execute(update(t).where(t.c.seq == row.seq).values(
-                    state="confirmed", confirmed_ms=now_ms(), lease_until_ms=None))
-            return document, first
+            return Document.of(row), False  # confirmed before
 
     # -- operations ------------------------------------------------------------
 
