@@ -124,3 +124,34 @@ def test_2004_callers_get_no_2007_header_fields() -> None:
     root = etree.fromstring(body)
     assert root.findtext(f".//{{{JX}}}PutDocumentResult") == "true"
     assert root.findtext(f".//{{{JX}}}From") == "b"
+
+
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "sealed"])
+def test_a_small_document_stays_in_memory_and_a_larger_one_spills_to_its_file(tmp_path: Path, sealed: bool) -> None:
+    from gateway.jx.wire import SpoolWriter
+
+    small = SpoolWriter(tmp_path, limit=1 << 20, memory=100, sealed=sealed)
+    for piece in (b"a" * 60, b"b" * 40):
+        small.write(piece)
+    assert small.in_memory
+    spool = small.finish()
+    assert spool.data == b"a" * 60 + b"b" * 40 and spool.sha256 == hashlib.sha256(spool.data).hexdigest()
+    assert list(tmp_path.iterdir()) == [], "no file for a document held in memory"
+    assert b"".join(spool.chunks(7)) == spool.data
+    spool.discard()
+
+    big = SpoolWriter(tmp_path, limit=1 << 20, memory=100, sealed=sealed)
+    big.write(b"a" * 60)
+    big.write(b"b" * 41)  # one byte beyond: what was held goes into the file with it
+    assert not big.in_memory
+    spilled = big.finish()
+    assert spilled.data is None and spilled.size == 101
+    assert (spilled.path.read_bytes() == b"a" * 60 + b"b" * 41) is not sealed, "sealed on disk when encrypting"
+    assert b"".join(spilled.chunks(16)) == b"a" * 60 + b"b" * 41
+    spilled.discard()
+    assert list(tmp_path.iterdir()) == []
+
+    over = SpoolWriter(tmp_path, limit=50, memory=100)
+    with pytest.raises(MessageTooLarge):
+        over.write(b"x" * 51)  # the limit holds in memory too
+    over.abort()

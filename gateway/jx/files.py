@@ -16,9 +16,10 @@ _PIECE = 1024 * 1024
 
 
 def place(vault: Vault, spool: Spool, path: Path, org: str, doc: str) -> None:
-    """Put the content of ``spool`` at ``path`` (new, 0600, fsynced): renamed as it is, or sealed
-    for ``org`` when ``vault`` encrypts (then the spool stays for its owner to discard)."""
-    if not vault.sealing and spool.key is None:
+    """Put the content of ``spool`` at ``path`` (new, 0600, fsynced): renamed as it is, or written
+    (sealed for ``org`` when ``vault`` encrypts, or from memory) — then the spool stays for its owner
+    to discard."""
+    if not vault.sealing and spool.key is None and spool.data is None:
         fd = os.open(spool.path, os.O_RDONLY)  # spools are not fsynced when written: most go to the database
         try:
             os.fsync(fd)

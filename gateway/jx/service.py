@@ -63,6 +63,7 @@ from ..errors import (
 from ..ns import H_JX_SHA256, H_SOAPACTION, WSSE, SoapVersion
 from ..parser import parse
 from ..soap import fault_content_type, gateway_fault
+from .engine import INLINE_BYTES
 from .store import Document, DocumentStore, Leased, NewDocument
 from .wire import JxRequest, RequestReader, operation_of_action, request_encoding, response_envelope, split_at_data
 
@@ -72,6 +73,8 @@ log = logging.getLogger("bmrgw.jx")
 
 #: Request bodies up to this size are read whole and parsed on the event loop.
 _SMALL = 256 * 1024
+#: Decoded document bytes of such a request held in memory instead of a spool file (the store's inline size).
+_SPOOL_MEMORY = INLINE_BYTES
 #: Base64 is written in pieces of this many bytes of document (a multiple of 3: no padding inside).
 _B64_PIECE = 3 * 256 * 1024
 _SERVER = "bmrgw"
@@ -178,9 +181,12 @@ class JxService:
 
     def _reader(self, request: web.Request, first: bytes, understood: frozenset[str] = frozenset()) -> RequestReader:
         sealed = self.store.vault.sealing  # the spool is fsynced only if it becomes a blob file (files.place)
+        # A small request's document stays in memory (at most _SPOOL_MEMORY bytes per request being read):
+        # no spool file, no sealing and unsealing it under a throw-away key.
+        small = request.content_length is not None and request.content_length <= _SMALL
         return RequestReader(self.store.spool_dir, max_document_bytes=self.settings.max_document_bytes,
-                             encoding=request_encoding(first, request.charset),
-                             durable=False, understood=understood, sealed=sealed)
+                             encoding=request_encoding(first, request.charset), durable=False,
+                             understood=understood, sealed=sealed, memory=_SPOOL_MEMORY if small else 0)
 
     async def _read_signed(self, request: web.Request, call: Call, client: Client) -> JxRequest:
         """A client with ``wss.verify`` signs its requests: read whole (up to gateway.max_message_bytes), verify, parse."""

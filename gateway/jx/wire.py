@@ -138,16 +138,22 @@ class MessageHeader:
 
 @dataclass(frozen=True, kw_only=True)
 class Spool:
-    """A document's decoded bytes in a durable temporary file."""
+    """A document's decoded bytes: in a temporary file, or — a small one — in memory (``data``)."""
 
     path: Path
+    """The temporary file; for a spool in memory a name in the spool folder that was never created."""
     size: int
     sha256: str
     key: DataKey | None = None
     """The spool's own throw-away key when it was written sealed (in memory only: a crash leaves noise)."""
+    data: bytes | None = None
+    """The bytes, when they were few enough to stay in memory (then no file exists)."""
 
     def chunks(self, size: int) -> Iterator[bytes]:
         """The document's bytes, in pieces of about ``size``."""
+        if self.data is not None:
+            yield from (self.data[at:at + size] for at in range(0, len(self.data), size))
+            return
         with self.path.open("rb") as fh:
             stored = iter(lambda: fh.read(size), b"")
             if self.key is None:
@@ -168,23 +174,41 @@ class SpoolWriter:
     ``sealed`` (``gateway.encryption``) the bytes are sealed as they arrive under
     a random key of this spool's own, so no plaintext rests on disk even while
     the document is uploaded, before its receiver — whose key seals it for good —
-    is known.
+    is known.  With ``memory``, a document of up to that many bytes stays in memory
+    and no file is made (nothing rests on disk, so nothing is sealed); the first byte
+    beyond moves what is held into the file.
     """
 
     def __init__(self, directory: Path, *, limit: int, durable: bool = True, prefix: str = "doc-",
-                 sealed: bool = False) -> None:
+                 sealed: bool = False, memory: int = 0) -> None:
         private_dir(directory)
-        fd, name = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".part")
-        self.path = Path(name)
-        self._file: BinaryIO = os.fdopen(fd, "wb")
-        self._key = DataKey("spool", 0, secrets.token_bytes(32)) if sealed else None
-        self._sealer = SealWriter(self._key, self.path.name) if self._key is not None else None
-        if self._sealer is not None:
-            self._file.write(self._sealer.header)
+        self._directory, self._prefix, self._sealed = directory, prefix, sealed
+        self._file: BinaryIO | None = None
+        self._key: DataKey | None = None
+        self._sealer: SealWriter | None = None
+        self._memory = memory
+        self._held: bytearray | None = bytearray() if memory > 0 else None
+        self.path = directory / f"{prefix}mem-{secrets.token_hex(12)}.part"  # replaced when a file is made
+        if self._held is None:
+            self._open()
         self._limit = limit
         self._durable = durable
         self._digest = hashlib.sha256()
         self.size = 0
+
+    def _open(self) -> None:
+        fd, name = tempfile.mkstemp(dir=self._directory, prefix=self._prefix, suffix=".part")
+        self.path = Path(name)
+        self._file = os.fdopen(fd, "wb")
+        self._key = DataKey("spool", 0, secrets.token_bytes(32)) if self._sealed else None
+        self._sealer = SealWriter(self._key, self.path.name) if self._key is not None else None
+        if self._sealer is not None:
+            self._file.write(self._sealer.header)
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the bytes so far are held in memory (no file exists)."""
+        return self._held is not None
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
@@ -192,6 +216,14 @@ class SpoolWriter:
             raise MessageTooLarge(f"document exceeds the limit of {self._limit} bytes",
                                   detail="gateway.jx.max_document_bytes")
         self._digest.update(data)
+        if self._held is not None:
+            if self.size <= self._memory:
+                self._held += data
+                return
+            held, self._held = bytes(self._held), None
+            self._open()
+            data = held + data
+        assert self._file is not None
         if self._sealer is None:
             self._file.write(data)
             return
@@ -199,6 +231,9 @@ class SpoolWriter:
             self._file.write(sealed)
 
     def finish(self) -> Spool:
+        if self._held is not None:
+            return Spool(path=self.path, size=self.size, sha256=self._digest.hexdigest(), data=bytes(self._held))
+        assert self._file is not None
         if self._sealer is not None:
             self._file.write(self._sealer.finish())
         self._file.flush()
@@ -208,7 +243,8 @@ class SpoolWriter:
         return Spool(path=self.path, size=self.size, sha256=self._digest.hexdigest(), key=self._key)
 
     def abort(self) -> None:
-        if not self._file.closed:
+        self._held = None
+        if self._file is not None and not self._file.closed:
             self._file.close()
         self.path.unlink(missing_ok=True)
 
@@ -221,8 +257,8 @@ class Base64Spool(SpoolWriter):
     """
 
     def __init__(self, directory: Path, *, limit: int, durable: bool = True, prefix: str = "doc-",
-                 sealed: bool = False) -> None:
-        super().__init__(directory, limit=limit, durable=durable, prefix=prefix, sealed=sealed)
+                 sealed: bool = False, memory: int = 0) -> None:
+        super().__init__(directory, limit=limit, durable=durable, prefix=prefix, sealed=sealed, memory=memory)
         self._pending = ""
 
     def write_text(self, text: str) -> None:
@@ -270,6 +306,8 @@ class _Target:
     durable: bool = True
     sealed: bool = False
     """Seal the spooled document under a throw-away key (``gateway.encryption``)."""
+    memory: int = 0
+    """Keep a document of up to this many bytes in memory (:class:`SpoolWriter`)."""
     understood: frozenset[str] = frozenset()
     """Header blocks processed before parsing (a verified wsse:Security)."""
     path: list[str] = field(default_factory=list)
@@ -298,7 +336,8 @@ class _Target:
         elif depth == 2 and self.path[1] == _BODY:
             self._operation(tag)
         elif depth == 3 and self.path[1] == _BODY and local_name(tag) == "data" and self.operation == "PutDocument":
-            self.spool = Base64Spool(self.spool_dir, limit=self.limit, durable=self.durable, sealed=self.sealed)
+            self.spool = Base64Spool(self.spool_dir, limit=self.limit, durable=self.durable, sealed=self.sealed,
+                                     memory=self.memory)
         self.text = []
 
     def _envelope_child(self, tag: str) -> None:
@@ -386,10 +425,11 @@ class RequestReader:
     """Feed a JX request's bytes as they arrive; :meth:`finish` returns the :class:`JxRequest`."""
 
     def __init__(self, spool_dir: Path, *, max_document_bytes: int, encoding: str | None = None,
-                 durable: bool = True, understood: frozenset[str] = frozenset(), sealed: bool = False) -> None:
+                 durable: bool = True, understood: frozenset[str] = frozenset(), sealed: bool = False,
+                 memory: int = 0) -> None:
         self._guard = PrologGuard(encoding)  # first: an unknown charset is the client's MalformedMessage
         self._target = _Target(spool_dir=spool_dir, limit=max_document_bytes, durable=durable, sealed=sealed,
-                               understood=understood)
+                               understood=understood, memory=memory)
         self._parser = hardened_parser(target=self._target, encoding=encoding)
 
     def feed(self, chunk: bytes) -> None:
@@ -441,8 +481,9 @@ class RequestReader:
 
     @property
     def has_document(self) -> bool:
-        """Whether a document is being spooled (then :meth:`finish` fsyncs: call it off the event loop)."""
-        return self._target.spool is not None
+        """Whether a document is being spooled to a file (then :meth:`finish` writes and closes it, perhaps
+        fsyncs it: call it off the event loop)."""
+        return self._target.spool is not None and not self._target.spool.in_memory
 
     def abort(self) -> None:
         """Drop the partial document, if any (a failed request leaves no file behind)."""
