@@ -164,6 +164,11 @@ class Leased:
     head: bytes | None = None
     """Its part 0."""
 
+    @property
+    def in_hand(self) -> bool:
+        """Whether ``head`` holds all the document's stored bytes (reading it needs no database nor file)."""
+        return self.head is not None and self.stored is not None and len(self.head) >= self.stored
+
 
 def waiting(c: Connection, receivers: set[str]) -> dict[str, list[int]]:
     """Per receiver id: how many documents of how many bytes wait (ready or leased)."""

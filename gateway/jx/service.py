@@ -75,6 +75,8 @@ log = logging.getLogger("bmrgw.jx")
 _SMALL = 256 * 1024
 #: Decoded document bytes of such a request held in memory instead of a spool file (the store's inline size).
 _SPOOL_MEMORY = INLINE_BYTES
+#: A document the hand-out read whole is opened (authenticated) on the event loop up to this size.
+_ON_LOOP = 2 * INLINE_BYTES
 #: Base64 is written in pieces of this many bytes of document (a multiple of 3: no padding inside).
 _B64_PIECE = 3 * 256 * 1024
 _SERVER = "bmrgw"
@@ -305,14 +307,16 @@ class JxService:
         chunks = self.store.chunks(document, _B64_PIECE, leased)
         # Read (and, if sealed, authenticate) the first piece before answering: a document whose
         # bytes fail is refused with a fault, not begun and cut off.
-        first = await asyncio.to_thread(next, chunks, b"")
+        # A document the hand-out read whole and small is opened on the event loop (no thread hand-over).
+        hop = not (leased.in_hand and document.size <= _ON_LOOP)
+        first = await asyncio.to_thread(next, chunks, b"") if hop else next(chunks, b"")
         response = web.StreamResponse(headers={"Content-Type": "text/xml; charset=utf-8", "Server": _SERVER,
                                                H_JX_SHA256: document.sha256})
         response.content_length = len(before) + 4 * ((document.size + 2) // 3) + len(after)
         try:
             await response.prepare(request)
             await response.write(before)
-            sent = await self._write_data(response, document, chunks, first)
+            sent = await self._write_data(response, document, chunks, first, hop)
         except ConnectionError as exc:  # the poller went away: the lease runs out and it is handed out again
             chunks.close()
             log.warning("document %s: the poller broke off the answer: %s", document.message_id, exc)
@@ -327,7 +331,7 @@ class JxService:
         return response, True
 
     async def _write_data(self, response: web.StreamResponse, document: Document,
-                          chunks: Generator[bytes, None, None], first: bytes) -> int:
+                          chunks: Generator[bytes, None, None], first: bytes, hop: bool = True) -> int:
         """Write the base64 of the document's bytes; returns how many bytes could be read."""
         sent = 0
         carry = b""  # base64 pieces must be whole quartets: only the very last one may carry padding
@@ -339,7 +343,7 @@ class JxService:
                 whole = len(chunk) - len(chunk) % 3
                 carry = chunk[whole:]
                 await response.write(base64.b64encode(chunk[:whole]))
-                chunk = await asyncio.to_thread(next, chunks, b"")
+                chunk = await asyncio.to_thread(next, chunks, b"") if hop else next(chunks, b"")
             await response.write(base64.b64encode(carry))
         except GatewayError as exc:
             log.error("document %s: %s", document.message_id, exc.reason)

@@ -221,17 +221,18 @@ class DocumentStore:
                 raise exc
 
     def _commit(self, batch: list[Pending]) -> None:
-        """One transaction for the puts of ``batch`` (see :mod:`gateway.jx.commit`); when another node
-        took one of their ids meanwhile (PostgreSQL), each is committed on its own instead."""
+        """One transaction for the puts of ``batch`` (see :mod:`gateway.jx.commit`); when one of their ids
+        was stored before (or by another node meanwhile), each is committed on its own instead."""
         with translated("cannot store the document"):
             if any(item.blob is not None for item in batch):
                 fsync_dir(self.blob_dir)  # every blob renamed in, durable before any row names it
             try:
                 with self.turn(), self.durable.begin() as c:
                     self._insert_batch(c, batch)
-            except IntegrityError:
-                if len(batch) == 1:
-                    raise
+            except IntegrityError as exc:
+                if len(batch) == 1:  # put() looks the id up: the same document sent again, or other content
+                    batch[0].error = exc
+                    return
                 for item in batch:
                     item.error = None
                     try:
@@ -242,8 +243,9 @@ class DocumentStore:
 
     def _insert_batch(self, c: Connection, batch: list[Pending]) -> None:
         t, b = self.tables.document, self.tables.blob
-        taken = set(c.execute(select(t.c.message_id).where(
-            t.c.message_id.in_([item.new.message_id for item in batch]))).scalars())
+        # An id stored before fails the insert (unique): then _commit puts each of the batch on its own.
+        # Resent ids are rare, so no statement looks for them first; one sent twice in a batch is seen here.
+        taken: set[str] = set()
         held_by = waiting(c, {item.new.receiver_id for item in batch})
         going = []
         for item in batch:
