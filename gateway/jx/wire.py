@@ -163,7 +163,8 @@ class Spool:
                 yield from regroup(unseal(lambda _org, _generation: key, key.org, self.path.name, stored), size)
 
     def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
+        if self.data is None:  # a spool in memory has no file
+            self.path.unlink(missing_ok=True)
 
 
 class SpoolWriter:
