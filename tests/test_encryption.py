@@ -301,6 +301,7 @@ def test_a_sealed_spool_holds_no_plaintext_even_while_uploading(tmp_path: Path, 
     data = (mark * (size // len(mark) + 1))[:size]
     writer = SpoolWriter(tmp_path / "tmp", limit=1 << 30, sealed=True)
     writer.write(data[:size // 2])
+    assert writer._file is not None
     writer._file.flush()
     assert found_in(mark, tmp_path / "tmp") == [], "mid-upload"
     writer.write(data[size // 2:])

@@ -363,8 +363,8 @@ async def test_sqlite_keeps_documents_up_to_64_kib_in_rows_and_larger_ones_in_fi
     engine = create_engine(config["gateway"]["db"])
     try:
         with engine.connect() as c:
-            rows = dict(c.exec_driver_sql("SELECT message_id, blob FROM jx_document").all())
-            stored = dict(c.exec_driver_sql("SELECT d.message_id, b.data FROM jx_document d JOIN jx_blob b "
+            rows: dict[str, str | None] = dict(c.exec_driver_sql("SELECT message_id, blob FROM jx_document").all())
+            stored: dict[str, bytes] = dict(c.exec_driver_sql("SELECT d.message_id, b.data FROM jx_document d JOIN jx_blob b "
                                             "ON b.doc_seq = d.seq").all())
     finally:
         engine.dispose()
