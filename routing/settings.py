@@ -88,7 +88,8 @@ class JxSettings:
     """Largest document accepted by PutDocument (decoded bytes)."""
     blobs: str = "auto"
     """Where document bytes live: ``files`` (under ``data_dir``), ``database``, or ``auto``
-    (files on SQLite, the database on PostgreSQL, so nodes share only the database)."""
+    (the database on PostgreSQL, so nodes share only the database; on SQLite documents up to
+    64 KiB in the database, in the put's transaction, larger ones in files)."""
     max_pending_documents: int = 10000
     """Documents waiting (ready or leased) for one receiver id; beyond, puts and deposits are ``QuotaExceeded``."""
     max_pending_bytes: int = 10 * 1024 ** 3
