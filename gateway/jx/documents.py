@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     func,
     select,
 )
@@ -170,11 +171,15 @@ class Leased:
         return self.head is not None and self.stored is not None and len(self.head) >= self.stored
 
 
+_WAITING = (select(TABLES.document.c.receiver_id, func.count(), func.coalesce(func.sum(TABLES.document.c.size), 0))
+            .where(TABLES.document.c.receiver_id.in_(bindparam("receivers", expanding=True)),
+                   TABLES.document.c.state == "ready")
+            .group_by(TABLES.document.c.receiver_id))
+
+
 def waiting(c: Connection, receivers: set[str]) -> dict[str, list[int]]:
     """Per receiver id: how many documents of how many bytes wait (ready or leased)."""
-    t = TABLES.document
-    rows = c.execute(select(t.c.receiver_id, func.count(), func.coalesce(func.sum(t.c.size), 0))
-                     .where(t.c.receiver_id.in_(receivers), t.c.state == "ready").group_by(t.c.receiver_id))
+    rows = c.execute(_WAITING, {"receivers": sorted(receivers)})  # one statement built once, for every put
     return {str(receiver): [int(count), int(total)] for receiver, count, total in rows}
 
 
