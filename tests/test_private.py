@@ -54,7 +54,7 @@ async def test_everything_created_is_private_under_umask_022(umask_022: None, ga
     try:
         url = await gateway({"gateway": {"name": "gw", "db": f"sqlite:///{db}/bmrgw.db", "data_dir": str(data)},
                              "endpoints": {"files": {"url": f"{receiver}/files"}, "cityhall": {"mailbox": "131"}}})
-        assert (await put(http, url, "doc-1", b"a JX document", receiver="131")).result is True
+        assert (await put(http, url, "doc-1", b"a JX document" * 6000, receiver="131")).result is True  # > 64 KiB: a file
         body = message("valid/soap11-routing-header.xml").replace(b"<r:To>demo</r:To>", b"<r:To>cityhall</r:To>")
         async with http.post(f"{url}/soap", data=body, headers=soap11_headers()) as resp:
             assert resp.status == 200
