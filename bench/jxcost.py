@@ -6,7 +6,7 @@ one of another ``bmrgw`` executable (an older checkout) beside it, each on a dat
 then runs the bench's load (:func:`bench.jxload.http_load`: 8 workers, 10 KiB, Put+Get+Confirm)
 against them in interleaved rounds (A, B, A, B …) and prints per gateway and round: cycles/s,
 p50/p99, and the CPU µs per cycle of all the gateway's processes (supervisor, worker, log writer:
-``/proc/PID/stat``) — with the raw SQL reference (:func:`bench.jxload.reference_load`) in each
+``/proc/PID/stat``) and of the load generator (this process) — with the raw SQL reference (:func:`bench.jxload.reference_load`) in each
 round too, for the ratio.  Wall-clock rates depend on what else runs; CPU per cycle much less.
 
 ``--strace``: one more round per gateway with ``strace -f -c`` attached to every process of the
@@ -71,12 +71,13 @@ def _start(program: Path, store: str, name: str, url: str, work: Path) -> _Gatew
     return _Gateway(name=name, url=f"http://{LOOPBACK}:{port}/jx", server=server)
 
 
-def _measure(gateway: _Gateway, seconds: float) -> tuple[Measured, float]:
-    """The load's result and the gateway's CPU µs per cycle."""
-    cpu0 = cpu_seconds(gateway.server.process.pid)
+def _measure(gateway: _Gateway, seconds: float) -> tuple[Measured, float, float]:
+    """The load's result, the gateway's CPU µs per cycle and the load generator's (this process)."""
+    cpu0, own0 = cpu_seconds(gateway.server.process.pid), time.process_time()
     measured = asyncio.run(http_load(gateway.url, _SIZE, _WORKERS, seconds))
-    cpu = cpu_seconds(gateway.server.process.pid) - cpu0
-    return measured, 1e6 * cpu / max(1, measured.cycles)
+    cpu, own = cpu_seconds(gateway.server.process.pid) - cpu0, time.process_time() - own0
+    cycles = max(1, measured.cycles)
+    return measured, 1e6 * cpu / cycles, 1e6 * own / cycles
 
 
 def _traced(gateway: _Gateway, seconds: float, work: Path) -> tuple[int, dict[str, int]]:
@@ -126,10 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(http_load(gateway.url, _SIZE, _WORKERS, 2.0))
         for number in range(args.rounds):
             for gateway in gateways:
-                measured, cpu = _measure(gateway, args.seconds)
+                measured, cpu, client = _measure(gateway, args.seconds)
                 print(f"round {number + 1} {gateway.name:8} {measured.rate:7.1f} cycles/s  p50 "
                       f"{measured.percentile(50):6.1f} ms  p99 {measured.percentile(99):6.1f} ms  "
-                      f"{cpu:7.0f} CPU µs/cycle  errors {measured.errors}  load {os.getloadavg()[0]:.2f}", flush=True)
+                      f"{cpu:7.0f} CPU µs/cycle (client {client:.0f})  errors {measured.errors}  "
+                      f"load {os.getloadavg()[0]:.2f}", flush=True)
             if not args.no_reference:
                 ref = reference_load(ref_url, _SIZE, _WORKERS, args.seconds)
                 print(f"round {number + 1} raw SQL  {ref.rate:7.1f} cycles/s  p50 {ref.percentile(50):6.1f} ms  "
