@@ -2,13 +2,16 @@
 
 Metadata lives in one SQLAlchemy Core table, ``jx_document``, on the
 gateway's database.  Document bytes live either in files under
-``<data_dir>/jx/blobs`` (the SQLite default) or, on PostgreSQL, in the
-database itself (``jx_blob``, 1 MiB parts written in the same transaction as
-the metadata), so that several gateway nodes on one PostgreSQL share their
-mailboxes with no shared file system (``gateway.jx.blobs``).
+``<data_dir>/jx/blobs`` or in the database itself (``jx_blob``, 1 MiB parts
+written in the same transaction as the metadata): on PostgreSQL all of them,
+so that several gateway nodes on one PostgreSQL share their mailboxes with no
+shared file system; on SQLite documents up to 64 KiB (one WAL flush for the
+put instead of a file fsync, a folder fsync and the WAL flush) and larger ones
+in files (``gateway.jx.blobs``, :func:`~gateway.jx.engine.inline_bytes`).
 
-Durability.  A document is fsynced (temporary file, then rename into
-``blobs/`` and a folder fsync) *before* its row is committed, and the row is
+Durability.  A document stored as a file is fsynced (written sealed, or the
+spool fsynced and renamed into ``blobs/``; then a folder fsync) *before* its
+row is committed; one stored in ``jx_blob`` is in the row's transaction.  The row is
 committed — together with its send/receive log record — before PutDocument
 answers ``true``.  Puts arriving while one commits share the next transaction
 (group commit, :mod:`gateway.jx.commit`): one disk flush, one folder fsync and
