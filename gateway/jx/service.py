@@ -65,7 +65,15 @@ from ..parser import parse
 from ..soap import fault_content_type, gateway_fault
 from .engine import INLINE_BYTES
 from .store import Document, DocumentStore, Leased, NewDocument
-from .wire import JxRequest, RequestReader, operation_of_action, request_encoding, response_envelope, split_at_data
+from .wire import (
+    JxRequest,
+    MessageHeader,
+    RequestReader,
+    operation_of_action,
+    request_encoding,
+    response_envelope,
+    split_at_data,
+)
 
 __all__ = ["JxService", "wsdl_for"]
 
@@ -75,7 +83,8 @@ log = logging.getLogger("bmrgw.jx")
 _SMALL = 256 * 1024
 #: Decoded document bytes of such a request held in memory instead of a spool file (the store's inline size).
 _SPOOL_MEMORY = INLINE_BYTES
-#: A document the hand-out read whole is opened (authenticated) on the event loop up to this size.
+#: A document the hand-out read whole is finished on the event loop up to this size (its first piece is read
+#: in the hand-out's thread).
 _ON_LOOP = 2 * INLINE_BYTES
 #: Base64 is written in pieces of this many bytes of document (a multiple of 3: no padding inside).
 _B64_PIECE = 3 * 256 * 1024
@@ -280,22 +289,37 @@ class JxService:
         receiver = call.receiver = jx.field("receiverId")
         self._authorise(request, "receive", receiver)
         header = jx.header
-        leased = await asyncio.to_thread(self.store.hand_out, receiver, format_type=header.format_type,
-                                         document_type=header.document_type)
-        if leased is None:
+        handed = await asyncio.to_thread(self._hand_out, receiver, header, call)
+        if handed is None:
             before, after = split_at_data(jx.namespace, header.answer(gateway=self.gateway), False, "", {})
             call.message_id = header.message_id or None
             await self._log(call.record(self.clock.now(), direction="response"))
             return _xml(before + after)
-        document = leased.document
-        call.message_id, call.sender, call.sha256 = document.message_id, document.sender_id, document.sha256
-        call.bytes_out = document.size
-        response, complete = await self._stream(request, jx, leased)
+        response, complete = await self._stream(request, jx, *handed)
         await self._log(call.record(self.clock.now(), direction="response", status="ok" if complete else "error"))
         return response
 
-    async def _stream(self, request: web.Request, jx: JxRequest,
-                      leased: Leased) -> tuple[web.StreamResponse, bool]:
+    def _hand_out(self, receiver: str, header: MessageHeader,
+                  call: Call) -> tuple[Leased, Generator[bytes, None, None], bytes] | None:
+        """In a worker thread: lease the next document and read (and, if sealed, authenticate) its first
+        piece, in one hand-over — opening it may read a data key from the database, never on the event loop."""
+        leased = self.store.hand_out(receiver, format_type=header.format_type, document_type=header.document_type)
+        if leased is None:
+            return None
+        document = leased.document
+        call.message_id, call.sender, call.sha256 = document.message_id, document.sender_id, document.sha256
+        call.bytes_out = document.size
+        chunks = self.store.chunks(document, _B64_PIECE, leased)
+        try:
+            # Before answering: a document whose bytes fail is refused with a fault, not begun and cut off.
+            first = next(chunks, b"")
+        except BaseException:
+            chunks.close()
+            raise
+        return leased, chunks, first
+
+    async def _stream(self, request: web.Request, jx: JxRequest, leased: Leased,
+                      chunks: Generator[bytes, None, None], first: bytes) -> tuple[web.StreamResponse, bool]:
         """Send the document base64-encoded piece by piece; ``False`` when it had to be cut off."""
         document = leased.document
         fields = {"senderId": document.sender_id, "receiverId": document.receiver_id,
@@ -304,12 +328,9 @@ class JxService:
         header = jx.header.answer(gateway=self.gateway, format_type=document.format_type,
                                   document_type=document.document_type)
         before, after = split_at_data(jx.namespace, header, True, document.message_id, fields)
-        chunks = self.store.chunks(document, _B64_PIECE, leased)
-        # Read (and, if sealed, authenticate) the first piece before answering: a document whose
-        # bytes fail is refused with a fault, not begun and cut off.
-        # A document the hand-out read whole and small is opened on the event loop (no thread hand-over).
+        # The rest of a document the hand-out read whole and small is in memory, its key in hand: the
+        # generator finishes on the event loop (no thread hand-over).
         hop = not (leased.in_hand and document.size <= _ON_LOOP)
-        first = await asyncio.to_thread(next, chunks, b"") if hop else next(chunks, b"")
         response = web.StreamResponse(headers={"Content-Type": "text/xml; charset=utf-8", "Server": _SERVER,
                                                H_JX_SHA256: document.sha256})
         response.content_length = len(before) + 4 * ((document.size + 2) // 3) + len(after)
