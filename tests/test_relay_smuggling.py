@@ -17,12 +17,13 @@ makes on the wire — a status, a header, its order, a byte forwarded — fails 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,7 @@ import pytest
 from gateway.security.passwords import hash_password
 
 from .conftest import GatewayProcess
-from .test_relay_wire import CT, ENVELOPE, GOOD, SMUGGLED, SMUGGLING, RawBackend, _chunked, _request, served
-
-__all__ = ["served"]  # the fixture, re-exported for pytest
+from .test_relay_wire import CT, ENVELOPE, GOOD, SMUGGLED, SMUGGLING, RawBackend, _chunked, _Served
 
 EXPECTED = Path(__file__).parent / "data" / "smuggling.json"
 N = str(len(ENVELOPE)).encode()
@@ -121,17 +120,18 @@ AUTH_CORPUS: dict[str, bytes] = {
     "auth-other-destination": _good(AUTH, line=b"POST /soap/forbidden HTTP/1.1"),
     "auth-sender-ok": _good(AUTH, body=ENVELOPE.replace(b"</r:To>", b"</r:To><r:From>alice</r:From>")),
     "auth-sender-other": _good(AUTH, body=ENVELOPE.replace(b"</r:To>", b"</r:To><r:From>bob</r:From>")),
-    "auth-healthz": b"GET /healthz HTTP/1.1\r\nHost: gw\r\n" + AUTH + b"\r\n\r\n",
+    "auth-get": b"GET /soap HTTP/1.1\r\nHost: gw\r\n" + AUTH + b"\r\n\r\n",
 }
 
 _ID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _DATE = re.compile(rb"(?im)^Date: [^\r\n]*")
+_PORT = re.compile(rb"127\.0\.0\.1:[0-9]+")
 _DURATION = re.compile(rb'"[a-z_]*(?:ms|seconds)": [0-9.e-]+')
 
 
 def _normal(data: bytes) -> str:
     """``data`` with what changes from run to run replaced, as text for the JSON file."""
-    data = _DATE.sub(b"Date: *", _ID.sub(b"<id>", data))
+    data = _PORT.sub(b"127.0.0.1:<port>", _DATE.sub(b"Date: *", _ID.sub(b"<id>", data)))
     return _DURATION.sub(b"<t>", data).decode("latin-1")
 
 
@@ -163,6 +163,40 @@ def _outcomes(url: str, backend: RawBackend, corpus: dict[str, bytes]) -> dict[s
     return found
 
 
+class ChunkedBackend(RawBackend):
+    """A :class:`RawBackend` that reads chunked bodies too (a streamed request goes upstream chunked)."""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.received += head
+                lines = [line.lower() for line in head.split(b"\r\n")]
+                if b"transfer-encoding: chunked" in lines:
+                    while size := int((line := await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                        self.received += line + await reader.readexactly(size + 2)
+                    self.received += line
+                    self.received += await reader.readuntil(b"\r\n")
+                else:
+                    lengths = [int(line.split(b":", 1)[1]) for line in lines if line.startswith(b"content-length:")]
+                    self.received += await reader.readexactly(lengths[0] if lengths else 0)
+                self.requests += 1
+                writer.write(self.answers[0])
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+def chunked_backend() -> Iterator[RawBackend]:
+    served = _Served([GOOD], ChunkedBackend)
+    yield served.backend
+    served.stop()
+
+
 def _open_config(url: str) -> dict[str, Any]:
     return {"gateway": {"logs": {"enabled": True}},
             "endpoints": {"ep": {"url": url, "timeout": 5}}}
@@ -190,15 +224,15 @@ def _compare(name: str, found: dict[str, dict[str, Any]]) -> None:
 
 @pytest.mark.timeout(600)
 def test_the_open_gateway_answers_the_corpus_as_recorded(gateway_process: Callable[..., GatewayProcess],
-                                                         served: Callable[[list[bytes]], RawBackend]) -> None:
-    backend = served([GOOD])
+                                                         chunked_backend: RawBackend) -> None:
+    backend = chunked_backend
     gw = gateway_process(_open_config(backend.url))
     _compare("open", _outcomes(gw.url, backend, CORPUS))
 
 
 @pytest.mark.timeout(300)
 def test_the_gateway_with_basic_clients_answers_as_recorded(gateway_process: Callable[..., GatewayProcess],
-                                                            served: Callable[[list[bytes]], RawBackend]) -> None:
-    backend = served([GOOD])
+                                                            chunked_backend: RawBackend) -> None:
+    backend = chunked_backend
     gw = gateway_process(_auth_config(backend.url))
     _compare("basic", _outcomes(gw.url, backend, AUTH_CORPUS))

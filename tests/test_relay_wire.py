@@ -155,9 +155,9 @@ def _post(url: str, body: bytes = ENVELOPE) -> tuple[int, bytes]:
 class _Served:
     """A RawBackend on a thread of its own (the gateway is a process; the test talks plain sockets)."""
 
-    def __init__(self, answers: list[bytes]) -> None:
+    def __init__(self, answers: list[bytes], kind: type[RawBackend] = RawBackend) -> None:
         import threading
-        self.backend = RawBackend(answers=answers)
+        self.backend = kind(answers=answers)
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
 
