@@ -159,7 +159,11 @@ class FastPath:
             connection.close_when_idle()
         busy = [c.done for c in self.connections if c.done is not None]
         if busy:
-            await asyncio.wait(busy, timeout=timeout)
+            _, late = await asyncio.wait(busy, timeout=timeout)
+            for task in late:  # as aiohttp's shutdown: cancelled, each logs its exchange as cut off
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
         for connection in list(self.connections):
             connection.abort()
 
