@@ -149,6 +149,10 @@ class FastPath:
         self.limiter = limiter
         self.keepalive_timeout = keepalive_timeout
         self.connections: set[FastConnection] = set()
+        self.exchanges = 0
+        """Requests taken on the fast path."""
+        self.handovers = 0
+        """Connections handed to aiohttp's handler."""
 
     def connection(self, handover: Callable[[bytes], None]) -> FastConnection:
         return FastConnection(self, handover)
@@ -403,6 +407,7 @@ class FastConnection(asyncio.Protocol):
             return self._give_up()
         del buffer[:end + 4]
         self.heads += 1
+        self._path.exchanges += 1
         call = self._call = FastCall(self, head, admitted[0])
         if len(buffer) >= head.length:
             call.arrived(self._take(head.length))
@@ -464,6 +469,7 @@ class FastConnection(asyncio.Protocol):
     def _give_up(self) -> None:
         """Not the fast form: aiohttp's handler gets the connection with everything not yet answered."""
         self._path.connections.discard(self)
+        self._path.handovers += 1
         self._cancel_timer()
         if not self._reading and self._transport is not None:
             self._transport.resume_reading()
