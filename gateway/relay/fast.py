@@ -80,7 +80,7 @@ _PREFIX = b"POST /soap"
 _LINE = re.compile(rb"POST /soap(?:/([A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}))? HTTP/1\.1\r\n")
 _FIELD = rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?)[ \t]*\r\n"
 _FIELDS = re.compile(rb"(?:" + _FIELD + rb")*")
-_FIELD_ONE = re.compile(_FIELD)
+_FIELD_ONE = re.compile(_FIELD.decode("ascii"))  # on the head as text, once _FIELDS proved it ASCII
 _CL = re.compile(r"[1-9][0-9]{0,5}")
 _NOT_HERE = frozenset({"transfer-encoding", "expect", "connection", "upgrade", "te", "trailer", "keep-alive",
                        "proxy-connection", "content-encoding"})
@@ -121,10 +121,10 @@ def parse_head(head: bytes) -> Head | None:
     line = _LINE.match(head)
     if line is None or _FIELDS.fullmatch(head, line.end()) is None:
         return None
-    pairs = _FIELD_ONE.findall(head, line.end())
+    pairs: list[tuple[str, str]] = _FIELD_ONE.findall(head.decode("ascii"), line.end())
     if len(pairs) > MAX_FIELDS:
         return None
-    fields = {name.decode("ascii").lower(): value.decode("ascii") for name, value in pairs}
+    fields = {name.lower(): value for name, value in pairs}
     if len(fields) != len(pairs) or "host" not in fields or not _NOT_HERE.isdisjoint(fields):
         return None
     length = fields.get("content-length")
@@ -134,8 +134,7 @@ def parse_head(head: bytes) -> Head | None:
     if content_type is None or (media := media_type(content_type)) not in _SOAP:
         return None
     ap = line.group(1)
-    headers = CIMultiDict((name.decode("ascii"), value.decode("ascii")) for name, value in pairs)
-    return Head(None if ap is None else ap.decode("ascii"), headers, int(length), media)
+    return Head(None if ap is None else ap.decode("ascii"), CIMultiDict(pairs), int(length), media)
 
 
 class FastPath:
