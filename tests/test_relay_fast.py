@@ -274,3 +274,23 @@ async def test_the_answer_waits_for_its_records_and_a_lost_caller_is_logged(star
     found = {r.message_id: (r.direction, r.status) for r in await asyncio.to_thread(relay_records, gw.db)
              if r.direction == "response"}
     assert found == {"lost-1": ("response", "fault"), "after-1": ("response", "ok")}, found
+
+
+async def test_a_partial_head_behind_an_answer_does_not_hold_the_connection(start: Start,
+                                                                           backend: RecordingBackend) -> None:
+    """Bytes of a next head that arrive while an exchange runs start no header clock (ListenSite starts it
+    on bytes between requests); without more bytes the connection closes after keepalive_timeout, as
+    aiohttp's does."""
+    gw = await start({"gateway": {"header_timeout": 30, "keepalive_timeout": 1},
+                      "endpoints": {"ep": {"url": backend.url}}})
+
+    async def slow(request: web.Request, seen: Seen) -> web.StreamResponse:
+        await asyncio.sleep(0.5)
+        return web.Response(body=b"<ok/>", content_type="text/xml")
+
+    backend.behaviour = slow
+    started = asyncio.get_running_loop().time()
+    answer = await exchange(gw, request(), b"POST /soap HTTP/1.1\r\nHost: gw\r\n", pause=0.2, quiet=5)
+    assert status_of(answer) == 200 and answer.endswith(b"<closed>"), answer[-100:]
+    assert asyncio.get_running_loop().time() - started < 4
+    assert gw.fast.exchanges == 1 and gw.fast.handovers == 0

@@ -394,7 +394,10 @@ class FastConnection(asyncio.Protocol):
         end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD)
         if end < 0:
             if len(buffer) >= MAX_HEAD:
-                self._give_up()
+                return self._give_up()
+            # Part of a head: ListenSite's header clock runs from the next bytes on; if none come, the
+            # connection closes after keepalive_timeout, as aiohttp's does.
+            self._timer = self._loop.call_later(self._path.keepalive_timeout, self._idle_out)
             return
         head = parse_head(bytes(buffer[:end + 2]))
         admitted = None if head is None else self._admit(head)
@@ -478,7 +481,7 @@ class FastConnection(asyncio.Protocol):
 
     def _idle_out(self) -> None:
         self._timer = None
-        if self.idle and not self._buffer and self._transport is not None:
+        if self.idle and self._transport is not None:
             self._transport.close()
 
     def _cancel_timer(self) -> None:
