@@ -47,6 +47,7 @@ def request(*headers: bytes, body: bytes = ENVELOPE, path: bytes = b"/soap") -> 
 class Gateway:
     url: str
     site: ListenSite
+    runner: web.AppRunner
     db: Path
     host: str
     port: int
@@ -79,11 +80,12 @@ async def start(tmp_path: Path) -> AsyncIterator[Start]:
         runner, site = await listen(make_app(parsed, AppOptions(watch_config=False)), parsed, sock)
         runners.append(runner)
         port = sock.getsockname()[1]
-        return Gateway(f"http://127.0.0.1:{port}", site, tmp_path / f"gw-{len(runners) - 1}.db", "127.0.0.1", port)
+        return Gateway(f"http://127.0.0.1:{port}", site, runner, tmp_path / f"gw-{len(runners) - 1}.db", "127.0.0.1", port)
 
     yield run
     for runner in runners:
-        await runner.cleanup()
+        if runner.server is not None:
+            await runner.cleanup()
 
 
 async def exchange(gw: Gateway, *parts: bytes, quiet: float = 0.5, pause: float = 0.0) -> bytes:
@@ -294,3 +296,27 @@ async def test_a_partial_head_behind_an_answer_does_not_hold_the_connection(star
     assert status_of(answer) == 200 and answer.endswith(b"<closed>"), answer[-100:]
     assert asyncio.get_running_loop().time() - started < 4
     assert gw.fast.exchanges == 1 and gw.fast.handovers == 0
+
+
+async def test_stopping_lets_exchanges_in_flight_finish_and_closes_idle_connections(
+        start: Start, backend: RecordingBackend) -> None:
+    gw = await start({"gateway": {"drain_timeout": 10}, "endpoints": {"ep": {"url": backend.url}}})
+
+    async def slow(request: web.Request, seen: Seen) -> web.StreamResponse:
+        await asyncio.sleep(1.0)
+        return web.Response(body=b"<ok/>", content_type="text/xml")
+
+    idle = await exchange(gw, request(b"X-Message-Id: idle-0"), quiet=0.2)
+    assert status_of(idle) == 200
+    backend.behaviour = slow
+    calls = [asyncio.create_task(exchange(gw, request(f"X-Message-Id: m-{i}".encode()), quiet=5)) for i in range(10)]
+    while len(backend.seen) < 11:
+        await asyncio.sleep(0.02)
+    await gw.runner.cleanup()  # what SIGTERM does: stop listening, drain, then the log is flushed and closed
+    answers = await asyncio.gather(*calls)
+    assert all(status_of(a) == 200 and a.endswith(b"<closed>") for a in answers), [a[-60:] for a in answers]
+    assert gw.fast.exchanges == 11 and not gw.fast.connections
+    records = await asyncio.to_thread(relay_records, gw.db)
+    assert sorted(r.message_id or "" for r in records if r.direction == "response") == sorted(
+        ["idle-0", *(f"m-{i}" for i in range(10))])
+    assert {r.status for r in records} == {"ok"}

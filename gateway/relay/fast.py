@@ -160,15 +160,16 @@ class FastPath:
         """Close idle connections now; give exchanges in flight up to ``timeout`` s, then cut them."""
         for connection in list(self.connections):
             connection.close_when_idle()
-        busy = [c.done for c in self.connections if c.done is not None]
-        if busy:
-            _, late = await asyncio.wait(busy, timeout=timeout)
-            for task in late:  # as aiohttp's shutdown: cancelled, each logs its exchange as cut off
-                task.cancel()
-            if late:
-                await asyncio.wait(late)
-        for connection in list(self.connections):
-            connection.abort()
+        busy = {c.done: c for c in self.connections if c.done is not None}
+        if not busy:
+            return
+        _, late = await asyncio.wait(busy, timeout=timeout)  # the others close once answered
+        for task in late:  # as aiohttp's shutdown: cancelled, each logs its exchange as cut off
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+        for task in late:
+            busy[task].abort()
 
 
 class FastCall:
@@ -250,8 +251,7 @@ def _head(status: int, reason: str | None, headers: Headers, framing: str) -> by
     lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     phrase = _REASONS.get(status, "") if reason is None else reason
     # The relay always sets Server (aiohttp would add its own after Date otherwise).
-    return f"HTTP/1.1 {status} {phrase}\r\n{lines}{framing}Date: {rfc822_formatted_time()}\r\n\r\n".encode(
-        "utf-8", "surrogateescape")
+    return f"HTTP/1.1 {status} {phrase}\r\n{lines}{framing}Date: {rfc822_formatted_time()}\r\n\r\n".encode()
 
 
 def whole(answer: Answer) -> bytes:
