@@ -32,7 +32,7 @@ import pytest
 from gateway.security.passwords import hash_password
 
 from .conftest import GatewayProcess
-from .test_relay_wire import CT, ENVELOPE, GOOD, SMUGGLED, SMUGGLING, RawBackend, _chunked, _Served
+from .test_relay_wire import CT, ENVELOPE, GOOD, SMUGGLED, SMUGGLING, RawBackend, Served, chunked_body
 
 EXPECTED = Path(__file__).parent / "data" / "smuggling.json"
 N = str(len(ENVELOPE)).encode()
@@ -71,7 +71,7 @@ CORPUS: dict[str, bytes] = {
     "connection-close-pipelined": _good(b"Connection: close") + _good(),
     "expect-100": _good(b"Expect: 100-continue"),
     "expect-other": _good(b"Expect: something"),
-    "chunked": _plain(CT.strip(), b"Transfer-Encoding: chunked", body=_chunked(ENVELOPE)),
+    "chunked": _plain(CT.strip(), b"Transfer-Encoding: chunked", body=chunked_body(ENVELOPE)),
     "chunked-trailers": _plain(CT.strip(), b"Transfer-Encoding: chunked",
                                body=f"{len(ENVELOPE):x}\r\n".encode() + ENVELOPE + b"\r\n0\r\nX-Trailer: t\r\n\r\n"),
     "absolute-form": _good(line=b"POST http://gw/soap HTTP/1.1"),
@@ -192,7 +192,7 @@ class ChunkedBackend(RawBackend):
 
 @pytest.fixture
 def chunked_backend() -> Iterator[RawBackend]:
-    served = _Served([GOOD], ChunkedBackend)
+    served = Served([GOOD], ChunkedBackend)
     yield served.backend
     served.stop()
 
