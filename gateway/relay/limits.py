@@ -26,8 +26,8 @@ import math
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sized
-from typing import Any, Protocol, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -36,6 +36,8 @@ from gateway.ns import SoapVersion
 from gateway.security.auth import client_of
 from gateway.soap import fault_content_type, gateway_fault
 from routing.settings import LimitSettings
+
+from .front import Fast, FastPath
 
 __all__ = ["Gate", "RateLimiter", "rate_middleware", "ListenSite", "busy_error", "busy_answer", "address_of",
            "api_request", "API_HEAD"]
@@ -152,41 +154,6 @@ Fault = Callable[[web.Request, GatewayError], web.Response]
 #: Records a refusal in the send/receive log: (request, error, client name or None).
 Refused = Callable[[web.Request, GatewayError, str | None], Awaitable[None]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class Fast(Protocol):
-    """A fast-path connection as ListenSite's header clock sees it (:class:`gateway.relay.fast.FastConnection`)."""
-
-    heads: int
-    """Request heads it took."""
-
-    @property
-    def idle(self) -> bool:
-        """Between requests."""
-        ...
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
-
-    def data_received(self, data: bytes) -> None: ...
-
-    def eof_received(self) -> bool | None: ...
-
-    def pause_writing(self) -> None: ...
-
-    def resume_writing(self) -> None: ...
-
-    def connection_lost(self, exc: Exception | None) -> None: ...
-
-
-class FastPath(Protocol):
-    """The relay's fast path as ListenSite sees it (:class:`gateway.relay.fast.FastPath`)."""
-
-    @property
-    def connections(self) -> Sized: ...
-
-    def connection(self, handover: Callable[[bytes], None]) -> Fast: ...
-
-    async def drain(self, timeout: float) -> None: ...
 
 
 def rate_middleware(limiter: RateLimiter, settings: Callable[[], LimitSettings], fault: Fault,
