@@ -43,7 +43,7 @@ SMUGGLED = b"POST /smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
 CT = b"Content-Type: text/xml; charset=utf-8\r\n"
 
 
-def _chunked(body: bytes) -> bytes:
+def chunked_body(body: bytes) -> bytes:
     return f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
 
 
@@ -57,9 +57,9 @@ N = str(len(ENVELOPE)).encode()
 #: name -> raw request; none of them may reach the endpoint.
 SMUGGLING: dict[str, bytes] = {
     "cl-and-te": _request(CT.strip(), b"Content-Length: " + N, b"Transfer-Encoding: chunked",
-                          body=_chunked(ENVELOPE) + SMUGGLED),
+                          body=chunked_body(ENVELOPE) + SMUGGLED),
     "te-and-cl": _request(CT.strip(), b"Transfer-Encoding: chunked", b"Content-Length: " + N,
-                          body=_chunked(ENVELOPE) + SMUGGLED),
+                          body=chunked_body(ENVELOPE) + SMUGGLED),
     "duplicate-cl-different": _request(CT.strip(), b"Content-Length: " + N, b"Content-Length: 3",
                                        body=ENVELOPE + SMUGGLED),
     "duplicate-cl-same": _request(CT.strip(), b"Content-Length: " + N, b"Content-Length: " + N,
@@ -69,9 +69,9 @@ SMUGGLING: dict[str, bytes] = {
     "cl-negative": _request(CT.strip(), b"Content-Length: -1", body=ENVELOPE + SMUGGLED),
     "cl-space-before-colon": _request(CT.strip(), b"Content-Length : " + N, body=ENVELOPE + SMUGGLED),
     "te-chunked-not-last": _request(CT.strip(), b"Transfer-Encoding: chunked, identity",
-                                    body=_chunked(ENVELOPE) + SMUGGLED),
-    "te-xchunked": _request(CT.strip(), b"Transfer-Encoding: xchunked", body=_chunked(ENVELOPE) + SMUGGLED),
-    "te-obs-fold": _request(CT.strip(), b"Transfer-Encoding:", b" chunked", body=_chunked(ENVELOPE) + SMUGGLED),
+                                    body=chunked_body(ENVELOPE) + SMUGGLED),
+    "te-xchunked": _request(CT.strip(), b"Transfer-Encoding: xchunked", body=chunked_body(ENVELOPE) + SMUGGLED),
+    "te-obs-fold": _request(CT.strip(), b"Transfer-Encoding:", b" chunked", body=chunked_body(ENVELOPE) + SMUGGLED),
     "obs-fold": _request(CT.strip(), b"Content-Length: " + N, b"X-Folded: a", b" b", body=ENVELOPE + SMUGGLED),
     "bare-lf": _request(CT.strip(), b"Content-Length: " + N, body=ENVELOPE + SMUGGLED, sep=b"\n"),
     "bare-cr": _request(CT.strip(), b"Content-Length: " + N, body=ENVELOPE + SMUGGLED, sep=b"\r"),
@@ -152,12 +152,12 @@ def _post(url: str, body: bytes = ENVELOPE) -> tuple[int, bytes]:
     return status, answer.split(b"\r\n\r\n", 1)[-1]
 
 
-class _Served:
+class Served:
     """A RawBackend on a thread of its own (the gateway is a process; the test talks plain sockets)."""
 
-    def __init__(self, answers: list[bytes]) -> None:
+    def __init__(self, answers: list[bytes], kind: type[RawBackend] = RawBackend) -> None:
         import threading
-        self.backend = RawBackend(answers=answers)
+        self.backend = kind(answers=answers)
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
 
@@ -185,10 +185,10 @@ class _Served:
 
 @pytest.fixture
 def served() -> Iterator[Callable[[list[bytes]], RawBackend]]:
-    running: list[_Served] = []
+    running: list[Served] = []
 
     def start(answers: list[bytes]) -> RawBackend:
-        running.append(_Served(answers))
+        running.append(Served(answers))
         return running[-1].backend
 
     yield start

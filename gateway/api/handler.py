@@ -55,6 +55,7 @@ from gateway.logs.records import ApiExchange, describe
 from gateway.metrics import Metrics
 from gateway.ns import H_CLIENT, H_MESSAGE_ID, H_VIA
 from gateway.relay.answer import SMALL_BODY, respond
+from gateway.relay.call import RequestCall
 from gateway.relay.handler import authorise, check_hops
 from gateway.relay.streamed import RequestBody, receive
 from gateway.relay.limits import RateLimiter
@@ -209,7 +210,9 @@ class ApiRelay:
             if profile is not None:
                 reply = await recode_reply(profile, reply, recoding, exchange.route.destination)
 
-            return await respond(request, reply, exchange, trace, lambda: self._log(request, trace, recoding))
+            call = RequestCall(request)
+            return call.response(await respond(call, reply, exchange, trace,
+                                               lambda: self._log(request, trace, recoding)))
         finally:
             reply.release()
 

@@ -12,12 +12,12 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.errors import UpstreamError
 from gateway.ns import H_MESSAGE_ID
 
+from .call import Answer, Call
 from .trace import Exchange, Trace
 from .upstream import Reply
 
@@ -43,8 +43,8 @@ def _reply_headers(reply: Reply, exchange: Exchange) -> CIMultiDict[str]:
     return headers
 
 
-async def respond(request: web.Request, reply: Reply, exchange: Exchange, trace: Trace,
-                   durable: Callable[[], Awaitable[None]]) -> web.StreamResponse:
+async def respond(call: Call, reply: Reply, exchange: Exchange, trace: Trace,
+                  durable: Callable[[], Awaitable[None]]) -> Answer:
     """Pass the upstream's answer back unchanged (status, headers, body); a streamed answer's last
     chunk waits for ``durable`` (an answer read whole is returned: the handler waits before sending)."""
     headers = _reply_headers(reply, exchange)
@@ -53,27 +53,23 @@ async def respond(request: web.Request, reply: Reply, exchange: Exchange, trace:
     if reply.content_length is not None and reply.content_length <= SMALL_BODY:
         body = await reply.read()
         trace.sent_response(body)
-        return web.Response(status=reply.status, reason=reply.reason, body=body, headers=headers)
-    response = web.StreamResponse(status=reply.status, reason=reply.reason, headers=headers)
-    if reply.content_length is not None:
-        response.content_length = reply.content_length
-    await response.prepare(request)
+        return Answer(reply.status, reply.reason, headers, body)
+    sink = await call.stream(reply.status, reply.reason, headers, reply.content_length)
     held: bytes | None = None
     try:
         async for chunk in reply.chunks():
             trace.sent_response(chunk)
             if held is not None:
-                await response.write(held)
+                await sink.write(held)
             held = chunk
     except (UpstreamError, aiohttp.ClientError, TimeoutError) as exc:
         # The status line is already sent: the only honest signal left is to
         # cut the connection so the caller sees an incomplete answer.
         log.warning("%s broke off its answer to message %s: %s", exchange.route.endpoint, exchange.message_id, exc)
-        if request.transport is not None:
-            request.transport.abort()
+        call.abort()
         raise ConnectionResetError("upstream broke off its answer") from exc
     await durable()
     if held is not None:
-        await response.write(held)
-    await response.write_eof()
-    return response
+        await sink.write(held)
+    await sink.write_eof()
+    return Answer(reply.status, reply.reason, headers, None)

@@ -70,7 +70,6 @@ from gateway.logs.records import describe
 from gateway.metrics import Metrics
 from gateway.ns import H_CLIENT, H_MESSAGE_ID, H_SOAPACTION, H_VIA, SoapVersion
 from gateway.parser import SCAN_WHOLE, EnvelopeHead, HeadScanner, scan_head
-from gateway.security.auth import client_of
 from gateway.security.message import MessageSecurity
 from gateway.soap import fault_content_type, gateway_fault, version_for
 from routing.config import Client
@@ -80,6 +79,7 @@ from routing.watch import LiveTable
 
 from .resilience import may_have_sent, sent_to
 from .answer import SERVER, SMALL_BODY, respond
+from .call import Answer, Call, RequestCall
 from .outline import EnvelopeOutline, check_outline
 from .streamed import RequestBody, check_chunk, receive
 from .trace import Exchange, Trace, check_loggable
@@ -177,43 +177,49 @@ class Relay:
         self._deposit = deposit
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """aiohttp's handler of ``POST /soap`` and ``/soap/{ap}``."""
+        call = RequestCall(request)
+        return call.response(await self.exchange(call))
+
+    async def exchange(self, call: Call) -> Answer:
+        """One relayed exchange, from the caller's parsed request to the answer (any HTTP server)."""
         table = self._table.current
-        client = client_of(request)
+        client = call.client
         trace = Trace(arrived=self._clock.read(), started=time.perf_counter(), client=client.name if client else None)
-        version = _caller_version(request)
+        version = _caller_version(call)
         recoding = Recoding()
         try:
-            trace.message_id = request.headers.get(H_MESSAGE_ID)
+            trace.message_id = call.headers.get(H_MESSAGE_ID)
             check_loggable(f"header {H_MESSAGE_ID}", "message_id", trace.message_id, trace)
             if self._journal is not None:
                 await self._journal.admit()
-            exchange, body = await self._prepare(request, table, trace)
+            exchange, body = await self._prepare(call, table, trace)
             profile = endpoint_profile(table.config, exchange.route)
             if profile is not None:  # checked on the caller's bytes: plain UTF-8, not signed unless re-signed
-                check_convertible(profile, exchange.route, request.headers.get("Content-Type", ""),
+                check_convertible(profile, exchange.route, call.headers.get("Content-Type", ""),
                                   body if isinstance(body, bytes) else body.head)
             if self._security is not None and self._security.needed(client, exchange.route):
-                body = await self._secure(request, exchange, body, trace, table.config.gateway, profile, recoding)
+                body = await self._secure(call, exchange, body, trace, table.config.gateway, profile, recoding)
             if exchange.route.mailbox is not None:
-                response = await self._store(request, exchange, body, trace, version)
+                answer = await self._store(call, exchange, body, trace, version)
             else:
-                response = await self._forward(request, exchange, body, trace, profile, recoding)
+                answer = await self._forward(call, exchange, body, trace, profile, recoding)
         except (ConnectionResetError, asyncio.CancelledError):  # cancelled: cut off at the drain timeout
             trace.status = "error"
-            await self._finish(request, trace, recoding, answering=False)
+            await self._finish(call, trace, recoding, answering=False)
             raise
         except GatewayError as exc:
-            response = self._fault(exc, version, table.config.gateway.name, trace)
-        await self._finish(request, trace, recoding)  # an answer in memory leaves once its records are durable
-        return response
+            answer = self._fault(exc, version, table.config.gateway.name, trace)
+        await self._finish(call, trace, recoding)  # an answer in memory leaves once its records are durable
+        return answer
 
-    async def _finish(self, request: web.Request, trace: Trace, recoding: Recoding, *,
+    async def _finish(self, call: Call, trace: Trace, recoding: Recoding, *,
                       answering: bool = True) -> None:
         self._metrics.observe(trace.label, trace.status, time.perf_counter() - trace.started)
         if not trace.logged:
-            await self._log(request, trace, recoding, answering=answering)
+            await self._log(call, trace, recoding, answering=answering)
 
-    async def _log(self, request: web.Request, trace: Trace, recoding: Recoding, *, answering: bool = True) -> None:
+    async def _log(self, call: Call, trace: Trace, recoding: Recoding, *, answering: bool = True) -> None:
         """Log the exchange; when ``answering``, return once its records are durable, or cut the
         connection (ConnectionResetError) if they cannot be: no complete answer without them."""
         trace.logged = True
@@ -244,91 +250,90 @@ class Relay:
             log.error("send/receive log unavailable (%s); exchange not logged: %s", exc.reason, describe(exchange))
             if not answering:
                 return
-            if request.transport is not None:
-                request.transport.abort()
+            call.abort()
             raise ConnectionResetError("the exchange's log records are not durable: answer withheld") from None
 
-    async def _prepare(self, request: web.Request, table: RouteTable,
+    async def _prepare(self, call: Call, table: RouteTable,
                        trace: Trace) -> tuple[Exchange, bytes | RequestBody]:
         settings = table.config.gateway
-        incoming_via = request.headers.get(H_VIA, "")
+        incoming_via = call.headers.get(H_VIA, "")
         passed = check_hops(incoming_via, settings.name)
-        version, framer = self._check_media(request, settings)
+        version, framer = self._check_media(call, settings)
         limit = settings.max_message_bytes if framer is None else settings.max_attachment_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise MessageTooLarge(f"message of {request.content_length} bytes exceeds the limit of {limit}")
-        head, body = await self._read_head(request, settings, trace, framer, limit)
+        if call.content_length is not None and call.content_length > limit:
+            raise MessageTooLarge(f"message of {call.content_length} bytes exceeds the limit of {limit}")
+        head, body = await self._read_head(call, settings, trace, framer, limit)
         check_loggable("the MessageId", "message_id", head.message_id, trace)
         trace.message_id = head.message_id or trace.message_id or new_message_id()
         check_loggable("the sender (From)", "from_ap", head.sender, trace)
         trace.sender = head.sender
         if version is not None and head.version is not version:
-            raise MalformedMessage(f"Content-Type {request.content_type} announces SOAP {version.value} "
+            raise MalformedMessage(f"Content-Type {call.content_type} announces SOAP {version.value} "
                                    f"but the Envelope is SOAP {head.version.value}")
-        destination = destination_of(head, request.match_info.get("ap"))
+        destination = destination_of(head, call.ap)
         check_loggable("the destination", "to_ap", destination, trace)
         trace.destination = destination
-        authorise(client_of(request), destination)
+        authorise(call.client, destination)
         route = table.resolve(destination, passed=passed)
         trace.endpoint, trace.label = route.url, route.endpoint
-        authorise_sender(client_of(request), head.sender, route)
+        authorise_sender(call.client, head.sender, route)
         if route.disabled:  # SPEC "Operators": at once, without calling out
             raise EndpointUnavailable(f"endpoint {destination!r} is disabled by the operator "
                                       f"(bmrgw endpoints enable {destination})", destination=destination,
                                       endpoint=route.endpoint)
-        hop = f"{request.version.major}.{request.version.minor} {settings.name}"
+        hop = f"{call.version} {settings.name}"
         exchange = Exchange(route=route, message_id=trace.message_id,
                             via=f"{incoming_via}, {hop}" if incoming_via else hop)
         return exchange, body
 
-    async def _secure(self, request: web.Request, exchange: Exchange, body: bytes | RequestBody,
+    async def _secure(self, call: Call, exchange: Exchange, body: bytes | RequestBody,
                       trace: Trace, settings: GatewaySettings, profile: CharsetProfile | None,
                       recoding: Recoding) -> bytes:
         """WS-Security needs the whole envelope: read it (bounded), verify and/or sign it; for a converting
         endpoint, verify the caller's, convert, then sign what the partner gets."""
         assert self._security is not None
-        if request.content_type == CT_RELATED:
+        if call.content_type == CT_RELATED:
             # The signature would have to cover the attachments (WSS SwA profile): not built.
             raise UnsupportedMediaType("WS-Security is required for this exchange, but it is not supported for "
                                        "SwA/MTOM (multipart/related) messages", destination=exchange.route.destination)
         whole = body if isinstance(body, bytes) else b"".join([chunk async for chunk in body])
         if profile is not None:
-            await self._security.verify_client(whole, content_type=request.content_type, client=client_of(request),
+            await self._security.verify_client(whole, content_type=call.content_type, client=call.client,
                                                settings=settings)
             converted = for_signing(profile, whole, recoding, exchange.route.destination)
-            signed = await self._security.apply(converted, content_type=request.content_type, client=None,
+            signed = await self._security.apply(converted, content_type=call.content_type, client=None,
                                                 route=exchange.route, settings=settings)
             trace.forwarded_bytes = len(secured := signed_for_partner(profile, signed))
             return secured
-        secured = await self._security.apply(whole, content_type=request.content_type, client=client_of(request),
+        secured = await self._security.apply(whole, content_type=call.content_type, client=call.client,
                                              route=exchange.route, settings=settings)
         if secured is not whole:
             trace.forwarded_bytes = len(secured)
         return secured
 
     @staticmethod
-    def _check_media(request: web.Request,
+    def _check_media(call: Call,
                      settings: GatewaySettings) -> tuple[SoapVersion | None, RootExtractor | None]:
         """The announced SOAP version, and for SwA/MTOM the follower of the multipart framing."""
-        if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+        if call.headers.get("Content-Encoding", "identity").lower() != "identity":
             raise UnsupportedMediaType("compressed request bodies are not accepted")
-        if request.content_type == CT_RELATED:
-            related = parse_related(request.headers["Content-Type"])
+        if call.content_type == CT_RELATED:
+            related = parse_related(call.headers["Content-Type"])
             assert related is not None
             return related.soap_version, RootExtractor(related, max_root_bytes=settings.max_message_bytes)
-        version = version_for(request.content_type)
+        version = version_for(call.content_type)
         if version is None:
-            raise UnsupportedMediaType(f"Content-Type {request.content_type!r} is not SOAP (text/xml or "
+            raise UnsupportedMediaType(f"Content-Type {call.content_type!r} is not SOAP (text/xml or "
                                        "application/soap+xml, or multipart/related for attachments)")
         return version, None
 
     @staticmethod
-    async def _read_head(request: web.Request, settings: GatewaySettings, trace: Trace,
+    async def _read_head(call: Call, settings: GatewaySettings, trace: Trace,
                          framer: RootExtractor | None, limit: int) -> tuple[EnvelopeHead, bytes | RequestBody]:
         timeout = settings.client_timeout
-        if request.content_length is not None and request.content_length <= SMALL_BODY:
+        if call.content_length is not None and call.content_length <= SMALL_BODY:
             # Usually the whole small body came with the headers: no timer needed then.
-            whole = await receive(request.read(), None if request.content.is_eof() else timeout)
+            whole = await receive(call.read(), None if call.received() else timeout)
             trace.took_request(whole)
             envelope = whole if framer is None else _root_of(framer, whole)
             if len(envelope) <= min(SCAN_WHOLE, settings.max_header_bytes):
@@ -340,7 +345,7 @@ class Relay:
         prefix: list[bytes] = []
         head = None
         while head is None:
-            chunk = await receive(request.content.readany(), timeout)
+            chunk = await receive(call.readany(), timeout)
             if not chunk:
                 if framer is not None:
                     framer.finish()
@@ -351,12 +356,12 @@ class Relay:
             if trace.request_bytes > limit:
                 raise MessageTooLarge(f"message exceeds the limit of {limit} bytes")
             head = _feed_head(scanner, outline, framer, chunk)
-        return head, RequestBody(prefix, request.content, trace=trace, limit=limit, timeout=timeout,
+        return head, RequestBody(prefix, call, trace=trace, limit=limit, timeout=timeout,
                                  outline=outline, framer=framer)
 
-    async def _forward(self, request: web.Request, exchange: Exchange, body: bytes | RequestBody, trace: Trace,
-                       profile: CharsetProfile | None, recoding: Recoding) -> web.StreamResponse:
-        incoming = request.headers
+    async def _forward(self, call: Call, exchange: Exchange, body: bytes | RequestBody, trace: Trace,
+                       profile: CharsetProfile | None, recoding: Recoding) -> Answer:
+        incoming = call.headers
         headers = {k: incoming[k] for k in _FORWARD_REQUEST if k in incoming}
         if isinstance(body, bytes):
             headers["Content-Length"] = str(len(body))  # a signed body is longer than what arrived
@@ -386,8 +391,7 @@ class Relay:
                 raise error
             if profile is not None:
                 reply = await recode_reply(profile, reply, recoding, exchange.route.destination)
-            answer = await respond(request, reply, exchange, trace,
-                                   lambda: self._settle(request, sent, trace, recoding))
+            answer = await respond(call, reply, exchange, trace, lambda: self._settle(call, sent, trace, recoding))
             if (error := _error_of(sent)) is not None:  # found while an answer was read whole
                 trace.forwarded = False
                 raise error
@@ -395,28 +399,27 @@ class Relay:
         finally:
             reply.release()
 
-    async def _settle(self, request: web.Request, body: bytes | AsyncIterable[bytes], trace: Trace,
+    async def _settle(self, call: Call, body: bytes | AsyncIterable[bytes], trace: Trace,
                       recoding: Recoding) -> None:
         """Before a streamed answer's last chunk: the request body held up, and the records are durable."""
         if (error := _error_of(body)) is not None:
-            if request.transport is not None:
-                request.transport.abort()
+            call.abort()
             raise ConnectionResetError(f"the request body was refused after forwarding began: {error.reason}")
-        await self._log(request, trace, recoding)
+        await self._log(call, trace, recoding)
 
-    async def _store(self, request: web.Request, exchange: Exchange, body: bytes | RequestBody,
-                     trace: Trace, version: SoapVersion) -> web.StreamResponse:
+    async def _store(self, call: Call, exchange: Exchange, body: bytes | RequestBody,
+                     trace: Trace, version: SoapVersion) -> Answer:
         """A mailbox route: store the message as a JX document and answer Accepted."""
         if self._deposit is None:
             raise EndpointUnavailable("JX mailboxes are not available", destination=exchange.route.destination)
         answer = await self._deposit(exchange.route, exchange.message_id, trace.sender, trace.client,
-                                     request.headers.get("Content-Type", ""), version, body)
+                                     call.headers.get("Content-Type", ""), version, body)
         trace.forwarded, trace.http_status = True, 200
         trace.sent_response(answer, relayed=False)
-        return web.Response(body=answer, headers={"Content-Type": fault_content_type(version), "Server": SERVER,
-                                                  H_MESSAGE_ID: exchange.message_id})
+        return Answer(200, None, {"Content-Type": fault_content_type(version), "Server": SERVER,
+                                  H_MESSAGE_ID: exchange.message_id}, answer)
 
-    def _fault(self, error: GatewayError, version: SoapVersion, gateway: str, trace: Trace) -> web.Response:
+    def _fault(self, error: GatewayError, version: SoapVersion, gateway: str, trace: Trace) -> Answer:
         log.info("fault %s: %s", error.code, error.reason)
         self._metrics.fault(error.code)
         body = gateway_fault(error, version, gateway=gateway)
@@ -426,7 +429,7 @@ class Relay:
         headers = {"Content-Type": fault_content_type(version), "Server": SERVER}
         if trace.message_id is not None:
             headers[H_MESSAGE_ID] = trace.message_id
-        return web.Response(status=error.http_status, body=body, headers=headers)
+        return Answer(error.http_status, None, headers, body)
 
 
 def _error_of(body: bytes | AsyncIterable[bytes]) -> GatewayError | None:
@@ -435,12 +438,12 @@ def _error_of(body: bytes | AsyncIterable[bytes]) -> GatewayError | None:
     return error if isinstance(error, GatewayError) else None
 
 
-def _caller_version(request: web.Request) -> SoapVersion:
+def _caller_version(call: Call) -> SoapVersion:
     """The SOAP version the caller speaks, for its faults (SOAP 1.1 when it cannot be told)."""
-    version = version_for(request.content_type)
-    if version is None and request.content_type == CT_RELATED:
+    version = version_for(call.content_type)
+    if version is None and call.content_type == CT_RELATED:
         try:
-            related = parse_related(request.headers["Content-Type"])
+            related = parse_related(call.headers["Content-Type"])
         except MalformedMessage:
             related = None
         version = related.soap_version if related is not None else None

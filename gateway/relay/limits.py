@@ -37,6 +37,8 @@ from gateway.security.auth import client_of
 from gateway.soap import fault_content_type, gateway_fault
 from routing.settings import LimitSettings
 
+from .front import Fast, FastPath
+
 __all__ = ["Gate", "RateLimiter", "rate_middleware", "ListenSite", "busy_error", "busy_answer", "address_of",
            "api_request", "API_HEAD"]
 
@@ -111,21 +113,36 @@ class RateLimiter:
 
     def take(self, caller: str, settings: LimitSettings) -> None:
         """Spend one token of ``caller``'s bucket, or raise TooManyRequests."""
+        short = self._spend(caller, settings)
+        if short is None:
+            return
+        tokens, now = short
+        rate = settings.client_rate
+        assert rate is not None
+        self._buckets[caller] = (tokens, now)
+        self.refused += 1
+        wait = math.ceil((1 - tokens) / rate)
+        raise TooManyRequests(f"{caller} sends more than {rate:g} requests per second; retry in {wait} s",
+                              detail=str(wait))
+
+    def spend(self, caller: str, settings: LimitSettings) -> bool:
+        """Spend one token of ``caller``'s bucket if it has one; ``False`` (and nothing changed) if not."""
+        return self._spend(caller, settings) is None
+
+    def _spend(self, caller: str, settings: LimitSettings) -> tuple[float, float] | None:
+        """Spend a token; or, when there is none, the bucket's tokens and the time they were counted."""
         rate, burst = settings.client_rate, settings.burst
         if rate is None:
-            return
+            return None
         now = self._clock()
         tokens, at = self._buckets.get(caller, (burst, now))
         tokens = min(burst, tokens + (now - at) * rate)
         if tokens < 1:
-            self._buckets[caller] = (tokens, now)
-            self.refused += 1
-            wait = math.ceil((1 - tokens) / rate)
-            raise TooManyRequests(f"{caller} sends more than {rate:g} requests per second; retry in {wait} s",
-                                  detail=str(wait))
+            return tokens, now
         if len(self._buckets) >= _MAX_BUCKETS and caller not in self._buckets:
             self._forget_full(now, rate, burst)
         self._buckets[caller] = (tokens - 1, now)
+        return None
 
     def _forget_full(self, now: float, rate: float, burst: float) -> None:
         full = [k for k, (tokens, at) in self._buckets.items() if tokens + (now - at) * rate >= burst]
@@ -272,12 +289,13 @@ class _Guarded(asyncio.Protocol):
 
     def __init__(self, site: ListenSite, timeout: float) -> None:
         self._site = site
+        self._fast: Fast | None = None
         self._timeout = timeout
         self._loop = asyncio.get_running_loop()
         self._clock: asyncio.TimerHandle | None = self._loop.call_later(timeout, self._expire)
         self._expired = False
         self._transport: asyncio.Transport | None = None
-        self._inner: asyncio.Protocol | None = None
+        self._inner: asyncio.Protocol | Fast | None = None
         self._handler: web.RequestHandler | None = None
         self._address: str | None = None
         self._heads = 0
@@ -293,6 +311,9 @@ class _Guarded(asyncio.Protocol):
         if refusal is not None:
             self._stop()
             self._inner = _Refusal(refusal)
+        elif self._site.fast is not None:
+            self._address = address
+            self._inner = self._fast = self._site.fast.connection(self._handover)
         else:
             self._address = address
             self._inner = self._handler = self._site.handler()
@@ -301,7 +322,35 @@ class _Guarded(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._inner is None:
             return
+        fast = self._fast
+        if fast is not None:
+            fast.data_received(data)
+            if self._fast is not fast:  # handed over to aiohttp's handler (see _handover)
+                return
+            if fast.heads != self._heads:  # the fast path took a whole request head
+                self._heads = fast.heads
+                self._stop()
+            elif self._clock is None and fast.idle:  # the first bytes of a follow-up
+                self._clock = self._loop.call_later(self._timeout, self._expire)
+            return
         self._inner.data_received(data)
+        self._watch()
+
+    def _handover(self, rest: bytes) -> None:
+        """The fast path gives the connection, with the bytes not yet answered, to aiohttp's handler."""
+        assert self._transport is not None
+        self._fast = None
+        self._heads = 0
+        self._inner = self._handler = handler = self._site.handler()
+        handler.connection_made(self._transport)
+        if rest:
+            handler.data_received(rest)
+            if handler._request_count == 0 and self._clock is None:  # a new head begins: time it
+                self._clock = self._loop.call_later(self._timeout, self._expire)
+        self._watch()
+
+    def _watch(self) -> None:
+        """The header clock after aiohttp's handler took bytes."""
         handler = self._handler
         if handler is None:
             return
@@ -338,6 +387,11 @@ class _Guarded(asyncio.Protocol):
     def _expire(self) -> None:
         self._clock = None
         self._expired = True
+        if self._fast is not None:
+            if self._fast.heads == self._heads and self._transport is not None:
+                self._site.timed_out()
+                self._transport.abort()
+            return
         handler = self._handler
         if self._transport is None or handler is None:
             return  # still in the TLS handshake: ssl_handshake_timeout ends it, or connection_made will
@@ -354,8 +408,12 @@ class ListenSite(web.BaseSite):
     def __init__(self, runner: web.BaseRunner, sock: socket.socket, *, ssl_context: ssl.SSLContext | None,
                  limits: Callable[[], LimitSettings], answer: Callable[[int, str | None, bool], bytes],
                  header_timeout: float, timed_out: Callable[[], None] = lambda: None,
-                 handler: Callable[[web.Server], web.RequestHandler] | None = None) -> None:
+                 handler: Callable[[web.Server], web.RequestHandler] | None = None,
+                 fast: FastPath | None = None, drain_timeout: float = 0.0) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=BACKLOG)
+        self.fast = fast
+        """The relay's fast path (:mod:`gateway.relay.fast`), which takes each connection first; or none."""
+        self._drain_timeout = drain_timeout
         self._sock = sock
         self._limits = limits
         self._answer = answer
@@ -392,6 +450,12 @@ class ListenSite(web.BaseSite):
         if held:
             self._per_address[address] = held
 
+    async def stop(self) -> None:
+        """Stop listening; the fast path's connections drain as aiohttp's do (up to ``drain_timeout``)."""
+        await super().stop()
+        if self.fast is not None:
+            await self.fast.drain(self._drain_timeout)
+
     async def start(self) -> None:
         await super().start()
         server = self._runner.server
@@ -399,7 +463,8 @@ class ListenSite(web.BaseSite):
 
         def protocol() -> asyncio.BaseProtocol:
             limit = self._limits().max_connections
-            if limit is not None and len(server.connections) >= limit:
+            held = len(server.connections) + (len(self.fast.connections) if self.fast is not None else 0)
+            if limit is not None and held >= limit:
                 self.refused += 1
                 return _Refusal(lambda api: self._answer(limit, None, api))
             return _Guarded(self, self._header_timeout)

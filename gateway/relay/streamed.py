@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
+from typing import Protocol
 
 import aiohttp
 
@@ -24,6 +25,12 @@ from .trace import Trace
 __all__ = ["RequestBody", "check_chunk", "receive"]
 
 
+class Source(Protocol):
+    """Where the body's bytes come from: aiohttp's ``StreamReader``, or a :class:`~gateway.relay.call.Call`."""
+
+    def readany(self) -> Awaitable[bytes]: ...
+
+
 class RequestBody:
     """The request body as it goes upstream: the bytes already read, then the rest.
 
@@ -33,7 +40,7 @@ class RequestBody:
     :attr:`error` because aiohttp wraps whatever a body iterator raises.
     """
 
-    def __init__(self, prefix: list[bytes], stream: aiohttp.StreamReader, *, trace: Trace, limit: int,
+    def __init__(self, prefix: list[bytes], stream: Source, *, trace: Trace, limit: int,
                  timeout: float, outline: EnvelopeOutline | None, framer: RootExtractor | None = None) -> None:
         self._prefix = prefix
         self._stream = stream

@@ -255,11 +255,30 @@ class Authenticator:
             raise Unauthorized(f"client {client.name!r} must also present its client certificate")
         return client
 
+    def remembered(self, header: str, address: str, clients: Mapping[str, Client]) -> Client | None:
+        """The client whose Basic login ``header`` from ``address`` was verified lately and may pass
+        without a check (:meth:`identify` returns it at once); ``None`` when it needs the full way."""
+        try:
+            login = _basic_login(header)
+        except Unauthorized:
+            return None
+        if login is None:
+            return None
+        client, key = self._lookup(header, address, login, clients)
+        if client is not None and self._remembered(key, client) and not self.throttle.suspect(address, login.user):
+            return client
+        return None
+
+    def _lookup(self, header: str, address: str, login: _Login,
+                clients: Mapping[str, Client]) -> tuple[Client | None, bytes]:
+        client = next((c for c in clients.values() if c.basic and c.basic.user == login.user), None)
+        return client, hmac.digest(self._secret, f"{address}\0{header}".encode("utf-8", "surrogateescape"),
+                                   hashlib.sha256)
+
     async def _check_basic(self, request: web.Request, header: str, login: _Login,
                            clients: Mapping[str, Client]) -> Client:
         address = request.remote or "-"
-        client = next((c for c in clients.values() if c.basic and c.basic.user == login.user), None)
-        key = hmac.digest(self._secret, f"{address}\0{header}".encode("utf-8", "surrogateescape"), hashlib.sha256)
+        client, key = self._lookup(header, address, login, clients)
         if client is not None and self._remembered(key, client) and not self.throttle.suspect(address, login.user):
             return client
         hold = self.throttle.admit(address)

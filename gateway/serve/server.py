@@ -33,20 +33,21 @@ from gateway.durable import private_dir
 from gateway.errors import UsageError
 from gateway.keys import LIVE
 from gateway.proctitle import name_process
+from gateway.relay.fast import FastPath
 from gateway.relay.limits import ListenSite, busy_answer, busy_error
 from gateway.relay.resilience import RESILIENCE
-from gateway.security.auth import cleartext_basic_warning
+from gateway.security.auth import AUTHENTICATOR, cleartext_basic_warning
 from routing.config import Config, load_config
 
 from . import heap
 from .access import access_log
-from .app import AppOptions, make_app, reloaded
+from .app import RELAY, AppOptions, make_app, reloaded
 from .certs import CERTS
 from .options import ServeOptions
 from .protocol import problem_handlers
 from .workers import heartbeat, supervise
 
-__all__ = ["ServeOptions", "serve", "install_event_loop", "listen_socket"]
+__all__ = ["ServeOptions", "serve", "install_event_loop", "listen_socket", "fast_path", "listen"]
 
 log = logging.getLogger("bmrgw")
 
@@ -104,7 +105,9 @@ def serve(options: ServeOptions) -> int:
     return 0
 
 
-async def _run(app: web.Application, config: Config, sock: socket.socket, options: ServeOptions) -> None:
+async def listen(app: web.Application, config: Config, sock: socket.socket) -> tuple[web.AppRunner, ListenSite]:
+    """Start ``app`` on ``sock`` as ``bmrgw serve`` does: aiohttp's runner behind a ListenSite (connection
+    caps, header clock) with the relay's fast path in front."""
     runner = web.AppRunner(app, shutdown_timeout=config.gateway.drain_timeout,
                            keepalive_timeout=config.gateway.keepalive_timeout,
                            **access_log(config.gateway.access_log))
@@ -127,8 +130,14 @@ async def _run(app: web.Application, config: Config, sock: socket.socket, option
     site = ListenSite(runner, sock, ssl_context=context,
                       limits=lambda: live.current.config.gateway.limits, answer=answer,
                       header_timeout=config.gateway.header_timeout, timed_out=timed_out,
-                      handler=problem_handlers(gateway))
+                      handler=problem_handlers(gateway),
+                      fast=fast_path(app, config), drain_timeout=config.gateway.drain_timeout)
     await site.start()
+    return runner, site
+
+
+async def _run(app: web.Application, config: Config, sock: socket.socket, options: ServeOptions) -> None:
+    runner, site = await listen(app, config, sock)
     heap.settle()
     # A worker's beats come from this loop, so they stop when it hangs (the supervisor's watchdog).
     beating = asyncio.create_task(heartbeat(options.heartbeat)) if options.heartbeat is not None else None
@@ -145,6 +154,15 @@ async def _run(app: web.Application, config: Config, sock: socket.socket, option
     if beating is not None:
         beating.cancel()
     log.info("stopped; the send/receive log is flushed")
+
+
+def fast_path(app: web.Application, config: Config) -> FastPath | None:
+    """The relay's fast path (:mod:`gateway.relay.fast`); none when every request must pass aiohttp's
+    server: an access log to write, or keep-alive switched off."""
+    if config.gateway.access_log is not None or config.gateway.keepalive_timeout <= 0:
+        return None
+    return FastPath(relay=lambda: app[RELAY], live=app[LIVE], authenticator=app[AUTHENTICATOR],
+                    limiter=app[RESILIENCE].limiter, keepalive_timeout=config.gateway.keepalive_timeout)
 
 
 def _reload(app: web.Application, options: ServeOptions) -> None:
