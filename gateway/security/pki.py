@@ -6,8 +6,9 @@ and WS-Security signatures locally in minutes.  Every certificate carries the
 extensions a strict verifier checks: basicConstraints, keyUsage,
 extendedKeyUsage (serverAuth / clientAuth), subjectAltName for servers, and
 subject/authority key identifiers.  Keys are RSA 2048 (what LGPKI and every
-WS-Security stack accept), written unencrypted with mode 0600: these are
-development keys, never production ones.
+WS-Security stack accept) unless ECDSA P-256 is asked for (``key_type="ec"``,
+signing certificates for a cheaper WS-Security signature), written
+unencrypted with mode 0600: these are development keys, never production ones.
 
 For production certificates, ``bmrgw pki csr`` (:mod:`.csr`) and ``bmrgw pki
 install`` (:mod:`.install`) are the go-live steps.
@@ -30,7 +31,7 @@ from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.errors import GatewayError
@@ -38,10 +39,13 @@ from gateway.errors import GatewayError
 from .csr import add_csr_command
 from .install import add_install_command
 
-__all__ = ["Issued", "Kind", "make_ca", "load_ca", "issue", "make_set", "add_pki_command"]
+__all__ = ["Issued", "Kind", "KeyType", "make_ca", "load_ca", "issue", "make_set", "add_pki_command"]
 
 Kind = Literal["server", "client", "signing"]
 KINDS: tuple[Kind, ...] = ("server", "client", "signing")
+#: RSA-2048, or ECDSA on P-256 (the CA itself is always RSA-2048).
+KeyType = Literal["rsa", "ec"]
+_Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 CA_NAME = "ca"
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")
@@ -90,18 +94,19 @@ def load_ca(folder: str | Path) -> Issued:
 
 def issue(ca: Issued, kind: Kind, name: str, *, folder: str | Path | None = None,
           hosts: Sequence[str] = DEFAULT_HOSTS, days: int = DEFAULT_DAYS,
-          start: dt.datetime | None = None) -> Issued:
+          start: dt.datetime | None = None, key_type: KeyType = "rsa") -> Issued:
     """A ``kind`` certificate for ``name`` signed by ``ca``, written next to the CA (or into ``folder``).
 
     ``hosts`` (DNS names or IP addresses) become a server certificate's
     subjectAltName.  ``start`` and ``days`` set the validity; a ``start``
     in the past with few ``days`` makes an already-expired certificate.
+    ``key_type`` ``"ec"`` gives the certificate a P-256 key instead of RSA-2048.
     """
     ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
     ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
     if not isinstance(ca_key, rsa.RSAPrivateKey):
         raise GatewayError(f"{ca.key}: the CA key must be an RSA key")
-    key = _new_key()
+    key: _Key = ec.generate_private_key(ec.SECP256R1()) if key_type == "ec" else _new_key()
     begin, end = _validity(days, start)
     builder = (
         _base(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), ca_cert.subject,
@@ -116,8 +121,9 @@ def issue(ca: Issued, kind: Kind, name: str, *, folder: str | Path | None = None
 
 def make_set(folder: str | Path, *, servers: Sequence[str] = ("server",), clients: Sequence[str] = ("client",),
              signers: Sequence[str] = ("sign",), hosts: Sequence[str] = DEFAULT_HOSTS,
-             days: int = DEFAULT_DAYS) -> dict[str, Issued]:
-    """The CA of ``folder`` (made when missing) plus the named certificates; name → files."""
+             days: int = DEFAULT_DAYS, ec_signers: Sequence[str] = ()) -> dict[str, Issued]:
+    """The CA of ``folder`` (made when missing) plus the named certificates; name → files.
+    ``ec_signers`` are signing certificates with ECDSA P-256 keys."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ca = load_ca(folder) if (folder / f"{CA_NAME}.pem").exists() else make_ca(folder)
@@ -126,6 +132,8 @@ def make_set(folder: str | Path, *, servers: Sequence[str] = ("server",), client
     for kind, names in wanted:
         for name in names:
             made[name] = issue(ca, kind, name, hosts=hosts, days=days)
+    for name in ec_signers:
+        made[name] = issue(ca, "signing", name, hosts=hosts, days=days, key_type="ec")
     return made
 
 
@@ -173,7 +181,7 @@ def _key_usage(*, digital_signature: bool = False, content_commitment: bool = Fa
     )
 
 
-def _base(subject: x509.Name, issuer: x509.Name, public: rsa.RSAPublicKey,
+def _base(subject: x509.Name, issuer: x509.Name, public: rsa.RSAPublicKey | ec.EllipticCurvePublicKey,
           begin: dt.datetime, end: dt.datetime) -> x509.CertificateBuilder:
     return (
         x509.CertificateBuilder()
@@ -195,7 +203,7 @@ def _new_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def _write(folder: Path, name: str, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> Issued:
+def _write(folder: Path, name: str, cert: x509.Certificate, key: _Key) -> Issued:
     folder.mkdir(parents=True, exist_ok=True)
     key_path, cert_path = folder / f"{name}-key.pem", folder / f"{name}.pem"
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
