@@ -218,12 +218,19 @@ def destination_headers(header: etree._Element | None, routing_header: str) -> l
     return found
 
 
+#: Every attribute named ``Id`` in any namespace (``wsu:Id``, ``Id``, ...), in document order; compiled once.
+_ID_ATTRIBUTES = etree.XPath("//@*[local-name()='Id']")
+
+
 def ids(root: etree._Element) -> dict[str, list[etree._Element]]:
     """Every element by the value of its Id attributes (``wsu:Id``, ``Id``, any namespace): what a
-    reference ``#value`` may resolve to.  One pass over the document serves all references."""
+    reference ``#value`` may resolve to.  One pass over the document (in libxml2) serves all references."""
     found: dict[str, list[etree._Element]] = {}
-    for element in root.iter(etree.Element):
-        for name, value in element.attrib.items():
-            if name.rpartition("}")[2] == "Id":
-                found.setdefault(str(value), []).append(element)
+    attributes = _ID_ATTRIBUTES(root)
+    assert isinstance(attributes, list)
+    for value in attributes:
+        assert isinstance(value, etree._ElementUnicodeResult)
+        owner = value.getparent()
+        assert owner is not None
+        found.setdefault(str(value), []).append(owner)
     return found

@@ -37,7 +37,7 @@ from routing.table import Route
 
 from .replay import ReplayGuard
 from .wss import (
-    Signer, TimePolicy, declared_encoding, load_certificate, sign_envelope, sign_root, verify_envelope, verify_root,
+    Signer, TimePolicy, Verified, declared_encoding, load_certificate, sign_envelope, sign_root, verify_envelope, verify_root,
 )
 
 __all__ = ["MessageSecurity", "message_security", "add_wss_command"]
@@ -97,10 +97,11 @@ class MessageSecurity:
                     settings: GatewaySettings) -> bytes:
         """``body`` verified (when the client must sign) and signed (when the route wants it)."""
         _plain_soap(content_type)
-        # One parse serves both steps.
+        # One parse serves both steps, and the signature reuses the digests the verification checked.
         root = await _run(len(body), lambda: parse(body, max_bytes=settings.max_message_bytes))
+        digests: tuple[tuple[etree._Element, bytes], ...] = ()
         if client is not None and client.wss_verify is not None:
-            await self._verify(root, len(body), self._certificate(client.wss_verify), settings)
+            digests = (await self._verify(root, len(body), self._certificate(client.wss_verify), settings)).digests
         sign = route.outbound.wss_sign
         if sign is None:
             return body
@@ -108,7 +109,8 @@ class MessageSecurity:
         now = self._clock.now().ts
         declared = declared_encoding(body)
         return await _run(len(body), lambda: sign_root(root, signer, now=now, ttl=settings.wss.sign_ttl,
-                                                       routing_header=settings.routing_header, declared=declared))
+                                                       routing_header=settings.routing_header, declared=declared,
+                                                       digests=digests))
 
     async def verify_client(self, body: bytes, *, content_type: str, client: Client | None,
                             settings: GatewaySettings) -> None:
@@ -121,12 +123,13 @@ class MessageSecurity:
         await self._verify(root, len(body), self._certificate(client.wss_verify), settings)
 
     async def _verify(self, root: etree._Element, size: int, cert: x509.Certificate,
-                      settings: GatewaySettings) -> None:
+                      settings: GatewaySettings) -> Verified:
         now = self._clock.now().ts
         policy = TimePolicy(clock_skew=settings.wss.clock_skew, max_ttl=settings.wss.max_ttl)
         verified = await _run(size, lambda: verify_root(root, cert, now=now, policy=policy,
                                                           routing_header=settings.routing_header))
         await self._guard.remember(verified.digest, keep_until=verified.keep_until, now=now)
+        return verified
 
     def _certificate(self, path: str) -> x509.Certificate:
         """The PEM certificate at ``path``, read again only when the file changed."""

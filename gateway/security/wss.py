@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import re
@@ -41,12 +42,12 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 from lxml import etree
 from signxml.exceptions import SignXMLException
 from signxml.verifier import SignatureConfiguration, XMLVerifier
 
-from gateway.errors import ConfigError, Expired, GatewayError, InvalidSignature, MalformedMessage
+from gateway.errors import ConfigError, GatewayError, InvalidSignature
 from gateway.ns import DSIG, EXC_C14N, SHA256, WSS_BASE64, WSS_X509V3, WSSE, WSU
 from gateway.parser import hardened_parser, parse
 
@@ -54,7 +55,6 @@ from .dsig import (
     DEFAULT_ROUTING_HEADER,
     DIGEST_METHODS,
     ID,
-    NS,
     SECURITY,
     SIGNATURE,
     SIGNXML_DIGESTS,
@@ -74,12 +74,23 @@ from .dsig import (
     verify_value,
     weak_key,
 )
+from .timestamp import TimePolicy, check_time, xsd_time
 
 __all__ = ["Signer", "Verified", "TimePolicy", "sign_envelope", "sign_root", "declared_encoding", "verify_envelope",
            "verify_root", "load_certificate", "DEFAULT_ROUTING_HEADER"]
 
 #: An XML declaration's encoding name at the very start of a document (after a UTF-8 byte order mark).
 _DECLARED = re.compile(rb"""\A(?:\xef\xbb\xbf)?<\?xml\s[^>]*?\bencoding\s*=\s*["']([A-Za-z][\w.-]{0,39})["']""")
+# Paths in Clark notation: lxml looks up a prefixed path with a namespaces mapping afresh on every call.
+_SIGNED_INFO = f"{{{DSIG}}}SignedInfo"
+_C14N_METHOD = f"{{{DSIG}}}CanonicalizationMethod"
+_SIGNATURE_METHOD = f"{{{DSIG}}}SignatureMethod"
+_SIGNATURE_VALUE = f"{{{DSIG}}}SignatureValue"
+_REFERENCE = f"{{{DSIG}}}Reference"
+_TRANSFORMS = f"{{{DSIG}}}Transforms/{{{DSIG}}}Transform"
+_DIGEST_METHOD = f"{{{DSIG}}}DigestMethod"
+_DIGEST_VALUE = f"{{{DSIG}}}DigestValue"
+_DIGEST_VALUES = f"{{{DSIG}}}Reference/{{{DSIG}}}DigestValue"
 
 
 @dataclass(frozen=True)
@@ -106,16 +117,6 @@ class Signer:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TimePolicy:
-    """How far a Timestamp may be from the gateway's (NTP-corrected) clock."""
-
-    clock_skew: float = 300.0
-    """Seconds of clock difference tolerated on Created and Expires."""
-    max_ttl: float = 3600.0
-    """Longest Created→Expires lifetime accepted; also bounds a Timestamp without Expires."""
-
-
-@dataclass(frozen=True, kw_only=True)
 class Verified:
     """What a valid signature told us."""
 
@@ -124,10 +125,34 @@ class Verified:
     created: dt.datetime
     keep_until: dt.datetime
     """Until when a replay of this signature could still pass the time checks."""
+    digests: tuple[tuple[etree._Element, bytes], ...] = field(default=(), repr=False, compare=False)
+    """The covered elements whose SHA-256 over exclusive C14N (no InclusiveNamespaces) was checked, with
+    that digest: :func:`sign_root` of the same, unchanged tree reuses them instead of canonicalising again."""
 
 
 def load_certificate(pem: bytes) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem)
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What verification asks of a configured certificate for every message, worked out once."""
+
+    der: bytes
+    public_key: PublicKeyTypes
+    weak: str | None
+    subject: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+
+@functools.lru_cache(maxsize=128)
+def _facts(cert: x509.Certificate) -> _Facts:
+    """The configured certificates are few (one per client); a new file version is a new certificate."""
+    public_key = cert.public_key()
+    return _Facts(der=cert.public_bytes(serialization.Encoding.DER), public_key=public_key,
+                  weak=weak_key(public_key), subject=cert.subject.rfc4514_string(),
+                  not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc)
 
 
 # -- signing -------------------------------------------------------------------------
@@ -146,10 +171,13 @@ def declared_encoding(data: bytes) -> str | None:
 
 
 def sign_root(root: etree._Element, signer: Signer, *, now: dt.datetime, ttl: float,
-              routing_header: str = DEFAULT_ROUTING_HEADER, declared: str | None = None) -> bytes:
+              routing_header: str = DEFAULT_ROUTING_HEADER, declared: str | None = None,
+              digests: Iterable[tuple[etree._Element, bytes]] = ()) -> bytes:
     """:func:`sign_envelope` of an envelope already parsed (it is changed in place); ``declared`` is the
     encoding its declaration named (:func:`declared_encoding`), kept when the parser read it under another
-    name (a ``Shift_JIS`` label is read as CP932)."""
+    name (a ``Shift_JIS`` label is read as CP932).  ``digests`` are :attr:`Verified.digests` of a
+    verification of this very tree, not changed since: a covered element that is signed again (the same
+    element object) takes its digest from there instead of being canonicalised and hashed again."""
     env = envelope_ns(root)
     body = _ensure_id(envelope_parts(root, env)[1], "id")
     header = header_of(root, env, create=True)
@@ -161,7 +189,7 @@ def sign_root(root: etree._Element, signer: Signer, *, now: dt.datetime, ttl: fl
     token_id = _token(security, signer)
     timestamp = _timestamp(security, now, ttl)
     signature = etree.SubElement(security, SIGNATURE, nsmap={"ds": DSIG})
-    info = _signed_info(signature, method_for(signer.key), [body, timestamp, *destinations])
+    info = _signed_info(signature, method_for(signer.key), [body, timestamp, *destinations], digests)
     value = sign_value(signer.key, c14n(info))
     etree.SubElement(signature, f"{{{DSIG}}}SignatureValue").text = base64.b64encode(value).decode("ascii")
     signature.append(_key_info(token_id))
@@ -172,8 +200,11 @@ def sign_root(root: etree._Element, signer: Signer, *, now: dt.datetime, ttl: fl
     return f"<?xml version='1.0' encoding='{declared}'?>\n".encode("ascii") + bytes(body)
 
 
-def _signed_info(signature: etree._Element, method: str, targets: list[etree._Element]) -> etree._Element:
-    """SignedInfo with one exclusive-C14N, SHA-256 Reference per target (WS-I BSP profile)."""
+def _signed_info(signature: etree._Element, method: str, targets: list[etree._Element],
+                 known: Iterable[tuple[etree._Element, bytes]]) -> etree._Element:
+    """SignedInfo with one exclusive-C14N, SHA-256 Reference per target (WS-I BSP profile); ``known``
+    digests (by element identity) are used as they are."""
+    known = list(known)
     info = etree.SubElement(signature, f"{{{DSIG}}}SignedInfo")
     etree.SubElement(info, f"{{{DSIG}}}CanonicalizationMethod", Algorithm=EXC_C14N)
     etree.SubElement(info, f"{{{DSIG}}}SignatureMethod", Algorithm=method)
@@ -181,7 +212,7 @@ def _signed_info(signature: etree._Element, method: str, targets: list[etree._El
         ref = etree.SubElement(info, f"{{{DSIG}}}Reference", URI=f"#{target.get(ID)}")
         etree.SubElement(etree.SubElement(ref, f"{{{DSIG}}}Transforms"), f"{{{DSIG}}}Transform", Algorithm=EXC_C14N)
         etree.SubElement(ref, f"{{{DSIG}}}DigestMethod", Algorithm=SHA256)
-        digest = hashlib.sha256(c14n(target)).digest()
+        digest = next((d for element, d in known if element is target), None) or hashlib.sha256(c14n(target)).digest()
         etree.SubElement(ref, f"{{{DSIG}}}DigestValue").text = base64.b64encode(digest).decode("ascii")
     return info
 
@@ -203,8 +234,8 @@ def _token(security: etree._Element, signer: Signer) -> str:
 def _timestamp(security: etree._Element, now: dt.datetime, ttl: float) -> etree._Element:
     stamp = etree.SubElement(security, TIMESTAMP)
     stamp.set(ID, f"TS-{uuid.uuid4().hex}")
-    etree.SubElement(stamp, f"{{{WSU}}}Created").text = _xsd_time(now)
-    etree.SubElement(stamp, f"{{{WSU}}}Expires").text = _xsd_time(now + dt.timedelta(seconds=ttl))
+    etree.SubElement(stamp, f"{{{WSU}}}Created").text = xsd_time(now)
+    etree.SubElement(stamp, f"{{{WSU}}}Expires").text = xsd_time(now + dt.timedelta(seconds=ttl))
     return stamp
 
 
@@ -236,10 +267,6 @@ def _ensure_id(element: etree._Element, prefix: str) -> etree._Element:
     return fresh
 
 
-def _xsd_time(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
 # -- verifying -----------------------------------------------------------------------
 
 def verify_envelope(data: bytes, cert: x509.Certificate, *, now: dt.datetime, policy: TimePolicy,
@@ -259,7 +286,7 @@ def verify_root(root: etree._Element, cert: x509.Certificate, *, now: dt.datetim
     signature = _one(security, SIGNATURE, "ds:Signature")
     _check_keys(security, cert)
     try:
-        covered, replay_key = _check_signature(root, env, cert, now, signature, security)
+        covered, replay_key, digests = _check_signature(root, env, cert, now, signature, security)
     except GatewayError:
         raise
     except (ValueError, TypeError, etree.LxmlError) as exc:  # malformed signature parts (lengths, encodings)
@@ -267,7 +294,7 @@ def verify_root(root: etree._Element, cert: x509.Certificate, *, now: dt.datetim
     needed = [(body, "the soap:Body"), (timestamp, "the wsu:Timestamp"), *destination_headers(header, routing_header)]
     _require_covered(covered, needed)
     created, keep_until = check_time(timestamp, now, policy)
-    return Verified(digest=replay_key, created=created, keep_until=keep_until)
+    return Verified(digest=replay_key, created=created, keep_until=keep_until, digests=digests)
 
 
 def _the_security_header(header: etree._Element | None, env: str) -> etree._Element:
@@ -291,12 +318,15 @@ def _one(security: etree._Element, tag: str, what: str) -> etree._Element:
 
 def _check_keys(security: etree._Element, cert: x509.Certificate) -> None:
     """Weak keys, and a clear message when the sender signed with another certificate than the configured one."""
-    weak = weak_key(cert.public_key())
-    if weak is not None:
-        raise InvalidSignature(f"the configured signing certificate {cert.subject.rfc4514_string()} has {weak}")
+    facts = _facts(cert)
+    if facts.weak is not None:
+        raise InvalidSignature(f"the configured signing certificate {facts.subject} has {facts.weak}")
     for token in security.findall(TOKEN):
+        der = b64(token.text, "BinarySecurityToken")
+        if der == facts.der:  # the configured certificate itself, checked above (what a client always sends)
+            continue
         try:
-            sent = x509.load_der_x509_certificate(b64(token.text, "BinarySecurityToken"))
+            sent = x509.load_der_x509_certificate(der)
         except ValueError as exc:
             raise InvalidSignature(f"the BinarySecurityToken is not an X.509 certificate: {exc}") from exc
         weak = weak_key(sent.public_key())
@@ -308,20 +338,27 @@ def _check_keys(security: etree._Element, cert: x509.Certificate) -> None:
 
 
 def _check_signature(root: etree._Element, env: str, cert: x509.Certificate, now: dt.datetime,
-                     signature: etree._Element, security: etree._Element) -> tuple[list[etree._Element], str]:
-    """The elements ``signature`` covers, once it verifies, and the replay key."""
-    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise InvalidSignature(f"the signing certificate {cert.subject.rfc4514_string()} is not valid now "
-                               f"(valid {_xsd_time(cert.not_valid_before_utc)} to {_xsd_time(cert.not_valid_after_utc)})")
-    info = signature.find("ds:SignedInfo", namespaces=NS)
+                     signature: etree._Element, security: etree._Element
+                     ) -> tuple[list[etree._Element], str, tuple[tuple[etree._Element, bytes], ...]]:
+    """The elements ``signature`` covers, once it verifies, the replay key, and the reusable digests
+    (see :attr:`Verified.digests`)."""
+    facts = _facts(cert)
+    if not facts.not_before <= now <= facts.not_after:
+        raise InvalidSignature(f"the signing certificate {facts.subject} is not valid now "
+                               f"(valid {xsd_time(facts.not_before)} to {xsd_time(facts.not_after)})")
+    info = signature.find(_SIGNED_INFO)
     if info is None:
         raise InvalidSignature("the ds:Signature has no SignedInfo")
     by_id = ids(root)
-    covered = _verify_profile(by_id, info, signature, cert)
-    if covered is None:
+    checked = _verify_profile(by_id, info, signature, cert)
+    if checked is None:
         _verify_other(root, env, cert, now, security)
-        covered = [_resolve(by_id, ref.get("URI") or "") for ref in info.iterfind("ds:Reference", namespaces=NS)]
-    return covered, _replay_key(info)
+        covered = [_resolve(by_id, ref.get("URI") or "") for ref in info.iterfind(_REFERENCE)]
+        return covered, _replay_key(info), ()
+    covered = [element for element, _ in checked]
+    reusable = tuple((element, reference.value) for element, reference in checked
+                     if not reference.prefixes and reference.digest is hashes.SHA256)
+    return covered, _replay_key(info), reusable
 
 
 def _require_covered(covered: list[etree._Element], needed: Iterable[tuple[etree._Element, str]]) -> None:
@@ -335,33 +372,35 @@ def _require_covered(covered: list[etree._Element], needed: Iterable[tuple[etree
 def _replay_key(info: etree._Element) -> str:
     """SHA-256 over the decoded DigestValues of SignedInfo: what was signed, however the signature is spelled."""
     key = hashlib.sha256()
-    for value in info.iterfind("ds:Reference/ds:DigestValue", namespaces=NS):
+    for value in info.iterfind(_DIGEST_VALUES):
         digest = b64(value.text, "DigestValue")
         key.update(len(digest).to_bytes(2, "big") + digest)
     return key.hexdigest()
 
 
 def _verify_profile(by_id: dict[str, list[etree._Element]], info: etree._Element, signature: etree._Element,
-                    cert: x509.Certificate) -> list[etree._Element] | None:
+                    cert: x509.Certificate) -> list[tuple[etree._Element, _Reference]] | None:
     """Verify a signature of the WS-I Basic Security Profile shape (exclusive C14N, RSA or ECDSA, SHA-2).
 
-    Returns the elements it covers, or ``None`` when the signature uses
-    another shape, which :func:`_verify_other` (signxml) then handles.
+    Returns the elements it covers, each with its (checked) reference, or
+    ``None`` when the signature uses another shape, which
+    :func:`_verify_other` (signxml) then handles.
     """
-    prefixes = _exc_c14n_prefixes(info.find("ds:CanonicalizationMethod", namespaces=NS))
-    method = _algorithm(info.find("ds:SignatureMethod", namespaces=NS))
+    prefixes = _exc_c14n_prefixes(info.find(_C14N_METHOD))
+    method = _algorithm(info.find(_SIGNATURE_METHOD))
     if prefixes is None:
         return None
-    references = [_profile_reference(ref) for ref in info.iterfind("ds:Reference", namespaces=NS)]
+    references = [_profile_reference(ref) for ref in info.iterfind(_REFERENCE)]
     if not references or any(r is None for r in references):
         return None
-    value = b64(signature.findtext("ds:SignatureValue", namespaces=NS), "SignatureValue")
+    value = b64(signature.findtext(_SIGNATURE_VALUE), "SignatureValue")
+    facts = _facts(cert)
     try:
-        if not verify_value(cert.public_key(), method, value, c14n(info, prefixes)):
+        if not verify_value(facts.public_key, method, value, c14n(info, prefixes)):
             return None
     except InvalidSignature as exc:
-        raise InvalidSignature(f"the signature value does not verify with {cert.subject.rfc4514_string()}") from exc
-    return [_check_digest(by_id, reference) for reference in references if reference is not None]
+        raise InvalidSignature(f"the signature value does not verify with {facts.subject}") from exc
+    return [(_check_digest(by_id, reference), reference) for reference in references if reference is not None]
 
 
 @dataclass(frozen=True)
@@ -374,12 +413,12 @@ class _Reference:
 
 def _profile_reference(ref: etree._Element) -> _Reference | None:
     uri = ref.get("URI") or ""
-    transforms = ref.findall("ds:Transforms/ds:Transform", namespaces=NS)
-    algorithm = _algorithm(ref.find("ds:DigestMethod", namespaces=NS))
+    transforms = ref.findall(_TRANSFORMS)
+    algorithm = _algorithm(ref.find(_DIGEST_METHOD))
     prefixes = _exc_c14n_prefixes(transforms[0]) if len(transforms) == 1 else None
     if not uri.startswith("#") or prefixes is None or algorithm not in DIGEST_METHODS:
         return None
-    value = b64(ref.findtext("ds:DigestValue", namespaces=NS), "DigestValue")
+    value = b64(ref.findtext(_DIGEST_VALUE), "DigestValue")
     return _Reference(uri=uri, prefixes=prefixes, digest=DIGEST_METHODS[algorithm], value=value)
 
 
@@ -434,39 +473,3 @@ def _verify_other(root: etree._Element, env: str, cert: x509.Certificate, now: d
                              parser=hardened_parser())
     except SignXMLException as exc:
         raise InvalidSignature(f"the signature does not verify: {exc}") from exc
-
-
-def check_time(timestamp: etree._Element, now: dt.datetime, policy: TimePolicy) -> tuple[dt.datetime, dt.datetime]:
-    """(Created, keep-until) of a valid Timestamp; raises :class:`Expired` when outside the window."""
-    skew = dt.timedelta(seconds=policy.clock_skew)
-    max_ttl = dt.timedelta(seconds=policy.max_ttl)
-    created = _xsd_datetime(timestamp, "Created", required=True)
-    assert created is not None
-    expires = _xsd_datetime(timestamp, "Expires", required=False) or created + max_ttl
-    if created > now + skew:
-        raise Expired(f"the Timestamp was created in the future ({_xsd_time(created)}; "
-                      f"now {_xsd_time(now)}, allowed clock skew {policy.clock_skew:g} s)")
-    if expires < created:
-        raise Expired("the Timestamp expires before it was created")
-    if expires - created > max_ttl:
-        raise Expired(f"the Timestamp's lifetime of {(expires - created).total_seconds():g} s exceeds the "
-                      f"maximum of {policy.max_ttl:g} s")
-    if expires + skew < now:
-        raise Expired(f"the message expired at {_xsd_time(expires)} (now {_xsd_time(now)}, "
-                      f"allowed clock skew {policy.clock_skew:g} s)")
-    return created, expires + skew
-
-
-def _xsd_datetime(timestamp: etree._Element, name: str, *, required: bool) -> dt.datetime | None:
-    text = timestamp.findtext(f"wsu:{name}", namespaces=NS)
-    if text is None:
-        if required:
-            raise Expired(f"the Timestamp has no {name}")
-        return None
-    try:
-        value = dt.datetime.fromisoformat(text.strip())
-    except ValueError as exc:
-        raise MalformedMessage(f"wsu:{name} {text!r} is not an xsd:dateTime") from exc
-    if value.tzinfo is None:
-        raise MalformedMessage(f"wsu:{name} {text!r} has no time zone (WS-Security times are UTC)")
-    return value
