@@ -10,10 +10,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from lxml import etree
 from sqlalchemy import create_engine, func, select
 
 from gateway.errors import Replay
+from gateway.ns import DSIG
 from gateway.security.passwords import hash_password
+from gateway.security.pki import issue
 from gateway.security.replay import REPLAY_TABLE, ReplayGuard
 from gateway.security.wss import Signer, TimePolicy, sign_envelope, verify_envelope
 
@@ -22,7 +25,7 @@ from .conftest import GatewayFactory, RecordingBackend, message, soap11_headers
 from .pg import pg_schema
 from .test_auth import basic
 from .test_relay import fault_of
-from .xmlsec import needs_xmlsec1, signed_by_xmlsec1, xmlsec_verify
+from .xmlsec import ECDSA_SHA256, needs_xmlsec1, signed_by_xmlsec1, xmlsec_verify
 
 __all__ = ["dev_pki"]
 
@@ -137,6 +140,37 @@ async def test_verify_inbound_then_sign_outbound(
     # The client's signature was checked here; the endpoint sees the gateway's.
     verify_envelope(forwarded, _cert(dev_pki.signing2), now=dt.datetime.now(dt.timezone.utc),
                     policy=TimePolicy(), max_bytes=1 << 20)
+
+
+@needs_xmlsec1
+async def test_ecdsa_p256_keys_on_both_sides(
+    gateway: GatewayFactory, backend: RecordingBackend, http: aiohttp.ClientSession, dev_pki: DevPki,
+    tmp_path: Path,
+) -> None:
+    """The bench's bmrgw-wss-ec: a P-256 client key verified inbound, a P-256 gateway key signing outbound;
+    what the endpoint gets is ecdsa-sha256 and xmlsec1 verifies it (digests recomputed from the bytes)."""
+    client = issue(dev_pki.ca, "signing", "ec-client", folder=tmp_path / "ec", key_type="ec")
+    gw = issue(dev_pki.ca, "signing", "ec-gw", folder=tmp_path / "ec", key_type="ec")
+    config = secured_config(tmp_path, dev_pki, backend.url)
+    config["clients"]["juki-app"]["wss"] = {"verify": str(client.cert)}
+    config["endpoints"]["demo"]["wss"] = {"sign": {"key": str(gw.key), "cert": str(gw.cert)}}
+    base = await gateway(config)
+    sent = sign_envelope(ENVELOPE, Signer.load(client.key.read_bytes(), client.cert.read_bytes()),
+                         now=dt.datetime.now(dt.timezone.utc), ttl=300, max_bytes=1 << 20)
+    assert ECDSA_SHA256.encode() in sent
+    status, answer = await post(http, base, sent)
+    assert status == 200, answer
+    forwarded = backend.seen[0].body
+    assert forwarded is not None
+    methods = etree.fromstring(forwarded).findall(f".//{{{DSIG}}}SignatureMethod")
+    assert [m.get("Algorithm") for m in methods] == [ECDSA_SHA256]
+    done = xmlsec_verify(forwarded, gw)
+    assert done.returncode == 0, done.stderr.decode()
+    assert xmlsec_verify(forwarded, client).returncode != 0  # the gateway's signature, not the client's
+    verify_envelope(forwarded, _cert(gw), now=dt.datetime.now(dt.timezone.utc), policy=TimePolicy(),
+                    max_bytes=1 << 20)
+    status, answer = await post(http, base, sent)  # and the same message again is a replay
+    assert (status, fault_of(answer)[2]) == (400, "Replay") and len(backend.seen) == 1
 
 
 def _cert(issued: Any) -> Any:
