@@ -8,6 +8,7 @@ implementation of XML-DSig independent of ours; signxml verifies our output too.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -337,3 +338,30 @@ def test_declarations_on_the_body_survive_signing(dev_pki: DevPki) -> None:
     item = signed.find(".//item")
     assert item is not None and item.nsmap.get("d") == "urn:d"
     verify(etree.tostring(signed), dev_pki.signing)
+
+
+# -- verify, then sign the same tree (the secured relay) -----------------------------------
+
+@needs_xmlsec1
+@pytest.mark.parametrize("digest", ["http://www.w3.org/2001/04/xmlenc#sha256",
+                                    "http://www.w3.org/2001/04/xmlenc#sha512"])
+def test_signing_after_verifying_reuses_only_sha256_exclusive_digests(dev_pki: DevPki, digest: str) -> None:
+    """Verified.digests are the checked SHA-256 digests of exclusive C14N without a PrefixList; a message
+    signed with SHA-512 references gives none.  Either way the gateway's signature over the same tree
+    verifies with xmlsec1, which recomputes every digest from the bytes."""
+    from gateway.parser import parse
+    from gateway.security.wss import sign_root, verify_root
+
+    signed = signed_by_xmlsec1(message("valid/soap11-routing-header.xml"), dev_pki.signing, now=NOW, digest=digest)
+    root = parse(signed, max_bytes=LIMIT)
+    verified = verify_root(root, cert(dev_pki.signing), now=NOW, policy=POLICY)
+    if digest.endswith("sha256"):
+        assert sorted(etree.QName(e).localname for e, _ in verified.digests) == ["Body", "Routing", "Timestamp"]
+        for element, value in verified.digests:
+            assert value == hashlib.sha256(etree.tostring(element, method="c14n", exclusive=True)).digest()
+    else:
+        assert verified.digests == ()
+    again = sign_root(root, signer(dev_pki.signing2), now=NOW, ttl=300, digests=verified.digests)
+    done = xmlsec_verify(again, dev_pki.signing2)
+    assert done.returncode == 0, done.stderr.decode()
+    verify(again, dev_pki.signing2)
