@@ -365,3 +365,23 @@ def test_signing_after_verifying_reuses_only_sha256_exclusive_digests(dev_pki: D
     done = xmlsec_verify(again, dev_pki.signing2)
     assert done.returncode == 0, done.stderr.decode()
     verify(again, dev_pki.signing2)
+
+
+def test_ids_with_markup_and_whitespace_are_referenced_exactly(dev_pki: DevPki) -> None:
+    """The gateway's Security header is written as text: Ids that came from the client (markup characters,
+    a newline, a tab) must come back as the very same URIs, and no markup of theirs may enter the header."""
+    hostile = ('<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" '
+               f'xmlns:wsu="{WSU}"><soap:Header><r:Routing xmlns:r="{ROUTING}" '
+               'wsu:Id="a&quot;&gt;&lt;ds:Reference URI=&quot;#x&quot;/&gt;&amp;&#10;&#9;&#13;\'b">'
+               '<r:To>demo</r:To></r:Routing></soap:Header>'
+               '<soap:Body wsu:Id="b&lt;&#10;{}"><x/></soap:Body></soap:Envelope>').encode()
+    signed = sign(hostile, dev_pki)
+    root = etree.fromstring(signed)
+    body = root.find(f"{{{SOAP11_ENV}}}Body")
+    routing = root.find(f"{{{SOAP11_ENV}}}Header/{{{ROUTING}}}Routing")
+    assert body is not None and routing is not None
+    uris = [ref.get("URI") for ref in root.iter(f"{{{DSIG}}}Reference")]
+    assert uris[0] == f"#{body.get(f'{{{WSU}}}Id')}" == "#b<\n{}"
+    assert uris[2] == f"#{routing.get(f'{{{WSU}}}Id')}" == "#a\"><ds:Reference URI=\"#x\"/>&\n\t\r'b"
+    assert len(uris) == 3  # no Reference smuggled in through an Id
+    assert verify(signed, dev_pki.signing).digest

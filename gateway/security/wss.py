@@ -185,14 +185,17 @@ def sign_root(root: etree._Element, signer: Signer, *, now: dt.datetime, ttl: fl
     for old in security_headers(header, env):
         header.remove(old)
     destinations = [_ensure_id(block, "to") for block, _ in destination_headers(header, routing_header)]
-    security = _security_header(header, env)
-    token_id = _token(security, signer)
-    timestamp = _timestamp(security, now, ttl)
-    signature = etree.SubElement(security, SIGNATURE, nsmap={"ds": DSIG})
-    info = _signed_info(signature, method_for(signer.key), [body, timestamp, *destinations], digests)
-    value = sign_value(signer.key, c14n(info))
-    etree.SubElement(signature, f"{{{DSIG}}}SignatureValue").text = base64.b64encode(value).decode("ascii")
-    signature.append(_key_info(token_id))
+    security = _security_header(signer, now, ttl, method_for(signer.key), [body, *destinations])
+    security.set(f"{{{env}}}mustUnderstand", "1")
+    header.insert(0, security)
+    timestamp, signature = security[1], security[2]
+    info = signature[0]
+    known = list(digests)
+    # Digests and signature over the header in place, as a verifier canonicalises them.
+    for target, ref in zip([body, timestamp, *destinations], info[2:]):
+        digest = next((d for element, d in known if element is target), None) or hashlib.sha256(c14n(target)).digest()
+        ref[2].text = base64.b64encode(digest).decode("ascii")
+    signature[1].text = base64.b64encode(sign_value(signer.key, c14n(info))).decode("ascii")
     encoding = root.getroottree().docinfo.encoding or "utf-8"
     if declared is None or declared.lower() == encoding.lower():
         return bytes(etree.tostring(root, encoding=encoding, xml_declaration=True))
@@ -200,52 +203,45 @@ def sign_root(root: etree._Element, signer: Signer, *, now: dt.datetime, ttl: fl
     return f"<?xml version='1.0' encoding='{declared}'?>\n".encode("ascii") + bytes(body)
 
 
-def _signed_info(signature: etree._Element, method: str, targets: list[etree._Element],
-                 known: Iterable[tuple[etree._Element, bytes]]) -> etree._Element:
-    """SignedInfo with one exclusive-C14N, SHA-256 Reference per target (WS-I BSP profile); ``known``
-    digests (by element identity) are used as they are."""
-    known = list(known)
-    info = etree.SubElement(signature, f"{{{DSIG}}}SignedInfo")
-    etree.SubElement(info, f"{{{DSIG}}}CanonicalizationMethod", Algorithm=EXC_C14N)
-    etree.SubElement(info, f"{{{DSIG}}}SignatureMethod", Algorithm=method)
-    for target in targets:
-        ref = etree.SubElement(info, f"{{{DSIG}}}Reference", URI=f"#{target.get(ID)}")
-        etree.SubElement(etree.SubElement(ref, f"{{{DSIG}}}Transforms"), f"{{{DSIG}}}Transform", Algorithm=EXC_C14N)
-        etree.SubElement(ref, f"{{{DSIG}}}DigestMethod", Algorithm=SHA256)
-        digest = next((d for element, d in known if element is target), None) or hashlib.sha256(c14n(target)).digest()
-        etree.SubElement(ref, f"{{{DSIG}}}DigestValue").text = base64.b64encode(digest).decode("ascii")
-    return info
+def _security_header(signer: Signer, now: dt.datetime, ttl: float, method: str,
+                     targets: list[etree._Element]) -> etree._Element:
+    """The Security header to sign (WS-I BSP profile), parsed from one piece of text rather than built
+    element by element: BinarySecurityToken, Timestamp, then ds:Signature with an exclusive-C14N, SHA-256
+    Reference to ``targets[0]`` (the Body), the Timestamp and each further target, in that order; digest
+    and signature values empty, for :func:`sign_root` to fill in.  The Ids of the targets may come from
+    the client: they are written escaped (:func:`_attribute`)."""
+    token_id, stamp_id = f"X509-{uuid.uuid4().hex}", f"TS-{uuid.uuid4().hex}"
+    uris = [_attribute(f"#{targets[0].get(ID)}"), f"#{stamp_id}", *(_attribute(f"#{t.get(ID)}") for t in targets[1:])]
+    references = "".join(_REFERENCE_XML.format(uri=uri) for uri in uris)
+    text = _SECURITY_XML.format(
+        token_id=token_id, token=signer.token, stamp_id=stamp_id, created=xsd_time(now),
+        expires=xsd_time(now + dt.timedelta(seconds=ttl)), method=method, references=references)
+    return etree.fromstring(text)
 
 
-def _security_header(header: etree._Element, env: str) -> etree._Element:
-    security = etree.Element(SECURITY, nsmap={"wsse": WSSE, "wsu": WSU})
-    security.set(f"{{{env}}}mustUnderstand", "1")
-    header.insert(0, security)
-    return security
+def _attribute(value: str) -> str:
+    """``value`` for a double-quoted attribute: markup characters and the whitespace a parser would
+    normalise as character references (XML 1.0 §3.3.3), so it reads back exactly."""
+    return value.translate(_ATTRIBUTE_ESCAPES)
 
 
-def _token(security: etree._Element, signer: Signer) -> str:
-    token = etree.SubElement(security, TOKEN, EncodingType=WSS_BASE64, ValueType=WSS_X509V3)
-    token.set(ID, f"X509-{uuid.uuid4().hex}")
-    token.text = signer.token
-    return token.get(ID) or ""
-
-
-def _timestamp(security: etree._Element, now: dt.datetime, ttl: float) -> etree._Element:
-    stamp = etree.SubElement(security, TIMESTAMP)
-    stamp.set(ID, f"TS-{uuid.uuid4().hex}")
-    etree.SubElement(stamp, f"{{{WSU}}}Created").text = xsd_time(now)
-    etree.SubElement(stamp, f"{{{WSU}}}Expires").text = xsd_time(now + dt.timedelta(seconds=ttl))
-    return stamp
-
-
-def _key_info(token_id: str) -> etree._Element:
-    key_info = etree.Element(f"{{{DSIG}}}KeyInfo", nsmap={"ds": DSIG})
-    ref = etree.SubElement(etree.SubElement(key_info, f"{{{WSSE}}}SecurityTokenReference", nsmap={"wsse": WSSE}),
-                           f"{{{WSSE}}}Reference")
-    ref.set("URI", f"#{token_id}")
-    ref.set("ValueType", WSS_X509V3)
-    return key_info
+_ATTRIBUTE_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
+                                    "\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
+_SECURITY_XML = (
+    f'<wsse:Security xmlns:wsse="{WSSE}" xmlns:wsu="{WSU}">'
+    f'<wsse:BinarySecurityToken EncodingType="{WSS_BASE64}" ValueType="{WSS_X509V3}" wsu:Id="{{token_id}}">'
+    '{token}</wsse:BinarySecurityToken>'
+    '<wsu:Timestamp wsu:Id="{stamp_id}"><wsu:Created>{created}</wsu:Created><wsu:Expires>{expires}</wsu:Expires>'
+    '</wsu:Timestamp>'
+    f'<ds:Signature xmlns:ds="{DSIG}"><ds:SignedInfo><ds:CanonicalizationMethod Algorithm="{EXC_C14N}"/>'
+    '<ds:SignatureMethod Algorithm="{method}"/>{references}</ds:SignedInfo><ds:SignatureValue></ds:SignatureValue>'
+    '<ds:KeyInfo><wsse:SecurityTokenReference><wsse:Reference URI="#{token_id}" '
+    f'ValueType="{WSS_X509V3}"/></wsse:SecurityTokenReference></ds:KeyInfo></ds:Signature></wsse:Security>'
+)
+_REFERENCE_XML = (
+    f'<ds:Reference URI="{{uri}}"><ds:Transforms><ds:Transform Algorithm="{EXC_C14N}"/></ds:Transforms>'
+    f'<ds:DigestMethod Algorithm="{SHA256}"/><ds:DigestValue></ds:DigestValue></ds:Reference>'
+)
 
 
 def _ensure_id(element: etree._Element, prefix: str) -> etree._Element:
