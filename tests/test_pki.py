@@ -189,3 +189,28 @@ def test_issue_into_another_folder(tmp_path: Path) -> None:
 def test_pki_help_explains() -> None:
     run = subprocess.run([*BMRGW, "pki", "--help"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and "development CA" in run.stdout and "--out" in run.stdout
+
+
+def test_ec_signing_certificates_have_p256_keys(tmp_path: Path) -> None:
+    """make_set(ec_signers=...) — what the wss-1k bench signs with: a P-256 key, the signing profile,
+    the key file private, and the gateway's Signer accepts it (and signs with ecdsa-sha256)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from gateway.ns import ECDSA_SHA256
+    from gateway.security.dsig import method_for
+    from gateway.security.wss import Signer
+
+    made = make_set(tmp_path, servers=(), clients=(), signers=("rsa-sign",), ec_signers=("ec-sign",))
+    cert = x509.load_pem_x509_certificate(made["ec-sign"].cert.read_bytes())
+    public = cert.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey) and isinstance(public.curve, ec.SECP256R1)
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.digital_signature and usage.content_commitment and not usage.key_encipherment
+    assert stat.S_IMODE(made["ec-sign"].key.stat().st_mode) == 0o600
+    key = serialization.load_pem_private_key(made["ec-sign"].key.read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    signer = Signer.load(made["ec-sign"].key.read_bytes(), made["ec-sign"].cert.read_bytes())
+    assert method_for(signer.key) == ECDSA_SHA256
+    assert not isinstance(x509.load_pem_x509_certificate(made["rsa-sign"].cert.read_bytes()).public_key(),
+                          ec.EllipticCurvePublicKey)
