@@ -387,3 +387,19 @@ def test_postgresql_keeps_replay_records_in_the_shared_store() -> None:
             assert replay_store(engine) is None
         finally:
             engine.dispose()
+
+
+def test_sqlite_replay_records_are_synced_at_each_commit(tmp_path: Path) -> None:
+    """An accepted signature must still be refused after a power cut: its replay record is fsynced
+    with its commit (``synchronous=FULL``), not at the next WAL checkpoint as the store's NORMAL."""
+    from gateway.security.message import replay_store
+    engine = create_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    own = replay_store(engine)
+    assert own is not None
+    try:
+        with own.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        own.engine.dispose()
+        engine.dispose()
