@@ -55,21 +55,20 @@ from gateway.logs.records import ApiExchange, describe
 from gateway.metrics import Metrics
 from gateway.ns import H_CLIENT, H_MESSAGE_ID, H_VIA
 from gateway.relay.answer import SMALL_BODY, respond
-from gateway.relay.call import RequestCall
+from gateway.relay.call import Answer, Call, RequestCall
 from gateway.relay.handler import authorise, check_hops
 from gateway.relay.streamed import RequestBody, receive
 from gateway.relay.limits import RateLimiter
 from gateway.relay.resilience import RESILIENCE, Resilient, may_have_sent, sent_to
 from gateway.relay.trace import Exchange, Trace, check_loggable, echoable_message_id
 from gateway.relay.upstream import Upstream
-from gateway.security.auth import client_of
 from routing.config import Client, UrlEndpoint
 from routing.settings import GatewaySettings
 from routing.table import RouteTable
 from routing.watch import LiveTable
 
 from .path import api_path
-from .problem import is_api_path, problem_response
+from .problem import is_api_path, problem_answer, problem_response
 from gateway.charset.recode import Recoding, recode_reply, recode_request
 from .upstream import ApiRoute, ApiUpstream
 
@@ -103,43 +102,50 @@ class ApiRelay:
         self._limiter = limiter
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """aiohttp's handler of ``/api/{ap}`` and ``/api/{ap}/{path}``."""
+        call = RequestCall(request)
+        return call.response(await self.exchange(call))
+
+    async def exchange(self, call: Call) -> Answer:
+        """One API exchange, from the caller's parsed request to the answer (any HTTP server)."""
         table = self._table.current
-        client = client_of(request)
+        client = call.client
         trace = Trace(arrived=self._clock.read(), started=time.perf_counter(), client=client.name if client else None)
         recoding = Recoding()
         try:
-            trace.message_id = request.headers.get(H_MESSAGE_ID)
+            trace.message_id = call.headers.get(H_MESSAGE_ID)
             check_loggable(f"header {H_MESSAGE_ID}", "message_id", trace.message_id, trace)
             trace.message_id = trace.message_id or new_message_id()
-            self._rate(request, client, table.config.gateway)
+            self._rate(call, client, table.config.gateway)
             if self._journal is not None:
                 await self._journal.admit()
-            exchange = self._prepare(request, table, client, trace)
-            body = await _body(request, table.config.gateway, trace)
-            response = await self._forward(request, exchange, body, trace, table, recoding)
+            exchange = self._prepare(call, table, client, trace)
+            body = await _body(call, table.config.gateway, trace)
+            answer = await self._forward(call, exchange, body, trace, table, recoding)
         except (ConnectionResetError, asyncio.CancelledError):
             trace.status = "error"
-            await self._finish(request, trace, recoding, answering=False)
+            await self._finish(call, trace, recoding, answering=False)
             raise
         except GatewayError as exc:
-            response = self._problem(exc, table.config.gateway.name, trace)
-        await self._finish(request, trace, recoding)
-        return response
+            answer = self._problem(exc, table.config.gateway.name, trace)
+        await self._finish(call, trace, recoding)
+        return answer
 
-    def _rate(self, request: web.Request, client: Client | None, settings: GatewaySettings) -> None:
+    def _rate(self, call: Call, client: Client | None, settings: GatewaySettings) -> None:
         """The client's rate for the methods the rate-limit middleware leaves alone (it counts POSTs)."""
-        if self._limiter is not None and request.method != "POST":
-            caller = f"client {client.name}" if client is not None else f"address {request.remote}"
+        if self._limiter is not None and call.method != "POST":
+            caller = f"client {client.name}" if client is not None else f"address {call.remote}"
             self._limiter.take(caller, settings.limits)
 
-    def _prepare(self, request: web.Request, table: RouteTable, client: Client | None, trace: Trace) -> Exchange:
+    def _prepare(self, call: Call, table: RouteTable, client: Client | None, trace: Trace) -> Exchange:
         settings = table.config.gateway
-        incoming_via = request.headers.get(H_VIA, "")
+        incoming_via = call.headers.get(H_VIA, "")
         passed = check_hops(incoming_via, settings.name)
-        if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+        if call.headers.get("Content-Encoding", "identity").lower() != "identity":
             raise UnsupportedMediaType("compressed request bodies are not accepted")
-        path, query = api_path(request.raw_path)
-        destination = request.match_info["ap"]
+        path, query = api_path(call.target)
+        destination = call.ap
+        assert destination is not None, "the /api routes name the AP"
         check_loggable("the destination", "to_ap", destination, trace)
         trace.destination = destination
         authorise(client, destination)
@@ -158,19 +164,19 @@ class ApiRelay:
         if route.outbound.wss_sign is not None:
             raise UnsupportedMediaType(f"endpoint {destination!r} signs with WS-Security (wss.sign), which only "
                                        "applies to SOAP messages", destination=destination)
-        api = ApiRoute(**{f.name: getattr(route, f.name) for f in fields(route)}, method=request.method,
+        api = ApiRoute(**{f.name: getattr(route, f.name) for f in fields(route)}, method=call.method,
                        path=path, query=query)
-        hop = f"{request.version.major}.{request.version.minor} {settings.name}"
+        hop = f"{call.version} {settings.name}"
         return Exchange(route=api, message_id=trace.message_id or new_message_id(),
                         via=f"{incoming_via}, {hop}" if incoming_via else hop)
 
-    def _headers(self, request: web.Request, exchange: Exchange, body: bytes | RequestBody, trace: Trace,
+    def _headers(self, call: Call, exchange: Exchange, body: bytes | RequestBody, trace: Trace,
                  table: RouteTable) -> dict[str, str]:
-        incoming = request.headers
+        incoming = call.headers
         headers = {k: incoming[k] for k in FORWARD_REQUEST if k in incoming}
         endpoint = table.config.endpoints.get(exchange.route.endpoint)
         if isinstance(endpoint, UrlEndpoint) and endpoint.forward_credentials:
-            client = client_of(request)
+            client = call.client
             for name in CREDENTIALS:
                 # A Basic login the gateway checked is the caller's password here: never passed on.
                 if name in incoming and not (name == "Authorization" and client is not None and client.basic):
@@ -183,9 +189,9 @@ class ApiRelay:
             headers[H_CLIENT] = trace.client
         return headers
 
-    async def _forward(self, request: web.Request, exchange: Exchange, body: bytes | RequestBody,
-                       trace: Trace, table: RouteTable, recoding: Recoding) -> web.StreamResponse:
-        headers = self._headers(request, exchange, body, trace, table)
+    async def _forward(self, call: Call, exchange: Exchange, body: bytes | RequestBody,
+                       trace: Trace, table: RouteTable, recoding: Recoding) -> Answer:
+        headers = self._headers(call, exchange, body, trace, table)
         profile = _profile(table, exchange.route.endpoint)
         sent: bytes | AsyncIterable[bytes] = body
         if profile is not None:
@@ -209,30 +215,27 @@ class ApiRelay:
                 raise getattr(sent, "error")
             if profile is not None:
                 reply = await recode_reply(profile, reply, recoding, exchange.route.destination)
-
-            call = RequestCall(request)
-            return call.response(await respond(call, reply, exchange, trace,
-                                               lambda: self._log(request, trace, recoding)))
+            return await respond(call, reply, exchange, trace, lambda: self._log(call, trace, recoding))
         finally:
             reply.release()
 
-    def _problem(self, error: GatewayError, gateway: str, trace: Trace) -> web.Response:
+    def _problem(self, error: GatewayError, gateway: str, trace: Trace) -> Answer:
         log.info("problem %s: %s", error.code, error.reason)
         self._metrics.fault(error.code)
-        response = problem_response(error, gateway=gateway, message_id=trace.message_id)
+        answer = problem_answer(error, gateway=gateway, message_id=trace.message_id)
         trace.status = "fault" if isinstance(error, ClientFault) else "error"
-        trace.http_status, trace.fault_code = response.status, error.code
-        assert isinstance(response.body, bytes)
-        trace.sent_response(response.body, relayed=False)
-        return response
+        trace.http_status, trace.fault_code = answer.status, error.code
+        assert answer.body is not None
+        trace.sent_response(answer.body, relayed=False)
+        return answer
 
-    async def _finish(self, request: web.Request, trace: Trace, recoding: Recoding, *,
+    async def _finish(self, call: Call, trace: Trace, recoding: Recoding, *,
                       answering: bool = True) -> None:
         self._metrics.observe(trace.label, trace.status, time.perf_counter() - trace.started)
         if not trace.logged:
-            await self._log(request, trace, recoding, answering=answering)
+            await self._log(call, trace, recoding, answering=answering)
 
-    async def _log(self, request: web.Request, trace: Trace, recoding: Recoding, *, answering: bool = True) -> None:
+    async def _log(self, call: Call, trace: Trace, recoding: Recoding, *, answering: bool = True) -> None:
         """Log the exchange as ``kind: api``; when ``answering``, return once its records are durable, or
         cut the connection: no complete answer without its records (as the SOAP relay)."""
         trace.logged = True
@@ -255,24 +258,23 @@ class ApiRelay:
             log.error("send/receive log unavailable (%s); exchange not logged: %s", exc.reason, describe(exchange))
             if not answering:
                 return
-            if request.transport is not None:
-                request.transport.abort()
+            call.abort()
             raise ConnectionResetError("the exchange's log records are not durable: answer withheld") from None
 
 
-async def _body(request: web.Request, settings: GatewaySettings, trace: Trace) -> bytes | RequestBody:
+async def _body(call: Call, settings: GatewaySettings, trace: Trace) -> bytes | RequestBody:
     """The request body: read whole when small and announced, else streamed under the size limit."""
     limit = settings.max_attachment_bytes
-    length = request.content_length
+    length = call.content_length
     if length is not None and length > limit:
         raise MessageTooLarge(f"request body of {length} bytes exceeds the limit of {limit}")
-    if not request.body_exists:
+    if not call.body_exists:
         return b""
     if length is not None and length <= SMALL_BODY:
-        whole = await receive(request.read(), None if request.content.is_eof() else settings.client_timeout)
+        whole = await receive(call.read(), None if call.received() else settings.client_timeout)
         trace.took_request(whole)
         return whole
-    return RequestBody([], request.content, trace=trace, limit=limit, timeout=settings.client_timeout,
+    return RequestBody([], call, trace=trace, limit=limit, timeout=settings.client_timeout,
                        outline=None)
 
 

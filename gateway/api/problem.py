@@ -24,8 +24,10 @@ from aiohttp import web
 from gateway.errors import (EndpointTimeout, EndpointUnavailable, GatewayError, LoginThrottled, RoutingLoop,
                             TooManyRequests)
 from gateway.ns import FAULT, H_MESSAGE_ID
+from gateway.relay.call import Answer
 
-__all__ = ["PROBLEM_JSON", "problem", "problem_status", "problem_response", "problem_bytes", "is_api_path",
+__all__ = ["PROBLEM_JSON", "problem", "problem_status", "problem_response", "problem_answer",
+           "problem_bytes", "is_api_path",
            "SERVER"]
 
 PROBLEM_JSON = "application/problem+json"
@@ -67,14 +69,20 @@ def problem(error: GatewayError, *, gateway: str) -> dict[str, Any]:
 def problem_response(error: GatewayError, *, gateway: str, message_id: str | None,
                      headers: dict[str, str] | None = None) -> web.Response:
     """The whole answer: status, ``application/problem+json`` body and ``X-Message-Id`` (and ``headers``)."""
+    answer = problem_answer(error, gateway=gateway, message_id=message_id, headers=headers)
+    return web.Response(status=answer.status, headers=answer.headers, body=answer.body)
+
+
+def problem_answer(error: GatewayError, *, gateway: str, message_id: str | None,
+                   headers: dict[str, str] | None = None) -> Answer:
+    """:func:`problem_response` as the relay's :class:`~gateway.relay.call.Answer` (any HTTP server)."""
     body = problem(error, gateway=gateway)
     answer = {"Content-Type": f"{PROBLEM_JSON}; charset=utf-8", "Server": SERVER, **(headers or {})}
     if message_id is not None:
         body["message_id"] = answer[H_MESSAGE_ID] = message_id
     if isinstance(error, TooManyRequests) and not isinstance(error, LoginThrottled):
         answer["Retry-After"] = error.detail or "1"
-    return web.Response(status=body["status"], headers=answer,
-                        body=json.dumps(body, ensure_ascii=False).encode())
+    return Answer(body["status"], None, answer, json.dumps(body, ensure_ascii=False).encode())
 
 
 def problem_bytes(error: GatewayError, *, gateway: str, headers: dict[str, str] | None = None) -> bytes:

@@ -53,9 +53,17 @@ class Call(Protocol):
     """The media type of Content-Type, lower case, as aiohttp parses it."""
     content_length: int | None
     ap: str | None
-    """The business AP of ``/soap/{ap}``."""
+    """The business AP of ``/soap/{ap}`` or ``/api/{ap}/...``."""
     version: str
     """The HTTP version, ``"1.1"`` (for ``Via``)."""
+    method: str
+    """The request method (the API relay passes it on)."""
+    target: str
+    """The raw request target, path and query, as the request line gave it (the API relay checks it)."""
+    remote: str | None
+    """The caller's address (its rate bucket when it is not a client)."""
+    body_exists: bool
+    """Whether the request has a body at all (``Content-Length`` over 0, or chunked)."""
 
     def read(self) -> Awaitable[bytes]:
         """The whole body (only called for a Content-Length up to SMALL_BODY)."""
@@ -108,7 +116,8 @@ class _Streamed:
 class RequestCall:
     """aiohttp's ``web.Request`` as a :class:`Call`."""
 
-    __slots__ = ("request", "client", "headers", "content_type", "content_length", "ap", "version", "_sent")
+    __slots__ = ("request", "client", "headers", "content_type", "content_length", "ap", "version", "method", "target",
+                 "remote", "body_exists", "_sent")
 
     def __init__(self, request: web.Request) -> None:
         self.request = request
@@ -118,6 +127,10 @@ class RequestCall:
         self.content_length = request.content_length
         self.ap = request.match_info.get("ap")
         self.version = f"{request.version.major}.{request.version.minor}"
+        self.method = request.method
+        self.target = request.raw_path
+        self.remote = request.remote
+        self.body_exists = request.body_exists
         self._sent: web.StreamResponse | None = None
 
     def read(self) -> Awaitable[bytes]:
