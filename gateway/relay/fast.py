@@ -47,102 +47,48 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import cast
+from typing import Protocol, cast
 
-from aiohttp.helpers import parse_content_type, rfc822_formatted_time
-from multidict import CIMultiDict
+from aiohttp.helpers import rfc822_formatted_time
 
 from gateway.security.auth import Authenticator
 from routing.config import Client
 from routing.watch import LiveTable
 
-from .call import Answer, Headers
-from .handler import Relay
+from .call import Answer, Call, Headers
+from .fastform import MAX_BODY, MAX_FIELDS, MAX_HEAD, Head, parse_head, prefixes
 from .limits import RateLimiter
 
-__all__ = ["FastPath", "FastConnection", "FastCall", "MAX_BODY", "MAX_HEAD", "MAX_FIELDS", "LINGER"]
+__all__ = ["FastPath", "FastConnection", "FastCall", "Exchanger", "parse_head", "MAX_BODY", "MAX_HEAD", "MAX_FIELDS",
+           "LINGER"]
 
 log = logging.getLogger("bmrgw.relay")
 
-#: The largest body the fast path takes (a bigger one streams through aiohttp's path).
-MAX_BODY = 64 * 1024
-#: The largest request head it takes (aiohttp's own limits are larger: it decides beyond).
-MAX_HEAD = 8192
-MAX_FIELDS = 64
 #: Seconds the rest of a body may take after its answer was sent (aiohttp's lingering_time).
 LINGER = 10.0
 #: Unanswered bytes buffered on one connection before reading pauses.
 _BUFFER = 2 * (MAX_HEAD + MAX_BODY)
-
-_PREFIX = b"POST /soap"
-_LINE = re.compile(rb"POST /soap(?:/([A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}))? HTTP/1\.1\r\n")
-_FIELD = rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?)[ \t]*\r\n"
-_FIELDS = re.compile(rb"(?:" + _FIELD + rb")*")
-_FIELD_ONE = re.compile(_FIELD.decode("ascii"))  # on the head as text, once _FIELDS proved it ASCII
-_CL = re.compile(r"[1-9][0-9]{0,5}")
-_NOT_HERE = frozenset({"transfer-encoding", "expect", "connection", "upgrade", "te", "trailer", "keep-alive",
-                       "proxy-connection", "content-encoding"})
-_SOAP = frozenset({"text/xml", "application/soap+xml"})
 _REASONS = {status.value: status.phrase for status in HTTPStatus}  # aiohttp's REASON_PHRASES
 _EMPTY = frozenset((204, 304, *range(100, 200)))  # statuses without a body (aiohttp: no Content-Length)
-#: Content-Type values seen, with their media type (a bounded cache: the values come from callers).
-_TYPES: dict[str, str] = {}
-_TYPES_KEPT = 64
 
 
-def media_type(value: str) -> str:
-    """The media type of a Content-Type value as aiohttp's ``request.content_type`` gives it."""
-    found = _TYPES.get(value)
-    if found is None:
-        found = parse_content_type(value)[0]
-        if len(_TYPES) >= _TYPES_KEPT:
-            _TYPES.clear()
-        _TYPES[value] = found
-    return found
+class Exchanger(Protocol):
+    """A relay's exchange core: :class:`~gateway.relay.handler.Relay`, :class:`~gateway.api.ApiRelay`."""
 
-
-class Head:
-    """A request head in the fast form: the path's AP, the headers, the body's length."""
-
-    __slots__ = ("ap", "headers", "length", "content_type")
-
-    def __init__(self, ap: str | None, headers: CIMultiDict[str], length: int, content_type: str) -> None:
-        self.ap = ap
-        self.headers = headers
-        self.length = length
-        self.content_type = content_type
-
-
-def parse_head(head: bytes) -> Head | None:
-    """``head`` (request line and header lines, each ending in CR LF, without the empty line) when it is
-    in the fast form; ``None`` for anything else."""
-    line = _LINE.match(head)
-    if line is None or _FIELDS.fullmatch(head, line.end()) is None:
-        return None
-    pairs: list[tuple[str, str]] = _FIELD_ONE.findall(head.decode("ascii"), line.end())
-    if len(pairs) > MAX_FIELDS:
-        return None
-    fields = {name.lower(): value for name, value in pairs}
-    if len(fields) != len(pairs) or "host" not in fields or not _NOT_HERE.isdisjoint(fields):
-        return None
-    length = fields.get("content-length")
-    if length is None or _CL.fullmatch(length) is None or int(length) > MAX_BODY:
-        return None
-    content_type = fields.get("content-type")
-    if content_type is None or (media := media_type(content_type)) not in _SOAP:
-        return None
-    ap = line.group(1)
-    return Head(None if ap is None else ap.decode("ascii"), CIMultiDict(pairs), int(length), media)
+    def exchange(self, call: Call) -> Awaitable[Answer]: ...
 
 
 class FastPath:
-    """What fast connections share: the relay, the live table, the authenticator and the rate limiter."""
+    """What fast connections share: the relays (SOAP, and the API relay's unless ``api`` is ``None``), the
+    live table, the authenticator and the rate limiter."""
 
-    def __init__(self, *, relay: Callable[[], Relay], live: LiveTable, authenticator: Authenticator,
-                 limiter: RateLimiter, keepalive_timeout: float) -> None:
+    def __init__(self, *, relay: Callable[[], Exchanger], live: LiveTable, authenticator: Authenticator,
+                 limiter: RateLimiter, keepalive_timeout: float, api: Callable[[], Exchanger] | None = None) -> None:
         self.relay = relay
+        self.api = api
+        self.prefixes = prefixes(api is not None)
         self.live = live
         self.authenticator = authenticator
         self.limiter = limiter
@@ -175,16 +121,20 @@ class FastPath:
 class FastCall:
     """One exchange on the fast path (the one object it makes per request besides the relay's own)."""
 
-    __slots__ = ("client", "headers", "content_type", "content_length", "ap", "version", "_connection", "_body",
-                 "_waiter")
+    __slots__ = ("client", "headers", "content_type", "content_length", "ap", "version", "method", "target",
+                 "remote", "body_exists", "_connection", "_body", "_waiter")
 
-    def __init__(self, connection: FastConnection, head: Head, client: Client | None) -> None:
+    def __init__(self, connection: FastConnection, head: Head, client: Client | None, remote: str) -> None:
         self.client = client
         self.headers = head.headers
         self.content_type = head.content_type
-        self.content_length: int | None = head.length
+        self.content_length = head.content_length
         self.ap = head.ap
         self.version = "1.1"
+        self.method = head.method
+        self.target = head.target
+        self.remote: str | None = remote
+        self.body_exists = head.length > 0
         self._connection = connection
         self._body: bytes | None = None
         self._waiter: asyncio.Future[bytes] | None = None
@@ -388,8 +338,8 @@ class FastConnection(asyncio.Protocol):
         if not buffer:
             self._timer = self._loop.call_later(self._path.keepalive_timeout, self._idle_out)
             return
-        start = bytes(buffer[:len(_PREFIX)])
-        if not _PREFIX.startswith(start):
+        start = bytes(buffer[:12])
+        if not any(prefix.startswith(start[:len(prefix)]) for prefix in self._path.prefixes):
             return self._give_up()
         end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD)
         if end < 0:
@@ -399,7 +349,7 @@ class FastConnection(asyncio.Protocol):
             # connection closes after keepalive_timeout, as aiohttp's does.
             self._timer = self._loop.call_later(self._path.keepalive_timeout, self._idle_out)
             return
-        head = parse_head(bytes(buffer[:end + 2]))
+        head = parse_head(bytes(buffer[:end + 2]), api=self._path.api is not None)
         admitted = None if head is None else self._admit(head)
         if head is None or admitted is None:
             return self._give_up()
@@ -410,12 +360,13 @@ class FastConnection(asyncio.Protocol):
         del buffer[:end + 4]
         self.heads += 1
         self._path.exchanges += 1
-        call = self._call = FastCall(self, head, admitted[0])
+        call = self._call = FastCall(self, head, admitted[0], self._remote)
         if len(buffer) >= head.length:
             call.arrived(self._take(head.length))
         else:
             self._owed = head.length
-        self.done = self._loop.create_task(self._exchange(call))
+        exchanger = self._path.api if head.api and self._path.api is not None else self._path.relay
+        self.done = self._loop.create_task(self._exchange(call, exchanger()))
 
     def _admit(self, head: Head) -> tuple[Client | None] | None:
         """The caller, as the auth and rate-limit middlewares would let it pass without a check or a
@@ -430,13 +381,14 @@ class FastConnection(asyncio.Protocol):
             if client is None or client.cert_subject is not None:
                 return None
         caller = f"client {client.name}" if client is not None else f"address {self._remote}"
-        if not self._path.limiter.spend(caller, config.gateway.limits):
+        # The rate-limit middleware counts POSTs; the API relay takes other methods' tokens itself.
+        if head.method == "POST" and not self._path.limiter.spend(caller, config.gateway.limits):
             return None
         return (client,)
 
-    async def _exchange(self, call: FastCall) -> None:
+    async def _exchange(self, call: FastCall, exchanger: Exchanger) -> None:
         try:
-            answer = await self._path.relay().exchange(call)
+            answer = await exchanger.exchange(call)
             if answer.body is not None:
                 self.write(whole(answer))
         except ConnectionResetError:

@@ -29,6 +29,7 @@ import socket
 from aiohttp import web
 
 from gateway.api import problem_bytes
+from gateway.api.handler import API_RELAY
 from gateway.durable import private_dir
 from gateway.errors import UsageError
 from gateway.keys import LIVE
@@ -161,8 +162,9 @@ def fast_path(app: web.Application, config: Config) -> FastPath | None:
     server: an access log to write, or keep-alive switched off."""
     if config.gateway.access_log is not None or config.gateway.keepalive_timeout <= 0:
         return None
-    return FastPath(relay=lambda: app[RELAY], live=app[LIVE], authenticator=app[AUTHENTICATOR],
-                    limiter=app[RESILIENCE].limiter, keepalive_timeout=config.gateway.keepalive_timeout)
+    return FastPath(relay=lambda: app[RELAY], api=lambda: app[API_RELAY], live=app[LIVE],
+                    authenticator=app[AUTHENTICATOR], limiter=app[RESILIENCE].limiter,
+                    keepalive_timeout=config.gateway.keepalive_timeout)
 
 
 def _reload(app: web.Application, options: ServeOptions) -> None:
