@@ -1,40 +1,51 @@
-"""The relay's fast path: the common plain SOAP POST without aiohttp's server in between.
+"""The relay's fast path: the common plain SOAP POST and ``/api`` request without aiohttp's server in between.
 
 Each caller connection starts here (:class:`FastConnection`, behind
 :class:`~gateway.relay.limits.ListenSite`'s connection caps and header
 clock).  A request takes the fast path only when its head is in the narrow
-form below — everything else, from the first byte that does not fit, goes to
-aiohttp's request handler with every byte buffered so far, and the
-connection stays aiohttp's for good.  aiohttp therefore still gives every
-answer to malformed, ambiguous or unusual input (the 400s for smuggling,
-413, 417, 431, HTTP/1.0, chunked bodies, …) exactly as before.
+form below (checked by :mod:`gateway.relay.fastform`) — everything else, from
+the first byte that does not fit, goes to aiohttp's request handler with every
+byte buffered so far, and the connection stays aiohttp's for good.  aiohttp
+therefore still gives every answer to malformed, ambiguous or unusual input
+(the 400s for smuggling, 413, 417, 431, HTTP/1.0, chunked bodies, …) exactly
+as before.
 
 **The fast form** (all of it, checked on the bytes with two compiled
 patterns, in C):
 
 * request line ``POST /soap HTTP/1.1`` or ``POST /soap/NAME HTTP/1.1``, NAME
-  of ``A-Z a-z 0-9 _ - .`` not starting with a dot, no query;
+  of ``A-Z a-z 0-9 _ - .`` not starting with a dot, no query; or (the API
+  relay's) ``METHOD /api/NAME[/SEGMENT…][/][?QUERY] HTTP/1.1`` with METHOD one
+  of GET, DELETE, POST, PUT, PATCH, each SEGMENT of ``A-Z a-z 0-9 - . _ ~``
+  not starting with a dot (no ``.``/``..``, no empty one but a trailing
+  slash), QUERY of ``A-Z a-z 0-9 - . _ ~ = & , : +`` — no ``%``, backslash, NUL or
+  other doubtful byte, so :mod:`gateway.api.path` would take the target
+  unchanged and its refusals stay aiohttp's path's;
 * at most :data:`MAX_FIELDS` header lines, the whole head within
   :data:`MAX_HEAD` bytes, every line ending in CR LF, every name a token,
   every value visible ASCII with inner spaces or tabs (no NUL, no bare CR or
   LF, no obs-fold, no byte over 0x7E), no name twice;
 * ``Host`` present; ``Content-Length`` present, digits only, no leading
-  zero, 1 to :data:`MAX_BODY` (64 KiB);
+  zero, 1 to :data:`MAX_BODY` (64 KiB) — for ``/api`` GET and DELETE instead
+  absent or ``0`` (no body);
 * no ``Transfer-Encoding``, ``Expect``, ``Connection``, ``Upgrade``, ``TE``,
   ``Trailer``, ``Keep-Alive``, ``Proxy-Connection``, ``Content-Encoding``;
 * no bytes of a next request in what arrived with it (aiohttp parses
   pipelined requests at once and answers a malformed one instead of both);
-* Content-Type's media type (parsed by aiohttp's own function) ``text/xml``
-  or ``application/soap+xml``;
+* for ``/soap``, Content-Type's media type (parsed by aiohttp's own function)
+  ``text/xml`` or ``application/soap+xml`` (``/api`` passes any on);
 * the caller needs no password check and no refusal: the gateway runs open,
   or its Basic login was verified lately from this address
   (:meth:`~gateway.security.auth.Authenticator.remembered`) and it presented
-  no client certificate; and its rate limit has a token left.
+  no client certificate; and, for a POST, its rate limit has a token left
+  (the rate-limit middleware counts POSTs; the API relay itself takes other
+  methods' tokens, on either path).
 
 A request in that form is read whole (its body is at most 64 KiB), handed to
-the same :meth:`~gateway.relay.handler.Relay.exchange` aiohttp's handler
-calls, and the answer is written as aiohttp writes it (same status line,
-headers in the same order, ``Content-Length`` and ``Date`` last).  Requests on
+the same :meth:`~gateway.relay.handler.Relay.exchange` (or
+:meth:`~gateway.api.handler.ApiRelay.exchange`) aiohttp's handler calls, and
+the answer is written as aiohttp writes it (same status line, headers in the
+same order, ``Content-Length`` and ``Date`` last).  Requests on
 one connection are answered in order; an idle connection closes after
 ``gateway.keepalive_timeout``; a fault sent before the whole body arrived
 waits up to :data:`LINGER` seconds for the rest (aiohttp's lingering), then
