@@ -12,6 +12,18 @@ the last step, :class:`ApiUpstream`, joins them into the URL it calls:
   peer URL names the peer's SOAP relay (``…/soap``); its API relay is beside
   it, so the request goes to ``<peer base>/api/<ap>/<path>?<query>``.
 
+A body in memory of at most 64 KiB (a bodiless GET or DELETE too) goes, for
+any method, over the relay's keep-alive :class:`~gateway.relay.pool.Pool`
+(one write, aiohttp's parser, the same limits, timeouts and faults; an
+idempotent request is sent once more when a kept-alive connection drops
+before any answer, a POST or PATCH never — aiohttp's rule), with the bytes
+aiohttp's client wrote: the caller's headers as they are, and
+``Content-Length: 0`` added for a bodiless POST, PUT, PATCH or DELETE that
+announced none (aiohttp adds it for every method but GET, HEAD, OPTIONS and
+TRACE).  Bigger and streamed bodies, and the rare URL the pool does not
+write as it is (:meth:`~gateway.relay.pool.Pool.takes`), go through
+aiohttp's ClientSession.
+
 aiohttp's errors become gateway errors through the SOAP relay's
 :func:`~gateway.relay.upstream.translate` (inside :class:`HttpReply` too), and
 the request body is paced with the same per-chunk deadline (:class:`Paced`).
@@ -28,6 +40,7 @@ import aiohttp
 from yarl import URL
 
 from gateway.errors import EndpointTimeout
+from gateway.relay.pool import Pool
 from gateway.relay.upstream import HttpReply, Paced, Reply, outbound_hop, translate
 from routing.outbound import Outbound
 from routing.table import Route
@@ -38,6 +51,8 @@ __all__ = ["ApiRoute", "ApiUpstream", "target_url"]
 _MAX_HOPS_CACHED = 4096
 #: A body up to this size is written whole; bigger ones are paced chunk by chunk.
 _UNPACED = 64 * 1024
+#: Methods aiohttp sends without ``Content-Length: 0`` when they carry no body (``ClientRequest.GET_METHODS``).
+_BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,7 +78,8 @@ def target_url(route: ApiRoute) -> URL:
 
 
 class ApiUpstream:
-    """An :class:`~gateway.relay.upstream.Upstream` for :class:`ApiRoute`: one pooled client session."""
+    """An :class:`~gateway.relay.upstream.Upstream` for :class:`ApiRoute`: the relay's keep-alive pool for
+    small bodies in memory, one pooled client session for the rest."""
 
     def __init__(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -75,10 +91,21 @@ class ApiUpstream:
         )
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._hops: dict[Outbound, tuple[ssl.SSLContext, str | None]] = {}
+        self._pool = Pool(translate)
 
     async def post(self, route: Route, headers: Mapping[str, str], body: bytes | AsyncIterable[bytes]) -> Reply:
         """Send ``route.method`` (the name is the seam's); an empty ``body`` sends none."""
         assert isinstance(route, ApiRoute), "the API upstream takes ApiRoutes"
+        if isinstance(body, bytes) and len(body) <= _UNPACED:
+            tls, authorization = self._hop(route.outbound)
+            if authorization is not None:
+                headers = {**headers, "Authorization": authorization}
+            url = str(target_url(route))
+            if Pool.takes(url, headers):
+                if not body and route.method not in _BODILESS \
+                        and not any(k.lower() == "content-length" for k in headers):
+                    headers = {**headers, "Content-Length": "0"}  # where aiohttp put it: last
+                return await self._pool.post(route, url, headers, body, tls, route.method)
         return HttpReply(await self._send(route, headers, body), route)
 
     async def _send(self, route: ApiRoute, headers: Mapping[str, str],
@@ -119,4 +146,5 @@ class ApiUpstream:
         return hop
 
     async def close(self) -> None:
+        self._pool.close()
         await self._session.close()

@@ -23,6 +23,16 @@ aiohttp path, with its pacing):
 
 A connection goes back to the pool only when its answer was read to the end
 and neither side asked to close it; anything else closes it.
+
+Any method can be sent (the HTTP API relay's GET, PUT, PATCH, DELETE too).
+A keep-alive connection the endpoint closed while idle is never written to
+when the close was seen (``is_connected``): a new connection is opened, for
+any method.  When the close crosses the request — the connection drops with
+nothing of the answer read — the request is sent once more on a fresh
+connection only for an idempotent method (RFC 9112 §9.3.1), which is
+aiohttp's own rule (``ClientSession._request``: ``IDEMPOTENT_METHODS``, one
+retry on ``ServerDisconnectedError``/``ClientOSError``, never after a
+connect failure); a POST or PATCH that may have arrived is never sent twice.
 """
 
 from __future__ import annotations
@@ -43,7 +53,7 @@ from multidict import CIMultiDictProxy
 from gateway.errors import EndpointUnavailable, UpstreamError
 from routing.table import Route
 
-__all__ = ["Pool", "PooledReply", "IDLE_SECONDS", "MAX_IDLE"]
+__all__ = ["Pool", "PooledReply", "IDLE_SECONDS", "MAX_IDLE", "IDEMPOTENT"]
 
 #: An idle connection older than this is closed rather than reused (aiohttp's connector: 15 s).
 IDLE_SECONDS = 15.0
@@ -51,6 +61,9 @@ IDLE_SECONDS = 15.0
 MAX_IDLE = 256
 #: aiohttp's client defaults, kept so that an answer is refused exactly when it was before.
 _MAX_LINE, _MAX_FIELD, _MAX_HEADERS, _READ_BUFSIZE = 8190, 8190, 128, 2**16
+
+#: Methods sent once more when the connection drops before any of the answer arrived (aiohttp's set).
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 _Key = tuple[str, str, int, "ssl.SSLContext | None"]
 #: Characters a URL must not carry unquoted on the request line.
@@ -72,11 +85,11 @@ class _Target:
         default = (https and self.port == 443) or (not https and self.port == 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self.start = f"POST {target} HTTP/1.1\r\nHost: {host if default else f'{host}:{self.port}'}\r\n"
+        self.start = f" {target} HTTP/1.1\r\nHost: {host if default else f'{host}:{self.port}'}\r\n"
 
 
 class Pool:
-    """Keep-alive connections per endpoint, and one POST over them."""
+    """Keep-alive connections per endpoint, and one request over them."""
 
     def __init__(self, translate: Callable[[BaseException, Route], UpstreamError]) -> None:
         self._translate = translate
@@ -94,40 +107,56 @@ class Pool:
         return not any("\r" in v or "\n" in v for v in headers.values())
 
     async def post(self, route: Route, url: str, headers: Mapping[str, str], body: bytes,
-                   context: ssl.SSLContext) -> PooledReply:
+                   context: ssl.SSLContext, method: str = "POST") -> PooledReply:
+        """Send ``method`` (the caller's bytes: no header is added but Host) and wait for the answer's head."""
         target = self._targets.get((url, context))
         if target is None:
             if len(self._targets) >= 4096:
                 self._targets.clear()
             target = self._targets[(url, context)] = _Target(url, context)
-        head = target.start + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-        proto = self._reuse(target.key)  # (not ``or``: an empty protocol's queue is falsy)
-        if proto is None:
-            proto = await self._connect(route, target, url)
+        request = (method + target.start + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                   + "\r\n").encode("utf-8") + body
+        retry = method in IDEMPOTENT
+        while True:
+            proto = self._reuse(target.key)  # (not ``or``: an empty protocol's queue is falsy)
+            if proto is None:
+                proto = await self._connect(route, target, url)
+            try:
+                message, payload = await self._exchange(route, proto, request)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                proto.close()
+                if not retry:
+                    raise self._translate(exc, route) from exc
+                retry = False  # nothing of the answer came: an idempotent request goes once more
+                continue
+            except HttpProcessingError as exc:
+                proto.close()
+                raise EndpointUnavailable(f"{route.endpoint} sent an invalid HTTP response: {exc.message}",
+                                          destination=route.destination, endpoint=route.endpoint) from exc
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                proto.close()
+                raise self._translate(exc, route) from exc
+            except BaseException:
+                proto.close()
+                raise
+            return PooledReply(message, payload, proto, lambda exc: self._translate(exc, route),
+                               lambda: self._give_back(target.key, proto))
+
+    @staticmethod
+    async def _exchange(route: Route, proto: ResponseHandler,
+                        request: bytes) -> tuple[RawResponseMessage, StreamReader]:
+        """Write ``request`` and read up to the final answer's head (1xx interim answers are skipped)."""
         proto.set_response_params(read_timeout=route.timeout, read_bufsize=_READ_BUFSIZE, auto_decompress=False,
                                   max_line_size=_MAX_LINE, max_field_size=_MAX_FIELD, max_headers=_MAX_HEADERS)
         transport = proto.transport
         if transport is None:  # closed between the check and now
-            raise self._translate(aiohttp.ServerDisconnectedError(), route)
-        transport.write(head.encode("utf-8") + body)
+            raise aiohttp.ServerDisconnectedError()
+        transport.write(request)
         proto.start_timeout()
-        try:
-            while True:
-                message, payload = await proto.read()
-                if not 100 <= message.code <= 199 or message.code == 101:
-                    break
-        except HttpProcessingError as exc:
-            proto.close()
-            raise EndpointUnavailable(f"{route.endpoint} sent an invalid HTTP response: {exc.message}",
-                                      destination=route.destination, endpoint=route.endpoint) from exc
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            proto.close()
-            raise self._translate(exc, route) from exc
-        except BaseException:
-            proto.close()
-            raise
-        return PooledReply(message, payload, proto, lambda exc: self._translate(exc, route),
-                           lambda: self._give_back(target.key, proto))
+        while True:
+            message, payload = await proto.read()
+            if not 100 <= message.code <= 199 or message.code == 101:
+                return message, payload
 
     def _reuse(self, key: _Key) -> ResponseHandler | None:
         idle = self._idle.get(key)
