@@ -41,7 +41,6 @@ from gateway.errors import (
     EndpointUnavailable,
     Forbidden,
     GatewayError,
-    JournalUnavailable,
     MessageTooLarge,
     MethodNotAllowed,
     UnknownDestination,
@@ -51,10 +50,10 @@ from gateway.ids import new_message_id
 from gateway.keys import CLOCK, JOURNAL, LIVE, METRICS
 from gateway.logs.clock import Clock
 from gateway.logs.journal import Journal
-from gateway.logs.records import ApiExchange, describe
+from gateway.logs.records import ApiExchange
 from gateway.metrics import Metrics
 from gateway.ns import H_CLIENT, H_MESSAGE_ID, H_VIA
-from gateway.relay.answer import SMALL_BODY, respond
+from gateway.relay.answer import SMALL_BODY, record_durably, respond
 from gateway.relay.call import Answer, Call, RequestCall
 from gateway.relay.handler import authorise, check_hops
 from gateway.relay.streamed import RequestBody, receive
@@ -247,19 +246,7 @@ class ApiRelay:
         if received is not None:  # the answer as the endpoint sent it, before conversion
             trace.response_in = received
         exchange = ApiExchange(trace.exchange(self._clock.read()), recoding.losses.summary() or None)
-        try:
-            if not answering:
-                await self._journal.record(exchange)
-                return
-            # The future is this caller's own and the journal bounds the wait (durable_wait), as for SOAP.
-            if not await (await self._journal.record(exchange, durable=True)):
-                raise JournalUnavailable(f"not durable within {self._journal.durable_wait:g} s, or refused")
-        except JournalUnavailable as exc:
-            log.error("send/receive log unavailable (%s); exchange not logged: %s", exc.reason, describe(exchange))
-            if not answering:
-                return
-            call.abort()
-            raise ConnectionResetError("the exchange's log records are not durable: answer withheld") from None
+        await record_durably(self._journal, (exchange,), call, answering=answering, whole=exchange, log=log)
 
 
 async def _body(call: Call, settings: GatewaySettings, trace: Trace) -> bytes | RequestBody:

@@ -9,19 +9,21 @@ record").
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
 from multidict import CIMultiDict
 
-from gateway.errors import UpstreamError
+from gateway.errors import JournalUnavailable, UpstreamError
+from gateway.logs.journal import Journal
+from gateway.logs.records import Entry, describe
 from gateway.ns import H_MESSAGE_ID
 
 from .call import Answer, Call
 from .trace import Exchange, Trace
 from .upstream import Reply
 
-__all__ = ["respond", "SERVER", "SMALL_BODY"]
+__all__ = ["respond", "record_durably", "SERVER", "SMALL_BODY"]
 
 log = logging.getLogger("bmrgw.relay")
 
@@ -73,3 +75,26 @@ async def respond(call: Call, reply: Reply, exchange: Exchange, trace: Trace,
         await sink.write(held)
     await sink.write_eof()
     return Answer(reply.status, reply.reason, headers, None)
+
+
+async def record_durably(journal: Journal, entries: Sequence[Entry], call: Call, *, answering: bool,
+                         whole: Entry, log: logging.Logger) -> None:
+    """Hand an exchange's log ``entries`` to the journal.  When ``answering``, return once the last one
+    is durable, or abort ``call``'s connection and raise: no complete answer leaves without its records
+    (SOAP and ``/api`` alike).  ``log`` gets ``whole``, the exchange, when it could not be logged."""
+    try:
+        for entry in entries[:-1]:
+            await journal.record(entry)
+        if not answering:
+            await journal.record(entries[-1])
+            return
+        # The future is this caller's own and the journal bounds the wait (durable_wait): no
+        # timer or shield per exchange.
+        if not await (await journal.record(entries[-1], durable=True)):
+            raise JournalUnavailable(f"not durable within {journal.durable_wait:g} s, or refused")
+    except JournalUnavailable as exc:
+        log.error("send/receive log unavailable (%s); exchange not logged: %s", exc.reason, describe(whole))
+        if not answering:
+            return
+        call.abort()
+        raise ConnectionResetError("the exchange's log records are not durable: answer withheld") from None

@@ -57,7 +57,6 @@ from gateway.errors import (
     EndpointUnavailable,
     Forbidden,
     GatewayError,
-    JournalUnavailable,
     MalformedMessage,
     MessageTooLarge,
     RoutingLoop,
@@ -66,7 +65,6 @@ from gateway.errors import (
 from gateway.ids import new_message_id
 from gateway.logs.clock import Clock
 from gateway.logs.journal import Journal
-from gateway.logs.records import describe
 from gateway.metrics import Metrics
 from gateway.ns import H_CLIENT, H_MESSAGE_ID, H_SOAPACTION, H_VIA, SoapVersion
 from gateway.parser import SCAN_WHOLE, EnvelopeHead, HeadScanner, scan_head
@@ -78,7 +76,7 @@ from routing.table import Route, RouteTable
 from routing.watch import LiveTable
 
 from .resilience import may_have_sent, sent_to
-from .answer import SERVER, SMALL_BODY, respond
+from .answer import SERVER, SMALL_BODY, record_durably, respond
 from .call import Answer, Call, RequestCall
 from .outline import EnvelopeOutline, check_outline
 from .streamed import RequestBody, check_chunk, receive
@@ -236,22 +234,7 @@ class Relay:
         substitutions = recoding.losses.summary()
         # What a conversion lost goes on the response record (the two records then travel one by one).
         entries = exchange.records("relay", substitutions) if substitutions else (exchange,)
-        try:
-            for entry in entries[:-1]:
-                await self._journal.record(entry)
-            if not answering:
-                await self._journal.record(entries[-1])
-                return
-            # The future is this caller's own and the journal bounds the wait (durable_wait): no
-            # timer or shield per exchange.
-            if not await (await self._journal.record(entries[-1], durable=True)):
-                raise JournalUnavailable(f"not durable within {self._journal.durable_wait:g} s, or refused")
-        except JournalUnavailable as exc:
-            log.error("send/receive log unavailable (%s); exchange not logged: %s", exc.reason, describe(exchange))
-            if not answering:
-                return
-            call.abort()
-            raise ConnectionResetError("the exchange's log records are not durable: answer withheld") from None
+        await record_durably(self._journal, entries, call, answering=answering, whole=exchange, log=log)
 
     async def _prepare(self, call: Call, table: RouteTable,
                        trace: Trace) -> tuple[Exchange, bytes | RequestBody]:
