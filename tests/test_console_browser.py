@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, WebDriverException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -179,7 +179,17 @@ def test_disable_an_endpoint_and_find_it_in_the_log(browser: Browser) -> None:
     browser.shot("endpoint-disabled")
     browser.open("/console/log?kind=console")
     browser.wait(lambda: "POST /console disable" in browser.text())
-    row_text = browser.driver.find_element(By.XPATH, "//tr[td[text()='POST /console disable']]").text
+
+    def disable_row() -> str:
+        # The page may be replaced between finding the row and reading it (Chromium: "Node with given
+        # id does not belong to the document", seen once in a full run): read it again then.
+        try:
+            return str(browser.driver.find_element(By.XPATH, "//tr[td[text()='POST /console disable']]").text)
+        except WebDriverException:
+            return ""
+
+    browser.wait(lambda: bool(disable_row()))
+    row_text = disable_row()
     assert "zei" in row_text and "ops" in row_text
     browser.shot("disable-in-the-log")
     browser.open("/console/endpoints")
