@@ -62,6 +62,13 @@ def private_open(path: Path | str, flags: int) -> int:
 
 
 def private_file(path: Path) -> Path:
-    """Create ``path`` empty with mode 0600 unless it exists (a SQLite file before its first connection)."""
-    os.close(private_open(path, os.O_WRONLY | os.O_CREAT))
+    """Create ``path`` empty with mode 0600 unless it exists (a SQLite file before its first connection).
+
+    A file that exists is not opened: POSIX releases every lock this process holds on a file when any
+    descriptor of it is closed, so opening and closing a store another connection of this process has
+    open would drop that connection's SQLite locks (seen as 'disk I/O error' when nodes start together)."""
+    try:
+        os.close(private_open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        pass
     return path

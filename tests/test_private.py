@@ -4,7 +4,10 @@ is 0600, its folders 0700, whatever the umask of the process."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -88,3 +91,23 @@ def test_private_helpers_give_exact_modes_whatever_the_umask(umask_022: None, tm
     private_dir(tmp_path / "open" / "d")
     private_file(tmp_path / "open" / "d" / "y")
     assert not_private(modes(tmp_path / "open"), (tmp_path / "open",)) == {}
+
+
+def test_private_file_keeps_the_locks_sqlite_holds_on_an_existing_file(tmp_path: Path) -> None:
+    """POSIX drops every lock a process holds on a file when any of its descriptors for that file is closed.
+    Opening and closing an open store's file (a second Store, the JX engine, a worker starting beside
+    another) silently released the first connection's locks: another process could then write under
+    them (SQLite's "How to corrupt", 2.2), seen as 'disk I/O error' when nodes started together."""
+    path = tmp_path / "gw.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("INSERT INTO t VALUES (1)")
+    private_file(path)  # the store's file exists and is locked by this process
+    other = subprocess.run(
+        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)\n"
+         "try:\n    c.execute('BEGIN IMMEDIATE'); print('wrote')\nexcept sqlite3.OperationalError as e:\n    print(e)",
+         str(path)], capture_output=True, text=True, timeout=30, check=True)
+    assert other.stdout.strip() == "database is locked"
+    holder.execute("COMMIT")
+    holder.close()
