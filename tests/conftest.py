@@ -120,6 +120,18 @@ async def demo_url() -> AsyncIterator[str]:
     await runner.cleanup()
 
 
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema (:func:`tests.pg.pg_schema`) for a test's gateways.  Name it before
+    ``gateway`` among the test's arguments: fixtures are torn down in reverse order, so the gateways
+    stop before the schema is dropped (dropped under them, their log writer would retry its last
+    batch until the 10 s shutdown deadline)."""
+    from .pg import pg_schema
+
+    with pg_schema() as url:
+        yield url
+
+
 GatewayFactory = Callable[..., Awaitable[str]]
 
 

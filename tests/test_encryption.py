@@ -23,7 +23,6 @@ from gateway.logs.tables import LogFilter, read
 
 from .conftest import GatewayFactory, message, soap11_headers
 from .jxhelp import confirm, get, put
-from .pg import pg_schema
 
 
 def marker() -> bytes:
@@ -102,21 +101,20 @@ async def test_no_content_at_rest_on_sqlite(gateway: GatewayFactory, tmp_path: P
 
 
 @pytest.mark.parametrize("encrypted", [True, False], ids=["encrypted", "plain-control"])
-async def test_no_content_in_postgresql_rows(gateway: GatewayFactory, tmp_path: Path, http: aiohttp.ClientSession,
-                                             master_key: Path, encrypted: bool) -> None:
+async def test_no_content_in_postgresql_rows(pg_url: str, gateway: GatewayFactory, tmp_path: Path,
+                                             http: aiohttp.ClientSession, master_key: Path, encrypted: bool) -> None:
     mark = marker()
-    with pg_schema() as url_db:
-        url = await gateway(config(tmp_path, master_key if encrypted else None, db=url_db))
-        await round_trip(http, url, documents(mark), mark)
-        engine = create_engine(url_db)
-        try:
-            with engine.connect() as c:
-                stored = b"".join(bytes(row[0]) for row in c.execute(text("SELECT data FROM jx_blob ORDER BY doc_seq, part")))
-                logged = c.execute(text("SELECT * FROM exchange_log")).all()
-        finally:
-            engine.dispose()
-        leaked = [form for form in forms(mark) if form in stored or form.decode() in repr(logged)]
-        assert leaked == [] if encrypted else leaked
+    url = await gateway(config(tmp_path, master_key if encrypted else None, db=pg_url))
+    await round_trip(http, url, documents(mark), mark)
+    engine = create_engine(pg_url)
+    try:
+        with engine.connect() as c:
+            stored = b"".join(bytes(row[0]) for row in c.execute(text("SELECT data FROM jx_blob ORDER BY doc_seq, part")))
+            logged = c.execute(text("SELECT * FROM exchange_log")).all()
+    finally:
+        engine.dispose()
+    leaked = [form for form in forms(mark) if form in stored or form.decode() in repr(logged)]
+    assert leaked == [] if encrypted else leaked
 
 
 async def test_the_log_keeps_metadata_only(gateway: GatewayFactory, tmp_path: Path,

@@ -260,29 +260,26 @@ def test_mailbox_config_is_validated() -> None:
 
 
 
-async def test_postgresql_keeps_document_bytes_in_the_database(gateway: GatewayFactory, tmp_path: Path,
-                                                              http: aiohttp.ClientSession) -> None:
-    from .pg import pg_schema
-
-    with pg_schema() as db:
-        config = jx_config(tmp_path)
-        config["gateway"]["db"] = db
-        url = await gateway(config)
-        big = os.urandom(3 * 1024 * 1024 + 5)  # several 1 MiB parts
-        assert (await put(http, url, "pg-big", big)).result is True
-        assert (await put(http, url, "pg-big", big)).result is True
-        assert (await put(http, url, "pg-big", b"other")).fault_code == "DuplicateMessageId"
-        got = await get(http, url)
-        assert got.data == big
-        assert (await confirm(http, url, "pg-big")).result is True
-        assert not list((tmp_path / "var" / "jx" / "blobs").iterdir())  # nothing on the local disk
-        engine = create_engine(db)
-        try:
-            with engine.connect() as c:
-                parts = c.exec_driver_sql("SELECT count(*) FROM jx_blob").scalar()
-        finally:
-            engine.dispose()
-        assert parts == 4
+async def test_postgresql_keeps_document_bytes_in_the_database(pg_url: str, gateway: GatewayFactory,
+                                                              tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    config = jx_config(tmp_path)
+    config["gateway"]["db"] = pg_url
+    url = await gateway(config)
+    big = os.urandom(3 * 1024 * 1024 + 5)  # several 1 MiB parts
+    assert (await put(http, url, "pg-big", big)).result is True
+    assert (await put(http, url, "pg-big", big)).result is True
+    assert (await put(http, url, "pg-big", b"other")).fault_code == "DuplicateMessageId"
+    got = await get(http, url)
+    assert got.data == big
+    assert (await confirm(http, url, "pg-big")).result is True
+    assert not list((tmp_path / "var" / "jx" / "blobs").iterdir())  # nothing on the local disk
+    engine = create_engine(pg_url)
+    try:
+        with engine.connect() as c:
+            parts = c.exec_driver_sql("SELECT count(*) FROM jx_blob").scalar()
+    finally:
+        engine.dispose()
+    assert parts == 4
 
 
 async def test_a_put_broken_off_mid_body_leaves_nothing(gateway: GatewayFactory, tmp_path: Path,

@@ -19,7 +19,7 @@ from gateway.cli import main
 
 from .conftest import GatewayFactory
 from .jxhelp import confirm, get, put
-from .test_keys_rotate_org import configure, get_all, live_generations, sealed_generations, store_url
+from .test_keys_rotate_org import configure, get_all, live_generations, sealed_generations, gateway_store
 
 WORKERS = 4
 RECEIVERS = ("131a", "131b")
@@ -93,12 +93,12 @@ def rotate_both(path: Path, tmp_path: Path, orgs: list[str]) -> None:
 
 @pytest.mark.parametrize("blobs", ["files", "database"], ids=["sqlite-files", "postgresql-rows"])
 async def test_rotations_under_load_fail_no_request_and_lose_no_document(
-        gateway: GatewayFactory, tmp_path: Path, http: aiohttp.ClientSession, capsys: pytest.CaptureFixture[str],
+        pg_url: str, gateway: GatewayFactory, tmp_path: Path, http: aiohttp.ClientSession, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch, blobs: str) -> None:
     # Gateways look for a new generation every 0.3 s (30 s in production); keys rotate --org waits
     # twice that before its last pass, as it does in production.
     monkeypatch.setattr("gateway.crypto.ring.RECHECK_SECONDS", 0.3)
-    with store_url(tmp_path, blobs) as db:
+    with gateway_store(tmp_path, blobs, pg_url) as db:
         config, path = configure(tmp_path, db, blobs)
         url = await gateway(config)
         load = Load(http, url)

@@ -51,6 +51,12 @@ def store_url(tmp_path: Path, blobs: str) -> Iterator[str]:
             yield url
 
 
+def gateway_store(tmp_path: Path, blobs: str, pg_url: str) -> contextlib.nullcontext[str]:
+    """:func:`store_url` for a test whose ``gateway`` serves it: PostgreSQL is the ``pg_url`` fixture,
+    named before ``gateway`` so that the schema outlives the test's gateways."""
+    return contextlib.nullcontext(f"sqlite:///{tmp_path}/db/bmrgw.db" if blobs in ("files", "auto") else pg_url)
+
+
 def configure(tmp_path: Path, db: str, blobs: str) -> tuple[dict[str, Any], Path]:
     key = tmp_path / "keys" / "master.key"
     assert main(["keys", "init", str(key)]) == 0
@@ -161,10 +167,10 @@ def run(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("blobs", ["files", "auto", "database"],
                          ids=["sqlite-files", "sqlite-small-rows-big-files", "postgresql-rows"])
 async def test_rotate_org_reseals_its_content_resumes_after_a_kill_and_leaves_others_alone(
-        gateway: GatewayFactory, tmp_path: Path, http: aiohttp.ClientSession, capsys: pytest.CaptureFixture[str],
+        pg_url: str, gateway: GatewayFactory, tmp_path: Path, http: aiohttp.ClientSession, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch, blobs: str) -> None:
     monkeypatch.setattr("gateway.crypto.ring.RECHECK_SECONDS", 0.0)  # gateways see a new generation at once
-    with store_url(tmp_path, blobs) as db:
+    with gateway_store(tmp_path, blobs, pg_url) as db:
         config, path = configure(tmp_path, db, blobs)
         url = await gateway(config)
         docs = await store_documents(http, url)
