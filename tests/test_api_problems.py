@@ -129,21 +129,32 @@ async def test_connections_over_the_limit_get_503_problem_details_on_api(gateway
     held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
     try:
         await asyncio.sleep(0.3)
-        answer = await asyncio.to_thread(exchange, port, head(b"GET /api/kaigo/x HTTP/1.1"))
+        junk = [b"\x16\x03\x01\x02\x00" + b"\x00" * 100, b"A" * 100, b"GET " + b"/" * 100]
+
+        waited: list[float] = []
+
+        async def timed(data: bytes) -> bytes:
+            began = time.monotonic()
+            got = await asyncio.to_thread(exchange, port, data)
+            waited.append(time.monotonic() - began)
+            return got
+
+        # Each refused connection is held open for 2 s: the callers come together, as they would.
+        answer, soap, trickled, silent, *garbage = await asyncio.gather(
+            asyncio.to_thread(exchange, port, head(b"GET /api/kaigo/x HTTP/1.1")),
+            asyncio.to_thread(exchange, port, head(b"POST /soap/kaigo HTTP/1.1")),
+            # A request line trickled in: decided as soon as "/api/" has come.
+            asyncio.to_thread(_trickled, port, [b"DEL", b"ETE /a", b"pi/kaigo/1 HTTP/1.1\r\n\r\n"]),
+            # Nothing sent, or bytes that are no request line: the SOAP fault, within a second.
+            timed(b""),
+            *(asyncio.to_thread(exchange, port, data) for data in junk))
         found = problem(answer, 503, "GatewayBusy")
         assert "already holds 2 connections" in found["detail"] and parsed(answer)[1]["retry-after"] == "1"
-        soap = await asyncio.to_thread(exchange, port, head(b"POST /soap/kaigo HTTP/1.1"))
         assert parsed(soap)[0] == 503 and b'code="GatewayBusy"' in soap, "SOAP callers keep their fault"
-        # A request line trickled in: decided as soon as "/api/" has come.
-        answer = await asyncio.to_thread(_trickled, port, [b"DEL", b"ETE /a", b"pi/kaigo/1 HTTP/1.1\r\n\r\n"])
-        problem(answer, 503, "GatewayBusy")
-        # Nothing sent, or bytes that are no request line: the SOAP fault, within a second.
-        began = time.monotonic()
-        silent = await asyncio.to_thread(exchange, port, b"")
-        assert b'code="GatewayBusy"' in silent and time.monotonic() - began < 2.5
-        for junk in (b"\x16\x03\x01\x02\x00" + b"\x00" * 100, b"A" * 100, b"GET " + b"/" * 100):
-            garbage = await asyncio.to_thread(exchange, port, junk)
-            assert parsed(garbage)[0] == 503 and b'code="GatewayBusy"' in garbage
+        problem(trickled, 503, "GatewayBusy")
+        assert b'code="GatewayBusy"' in silent and waited[0] < 2.5
+        for refused in garbage:
+            assert parsed(refused)[0] == 503 and b'code="GatewayBusy"' in refused
     finally:
         for sock in held:
             sock.close()
