@@ -320,3 +320,33 @@ async def test_stopping_lets_exchanges_in_flight_finish_and_closes_idle_connecti
     assert sorted(r.message_id or "" for r in records if r.direction == "response") == sorted(
         ["idle-0", *(f"m-{i}" for i in range(10))])
     assert {r.status for r in records} == {"ok"}
+
+
+async def test_stopping_drains_both_paths_together_within_drain_timeout(start: Start, backend: RecordingBackend) -> None:
+    """An exchange in flight on the fast path and one on aiohttp's (a chunked request is handed over), both
+    longer than ``drain_timeout``: both are cut at the one deadline.  The fast path was drained first,
+    then aiohttp's connections got a drain_timeout of their own: a stop took twice as long."""
+    gw = await start({"gateway": {"drain_timeout": 1.5}, "endpoints": {"ep": {"url": backend.url}}})
+
+    async def hang(request: web.Request, seen: Seen) -> web.StreamResponse:
+        await asyncio.sleep(30)
+        return web.Response(body=b"<late/>", content_type="text/xml")
+
+    backend.behaviour = hang
+    chunked = (b"POST /soap HTTP/1.1\r\nHost: gw\r\nContent-Type: text/xml; charset=utf-8\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%b\r\n0\r\n\r\n" % (len(ENVELOPE), ENVELOPE))
+    calls = [asyncio.create_task(exchange(gw, raw, quiet=10)) for raw in (request(b"X-Message-Id: fast-1"),
+                                                                            chunked.replace(b"Host: gw", b"Host: gw\r\nX-Message-Id: aiohttp-1"))]
+    while len(backend.seen) < 2:
+        await asyncio.sleep(0.02)
+    assert gw.fast.exchanges == 1 and gw.fast.handovers == 1
+    began = asyncio.get_running_loop().time()
+    await gw.runner.cleanup()
+    took = asyncio.get_running_loop().time() - began
+    answers = await asyncio.gather(*calls)
+    assert 1.4 < took < 2.5, f"stopping took {took:.2f} s with drain_timeout 1.5 s"
+    assert all(b" 200 " not in a for a in answers), answers
+    records = await asyncio.to_thread(relay_records, gw.db)
+    assert sorted((r.message_id, r.direction, r.status) for r in records) == [
+        ("aiohttp-1", "request", "ok"), ("aiohttp-1", "response", "error"),
+        ("fast-1", "request", "ok"), ("fast-1", "response", "error")], "both are logged as cut off"

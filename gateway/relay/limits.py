@@ -409,8 +409,11 @@ class ListenSite(web.BaseSite):
                  limits: Callable[[], LimitSettings], answer: Callable[[int, str | None, bool], bytes],
                  header_timeout: float, timed_out: Callable[[], None] = lambda: None,
                  handler: Callable[[web.Server], web.RequestHandler] | None = None,
-                 fast: FastPath | None = None, drain_timeout: float = 0.0) -> None:
+                 fast: FastPath | None = None, drain_timeout: float = 0.0,
+                 cut: Callable[[], None] = lambda: None) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=BACKLOG)
+        self._cut = cut
+        """Cancels aiohttp's handlers still running at the drain deadline (:mod:`gateway.serve.inflight`)."""
         self.fast = fast
         """The relay's fast path (:mod:`gateway.relay.fast`), which takes each connection first; or none."""
         self._drain_timeout = drain_timeout
@@ -451,10 +454,26 @@ class ListenSite(web.BaseSite):
             self._per_address[address] = held
 
     async def stop(self) -> None:
-        """Stop listening; the fast path's connections drain as aiohttp's do (up to ``drain_timeout``)."""
+        """Stop listening; then the fast path's connections and aiohttp's drain together: each exchange in
+        flight gets up to ``drain_timeout``, one deadline for both paths, and is cut off at it.
+
+        aiohttp's runner would close its idle connections and wait for its handlers only after every
+        site had stopped (so after the fast path's drain), and cancel a handler only after a second
+        ``drain_timeout``; here its steps are taken at once (a turn of the loop, idle connections
+        closed, handlers waited for) and ``cut`` cancels its handlers at the deadline.  The runner's
+        own pass then finds no connection left."""
         await super().stop()
-        if self.fast is not None:
-            await self.fast.drain(self._drain_timeout)
+        server = self._runner.server
+        draining = [] if self.fast is None else [self.fast.drain(self._drain_timeout)]
+        if server is not None:
+            await asyncio.sleep(0)  # requests accepted before the listener closed start to be handled
+            server.pre_shutdown()
+            draining.append(server.shutdown(self._drain_timeout))
+        deadline = asyncio.get_running_loop().call_later(self._drain_timeout, self._cut)
+        try:
+            await asyncio.gather(*draining)
+        finally:
+            deadline.cancel()
 
     async def start(self) -> None:
         await super().start()

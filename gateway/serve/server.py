@@ -44,6 +44,7 @@ from . import heap
 from .access import access_log
 from .app import RELAY, AppOptions, make_app, reloaded
 from .certs import CERTS
+from .inflight import InFlight
 from .options import ServeOptions
 from .protocol import problem_handlers
 from .workers import heartbeat, supervise
@@ -109,6 +110,8 @@ def serve(options: ServeOptions) -> int:
 async def listen(app: web.Application, config: Config, sock: socket.socket) -> tuple[web.AppRunner, ListenSite]:
     """Start ``app`` on ``sock`` as ``bmrgw serve`` does: aiohttp's runner behind a ListenSite (connection
     caps, header clock) with the relay's fast path in front."""
+    handlers = InFlight()
+    app.middlewares.insert(0, handlers.middleware())
     runner = web.AppRunner(app, shutdown_timeout=config.gateway.drain_timeout,
                            keepalive_timeout=config.gateway.keepalive_timeout,
                            **access_log(config.gateway.access_log))
@@ -132,7 +135,7 @@ async def listen(app: web.Application, config: Config, sock: socket.socket) -> t
                       limits=lambda: live.current.config.gateway.limits, answer=answer,
                       header_timeout=config.gateway.header_timeout, timed_out=timed_out,
                       handler=problem_handlers(gateway),
-                      fast=fast_path(app, config), drain_timeout=config.gateway.drain_timeout)
+                      fast=fast_path(app, config), drain_timeout=config.gateway.drain_timeout, cut=handlers.cut)
     await site.start()
     return runner, site
 
