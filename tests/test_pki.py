@@ -214,3 +214,30 @@ def test_ec_signing_certificates_have_p256_keys(tmp_path: Path) -> None:
     assert method_for(signer.key) == ECDSA_SHA256
     assert not isinstance(x509.load_pem_x509_certificate(made["rsa-sign"].cert.read_bytes()).public_key(),
                           ec.EllipticCurvePublicKey)
+
+
+def test_pki_command_makes_p256_signing_keys_when_asked(tmp_path: Path) -> None:
+    """`--signing-key-type p256`: the signing certificates get P-256 keys (the cheaper WS-Security
+    signature of README "WS-Security"), TLS certificates stay RSA-2048; the default stays RSA."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    out = tmp_path / "certs"
+    run = subprocess.run([*BMRGW, "pki", "--out", str(out), "--signing", "juki-sign", "--signing", "dc-sign",
+                          "--signing-key-type", "p256"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    for name in ("juki-sign", "dc-sign"):
+        key = x509.load_pem_x509_certificate((out / f"{name}.pem").read_bytes()).public_key()
+        assert isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1), name
+        assert f"CN={name}" in run.stdout.split(f"{name}.pem")[1].split("\n")[0] and \
+            run.stdout.split(f"{name}-key.pem, ")[1].startswith("P-256)")
+    for name in ("server", "client"):
+        tls = x509.load_pem_x509_certificate((out / f"{name}.pem").read_bytes()).public_key()
+        assert isinstance(tls, rsa.RSAPublicKey) and tls.key_size == 2048, name
+    default = subprocess.run([*BMRGW, "pki", "--out", str(tmp_path / "rsa")], capture_output=True, text=True,
+                             timeout=60)
+    assert default.returncode == 0, default.stderr
+    assert isinstance(x509.load_pem_x509_certificate((tmp_path / "rsa" / "sign.pem").read_bytes()).public_key(),
+                      rsa.RSAPublicKey)
+    wrong = subprocess.run([*BMRGW, "pki", "--out", str(tmp_path / "x"), "--signing-key-type", "p384"],
+                           capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and "invalid choice" in wrong.stderr and "p256" in wrong.stderr
