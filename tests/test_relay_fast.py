@@ -350,3 +350,29 @@ async def test_stopping_drains_both_paths_together_within_drain_timeout(start: S
     assert sorted((r.message_id, r.direction, r.status) for r in records) == [
         ("aiohttp-1", "request", "ok"), ("aiohttp-1", "response", "error"),
         ("fast-1", "request", "ok"), ("fast-1", "response", "error")], "both are logged as cut off"
+
+
+@pytest.mark.parametrize("path, accept", [(b"/soap", b""), (b"/soap", b"Accept: text/html"), (b"/api/ep/x", b"")],
+                         ids=["soap", "soap-html", "api"])
+async def test_a_bug_in_the_exchange_is_answered_as_aiohttp_answers_it(
+        start: Start, backend: RecordingBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        path: bytes, accept: bytes) -> None:
+    """An exception escaping the exchange (a bug, not the caller's doing) gets aiohttp's 500 — text, or
+    HTML when the caller accepts it, problem details under /api — and the connection closes; the fast
+    path had cut the connection without a word."""
+    from gateway.api.handler import ApiRelay
+    from gateway.relay.handler import Relay
+
+    async def broken(self: object, call: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Relay, "exchange", broken)
+    monkeypatch.setattr(ApiRelay, "exchange", broken)
+    config = {"endpoints": {"ep": {"url": backend.url}}}
+    fast = await start(config)
+    slow = await start({**config, "gateway": {"access_log": str(tmp_path / "access.log")}})
+    raw = request(*([accept] if accept else []), path=path)
+    answers = [_normal(await exchange(gw, raw)) for gw in (fast, slow)]
+    assert answers[0] == answers[1], answers
+    assert status_of(answers[0]) == 500 and answers[0].endswith(b"<closed>") and b"a bug" not in answers[0]
+    assert fast.fast.exchanges == 1 and fast.fast.handovers == 0

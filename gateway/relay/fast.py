@@ -96,9 +96,14 @@ class FastPath:
     live table, the authenticator and the rate limiter."""
 
     def __init__(self, *, relay: Callable[[], Exchanger], live: LiveTable, authenticator: Authenticator,
-                 limiter: RateLimiter, keepalive_timeout: float, api: Callable[[], Exchanger] | None = None) -> None:
+                 limiter: RateLimiter, keepalive_timeout: float, api: Callable[[], Exchanger] | None = None,
+                 failure: Callable[[bool, str], bytes] | None = None) -> None:
         self.relay = relay
         self.api = api
+        self.failure = failure
+        """The answer aiohttp's handler gives when an exchange fails unexpectedly (a bug), given whether the
+        request was for ``/api`` and its ``Accept`` header (:func:`gateway.serve.protocol.failure_answer`);
+        ``None``: the connection is cut instead."""
         self.prefixes = prefixes(api is not None)
         self.live = live
         self.authenticator = authenticator
@@ -133,7 +138,7 @@ class FastCall:
     """One exchange on the fast path (the one object it makes per request besides the relay's own)."""
 
     __slots__ = ("client", "headers", "content_type", "content_length", "ap", "version", "method", "target",
-                 "remote", "body_exists", "_connection", "_body", "_waiter")
+                 "remote", "body_exists", "api", "answering", "_connection", "_body", "_waiter")
 
     def __init__(self, connection: FastConnection, head: Head, client: Client | None, remote: str) -> None:
         self.client = client
@@ -146,6 +151,9 @@ class FastCall:
         self.target = head.target
         self.remote: str | None = remote
         self.body_exists = head.length > 0
+        self.api = head.api
+        self.answering = False
+        """Whether the head of a streamed answer was written (an error can then only cut the connection)."""
         self._connection = connection
         self._body: bytes | None = None
         self._waiter: asyncio.Future[bytes] | None = None
@@ -183,6 +191,7 @@ class FastCall:
                 "" if length is None or status in _EMPTY else f"Content-Length: {length}\r\n")
         if length != 0 and status not in _EMPTY and "Content-Type" not in headers:
             tail += "Content-Type: application/octet-stream\r\n"
+        self.answering = True
         self._connection.write(_head(status, reason, headers, tail))
         return _Sink(self._connection, chunked)
 
@@ -406,7 +415,12 @@ class FastConnection(asyncio.Protocol):
             self.abort()  # already cut where it was raised, or the caller went away
         except Exception:
             log.exception("Error handling request")
-            self.abort()
+            failure = self._path.failure
+            if call.answering or failure is None:
+                self.abort()
+            else:  # aiohttp's answer to a failing handler; the connection closes after it, as there
+                self.write(failure(call.api, call.headers.get("Accept", "")))
+                self._closing = True
         finally:
             self.done, self._call = None, None
         if self.closed:

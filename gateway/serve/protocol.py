@@ -23,16 +23,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from gateway.api import is_api_path, problem_response
 from gateway.errors import GatewayError, MalformedMessage, MessageTooLarge
 from gateway.relay.limits import API_HEAD, api_request
 
-__all__ = ["ProblemHandler", "problem_handlers"]
+__all__ = ["ProblemHandler", "failure_answer", "problem_handlers"]
 
 log = logging.getLogger("bmrgw")
 
@@ -79,6 +82,36 @@ def _error(status: int, exc: BaseException | None) -> GatewayError:
                                "request line, 16384 for a header)", detail="LineTooLong")
     kind = type(exc).__name__ if isinstance(exc, HttpProcessingError) else "BadHttpMessage"
     return MalformedMessage("the request head is not valid HTTP/1.1 and was not read", detail=kind)
+
+
+def failure_answer(api: bool, accept: str, gateway: str) -> bytes:
+    """The bytes :class:`ProblemHandler` writes when a handler fails unexpectedly (a bug: status 500), for a
+    request that did not pass aiohttp's handler (the relay's fast path, :mod:`gateway.relay.fast`).
+
+    ``/api``: problem details (``GatewayError``); otherwise aiohttp's own text, or its HTML page when
+    ``accept`` names ``text/html`` — headers in aiohttp's order, then ``Connection: close``.
+    ``tests/test_relay_fast.py`` compares these bytes with aiohttp's answer."""
+    if api:
+        response = problem_response(_error(500, None), gateway=gateway, message_id=None)
+    else:
+        status = HTTPStatus.INTERNAL_SERVER_ERROR
+        title, description = f"{status.value} {status.phrase}", status.description
+        if "text/html" in accept:
+            response = web.Response(status=500, content_type="text/html", text=(
+                f"<html><head><title>{title}</title></head><body>\n<h1>{title}</h1>\n{description}\n</body></html>\n"))
+        else:
+            response = web.Response(status=500, content_type="text/plain", text=f"{title}\n\n{description}")
+    body = response.body
+    assert isinstance(body, bytes)
+    headers = response.headers
+    lines = [f"HTTP/1.1 {response.status} {response.reason}", *(f"{k}: {v}" for k, v in headers.items())]
+    if "Content-Length" not in headers:
+        lines.append(f"Content-Length: {len(body)}")
+    lines.append(f"Date: {rfc822_formatted_time()}")
+    if "Server" not in headers:
+        lines.append(f"Server: {SERVER_SOFTWARE}")
+    lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 def problem_handlers(gateway: Callable[[], str]) -> Callable[[web.Server], web.RequestHandler]:

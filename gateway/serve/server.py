@@ -46,7 +46,7 @@ from .app import RELAY, AppOptions, make_app, reloaded
 from .certs import CERTS
 from .inflight import InFlight
 from .options import ServeOptions
-from .protocol import problem_handlers
+from .protocol import failure_answer, problem_handlers
 from .workers import heartbeat, supervise
 
 __all__ = ["ServeOptions", "serve", "install_event_loop", "listen_socket", "fast_path", "listen"]
@@ -165,9 +165,11 @@ def fast_path(app: web.Application, config: Config) -> FastPath | None:
     server: an access log to write, or keep-alive switched off."""
     if config.gateway.access_log is not None or config.gateway.keepalive_timeout <= 0:
         return None
-    return FastPath(relay=lambda: app[RELAY], api=lambda: app[API_RELAY], live=app[LIVE],
+    live = app[LIVE]
+    return FastPath(relay=lambda: app[RELAY], api=lambda: app[API_RELAY], live=live,
                     authenticator=app[AUTHENTICATOR], limiter=app[RESILIENCE].limiter,
-                    keepalive_timeout=config.gateway.keepalive_timeout)
+                    keepalive_timeout=config.gateway.keepalive_timeout,
+                    failure=lambda api, accept: failure_answer(api, accept, live.current.config.gateway.name))
 
 
 def _reload(app: web.Application, options: ServeOptions) -> None:
