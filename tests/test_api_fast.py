@@ -19,9 +19,9 @@ import pytest
 from gateway.relay.fast import parse_head
 from gateway.security.passwords import hash_password
 
-from .test_relay_fast import Gateway, Start, _normal, exchange, start, status_of
+from .fastgw import Gateway, Start, exchange, normal, start, status_of
 
-__all__ = ["start"]  # the fixture, shared with test_relay_fast
+__all__ = ["start"]  # the fixture (tests/fastgw.py), used here
 
 JSON = b'{"name": "\xe5\xb1\xb1\xe7\x94\xb0", "city": "131016", "pad": "' + b"x" * 900 + b'"}'
 LOGIN = b"Authorization: Basic " + base64.b64encode(b"alice:secret-pw")
@@ -95,9 +95,9 @@ async def same(fast: Gateway, slow: Gateway, endpoint: RawEndpoint, *requests: b
     answers = []
     for raw in requests:
         before = len(endpoint.seen)
-        got = [_normal(await exchange(gw, raw, quiet=0.3)) for gw in (fast, slow)]
+        got = [normal(await exchange(gw, raw, quiet=0.3)) for gw in (fast, slow)]
         assert got[0] == got[1], (raw[:120], got)
-        upstream = [_normal(seen) for seen in endpoint.seen[before:]]
+        upstream = [normal(seen) for seen in endpoint.seen[before:]]
         half = len(upstream) // 2
         assert upstream[:half] == upstream[half:], upstream
         answers.append(got[0])

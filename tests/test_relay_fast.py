@@ -12,25 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
 
-from gateway.relay.fast import FastPath, parse_head
-from gateway.relay.limits import ListenSite
+from gateway.relay.fast import parse_head
 from gateway.security.passwords import hash_password
-from gateway.serve.app import AppOptions, make_app
-from gateway.serve.server import listen
-from routing.config import parse_config
 
-from .conftest import RecordingBackend, Seen, write_yaml
+from .conftest import RecordingBackend, Seen
+from .fastgw import Start, exchange, normal, start, status_of
 from .records import relay_records
+
+__all__ = ["start"]  # the fixture, used here
 
 ENVELOPE = (b'<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/">'
             b'<s:Header><r:Routing xmlns:r="urn:bmrgw:routing:1"><r:To>ep</r:To></r:Routing></s:Header>'
@@ -41,84 +35,6 @@ LOGIN = b"Authorization: Basic " + base64.b64encode(b"alice:secret-pw")
 def request(*headers: bytes, body: bytes = ENVELOPE, path: bytes = b"/soap") -> bytes:
     return (b"POST " + path + b" HTTP/1.1\r\nHost: gw\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: "
             + str(len(body)).encode() + b"\r\n" + b"".join(h + b"\r\n" for h in headers) + b"\r\n" + body)
-
-
-@dataclass
-class Gateway:
-    url: str
-    site: ListenSite
-    runner: web.AppRunner
-    db: Path
-    host: str
-    port: int
-
-    @property
-    def fast(self) -> FastPath:
-        assert isinstance(self.site.fast, FastPath)
-        return self.site.fast
-
-
-Start = Callable[..., Awaitable[Gateway]]
-
-
-@pytest.fixture
-async def start(tmp_path: Path) -> AsyncIterator[Start]:
-    runners: list[web.AppRunner] = []
-
-    async def run(config: dict[str, Any]) -> Gateway:
-        gw = config.setdefault("gateway", {})
-        gw.setdefault("name", "gw")
-        gw.setdefault("db", f"sqlite:///{tmp_path}/gw-{len(runners)}.db")
-        gw.setdefault("data_dir", str(tmp_path / f"var-{len(runners)}"))
-        gw.setdefault("logs", {"enabled": True})
-        source = tmp_path / f"endpoints-{len(runners)}.yaml"
-        write_yaml(source, config)
-        parsed = parse_config(config, source=source)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.setblocking(False)
-        runner, site = await listen(make_app(parsed, AppOptions(watch_config=False)), parsed, sock)
-        runners.append(runner)
-        port = sock.getsockname()[1]
-        return Gateway(f"http://127.0.0.1:{port}", site, runner, tmp_path / f"gw-{len(runners) - 1}.db", "127.0.0.1", port)
-
-    yield run
-    for runner in runners:
-        if runner.server is not None:
-            await runner.cleanup()
-
-
-async def exchange(gw: Gateway, *parts: bytes, quiet: float = 0.5, pause: float = 0.0) -> bytes:
-    """Send ``parts`` (``pause`` s apart) on one connection; everything read until it closes or is quiet."""
-    reader, writer = await asyncio.open_connection(gw.host, gw.port)
-    try:
-        for i, part in enumerate(parts):
-            if i and pause:
-                await asyncio.sleep(pause)
-            writer.write(part)
-            await writer.drain()
-        received = b""
-        while True:
-            try:
-                chunk = await asyncio.wait_for(reader.read(65536), quiet)
-            except TimeoutError:
-                return received
-            except ConnectionResetError:
-                return received + b"<reset>"
-            if not chunk:
-                return received + b"<closed>"
-            received += chunk
-    finally:
-        writer.close()
-
-
-def _normal(data: bytes) -> bytes:
-    data = re.sub(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", b"<id>", data)
-    return re.sub(rb"Date: [^\r]*", b"Date: *", data)
-
-
-def status_of(answer: bytes) -> int:
-    return int(answer.split(b" ", 2)[1])
 
 
 # -- which requests take it
@@ -256,7 +172,7 @@ async def test_answers_are_byte_for_byte_aiohttps(kind: str, start: Start, backe
     slow = await start({**config, "gateway": {"access_log": str(tmp_path / "access.log")}})
     assert slow.site.fast is None
     raw = request() if kind != "nowhere" else request(body=ENVELOPE.replace(b">ep<", b">nowhere<"))
-    answers = [_normal(await exchange(gw, raw)) for gw in (fast, slow)]
+    answers = [normal(await exchange(gw, raw)) for gw in (fast, slow)]
     assert fast.fast.exchanges == 1
     assert answers[0] == answers[1], answers
 
@@ -372,7 +288,7 @@ async def test_a_bug_in_the_exchange_is_answered_as_aiohttp_answers_it(
     fast = await start(config)
     slow = await start({**config, "gateway": {"access_log": str(tmp_path / "access.log")}})
     raw = request(*([accept] if accept else []), path=path)
-    answers = [_normal(await exchange(gw, raw)) for gw in (fast, slow)]
+    answers = [normal(await exchange(gw, raw)) for gw in (fast, slow)]
     assert answers[0] == answers[1], answers
     assert status_of(answers[0]) == 500 and answers[0].endswith(b"<closed>") and b"a bug" not in answers[0]
     assert fast.fast.exchanges == 1 and fast.fast.handovers == 0
