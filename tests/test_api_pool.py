@@ -6,7 +6,8 @@ under aiohttp's rule, and failures are the same gateway errors with the same wor
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import aiohttp
 import pytest
@@ -158,10 +159,10 @@ async def test_the_pool_carries_small_bodies_and_not_big_ones(recorder: tuple[Re
 # -- a kept-alive connection the endpoint dropped ------------------------------------------------
 
 
-async def idle_close_case(method: str, sender: str) -> tuple[int, int]:
-    """The endpoint closes its idle keep-alive connection before the next request: that request goes
-    on a new connection, for every method (the close was seen, nothing was sent)."""
-    rec = Recorder()
+@contextlib.asynccontextmanager
+async def sending(rec: Recorder, method: str, sender: str) -> AsyncIterator[Callable[[], Awaitable[bytes]]]:
+    """``rec`` serving on a loopback port, and what sends one ``method`` request with an empty JSON body
+    to it: through the relay's pool (``sender`` ``"pool"``) or aiohttp's client, each kept alive."""
     server = await asyncio.start_server(rec.handle, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     up = ApiUpstream()
@@ -169,17 +170,24 @@ async def idle_close_case(method: str, sender: str) -> tuple[int, int]:
                                     skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"))
     try:
         r = route(url, method)
-        send = (lambda: new_way(up, r, {}, b"{}")) if sender == "pool" else (lambda: old_way(session, r, {}, b"{}"))
+        yield (lambda: new_way(up, r, {}, b"{}")) if sender == "pool" else (lambda: old_way(session, r, {}, b"{}"))
+    finally:
+        await up.close()
+        await session.close()
+        await rec.stop(server)
+
+
+async def idle_close_case(method: str, sender: str) -> tuple[int, int]:
+    """The endpoint closes its idle keep-alive connection before the next request: that request goes
+    on a new connection, for every method (the close was seen, nothing was sent)."""
+    rec = Recorder()
+    async with sending(rec, method, sender) as send:
         assert await send() == b"ok"
         for writer in rec.writers:
             writer.close()
         await asyncio.sleep(0.1)
         assert await send() == b"ok"
         return len(rec.got), rec.connections
-    finally:
-        await up.close()
-        await session.close()
-        await rec.stop(server)
 
 
 @pytest.mark.parametrize("method", ["GET", "POST", "PATCH"])
@@ -191,24 +199,13 @@ async def crossing_close_case(method: str, sender: str) -> tuple[str, int, int]:
     """The endpoint answers one request and drops the connection when the next arrives, unanswered:
     the outcome (answer or error words), the requests it received and the connections opened."""
     rec = Recorder(drop_after=1)
-    server = await asyncio.start_server(rec.handle, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    up = ApiUpstream()
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=15),
-                                    skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"))
-    try:
-        r = route(url, method)
-        send = (lambda: new_way(up, r, {}, b"{}")) if sender == "pool" else (lambda: old_way(session, r, {}, b"{}"))
+    async with sending(rec, method, sender) as send:
         assert await send() == b"ok"
         try:
             outcome = (await send()).decode()
         except GatewayError as exc:
             outcome = f"{exc.code}: {exc.reason}"
         return outcome, len(rec.got), rec.connections
-    finally:
-        await up.close()
-        await session.close()
-        await rec.stop(server)
 
 
 @pytest.mark.parametrize(("method", "expected"), [
