@@ -187,3 +187,29 @@ def test_purge_and_confirm_never_create_a_store(argv: list[str], tmp_path: Path,
     code, _, err = jx(capsys, *argv, "--config", path)
     assert code != 0 and "Traceback" not in err and err.strip()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["endpoints.yaml"]  # no database file, no folder
+
+
+async def test_list_shows_and_reads_times_in_local_time(tmp_path: Path, gateway: GatewayFactory,
+                                                        http: aiohttp.ClientSession, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table's CREATED is local time with its offset in the header, and --since reads a time without
+    an offset as local time: what an operator reads there can be typed back.  The table showed UTC
+    without saying so, and --since read UTC, both nine hours off the clock on a JST host's wall."""
+    data, path, db = next(_cfg(tmp_path, f"sqlite:///{tmp_path}/bmrgw-0.db"))
+    url = await gateway(data)
+    assert (await put(http, url, "april", b"a", sender="DC", receiver="1310001")).result
+    engine = create_engine(db)
+    with engine.begin() as c:  # arrived at 2026-04-01 00:00:00 UTC, 09:00 in Tokyo
+        c.execute(text("UPDATE jx_document SET created_ms = 1775001600000 WHERE message_id = 'april'"))
+    engine.dispose()
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        code, out, _ = jx(capsys, "list", "--config", path)
+        assert code == 0 and "CREATED (+09:00)" in out and "2026-04-01 09:00:00" in out, out
+        assert listed(capsys, path, "--since", "2026-04-01T09:00") == ["april"]
+        assert listed(capsys, path, "--since", "2026-04-01T09:00:01") == []
+        assert listed(capsys, path, "--until", "2026-04-01T09:00:01") == ["april"]
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

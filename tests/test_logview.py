@@ -191,7 +191,23 @@ def test_times_relative_and_iso() -> None:
     assert parse_time("1d", now=now) == datetime(2024, 3, 31, 12, 0, tzinfo=UTC)
     assert parse_time("2024-04-01T09:00:00Z") == datetime(2024, 4, 1, 9, 0, tzinfo=UTC)
     assert parse_time("2024-04-01T18:00:00+09:00") == datetime(2024, 4, 1, 9, 0, tzinfo=UTC)
-    assert parse_time("2024-04-01 09:00") == datetime(2024, 4, 1, 9, 0, tzinfo=UTC)
+
+
+def test_a_time_without_an_offset_is_the_local_time_the_table_shows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table prints local times (``TIME (+09:00)``), and an operator types what they read there:
+    ``--since 2024-04-01T09:00`` on a JST machine is 00:00 UTC.  It was read as UTC, nine hours off
+    (and the console's search form already read local time)."""
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert parse_time("2024-04-01 09:00") == datetime(2024, 4, 1, 0, 0, tzinfo=UTC)
+        assert parse_time("2024-04-01") == datetime(2024, 3, 31, 15, 0, tzinfo=UTC)
+        assert parse_time("2024-04-01T09:00:00Z") == datetime(2024, 4, 1, 9, 0, tzinfo=UTC)  # an offset wins
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
 
 
 def test_missing_config_is_a_config_error(tmp_path: Path) -> None:

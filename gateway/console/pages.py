@@ -190,18 +190,14 @@ def _endpoint_row(e: dict[str, Any], reported: dict[str, list[str]], labels: Any
 
 
 def _time(text: str | None) -> datetime | None:
-    """A search form's time: relative (``2h``) or ISO 8601, local time unless it carries an offset."""
+    """A search form's time: relative (``2h``) or ISO 8601, local time unless it carries an offset
+    (:func:`gateway.logs.commands.parse_time`, as ``bmrgw logs --since`` reads it)."""
     if not text or not text.strip():
         return None
-    value = text.strip()
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        try:
-            return parse_time(value)
-        except argparse.ArgumentTypeError as exc:
-            raise InvalidRequest(str(exc)) from None
-    return parsed if parsed.tzinfo else parsed.astimezone()  # naive: the server's local time
+        return parse_time(text)
+    except argparse.ArgumentTypeError as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 def _field(name: str, label: str, value: str, *, hint: str | None = None, size: int = 18) -> Html:

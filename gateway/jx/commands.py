@@ -24,6 +24,7 @@ from gateway.logs.key import log_key
 from gateway.logs.commands import parse_time
 from gateway.logs.records import LogRecord
 from gateway.logs.tables import append, ensure_schema
+from gateway.logs.view import local_offset
 from gateway.terminal import ConfigOption, add_db_option, db_url, table
 from routing.config import JX_ID_PATTERN, Config, load_config
 
@@ -66,7 +67,7 @@ def _add_list(actions: Any, config_option: ConfigOption) -> None:
         "list", help="search documents by receiver, sender, state and date, oldest first",
         description="List JX documents, oldest first. By default those waiting: pending (未取得, never "
         "handed out) and delivered (取得済み, handed out, not confirmed yet). T is an ISO 8601 time "
-        "(UTC unless it has an offset) or a time ago like 30m, 2h, 1d.",
+        "(local time unless it has an offset) or a time ago like 30m, 2h, 1d.",
     )
     _common(a, config_option)
     a.add_argument("--receiver", metavar="ID", help="only documents for this receiver id")
@@ -233,9 +234,12 @@ def _print_table(documents: Sequence[Document], at: int) -> None:
     if not documents:
         print("no documents")
         return
-    header = ["MESSAGE ID", "SENDER", "RECEIVER", "FORMAT", "BYTES", "STATE", "HANDED OUT", "CREATED"]
+    # Local time, as `bmrgw logs` shows it and as --since/--until read a time without an offset.
+    header = ["MESSAGE ID", "SENDER", "RECEIVER", "FORMAT", "BYTES", "STATE", "HANDED OUT",
+              f"CREATED ({local_offset()})"]
     rows = [[d.message_id, d.sender_id, d.receiver_id, d.format_type, str(d.size), _label(d, at),
-             str(d.deliveries), (d.to_json()["created"] or "")[:19]] for d in documents]
+             str(d.deliveries), datetime.fromtimestamp(d.created_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")]
+            for d in documents]
     print("\n".join(table(header, rows)))
 
 

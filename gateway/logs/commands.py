@@ -47,7 +47,8 @@ ARCHIVE_SUBDIR = "log-archive"
 
 
 def parse_time(text: str, *, now: datetime | None = None) -> datetime:
-    """``2h``/``30m``/``1d``/``45s``/``2w`` ago, or an ISO 8601 time (UTC unless it has an offset)."""
+    """``2h``/``30m``/``1d``/``45s``/``2w`` ago, or an ISO 8601 time: in this machine's local time zone
+    unless it has an offset (as the table and the console show times), returned in UTC."""
     value = text.strip()
     relative = _RELATIVE.fullmatch(value)
     if relative:
@@ -58,7 +59,7 @@ def parse_time(text: str, *, now: datetime | None = None) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is neither an ISO 8601 time nor a relative time like 30m, 2h, 1d") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return (parsed if parsed.tzinfo else parsed.astimezone()).astimezone(UTC)
 
 
 # -- registration --------------------------------------------------------------
@@ -69,7 +70,8 @@ def add_logs_command(commands: Any, config_option: ConfigOption) -> None:
         "logs", help="show, verify and archive the send/receive logs",
         description="Show send/receive log records, oldest first. Times are NTP-corrected, shown in local "
         "time with the UTC offset in the table (a * marks a time not NTP-synchronised) and in UTC in JSON "
-        "and CSV; T is an ISO 8601 time (UTC unless it has an offset) or a time ago like 30m, 2h, 1d.",
+        "and CSV; T is an ISO 8601 time (local time unless it has an offset, e.g. 2026-04-01T09:00 or "
+        "2026-04-01T00:00Z) or a time ago like 30m, 2h, 1d.",
     )
     _store_options(p, config_option)
     p.add_argument("--since", type=parse_time, metavar="T", help="records at or after T")
