@@ -292,3 +292,21 @@ async def test_a_bug_in_the_exchange_is_answered_as_aiohttp_answers_it(
     assert answers[0] == answers[1], answers
     assert status_of(answers[0]) == 500 and answers[0].endswith(b"<closed>") and b"a bug" not in answers[0]
     assert fast.fast.exchanges == 1 and fast.fast.handovers == 0
+
+
+async def test_every_answer_names_the_product_not_the_library_versions(start: Start, backend: RecordingBackend) -> None:
+    """``Server: bmrgw`` on every answer — the status page, the router's 404, the console's refusal,
+    aiohttp's own 400 for a head it cannot read, a relayed answer.  aiohttp's answers said
+    ``Server: Python/3.11 aiohttp/3.14.5``: the versions an attacker looks up vulnerabilities by."""
+    gw = await start({"endpoints": {"ep": {"url": backend.url}}})
+    answers = {
+        "relayed": await exchange(gw, request()),
+        "healthz": await exchange(gw, b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"),
+        "404": await exchange(gw, b"GET /nothing HTTP/1.1\r\nHost: gw\r\n\r\n"),
+        "console": await exchange(gw, b"GET /console HTTP/1.1\r\nHost: gw\r\n\r\n"),
+        "bad head": await exchange(gw, b"GET / HTTP/1.1\r\nHost: gw\r\nBad Header\r\n\r\n"),
+        "bad soap head": await exchange(gw, b"POST /soap HTTP/1.1\r\nHost: gw\r\nContent-Length: x\r\n\r\n"),
+    }
+    servers = {name: [line for line in answer.split(b"\r\n\r\n")[0].split(b"\r\n") if line.lower().startswith(b"server:")]
+               for name, answer in answers.items()}
+    assert servers == {name: [b"Server: bmrgw"] for name in answers}, servers

@@ -99,7 +99,15 @@ def make_app(config: Config, options: AppOptions = AppOptions()) -> web.Applicat
     add_status_route(app)
     add_console(app)  # /console: for clients with admin: true
     app.router.add_get("/metrics", _metrics)
+    app.on_response_prepare.append(_product_server)
     return app
+
+
+async def _product_server(_request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer names the product (``Server: bmrgw``), as the relayed ones do, not aiohttp's default
+    ``Python/3.x aiohttp/3.y.z``: no library versions to look vulnerabilities up by.  aiohttp's own
+    answers to heads it cannot read get it in :mod:`gateway.serve.protocol`."""
+    response.headers["Server"] = SERVER
 
 
 def _store_ctx(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:

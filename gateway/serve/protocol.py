@@ -28,11 +28,11 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from gateway.api import is_api_path, problem_response
 from gateway.errors import GatewayError, MalformedMessage, MessageTooLarge
+from gateway.relay.answer import SERVER
 from gateway.relay.limits import API_HEAD, api_request
 
 __all__ = ["ProblemHandler", "failure_answer", "problem_handlers"]
@@ -67,6 +67,7 @@ class ProblemHandler(web.RequestHandler):
         answer = super().handle_error(request, status, exc, message)  # logs; raises if an answer began
         head_known = self._line_of == self._request_count - 1 and api_request(self._line) is True
         if not (is_api_path(request.path) and request.method != "UNKNOWN") and not head_known:
+            answer.headers["Server"] = SERVER  # the product, not aiohttp's versions (as every answer)
             return answer
         error = _error(status, exc)
         response = problem_response(error, gateway=self._gateway(), message_id=None)
@@ -89,7 +90,8 @@ def failure_answer(api: bool, accept: str, gateway: str) -> bytes:
     request that did not pass aiohttp's handler (the relay's fast path, :mod:`gateway.relay.fast`).
 
     ``/api``: problem details (``GatewayError``); otherwise aiohttp's own text, or its HTML page when
-    ``accept`` names ``text/html`` — headers in aiohttp's order, then ``Connection: close``.
+    ``accept`` names ``text/html`` — headers in aiohttp's order, then ``Connection: close``; ``Server`` names
+    the product, as on every answer.
     ``tests/test_relay_fast.py`` compares these bytes with aiohttp's answer."""
     if api:
         response = problem_response(_error(500, None), gateway=gateway, message_id=None)
@@ -101,6 +103,7 @@ def failure_answer(api: bool, accept: str, gateway: str) -> bytes:
                 f"<html><head><title>{title}</title></head><body>\n<h1>{title}</h1>\n{description}\n</body></html>\n"))
         else:
             response = web.Response(status=500, content_type="text/plain", text=f"{title}\n\n{description}")
+        response.headers["Server"] = SERVER
     body = response.body
     assert isinstance(body, bytes)
     headers = response.headers
@@ -108,8 +111,6 @@ def failure_answer(api: bool, accept: str, gateway: str) -> bytes:
     if "Content-Length" not in headers:
         lines.append(f"Content-Length: {len(body)}")
     lines.append(f"Date: {rfc822_formatted_time()}")
-    if "Server" not in headers:
-        lines.append(f"Server: {SERVER_SOFTWARE}")
     lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
