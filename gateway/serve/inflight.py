@@ -3,8 +3,8 @@
 aiohttp's ``Server.shutdown(timeout)`` waits ``timeout`` for a handler, then
 cancels only the request's body and waits ``timeout`` again before it
 cancels the handler: an exchange waiting for its endpoint (not reading its
-body) held a stop for twice ``gateway.drain_timeout``.  Handlers started
-through :func:`tracking` are cancelled at the deadline instead, as the
+body) held a stop for twice ``gateway.drain_timeout``.  Handlers run
+through :meth:`InFlight.middleware` are cancelled at the deadline instead, as the
 fast path's exchanges are (:meth:`gateway.relay.fast.FastPath.drain`); each
 then logs its exchange as cut off, as it would at aiohttp's own cancel.
 """
@@ -12,6 +12,7 @@ then logs its exchange as cut off, as it would at aiohttp's own cancel.
 from __future__ import annotations
 
 import asyncio
+
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
@@ -38,9 +39,6 @@ class InFlight:
                 tasks.discard(task)
 
         return tracked
-
-    def __len__(self) -> int:
-        return len(self._tasks)
 
     def cut(self) -> None:
         """Cancel every request still being handled (the drain deadline has come)."""
