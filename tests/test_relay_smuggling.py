@@ -187,7 +187,10 @@ def _outcomes(url: str, backend: RawBackend, corpus: dict[str, bytes], expected:
     found = {}
     for name, raw in corpus.items():
         start = len(backend.received)
-        answers = len(_STATUS.findall(expected[name]["answer"].encode("latin-1"))) if name in expected else 0
+        # Only a connection recorded as left open ("<reset or quiet>") is cut short once its answers are in;
+        # one the gateway closed is read to its close, however late that comes on a loaded machine.
+        recorded = expected.get(name, {}).get("answer", "")
+        answers = len(_STATUS.findall(recorded.encode("latin-1"))) if recorded.endswith("<reset or quiet>") else 0
         answer = _exchange(url, raw, answers)
         time.sleep(0.05)  # the backend thread records what it read
         found[name] = {"answer": _normal(answer), "backend": _normal(bytes(backend.received[start:]))}
