@@ -22,15 +22,15 @@ _OK = (b'<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/so
        b"<s:Body><ok/></s:Body></s:Envelope>")
 
 
-async def _read_request(reader: asyncio.StreamReader) -> bool:
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request's exact bytes: its head, then the body its Content-Length announces (none without one)."""
     head = await reader.readuntil(b"\r\n\r\n")
     length = 0
     for line in head.split(b"\r\n"):
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value)
-    await reader.readexactly(length)
-    return True
+    return head + await reader.readexactly(length)
 
 
 def _main(mode: str, port: int) -> None:
@@ -39,7 +39,7 @@ def _main(mode: str, port: int) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal count
         try:
-            await _read_request(reader)
+            await read_request(reader)
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
             return

@@ -17,6 +17,7 @@ from gateway.errors import GatewayError
 from gateway.relay.upstream import translate
 
 from .conftest import free_port
+from .faulty import read_request
 
 _OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -38,14 +39,7 @@ class Recorder:
         served = 0
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                body = await reader.readexactly(length)
-                self.got.append(head + body)
+                self.got.append(await read_request(reader))
                 if self.drop_after is not None and served >= self.drop_after:
                     break
                 served += 1
