@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -31,9 +30,7 @@ __all__ = ["Store", "database_url", "existing_url", "insert_rows", "snapshot", "
 #: The dialects whose drivers :func:`insert_rows` hands rows to directly.
 DRIVERS = ("postgresql", "sqlite")
 #: Passes of :func:`create_tables` (more than one only where no schema lock exists: SQLite).
-_CREATE_TRIES = 6
-#: Seconds before the second try to create tables; doubled for each further try (1.26 s in all).
-_CREATE_PAUSE = 0.04
+_CREATE_TRIES = 3
 
 
 @contextlib.contextmanager
@@ -76,11 +73,8 @@ def create_tables(engine: Engine, metadata: MetaData) -> None:
             return
         except SQLAlchemyError:
             # SQLite runs each CREATE on its own: a process that lost the race finds the table on the next pass.
-            # A brand-new SQLite file can also answer 'disk I/O error' while another process sets up its
-            # WAL files; a pause lets that finish (seen once in 10 nodes starting together under load).
             if attempt == _CREATE_TRIES - 1 or engine.dialect.name == "postgresql":
                 raise
-            time.sleep(_CREATE_PAUSE * 2 ** attempt)
 
 
 def database_url(config: Config) -> str:
